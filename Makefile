@@ -1,0 +1,58 @@
+# Keelson: the one entry point for people. `make up` runs the suite, `make test` tests it.
+SHELL := /bin/bash
+PYTHON ?= python3
+UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.keelson/bootstrap/bin/uv)
+VENV := $(CURDIR)/.venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: help install up down migrate test lint format bench load clean
+
+help:
+	@echo "make install   create .venv with every package (uv sync)"
+	@echo "make up        run the whole suite (embedded Postgres/Redis unless KEELSON_*_URL set)"
+	@echo "make down      stop what 'make up' started"
+	@echo "make test      lint, type-check and run every test"
+	@echo "make lint      ruff + mypy"
+	@echo "make bench     run the benchmarks (figures in docs/benchmarks.md)"
+	@echo "make load      headless Locust load test against a running suite"
+
+$(CURDIR)/.keelson/bootstrap/bin/uv:
+	$(PYTHON) -m venv $(CURDIR)/.keelson/bootstrap
+	$(CURDIR)/.keelson/bootstrap/bin/pip install --quiet uv
+
+$(BIN)/keelson: uv.lock pyproject.toml | $(UV)
+	$(UV) sync --locked
+	@touch $@
+
+install: $(BIN)/keelson
+
+up: install
+	$(BIN)/keelson up
+
+down:
+	$(BIN)/keelson down
+
+migrate: install
+	$(BIN)/keelson migrate
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: lint
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+bench: install
+	$(BIN)/python bench/run_all.py
+
+load: install
+	$(BIN)/locust -f loadtests/locustfile.py --headless -u 50 -r 10 -t 60s --host http://127.0.0.1:8000
+
+clean:
+	rm -rf .keelson .venv .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,203 @@
+"""Typed settings: `KEELSON_` env vars over `.env.<env>` over `config/*.yaml`."""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Self, TypeVar
+
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+__all__ = [
+    "BusSettings",
+    "ConfigError",
+    "DatabaseSettings",
+    "Environment",
+    "KeelsonSettings",
+    "LogFormat",
+    "LogSettings",
+    "PluginSettings",
+    "load_settings",
+]
+
+_DEV_MASTER_KEY = "dev-only-master-key-change-me-0123456789abcdef"
+
+
+class Environment(StrEnum):
+    DEV = "dev"
+    TEST = "test"
+    STAGING = "staging"
+    PROD = "prod"
+
+
+class LogFormat(StrEnum):
+    TEXT = "text"
+    JSON = "json"
+
+
+class ConfigError(RuntimeError):
+    """Raised at start-up when a setting is missing or invalid; names each setting."""
+
+
+class LogSettings(BaseModel):
+    level: str = "INFO"
+    format: LogFormat | None = None  # None: text in dev, JSON elsewhere
+    ship_endpoint: str | None = "tcp://127.0.0.1:5557"
+    buffer_size: int = Field(10_000, gt=0)
+    spill_dir: Path = Path(".keelson/spill")
+    spill_max_bytes: int = Field(64 * 1024 * 1024, gt=0)
+    batch_size: int = Field(500, gt=0)
+    ack_timeout_seconds: float = Field(2.0, gt=0)
+
+    @model_validator(mode="after")
+    def _known_level(self) -> Self:
+        self.level = self.level.upper()
+        if self.level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError(f"unknown log level {self.level!r}")
+        return self
+
+
+class DatabaseSettings(BaseModel):
+    pool_size: int = Field(5, ge=1)
+    max_overflow: int = Field(10, ge=0)
+    pool_timeout: float = Field(10.0, gt=0)
+    pool_recycle: int = Field(1800, gt=0)
+    pool_pre_ping: bool = True
+    echo: bool = False
+
+
+class BusSettings(BaseModel):
+    zmq_xsub_endpoint: str = "tcp://127.0.0.1:5555"
+    zmq_xpub_endpoint: str = "tcp://127.0.0.1:5556"
+    max_deliveries: int = Field(5, ge=1)
+    claim_idle_ms: int = Field(30_000, ge=100)
+    stream_maxlen: int = Field(1_000_000, ge=1000)
+    block_ms: int = Field(1000, ge=1)
+    batch_size: int = Field(100, ge=1)
+
+
+class PluginSettings(BaseModel):
+    model_config = {"extra": "allow"}
+
+    enabled: bool = True
+
+
+class KeelsonSettings(BaseSettings):
+    """Settings every service shares; a service subclasses it to add its own section."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="KEELSON_",
+        env_nested_delimiter="__",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    env: Environment = Environment.DEV
+    service: str = "keelson"
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    database_url: str | None = None
+    redis_url: str | None = None
+    master_key: SecretStr = SecretStr(_DEV_MASTER_KEY)
+    sentry_dsn: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("KEELSON_SENTRY_DSN", "SENTRY_DSN")
+    )
+    sentry_traces_sample_rate: float = Field(0.0, ge=0.0, le=1.0)
+    shutdown_grace_seconds: float = Field(10.0, ge=0)
+    log: LogSettings = LogSettings()
+    db: DatabaseSettings = DatabaseSettings()
+    bus: BusSettings = BusSettings()
+    plugins: dict[str, PluginSettings] = {}
+
+    @model_validator(mode="after")
+    def _no_placeholder_secrets_outside_dev(self) -> Self:
+        in_production = self.env in (Environment.STAGING, Environment.PROD)
+        if in_production and self.master_key.get_secret_value() == _DEV_MASTER_KEY:
+            raise ValueError("master_key: the development key must not be used in " + self.env)
+        if len(self.master_key.get_secret_value()) < 32:
+            raise ValueError("master_key must be at least 32 characters")
+        if self.database_url and not self.database_url.startswith(("postgresql", "postgres")):
+            raise ValueError("database_url must be a postgresql:// URL")
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("redis_url must be a redis:// URL")
+        return self
+
+    @property
+    def log_format(self) -> LogFormat:
+        if self.log.format is not None:
+            return self.log.format
+        return LogFormat.TEXT if self.env is Environment.DEV else LogFormat.JSON
+
+    @property
+    def redis_enabled(self) -> bool:
+        return self.redis_url is not None
+
+    @property
+    def monitoring_enabled(self) -> bool:
+        return self.sentry_dsn is not None
+
+    def plugin(self, name: str) -> PluginSettings:
+        return self.plugins.get(name, PluginSettings())
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        yaml_files = _yaml_files()
+        sources: list[PydanticBaseSettingsSource] = [
+            init_settings,
+            env_settings,
+            dotenv_settings,
+            file_secret_settings,
+        ]
+        if yaml_files:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_files))
+        return tuple(sources)
+
+
+_S = TypeVar("_S", bound=KeelsonSettings)
+
+
+def _env_name() -> str:
+    return os.environ.get("KEELSON_ENV", Environment.DEV.value)
+
+
+def _yaml_files() -> list[Path]:
+    config_dir = Path(os.environ.get("KEELSON_CONFIG_DIR", "config"))
+    names = ("keelson.yaml", f"keelson.{_env_name()}.yaml")
+    return [config_dir / name for name in names if (config_dir / name).is_file()]
+
+
+def load_settings(cls: type[_S] = KeelsonSettings, **overrides: Any) -> _S:  # type: ignore[assignment]
+    """Build settings once at start-up; any invalid value raises `ConfigError` naming it."""
+    env_file = Path(f".env.{_env_name()}")
+    secrets_dir = os.environ.get("KEELSON_SECRETS_DIR")
+    try:
+        return cls(
+            _env_file=env_file if env_file.is_file() else None,
+            _secrets_dir=secrets_dir,
+            **overrides,
+        )
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = ["invalid configuration:"]
+    for error in exc.errors():
+        path = "__".join(str(part) for part in error["loc"]) or "settings"
+        setting = path if path.startswith("KEELSON_") else f"KEELSON_{path.upper()}"
+        lines.append(f"  {setting}: {error['msg']}")
+    return "\n".join(lines)

@@ -1,0 +1,317 @@
+"""The app factory every service uses: lifespan, request ids, security headers, problem+json."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from keelson.config import KeelsonSettings
+from keelson.errors import KeelsonError
+from keelson.health import health_router
+from keelson.logging import request_id_var, trace_id_var
+from keelson.metrics import MetricsMiddleware, metrics_router
+from keelson.monitor import capture_exception
+from keelson.plugins import PluginContainer
+
+__all__ = [
+    "PROBLEM_JSON",
+    "InFlight",
+    "InFlightMiddleware",
+    "RequestContextMiddleware",
+    "SecurityHeadersMiddleware",
+    "create_app",
+    "problem_response",
+]
+
+PROBLEM_JSON = "application/problem+json"
+_log = logging.getLogger("keelson.http")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
+_STATUS_SLUGS = {
+    400: "bad-request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not-found",
+    405: "method-not-allowed",
+    406: "not-acceptable",
+    409: "conflict",
+    413: "payload-too-large",
+    415: "unsupported-media-type",
+    422: "validation",
+    429: "rate-limited",
+}
+_TITLES = {
+    405: "Method Not Allowed",
+    406: "Not Acceptable",
+    500: "Internal Server Error",
+}
+
+
+def problem_response(
+    status: int,
+    title: str,
+    detail: str,
+    *,
+    type_uri: str | None = None,
+    instance: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extensions: Any,
+) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": type_uri or f"https://keelson.dev/problems/{_STATUS_SLUGS.get(status, 'error')}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
+    if instance:
+        body["instance"] = instance
+    if request_id := request_id_var.get():
+        body["request_id"] = request_id
+    body.update(extensions)
+    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
+
+
+class RequestContextMiddleware:
+    """Takes `X-Request-ID` (or makes one) and W3C `traceparent`; binds both; echoes the id."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = trace_id = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                candidate = value.decode("latin-1")
+                if _REQUEST_ID.match(candidate):
+                    request_id = candidate
+            elif name == b"traceparent":
+                match = _TRACEPARENT.match(value.decode("latin-1"))
+                if match:
+                    trace_id = match.group(1)
+        request_id = request_id or uuid.uuid4().hex
+        header = (b"x-request-id", request_id.encode())
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), header]
+            await send(message)
+
+        rid_token = request_id_var.set(request_id)
+        tid_token = trace_id_var.set(trace_id or uuid.uuid4().hex)
+        scope.setdefault("state", {})["request_id"] = request_id
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            trace_id_var.reset(tid_token)
+            request_id_var.reset(rid_token)
+
+
+class SecurityHeadersMiddleware:
+    """Adds the API's security headers to every response that lacks them."""
+
+    def __init__(
+        self, app: ASGIApp, *, hsts: bool = False, docs_prefixes: Iterable[str] = ()
+    ) -> None:
+        self.app = app
+        headers = {
+            b"x-content-type-options": b"nosniff",
+            b"x-frame-options": b"DENY",
+            b"referrer-policy": b"no-referrer",
+            b"cross-origin-opener-policy": b"same-origin",
+            b"content-security-policy": b"default-src 'none'; frame-ancestors 'none'",
+        }
+        if hsts:
+            headers[b"strict-transport-security"] = b"max-age=63072000; includeSubDomains"
+        self.headers = headers
+        # Swagger UI loads its script and styles from a CDN; the API itself needs nothing.
+        self.docs_headers = {
+            **headers,
+            b"content-security-policy": b"default-src 'self'; img-src 'self' data: https:; "
+            b"script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
+            b"style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; frame-ancestors 'none'",
+        }
+        self.docs_prefixes = tuple(docs_prefixes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        wanted = self.docs_headers if scope["path"].startswith(self.docs_prefixes) else self.headers
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                present = {name.lower() for name, _ in message.get("headers", [])}
+                extra = [(k, v) for k, v in wanted.items() if k not in present]
+                message["headers"] = [*message.get("headers", []), *extra]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+class InFlight:
+    """Counts in-flight requests so shutdown can wait for them to finish."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    async def drain(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self.idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+
+class InFlightMiddleware:
+    def __init__(self, app: ASGIApp, *, tracker: InFlight) -> None:
+        self.app = app
+        self.tracker = tracker
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        tracker = self.tracker
+        tracker.count += 1
+        tracker.idle.clear()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            tracker.count -= 1
+            if tracker.count == 0:
+                tracker.idle.set()
+
+
+async def _keelson_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, KeelsonError)
+    body = exc.problem(instance=request.url.path)
+    return problem_response(
+        exc.status,
+        body.pop("title"),
+        body.pop("detail"),
+        type_uri=body.pop("type"),
+        instance=body.pop("instance", None),
+        headers=exc.headers,
+        **{k: v for k, v in body.items() if k != "status"},
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    from http import HTTPStatus
+
+    title = _TITLES.get(exc.status_code) or HTTPStatus(exc.status_code).phrase
+    detail = exc.detail if isinstance(exc.detail, str) else title
+    return problem_response(
+        exc.status_code,
+        title,
+        detail,
+        instance=request.url.path,
+        headers=dict(exc.headers) if exc.headers else None,
+    )
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    # The offending input is not echoed back: it may be a password.
+    errors = [
+        {
+            "loc": [str(part) for part in error.get("loc", ())],
+            "msg": error.get("msg", ""),
+            "type": error.get("type", ""),
+        }
+        for error in exc.errors()
+    ]
+    first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+    field = ".".join(part for part in first["loc"] if part not in ("body", "query", "path"))
+    detail = f"{field}: {first['msg']}" if field else str(first["msg"])
+    return problem_response(
+        422, "Unprocessable Content", detail, instance=request.url.path, errors=errors
+    )
+
+
+async def _unhandled_error(request: Request, exc: Exception) -> JSONResponse:
+    _log.exception("unhandled error on %s %s", request.method, request.url.path)
+    capture_exception(exc, context={"path": request.url.path, "method": request.method})
+    return problem_response(
+        500,
+        "Internal Server Error",
+        "The server could not complete the request.",
+        instance=request.url.path,
+    )
+
+
+Hook = Callable[[FastAPI], Awaitable[None]]
+
+
+def create_app(
+    settings: KeelsonSettings,
+    *,
+    container: PluginContainer,
+    routers: Sequence[APIRouter] = (),
+    title: str | None = None,
+    description: str = "",
+    version: str = "0.1.0",
+    on_startup: Sequence[Hook] = (),
+    on_shutdown: Sequence[Hook] = (),
+) -> FastAPI:
+    """A FastAPI app whose lifespan starts and stops `container`, with Keelson's middleware."""
+    in_flight = InFlight()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await container.start()
+        for hook in on_startup:
+            await hook(app)
+        _log.info("%s ready on port %s", settings.service, settings.port)
+        try:
+            yield
+        finally:
+            app.state.draining = True
+            if not await in_flight.drain(settings.shutdown_grace_seconds):
+                _log.warning("shutdown grace elapsed with %d requests in flight", in_flight.count)
+            for hook in reversed(on_shutdown):
+                await hook(app)
+            await container.stop()
+
+    app = FastAPI(
+        title=title or f"Keelson {settings.service}",
+        description=description,
+        version=version,
+        lifespan=lifespan,
+        exception_handlers={
+            KeelsonError: _keelson_error,
+            StarletteHTTPException: _http_error,
+            RequestValidationError: _validation_error,
+            Exception: _unhandled_error,
+        },
+    )
+    app.state.settings = settings
+    app.state.container = container
+    app.state.draining = False
+    app.include_router(health_router(container))
+    app.include_router(metrics_router())
+    for router in routers:
+        app.include_router(router)
+
+    app.add_middleware(SecurityHeadersMiddleware, docs_prefixes=("/docs", "/redoc"))
+    app.add_middleware(MetricsMiddleware, service=settings.service)
+    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(InFlightMiddleware, tracker=in_flight)
+    return app

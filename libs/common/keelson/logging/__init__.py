@@ -1,0 +1,59 @@
+"""Structured logging: bound context, redaction, JSON or text, shipping to the log service."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from keelson.config import KeelsonSettings, LogFormat
+from keelson.logging._context import (
+    bind,
+    current_context,
+    request_id_var,
+    trace_id_var,
+    user_id_var,
+)
+from keelson.logging._format import JsonFormatter, TextFormatter, record_to_dict
+from keelson.logging._redact import REDACTED, redact_text, redact_value
+
+__all__ = [
+    "REDACTED",
+    "JsonFormatter",
+    "TextFormatter",
+    "bind",
+    "configure_logging",
+    "current_context",
+    "get_logger",
+    "record_to_dict",
+    "redact_text",
+    "redact_value",
+    "request_id_var",
+    "trace_id_var",
+    "user_id_var",
+]
+
+_QUIET = ("uvicorn.access", "asyncio", "aiosqlite", "httpx", "httpcore", "alembic.runtime")
+
+
+def get_logger(name: str) -> logging.Logger:
+    return logging.getLogger(name)
+
+
+def configure_logging(settings: KeelsonSettings, *, ship: bool = True) -> None:
+    """Install the console handler and, when configured, the ZeroMQ shipper on the root logger."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+    console = logging.StreamHandler(sys.stderr)
+    if settings.log_format is LogFormat.JSON:
+        console.setFormatter(JsonFormatter(settings.service))
+    else:
+        console.setFormatter(TextFormatter(settings.service))
+    root.addHandler(console)
+    root.setLevel(settings.log.level)
+    for name in ("uvicorn", "uvicorn.error"):
+        logging.getLogger(name).handlers.clear()
+        logging.getLogger(name).propagate = True
+    for name in _QUIET:
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -1,0 +1,99 @@
+"""Log records as dicts (the wire format to the log service), JSON and coloured text."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+import uuid
+from typing import Any
+
+import orjson
+
+from keelson.logging._context import current_context
+from keelson.logging._redact import redact_text, redact_value
+
+__all__ = ["JsonFormatter", "TextFormatter", "record_to_dict"]
+
+# Attributes every LogRecord has; anything else came from `extra=` and goes to attrs.
+_STANDARD = frozenset(
+    vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys()
+    | {"message", "asctime", "taskName", "keelson", "color_message"}
+)
+_COLOURS = ("\x1b[36m", "\x1b[32m", "\x1b[35m", "\x1b[33m", "\x1b[34m", "\x1b[96m", "\x1b[92m")
+_LEVEL_COLOURS = {
+    "DEBUG": "\x1b[2m",
+    "WARNING": "\x1b[33m",
+    "ERROR": "\x1b[31m",
+    "CRITICAL": "\x1b[1;31m",
+}
+_RESET = "\x1b[0m"
+
+
+def record_to_dict(record: logging.LogRecord, service: str) -> dict[str, Any]:
+    """The redacted, context-bound form of a record; computed once and cached on it."""
+    cached: dict[str, Any] | None = getattr(record, "keelson", None)
+    if cached is not None:
+        return cached
+    attrs = {
+        key: redact_value(key, value)
+        for key, value in vars(record).items()
+        if key not in _STANDARD and not key.startswith("_")
+    }
+    if record.exc_info:
+        attrs["exception"] = redact_text(logging.Formatter().formatException(record.exc_info))
+    context = current_context()
+    out: dict[str, Any] = {
+        "id": uuid.uuid4().hex,
+        "ts": record.created,
+        "service": service,
+        "level": record.levelname,
+        "logger": record.name,
+        "message": redact_text(record.getMessage()),
+        "request_id": attrs.pop("request_id", None) or context["request_id"],
+        "trace_id": attrs.pop("trace_id", None) or context["trace_id"],
+        "user_id": attrs.pop("user_id", None) or context["user_id"],
+        "attrs": attrs,
+    }
+    record.keelson = out
+    return out
+
+
+class JsonFormatter(logging.Formatter):
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        data = dict(record_to_dict(record, self.service))
+        data["ts"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(data["ts"])) + (
+            f".{int(record.msecs):03d}Z"
+        )
+        return orjson.dumps(data, default=str).decode()
+
+
+class TextFormatter(logging.Formatter):
+    """`[service] HH:MM:SS LEVEL logger: message key=value`, coloured on a terminal."""
+
+    def __init__(self, service: str, colour: bool | None = None) -> None:
+        super().__init__()
+        self.service = service
+        self.colour = sys.stderr.isatty() if colour is None else colour
+        self._tag = self._paint(f"[{service}]", _COLOURS[sum(service.encode()) % len(_COLOURS)])
+
+    def _paint(self, text: str, colour: str | None) -> str:
+        return f"{colour}{text}{_RESET}" if self.colour and colour else text
+
+    def format(self, record: logging.LogRecord) -> str:
+        data = record_to_dict(record, self.service)
+        clock = time.strftime("%H:%M:%S", time.localtime(data["ts"]))
+        level = self._paint(f"{data['level']:<7}", _LEVEL_COLOURS.get(data["level"]))
+        extras = {k: data[k] for k in ("request_id", "user_id") if data[k]}
+        extras.update({k: v for k, v in data["attrs"].items() if k != "exception"})
+        tail = " ".join(f"{k}={v}" for k, v in extras.items())
+        line = f"{self._tag} {clock} {level} {data['logger']}: {data['message']}"
+        if tail:
+            line += " " + self._paint(tail, "\x1b[2m")
+        if "exception" in data["attrs"]:
+            line += "\n" + data["attrs"]["exception"]
+        return line

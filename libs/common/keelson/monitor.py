@@ -1,0 +1,78 @@
+"""Error monitoring on sentry-sdk when `SENTRY_DSN` is set; otherwise a no-op that logs."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import sentry_sdk
+
+from keelson.config import KeelsonSettings
+from keelson.logging import redact_value
+
+__all__ = ["add_breadcrumb", "capture_exception", "init_monitoring", "set_user", "trace"]
+
+_log = logging.getLogger("keelson.monitor")
+_enabled = False
+
+
+def init_monitoring(settings: KeelsonSettings) -> bool:
+    """Start sentry-sdk if a DSN is configured; returns whether monitoring is on."""
+    global _enabled
+    if settings.sentry_dsn is None:
+        _enabled = False
+        return False
+    sentry_sdk.init(
+        dsn=settings.sentry_dsn.get_secret_value(),
+        environment=settings.env.value,
+        server_name=settings.service,
+        traces_sample_rate=settings.sentry_traces_sample_rate,
+        send_default_pii=False,
+        before_send=_scrub,
+    )
+    sentry_sdk.set_tag("service", settings.service)
+    _enabled = True
+    return True
+
+
+def _scrub(event: Any, hint: Any) -> Any:
+    request = event.get("request")
+    if isinstance(request, dict):
+        for key in ("headers", "cookies", "data"):
+            if isinstance(request.get(key), dict):
+                request[key] = redact_value("", request[key])
+    return event
+
+
+def capture_exception(exc: BaseException, *, context: dict[str, Any] | None = None) -> None:
+    if _enabled:
+        with sentry_sdk.new_scope() as scope:
+            for key, value in (context or {}).items():
+                scope.set_extra(key, redact_value(key, value))
+            sentry_sdk.capture_exception(exc)
+    else:
+        _log.debug("exception captured (monitoring off): %r context=%s", exc, context)
+
+
+def set_user(user_id: str | None) -> None:
+    if _enabled:
+        sentry_sdk.set_user({"id": user_id} if user_id else None)
+
+
+def add_breadcrumb(message: str, *, category: str = "keelson", **data: Any) -> None:
+    if _enabled:
+        sentry_sdk.add_breadcrumb(message=message, category=category, data=data)
+    else:
+        _log.debug("breadcrumb %s: %s %s", category, message, data)
+
+
+@contextmanager
+def trace(name: str, *, op: str = "function") -> Iterator[None]:
+    """A performance span when monitoring is on; nothing otherwise."""
+    if not _enabled:
+        yield
+        return
+    with sentry_sdk.start_span(op=op, name=name):
+        yield

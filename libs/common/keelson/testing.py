@@ -1,0 +1,107 @@
+"""Pytest plugin: a real PostgreSQL database and a real Redis for each test session.
+
+`KEELSON_TEST_DATABASE_URL` / `KEELSON_TEST_REDIS_URL` name servers to use; without them,
+embedded ones are started in a temporary folder. Each session gets a database of its own
+(dropped at the end) and a flushed Redis database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from keelson.config import Environment, KeelsonSettings, LogSettings
+from keelson.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
+
+__all__ = ["make_settings", "postgres_server_url", "redis_url", "test_database_url"]
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A server URL (database `postgres`) on which the session may create databases."""
+    configured = os.environ.get("KEELSON_TEST_DATABASE_URL")
+    if configured:
+        yield configured
+        return
+    base = Path(tempfile.mkdtemp(prefix="keelson-pg-"))
+    server = EmbeddedPostgres(base / "data", free_port())
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def test_database_url(postgres_server_url: str) -> Iterator[str]:
+    """A fresh database for this session, as a `postgresql+asyncpg://` URL."""
+    import asyncpg
+
+    server = make_url(postgres_server_url)
+    name = f"keelson_test_{uuid.uuid4().hex[:10]}"
+    admin_dsn = server.set(drivername="postgresql").render_as_string(hide_password=False)
+
+    async def run(sql: str) -> None:
+        conn = await asyncpg.connect(admin_dsn)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run(f'CREATE DATABASE "{name}"'))
+    url = server.set(drivername="postgresql+asyncpg", database=name)
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A Redis URL whose database is flushed at the start of the session."""
+    import redis
+
+    configured = os.environ.get("KEELSON_TEST_REDIS_URL")
+    process = None
+    if configured:
+        url = configured
+    else:
+        base = Path(tempfile.mkdtemp(prefix="keelson-valkey-"))
+        server = EmbeddedValkey(base, free_port())
+        process = server.start()
+        url = server.url
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    client.close()
+    try:
+        yield url
+    finally:
+        if process is not None:
+            EmbeddedValkey.stop(process)
+
+
+def make_settings(cls: type[KeelsonSettings] = KeelsonSettings, **values: Any) -> KeelsonSettings:
+    """Test settings: no log shipping unless asked, test environment."""
+    values.setdefault("env", Environment.TEST)
+    values.setdefault("log", LogSettings(ship_endpoint=None))
+    return cls(**values)
+
+
+@pytest.fixture
+def settings_factory(test_database_url: str, redis_url: str) -> Callable[..., KeelsonSettings]:
+    def factory(cls: type[KeelsonSettings] = KeelsonSettings, **values: Any) -> KeelsonSettings:
+        values.setdefault("database_url", test_database_url)
+        values.setdefault("redis_url", redis_url)
+        return make_settings(cls, **values)
+
+    return factory

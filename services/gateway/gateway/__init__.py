@@ -1,0 +1,1 @@
+"""Keelson service package."""

@@ -1,0 +1,9 @@
+"""HTTP routers of the gateway service, one per resource."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+__all__ = ["routers"]
+
+routers: list[APIRouter] = []
