@@ -8,6 +8,7 @@ import logging
 import signal
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
+from collections.abc import Callable
 from typing import Any, ClassVar, Generic, TypeVar, cast
 
 from keelson.config import KeelsonSettings, PluginSettings
@@ -167,7 +168,32 @@ class PluginContainer:
                 if dep in enabled:
                     indegree[name] += 1
                     dependents[dep].append(name)
-        ready = [self._rank(n) for n, deg in indegree.items() if deg == 0]
+        order = self._topological(indegree, dependents, self._rank)
+        if len(order) != len(enabled):
+            raise DependencyCycleError(
+                "plugin dependency cycle: " + self._describe_cycle(set(enabled) - set(order))
+            )
+        # A dependency inherits the urgency of what needs it: a SECURITY plugin's
+        # BUSINESS-level dependency still starts before the MIDDLEWARE plugins.
+        urgency = {name: int(slot.plugin.metadata.priority) for name, slot in enabled.items()}
+        for name in reversed(order):
+            for child in dependents[name]:
+                urgency[name] = min(urgency[name], urgency[child])
+        indegree = {
+            name: sum(1 for d in slot.plugin.metadata.depends_on if d in enabled)
+            for name, slot in enabled.items()
+        }
+        return self._topological(
+            indegree, dependents, lambda n: (urgency[n], self._slots[n].order, n)
+        )
+
+    @staticmethod
+    def _topological(
+        indegree: dict[str, int],
+        dependents: dict[str, list[str]],
+        rank: Callable[[str], tuple[int, int, str]],
+    ) -> list[str]:
+        ready = [rank(n) for n, deg in indegree.items() if deg == 0]
         heapq.heapify(ready)
         order: list[str] = []
         while ready:
@@ -176,11 +202,7 @@ class PluginContainer:
             for child in dependents[name]:
                 indegree[child] -= 1
                 if indegree[child] == 0:
-                    heapq.heappush(ready, self._rank(child))
-        if len(order) != len(enabled):
-            raise DependencyCycleError(
-                "plugin dependency cycle: " + self._describe_cycle(set(enabled) - set(order))
-            )
+                    heapq.heappush(ready, rank(child))
         return order
 
     async def start(self) -> None:

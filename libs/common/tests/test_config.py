@@ -1,0 +1,97 @@
+from pathlib import Path
+
+import pytest
+
+from keelson.config import ConfigError, Environment, KeelsonSettings, LogFormat, load_settings
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    for name in list(__import__("os").environ):
+        if name.startswith("KEELSON_") or name == "SENTRY_DSN":
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_defaults_without_anything_set(clean_env: Path) -> None:
+    settings = load_settings()
+    assert settings.env is Environment.DEV
+    assert settings.redis_enabled is False
+    assert settings.monitoring_enabled is False
+    assert settings.log_format is LogFormat.TEXT
+
+
+def test_env_vars_with_prefix_and_nesting(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KEELSON_PORT", "9100")
+    monkeypatch.setenv("KEELSON_LOG__LEVEL", "debug")
+    monkeypatch.setenv("KEELSON_REDIS_URL", "redis://127.0.0.1:6379/0")
+    monkeypatch.setenv("SENTRY_DSN", "https://key@sentry.example/1")
+    settings = load_settings()
+    assert settings.port == 9100
+    assert settings.log.level == "DEBUG"
+    assert settings.redis_enabled and settings.monitoring_enabled
+
+
+def test_yaml_is_layered_under_dotenv_under_env(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (clean_env / "config").mkdir()
+    (clean_env / "config" / "keelson.yaml").write_text(
+        "port: 9001\nservice: from-yaml\nlog:\n  level: WARNING\n"
+        "plugins:\n  rate_limiting:\n    enabled: false\n"
+    )
+    (clean_env / "config" / "keelson.staging.yaml").write_text("service: from-staging-yaml\n")
+    (clean_env / ".env.staging").write_text(
+        "KEELSON_PORT=9002\nKEELSON_MASTER_KEY=staging-key-0123456789abcdef0123456789\n"
+    )
+    monkeypatch.setenv("KEELSON_ENV", "staging")
+    monkeypatch.setenv("KEELSON_LOG__LEVEL", "ERROR")
+    settings = load_settings()
+    assert settings.port == 9002  # .env.staging beats YAML
+    assert settings.service == "from-staging-yaml"  # env-specific YAML beats base YAML
+    assert settings.log.level == "ERROR"  # env var beats everything
+    assert settings.plugin("rate_limiting").enabled is False
+    assert settings.plugin("unknown").enabled is True
+    assert settings.log_format is LogFormat.JSON
+
+
+def test_bad_value_fails_at_start_naming_the_setting(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KEELSON_PORT", "not-a-port")
+    monkeypatch.setenv("KEELSON_LOG__BUFFER_SIZE", "-1")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert "KEELSON_PORT" in message
+    assert "KEELSON_LOG__BUFFER_SIZE" in message
+
+
+def test_development_master_key_refused_in_prod(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KEELSON_ENV", "prod")
+    with pytest.raises(ConfigError, match="master_key"):
+        load_settings()
+
+
+def test_secret_from_mounted_file_and_never_in_repr(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secrets = clean_env / "secrets"
+    secrets.mkdir()
+    (secrets / "keelson_master_key").write_text("mounted-secret-0123456789abcdef012345")
+    monkeypatch.setenv("KEELSON_SECRETS_DIR", str(secrets))
+    settings = load_settings()
+    assert settings.master_key.get_secret_value() == "mounted-secret-0123456789abcdef012345"
+    assert "mounted-secret" not in repr(settings)
+
+
+def test_subclass_adds_its_section(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    class ServiceSettings(KeelsonSettings):
+        service: str = "demo"
+        retention_days: int = 14
+
+    monkeypatch.setenv("KEELSON_RETENTION_DAYS", "3")
+    assert load_settings(ServiceSettings).retention_days == 3

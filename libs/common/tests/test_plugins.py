@@ -1,0 +1,218 @@
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from keelson.config import KeelsonSettings, PluginSettings
+from keelson.plugins import (
+    DependencyCycleError,
+    Health,
+    Key,
+    Plugin,
+    PluginContainer,
+    PluginError,
+    PluginMetadata,
+    PluginState,
+    Priority,
+)
+
+EVENTS: list[str] = []
+NUMBER: Key[int] = Key("number")
+
+
+def make_plugin(
+    name: str,
+    priority: Priority = Priority.BUSINESS,
+    *,
+    depends_on: tuple[str, ...] = (),
+    required: bool = True,
+    fail_on: str | None = None,
+) -> type[Plugin]:
+    class _Plugin(Plugin):
+        metadata = PluginMetadata(
+            name=name, priority=priority, depends_on=depends_on, required=required
+        )
+
+        async def initialize(self) -> None:
+            EVENTS.append(f"init:{name}")
+            if fail_on == "initialize":
+                raise RuntimeError(f"{name} cannot initialize")
+
+        async def start(self) -> None:
+            EVENTS.append(f"start:{name}")
+            if fail_on == "start":
+                raise RuntimeError(f"{name} cannot start")
+
+        async def stop(self) -> None:
+            EVENTS.append(f"stop:{name}")
+
+    return _Plugin
+
+
+@pytest.fixture(autouse=True)
+def reset_events() -> None:
+    EVENTS.clear()
+
+
+def container(*plugins: type[Plugin], **plugin_settings: PluginSettings) -> PluginContainer:
+    c = PluginContainer(KeelsonSettings(plugins=plugin_settings))
+    for plugin in plugins:
+        c.register(plugin)
+    return c
+
+
+async def test_starts_by_priority_then_dependencies_and_stops_in_reverse() -> None:
+    c = container(
+        make_plugin("routing", Priority.BUSINESS),
+        make_plugin("security", Priority.SECURITY, depends_on=("keys",)),
+        make_plugin("bus", Priority.INFRASTRUCTURE),
+        make_plugin("keys", Priority.BUSINESS),
+        make_plugin("limits", Priority.MIDDLEWARE),
+    )
+    assert c.start_order() == ["bus", "keys", "security", "limits", "routing"]
+    await c.start()
+    assert [e for e in EVENTS if e.startswith("start")] == [
+        "start:bus",
+        "start:keys",
+        "start:security",
+        "start:limits",
+        "start:routing",
+    ]
+    assert all(c.state(n) is PluginState.RUNNING for n in ("bus", "keys", "routing"))
+    EVENTS.clear()
+    await c.stop()
+    assert EVENTS == ["stop:routing", "stop:limits", "stop:security", "stop:keys", "stop:bus"]
+    assert c.state("bus") is PluginState.STOPPED
+
+
+async def test_cycle_is_refused_with_the_cycle_named() -> None:
+    c = container(
+        make_plugin("a", depends_on=("b",)),
+        make_plugin("b", depends_on=("c",)),
+        make_plugin("c", depends_on=("a",)),
+        make_plugin("free"),
+    )
+    with pytest.raises(DependencyCycleError, match="a -> b -> c -> a"):
+        await c.start()
+    assert EVENTS == []
+
+
+async def test_unknown_dependency_is_refused() -> None:
+    with pytest.raises(PluginError, match="unknown plugin 'ghost'"):
+        container(make_plugin("a", depends_on=("ghost",))).start_order()
+
+
+async def test_optional_failure_is_isolated_and_reported() -> None:
+    c = container(
+        make_plugin("db", Priority.INFRASTRUCTURE),
+        make_plugin("flaky", Priority.MIDDLEWARE, required=False, fail_on="start"),
+        make_plugin("needs_flaky", Priority.BUSINESS, required=False, depends_on=("flaky",)),
+        make_plugin("api", Priority.BUSINESS),
+    )
+    await c.start()
+    assert c.state("flaky") is PluginState.ERROR
+    assert c.state("needs_flaky") is PluginState.ERROR
+    assert c.state("api") is PluginState.RUNNING
+    assert c.degraded
+    report = await c.health()
+    assert "flaky cannot start" in report["flaky"]["error"]
+    assert "dependencies not running: flaky" in report["needs_flaky"]["error"]
+    await c.stop()
+    assert "stop:flaky" not in EVENTS
+
+
+async def test_required_failure_is_fatal_and_stops_what_started() -> None:
+    c = container(
+        make_plugin("db", Priority.INFRASTRUCTURE),
+        make_plugin("auth", Priority.SECURITY, fail_on="initialize"),
+        make_plugin("api", Priority.BUSINESS),
+    )
+    with pytest.raises(PluginError, match="required plugin 'auth' failed"):
+        await c.start()
+    assert "start:api" not in EVENTS
+    assert "stop:db" in EVENTS
+    assert c.state("auth") is PluginState.ERROR
+
+
+async def test_disabled_in_config_is_skipped() -> None:
+    c = container(make_plugin("on"), make_plugin("off"), off=PluginSettings(enabled=False))
+    await c.start()
+    assert c.state("off") is PluginState.DISABLED
+    assert "init:off" not in EVENTS
+    assert (await c.health())["off"]["state"] == "disabled"
+
+
+async def test_typed_values_and_health() -> None:
+    class Provider(Plugin):
+        metadata = PluginMetadata(name="provider", priority=Priority.INFRASTRUCTURE)
+
+        async def initialize(self) -> None:
+            self.container.provide(NUMBER, 42)
+
+        async def health(self) -> Health:
+            return Health(ok=False, detail="disk full")
+
+    class Consumer(Plugin):
+        metadata = PluginMetadata(name="consumer", depends_on=("provider",))
+
+        async def start(self) -> None:
+            self.seen = self.container.resolve(NUMBER)
+
+    c = container(Provider, Consumer)
+    await c.start()
+    assert c.get(Consumer).seen == 42
+    report = await c.health()
+    assert report["provider"]["healthy"] is False
+    assert report["provider"]["detail"] == "disk full"
+    with pytest.raises(PluginError, match="nothing provides"):
+        c.resolve(Key[str]("missing"))
+    await c.stop()
+
+
+def test_sigterm_stops_gracefully(tmp_path: object) -> None:
+    script = textwrap.dedent(
+        """
+        import asyncio, sys
+        from keelson.config import KeelsonSettings
+        from keelson.plugins import Plugin, PluginContainer, PluginMetadata
+
+        class Worker(Plugin):
+            metadata = PluginMetadata(name="worker")
+            async def start(self):
+                print("started", flush=True)
+            async def stop(self):
+                print("stopped cleanly", flush=True)
+
+        c = PluginContainer(KeelsonSettings())
+        c.register(Worker)
+        asyncio.run(c.run_until_signal())
+        """
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=os.environ.copy()
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "started"
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=10)
+    assert "stopped cleanly" in out
+    assert proc.returncode == 0
+
+
+async def test_health_check_that_hangs_is_reported_not_awaited_forever() -> None:
+    class Hangs(Plugin):
+        metadata = PluginMetadata(name="hangs")
+
+        async def health(self) -> Health:
+            await asyncio.Event().wait()
+            return Health(ok=True)
+
+    c = container(Hangs)
+    await c.start()
+    report = await c.health()
+    assert report["hangs"]["healthy"] is False
+    await c.stop()
