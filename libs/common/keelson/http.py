@@ -30,6 +30,7 @@ __all__ = [
     "InFlightMiddleware",
     "RequestContextMiddleware",
     "SecurityHeadersMiddleware",
+    "UnhandledErrorMiddleware",
     "create_app",
     "problem_response",
 ]
@@ -198,6 +199,44 @@ class InFlightMiddleware:
                 tracker.idle.set()
 
 
+class UnhandledErrorMiddleware:
+    """Turns an unexpected exception into a 500 problem inside the request context.
+
+    Starlette's own last-resort handler sits outside every middleware, where the request
+    id and security headers are gone; this one sits inside them.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_tracking(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_tracking)
+        except Exception as exc:
+            if started:
+                raise
+            path, method = scope["path"], scope["method"]
+            _log.exception("unhandled error on %s %s", method, path)
+            capture_exception(exc, context={"path": path, "method": method})
+            response = problem_response(
+                500,
+                "Internal Server Error",
+                "The server could not complete the request.",
+                instance=path,
+            )
+            await response(scope, receive, send)
+
+
 async def _keelson_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, KeelsonError)
     body = exc.problem(instance=request.url.path)
@@ -310,6 +349,7 @@ def create_app(
     for router in routers:
         app.include_router(router)
 
+    app.add_middleware(UnhandledErrorMiddleware)
     app.add_middleware(SecurityHeadersMiddleware, docs_prefixes=("/docs", "/redoc"))
     app.add_middleware(MetricsMiddleware, service=settings.service)
     app.add_middleware(RequestContextMiddleware)

@@ -6,9 +6,9 @@ import asyncio
 import heapq
 import logging
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
-from collections.abc import Callable
 from typing import Any, ClassVar, Generic, TypeVar, cast
 
 from keelson.config import KeelsonSettings, PluginSettings

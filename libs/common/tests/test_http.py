@@ -1,0 +1,187 @@
+"""The app factory against real HTTP: uvicorn on a free port, httpx as the client."""
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import APIRouter, FastAPI
+from pydantic import BaseModel
+
+from keelson.config import KeelsonSettings, LogSettings
+from keelson.embedded import free_port
+from keelson.errors import Conflict, TooManyRequests
+from keelson.http import create_app
+from keelson.plugins import Health, Plugin, PluginContainer, PluginMetadata
+
+router = APIRouter()
+release = threading.Event()
+entered = threading.Event()
+
+
+class Item(BaseModel):
+    name: str
+    quantity: int
+
+
+@router.post("/items", status_code=201)
+async def create_item(item: Item) -> Item:
+    if item.name == "taken":
+        raise Conflict("an item with that name exists")
+    if item.name == "busy":
+        raise TooManyRequests("slow down", retry_after=7)
+    return item
+
+
+@router.get("/boom")
+async def boom() -> None:
+    raise RuntimeError("secret internals: password=hunter2")
+
+
+@router.get("/slow")
+async def slow() -> dict[str, str]:
+    entered.set()
+    await asyncio.to_thread(release.wait, 10)
+    return {"status": "finished"}
+
+
+class Switch(Plugin):
+    metadata = PluginMetadata(name="switch")
+    healthy = True
+
+    async def health(self) -> Health:
+        return Health(ok=Switch.healthy, detail="" if Switch.healthy else "dependency down")
+
+
+def build_app() -> FastAPI:
+    settings = KeelsonSettings(service="demo", log=LogSettings(ship_endpoint=None))
+    container = PluginContainer(settings)
+    container.register(Switch)
+    return create_app(settings, container=container, routers=[router])
+
+
+class Server:
+    def __init__(self, app: FastAPI) -> None:
+        self.port = free_port()
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, port=self.port, log_config=None, timeout_graceful_shutdown=5)
+        )
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> "Server":
+        self.thread.start()
+        while not self.server.started:
+            self.thread.join(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Server]:
+    with Server(build_app()) as running:
+        yield running
+
+
+@pytest.fixture
+async def client(server: Server) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=server.url) as c:
+        yield c
+
+
+async def test_request_id_is_echoed_or_made(client: httpx.AsyncClient) -> None:
+    given = await client.get("/health/live", headers={"X-Request-ID": "abc-123"})
+    assert given.headers["x-request-id"] == "abc-123"
+    made = await client.get("/health/live")
+    assert len(made.headers["x-request-id"]) == 32
+    hostile = await client.get("/health/live", headers={"X-Request-ID": 'x" onload=alert(1)'})
+    assert hostile.headers["x-request-id"] != 'x" onload=alert(1)'
+
+
+async def test_security_headers(client: httpx.AsyncClient) -> None:
+    response = await client.get("/health/live")
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert response.headers["x-frame-options"] == "DENY"
+    assert "default-src 'none'" in response.headers["content-security-policy"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status"),
+    [
+        ("GET", "/nowhere", None, 404),
+        ("DELETE", "/items", None, 405),
+        ("POST", "/items", {"name": "x", "quantity": "many"}, 422),
+        ("POST", "/items", {"name": "taken", "quantity": 1}, 409),
+        ("GET", "/boom", None, 500),
+    ],
+)
+async def test_every_error_is_problem_json(
+    client: httpx.AsyncClient, method: str, path: str, body: object, status: int
+) -> None:
+    response = await client.request(method, path, json=body, headers={"X-Request-ID": "rq-1"})
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/problem+json"
+    problem = response.json()
+    assert problem["status"] == status
+    assert problem["type"].startswith("https://keelson.dev/problems/")
+    assert problem["title"] and problem["detail"]
+    assert problem["request_id"] == "rq-1"
+    assert "Traceback" not in response.text and "hunter2" not in response.text
+
+
+async def test_validation_error_names_the_field_and_hides_input(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await client.post("/items", json={"name": "ok", "quantity": "s3cr3t-value"})
+    problem = response.json()
+    assert problem["detail"].startswith("quantity:")
+    assert problem["errors"][0]["loc"] == ["body", "quantity"]
+    assert "s3cr3t-value" not in response.text
+
+
+async def test_retry_after_from_domain_error(client: httpx.AsyncClient) -> None:
+    response = await client.post("/items", json={"name": "busy", "quantity": 1})
+    assert response.status_code == 429
+    assert response.headers["retry-after"] == "7"
+
+
+async def test_readiness_follows_plugin_health(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/health/ready")).status_code == 200
+    Switch.healthy = False
+    try:
+        down = await client.get("/health/ready")
+        assert down.status_code == 503
+        assert down.json()["failing"]["switch"]["detail"] == "dependency down"
+        summary = await client.get("/health")
+        assert summary.json()["plugins"]["switch"]["healthy"] is False
+    finally:
+        Switch.healthy = True
+    assert (await client.get("/health/live")).status_code == 200
+
+
+async def test_metrics_by_route_template(client: httpx.AsyncClient) -> None:
+    await client.post("/items", json={"name": "a", "quantity": 1})
+    text = (await client.get("/metrics")).text
+    assert 'http_requests_total{method="POST",route="/items",service="demo",status="201"}' in text
+    assert "http_request_duration_seconds_bucket" in text
+
+
+async def test_shutdown_drains_in_flight_requests() -> None:
+    release.clear()
+    with Server(build_app()) as running:
+        async with httpx.AsyncClient(base_url=running.url, timeout=10) as c:
+            pending = asyncio.create_task(c.get("/slow"))
+            assert await asyncio.to_thread(entered.wait, 10)
+            running.server.should_exit = True
+            threading.Timer(0.3, release.set).start()
+            response = await pending
+        assert response.status_code == 200
+        assert response.json() == {"status": "finished"}
