@@ -15,10 +15,15 @@ from keelson.logging._context import (
 )
 from keelson.logging._format import JsonFormatter, TextFormatter, record_to_dict
 from keelson.logging._redact import REDACTED, redact_text, redact_value
+from keelson.logging._shipper import WIRE_ACK, WIRE_VERSION, LogShipper, ShipperStats
 
 __all__ = [
     "REDACTED",
+    "WIRE_ACK",
+    "WIRE_VERSION",
     "JsonFormatter",
+    "LogShipper",
+    "ShipperStats",
     "TextFormatter",
     "bind",
     "configure_logging",
@@ -51,6 +56,8 @@ def configure_logging(settings: KeelsonSettings, *, ship: bool = True) -> None:
     else:
         console.setFormatter(TextFormatter(settings.service))
     root.addHandler(console)
+    if ship and settings.log.ship_endpoint:
+        root.addHandler(LogShipper.from_settings(settings))
     root.setLevel(settings.log.level)
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers.clear()

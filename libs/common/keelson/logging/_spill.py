@@ -1,0 +1,210 @@
+"""The shipper's spill files: encoded records kept on disk until the log service has them.
+
+A spill directory holds segments, files of JSON lines named
+`<service>.<pid>.<n>.<random>.jsonl`. The process that owns a segment holds an exclusive
+`flock` on it for as long as it has the file open, so a segment whose lock can be taken
+belongs to nobody (its process closed its shipper or died) and is adopted: read and sent
+again by whichever shipper takes the lock first. Records sent twice that way are
+de-duplicated by id at the log service.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+__all__ = ["SpillSegment", "SpillStore"]
+
+
+@dataclass(eq=False)
+class SpillSegment:
+    """One spill file; `outstanding` counts batches read from it and not yet acknowledged."""
+
+    path: Path
+    fd: int
+    size: int = 0
+    reader: BinaryIO | None = None
+    exhausted: bool = False
+    outstanding: int = 0
+    closed: bool = field(default=False, repr=False)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.reader is not None:
+            self.reader.close()
+        os.close(self.fd)  # releases the flock: the segment is free for adoption
+
+
+class SpillStore:
+    """Bounded on-disk queue of records; `write` is thread-safe, reading is for one thread."""
+
+    def __init__(self, directory: Path, *, max_bytes: int, prefix: str) -> None:
+        self.directory = directory
+        self.max_bytes = max_bytes
+        self.prefix = prefix
+        self._lock = threading.Lock()
+        self._current: SpillSegment | None = None
+        self._readable: deque[SpillSegment] = deque()
+        self._owned: set[SpillSegment] = set()
+        self._bytes = 0
+        self._sequence = 0
+
+    @property
+    def size(self) -> int:
+        return self._bytes
+
+    def has_data(self) -> bool:
+        return bool(self._readable) or (self._current is not None and self._current.size > 0)
+
+    def write(self, lines: list[bytes]) -> int:
+        """Append whole lines while they fit under `max_bytes`; returns how many were written.
+
+        Raises OSError when the disk refuses; the caller counts those records as dropped.
+        """
+        with self._lock:
+            room = self.max_bytes - self._bytes
+            chunk: list[bytes] = []
+            used = 0
+            for line in lines:
+                if used + len(line) + 1 > room:
+                    break
+                chunk.append(line)
+                used += len(line) + 1
+            if not chunk:
+                return 0
+            if self._current is None:
+                self._current = self._open_segment()
+            data = b"\n".join(chunk) + b"\n"
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._current.fd, view) :]
+            self._current.size += len(data)
+            self._bytes += len(data)
+            return len(chunk)
+
+    def read_batch(self, max_lines: int) -> tuple[SpillSegment, list[bytes]] | None:
+        """Up to `max_lines` records from the oldest segment, or None when nothing is spilled."""
+        while True:
+            with self._lock:
+                if not self._readable and self._current is not None and self._current.size:
+                    # Writers move on to a new segment; this one is now complete.
+                    self._readable.append(self._current)
+                    self._current = None
+                if not self._readable:
+                    return None
+                segment = self._readable[0]
+            lines = self._read_lines(segment, max_lines)
+            if segment.exhausted:
+                with self._lock:
+                    self._readable.popleft()
+            if lines:
+                segment.outstanding += 1
+                return segment, lines
+            self._delete_if_done(segment)
+
+    def release(self, segment: SpillSegment) -> None:
+        """A batch read from `segment` was acknowledged."""
+        segment.outstanding -= 1
+        self._delete_if_done(segment)
+
+    def adopt_orphans(self) -> int:
+        """Take over segments nobody holds; returns how many were adopted."""
+        try:
+            paths = sorted(self.directory.glob("*.jsonl"), key=_mtime)
+        except OSError:
+            return 0
+        adopted = 0
+        for path in paths:
+            segment = _lock_orphan(path)
+            if segment is None:
+                continue
+            with self._lock:
+                self._readable.append(segment)
+                self._owned.add(segment)
+                self._bytes += segment.size
+            adopted += 1
+        return adopted
+
+    def close(self) -> None:
+        """Release every segment; unsent records stay on disk for the next shipper."""
+        with self._lock:
+            segments = list(self._owned)
+            self._owned.clear()
+            self._readable.clear()
+            self._current = None
+        for segment in segments:
+            segment.close()
+
+    def forget(self) -> None:
+        """Drop references without touching files: for a forked child, whose parent owns them."""
+        self._lock = threading.Lock()
+        self._readable = deque()
+        self._owned = set()
+        self._current = None
+        self._bytes = 0
+
+    def _open_segment(self) -> SpillSegment:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._sequence += 1
+        name = f"{self.prefix}.{os.getpid()}.{self._sequence}.{uuid.uuid4().hex[:8]}.jsonl"
+        path = self.directory / name
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_APPEND, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        segment = SpillSegment(path=path, fd=fd)
+        self._owned.add(segment)
+        return segment
+
+    @staticmethod
+    def _read_lines(segment: SpillSegment, max_lines: int) -> list[bytes]:
+        if segment.reader is None:
+            segment.reader = open(segment.path, "rb")  # noqa: SIM115 - kept open across batches
+        lines: list[bytes] = []
+        while len(lines) < max_lines:
+            line = segment.reader.readline()
+            if not line:
+                segment.exhausted = True
+                break
+            line = line.rstrip(b"\n")
+            if line:
+                lines.append(line)
+        return lines
+
+    def _delete_if_done(self, segment: SpillSegment) -> None:
+        if not segment.exhausted or segment.outstanding > 0 or segment.closed:
+            return
+        segment.path.unlink(missing_ok=True)
+        segment.close()
+        with self._lock:
+            self._owned.discard(segment)
+            self._bytes -= segment.size
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _lock_orphan(path: Path) -> SpillSegment | None:
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # Another adopter may have finished and unlinked it between our open and our lock.
+        if os.stat(path).st_ino != os.fstat(fd).st_ino:
+            raise FileNotFoundError(path)
+    except OSError:
+        os.close(fd)
+        return None
+    return SpillSegment(path=path, fd=fd, size=os.fstat(fd).st_size)
