@@ -1,10 +1,18 @@
-"""The gateway service's app factory."""
+"""The gateway's app factory: Keelson's app with the plugin pipeline innermost."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from starlette.middleware import Middleware
 
 from gateway.api import routers
+from gateway.pipeline import Pipeline, PipelineMiddleware
+from gateway.plugins import GATEWAY_PLUGINS
+from gateway.plugins.routing import CATALOG
+from gateway.reload import install_sighup
 from gateway.settings import Settings
 from keelson.config import load_settings
 from keelson.http import create_app as create_keelson_app
@@ -18,11 +26,31 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings is None:
         settings = load_settings(Settings)
         configure_logging(settings)
-    container = build_container(settings)
-    return create_keelson_app(
+    container = build_container(settings, GATEWAY_PLUGINS, database=False)
+    pipeline = Pipeline(container, GATEWAY_PLUGINS)
+
+    async def compose_pipeline(app: FastAPI) -> None:
+        pipeline.rebuild()
+        install_sighup(app)
+
+    app = create_keelson_app(
         settings,
         container=container,
         routers=routers,
         title="Keelson gateway",
-        description="The gateway service.",
+        description="The suite's public entry point: every service's API behind one port.",
+        on_startup=[compose_pipeline],
     )
+    # Innermost, so the request id, metrics and security headers wrap the whole pipeline.
+    app.user_middleware.append(Middleware(PipelineMiddleware, pipeline=pipeline))
+    app.state.pipeline = pipeline
+
+    def merged_openapi() -> dict[str, Any]:
+        own = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        catalog = container.resolve_optional(CATALOG)
+        return catalog.merged(own) if catalog is not None else own
+
+    app.openapi = merged_openapi  # type: ignore[method-assign]
+    return app

@@ -1,6 +1,8 @@
-"""Settings of the gateway service."""
+"""Settings of the gateway service; each plugin reads its own section under `plugins.<name>`."""
 
 from __future__ import annotations
+
+from pydantic import Field
 
 from keelson.config import KeelsonSettings
 
@@ -10,3 +12,6 @@ __all__ = ["Settings"]
 class Settings(KeelsonSettings):
     service: str = "gateway"
     port: int = 8000
+    # How many reverse proxies (ingress, load balancer) sit in front and append to
+    # X-Forwarded-For; 0 means the socket peer is the client and incoming XFF is ignored.
+    trusted_proxy_hops: int = Field(0, ge=0, le=10)

@@ -1,9 +1,11 @@
-"""HTTP routers of the gateway service, one per resource."""
+"""HTTP routers of the gateway's own endpoints, one per resource."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
+from gateway.api.admin import router as admin_router
+
 __all__ = ["routers"]
 
-routers: list[APIRouter] = []
+routers: list[APIRouter] = [admin_router]

@@ -1,0 +1,59 @@
+"""Per-request values the pipeline's layers share through `scope["state"]`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.types import Scope
+
+__all__ = [
+    "BODY",
+    "CLIENT_IP",
+    "FORWARD_HEADERS",
+    "PRINCIPAL",
+    "ROUTE",
+    "SESSION",
+    "client_ip",
+    "header",
+    "state",
+]
+
+BODY = "gateway.body"  # the request body, when a layer had to read it whole
+CLIENT_IP = "gateway.client_ip"
+FORWARD_HEADERS = "gateway.forward_headers"  # headers the gateway itself adds upstream
+PRINCIPAL = "principal"
+ROUTE = "gateway.route"
+SESSION = "gateway.secure_session"
+
+
+def state(scope: Scope) -> dict[str, Any]:
+    st: dict[str, Any] = scope.setdefault("state", {})
+    return st
+
+
+def header(scope: Scope, name: bytes) -> bytes | None:
+    """The first value of header `name` (lower-case) or None."""
+    for key, value in scope["headers"]:
+        if key == name:
+            found: bytes = value
+            return found
+    return None
+
+
+def client_ip(scope: Scope, trusted_hops: int = 0) -> str:
+    """The caller's address: the socket peer, or X-Forwarded-For read back `trusted_hops`."""
+    st = state(scope)
+    cached: str | None = st.get(CLIENT_IP)
+    if cached is not None:
+        return cached
+    peer = scope.get("client")
+    ip = peer[0] if peer else "unknown"
+    if trusted_hops:
+        forwarded = header(scope, b"x-forwarded-for")
+        if forwarded:
+            hops = [part.strip() for part in forwarded.decode("latin-1").split(",")]
+            # Each trusted proxy appended the address it saw; anything further left
+            # was written by the client and cannot be believed.
+            ip = hops[-trusted_hops] if len(hops) >= trusted_hops else hops[0]
+    st[CLIENT_IP] = ip
+    return ip

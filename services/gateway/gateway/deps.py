@@ -1,0 +1,42 @@
+"""Dependencies of the gateway's own endpoints, declared once as `Annotated` aliases."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+
+from gateway.context import PRINCIPAL
+from gateway.pipeline import Pipeline
+from keelson.errors import Forbidden, Unauthorized
+from keelson.plugins import PluginContainer
+
+__all__ = ["AdminDep", "ContainerDep", "PipelineDep"]
+
+
+def _container(request: Request) -> PluginContainer:
+    container: PluginContainer = request.app.state.container
+    return container
+
+
+def _pipeline(request: Request) -> Pipeline:
+    pipeline: Pipeline = request.app.state.pipeline
+    return pipeline
+
+
+def _admin(request: Request) -> Any:
+    """The principal the security layer verified, if it holds the `admin` role.
+
+    Without the security layer there is no principal, so the admin API is closed.
+    """
+    principal = request.scope.get("state", {}).get(PRINCIPAL)
+    if principal is None:
+        raise Unauthorized("A valid bearer token is required.")
+    if "admin" not in principal.roles:
+        raise Forbidden("The admin role is required.")
+    return principal
+
+
+ContainerDep = Annotated[PluginContainer, Depends(_container)]
+PipelineDep = Annotated[Pipeline, Depends(_pipeline)]
+AdminDep = Annotated[Any, Depends(_admin)]

@@ -1,0 +1,52 @@
+"""The gateway's own Prometheus series: upstreams, circuits, rate limits, validation."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+__all__ = [
+    "CIRCUIT_REJECTIONS",
+    "CIRCUIT_STATE",
+    "RATE_LIMIT_REJECTIONS",
+    "RATE_LIMIT_STORAGE_ERRORS",
+    "UPSTREAM_REQUESTS",
+    "UPSTREAM_REQUEST_SECONDS",
+    "UPSTREAM_RETRIES",
+    "VALIDATION_REJECTIONS",
+]
+
+_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+UPSTREAM_REQUESTS = Counter(
+    "gateway_upstream_requests_total",
+    "Requests forwarded to an upstream, by outcome",
+    ["upstream", "method", "status"],
+)
+UPSTREAM_REQUEST_SECONDS = Histogram(
+    "gateway_upstream_request_duration_seconds",
+    "Time until the upstream's response headers arrived",
+    ["upstream"],
+    buckets=_BUCKETS,
+)
+UPSTREAM_RETRIES = Counter(
+    "gateway_upstream_retries_total", "Idempotent requests retried", ["upstream"]
+)
+CIRCUIT_STATE = Gauge(
+    "gateway_circuit_state",
+    "Circuit state per upstream: 0 closed, 1 half-open, 2 open",
+    ["upstream"],
+)
+CIRCUIT_REJECTIONS = Counter(
+    "gateway_circuit_rejections_total", "Requests refused by an open circuit", ["upstream"]
+)
+RATE_LIMIT_REJECTIONS = Counter(
+    "gateway_rate_limit_rejections_total", "Requests refused with 429", ["rule"]
+)
+RATE_LIMIT_STORAGE_ERRORS = Counter(
+    "gateway_rate_limit_storage_errors_total",
+    "Rate-limit storage failures, by what the gateway did (allowed or refused)",
+    ["outcome"],
+)
+VALIDATION_REJECTIONS = Counter(
+    "gateway_validation_rejections_total", "Requests refused by validation", ["reason"]
+)

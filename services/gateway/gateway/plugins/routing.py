@@ -1,0 +1,111 @@
+"""The routing plugin: the reverse proxy to auth, logs, notifications and payments."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import aiohttp
+from starlette.types import ASGIApp
+
+from gateway.openapi import OpenApiCatalog
+from gateway.pipeline import GatewayPlugin, plugin_config
+from gateway.proxy import ProxyApp, new_session
+from gateway.upstreams import RouteTable, RoutingConfig, Upstream
+from keelson.plugins import Health, Key, PluginMetadata, Priority
+
+__all__ = ["CATALOG", "ROUTE_TABLE", "RoutingPlugin"]
+
+CATALOG: Key[OpenApiCatalog] = Key("gateway.openapi_catalog")
+ROUTE_TABLE: Key[RouteTable] = Key("gateway.route_table")
+
+
+class RoutingPlugin(GatewayPlugin):
+    metadata = PluginMetadata(
+        name="routing",
+        priority=Priority.BUSINESS,
+        description="Reverse proxy by path prefix: pooled, retried, circuit-broken",
+    )
+
+    async def initialize(self) -> None:
+        self.config = plugin_config(RoutingConfig, self.settings)
+        upstreams = {name: Upstream(name, cfg) for name, cfg in self.config.upstreams.items()}
+        self.table = RouteTable(upstreams)
+        self.session = new_session(self.config)
+        self.catalog = OpenApiCatalog(
+            self.table, self._fetch_openapi, refresh_seconds=self.config.openapi_refresh_seconds
+        )
+        self._readiness: tuple[float, dict[str, str]] = (-1e9, {})
+        self.container.provide(ROUTE_TABLE, self.table)
+        self.container.provide(CATALOG, self.catalog)
+
+    async def start(self) -> None:
+        self.catalog.start()
+
+    async def stop(self) -> None:
+        await self.catalog.stop()
+        await self.session.close()
+
+    def wrap(self, app: ASGIApp) -> ASGIApp:
+        return ProxyApp(
+            app,
+            catalog=self.catalog,
+            session=self.session,
+            config=self.config,
+            trusted_proxy_hops=getattr(self.container.settings, "trusted_proxy_hops", 0),
+        )
+
+    async def health(self) -> Health:
+        """Each upstream's readiness: a required one out fails it, an optional one degrades."""
+        status = await self.upstream_status()
+        down = {n: s for n, s in status.items() if s not in ("ready", "degraded")}
+        if not down:
+            return Health(ok=True, detail=", ".join(f"{n}: ready" for n in status))
+        required = any(self.table.upstreams[n].config.required for n in down)
+        detail = ", ".join(f"{n}: {s}" for n, s in status.items())
+        return Health(ok=False, detail=detail, critical=required)
+
+    async def upstream_status(self) -> dict[str, str]:
+        checked_at, cached = self._readiness
+        if time.monotonic() - checked_at < self.config.readiness_cache_seconds:
+            return cached
+        names = list(self.table.upstreams)
+        results = await asyncio.gather(*(self._probe(self.table.upstreams[n]) for n in names))
+        status = dict(zip(names, results, strict=True))
+        self._readiness = (time.monotonic(), status)
+        return status
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            name: {
+                "url": u.config.url,
+                "prefixes": u.config.prefixes,
+                "required": u.config.required,
+                "circuit": u.breaker.state.value,
+                "openapi": self.catalog.available()[name],
+            }
+            for name, u in self.table.upstreams.items()
+        }
+
+    async def _probe(self, upstream: Upstream) -> str:
+        timeout = aiohttp.ClientTimeout(total=min(2.0, upstream.config.timeout_seconds))
+        try:
+            async with self.session.get(
+                upstream.config.url + upstream.config.ready_path, timeout=timeout
+            ) as response:
+                if response.status == 200:
+                    body = await response.json(content_type=None)
+                    return "degraded" if body.get("status") == "degraded" else "ready"
+                return f"unready ({response.status})"
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            return f"unreachable ({type(exc).__name__})"
+
+    async def _fetch_openapi(self, upstream: Upstream) -> dict[str, Any]:
+        timeout = aiohttp.ClientTimeout(total=min(5.0, upstream.config.timeout_seconds))
+        async with self.session.get(
+            upstream.config.url + upstream.config.openapi_path, timeout=timeout
+        ) as response:
+            response.raise_for_status()
+            document: dict[str, Any] = await response.json(content_type=None)
+            return document

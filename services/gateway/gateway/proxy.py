@@ -1,0 +1,318 @@
+"""The reverse proxy: forwards a matched request to its upstream over one aiohttp session."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import AsyncIterator
+
+import aiohttp
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from yarl import URL
+
+from gateway.context import BODY, FORWARD_HEADERS, client_ip, state
+from gateway.metrics import (
+    CIRCUIT_REJECTIONS,
+    UPSTREAM_REQUEST_SECONDS,
+    UPSTREAM_REQUESTS,
+    UPSTREAM_RETRIES,
+)
+from gateway.openapi import OpenApiCatalog
+from gateway.upstreams import RoutingConfig, Upstream
+from keelson.http import problem_response
+from keelson.logging import trace_id_var
+
+__all__ = ["ProxyApp", "new_session"]
+
+_log = logging.getLogger("gateway.proxy")
+
+# RFC 9110 §7.6.1: meaningful for one connection only, never forwarded.
+_HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+_DROP_REQUEST = _HOP_BY_HOP | {
+    b"host",
+    b"x-forwarded-for",
+    b"x-forwarded-host",
+    b"x-forwarded-proto",
+    b"forwarded",
+    b"traceparent",
+}
+# The gateway's server adds its own Date; a second one would be a duplicate header.
+_DROP_RESPONSE = _HOP_BY_HOP | {b"server", b"date"}
+_INTERNAL_PREFIX = b"x-keelson-"
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+_RETRY_STATUS = frozenset({502, 503})
+_FAILURE_STATUS = frozenset({502, 503, 504})
+
+
+def new_session(config: RoutingConfig) -> aiohttp.ClientSession:
+    """One pooled, keep-alive session for every upstream; it keeps no cookies between callers."""
+    connector = aiohttp.TCPConnector(
+        limit=config.pool_limit,
+        limit_per_host=0,
+        keepalive_timeout=config.keepalive_seconds,
+        ttl_dns_cache=300,
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,
+        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
+        timeout=aiohttp.ClientTimeout(total=None),
+    )
+
+
+class _Failed(Exception):
+    def __init__(self, status: int, detail: str) -> None:
+        self.status = status
+        self.detail = detail
+
+
+class ProxyApp:
+    """Forwards requests whose path an upstream owns; everything else goes to `fallback`."""
+
+    def __init__(
+        self,
+        fallback: ASGIApp,
+        *,
+        catalog: OpenApiCatalog,
+        session: aiohttp.ClientSession,
+        config: RoutingConfig,
+        trusted_proxy_hops: int = 0,
+    ) -> None:
+        self.fallback = fallback
+        self.catalog = catalog
+        self.session = session
+        self.config = config
+        self.trusted_proxy_hops = trusted_proxy_hops
+        self._timeouts = {
+            name: aiohttp.ClientTimeout(
+                total=None,
+                connect=u.config.connect_timeout_seconds,
+                sock_connect=u.config.connect_timeout_seconds,
+                sock_read=u.config.timeout_seconds,
+            )
+            for name, u in catalog.table.upstreams.items()
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.fallback(scope, receive, send)
+            return
+        match = self.catalog.match(scope)
+        if match is None:
+            await self.fallback(scope, receive, send)
+            return
+        scope["route"] = match
+        upstream = match.upstream
+        wait = upstream.breaker.acquire()
+        if wait is not None:
+            CIRCUIT_REJECTIONS.labels(upstream.name).inc()
+            retry_after = str(max(1, math.ceil(wait)))
+            await problem_response(
+                503,
+                "Service Unavailable",
+                f"The {upstream.name} service is unavailable; try again later.",
+                headers={"Retry-After": retry_after},
+            )(scope, receive, send)
+            return
+        try:
+            await self._forward(upstream, scope, receive, send)
+        except _Failed as failure:
+            await problem_response(failure.status, _TITLES[failure.status], failure.detail)(
+                scope, receive, send
+            )
+        except _ClientGone:
+            return
+        finally:
+            upstream.breaker.release()
+
+    async def _forward(
+        self, upstream: Upstream, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        method: str = scope["method"]
+        query: bytes = scope["query_string"]
+        target = upstream.config.url + scope["raw_path"].decode("latin-1")
+        if query:
+            target += "?" + query.decode("latin-1")
+        url = URL(target, encoded=True)
+        headers = self._request_headers(scope)
+        body, replayable = await self._request_body(scope, receive)
+        attempts = 1 + upstream.config.retries if replayable and method in _IDEMPOTENT else 1
+        timeout = self._timeouts[upstream.name]
+        started = time.perf_counter()
+        for attempt in range(attempts):
+            try:
+                async with self.session.request(
+                    method,
+                    url,
+                    headers=headers,
+                    data=body,
+                    timeout=timeout,
+                    allow_redirects=False,
+                ) as response:
+                    status = response.status
+                    if status in _RETRY_STATUS and attempt + 1 < attempts:
+                        await self._backoff(upstream, attempt)
+                        continue
+                    UPSTREAM_REQUEST_SECONDS.labels(upstream.name).observe(
+                        time.perf_counter() - started
+                    )
+                    UPSTREAM_REQUESTS.labels(upstream.name, method, str(status)).inc()
+                    if status in _FAILURE_STATUS:
+                        upstream.breaker.record_failure()
+                    else:
+                        upstream.breaker.record_success()
+                    await self._relay(response, scope, send)
+                    return
+            except (TimeoutError, aiohttp.ServerTimeoutError):
+                upstream.breaker.record_failure()
+                UPSTREAM_REQUESTS.labels(upstream.name, method, "timeout").inc()
+                raise _Failed(504, f"The {upstream.name} service did not answer in time.") from None
+            except aiohttp.ClientConnectionError as exc:
+                if attempt + 1 < attempts:
+                    await self._backoff(upstream, attempt)
+                    continue
+                upstream.breaker.record_failure()
+                UPSTREAM_REQUESTS.labels(upstream.name, method, "error").inc()
+                _log.warning("upstream %s failed: %s", upstream.name, type(exc).__name__)
+                raise _Failed(502, f"The {upstream.name} service could not be reached.") from None
+
+    async def _backoff(self, upstream: Upstream, attempt: int) -> None:
+        UPSTREAM_RETRIES.labels(upstream.name).inc()
+        base = upstream.config.retry_backoff_seconds * (2**attempt)
+        await asyncio.sleep(base + random.uniform(0, base))
+
+    def _request_headers(self, scope: Scope) -> list[tuple[str, str]]:
+        raw: list[tuple[bytes, bytes]] = scope["headers"]
+        drop = _DROP_REQUEST
+        for name, value in raw:
+            if name == b"connection":
+                # Headers the client named in Connection are hop-by-hop too.
+                extra = {t.strip().lower().encode() for t in value.decode("latin-1").split(",")}
+                drop = drop | extra
+        headers = [
+            (name.decode("latin-1"), value.decode("latin-1"))
+            for name, value in raw
+            if name not in drop and not name.startswith(_INTERNAL_PREFIX)
+        ]
+        host = next((v for n, v in raw if n == b"host"), None)
+        if host is not None:
+            headers.append(("x-forwarded-host", host.decode("latin-1")))
+        headers.append(("x-forwarded-for", self._forwarded_for(scope)))
+        headers.append(("x-forwarded-proto", scope.get("scheme", "http")))
+        headers.append(("traceparent", _traceparent(raw)))
+        st = state(scope)
+        forward: list[tuple[str, str]] | None = st.get(FORWARD_HEADERS)
+        if forward:
+            headers.extend(forward)
+        return headers
+
+    def _forwarded_for(self, scope: Scope) -> str:
+        ip = client_ip(scope, self.trusted_proxy_hops)
+        if not self.trusted_proxy_hops:
+            return ip
+        chain = next((v for n, v in scope["headers"] if n == b"x-forwarded-for"), None)
+        if chain is None:
+            return ip
+        peer = scope.get("client")
+        return f"{chain.decode('latin-1')}, {peer[0] if peer else ip}"
+
+    async def _request_body(
+        self, scope: Scope, receive: Receive
+    ) -> tuple[bytes | AsyncIterator[bytes] | None, bool]:
+        """The body to send and whether it can be sent again (for a retry)."""
+        st = state(scope)
+        buffered: bytes | None = st.get(BODY)
+        if buffered is not None:
+            return buffered, True
+        length: int | None = None
+        chunked = False
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"transfer-encoding":
+                chunked = True
+        if not chunked and not length:
+            return None, True
+        if length is not None and length <= self.config.replayable_request_bytes:
+            return await _read_all(receive), True
+        return _stream(receive), False
+
+    async def _relay(self, response: aiohttp.ClientResponse, scope: Scope, send: Send) -> None:
+        drop = _DROP_RESPONSE
+        connection = response.headers.get("Connection")
+        if connection:
+            drop = drop | {t.strip().lower().encode() for t in connection.split(",")}
+        headers = [
+            (name.lower(), value)
+            for name, value in response.raw_headers
+            if name.lower() not in drop
+        ]
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        if scope["method"] == "HEAD":
+            await send({"type": "http.response.body", "body": b""})
+            return
+        length = response.content_length
+        if length is not None and length <= self.config.buffer_response_bytes:
+            await send({"type": "http.response.body", "body": await response.read()})
+            return
+        async for chunk in response.content.iter_any():
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+
+_TITLES = {502: "Bad Gateway", 504: "Gateway Timeout"}
+
+
+def _traceparent(headers: list[tuple[bytes, bytes]]) -> str:
+    """W3C trace context: the same trace, with the gateway's own span as the parent."""
+    flags = "01"
+    for name, value in headers:
+        if name == b"traceparent" and len(value) == 55:
+            flags = value[-2:].decode("latin-1")
+    trace_id = trace_id_var.get() or os.urandom(16).hex()
+    return f"00-{trace_id}-{os.urandom(8).hex()}-{flags}"
+
+
+async def _read_all(receive: Receive) -> bytes:
+    chunks: list[bytes] = []
+    more = True
+    while more:
+        message: Message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone
+        chunks.append(message.get("body", b""))
+        more = message.get("more_body", False)
+    return b"".join(chunks)
+
+
+async def _stream(receive: Receive) -> AsyncIterator[bytes]:
+    more = True
+    while more:
+        message: Message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone
+        chunk: bytes = message.get("body", b"")
+        if chunk:
+            yield chunk
+        more = message.get("more_body", False)
+
+
+class _ClientGone(Exception):
+    """The client disconnected before its request body arrived."""

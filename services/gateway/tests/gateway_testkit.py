@@ -1,0 +1,98 @@
+"""Helpers for the gateway's tests: real servers in threads, the gateway in-process."""
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import uvicorn
+from fastapi import FastAPI
+
+from gateway.app import create_app
+from gateway.settings import Settings
+from keelson.config import Environment, LogSettings
+from keelson.embedded import free_port
+
+
+class ServerThread:
+    """A real uvicorn server for an ASGI app, in a thread, on a port of its own."""
+
+    def __init__(self, app: Any, port: int | None = None) -> None:
+        self.app = app
+        self.port = port or free_port()
+        self.server: uvicorn.Server | None = None
+        self.thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "ServerThread":
+        config = uvicorn.Config(
+            self.app,
+            host="127.0.0.1",
+            port=self.port,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            loop="asyncio",
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("upstream server did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        assert self.server is not None and self.thread is not None
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+def gateway_settings(**plugins: dict[str, Any]) -> Settings:
+    values: dict[str, Any] = {
+        "env": Environment.TEST,
+        "log": LogSettings(ship_endpoint=None),
+        "plugins": plugins,
+    }
+    return Settings(**values)
+
+
+def upstreams_config(**urls: str) -> dict[str, Any]:
+    """Routing config: every default upstream pointed at a closed port unless given."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    names = ("auth", "logs", "notifications", "payments")
+    return {
+        "upstreams": {n: {"url": urls.get(n, dead), "retry_backoff_seconds": 0.01} for n in names}
+    }
+
+
+@asynccontextmanager
+async def running_gateway(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    """The real gateway app with its lifespan, and an httpx client that calls it in-process."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as client:
+            yield app, client
+
+
+async def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
+    """Poll `check` (sync or async) until it returns a truthy value or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met before the deadline")
+        await asyncio.sleep(0.02)

@@ -1,0 +1,139 @@
+import asyncio
+
+import pytest
+from gateway_testkit import (
+    ServerThread,
+    eventually,
+    gateway_settings,
+    running_gateway,
+    upstreams_config,
+)
+from gateway_upstream import create_upstream
+
+from keelson.embedded import free_port
+
+
+def routing(**urls: str) -> dict:
+    return {"routing": upstreams_config(**urls)}
+
+
+async def test_proxies_by_prefix_with_headers_rewritten(upstream: ServerThread) -> None:
+    settings = gateway_settings(**routing(logs=upstream.url))
+    async with running_gateway(settings) as (_, client):
+        response = await client.get(
+            "/api/v1/logs/echo?a=1&b=%2Fx",
+            headers={
+                "X-Request-ID": "req-123",
+                "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                "Connection": "close, x-hop",
+                "X-Hop": "secret",
+                "Keep-Alive": "timeout=5",
+                "X-Keelson-User": "forged-admin",
+                "X-Forwarded-For": "6.6.6.6",
+            },
+        )
+    assert response.status_code == 200
+    echoed = response.json()
+    seen = dict(echoed["headers"])
+    assert echoed["path"] == "/api/v1/logs/echo"
+    assert echoed["query"] == "a=1&b=%2Fx"
+    assert seen["x-request-id"] == "req-123"
+    _version, trace_id, span, flags = seen["traceparent"].split("-")
+    assert trace_id == "0af7651916cd43dd8448eb211c80319c"
+    assert span != "b7ad6b7169203331" and len(span) == 16 and flags == "01"
+    assert "x-hop" not in seen and "keep-alive" not in seen
+    assert "x-keelson-user" not in seen
+    assert (
+        seen["x-forwarded-for"] == "127.0.0.1"
+    )  # no trusted proxies: the client's XFF is not kept
+    assert seen["x-forwarded-proto"] == "http"
+    assert seen["x-forwarded-host"] == "gateway.test"
+    assert response.headers["x-upstream"] == "yes"
+    assert response.headers["x-request-id"] == "req-123"
+    assert "upstream-server" not in response.headers.get_list("server")
+    assert len(response.headers.get_list("date")) <= 1
+
+
+async def test_unknown_prefix_is_not_proxied(upstream: ServerThread) -> None:
+    async with running_gateway(gateway_settings(**routing(logs=upstream.url))) as (_, client):
+        assert (await client.get("/api/v1/logsx/echo")).status_code == 404
+        assert (await client.get("/api/v1/nothing")).status_code == 404
+
+
+async def test_streams_large_bodies_both_ways(upstream: ServerThread) -> None:
+    async with running_gateway(gateway_settings(**routing(logs=upstream.url))) as (_, client):
+        async with client.stream("GET", "/api/v1/logs/stream?chunks=64&size=16384") as response:
+            total = 0
+            async for chunk in response.aiter_bytes():
+                total += len(chunk)
+        assert total == 64 * 16384
+
+        async def body():
+            for _ in range(40):
+                yield b"x" * 65536
+
+        response = await client.post("/api/v1/logs/upload", content=body())
+        assert response.json() == {"received": 40 * 65536}
+
+
+async def test_slow_upstream_times_out_with_504(upstream: ServerThread) -> None:
+    config = upstreams_config(logs=upstream.url)
+    config["upstreams"]["logs"]["timeout_seconds"] = 0.2
+    async with running_gateway(gateway_settings(routing=config)) as (_, client):
+        response = await client.get("/api/v1/logs/slow?seconds=2")
+        assert response.status_code == 504
+        assert response.headers["content-type"] == "application/problem+json"
+        assert "Traceback" not in response.text
+
+
+async def test_idempotent_requests_are_retried_others_are_not(upstream: ServerThread) -> None:
+    app = upstream.app
+    async with running_gateway(gateway_settings(**routing(logs=upstream.url))) as (_, client):
+        app.state.fail_next, app.state.calls = 2, 0
+        response = await client.get("/api/v1/logs/flaky")
+        assert response.status_code == 200
+        assert app.state.calls == 3
+
+        app.state.fail_next, app.state.calls = 1, 0
+        response = await client.post("/api/v1/logs/echo", content=b"{}")
+        assert app.state.calls == 1
+
+
+async def test_unreachable_upstream_is_502_then_circuit_opens_and_recovers() -> None:
+    port = free_port()
+    config = upstreams_config(logs=f"http://127.0.0.1:{port}")
+    config["upstreams"]["logs"].update(failure_threshold=3, reset_timeout_seconds=0.5, retries=0)
+    async with running_gateway(gateway_settings(routing=config)) as (_, client):
+        for _ in range(3):
+            assert (await client.get("/api/v1/logs/echo")).status_code == 502
+        refused = await client.get("/api/v1/logs/echo")
+        assert refused.status_code == 503
+        assert int(refused.headers["retry-after"]) >= 1
+        metrics = (await client.get("/metrics")).text
+        assert 'gateway_circuit_state{upstream="logs"} 2.0' in metrics
+
+        server = ServerThread(create_upstream(), port=port).start()
+        try:
+
+            async def recovered() -> bool:
+                return (await client.get("/api/v1/logs/echo")).status_code == 200
+
+            await eventually(recovered)
+            metrics = (await client.get("/metrics")).text
+            assert 'gateway_circuit_state{upstream="logs"} 0.0' in metrics
+        finally:
+            server.stop()
+
+
+async def test_concurrent_requests_share_the_pool(upstream: ServerThread) -> None:
+    async with running_gateway(gateway_settings(**routing(logs=upstream.url))) as (_, client):
+        responses = await asyncio.gather(
+            *(client.get(f"/api/v1/logs/items/{i}") for i in range(50))
+        )
+    assert [r.json()["id"] for r in responses] == list(range(50))
+
+
+@pytest.mark.parametrize("path", ["/metrics", "/health/live"])
+async def test_local_endpoints_still_answer(upstream: ServerThread, path: str) -> None:
+    async with running_gateway(gateway_settings(**routing(logs=upstream.url))) as (_, client):
+        assert (await client.get(path)).status_code == 200
