@@ -29,8 +29,9 @@ def init_monitoring(settings: KeelsonSettings) -> bool:
         environment=settings.env.value,
         server_name=settings.service,
         traces_sample_rate=settings.sentry_traces_sample_rate,
-        send_default_pii=False,
         before_send=_scrub,
+        # Frame locals routinely hold passwords and tokens; the stack itself is enough.
+        include_local_variables=False,
     )
     sentry_sdk.set_tag("service", settings.service)
     _enabled = True
