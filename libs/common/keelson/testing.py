@@ -11,6 +11,8 @@ import asyncio
 import os
 import shutil
 import tempfile
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,7 +24,50 @@ from sqlalchemy.engine import make_url
 from keelson.config import Environment, KeelsonSettings, LogSettings
 from keelson.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
 
-__all__ = ["make_settings", "postgres_server_url", "redis_url", "test_database_url"]
+__all__ = [
+    "LiveServer",
+    "make_settings",
+    "postgres_server_url",
+    "redis_url",
+    "test_database_url",
+]
+
+
+class LiveServer:
+    """An ASGI app served by uvicorn on a free port in a thread, lifespan included."""
+
+    def __init__(self, app: Any, *, graceful_seconds: int = 5) -> None:
+        import uvicorn
+
+        self.port = free_port()
+        self.server = uvicorn.Server(
+            uvicorn.Config(
+                app,
+                host="127.0.0.1",
+                port=self.port,
+                log_config=None,
+                lifespan="on",
+                timeout_graceful_shutdown=graceful_seconds,
+            )
+        )
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("server did not start")
+            self.thread.join(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(15)
 
 
 @pytest.fixture(scope="session")

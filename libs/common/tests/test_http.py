@@ -6,15 +6,14 @@ from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import APIRouter, FastAPI
 from pydantic import BaseModel
 
 from keelson.config import KeelsonSettings, LogSettings
-from keelson.embedded import free_port
 from keelson.errors import Conflict, TooManyRequests
 from keelson.http import create_app
 from keelson.plugins import Health, Plugin, PluginContainer, PluginMetadata
+from keelson.testing import LiveServer
 
 router = APIRouter()
 release = threading.Event()
@@ -62,37 +61,14 @@ def build_app() -> FastAPI:
     return create_app(settings, container=container, routers=[router])
 
 
-class Server:
-    def __init__(self, app: FastAPI) -> None:
-        self.port = free_port()
-        self.server = uvicorn.Server(
-            uvicorn.Config(app, port=self.port, log_config=None, timeout_graceful_shutdown=5)
-        )
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> "Server":
-        self.thread.start()
-        while not self.server.started:
-            self.thread.join(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-
 @pytest.fixture(scope="module")
-def server() -> Iterator[Server]:
-    with Server(build_app()) as running:
+def server() -> Iterator[LiveServer]:
+    with LiveServer(build_app()) as running:
         yield running
 
 
 @pytest.fixture
-async def client(server: Server) -> AsyncIterator[httpx.AsyncClient]:
+async def client(server: LiveServer) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=server.url) as c:
         yield c
 
@@ -176,7 +152,7 @@ async def test_metrics_by_route_template(client: httpx.AsyncClient) -> None:
 
 async def test_shutdown_drains_in_flight_requests() -> None:
     release.clear()
-    with Server(build_app()) as running:
+    with LiveServer(build_app()) as running:
         async with httpx.AsyncClient(base_url=running.url, timeout=10) as c:
             pending = asyncio.create_task(c.get("/slow"))
             assert await asyncio.to_thread(entered.wait, 10)
