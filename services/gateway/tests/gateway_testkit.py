@@ -1,14 +1,19 @@
 """Helpers for the gateway's tests: real servers in threads, the gateway in-process."""
 
 import asyncio
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
 import uvicorn
+import yaml
 from fastapi import FastAPI
 
 from gateway.app import create_app
@@ -56,11 +61,15 @@ class ServerThread:
         self.thread.join(10)
 
 
-def gateway_settings(**plugins: dict[str, Any]) -> Settings:
+def gateway_settings(
+    *, redis_url: str | None = None, trusted_proxy_hops: int = 0, **plugins: dict[str, Any]
+) -> Settings:
     values: dict[str, Any] = {
         "env": Environment.TEST,
         "log": LogSettings(ship_endpoint=None),
         "plugins": plugins,
+        "redis_url": redis_url,
+        "trusted_proxy_hops": trusted_proxy_hops,
     }
     return Settings(**values)
 
@@ -96,3 +105,61 @@ async def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met before the deadline")
         await asyncio.sleep(0.02)
+
+
+class GatewayProcess:
+    """`python -m gateway` in a subprocess, configured by a YAML file, on a free port."""
+
+    def __init__(self, config_dir: Path, *, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.config_dir = config_dir
+        self.env = {
+            **os.environ,
+            "KEELSON_CONFIG_DIR": str(config_dir),
+            "KEELSON_ENV": "test",
+            "KEELSON_PORT": str(self.port),
+            **(env or {}),
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "GatewayProcess":
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gateway"],
+            env=self.env,
+            cwd=self.config_dir,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    self.process.stderr.read().decode() if self.process.stderr else ""
+                )
+            try:
+                if httpx.get(self.url + "/health/live", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("gateway process did not start")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        assert self.process is not None
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+
+
+def write_config(directory: Path, config: dict[str, Any]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "keelson.yaml").write_text(yaml.safe_dump(config))
+    return directory

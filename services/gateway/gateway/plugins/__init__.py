@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from gateway.pipeline import GatewayPlugin
+from gateway.plugins.rate_limiting import RateLimitingPlugin
 from gateway.plugins.routing import RoutingPlugin
 
-__all__ = ["GATEWAY_PLUGINS", "RoutingPlugin"]
+__all__ = ["GATEWAY_PLUGINS", "RateLimitingPlugin", "RoutingPlugin"]
 
-GATEWAY_PLUGINS: tuple[type[GatewayPlugin], ...] = (RoutingPlugin,)
+GATEWAY_PLUGINS: tuple[type[GatewayPlugin], ...] = (RateLimitingPlugin, RoutingPlugin)
