@@ -166,7 +166,7 @@ class RateLimitingPlugin(GatewayPlugin):
             implementation="redispy",
             wrap_exceptions=True,
             key_prefix=self.config.key_prefix,
-            connection_pool=self._pool,
+            connection_pool=self._pool,  # type: ignore[arg-type]  # typed narrower than it is
         )
 
     @property
