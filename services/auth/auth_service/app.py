@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from auth_service.api import routers
+from auth_service.plugin import AuthServicePlugin
 from auth_service.settings import Settings
 from keelson.config import load_settings
 from keelson.http import create_app as create_keelson_app
@@ -18,11 +19,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings is None:
         settings = load_settings(Settings)
         configure_logging(settings)
-    container = build_container(settings)
+    container = build_container(settings, [AuthServicePlugin])
     return create_keelson_app(
         settings,
         container=container,
         routers=routers,
         title="Keelson auth",
-        description="The auth service.",
+        description="Accounts, passwords, access and refresh tokens, roles, JWKS.",
     )

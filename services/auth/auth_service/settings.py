@@ -2,11 +2,77 @@
 
 from __future__ import annotations
 
+from typing import Self
+
+from pydantic import BaseModel, Field, SecretStr, model_validator
+
+from keelson.auth import DEFAULT_AUDIENCE, DEFAULT_ISSUER
 from keelson.config import KeelsonSettings
 
-__all__ = ["Settings"]
+__all__ = ["AuthSettings", "LoginThrottleSettings", "PasswordHashSettings", "Settings"]
+
+DEFAULT_ROLE_SCOPES: dict[str, list[str]] = {
+    "user": ["profile:read", "profile:write", "notifications:send", "payments:write"],
+    "admin": [
+        "profile:read",
+        "profile:write",
+        "users:read",
+        "users:write",
+        "logs:read",
+        "notifications:send",
+        "payments:read",
+        "payments:write",
+        "plugins:read",
+    ],
+}
+
+
+class PasswordHashSettings(BaseModel):
+    """argon2id cost; hashes made with other values are redone at the next login."""
+
+    time_cost: int = Field(3, ge=1)
+    memory_cost: int = Field(65_536, ge=8, description="KiB")
+    parallelism: int = Field(4, ge=1)
+    hash_len: int = Field(32, ge=16)
+    salt_len: int = Field(16, ge=16)
+
+
+class LoginThrottleSettings(BaseModel):
+    """Failed logins counted per account and per client IP within `window_seconds`."""
+
+    max_account_failures: int = Field(5, ge=1)
+    max_ip_failures: int = Field(50, ge=1)
+    window_seconds: int = Field(900, ge=1)
+    lockout_seconds: int = Field(900, ge=1)
+
+
+class AuthSettings(BaseModel):
+    issuer: str = DEFAULT_ISSUER
+    audience: str = DEFAULT_AUDIENCE
+    access_token_ttl_seconds: int = Field(900, ge=10)
+    refresh_token_ttl_seconds: int = Field(30 * 24 * 3600, ge=60)
+    password_reset_ttl_seconds: int = Field(3600, ge=60)
+    email_verification_ttl_seconds: int = Field(48 * 3600, ge=60)
+    key_reload_seconds: float = Field(60.0, gt=0)
+    min_password_length: int = Field(12, ge=8)
+    default_roles: list[str] = ["user"]
+    role_scopes: dict[str, list[str]] = DEFAULT_ROLE_SCOPES
+    password: PasswordHashSettings = PasswordHashSettings()
+    throttle: LoginThrottleSettings = LoginThrottleSettings()
+
+    @model_validator(mode="after")
+    def _roles_known(self) -> Self:
+        unknown = set(self.default_roles) - set(self.role_scopes)
+        if unknown:
+            raise ValueError(f"default_roles not in role_scopes: {sorted(unknown)}")
+        if "admin" not in self.role_scopes:
+            raise ValueError("role_scopes must define the admin role")
+        return self
 
 
 class Settings(KeelsonSettings):
     service: str = "auth"
     port: int = 8001
+    auth: AuthSettings = AuthSettings()
+    admin_email: str | None = None
+    admin_password: SecretStr | None = None

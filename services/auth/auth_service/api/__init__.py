@@ -4,6 +4,16 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from auth_service.api import accounts, jwks, passwords, tokens, users, verification
+
 __all__ = ["routers"]
 
-routers: list[APIRouter] = []
+routers: list[APIRouter] = [
+    accounts.router,
+    tokens.router,
+    passwords.router,
+    verification.router,
+    users.router,
+    jwks.router,
+    jwks.public_router,
+]

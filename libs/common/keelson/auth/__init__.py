@@ -1,0 +1,55 @@
+"""Access-token verification and FastAPI auth dependencies shared by every service.
+
+TokenVerifier ── KeySource (JwksClient over HTTP, StaticKeys) + RevocationList (Redis)
+CurrentUser ──── gateway-signed identity headers, else a bearer token
+require_role / require_scope ── 403 for a caller without them
+"""
+
+from keelson.auth._deps import CurrentUser, get_current_user, require_role, require_scope
+from keelson.auth._identity import (
+    IDENTITY_HEADERS,
+    InvalidIdentity,
+    identity_key,
+    sign_identity,
+    verify_identity_headers,
+)
+from keelson.auth._jwks import ALGORITHM, JwksClient, KeySource, StaticKeys, parse_jwks
+from keelson.auth._plugin import (
+    IDENTITY_KEY,
+    REVOCATIONS,
+    TOKEN_VERIFIER,
+    AuthPlugin,
+    AuthSettings,
+)
+from keelson.auth._principal import Principal
+from keelson.auth._revocation import REVOCATIONS_CHANNEL, RevocationList
+from keelson.auth._verifier import DEFAULT_AUDIENCE, DEFAULT_ISSUER, InvalidToken, TokenVerifier
+
+__all__ = [
+    "ALGORITHM",
+    "DEFAULT_AUDIENCE",
+    "DEFAULT_ISSUER",
+    "IDENTITY_HEADERS",
+    "IDENTITY_KEY",
+    "REVOCATIONS",
+    "REVOCATIONS_CHANNEL",
+    "TOKEN_VERIFIER",
+    "AuthPlugin",
+    "AuthSettings",
+    "CurrentUser",
+    "InvalidIdentity",
+    "InvalidToken",
+    "JwksClient",
+    "KeySource",
+    "Principal",
+    "RevocationList",
+    "StaticKeys",
+    "TokenVerifier",
+    "get_current_user",
+    "identity_key",
+    "parse_jwks",
+    "require_role",
+    "require_scope",
+    "sign_identity",
+    "verify_identity_headers",
+]

@@ -1,0 +1,83 @@
+"""The plugin that gives a service its token verifier, revocation list and identity key."""
+
+from __future__ import annotations
+
+import httpx
+from pydantic import BaseModel, Field
+
+from keelson.auth._identity import identity_key
+from keelson.auth._jwks import JwksClient
+from keelson.auth._revocation import RevocationList
+from keelson.auth._verifier import DEFAULT_AUDIENCE, DEFAULT_ISSUER, TokenVerifier
+from keelson.keys import KeyManager
+from keelson.plugins import Health, Key, Plugin, PluginMetadata, Priority
+from keelson.redis_plugin import REDIS
+
+__all__ = [
+    "IDENTITY_KEY",
+    "REVOCATIONS",
+    "TOKEN_VERIFIER",
+    "AuthPlugin",
+    "AuthSettings",
+]
+
+TOKEN_VERIFIER: Key[TokenVerifier] = Key("auth.verifier")
+REVOCATIONS: Key[RevocationList] = Key("auth.revocations")
+IDENTITY_KEY: Key[bytes] = Key("auth.identity_key")
+
+
+class AuthSettings(BaseModel):
+    """`plugins.auth.*` (env `KEELSON_PLUGINS__AUTH__JWKS_URL`, ...)."""
+
+    jwks_url: str = "http://127.0.0.1:8001/.well-known/jwks.json"
+    issuer: str = DEFAULT_ISSUER
+    audience: str = DEFAULT_AUDIENCE
+    leeway_seconds: int = Field(10, ge=0)
+    jwks_min_refresh_seconds: float = Field(30.0, ge=0)
+    jwks_max_age_seconds: float = Field(600.0, gt=0)
+    jwks_timeout_seconds: float = Field(5.0, gt=0)
+    identity_max_age_seconds: int = Field(60, gt=0)
+
+
+class AuthPlugin(Plugin):
+    """Verifies access tokens against the auth service's JWKS (for every other service)."""
+
+    metadata = PluginMetadata(
+        name="auth",
+        priority=Priority.SECURITY,
+        description="Access-token verification against the auth service's JWKS",
+    )
+
+    async def initialize(self) -> None:
+        config = AuthSettings.model_validate(self.settings.model_dump(exclude={"enabled"}))
+        self.http = httpx.AsyncClient(timeout=config.jwks_timeout_seconds)
+        self.jwks = JwksClient(
+            self.http,
+            config.jwks_url,
+            min_refresh_interval=config.jwks_min_refresh_seconds,
+            max_age=config.jwks_max_age_seconds,
+        )
+        revocations = RevocationList(self.container.resolve_optional(REDIS))
+        verifier = TokenVerifier(
+            self.jwks,
+            issuer=config.issuer,
+            audience=config.audience,
+            revocations=revocations,
+            leeway=config.leeway_seconds,
+        )
+        master = self.container.settings.master_key.get_secret_value()
+        self.container.provide(TOKEN_VERIFIER, verifier)
+        self.container.provide(REVOCATIONS, revocations)
+        self.container.provide(IDENTITY_KEY, identity_key(KeyManager(master)))
+
+    async def start(self) -> None:
+        # An auth service that is not up yet is no reason to fail: keys are fetched on use.
+        await self.jwks.refresh()
+
+    async def stop(self) -> None:
+        await self.http.aclose()
+
+    async def health(self) -> Health:
+        if self.jwks.kids:
+            return Health(ok=True, detail=f"{len(self.jwks.kids)} signing keys")
+        return Health(ok=False, detail="no signing keys from the auth service", critical=False)

@@ -1,0 +1,191 @@
+"""Self-service account flows: register, profile, password change, reset and verification."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from auth_service.action_tokens import consume_action_token, issue_action_token
+from auth_service.audit import AuditAction, audit, emit
+from auth_service.login import revoke_access
+from auth_service.models import RevokeReason, TokenPurpose, User
+from auth_service.passwords import PasswordHashing, check_password_policy
+from auth_service.schemas import UserSelfUpdate
+from auth_service.sessions import revoke_sessions
+from auth_service.settings import AuthSettings
+from auth_service.throttle import LoginThrottle
+from auth_service.users import (
+    create_user,
+    get_user,
+    get_user_by_email,
+    normalize_email,
+    parse_uuid,
+)
+from keelson.auth import Principal, RevocationList
+from keelson.errors import BadRequest, Forbidden, Unauthorized, Unprocessable
+from keelson.events import EmailVerificationRequested, PasswordResetRequested, UserRegistered
+
+__all__ = [
+    "confirm_password_reset",
+    "current_account",
+    "register_user",
+    "request_email_verification",
+    "request_password_reset",
+    "update_account",
+    "verify_email",
+]
+
+_BAD_TOKEN = "invalid or expired token"  # noqa: S105
+
+
+async def register_user(
+    db: AsyncSession,
+    *,
+    email: str,
+    password: str,
+    name: str | None,
+    passwords: PasswordHashing,
+    settings: AuthSettings,
+) -> User:
+    """A new account with the default roles; asks for its email to be verified."""
+    email = normalize_email(email)
+    check_password_policy(password, email=email, min_length=settings.min_password_length)
+    user = await create_user(
+        db,
+        email=email,
+        password_hash=await passwords.hash(password),
+        name=name,
+        roles=settings.default_roles,
+    )
+    await emit(db, UserRegistered(user_id=str(user.id), email=user.email, name=user.name))
+    await audit(db, AuditAction.REGISTERED, actor=str(user.id))
+    await _send_verification(db, user=user, settings=settings)
+    await db.commit()
+    return user
+
+
+async def current_account(db: AsyncSession, *, principal: Principal) -> User:
+    """The caller's account; 401 if it was deleted or deactivated since the token was made."""
+    user_id = parse_uuid(principal.user_id)
+    user = None if user_id is None else await get_user(db, user_id=user_id)
+    if user is None or not user.is_active:
+        raise Unauthorized("account not found or inactive")
+    return user
+
+
+async def update_account(
+    db: AsyncSession,
+    *,
+    principal: Principal,
+    changes: UserSelfUpdate,
+    passwords: PasswordHashing,
+    revocations: RevocationList,
+    settings: AuthSettings,
+) -> User:
+    user = await current_account(db, principal=principal)
+    if "name" in changes.model_fields_set:
+        user.name = changes.name
+    revoked = []
+    if changes.password is not None:
+        if changes.current_password is None:
+            raise Unprocessable("current_password is needed to change the password")
+        if not await passwords.verify(user.password_hash, changes.current_password):
+            raise Forbidden("the current password is not correct")
+        check_password_policy(
+            changes.password, email=user.email, min_length=settings.min_password_length
+        )
+        user.password_hash = await passwords.hash(changes.password)
+        revoked = await revoke_sessions(
+            db,
+            reason=RevokeReason.PASSWORD_CHANGED,
+            user_id=user.id,
+            keep_session_id=parse_uuid(principal.session_id),
+        )
+        await audit(db, AuditAction.PASSWORD_CHANGED, actor=str(user.id))
+    await db.commit()
+    await db.refresh(user)
+    await revoke_access(revocations, revoked)
+    return user
+
+
+async def request_password_reset(db: AsyncSession, *, email: str, settings: AuthSettings) -> None:
+    """Publish a reset token for an active account; says nothing either way (always 202)."""
+    user = await get_user_by_email(db, email=normalize_email(email, strict=False))
+    if user is None or not user.is_active:
+        return
+    token, expires_at = await issue_action_token(
+        db,
+        user_id=user.id,
+        purpose=TokenPurpose.PASSWORD_RESET,
+        ttl=timedelta(seconds=settings.password_reset_ttl_seconds),
+    )
+    await emit(
+        db,
+        PasswordResetRequested(
+            user_id=str(user.id), email=user.email, token=token, expires_at=expires_at
+        ),
+    )
+    await db.commit()
+
+
+async def confirm_password_reset(
+    db: AsyncSession,
+    *,
+    token: str,
+    new_password: str,
+    passwords: PasswordHashing,
+    throttle: LoginThrottle,
+    revocations: RevocationList,
+    settings: AuthSettings,
+) -> None:
+    """Set the new password and end every session; a policy failure leaves the token unspent."""
+    user_id = await consume_action_token(db, token=token, purpose=TokenPurpose.PASSWORD_RESET)
+    user = None if user_id is None else await get_user(db, user_id=user_id, for_update=True)
+    if user is None or not user.is_active:
+        raise BadRequest(_BAD_TOKEN)
+    check_password_policy(new_password, email=user.email, min_length=settings.min_password_length)
+    user.password_hash = await passwords.hash(new_password)
+    # Only the owner of the mailbox could have read the token.
+    user.email_verified_at = user.email_verified_at or datetime.now(UTC)
+    revoked = await revoke_sessions(db, reason=RevokeReason.PASSWORD_RESET, user_id=user.id)
+    await audit(db, AuditAction.PASSWORD_RESET, actor=str(user.id))
+    await db.commit()
+    await throttle.record_success(email=user.email)
+    await revoke_access(revocations, revoked)
+
+
+async def request_email_verification(
+    db: AsyncSession, *, email: str, settings: AuthSettings
+) -> None:
+    """Publish a verification token for an unverified account; always 202."""
+    user = await get_user_by_email(db, email=normalize_email(email, strict=False))
+    if user is None or not user.is_active or user.email_verified_at is not None:
+        return
+    await _send_verification(db, user=user, settings=settings)
+    await db.commit()
+
+
+async def verify_email(db: AsyncSession, *, token: str) -> None:
+    user_id = await consume_action_token(db, token=token, purpose=TokenPurpose.EMAIL_VERIFICATION)
+    user = None if user_id is None else await get_user(db, user_id=user_id)
+    if user is None:
+        raise BadRequest(_BAD_TOKEN)
+    user.email_verified_at = user.email_verified_at or datetime.now(UTC)
+    await audit(db, AuditAction.EMAIL_VERIFIED, actor=str(user.id))
+    await db.commit()
+
+
+async def _send_verification(db: AsyncSession, *, user: User, settings: AuthSettings) -> None:
+    token, expires_at = await issue_action_token(
+        db,
+        user_id=user.id,
+        purpose=TokenPurpose.EMAIL_VERIFICATION,
+        ttl=timedelta(seconds=settings.email_verification_ttl_seconds),
+    )
+    await emit(
+        db,
+        EmailVerificationRequested(
+            user_id=str(user.id), email=user.email, token=token, expires_at=expires_at
+        ),
+    )

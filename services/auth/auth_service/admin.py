@@ -1,0 +1,156 @@
+"""Administration: managing users (role `admin`), and making the first and later admins."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from auth_service.audit import AuditAction, audit
+from auth_service.login import revoke_access
+from auth_service.models import RevokeReason, User
+from auth_service.passwords import PasswordHashing, check_password_policy
+from auth_service.schemas import UserUpdate
+from auth_service.sessions import revoke_sessions
+from auth_service.settings import AuthSettings
+from auth_service.users import (
+    ADMIN_ROLE,
+    count_active_admins,
+    create_user,
+    delete_user,
+    get_user,
+    get_user_by_email,
+    normalize_email,
+)
+from keelson.auth import Principal, RevocationList
+from keelson.errors import Conflict, NotFound, Unprocessable
+
+__all__ = ["bootstrap_admin", "make_admin", "remove_user", "update_user"]
+
+_log = logging.getLogger("auth_service.admin")
+# Serialises changes to who is admin (bootstrap on several replicas, two admins demoting
+# each other), so the last admin cannot vanish in a race. An arbitrary constant.
+_ADMINS_LOCK_ID = 0x6B65_6C61
+
+
+async def update_user(
+    db: AsyncSession,
+    *,
+    actor: Principal,
+    user_id: uuid.UUID,
+    changes: UserUpdate,
+    revocations: RevocationList,
+    settings: AuthSettings,
+) -> User:
+    """Change name, roles or active flag; role or status changes end the user's sessions."""
+    user = await _existing(db, user_id)
+    fields = changes.model_fields_set
+    if changes.roles is not None:
+        unknown = set(changes.roles) - set(settings.role_scopes)
+        if unknown:
+            raise Unprocessable(f"unknown roles: {', '.join(sorted(unknown))}", rule="roles")
+    new_roles = sorted(set(changes.roles)) if changes.roles is not None else user.roles
+    new_active = changes.is_active if changes.is_active is not None else user.is_active
+    if user.is_active and ADMIN_ROLE in user.roles and not (new_active and ADMIN_ROLE in new_roles):
+        await _keep_one_admin(db, user_id=user.id)
+    access_changed = new_roles != sorted(user.roles) or new_active != user.is_active
+    if "name" in fields:
+        user.name = changes.name
+    user.roles, user.is_active = new_roles, new_active
+    revoked = []
+    if access_changed:
+        revoked = await revoke_sessions(db, reason=RevokeReason.ACCOUNT_CHANGED, user_id=user.id)
+    await audit(
+        db,
+        AuditAction.USER_UPDATED,
+        actor=actor.user_id,
+        target=str(user.id),
+        fields=sorted(fields),
+    )
+    await db.commit()
+    await db.refresh(user)
+    await revoke_access(revocations, revoked)
+    return user
+
+
+async def remove_user(
+    db: AsyncSession, *, actor: Principal, user_id: uuid.UUID, revocations: RevocationList
+) -> None:
+    user = await _existing(db, user_id)
+    if user.is_active and ADMIN_ROLE in user.roles:
+        await _keep_one_admin(db, user_id=user.id)
+    revoked = await revoke_sessions(db, reason=RevokeReason.ACCOUNT_CHANGED, user_id=user.id)
+    await delete_user(db, user_id=user.id)
+    await audit(db, AuditAction.USER_DELETED, actor=actor.user_id, target=str(user_id))
+    await db.commit()
+    await revoke_access(revocations, revoked)
+
+
+async def make_admin(
+    db: AsyncSession,
+    *,
+    email: str,
+    password: str | None,
+    passwords: PasswordHashing,
+    settings: AuthSettings,
+) -> tuple[User, bool]:
+    """Give `email` the admin role, creating the account (with `password`) if needed.
+
+    Returns the user and whether it was created. An existing account keeps its password.
+    """
+    email = normalize_email(email)
+    user = await get_user_by_email(db, email=email)
+    created = user is None
+    if user is None:
+        if password is None:
+            raise Unprocessable("a password is needed to create the admin account")
+        check_password_policy(password, email=email, min_length=settings.min_password_length)
+        user = await create_user(
+            db,
+            email=email,
+            password_hash=await passwords.hash(password),
+            name=None,
+            roles=[*settings.default_roles, ADMIN_ROLE],
+            verified=True,
+        )
+    else:
+        user.roles = sorted({*user.roles, ADMIN_ROLE})
+        user.is_active = True
+    await audit(db, AuditAction.ADMIN_CREATED, actor=None, target=str(user.id))
+    await db.commit()
+    return user, created
+
+
+async def bootstrap_admin(
+    db: AsyncSession,
+    *,
+    email: str,
+    password: str,
+    passwords: PasswordHashing,
+    settings: AuthSettings,
+) -> User | None:
+    """At start: make the configured admin when no active admin exists; None otherwise."""
+    await db.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _ADMINS_LOCK_ID})
+    if await count_active_admins(db):
+        await db.commit()
+        return None
+    user, _ = await make_admin(
+        db, email=email, password=password, passwords=passwords, settings=settings
+    )
+    _log.info("first admin account is %s", user.id)
+    return user
+
+
+async def _existing(db: AsyncSession, user_id: uuid.UUID) -> User:
+    user = await get_user(db, user_id=user_id, for_update=True)
+    if user is None:
+        raise NotFound("no such user")
+    return user
+
+
+async def _keep_one_admin(db: AsyncSession, *, user_id: uuid.UUID) -> None:
+    await db.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _ADMINS_LOCK_ID})
+    if not await count_active_admins(db, excluding=user_id):
+        raise Conflict("this is the last active admin")

@@ -1,0 +1,53 @@
+"""Registering, and the caller's own account (`/me`)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, status
+
+from auth_service.accounts import current_account, register_user, update_account
+from auth_service.deps import AuthConfig, CurrentUser, Passwords, Revocations, SessionDep
+from auth_service.schemas import RegisterRequest, UserPublic, UserSelfUpdate
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/api/v1/auth", tags=["accounts"])
+
+
+@router.post("/register", status_code=status.HTTP_201_CREATED)
+async def register_account(
+    body: RegisterRequest, db: SessionDep, passwords: Passwords, settings: AuthConfig
+) -> UserPublic:
+    user = await register_user(
+        db,
+        email=body.email,
+        password=body.password,
+        name=body.name,
+        passwords=passwords,
+        settings=settings,
+    )
+    return UserPublic.of(user)
+
+
+@router.get("/me")
+async def read_me(principal: CurrentUser, db: SessionDep) -> UserPublic:
+    return UserPublic.of(await current_account(db, principal=principal))
+
+
+@router.patch("/me")
+async def update_me(
+    body: UserSelfUpdate,
+    principal: CurrentUser,
+    db: SessionDep,
+    passwords: Passwords,
+    revocations: Revocations,
+    settings: AuthConfig,
+) -> UserPublic:
+    user = await update_account(
+        db,
+        principal=principal,
+        changes=body,
+        passwords=passwords,
+        revocations=revocations,
+        settings=settings,
+    )
+    return UserPublic.of(user)

@@ -1,0 +1,169 @@
+"""Signing keys: stored sealed in the database; the newest signs, every unretired one verifies."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from jose import jwk, jwt
+from sqlalchemy import func, insert, select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from auth_service.models import SigningKeyRecord
+from keelson.auth import ALGORITHM
+from keelson.keys import FieldCipher, KeyManager, SigningKey
+
+__all__ = [
+    "KEY_CIPHER_PURPOSE",
+    "KeyRing",
+    "LoadedKey",
+    "ensure_signing_key",
+    "key_cipher",
+    "rotate_signing_keys",
+]
+
+KEY_CIPHER_PURPOSE = "auth-signing-keys"
+_log = logging.getLogger("auth_service.keyring")
+# Serialises key creation across replicas starting at once (an arbitrary constant).
+_KEY_LOCK_ID = 0x6B65_6C73
+
+
+def key_cipher(keys: KeyManager) -> FieldCipher:
+    return keys.field_cipher(KEY_CIPHER_PURPOSE)
+
+
+@dataclass(frozen=True)
+class LoadedKey:
+    kid: str
+    created_at: datetime
+    public_jwk: dict[str, Any]
+    signer: Any
+    verifier: Any
+
+
+class KeyRing:
+    """The unretired keys in memory, reloaded on an unknown `kid` and by `reload`.
+
+    It is the auth service's own `KeySource`: it verifies its tokens without fetching
+    its own JWKS over HTTP.
+    """
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        cipher: FieldCipher,
+        *,
+        min_reload_interval: float = 5.0,
+    ) -> None:
+        self.sessions = sessions
+        self.cipher = cipher
+        self.min_reload_interval = min_reload_interval
+        self._keys: list[LoadedKey] = []
+        self._by_kid: dict[str, LoadedKey] = {}
+        self._loaded_at = -min_reload_interval
+        self._lock = asyncio.Lock()
+
+    @property
+    def active(self) -> LoadedKey:
+        if not self._keys:
+            raise RuntimeError("no signing key loaded")
+        return self._keys[-1]
+
+    def jwks(self) -> dict[str, Any]:
+        return {"keys": [key.public_jwk for key in self._keys]}
+
+    async def reload(self) -> None:
+        self._loaded_at = time.monotonic()
+        async with self.sessions() as session:
+            records = await session.scalars(
+                select(SigningKeyRecord)
+                .where(SigningKeyRecord.retired_at.is_(None))
+                .order_by(SigningKeyRecord.created_at, SigningKeyRecord.kid)
+            )
+            loaded = [self._load(record) for record in records]
+        self._keys = loaded
+        self._by_kid = {key.kid: key for key in loaded}
+
+    async def get(self, kid: str) -> Any | None:
+        key = self._by_kid.get(kid)
+        if key is None and time.monotonic() - self._loaded_at >= self.min_reload_interval:
+            async with self._lock:
+                if kid not in self._by_kid:
+                    await self.reload()
+            key = self._by_kid.get(kid)
+        return None if key is None else key.verifier
+
+    def sign(self, claims: dict[str, Any]) -> str:
+        key = self.active
+        token: str = jwt.encode(claims, key.signer, algorithm=ALGORITHM, headers={"kid": key.kid})
+        return token
+
+    def _load(self, record: SigningKeyRecord) -> LoadedKey:
+        signing_key = SigningKey.from_pem(
+            self.cipher.decrypt(record.private_pem_sealed, associated=record.kid.encode())
+        )
+        public = signing_key.public_jwk()
+        return LoadedKey(
+            kid=signing_key.kid,
+            created_at=record.created_at,
+            public_jwk=public,
+            signer=jwk.construct(signing_key.private_pem, ALGORITHM),
+            verifier=jwk.construct(public, ALGORITHM),
+        )
+
+
+async def ensure_signing_key(session: AsyncSession, *, cipher: FieldCipher) -> str | None:
+    """Create the first key when none is usable; the new `kid`, or None if one existed."""
+    await session.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _KEY_LOCK_ID})
+    existing = await session.scalar(
+        select(SigningKeyRecord.kid).where(SigningKeyRecord.retired_at.is_(None)).limit(1)
+    )
+    if existing is not None:
+        return None
+    return await _add_key(session, cipher=cipher)
+
+
+async def rotate_signing_keys(
+    session: AsyncSession, *, cipher: FieldCipher, grace: timedelta
+) -> tuple[str, list[str]]:
+    """Add a key that signs from now on; retire keys superseded more than `grace` ago.
+
+    `grace` should exceed the access-token lifetime: until then tokens signed by an older
+    key are still live and must verify. Returns the new `kid` and the retired ones.
+    """
+    await session.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _KEY_LOCK_ID})
+    now = datetime.now(UTC)
+    records = list(
+        await session.scalars(
+            select(SigningKeyRecord)
+            .where(SigningKeyRecord.retired_at.is_(None))
+            .order_by(SigningKeyRecord.created_at, SigningKeyRecord.kid)
+        )
+    )
+    retired = [
+        older.kid for older, newer in itertools.pairwise(records) if newer.created_at < now - grace
+    ]
+    if retired:
+        await session.execute(
+            update(SigningKeyRecord).where(SigningKeyRecord.kid.in_(retired)).values(retired_at=now)
+        )
+    kid = await _add_key(session, cipher=cipher)
+    return kid, retired
+
+
+async def _add_key(session: AsyncSession, *, cipher: FieldCipher) -> str:
+    key = SigningKey.generate()
+    sealed = cipher.encrypt(key.private_pem, associated=key.kid.encode())
+    # clock_timestamp(), not now(): keys made in one transaction must still be ordered.
+    await session.execute(
+        insert(SigningKeyRecord).values(
+            kid=key.kid, private_pem_sealed=sealed, created_at=func.clock_timestamp()
+        )
+    )
+    _log.info("added signing key %s", key.kid)
+    return key.kid

@@ -1,0 +1,195 @@
+"""Logging in, refreshing and logging out: sessions, token pairs and their revocation."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from auth_service.audit import AuditAction, audit, emit
+from auth_service.keyring import KeyRing
+from auth_service.models import RevokeReason, User
+from auth_service.passwords import PasswordHashing
+from auth_service.schemas import TokenPair
+from auth_service.sessions import (
+    RevokedAccess,
+    add_refresh_token,
+    find_refresh_token,
+    get_session_row,
+    record_access_token,
+    revoke_sessions,
+    spend_refresh_token,
+    start_session,
+)
+from auth_service.settings import AuthSettings
+from auth_service.throttle import LoginThrottle
+from auth_service.tokens import hash_token, issue_access_token
+from auth_service.users import get_user, get_user_by_email, normalize_email, parse_uuid
+from keelson.auth import Principal, RevocationList
+from keelson.errors import TooManyRequests, Unauthorized
+from keelson.events import UserLoggedIn
+
+__all__ = ["granted_scopes", "log_in", "log_out", "refresh_session", "revoke_access"]
+
+_BAD_CREDENTIALS = "incorrect email or password"
+_BAD_REFRESH = "invalid refresh token"
+
+
+def granted_scopes(
+    settings: AuthSettings, roles: Iterable[str], requested: str | None
+) -> list[str]:
+    """The scopes `roles` allow, narrowed to `requested` when a client asks for fewer."""
+    allowed = {scope for role in roles for scope in settings.role_scopes.get(role, ())}
+    if requested is not None:
+        allowed &= set(requested.split())
+    return sorted(allowed)
+
+
+async def log_in(
+    db: AsyncSession,
+    *,
+    email: str,
+    password: str,
+    requested_scope: str | None,
+    client_ip: str,
+    user_agent: str | None,
+    passwords: PasswordHashing,
+    throttle: LoginThrottle,
+    keyring: KeyRing,
+    settings: AuthSettings,
+) -> TokenPair:
+    """A new session and its first token pair; 401 for any bad credential, 429 when locked."""
+    email = normalize_email(email, strict=False)
+    await throttle.check(email=email, ip=client_ip)
+    user = await get_user_by_email(db, email=email)
+    if user is None:
+        verified = await passwords.verify_dummy(password)
+    else:
+        verified = await passwords.verify(user.password_hash, password)
+    if not verified or user is None or not user.is_active:
+        await _record_failure(db, throttle, email=email, client_ip=client_ip, user=user)
+        raise Unauthorized(_BAD_CREDENTIALS)
+    await throttle.record_success(email=email)
+    if passwords.needs_rehash(user.password_hash):
+        user.password_hash = await passwords.hash(password)
+    scopes = granted_scopes(settings, user.roles, requested_scope)
+    row = await start_session(
+        db, user_id=user.id, scopes=scopes, client_ip=client_ip, user_agent=user_agent
+    )
+    pair = await _issue_pair(db, keyring, settings, user=user, session_id=row.id, scopes=scopes)
+    await emit(db, UserLoggedIn(user_id=str(user.id), ip=client_ip, user_agent=user_agent))
+    await audit(db, AuditAction.LOGIN_SUCCEEDED, actor=str(user.id), ip=client_ip)
+    await db.commit()
+    return pair
+
+
+async def refresh_session(
+    db: AsyncSession,
+    *,
+    refresh_token: str,
+    keyring: KeyRing,
+    revocations: RevocationList,
+    settings: AuthSettings,
+) -> TokenPair:
+    """Spend `refresh_token` for a new pair; a spent one revokes its whole family (401)."""
+    digest = hash_token(refresh_token)
+    spent = await spend_refresh_token(db, token_hash=digest)
+    if spent is None:
+        await _handle_reuse(db, token_hash=digest, revocations=revocations)
+        raise Unauthorized(_BAD_REFRESH)
+    row = await get_session_row(db, session_id=spent.session_id)
+    user = None if row is None else await get_user(db, user_id=row.user_id)
+    if (
+        row is None
+        or user is None
+        or row.revoked_at is not None
+        or not user.is_active
+        or spent.expires_at <= datetime.now(UTC)
+    ):
+        await db.commit()
+        raise Unauthorized(_BAD_REFRESH)
+    # Roles may have changed since login: scopes are what the session asked for and the
+    # current roles still allow.
+    scopes = sorted(set(row.scopes) & set(granted_scopes(settings, user.roles, None)))
+    pair = await _issue_pair(db, keyring, settings, user=user, session_id=row.id, scopes=scopes)
+    await db.commit()
+    return pair
+
+
+async def log_out(db: AsyncSession, *, principal: Principal, revocations: RevocationList) -> None:
+    """End the caller's session (its refresh family) and refuse its access token at once."""
+    revoked: list[RevokedAccess] = []
+    session_id = parse_uuid(principal.session_id)
+    if session_id is not None:
+        revoked = await revoke_sessions(db, reason=RevokeReason.LOGOUT, session_id=session_id)
+    await audit(db, AuditAction.LOGGED_OUT, actor=principal.user_id)
+    await db.commit()
+    if principal.jti and principal.expires_at:
+        revoked.append(RevokedAccess(principal.jti, principal.expires_at))
+    await revoke_access(revocations, revoked)
+
+
+async def revoke_access(revocations: RevocationList, revoked: Iterable[RevokedAccess]) -> None:
+    for access in revoked:
+        await revocations.revoke(access.jti, access.expires_at)
+
+
+async def _issue_pair(
+    db: AsyncSession,
+    keyring: KeyRing,
+    settings: AuthSettings,
+    *,
+    user: User,
+    session_id: uuid.UUID,
+    scopes: list[str],
+) -> TokenPair:
+    access = issue_access_token(
+        keyring, settings, user_id=user.id, roles=user.roles, scopes=scopes, session_id=session_id
+    )
+    await record_access_token(db, session_id=session_id, access=access)
+    refresh = await add_refresh_token(
+        db, session_id=session_id, ttl=timedelta(seconds=settings.refresh_token_ttl_seconds)
+    )
+    return TokenPair(
+        access_token=access.token,
+        refresh_token=refresh,
+        expires_in=settings.access_token_ttl_seconds,
+        scope=access.scope,
+    )
+
+
+async def _handle_reuse(
+    db: AsyncSession, *, token_hash: bytes, revocations: RevocationList
+) -> None:
+    known = await find_refresh_token(db, token_hash=token_hash)
+    if known is None:
+        return
+    # A spent token came back: it was stolen, or the client is confused. Either way
+    # nothing descended from that login can be trusted any more.
+    revoked = await revoke_sessions(db, reason=RevokeReason.REUSE, session_id=known.session_id)
+    row = await get_session_row(db, session_id=known.session_id)
+    await audit(
+        db,
+        AuditAction.REFRESH_REUSED,
+        actor=None,
+        target=str(row.user_id) if row else None,
+        session_id=str(known.session_id),
+    )
+    await db.commit()
+    await revoke_access(revocations, revoked)
+
+
+async def _record_failure(
+    db: AsyncSession, throttle: LoginThrottle, *, email: str, client_ip: str, user: User | None
+) -> None:
+    target = str(user.id) if user is not None else None
+    try:
+        await throttle.record_failure(email=email, ip=client_ip)
+    except TooManyRequests:
+        await audit(db, AuditAction.LOGIN_LOCKED, actor=None, target=target, ip=client_ip)
+        await db.commit()
+        raise
+    await audit(db, AuditAction.LOGIN_FAILED, actor=None, target=target, ip=client_ip)
+    await db.commit()

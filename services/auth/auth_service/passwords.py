@@ -1,0 +1,88 @@
+"""Passwords: argon2id hashing with configured cost, and the policy new passwords must meet."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from functools import cache
+from importlib import resources
+
+from argon2 import PasswordHasher, Type
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from auth_service.settings import PasswordHashSettings
+from keelson.errors import Unprocessable
+
+__all__ = ["MAX_PASSWORD_LENGTH", "PasswordHashing", "check_password_policy", "common_passwords"]
+
+MAX_PASSWORD_LENGTH = 1024
+
+
+class PasswordHashing:
+    """argon2id in a worker thread, so a login does not stall the event loop."""
+
+    def __init__(self, settings: PasswordHashSettings) -> None:
+        self._hasher = PasswordHasher(
+            time_cost=settings.time_cost,
+            memory_cost=settings.memory_cost,
+            parallelism=settings.parallelism,
+            hash_len=settings.hash_len,
+            salt_len=settings.salt_len,
+            type=Type.ID,
+        )
+        # Checked against when the email is unknown, so that answer takes as long as a
+        # wrong password for a real account (no account enumeration by timing).
+        self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(24))
+
+    async def hash(self, password: str) -> str:
+        return await asyncio.to_thread(self._hasher.hash, password)
+
+    async def verify(self, password_hash: str, password: str) -> bool:
+        return await asyncio.to_thread(self._verify, password_hash, password)
+
+    async def verify_dummy(self, password: str) -> bool:
+        await asyncio.to_thread(self._verify, self._dummy_hash, password)
+        return False
+
+    def needs_rehash(self, password_hash: str) -> bool:
+        try:
+            return self._hasher.check_needs_rehash(password_hash)
+        except InvalidHashError:
+            return True
+
+    def _verify(self, password_hash: str, password: str) -> bool:
+        try:
+            return self._hasher.verify(password_hash, password)
+        except (VerificationError, InvalidHashError):
+            return False
+
+
+@cache
+def common_passwords() -> frozenset[str]:
+    """The bundled list of common passwords, lower-cased."""
+    text = resources.files("auth_service").joinpath("data/common_passwords.txt").read_text()
+    return frozenset(line.strip().lower() for line in text.splitlines() if line.strip())
+
+
+def check_password_policy(password: str, *, email: str, min_length: int) -> None:
+    """Raise `Unprocessable` naming the first rule `password` breaks (`rule` in the body)."""
+    if len(password) < min_length:
+        _refuse(
+            "too_short",
+            f"password must be at least {min_length} characters; "
+            "a pass-phrase of a few words is easy to remember",
+        )
+    if len(password) > MAX_PASSWORD_LENGTH:
+        _refuse("too_long", f"password must be at most {MAX_PASSWORD_LENGTH} characters")
+    folded = password.lower()
+    if folded in common_passwords() or "".join(folded.split()) in common_passwords():
+        _refuse("common", "password is on the list of commonly used passwords")
+    if len(set(folded)) < 4:
+        _refuse("repetitive", "password repeats too few different characters")
+    local_part = email.split("@", 1)[0].lower()
+    if folded == email.lower() or (len(local_part) >= 4 and local_part in folded):
+        _refuse("contains_email", "password must not contain the email address")
+
+
+def _refuse(rule: str, detail: str) -> None:
+    raise Unprocessable(detail, rule=rule)

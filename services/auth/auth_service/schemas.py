@@ -1,0 +1,122 @@
+"""What clients send and receive: request bodies and public views, apart from the tables."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from auth_service.models import User
+from auth_service.passwords import MAX_PASSWORD_LENGTH
+
+__all__ = [
+    "EmailRequest",
+    "LoginRequest",
+    "PasswordResetConfirm",
+    "RefreshRequest",
+    "RegisterRequest",
+    "TokenPair",
+    "UserAdminView",
+    "UserPage",
+    "UserPublic",
+    "UserSelfUpdate",
+    "UserUpdate",
+    "VerifyEmailConfirm",
+]
+
+_Password = Field(min_length=1, max_length=MAX_PASSWORD_LENGTH)
+
+
+class RegisterRequest(BaseModel):
+    email: str = Field(max_length=320)
+    password: str = _Password
+    name: str | None = Field(None, max_length=200)
+
+
+class LoginRequest(BaseModel):
+    email: str = Field(max_length=320)
+    password: str = _Password
+    scope: str | None = Field(None, max_length=1000, description="space-separated subset")
+
+
+class RefreshRequest(BaseModel):
+    refresh_token: str = Field(min_length=1, max_length=200)
+
+
+class EmailRequest(BaseModel):
+    email: str = Field(max_length=320)
+
+
+class PasswordResetConfirm(BaseModel):
+    token: str = Field(min_length=1, max_length=200)
+    new_password: str = _Password
+
+
+class VerifyEmailConfirm(BaseModel):
+    token: str = Field(min_length=1, max_length=200)
+
+
+class UserSelfUpdate(BaseModel):
+    """`password` needs `current_password`; changing it ends every other session."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, max_length=200)
+    password: str | None = Field(None, min_length=1, max_length=MAX_PASSWORD_LENGTH)
+    current_password: str | None = Field(None, max_length=MAX_PASSWORD_LENGTH)
+
+
+class UserUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, max_length=200)
+    roles: list[str] | None = Field(None, max_length=20)
+    is_active: bool | None = None
+
+
+class TokenPair(BaseModel):
+    access_token: str
+    refresh_token: str
+    token_type: Literal["bearer"] = "bearer"  # noqa: S105
+    expires_in: int
+    scope: str
+
+
+class UserPublic(BaseModel):
+    id: uuid.UUID
+    email: str
+    name: str | None
+    roles: list[str]
+    email_verified: bool
+    created_at: datetime
+
+    @classmethod
+    def of(cls, user: User) -> UserPublic:
+        return cls(
+            id=user.id,
+            email=user.email,
+            name=user.name,
+            roles=user.roles,
+            email_verified=user.email_verified_at is not None,
+            created_at=user.created_at,
+        )
+
+
+class UserAdminView(UserPublic):
+    is_active: bool
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, user: User) -> UserAdminView:
+        return cls(
+            **UserPublic.of(user).model_dump(), is_active=user.is_active, updated_at=user.updated_at
+        )
+
+
+class UserPage(BaseModel):
+    items: list[UserAdminView]
+    total: int
+    limit: int
+    offset: int

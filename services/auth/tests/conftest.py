@@ -1,0 +1,193 @@
+"""Fixtures for the auth service: its migrated schema, a running app and small factories."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+import auth_service
+from auth_service.app import create_app
+from auth_service.settings import (
+    AuthSettings,
+    LoginThrottleSettings,
+    PasswordHashSettings,
+    Settings,
+)
+from keelson.db import create_engine, migrate
+from keelson.testing import make_settings
+
+PASSWORD = "plum tractors sing quietly"
+CLIENT_IP = "198.51.100.7"
+# Low argon2 cost keeps the suite fast; the benchmark measures the configured one.
+FAST_HASHING = PasswordHashSettings(time_cost=1, memory_cost=1024, parallelism=1)
+
+
+@pytest.fixture(scope="session")
+def auth_database_url(test_database_url: str) -> str:
+    migrate(Path(auth_service.__file__).parent / "migrations", test_database_url)
+    return test_database_url
+
+
+@pytest.fixture(scope="session")
+def auth_settings_factory(auth_database_url: str, redis_url: str) -> Callable[..., Settings]:
+    def factory(**auth: Any) -> Settings:
+        top = {k: auth.pop(k) for k in ("admin_email", "admin_password") if k in auth}
+        auth.setdefault("password", FAST_HASHING)
+        auth.setdefault(
+            "throttle",
+            LoginThrottleSettings(max_account_failures=5, max_ip_failures=10_000),
+        )
+        settings = make_settings(
+            Settings,
+            database_url=auth_database_url,
+            redis_url=redis_url,
+            auth=AuthSettings(**auth),
+            **top,
+        )
+        assert isinstance(settings, Settings)
+        return settings
+
+    return factory
+
+
+@asynccontextmanager
+async def running(app: FastAPI, *, client_ip: str = CLIENT_IP) -> AsyncIterator[httpx.AsyncClient]:
+    """The app with its lifespan started, and a client that talks to it in-process."""
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, client=(client_ip, 40000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://auth.test") as client:
+            yield client
+
+
+@pytest.fixture(scope="session")
+async def auth_app(auth_settings_factory: Callable[..., Settings]) -> AsyncIterator[FastAPI]:
+    app = create_app(auth_settings_factory())
+    async with app.router.lifespan_context(app):
+        yield app
+
+
+@pytest.fixture
+async def client(auth_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=auth_app, client=(CLIENT_IP, 40000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://auth.test") as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+async def auth_engine(auth_database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(make_settings(Settings, database_url=auth_database_url), schema="auth")
+    yield engine
+    await engine.dispose()
+
+
+def unique_email(prefix: str = "user") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}@example.com"
+
+
+@pytest.fixture
+def new_email() -> Callable[..., str]:
+    return unique_email
+
+
+@pytest.fixture
+def register() -> Callable[..., Awaitable[dict[str, Any]]]:
+    async def register(
+        client: httpx.AsyncClient, email: str | None = None, password: str = PASSWORD
+    ) -> dict[str, Any]:
+        email = email or unique_email()
+        response = await client.post(
+            "/api/v1/auth/register", json={"email": email, "password": password, "name": "Ada"}
+        )
+        assert response.status_code == 201, response.text
+        return {**response.json(), "password": password}
+
+    return register
+
+
+@pytest.fixture
+def login() -> Callable[..., Awaitable[dict[str, Any]]]:
+    async def login(
+        client: httpx.AsyncClient, email: str, password: str = PASSWORD
+    ) -> dict[str, Any]:
+        response = await client.post(
+            "/api/v1/auth/login", json={"email": email, "password": password}
+        )
+        assert response.status_code == 200, response.text
+        tokens: dict[str, Any] = response.json()
+        return tokens
+
+    return login
+
+
+@pytest.fixture
+def signed_in(
+    client: httpx.AsyncClient,
+    register: Callable[..., Awaitable[dict[str, Any]]],
+    login: Callable[..., Awaitable[dict[str, Any]]],
+) -> Callable[..., Awaitable[tuple[dict[str, Any], dict[str, Any]]]]:
+    """A new user and its first token pair."""
+
+    async def signed_in(email: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+        user = await register(client, email)
+        return user, await login(client, user["email"])
+
+    return signed_in
+
+
+@pytest.fixture
+def outbox(auth_engine: AsyncEngine) -> Callable[..., Awaitable[list[dict[str, Any]]]]:
+    """Envelopes in the auth outbox for `topic`, newest last (optionally about one user)."""
+
+    async def outbox(topic: str, *, user_id: str | None = None) -> list[dict[str, Any]]:
+        async with auth_engine.connect() as conn:
+            rows = await conn.execute(
+                text("SELECT payload FROM auth.outbox WHERE topic = :topic ORDER BY id"),
+                {"topic": topic},
+            )
+            envelopes = [row.payload for row in rows]
+        if user_id is not None:
+            envelopes = [e for e in envelopes if e["data"].get("user_id") == user_id]
+        return envelopes
+
+    return outbox
+
+
+@pytest.fixture
+def grant_admin(auth_engine: AsyncEngine) -> Callable[[str], Awaitable[None]]:
+    async def grant_admin(user_id: str) -> None:
+        async with auth_engine.begin() as conn:
+            await conn.execute(
+                text("UPDATE auth.users SET roles = ARRAY['user', 'admin'] WHERE id = :id"),
+                {"id": user_id},
+            )
+
+    return grant_admin
+
+
+def bearer(tokens: dict[str, Any]) -> dict[str, str]:
+    return {"Authorization": f"Bearer {tokens['access_token']}"}
+
+
+@pytest.fixture
+def auth_header() -> Callable[[dict[str, Any]], dict[str, str]]:
+    return bearer
+
+
+@pytest.fixture
+def serve() -> Callable[..., Any]:
+    """`async with serve(app, client_ip=...) as client`: a separately configured app."""
+    return running
+
+
+@pytest.fixture
+def password() -> str:
+    return PASSWORD
