@@ -44,7 +44,7 @@ class GatewayPlugin(Plugin):
 
 
 class Pipeline:
-    """Composes the running plugins' layers in start order: the first to start is outermost."""
+    """Composes the running plugins' layers: the highest priority (lowest number) is outermost."""
 
     def __init__(self, container: PluginContainer, plugins: Sequence[type[GatewayPlugin]]) -> None:
         self.container = container
@@ -57,14 +57,15 @@ class Pipeline:
         self.version += 1
 
     def running(self) -> list[GatewayPlugin]:
-        order = {name: i for i, name in enumerate(self.container.start_order())}
+        """Running plugins by priority, then as listed; not start order, which dependencies
+        may change (routing starts early because validation needs its catalog, yet its
+        layer must stay innermost)."""
         running = [
-            self.container.get(cls)
-            for cls in self.plugins
-            if cls.metadata.name in order
-            and self.container.state(cls.metadata.name) is PluginState.RUNNING
+            (cls.metadata.priority, i, self.container.get(cls))
+            for i, cls in enumerate(self.plugins)
+            if self.container.state(cls.metadata.name) is PluginState.RUNNING
         ]
-        return sorted(running, key=lambda p: order[p.metadata.name])
+        return [plugin for *_, plugin in sorted(running, key=lambda r: (r[0], r[1]))]
 
     def compose(self, endpoint: ASGIApp) -> ASGIApp:
         app = endpoint

@@ -163,3 +163,48 @@ def write_config(directory: Path, config: dict[str, Any]) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "keelson.yaml").write_text(yaml.safe_dump(config))
     return directory
+
+
+async def catalog_ready(app: FastAPI, *names: str) -> None:
+    """Wait until the gateway has fetched these upstreams' OpenAPI documents."""
+    from gateway.plugins.routing import CATALOG
+
+    catalog = app.state.container.resolve(CATALOG)
+    await eventually(lambda: all(catalog.available()[n] for n in names))
+
+
+async def call_raw(
+    app: Any, method: str, raw_path: bytes, body: bytes = b"", headers=()
+) -> tuple[int, bytes]:
+    """Call the ASGI app with a path exactly as given, as a client on the wire could send it."""
+    from urllib.parse import unquote
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": unquote(raw_path.decode()),
+        "raw_path": raw_path,
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"gateway.test"), *headers],
+        "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 8000),
+    }
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        if messages:
+            return messages.pop(0)
+        await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    return status, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")

@@ -47,7 +47,7 @@ async def test_route_limit_then_429_with_headers(upstream: ServerThread, redis_u
         # Another route has its own budget; POST to the same path is not under the rule.
         other = await client.get("/api/v1/logs/items/1")
         assert other.status_code == 200 and other.headers["ratelimit-limit"] == "100"
-        assert (await client.post("/api/v1/logs/echo", content=b"{}")).status_code == 200
+        assert (await client.post("/api/v1/logs/echo", json={})).status_code == 200
         # Probes are never limited.
         assert "ratelimit-limit" not in (await client.get("/health/live")).headers
         metrics = (await client.get("/metrics")).text

@@ -5,7 +5,12 @@ from __future__ import annotations
 from gateway.pipeline import GatewayPlugin
 from gateway.plugins.rate_limiting import RateLimitingPlugin
 from gateway.plugins.routing import RoutingPlugin
+from gateway.plugins.validation import ValidationPlugin
 
-__all__ = ["GATEWAY_PLUGINS", "RateLimitingPlugin", "RoutingPlugin"]
+__all__ = ["GATEWAY_PLUGINS", "RateLimitingPlugin", "RoutingPlugin", "ValidationPlugin"]
 
-GATEWAY_PLUGINS: tuple[type[GatewayPlugin], ...] = (RateLimitingPlugin, RoutingPlugin)
+GATEWAY_PLUGINS: tuple[type[GatewayPlugin], ...] = (
+    RateLimitingPlugin,
+    ValidationPlugin,
+    RoutingPlugin,
+)

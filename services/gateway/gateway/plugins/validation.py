@@ -1,0 +1,295 @@
+"""The validation plugin: sizes, content types, JSON shape, paths, and upstream schemas."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from jsonschema.exceptions import ValidationError as SchemaError
+from jsonschema.exceptions import best_match
+from pydantic import BaseModel, Field
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.context import BODY, state
+from gateway.metrics import VALIDATION_REJECTIONS
+from gateway.openapi import OpenApiCatalog
+from gateway.pipeline import GatewayPlugin, plugin_config
+from gateway.plugins.routing import CATALOG
+from keelson.config import PluginSettings
+from keelson.http import problem_response
+from keelson.plugins import PluginMetadata, Priority
+
+__all__ = ["ValidationConfig", "ValidationPlugin"]
+
+# Encoded forms that a second decoding (here or upstream) would turn into path syntax.
+_ENCODED_TRICKS = (b"%25", b"%2e", b"%2f", b"%5c", b"%00")
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+class ValidationConfig(BaseModel):
+    max_body_bytes: int = Field(1024 * 1024, ge=0)
+    max_json_bytes: int = Field(512 * 1024, ge=0)
+    max_json_depth: int = Field(32, ge=1)
+    max_header_bytes: int = Field(16 * 1024, ge=256)
+    max_headers: int = Field(100, ge=1)
+    allowed_content_types: list[str] = [
+        "application/json",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data",
+        "text/plain",
+        "application/octet-stream",
+    ]
+    check_upstream_schemas: bool = True
+
+
+class _Rejected(Exception):
+    def __init__(self, status: int, reason: str, detail: str, **extensions: Any) -> None:
+        self.status = status
+        self.reason = reason
+        self.detail = detail
+        self.extensions = extensions
+
+
+_TITLES = {
+    400: "Bad Request",
+    413: "Payload Too Large",
+    415: "Unsupported Media Type",
+    422: "Unprocessable Content",
+    431: "Request Header Fields Too Large",
+}
+
+
+class ValidationPlugin(GatewayPlugin):
+    metadata = PluginMetadata(
+        name="validation",
+        priority=Priority.MIDDLEWARE,
+        description="Body and header limits, content types, JSON depth, paths, upstream schemas",
+        depends_on=("routing",),
+    )
+
+    async def initialize(self) -> None:
+        self.config = plugin_config(ValidationConfig, self.settings)
+        self.catalog = self.container.resolve(CATALOG)
+
+    def prepare_reload(self, section: PluginSettings) -> Callable[[], None]:
+        config = plugin_config(ValidationConfig, section)
+
+        def apply() -> None:
+            self.settings, self.config = section, config
+
+        return apply
+
+    def wrap(self, app: ASGIApp) -> ASGIApp:
+        return _ValidationLayer(app, self.config, self.catalog)
+
+
+class _ValidationLayer:
+    def __init__(self, app: ASGIApp, config: ValidationConfig, catalog: OpenApiCatalog) -> None:
+        self.app = app
+        self.config = config
+        self.catalog = catalog
+        self.allowed = frozenset(t.lower() for t in config.allowed_content_types)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        try:
+            self._check_path(scope)
+            length, chunked, media_type = self._check_headers(scope)
+            has_body = chunked or bool(length)
+            if has_body:
+                receive = await self._check_body(scope, receive, length, media_type)
+            elif scope["method"] in _BODY_METHODS:
+                self._check_schema(scope, None, absent=True)
+        except _Rejected as rejected:
+            VALIDATION_REJECTIONS.labels(rejected.reason).inc()
+            await problem_response(
+                rejected.status,
+                _TITLES[rejected.status],
+                rejected.detail,
+                instance=scope["path"],
+                **rejected.extensions,
+            )(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def _check_path(self, scope: Scope) -> None:
+        raw = scope.get("raw_path") or scope["path"].encode()
+        lowered = raw.lower()
+        if any(trick in lowered for trick in _ENCODED_TRICKS):
+            raise _Rejected(400, "path", "The path contains encoded characters it may not.")
+        path: str = scope["path"]
+        segments = path.split("/")
+        if (
+            not path.startswith("/")
+            or "\\" in path
+            or "\x00" in path
+            or any(seg in (".", "..") for seg in segments)
+            or "//" in path
+        ):
+            raise _Rejected(400, "path", "The path is not in normal form.")
+
+    def _check_headers(self, scope: Scope) -> tuple[int | None, bool, str]:
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        config = self.config
+        if len(headers) > config.max_headers:
+            raise _Rejected(431, "headers", "Too many request headers.")
+        total = 0
+        length: int | None = None
+        chunked = False
+        media_type = ""
+        for name, value in headers:
+            total += len(name) + len(value) + 4
+            if name == b"content-length":
+                try:
+                    length = int(value)
+                except ValueError:
+                    raise _Rejected(400, "length", "Content-Length is not a number.") from None
+            elif name == b"transfer-encoding":
+                chunked = True
+            elif name == b"content-type":
+                media_type = value.split(b";", 1)[0].strip().lower().decode("latin-1")
+        if total > config.max_header_bytes:
+            raise _Rejected(431, "headers", "The request headers are too large.")
+        if length is not None and length > config.max_body_bytes:
+            raise _Rejected(413, "size", f"The body may be at most {config.max_body_bytes} bytes.")
+        return length, chunked, media_type
+
+    async def _check_body(
+        self, scope: Scope, receive: Receive, length: int | None, media_type: str
+    ) -> Receive:
+        if not media_type:
+            raise _Rejected(415, "content_type", "A request body needs a Content-Type.")
+        is_json = media_type == "application/json" or media_type.endswith("+json")
+        if not is_json and media_type not in self.allowed:
+            raise _Rejected(415, "content_type", f"Content-Type {media_type} is not accepted.")
+        limit = self.config.max_json_bytes if is_json else self.config.max_body_bytes
+        if length is not None and length > limit:
+            raise _Rejected(413, "size", f"The body may be at most {limit} bytes.")
+        if not is_json and length is not None:
+            return receive  # known to be within the limit: streamed through untouched
+        body = await _read_limited(receive, limit)
+        if is_json:
+            document = self._parse_json(body)
+            self._check_schema(scope, document, absent=False)
+        state(scope)[BODY] = body
+        return _replay(body, receive)
+
+    def _parse_json(self, body: bytes) -> Any:
+        try:
+            document = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise _Rejected(400, "json", "The body is not valid JSON.") from None
+        if _depth_exceeds(document, self.config.max_json_depth):
+            raise _Rejected(
+                400, "json_depth", f"JSON nesting deeper than {self.config.max_json_depth}."
+            )
+        return document
+
+    def _check_schema(self, scope: Scope, document: Any, *, absent: bool) -> None:
+        if not self.config.check_upstream_schemas:
+            return
+        match = self.catalog.match(scope)
+        if match is None or match.operation is None:
+            return
+        operation = match.operation
+        if absent:
+            if operation.body_required and operation.body_schema is not None:
+                raise _Rejected(
+                    422,
+                    "schema",
+                    "body: a JSON body is required",
+                    errors=[{"loc": ["body"], "msg": "Field required", "type": "missing"}],
+                )
+            return
+        validator = self.catalog.validator(operation)
+        if validator is None:
+            return
+        error = best_match(validator.iter_errors(document))
+        if error is not None:
+            raise _schema_rejection(error)
+
+
+def _schema_rejection(error: SchemaError) -> _Rejected:
+    location = [str(part) for part in error.absolute_path]
+    if error.validator == "required" and isinstance(error.instance, dict):
+        missing = [f for f in error.validator_value if f not in error.instance]
+        if missing:
+            location.append(str(missing[0]))
+    field = ".".join(location) or "body"
+    # The message may quote the submitted value (perhaps a password): name the rule instead.
+    message = _describe(error)
+    return _Rejected(
+        422,
+        "schema",
+        f"{field}: {message}",
+        errors=[{"loc": ["body", *location], "msg": message, "type": str(error.validator)}],
+    )
+
+
+def _describe(error: SchemaError) -> str:
+    rule = str(error.validator)
+    value = error.validator_value
+    messages = {
+        "required": "Field required",
+        "type": f"must be of type {value}",
+        "format": f"must be a valid {value}",
+        "minLength": f"must have at least {value} characters",
+        "maxLength": f"must have at most {value} characters",
+        "minimum": f"must be at least {value}",
+        "maximum": f"must be at most {value}",
+        "exclusiveMinimum": f"must be greater than {value}",
+        "exclusiveMaximum": f"must be less than {value}",
+        "enum": "must be one of " + ", ".join(map(str, value)) if isinstance(value, list) else "",
+        "pattern": "does not match the expected pattern",
+        "additionalProperties": "has unexpected fields",
+    }
+    return messages.get(rule) or f"fails the {rule} rule"
+
+
+def _depth_exceeds(document: Any, limit: int) -> bool:
+    stack: list[tuple[Any, int]] = [(document, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+async def _read_limited(receive: Receive, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    more = True
+    while more:
+        message: Message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Rejected(400, "disconnect", "The client went away.")
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _Rejected(413, "size", f"The body may be at most {limit} bytes.")
+        chunks.append(chunk)
+        more = message.get("more_body", False)
+    return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay

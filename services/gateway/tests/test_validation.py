@@ -1,0 +1,120 @@
+import json
+
+import pytest
+from gateway_testkit import (
+    ServerThread,
+    call_raw,
+    catalog_ready,
+    gateway_settings,
+    running_gateway,
+    upstreams_config,
+)
+
+
+def settings_for(upstream: ServerThread, **validation: object):
+    return gateway_settings(
+        routing=upstreams_config(logs=upstream.url),
+        validation={"max_body_bytes": 4096, "max_json_bytes": 2048, **validation},
+    )
+
+
+async def test_body_checked_against_the_upstream_schema(upstream: ServerThread) -> None:
+    async with running_gateway(settings_for(upstream)) as (app, client):
+        await catalog_ready(app, "logs")
+        ok = await client.post("/api/v1/logs/items", json={"name": "a", "count": 2})
+        assert ok.status_code == 201 and ok.json()["name"] == "a"
+
+        short = await client.post("/api/v1/logs/items", json={"name": "", "count": 2})
+        assert short.status_code == 422
+        assert short.headers["content-type"] == "application/problem+json"
+        assert short.json()["detail"].startswith("name: ")
+        assert short.json()["errors"][0]["loc"] == ["body", "name"]
+
+        missing = await client.post("/api/v1/logs/items", json={"name": "a"})
+        assert missing.status_code == 422 and missing.json()["detail"] == "count: Field required"
+
+        wrong = await client.post("/api/v1/logs/items", json={"name": "a", "count": "many"})
+        assert wrong.status_code == 422 and wrong.json()["errors"][0]["loc"] == ["body", "count"]
+        assert "many" not in wrong.text  # submitted values are never echoed
+
+        nested = await client.post(
+            "/api/v1/logs/items", json={"name": "a", "count": 1, "tags": [1]}
+        )
+        assert nested.status_code == 422 and nested.json()["detail"].startswith("tags.0: ")
+
+        empty = await client.post("/api/v1/logs/items")
+        assert empty.status_code == 422
+
+
+async def test_size_type_and_json_shape_limits(upstream: ServerThread) -> None:
+    async with running_gateway(settings_for(upstream)) as (_, client):
+        too_big = await client.post(
+            "/api/v1/logs/upload", content=b"x" * 5000, headers={"content-type": "text/plain"}
+        )
+        assert too_big.status_code == 413
+
+        async def chunked():
+            for _ in range(5):
+                yield b" " * 1000
+
+        big_json = await client.post(
+            "/api/v1/logs/echo", content=chunked(), headers={"content-type": "application/json"}
+        )
+        assert big_json.status_code == 413
+
+        xml = await client.post(
+            "/api/v1/logs/upload", content=b"<a/>", headers={"content-type": "application/xml"}
+        )
+        assert xml.status_code == 415
+        untyped = await client.post(
+            "/api/v1/logs/upload", content=b"abc", headers={"content-type": ""}
+        )
+        assert untyped.status_code == 415
+
+        broken = await client.post(
+            "/api/v1/logs/echo", content=b"{nope", headers={"content-type": "application/json"}
+        )
+        assert broken.status_code == 400
+
+        deep = json.dumps(json.loads("[" * 40 + "]" * 40))
+        too_deep = await client.post(
+            "/api/v1/logs/echo", content=deep, headers={"content-type": "application/json"}
+        )
+        assert too_deep.status_code == 400 and "deeper" in too_deep.json()["detail"]
+
+        fine = await client.post(
+            "/api/v1/logs/upload", content=b"x" * 4000, headers={"content-type": "text/plain"}
+        )
+        assert fine.json() == {"received": 4000}
+
+        many = {f"x-h{i}": "v" for i in range(120)}
+        assert (await client.get("/api/v1/logs/echo", headers=many)).status_code == 431
+        huge = {"x-big": "v" * 20000}
+        assert (await client.get("/api/v1/logs/echo", headers=huge)).status_code == 431
+
+
+@pytest.mark.parametrize(
+    "raw_path",
+    [
+        b"/api/v1/logs/../auth/echo",
+        b"/api/v1/logs/./echo",
+        b"/api/v1/logs/%2e%2e/auth",
+        b"/api/v1/logs/%252e%252e/auth",
+        b"/api/v1/logs/a%2fb",
+        b"/api/v1/logs//echo",
+        b"/api/v1/logs/a%5c..%5cb",
+        b"/api/v1/logs/a%00",
+    ],
+)
+async def test_paths_that_are_not_normal_are_refused(
+    upstream: ServerThread, raw_path: bytes
+) -> None:
+    async with running_gateway(settings_for(upstream)) as (app, _):
+        status, body = await call_raw(app, "GET", raw_path)
+    assert status == 400, body
+
+
+async def test_normal_encoded_path_passes(upstream: ServerThread) -> None:
+    async with running_gateway(settings_for(upstream)) as (app, _):
+        status, body = await call_raw(app, "GET", b"/api/v1/logs/echo")
+    assert status == 200 and json.loads(body)["raw_path"] == "/api/v1/logs/echo"
