@@ -214,8 +214,10 @@ class _ValidationLayer:
 
 def _schema_rejection(error: SchemaError) -> _Rejected:
     location = [str(part) for part in error.absolute_path]
+    required = error.validator_value
     if error.validator == "required" and isinstance(error.instance, dict):
-        missing = [f for f in error.validator_value if f not in error.instance]
+        assert isinstance(required, list)
+        missing = [f for f in required if f not in error.instance]
         if missing:
             location.append(str(missing[0]))
     field = ".".join(location) or "body"
