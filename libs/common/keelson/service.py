@@ -9,6 +9,7 @@ from pathlib import Path
 
 import uvicorn
 
+from keelson.bus import bus_plugin
 from keelson.cache import CachePlugin
 from keelson.config import KeelsonSettings, load_settings
 from keelson.db import DatabasePlugin, migrate
@@ -30,6 +31,7 @@ def build_container(
     container = PluginContainer(settings)
     if settings.redis_url is not None:
         container.register(RedisPlugin)
+    container.register(bus_plugin(settings))
     if database:
         container.register(DatabasePlugin)
     container.register(CachePlugin)

@@ -1,0 +1,145 @@
+"""The bus contract every transport implements, and the subscription table they share."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+from prometheus_client import Counter
+
+from keelson.bus._topics import TopicPattern, validate_topic
+from keelson.events import Envelope, Event
+from keelson.metrics import BUS_HANDLED
+from keelson.plugins import Health
+
+__all__ = [
+    "BroadcastHandler",
+    "Bus",
+    "Group",
+    "Handler",
+    "Outcome",
+    "Subscriptions",
+    "handled_counter",
+    "to_envelope",
+]
+
+_log = logging.getLogger("keelson.bus")
+
+Handler = Callable[[Envelope], Awaitable[None]]
+BroadcastHandler = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class Bus(Protocol):
+    """Durable events by topic (`publish`/`subscribe`) and ephemeral broadcasts.
+
+    Handlers of one `group` share the events (each is handled once per group, by one
+    consumer of it); different groups each get every event. A group's handlers should be
+    idempotent by `envelope.id`: delivery is at-least-once on Redis (at-most-once on the
+    ZeroMQ transport). `subscribe` and `on_broadcast` may be called before or after `start`.
+    """
+
+    @property
+    def transport(self) -> str: ...
+
+    def subscribe(
+        self, pattern: str, handler: Handler, *, group: str, dedupe: bool = False
+    ) -> None: ...
+
+    def on_broadcast(self, channel: str, handler: BroadcastHandler) -> None: ...
+
+    async def publish(self, event: Event | Envelope) -> Envelope: ...
+
+    async def broadcast(self, channel: str, payload: Mapping[str, Any]) -> None: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def wait_ready(self, timeout: float = 5.0) -> None:
+        """Return once every subscription made so far receives what is published next."""
+
+    async def health(self) -> Health: ...
+
+
+class Outcome(StrEnum):
+    OK = "ok"
+    ERROR = "error"
+    DEAD = "dead"
+    DUPLICATE = "duplicate"
+
+
+@functools.lru_cache(maxsize=4096)
+def handled_counter(topic: str, group: str, outcome: str) -> Counter:
+    """The `BUS_HANDLED` child for these labels (cached: `labels()` is slow on hot paths)."""
+    return BUS_HANDLED.labels(topic, group, outcome)
+
+
+def to_envelope(event: Event | Envelope, producer: str) -> Envelope:
+    envelope = event.envelope(producer=producer) if isinstance(event, Event) else event
+    validate_topic(envelope.type)
+    return envelope
+
+
+@dataclass
+class Group:
+    """The handlers of one consumer group; an event goes to each whose pattern matches."""
+
+    name: str
+    dedupe: bool = False
+    patterns: list[tuple[TopicPattern, Handler]] = field(default_factory=list)
+    _by_topic: dict[str, tuple[Handler, ...]] = field(default_factory=dict, repr=False)
+
+    def add(self, pattern: TopicPattern, handler: Handler) -> None:
+        self.patterns.append((pattern, handler))
+        self._by_topic.clear()
+
+    def matches(self, topic: str) -> bool:
+        return bool(self.handlers_for(topic))
+
+    def handlers_for(self, topic: str) -> tuple[Handler, ...]:
+        handlers = self._by_topic.get(topic)
+        if handlers is None:
+            handlers = tuple(h for p, h in self.patterns if p.matches(topic))
+            self._by_topic[topic] = handlers
+        return handlers
+
+    async def dispatch(self, envelope: Envelope) -> None:
+        """Run every matching handler in order; the first failure propagates."""
+        for handler in self.handlers_for(envelope.type):
+            await handler(envelope)
+
+
+class Subscriptions:
+    """Groups by name and broadcast handlers by channel, as registered by `subscribe`."""
+
+    def __init__(self) -> None:
+        self.groups: dict[str, Group] = {}
+        self.broadcasts: dict[str, list[BroadcastHandler]] = {}
+
+    def add(self, pattern: str, handler: Handler, *, group: str, dedupe: bool) -> Group:
+        validate_topic(group)
+        compiled = TopicPattern(pattern)
+        entry = self.groups.get(group)
+        if entry is None:
+            entry = self.groups[group] = Group(group)
+        entry.dedupe = entry.dedupe or dedupe
+        entry.add(compiled, handler)
+        return entry
+
+    def add_broadcast(self, channel: str, handler: BroadcastHandler) -> bool:
+        """Register; True when the channel is new (the transport must subscribe to it)."""
+        validate_topic(channel)
+        handlers = self.broadcasts.setdefault(channel, [])
+        handlers.append(handler)
+        return len(handlers) == 1
+
+    async def deliver_broadcast(self, channel: str, payload: dict[str, Any]) -> None:
+        for handler in self.broadcasts.get(channel, ()):
+            try:
+                await handler(payload)
+            except Exception:
+                _log.exception("broadcast handler failed on channel %s", channel)
