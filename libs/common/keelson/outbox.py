@@ -5,11 +5,18 @@ event exists if and only if the business change committed. The relay publishes u
 rows and only then marks them published: a crash in between publishes a row twice, never
 zero times, which is why consumers deduplicate by envelope id (`mark_processed`).
 Tables are unqualified at run time and found through the service's search path.
+The relay polls, and is woken at once when a session that wrote to the outbox commits
+in this process.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import asyncio
+import contextlib
+import logging
+import time
+from datetime import timedelta
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     BigInteger,
@@ -20,15 +27,25 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    delete,
+    event,
     func,
+    select,
     text,
+    update,
 )
 from sqlalchemy.dialects.postgresql import JSONB, insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.orm import Session
 
+from keelson.bus import BUS, Bus
+from keelson.db import DB_ENGINE
 from keelson.events import Envelope, Event
+from keelson.plugins import Health, Plugin, PluginMetadata, Priority
 
 __all__ = [
+    "OutboxRelay",
+    "OutboxRelayPlugin",
     "OutboxTables",
     "add_to_outbox",
     "create_outbox_tables",
@@ -36,6 +53,9 @@ __all__ = [
     "mark_processed",
     "outbox_tables",
 ]
+
+_log = logging.getLogger("keelson.outbox")
+_DIRTY = "keelson_outbox_dirty"
 
 _OUTBOX = "outbox"
 _PROCESSED = "processed_events"
@@ -83,24 +103,19 @@ _RUNTIME = outbox_tables(MetaData())
 
 
 async def add_to_outbox(
-    session: AsyncSession, event: Event | Envelope, *, producer: str | None = None
+    session: AsyncSession, event: Event | Envelope, *, producer: str = ""
 ) -> Envelope:
     """Queue `event` in the session's transaction; it is relayed after the commit.
 
-    An `Event` needs `producer` (the service name) to be wrapped in its envelope.
+    An empty `producer` is filled in by the relay with its service's name.
     """
-    if isinstance(event, Event):
-        if producer is None:
-            raise ValueError("add_to_outbox needs producer= to wrap an Event")
-        envelope = event.envelope(producer=producer)
-    else:
-        envelope = event
+    envelope = event.envelope(producer=producer) if isinstance(event, Event) else event
     await session.execute(
         _RUNTIME.outbox.insert().values(
             topic=envelope.type, payload=envelope.model_dump(mode="json")
         )
     )
-    session.info["keelson_outbox_dirty"] = True
+    session.info[_DIRTY] = True
     return envelope
 
 
@@ -142,3 +157,182 @@ def drop_outbox_tables(schema: str) -> None:
 
     op.drop_table(_PROCESSED, schema=schema)
     op.drop_table(_OUTBOX, schema=schema)
+
+
+class _Wakers:
+    """The relays of this process, woken when a session that used the outbox commits."""
+
+    def __init__(self) -> None:
+        self._events: dict[asyncio.Event, asyncio.AbstractEventLoop] = {}
+
+    def add(self, wake: asyncio.Event) -> None:
+        self._events[wake] = asyncio.get_running_loop()
+
+    def discard(self, wake: asyncio.Event) -> None:
+        self._events.pop(wake, None)
+
+    def after_commit(self, session: Session) -> None:
+        if session.info.pop(_DIRTY, False):
+            for wake, loop in list(self._events.items()):
+                with contextlib.suppress(RuntimeError):  # its loop is closed
+                    loop.call_soon_threadsafe(wake.set)
+
+    @staticmethod
+    def after_rollback(session: Session) -> None:
+        session.info.pop(_DIRTY, None)
+
+
+_WAKERS = _Wakers()
+event.listen(Session, "after_commit", _WAKERS.after_commit)
+event.listen(Session, "after_rollback", _WAKERS.after_rollback)
+
+
+class OutboxRelay:
+    """Publishes unpublished outbox rows in id order, then marks them published.
+
+    Rows are locked with `FOR UPDATE SKIP LOCKED`, so several relays (replicas) share
+    the work without publishing a row twice while they are healthy.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        bus: Bus,
+        *,
+        producer: str,
+        batch_size: int = 100,
+        poll_interval: float = 1.0,
+        retention: timedelta = timedelta(days=7),
+    ) -> None:
+        self.engine = engine
+        self.bus = bus
+        self.producer = producer
+        self.batch_size = batch_size
+        self.poll_interval = poll_interval
+        self.retention = retention
+        self.last_error: str | None = None
+        self.passes = 0  # completed polls, published or not
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._next_purge = 0.0
+
+    @property
+    def alive(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def start(self) -> None:
+        _WAKERS.add(self._wake)
+        self._stopping = False
+        self._task = asyncio.create_task(self._run(), name="outbox-relay")
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Let the batch in flight finish (it holds row locks), then stop."""
+        self._stopping = True
+        self._wake.set()
+        _WAKERS.discard(self._wake)
+        if self._task is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), timeout)
+        except TimeoutError:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._task = None
+
+    async def relay_once(self) -> int:
+        """Publish and mark one batch; returns how many rows it published."""
+        table = _RUNTIME.outbox
+        async with self.engine.begin() as conn:
+            rows = (
+                await conn.execute(
+                    select(table.c.id, table.c.payload)
+                    .where(table.c.published_at.is_(None))
+                    .order_by(table.c.id)
+                    .limit(self.batch_size)
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
+            for row in rows:
+                await self.bus.publish(self._envelope(row.payload))
+            if rows:
+                await conn.execute(
+                    update(table)
+                    .where(table.c.id.in_([row.id for row in rows]))
+                    .values(published_at=func.now())
+                )
+        return len(rows)
+
+    async def purge(self) -> int:
+        """Delete rows published longer ago than `retention`."""
+        table = _RUNTIME.outbox
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                delete(table).where(table.c.published_at < func.now() - self.retention)
+            )
+        return result.rowcount
+
+    def _envelope(self, payload: dict[str, Any]) -> Envelope:
+        if not payload.get("producer"):
+            payload = {**payload, "producer": self.producer}
+        return Envelope.model_validate(payload)
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                published = await self.relay_once()
+                if time.monotonic() >= self._next_purge:
+                    await self.purge()
+                    self._next_purge = time.monotonic() + 600
+                self.last_error, backoff = None, 0.1
+                self.passes += 1
+            except Exception as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+                _log.warning("outbox relay failed, retrying: %s", self.last_error)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+                continue
+            if published == self.batch_size:
+                continue
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.poll_interval):
+                    await self._wake.wait()
+
+
+class OutboxRelayPlugin(Plugin):
+    """Runs an `OutboxRelay` for the service; register it when the service uses the outbox.
+
+    Settings (`plugins.outbox_relay`): `batch_size`, `poll_interval_seconds`,
+    `retention_days`.
+    """
+
+    metadata = PluginMetadata(
+        name="outbox_relay",
+        priority=Priority.BUSINESS,
+        depends_on=("database", "bus"),
+        description="Relays the transactional outbox to the bus",
+    )
+
+    async def start(self) -> None:
+        options = self.settings.model_extra or {}
+        self.relay = OutboxRelay(
+            self.container.resolve(DB_ENGINE),
+            self.container.resolve(BUS),
+            producer=self.container.settings.service,
+            batch_size=int(options.get("batch_size", 100)),
+            poll_interval=float(options.get("poll_interval_seconds", 1.0)),
+            retention=timedelta(days=float(options.get("retention_days", 7))),
+        )
+        self.relay.start()
+
+    async def stop(self) -> None:
+        await self.relay.stop()
+
+    async def health(self) -> Health:
+        if not self.relay.alive:
+            return Health(ok=False, detail="relay stopped")
+        if self.relay.last_error:
+            return Health(ok=False, detail=self.relay.last_error, critical=False)
+        return Health(ok=True)

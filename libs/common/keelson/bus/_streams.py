@@ -279,6 +279,8 @@ class GroupConsumer:
                 outcome.acked.append(entry.entry_id)
                 duplicates += 1
                 continue
+            if self.group.dedupe:
+                seen.add(envelope.id)  # the same event twice in one batch
             try:
                 await self.group.dispatch(envelope)
             except Exception as exc:
