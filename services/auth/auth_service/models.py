@@ -7,7 +7,6 @@ from datetime import datetime
 from enum import StrEnum
 
 from sqlalchemy import (
-    ARRAY,
     Boolean,
     DateTime,
     Enum,
@@ -19,6 +18,7 @@ from sqlalchemy import (
     Text,
     func,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [

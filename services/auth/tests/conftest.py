@@ -191,3 +191,23 @@ def serve() -> Callable[..., Any]:
 @pytest.fixture
 def password() -> str:
     return PASSWORD
+
+
+@pytest.fixture
+async def no_admins(auth_engine: AsyncEngine) -> AsyncIterator[None]:
+    """No account holds the admin role during the test; the roles come back afterwards."""
+    async with auth_engine.begin() as conn:
+        rows = await conn.execute(
+            text(
+                "UPDATE auth.users SET roles = array_remove(roles, 'admin')"
+                " WHERE 'admin' = ANY(roles) RETURNING id"
+            )
+        )
+        demoted = [row.id for row in rows]
+    yield
+    async with auth_engine.begin() as conn:
+        for user_id in demoted:
+            await conn.execute(
+                text("UPDATE auth.users SET roles = roles || '{admin}' WHERE id = :id"),
+                {"id": user_id},
+            )

@@ -1,0 +1,109 @@
+"""`keelson create-admin EMAIL` and `keelson auth rotate-keys | list-keys`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import os
+import sys
+from typing import Any
+
+from keelson.config import ConfigError, load_settings
+from keelson.errors import KeelsonError
+
+__all__ = ["register"]
+
+_PASSWORD_ENV = "KEELSON_ADMIN_PASSWORD"  # noqa: S105 (a variable name)
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    create = subparsers.add_parser(
+        "create-admin",
+        help="give EMAIL the admin role, creating the account if needed",
+        description=(
+            f"The password comes from ${_PASSWORD_ENV}, else a prompt (or one line of "
+            "standard input when it is not a terminal). An existing account keeps its password."
+        ),
+    )
+    create.add_argument("email")
+    create.set_defaults(func=_create_admin)
+
+    auth = subparsers.add_parser("auth", help="operate the auth service")
+    commands = auth.add_subparsers(dest="auth_command", required=True)
+    rotate = commands.add_parser(
+        "rotate-keys", help="add a new signing key; older keys keep verifying until retired"
+    )
+    rotate.set_defaults(func=_rotate_keys)
+    listing = commands.add_parser("list-keys", help="show the signing keys and their state")
+    listing.set_defaults(func=_list_keys)
+
+
+def _commands() -> tuple[Any, Any]:
+    """The auth service's command module and its settings, imported only when used."""
+    from auth_service import commands
+    from auth_service.settings import Settings
+
+    settings = load_settings(Settings)
+    if settings.database_url is None:
+        raise ConfigError("KEELSON_DATABASE_URL is not set")
+    return commands, settings
+
+
+def _create_admin(args: argparse.Namespace) -> int:
+    try:
+        commands, settings = _commands()
+        password = _read_password()
+        created = asyncio.run(commands.create_admin(settings, email=args.email, password=password))
+    except (ConfigError, KeelsonError) as exc:
+        print(f"keelson create-admin: {_message(exc)}", file=sys.stderr)
+        return 1
+    print(f"{'created' if created else 'promoted'} admin {args.email}")
+    return 0
+
+
+def _rotate_keys(args: argparse.Namespace) -> int:
+    try:
+        commands, settings = _commands()
+    except ConfigError as exc:
+        print(f"keelson auth rotate-keys: {exc}", file=sys.stderr)
+        return 1
+    kid, retired = asyncio.run(commands.rotate_keys(settings))
+    print(f"new signing key {kid}")
+    for old in retired:
+        print(f"retired {old}")
+    return 0
+
+
+def _list_keys(args: argparse.Namespace) -> int:
+    try:
+        commands, settings = _commands()
+    except ConfigError as exc:
+        print(f"keelson auth list-keys: {exc}", file=sys.stderr)
+        return 1
+    keys = asyncio.run(commands.list_keys(settings))
+    live = [key for key in keys if key.retired_at is None]
+    for key in keys:
+        state = "retired" if key.retired_at else ("signing" if key is live[-1] else "verifying")
+        print(f"{key.kid}  {key.created_at.isoformat(timespec='seconds')}  {state}")
+    return 0
+
+
+def _read_password() -> str | None:
+    """The new admin's password, or None to leave an existing account's password alone."""
+    from_env = os.environ.get(_PASSWORD_ENV)
+    if from_env:
+        return from_env
+    if not sys.stdin.isatty():
+        line = sys.stdin.readline().rstrip("\n")
+        return line or None
+    first = getpass.getpass("Password for the admin account (empty to keep an existing one): ")
+    if not first:
+        return None
+    if getpass.getpass("Repeat the password: ") != first:
+        raise ConfigError("the passwords differ")
+    return first
+
+
+def _message(exc: Exception) -> str:
+    return exc.detail if isinstance(exc, KeelsonError) else str(exc)

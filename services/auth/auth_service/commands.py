@@ -1,0 +1,73 @@
+"""Operator commands behind `keelson create-admin` and `keelson auth ...`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from auth_service.admin import make_admin
+from auth_service.keyring import key_cipher, rotate_signing_keys
+from auth_service.models import SCHEMA, SigningKeyRecord
+from auth_service.passwords import PasswordHashing
+from auth_service.settings import Settings
+from keelson.db import create_engine
+from keelson.keys import KeyManager
+
+__all__ = ["KeyInfo", "create_admin", "list_keys", "rotate_keys"]
+
+# Beyond the access-token lifetime, so no live token loses its key; covers clock skew.
+_RETIRE_MARGIN = timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    kid: str
+    created_at: datetime
+    retired_at: datetime | None
+
+
+async def create_admin(settings: Settings, *, email: str, password: str | None) -> bool:
+    """Make `email` an admin; True when the account was created, False when promoted."""
+    passwords = PasswordHashing(settings.auth.password)
+    async with _session(settings) as db:
+        _, created = await make_admin(
+            db, email=email, password=password, passwords=passwords, settings=settings.auth
+        )
+    return created
+
+
+async def rotate_keys(settings: Settings) -> tuple[str, list[str]]:
+    """Add a signing key (used by every replica within `key_reload_seconds`).
+
+    Keys superseded longer ago than an access token lives are retired: they can no
+    longer verify any live token.
+    """
+    grace = timedelta(seconds=settings.auth.access_token_ttl_seconds) + _RETIRE_MARGIN
+    cipher = key_cipher(KeyManager(settings.master_key.get_secret_value()))
+    async with _session(settings) as db:
+        kid, retired = await rotate_signing_keys(db, cipher=cipher, grace=grace)
+        await db.commit()
+    return kid, retired
+
+
+async def list_keys(settings: Settings) -> list[KeyInfo]:
+    async with _session(settings) as db:
+        records = await db.scalars(
+            select(SigningKeyRecord).order_by(SigningKeyRecord.created_at, SigningKeyRecord.kid)
+        )
+        return [KeyInfo(r.kid, r.created_at, r.retired_at) for r in records]
+
+
+@asynccontextmanager
+async def _session(settings: Settings) -> AsyncIterator[AsyncSession]:
+    engine = create_engine(settings, schema=SCHEMA)
+    try:
+        async with async_sessionmaker(engine, expire_on_commit=False)() as session:
+            yield session
+    finally:
+        await engine.dispose()

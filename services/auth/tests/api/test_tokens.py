@@ -1,0 +1,211 @@
+"""Login, the OAuth2 token form, refresh-token rotation and reuse, logout."""
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+from jose import jwt
+
+from auth_service.plugin import KEYRING
+from keelson.auth import DEFAULT_AUDIENCE, DEFAULT_ISSUER
+
+SignedIn = Callable[..., Awaitable[tuple[dict[str, Any], dict[str, Any]]]]
+Bearer = Callable[[dict[str, Any]], dict[str, str]]
+
+
+async def test_login_returns_a_token_pair_with_the_documented_claims(
+    client: httpx.AsyncClient, auth_app: FastAPI, signed_in: SignedIn
+) -> None:
+    user, tokens = await signed_in()
+    assert set(tokens) == {"access_token", "refresh_token", "token_type", "expires_in", "scope"}
+    assert tokens["token_type"] == "bearer"
+    assert tokens["expires_in"] == 900
+    header = jwt.get_unverified_header(tokens["access_token"])
+    assert header["alg"] == "ES256"
+    assert header["kid"] == auth_app.state.container.resolve(KEYRING).active.kid
+    claims = jwt.get_unverified_claims(tokens["access_token"])
+    assert claims["sub"] == user["id"]
+    assert claims["roles"] == ["user"]
+    assert "profile:read" in claims["scope"].split()
+    assert claims["iss"] == DEFAULT_ISSUER and claims["aud"] == DEFAULT_AUDIENCE
+    assert claims["exp"] - claims["iat"] == 900
+    assert claims["jti"] and claims["sid"]
+    assert tokens["refresh_token"] not in tokens["access_token"]
+
+
+async def test_login_answers_no_store(
+    client: httpx.AsyncClient, register: Callable[..., Awaitable[dict[str, Any]]]
+) -> None:
+    user = await register(client)
+    response = await client.post(
+        "/api/v1/auth/login", json={"email": user["email"], "password": user["password"]}
+    )
+    assert response.headers["cache-control"] == "no-store"
+
+
+async def test_login_can_ask_for_fewer_scopes(
+    client: httpx.AsyncClient, register: Callable[..., Awaitable[dict[str, Any]]]
+) -> None:
+    user = await register(client)
+    response = await client.post(
+        "/api/v1/auth/login",
+        json={
+            "email": user["email"],
+            "password": user["password"],
+            "scope": "profile:read users:write",
+        },
+    )
+    assert response.json()["scope"] == "profile:read"
+
+
+async def test_oauth2_password_form(
+    client: httpx.AsyncClient,
+    register: Callable[..., Awaitable[dict[str, Any]]],
+    auth_header: Bearer,
+) -> None:
+    user = await register(client)
+    response = await client.post(
+        "/api/v1/auth/token",
+        data={"username": user["email"], "password": user["password"], "grant_type": "password"},
+    )
+    assert response.status_code == 200
+    me = await client.get("/api/v1/auth/me", headers=auth_header(response.json()))
+    assert me.json()["id"] == user["id"]
+
+
+async def test_wrong_password_and_unknown_email_answer_the_same(
+    client: httpx.AsyncClient,
+    register: Callable[..., Awaitable[dict[str, Any]]],
+    new_email: Callable[..., str],
+) -> None:
+    user = await register(client)
+    wrong = await client.post(
+        "/api/v1/auth/login", json={"email": user["email"], "password": "not the password at all"}
+    )
+    unknown = await client.post(
+        "/api/v1/auth/login", json={"email": new_email(), "password": "not the password at all"}
+    )
+    assert wrong.status_code == unknown.status_code == 401
+    strip = {"request_id"}
+    assert {k: v for k, v in wrong.json().items() if k not in strip} == {
+        k: v for k, v in unknown.json().items() if k not in strip
+    }
+    assert wrong.headers["www-authenticate"] == unknown.headers["www-authenticate"] == "Bearer"
+
+
+async def test_refresh_rotates_and_the_old_token_is_spent(
+    client: httpx.AsyncClient, signed_in: SignedIn, auth_header: Bearer
+) -> None:
+    _, first = await signed_in()
+    response = await client.post(
+        "/api/v1/auth/refresh", json={"refresh_token": first["refresh_token"]}
+    )
+    assert response.status_code == 200
+    second = response.json()
+    assert second["refresh_token"] != first["refresh_token"]
+    assert second["access_token"] != first["access_token"]
+    assert (await client.get("/api/v1/auth/me", headers=auth_header(second))).status_code == 200
+    third = await client.post(
+        "/api/v1/auth/refresh", json={"refresh_token": second["refresh_token"]}
+    )
+    assert third.status_code == 200
+
+
+async def test_reusing_a_spent_refresh_token_revokes_the_whole_family(
+    client: httpx.AsyncClient, signed_in: SignedIn, auth_header: Bearer
+) -> None:
+    _, first = await signed_in()
+    second = (
+        await client.post("/api/v1/auth/refresh", json={"refresh_token": first["refresh_token"]})
+    ).json()
+    third = (
+        await client.post("/api/v1/auth/refresh", json={"refresh_token": second["refresh_token"]})
+    ).json()
+
+    reuse = await client.post(
+        "/api/v1/auth/refresh", json={"refresh_token": first["refresh_token"]}
+    )
+    assert reuse.status_code == 401
+
+    descendant = await client.post(
+        "/api/v1/auth/refresh", json={"refresh_token": third["refresh_token"]}
+    )
+    assert descendant.status_code == 401
+    # The family's newest access token is refused at once, not at expiry.
+    assert (await client.get("/api/v1/auth/me", headers=auth_header(third))).status_code == 401
+
+
+async def test_reuse_leaves_other_logins_alone(
+    client: httpx.AsyncClient,
+    signed_in: SignedIn,
+    login: Callable[..., Awaitable[dict[str, Any]]],
+) -> None:
+    user, first = await signed_in()
+    other_login = await login(client, user["email"])
+    await client.post("/api/v1/auth/refresh", json={"refresh_token": first["refresh_token"]})
+    await client.post("/api/v1/auth/refresh", json={"refresh_token": first["refresh_token"]})
+    other = await client.post(
+        "/api/v1/auth/refresh", json={"refresh_token": other_login["refresh_token"]}
+    )
+    assert other.status_code == 200
+
+
+async def test_unknown_refresh_token_is_401(client: httpx.AsyncClient) -> None:
+    response = await client.post("/api/v1/auth/refresh", json={"refresh_token": "made-up"})
+    assert response.status_code == 401
+
+
+async def test_concurrent_refresh_of_one_token_lets_exactly_one_through(
+    client: httpx.AsyncClient, signed_in: SignedIn
+) -> None:
+    _, tokens = await signed_in()
+    responses = await asyncio.gather(
+        *(
+            client.post("/api/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
+            for _ in range(8)
+        )
+    )
+    codes = sorted(response.status_code for response in responses)
+    assert codes == [200] + [401] * 7
+
+
+async def test_logout_refuses_the_access_token_at_once_and_ends_the_family(
+    client: httpx.AsyncClient, signed_in: SignedIn, auth_header: Bearer
+) -> None:
+    _, tokens = await signed_in()
+    assert (await client.get("/api/v1/auth/me", headers=auth_header(tokens))).status_code == 200
+    logout = await client.post("/api/v1/auth/logout", headers=auth_header(tokens))
+    assert logout.status_code == 204
+    assert (await client.get("/api/v1/auth/me", headers=auth_header(tokens))).status_code == 401
+    refresh = await client.post(
+        "/api/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]}
+    )
+    assert refresh.status_code == 401
+
+
+async def test_logout_needs_a_token(client: httpx.AsyncClient) -> None:
+    assert (await client.post("/api/v1/auth/logout")).status_code == 401
+
+
+async def test_deactivated_user_cannot_log_in_or_refresh(
+    client: httpx.AsyncClient,
+    signed_in: SignedIn,
+    auth_engine: Any,
+) -> None:
+    from sqlalchemy import text
+
+    user, tokens = await signed_in()
+    async with auth_engine.begin() as conn:
+        await conn.execute(
+            text("UPDATE auth.users SET is_active = false WHERE id = :id"), {"id": user["id"]}
+        )
+    login = await client.post(
+        "/api/v1/auth/login", json={"email": user["email"], "password": user["password"]}
+    )
+    assert login.status_code == 401
+    refresh = await client.post(
+        "/api/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]}
+    )
+    assert refresh.status_code == 401

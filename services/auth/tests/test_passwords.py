@@ -1,0 +1,81 @@
+"""argon2id hashing, rehash on login when the cost changes, and the password policy."""
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from auth_service.app import create_app
+from auth_service.passwords import PasswordHashing, check_password_policy, common_passwords
+from auth_service.settings import PasswordHashSettings
+from keelson.errors import Unprocessable
+
+Register = Callable[..., Awaitable[dict[str, Any]]]
+Login = Callable[..., Awaitable[dict[str, Any]]]
+
+
+async def _stored_hash(engine: AsyncEngine, email: str) -> str:
+    async with engine.connect() as conn:
+        value = await conn.scalar(
+            text("SELECT password_hash FROM auth.users WHERE email = :e"), {"e": email}
+        )
+    assert isinstance(value, str)
+    return value
+
+
+async def test_login_rehashes_when_the_parameters_change(
+    auth_settings_factory: Callable[..., Any],
+    serve: Callable[..., Any],
+    register: Register,
+    login: Login,
+    auth_engine: AsyncEngine,
+) -> None:
+    cheap = PasswordHashSettings(time_cost=1, memory_cost=1024, parallelism=1)
+    dearer = PasswordHashSettings(time_cost=2, memory_cost=2048, parallelism=1)
+    async with serve(create_app(auth_settings_factory(password=cheap))) as client:
+        user = await register(client)
+    first = await _stored_hash(auth_engine, user["email"])
+    assert first.startswith("$argon2id$v=19$m=1024,t=1,p=1$")
+
+    async with serve(create_app(auth_settings_factory(password=dearer))) as client:
+        await login(client, user["email"])
+        rehashed = await _stored_hash(auth_engine, user["email"])
+        assert rehashed.startswith("$argon2id$v=19$m=2048,t=2,p=1$")
+        await login(client, user["email"])
+        assert await _stored_hash(auth_engine, user["email"]) == rehashed
+
+
+async def test_hashing_round_trip_and_dummy() -> None:
+    hashing = PasswordHashing(PasswordHashSettings(time_cost=1, memory_cost=1024, parallelism=1))
+    digest = await hashing.hash("a long enough phrase")
+    assert await hashing.verify(digest, "a long enough phrase")
+    assert not await hashing.verify(digest, "another phrase entirely")
+    assert not await hashing.verify("not-a-hash", "a long enough phrase")
+    assert not await hashing.verify_dummy("a long enough phrase")
+    assert not hashing.needs_rehash(digest)
+
+
+def test_the_common_list_ships_with_the_package() -> None:
+    words = common_passwords()
+    assert len(words) > 3000
+    assert {"123456", "password", "qwertyuiop", "iloveyou", "password123"} <= words
+
+
+@pytest.mark.parametrize(
+    "password",
+    ["Password123!", "QWERTY123456789", "iloveyou2024", "letmein12345", "Welcome2024!"],
+)
+def test_common_passwords_fail_whatever_their_case(password: str) -> None:
+    with pytest.raises(Unprocessable) as refused:
+        check_password_policy(password, email="x@example.com", min_length=8)
+    assert refused.value.extensions["rule"] == "common"
+
+
+def test_length_limits() -> None:
+    check_password_policy("nine words", email="x@example.com", min_length=10)
+    for password, rule in (("x" * 9 + "y", "repetitive"), ("w" * 1025, "too_long")):
+        with pytest.raises(Unprocessable) as refused:
+            check_password_policy(password, email="x@example.com", min_length=10)
+        assert refused.value.extensions["rule"] == rule
