@@ -14,7 +14,9 @@ from gateway.plugins import GATEWAY_PLUGINS
 from gateway.plugins.routing import CATALOG
 from gateway.reload import install_sighup
 from gateway.settings import Settings
-from keelson.config import load_settings
+from gateway.upstreams import RoutingConfig
+from keelson.auth import AuthPlugin
+from keelson.config import PluginSettings, load_settings
 from keelson.http import create_app as create_keelson_app
 from keelson.logging import configure_logging
 from keelson.service import build_container
@@ -26,7 +28,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings is None:
         settings = load_settings(Settings)
         configure_logging(settings)
-    container = build_container(settings, GATEWAY_PLUGINS, database=False)
+    _point_auth_at_upstream(settings)
+    container = build_container(settings, [AuthPlugin, *GATEWAY_PLUGINS], database=False)
     pipeline = Pipeline(container, GATEWAY_PLUGINS)
 
     async def compose_pipeline(app: FastAPI) -> None:
@@ -54,3 +57,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.openapi = merged_openapi  # type: ignore[method-assign]
     return app
+
+
+def _point_auth_at_upstream(settings: Settings) -> None:
+    """Unless configured otherwise, fetch the JWKS from the auth upstream the gateway routes to."""
+    section = settings.plugin("auth")
+    if "jwks_url" in (section.model_extra or {}):
+        return
+    routing = RoutingConfig.model_validate(settings.plugin("routing").model_dump())
+    auth = routing.upstreams["auth"].url
+    values = {**section.model_dump(), "jwks_url": auth + "/.well-known/jwks.json"}
+    settings.plugins = {**settings.plugins, "auth": PluginSettings(**values)}

@@ -64,6 +64,8 @@ class ServerThread:
 def gateway_settings(
     *, redis_url: str | None = None, trusted_proxy_hops: int = 0, **plugins: dict[str, Any]
 ) -> Settings:
+    # Each plugin can be tested alone: security (which needs tokens) is off unless given.
+    plugins.setdefault("security", {"enabled": False})
     values: dict[str, Any] = {
         "env": Environment.TEST,
         "log": LogSettings(ship_endpoint=None),
@@ -127,6 +129,9 @@ class GatewayProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> "GatewayProcess":
+        return self.launch().wait_ready()
+
+    def launch(self) -> "GatewayProcess":
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gateway"],
             env=self.env,
@@ -134,7 +139,11 @@ class GatewayProcess:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
-        deadline = time.monotonic() + 30
+        return self
+
+    def wait_ready(self) -> "GatewayProcess":
+        assert self.process is not None
+        deadline = time.monotonic() + 60
         while True:
             if self.process.poll() is not None:
                 raise RuntimeError(

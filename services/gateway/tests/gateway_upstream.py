@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import time
+import uuid
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from jose import jwt
 from pydantic import BaseModel, Field
+
+from keelson.auth import InvalidIdentity, verify_identity_headers
+from keelson.keys import SigningKey
 
 
 class Item(BaseModel):
@@ -80,5 +86,70 @@ def create_upstream(prefix: str = "/api/v1/logs") -> FastAPI:
         async for chunk in request.stream():
             total += len(chunk)
         return {"received": total}
+
+    return app
+
+
+class TokenMint:
+    """Signs access tokens the way the auth service does (ES256, kid, iss, aud, jti)."""
+
+    def __init__(self) -> None:
+        self.key = SigningKey.generate()
+
+    def jwks(self) -> dict:
+        return {"keys": [self.key.public_jwk()]}
+
+    def mint(
+        self,
+        sub: str = "user-1",
+        *,
+        roles: tuple[str, ...] = ("user",),
+        scope: str = "",
+        expires_in: int = 300,
+        jti: str | None = None,
+    ) -> str:
+        now = int(time.time())
+        claims = {
+            "sub": sub,
+            "roles": list(roles),
+            "scope": scope,
+            "jti": jti or uuid.uuid4().hex,
+            "iat": now,
+            "nbf": now,
+            "exp": now + expires_in,
+            "iss": "keelson-auth",
+            "aud": "keelson",
+        }
+        return jwt.encode(
+            claims, self.key.private_pem, algorithm="ES256", headers={"kid": self.key.kid}
+        )
+
+
+def create_auth_upstream(mint: TokenMint, identity_key: bytes) -> FastAPI:
+    """A stand-in auth service: its JWKS, and a route that checks forwarded identity."""
+    app = FastAPI(title="test auth")
+
+    @app.get("/health/ready")
+    async def ready() -> dict[str, str]:
+        return {"status": "ready"}
+
+    @app.get("/.well-known/jwks.json")
+    async def jwks() -> dict:
+        return mint.jwks()
+
+    @app.get("/api/v1/auth/whoami")
+    async def whoami(request: Request) -> JSONResponse:
+        forwarded = {k: v for k, v in request.headers.items() if k.startswith("x-keelson-")}
+        try:
+            principal = verify_identity_headers(request.headers, identity_key)
+        except InvalidIdentity as exc:
+            return JSONResponse({"error": exc.detail, "forwarded": forwarded}, status_code=401)
+        return JSONResponse(
+            {
+                "user_id": principal.user_id if principal else None,
+                "roles": sorted(principal.roles) if principal else [],
+                "forwarded": forwarded,
+            }
+        )
 
     return app

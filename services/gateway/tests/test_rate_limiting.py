@@ -93,13 +93,16 @@ def test_two_gateway_processes_share_one_budget(
         "log": {"ship_endpoint": None},
         "redis_url": redis_url,
         "plugins": {
+            "security": {"enabled": False},
             "routing": upstreams_config(logs=upstream.url),
             "rate_limiting": limits(rules=[{"path": "/api/v1/logs/echo", "limit": "10/minute"}]),
         },
     }
     write_config(tmp_path, config)
-    gateways = [GatewayProcess(tmp_path).start(), GatewayProcess(tmp_path).start()]
+    gateways = [GatewayProcess(tmp_path).launch(), GatewayProcess(tmp_path).launch()]
     try:
+        for gateway in gateways:
+            gateway.wait_ready()
         statuses = []
         for i in range(16):
             gateway = gateways[i % 2]

@@ -1,0 +1,274 @@
+"""The security plugin: bearer JWTs, route policies, signed identity upstream, headers, CORS."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from pydantic import BaseModel, Field, field_validator
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.context import FORWARD_HEADERS, PRINCIPAL, state
+from gateway.pipeline import GatewayPlugin, plugin_config
+from gateway.policies import (
+    DEFAULT_POLICIES,
+    Access,
+    Policy,
+    PolicyTable,
+    RoutePolicy,
+    Verdict,
+)
+from keelson.auth import IDENTITY_KEY, TOKEN_VERIFIER, InvalidToken, Principal, sign_identity
+from keelson.config import PluginSettings
+from keelson.http import problem_response
+from keelson.logging import user_id_var
+from keelson.plugins import PluginMetadata, Priority
+
+__all__ = ["CorsConfig", "SecurityConfig", "SecurityPlugin"]
+
+_INTERNAL_PREFIX = b"x-keelson-"
+_DOCS_PREFIXES = ("/docs", "/redoc")
+
+
+class CorsConfig(BaseModel):
+    allow_origins: list[str] = []  # exact origins, or ["*"] (never with credentials)
+    allow_methods: list[str] = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+    allow_headers: list[str] = ["authorization", "content-type", "x-request-id", "traceparent"]
+    expose_headers: list[str] = [
+        "x-request-id",
+        "retry-after",
+        "ratelimit-limit",
+        "ratelimit-remaining",
+        "ratelimit-reset",
+    ]
+    allow_credentials: bool = False
+    max_age_seconds: int = Field(600, ge=0)
+
+
+class SecurityConfig(BaseModel):
+    policies: list[RoutePolicy] = DEFAULT_POLICIES
+    default_policy: str = "user"
+    hsts: bool = True
+    hsts_max_age_seconds: int = Field(63_072_000, ge=0)
+    content_security_policy: str = "default-src 'none'; frame-ancestors 'none'"
+    referrer_policy: str = "no-referrer"
+    cors: CorsConfig = CorsConfig()
+    token_cache_size: int = Field(10_000, ge=0)
+
+    @field_validator("default_policy")
+    @classmethod
+    def _parses(cls, value: str) -> str:
+        Policy.parse(value)
+        return value
+
+
+class SecurityPlugin(GatewayPlugin):
+    metadata = PluginMetadata(
+        name="security",
+        priority=Priority.SECURITY,
+        description="JWT verification, route policies, signed identity, security headers, CORS",
+        depends_on=("auth",),
+    )
+
+    async def initialize(self) -> None:
+        self._adopt(plugin_config(SecurityConfig, self.settings))
+        self.verifier = self.container.resolve(TOKEN_VERIFIER)
+        self.identity_key = self.container.resolve(IDENTITY_KEY)
+        self._cache: dict[str, Principal] = {}
+
+    def _adopt(self, config: SecurityConfig) -> None:
+        self.config = config
+        self.policies = PolicyTable(config.policies, config.default_policy)
+
+    def prepare_reload(self, section: PluginSettings) -> Callable[[], None]:
+        config = plugin_config(SecurityConfig, section)
+
+        def apply() -> None:
+            self.settings = section
+            self._adopt(config)
+
+        return apply
+
+    def wrap(self, app: ASGIApp) -> ASGIApp:
+        return _SecurityLayer(app, self)
+
+    async def authenticate(self, token: str) -> Principal:
+        """Verify once, then serve from cache until expiry; revocation is checked each time."""
+        cached = self._cache.get(token)
+        if cached is None or (cached.expires_at is not None and cached.expires_at <= time.time()):
+            principal = await self.verifier.verify(token)
+            self._remember(token, principal)
+            return principal
+        revocations = self.verifier.revocations
+        if cached.jti and revocations is not None and await revocations.is_revoked(cached.jti):
+            self._cache.pop(token, None)
+            raise InvalidToken("token revoked")
+        return cached
+
+    def _remember(self, token: str, principal: Principal) -> None:
+        size = self.config.token_cache_size
+        if not size:
+            return
+        if len(self._cache) >= size:
+            self._cache.pop(next(iter(self._cache)))
+        self._cache[token] = principal
+
+
+class _SecurityLayer:
+    def __init__(self, app: ASGIApp, plugin: SecurityPlugin) -> None:
+        self.app = app
+        self.plugin = plugin
+        config = plugin.config
+        headers = {
+            b"x-content-type-options": b"nosniff",
+            b"x-frame-options": b"DENY",
+            b"referrer-policy": config.referrer_policy.encode(),
+            b"content-security-policy": config.content_security_policy.encode(),
+        }
+        if config.hsts:
+            headers[b"strict-transport-security"] = (
+                f"max-age={config.hsts_max_age_seconds}; includeSubDomains".encode()
+            )
+        self.headers = headers
+        # Swagger UI needs scripts from a CDN: /docs keeps the CSP Keelson's app gives it.
+        self.docs_headers = {k: v for k, v in headers.items() if k != b"content-security-policy"}
+        self.cors = _Cors(config.cors)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        origin = None
+        token = None
+        kept = []
+        for name, value in scope["headers"]:
+            if name.startswith(_INTERNAL_PREFIX):
+                continue  # identity headers only ever come from the gateway itself
+            if name == b"authorization" and value[:7].lower() == b"bearer ":
+                token = value[7:].strip().decode("latin-1")
+            elif name == b"origin":
+                origin = value.decode("latin-1")
+            kept.append((name, value))
+        scope["headers"] = kept
+        path: str = scope["path"]
+        extra = self.docs_headers if path.startswith(_DOCS_PREFIXES) else self.headers
+        cors_headers = self.cors.response_headers(origin) if origin else []
+
+        async def send_secured(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [h for h in message.get("headers", ()) if h[0].lower() not in extra]
+                message["headers"] = [*headers, *extra.items(), *cors_headers]
+            await send(message)
+
+        if origin and scope["method"] == "OPTIONS" and self.cors.is_preflight(scope):
+            await self.cors.preflight(origin, scope, send_secured)
+            return
+        try:
+            principal = await self._authorize(scope, token)
+        except InvalidToken as exc:
+            response = problem_response(
+                401, "Unauthorized", exc.detail, headers={"WWW-Authenticate": "Bearer"}
+            )
+            await response(scope, receive, send_secured)
+            return
+        except _Refused as refused:
+            await refused.response(scope, receive, send_secured)
+            return
+        if principal is None:
+            await self.app(scope, receive, send_secured)
+            return
+        st = state(scope)
+        st[PRINCIPAL] = principal
+        signed = sign_identity(principal, self.plugin.identity_key)
+        st.setdefault(FORWARD_HEADERS, []).extend(signed.items())
+        user_token = user_id_var.set(principal.user_id)
+        try:
+            await self.app(scope, receive, send_secured)
+        finally:
+            user_id_var.reset(user_token)
+
+    async def _authorize(self, scope: Scope, token: str | None) -> Principal | None:
+        policy = self.plugin.policies.for_request(scope["method"], scope["path"])
+        principal = None
+        if token:
+            try:
+                principal = await self.plugin.authenticate(token)
+            except InvalidToken:
+                # A public route serves a caller whose token is stale as anonymous.
+                if policy.access is not Access.PUBLIC:
+                    raise
+        verdict = policy.judge(principal)
+        if verdict is Verdict.UNAUTHENTICATED:
+            raise _Refused(
+                problem_response(
+                    401,
+                    "Unauthorized",
+                    "A valid bearer token is required.",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+            )
+        if verdict is Verdict.FORBIDDEN:
+            raise _Refused(problem_response(403, "Forbidden", f"This needs {policy}."))
+        return principal
+
+
+class _Refused(Exception):
+    def __init__(self, response: ASGIApp) -> None:
+        self.response = response
+
+
+class _Cors:
+    """CORS per the Fetch standard; header sets are built once here."""
+
+    def __init__(self, config: CorsConfig) -> None:
+        self.any_origin = "*" in config.allow_origins and not config.allow_credentials
+        self.origins = frozenset(config.allow_origins)
+        self.methods = frozenset(m.upper() for m in config.allow_methods)
+        self.allow_headers = frozenset(h.lower() for h in config.allow_headers)
+        self.credentials = config.allow_credentials
+        self.expose = ", ".join(config.expose_headers).encode()
+        self.preflight_headers = [
+            (b"access-control-allow-methods", ", ".join(sorted(self.methods)).encode()),
+            (b"access-control-allow-headers", ", ".join(sorted(self.allow_headers)).encode()),
+            (b"access-control-max-age", str(config.max_age_seconds).encode()),
+        ]
+
+    def allowed(self, origin: str) -> bool:
+        return self.any_origin or origin in self.origins
+
+    def response_headers(self, origin: str) -> list[tuple[bytes, bytes]]:
+        if not self.allowed(origin):
+            return [(b"vary", b"Origin")]
+        headers = [
+            (b"access-control-allow-origin", b"*" if self.any_origin else origin.encode()),
+            (b"vary", b"Origin"),
+        ]
+        if self.expose:
+            headers.append((b"access-control-expose-headers", self.expose))
+        if self.credentials:
+            headers.append((b"access-control-allow-credentials", b"true"))
+        return headers
+
+    @staticmethod
+    def is_preflight(scope: Scope) -> bool:
+        return any(name == b"access-control-request-method" for name, _ in scope["headers"])
+
+    async def preflight(self, origin: str, scope: Scope, send: Send) -> None:
+        method = b""
+        requested: set[str] = set()
+        for name, value in scope["headers"]:
+            if name == b"access-control-request-method":
+                method = value.upper()
+            elif name == b"access-control-request-headers":
+                requested = {h.strip().lower() for h in value.decode("latin-1").split(",") if h}
+        ok = (
+            self.allowed(origin)
+            and method.decode("latin-1") in self.methods
+            and requested <= self.allow_headers
+        )
+        # A refused preflight is a plain 400 without CORS headers: the browser blocks the call.
+        headers = self.preflight_headers if ok else []
+        await send(
+            {"type": "http.response.start", "status": 204 if ok else 400, "headers": headers}
+        )
+        await send({"type": "http.response.body", "body": b""})

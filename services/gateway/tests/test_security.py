@@ -1,0 +1,170 @@
+from collections.abc import Iterator
+
+import pytest
+from gateway_testkit import ServerThread, gateway_settings, running_gateway, upstreams_config
+from gateway_upstream import TokenMint, create_auth_upstream
+
+from keelson.auth import identity_key
+from keelson.keys import KeyManager
+
+
+@pytest.fixture(scope="module")
+def mint() -> TokenMint:
+    return TokenMint()
+
+
+@pytest.fixture(scope="module")
+def auth_upstream(mint: TokenMint) -> Iterator[ServerThread]:
+    key = identity_key(KeyManager(gateway_settings().master_key.get_secret_value()))
+    server = ServerThread(create_auth_upstream(mint, key)).start()
+    yield server
+    server.stop()
+
+
+def secured(upstream: ServerThread, auth_upstream: ServerThread, **security: object):
+    return gateway_settings(
+        routing=upstreams_config(logs=upstream.url, auth=auth_upstream.url),
+        security={
+            "policies": [
+                {"path": "/api/v1/logs/items*", "methods": ["POST"], "allow": "scope:items:write"},
+                {"path": "/api/v1/logs/slow", "allow": "role:ops"},
+                {"path": "/api/v1/logs/stream", "allow": "public"},
+                {"path": "/api/v1/auth*", "allow": "public"},
+                {"path": "/api/v1/admin*", "allow": "role:admin"},
+            ],
+            "default_policy": "user",
+            **security,
+        },
+        rate_limiting={"storage": "memory"},
+    )
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def test_policies_give_401_and_403(
+    upstream: ServerThread, auth_upstream: ServerThread, mint: TokenMint
+) -> None:
+    async with running_gateway(secured(upstream, auth_upstream)) as (_, client):
+        anonymous = await client.get("/api/v1/logs/echo")
+        assert anonymous.status_code == 401
+        assert anonymous.headers["www-authenticate"] == "Bearer"
+        assert anonymous.headers["content-type"] == "application/problem+json"
+
+        user = bearer(mint.mint(roles=("user",)))
+        assert (await client.get("/api/v1/logs/echo", headers=user)).status_code == 200
+        assert (await client.get("/api/v1/logs/slow?seconds=0", headers=user)).status_code == 403
+        ops = bearer(mint.mint(roles=("ops",)))
+        assert (await client.get("/api/v1/logs/slow?seconds=0", headers=ops)).status_code == 200
+
+        body = {"name": "a", "count": 1}
+        denied = await client.post("/api/v1/logs/items", json=body, headers=user)
+        assert denied.status_code == 403
+        writer = bearer(mint.mint(scope="items:write items:read"))
+        assert (
+            await client.post("/api/v1/logs/items", json=body, headers=writer)
+        ).status_code == 201
+
+        assert (await client.get("/api/v1/logs/stream?chunks=1&size=1")).status_code == 200
+
+        expired = bearer(mint.mint(expires_in=-60))
+        refused = await client.get("/api/v1/logs/echo", headers=expired)
+        assert refused.status_code == 401 and refused.json()["detail"] == "token expired"
+        other_key = bearer(TokenMint().mint())
+        assert (await client.get("/api/v1/logs/echo", headers=other_key)).status_code == 401
+        assert (await client.get("/api/v1/logs/echo", headers=bearer("x.y.z"))).status_code == 401
+
+
+async def test_identity_is_forwarded_signed_and_forgeries_are_stripped(
+    upstream: ServerThread, auth_upstream: ServerThread, mint: TokenMint
+) -> None:
+    forged = {
+        "X-Keelson-User": "admin",
+        "X-Keelson-Roles": "admin",
+        "X-Keelson-Identity-Ts": "1",
+        "X-Keelson-Identity-Signature": "forged",
+    }
+    async with running_gateway(secured(upstream, auth_upstream)) as (_, client):
+        anonymous = await client.get("/api/v1/auth/whoami", headers=forged)
+        assert anonymous.status_code == 200
+        assert anonymous.json() == {"user_id": None, "roles": [], "forwarded": {}}
+
+        token = mint.mint("user-42", roles=("user", "ops"))
+        signed = await client.get("/api/v1/auth/whoami", headers={**forged, **bearer(token)})
+        assert signed.status_code == 200
+        assert signed.json()["user_id"] == "user-42"
+        assert signed.json()["roles"] == ["ops", "user"]
+        assert signed.json()["forwarded"]["x-keelson-user"] == "user-42"
+
+
+async def test_revoked_token_is_refused_even_when_cached(
+    upstream: ServerThread, auth_upstream: ServerThread, mint: TokenMint
+) -> None:
+    from keelson.auth import REVOCATIONS
+
+    async with running_gateway(secured(upstream, auth_upstream)) as (app, client):
+        token = mint.mint(jti="jti-to-revoke")
+        assert (await client.get("/api/v1/logs/echo", headers=bearer(token))).status_code == 200
+        revocations = app.state.container.resolve(REVOCATIONS)
+        await revocations.on_announcement({"jti": "jti-to-revoke", "exp": 2**31})
+        refused = await client.get("/api/v1/logs/echo", headers=bearer(token))
+        assert refused.status_code == 401 and refused.json()["detail"] == "token revoked"
+
+
+async def test_admin_api_lists_plugins_for_admins_only(
+    upstream: ServerThread, auth_upstream: ServerThread, mint: TokenMint
+) -> None:
+    async with running_gateway(secured(upstream, auth_upstream)) as (_, client):
+        assert (await client.get("/api/v1/admin/plugins")).status_code == 401
+        user = bearer(mint.mint(roles=("user",)))
+        assert (await client.get("/api/v1/admin/plugins", headers=user)).status_code == 403
+        admin = bearer(mint.mint(roles=("admin",)))
+        response = await client.get("/api/v1/admin/plugins", headers=admin)
+        assert response.status_code == 200
+        report = response.json()
+        assert report["pipeline"] == ["security", "rate_limiting", "validation", "routing"]
+        assert report["plugins"]["security"]["state"] == "running"
+        assert report["plugins"]["routing"]["healthy"] is False  # payments etc. are not up
+
+
+async def test_security_headers_and_cors(
+    upstream: ServerThread, auth_upstream: ServerThread, mint: TokenMint
+) -> None:
+    cors = {"allow_origins": ["https://app.example"], "allow_credentials": True}
+    async with running_gateway(secured(upstream, auth_upstream, cors=cors)) as (_, client):
+        response = await client.get(
+            "/api/v1/logs/echo",
+            headers={**bearer(mint.mint()), "Origin": "https://app.example"},
+        )
+        assert response.headers["strict-transport-security"].startswith("max-age=")
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert response.headers["x-frame-options"] == "DENY"
+        assert response.headers["referrer-policy"] == "no-referrer"
+        assert response.headers["content-security-policy"] == (
+            "default-src 'none'; frame-ancestors 'none'"
+        )
+        assert len(response.headers.get_list("x-frame-options")) == 1
+        assert response.headers["access-control-allow-origin"] == "https://app.example"
+        assert response.headers["access-control-allow-credentials"] == "true"
+        assert "ratelimit-remaining" in response.headers["access-control-expose-headers"]
+
+        preflight = await client.options(
+            "/api/v1/logs/items",
+            headers={
+                "Origin": "https://app.example",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "content-type, authorization",
+            },
+        )
+        assert preflight.status_code == 204
+        assert "POST" in preflight.headers["access-control-allow-methods"]
+        evil = await client.options(
+            "/api/v1/logs/items",
+            headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
+        )
+        assert evil.status_code == 400
+        assert "access-control-allow-origin" not in evil.headers
+
+        docs = await client.get("/docs")
+        assert "cdn.jsdelivr.net" in docs.headers["content-security-policy"]
