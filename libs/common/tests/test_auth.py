@@ -1,0 +1,495 @@
+"""keelson.auth: token verification, JWKS caching, revocations, identity headers, deps."""
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import httpx
+import pytest
+from fastapi import APIRouter, Depends, FastAPI
+from fastapi.responses import JSONResponse
+from jose import jwt
+from redis.asyncio import Redis
+
+from keelson.auth import (
+    IDENTITY_KEY,
+    TOKEN_VERIFIER,
+    AuthPlugin,
+    CurrentUser,
+    InvalidIdentity,
+    InvalidToken,
+    JwksClient,
+    Principal,
+    RevocationList,
+    StaticKeys,
+    TokenVerifier,
+    identity_key,
+    require_role,
+    require_scope,
+    sign_identity,
+    verify_identity_headers,
+)
+from keelson.config import KeelsonSettings, LogSettings, PluginSettings
+from keelson.http import create_app
+from keelson.keys import KeyManager, SigningKey
+from keelson.plugins import PluginContainer
+from keelson.testing import LiveServer
+
+KEY = SigningKey.generate()
+OTHER_KEY = SigningKey.generate()
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def claims(**overrides: Any) -> dict[str, Any]:
+    now = int(time.time())
+    values = {
+        "iss": "keelson-auth",
+        "aud": "keelson",
+        "sub": "user-1",
+        "roles": ["user"],
+        "scope": "profile:read users:read",
+        "sid": "session-1",
+        "jti": uuid.uuid4().hex,
+        "iat": now,
+        "nbf": now,
+        "exp": now + 300,
+    }
+    values.update(overrides)
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def sign(key: SigningKey = KEY, **overrides: Any) -> str:
+    token: str = jwt.encode(
+        claims(**overrides), key.private_pem, algorithm="ES256", headers={"kid": key.kid}
+    )
+    return token
+
+
+@pytest.fixture
+def verifier() -> TokenVerifier:
+    return TokenVerifier(StaticKeys([KEY.public_jwk()]))
+
+
+async def test_a_good_token_becomes_a_principal(verifier: TokenVerifier) -> None:
+    token = sign(roles=["user", "admin"])
+    principal = await verifier.verify(token)
+    assert principal.user_id == "user-1"
+    assert principal.roles == {"user", "admin"}
+    assert principal.scopes == {"profile:read", "users:read"}
+    assert principal.session_id == "session-1"
+    assert principal.jti == jwt.get_unverified_claims(token)["jti"]
+    assert principal.has_role("admin") and not principal.has_scope("users:write")
+
+
+def _forged(kind: str) -> str:
+    now = int(time.time())
+    if kind == "expired":
+        return sign(iat=now - 900, nbf=now - 900, exp=now - 60)
+    if kind == "not_yet_valid":
+        return sign(nbf=now + 120, exp=now + 600)
+    if kind == "wrong_audience":
+        return sign(aud="another-api")
+    if kind == "wrong_issuer":
+        return sign(iss="https://attacker.example")
+    if kind in ("no_exp", "no_jti", "no_sub", "no_nbf"):
+        return sign(**{kind[3:]: None})
+    if kind == "unknown_kid":
+        return sign(OTHER_KEY)
+    if kind == "tampered":
+        header, payload, signature = sign().split(".")
+        body = json.loads(base64.urlsafe_b64decode(payload + "=="))
+        body["roles"] = ["admin"]
+        return f"{header}.{_b64(json.dumps(body).encode())}.{signature}"
+    if kind == "signed_by_other_key_with_known_kid":
+        return jwt.encode(
+            claims(), OTHER_KEY.private_pem, algorithm="ES256", headers={"kid": KEY.kid}
+        )
+    if kind == "alg_none":
+        header = _b64(json.dumps({"alg": "none", "kid": KEY.kid}).encode())
+        return f"{header}.{_b64(json.dumps(claims()).encode())}."
+    if kind == "hs256_with_public_key":
+        from jose import jwk
+
+        secret = jwk.construct(KEY.public_jwk(), "ES256").to_pem()
+        header = _b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": KEY.kid}).encode())
+        body = _b64(json.dumps(claims()).encode())
+        mac = hmac.new(secret, f"{header}.{body}".encode(), hashlib.sha256).digest()
+        return f"{header}.{body}.{_b64(mac)}"
+    if kind == "no_kid":
+        return jwt.encode(claims(), KEY.private_pem, algorithm="ES256")
+    return "garbage"
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "expired",
+        "not_yet_valid",
+        "wrong_audience",
+        "wrong_issuer",
+        "no_exp",
+        "no_jti",
+        "no_sub",
+        "no_nbf",
+        "unknown_kid",
+        "tampered",
+        "signed_by_other_key_with_known_kid",
+        "alg_none",
+        "hs256_with_public_key",
+        "no_kid",
+        "garbage",
+    ],
+)
+async def test_bad_tokens_are_refused(verifier: TokenVerifier, kind: str) -> None:
+    with pytest.raises(InvalidToken) as refused:
+        await verifier.verify(_forged(kind))
+    assert refused.value.status == 401
+
+
+async def test_expired_says_so(verifier: TokenVerifier) -> None:
+    now = int(time.time())
+    with pytest.raises(InvalidToken, match="expired"):
+        await verifier.verify(sign(iat=now - 900, nbf=now - 900, exp=now - 60))
+
+
+async def test_leeway_tolerates_small_clock_skew() -> None:
+    now = int(time.time())
+    lenient = TokenVerifier(StaticKeys([KEY.public_jwk()]), leeway=30)
+    await lenient.verify(sign(nbf=now + 5))
+
+
+# --- JWKS over HTTP --------------------------------------------------------------------
+
+
+class JwksServer:
+    """A real JWKS endpoint (an ASGI app) whose keys and health a test controls."""
+
+    def __init__(self, keys: list[SigningKey]) -> None:
+        self.keys = keys
+        self.failing = False
+        self.requests = 0
+        self.app = FastAPI()
+        self.app.add_api_route("/.well-known/jwks.json", self.jwks)
+
+    async def jwks(self) -> JSONResponse:
+        self.requests += 1
+        if self.failing:
+            return JSONResponse({"detail": "down"}, status_code=503)
+        return JSONResponse({"keys": [key.public_jwk() for key in self.keys]})
+
+    def client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=self.app), base_url="http://auth.test"
+        )
+
+
+JWKS_URL = "http://auth.test/.well-known/jwks.json"
+
+
+@pytest.fixture
+async def jwks_server() -> AsyncIterator[tuple[JwksServer, httpx.AsyncClient]]:
+    server = JwksServer([KEY])
+    async with server.client() as http:
+        yield server, http
+
+
+async def test_jwks_is_fetched_once_and_cached(
+    jwks_server: tuple[JwksServer, httpx.AsyncClient],
+) -> None:
+    server, http = jwks_server
+    verifier = TokenVerifier(JwksClient(http, JWKS_URL))
+    for _ in range(20):
+        await verifier.verify(sign())
+    assert server.requests == 1
+
+
+async def test_an_unknown_kid_refetches_and_a_rotated_key_verifies(
+    jwks_server: tuple[JwksServer, httpx.AsyncClient],
+) -> None:
+    server, http = jwks_server
+    keys = JwksClient(http, JWKS_URL, min_refresh_interval=0)
+    verifier = TokenVerifier(keys)
+    await verifier.verify(sign())
+    server.keys = [KEY, OTHER_KEY]
+    principal = await verifier.verify(sign(OTHER_KEY))
+    assert principal.user_id == "user-1"
+    assert server.requests == 2
+
+
+async def test_made_up_kids_cannot_hammer_the_auth_service(
+    jwks_server: tuple[JwksServer, httpx.AsyncClient],
+) -> None:
+    server, http = jwks_server
+    verifier = TokenVerifier(JwksClient(http, JWKS_URL, min_refresh_interval=60))
+    await verifier.verify(sign())
+    for attempt in range(50):
+        stranger = SigningKey.generate() if attempt % 10 == 0 else OTHER_KEY
+        with pytest.raises(InvalidToken, match="unknown signing key"):
+            await verifier.verify(sign(stranger))
+    # Within the refresh interval of the first fetch nothing more is asked for.
+    assert server.requests == 1
+
+
+async def test_known_keys_keep_working_while_the_auth_service_is_down(
+    jwks_server: tuple[JwksServer, httpx.AsyncClient],
+) -> None:
+    server, http = jwks_server
+    # max_age=0: every use finds the cache stale and tries to refetch.
+    keys = JwksClient(http, JWKS_URL, min_refresh_interval=0, max_age=0)
+    verifier = TokenVerifier(keys)
+    await verifier.verify(sign())
+    server.failing = True
+    await verifier.verify(sign())
+    assert server.requests >= 2 and keys.kids == {KEY.kid}
+
+
+async def test_malformed_jwks_entries_are_skipped(
+    jwks_server: tuple[JwksServer, httpx.AsyncClient],
+) -> None:
+    from keelson.auth import parse_jwks
+
+    good = KEY.public_jwk()
+    parsed = parse_jwks(
+        {
+            "keys": [
+                good,
+                {**good, "kid": "rsa", "kty": "RSA"},
+                {**good, "kid": "hs", "alg": "HS256"},
+                {**good, "kid": "broken", "x": "not-base64!"},
+                "junk",
+            ]
+        }
+    )
+    assert set(parsed) == {KEY.kid}
+
+
+# --- revocations ------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+async def test_a_revocation_is_seen_by_every_replica_at_once(redis: Redis) -> None:
+    here, there = RevocationList(redis), RevocationList(redis)
+    jti = uuid.uuid4().hex
+    assert not await there.is_revoked(jti)
+    await here.revoke(jti, time.time() + 120)
+    assert await there.is_revoked(jti)
+    ttl = await redis.ttl(f"keelson:auth:revoked:{jti}")
+    assert 100 < ttl <= 122
+
+
+async def test_revoking_an_expired_token_stores_nothing(redis: Redis) -> None:
+    revocations = RevocationList(redis)
+    jti = uuid.uuid4().hex
+    await revocations.revoke(jti, time.time() - 5)
+    assert not await redis.exists(f"keelson:auth:revoked:{jti}")
+
+
+async def test_revocations_are_announced_and_remembered_from_announcements() -> None:
+    announced: list[tuple[str, dict[str, Any]]] = []
+
+    async def announce(channel: str, payload: dict[str, Any]) -> None:
+        announced.append((channel, payload))
+
+    sender, receiver = RevocationList(announce=announce), RevocationList()
+    await sender.revoke("jti-1", time.time() + 60)
+    [(channel, payload)] = announced
+    assert channel == "auth.revocations"
+    await receiver.on_announcement(payload)
+    assert await receiver.is_revoked("jti-1")
+    await receiver.on_announcement({"jti": "jti-2", "exp": time.time() - 1})
+    assert not await receiver.is_revoked("jti-2")
+
+
+async def test_the_verifier_refuses_revoked_tokens(redis: Redis) -> None:
+    revocations = RevocationList(redis)
+    verifier = TokenVerifier(StaticKeys([KEY.public_jwk()]), revocations=revocations)
+    token = sign()
+    principal = await verifier.verify(token)
+    assert principal.jti is not None
+    await RevocationList(redis).revoke(principal.jti, time.time() + 60)
+    with pytest.raises(InvalidToken, match="revoked"):
+        await verifier.verify(token)
+
+
+# --- identity headers -------------------------------------------------------------------
+
+IDENTITY = identity_key(KeyManager("k" * 40))
+ALICE = Principal(
+    user_id="alice",
+    roles=frozenset({"admin", "user"}),
+    scopes=frozenset({"users:read"}),
+    jti="j1",
+    session_id="s1",
+    expires_at=int(time.time()) + 300,
+)
+
+
+def test_identity_headers_round_trip() -> None:
+    headers = sign_identity(ALICE, IDENTITY)
+    assert verify_identity_headers(headers, IDENTITY) == ALICE
+    assert verify_identity_headers({}, IDENTITY) is None
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"x-keelson-roles": "admin,superuser,user"},
+        {"x-keelson-user": "mallory"},
+        {"x-keelson-scopes": "users:read users:write"},
+        {"x-keelson-identity-signature": "AAAA"},
+        {"x-keelson-expires": ""},
+    ],
+)
+def test_edited_identity_headers_are_refused(change: dict[str, str]) -> None:
+    headers = {**sign_identity(ALICE, IDENTITY), **change}
+    with pytest.raises(InvalidIdentity):
+        verify_identity_headers(headers, IDENTITY)
+
+
+def test_identity_headers_from_another_key_or_too_old_are_refused() -> None:
+    other = identity_key(KeyManager("z" * 40))
+    with pytest.raises(InvalidIdentity):
+        verify_identity_headers(sign_identity(ALICE, other), IDENTITY)
+    old = sign_identity(ALICE, IDENTITY, now=time.time() - 120)
+    with pytest.raises(InvalidIdentity, match="expired"):
+        verify_identity_headers(old, IDENTITY, max_age=60)
+    expired = Principal(user_id="bob", expires_at=int(time.time()) - 1)
+    with pytest.raises(InvalidIdentity):
+        verify_identity_headers(sign_identity(expired, IDENTITY), IDENTITY)
+
+
+# --- FastAPI dependencies ---------------------------------------------------------------
+
+router = APIRouter()
+
+
+@router.get("/whoami")
+async def whoami(principal: CurrentUser) -> dict[str, Any]:
+    return {"user": principal.user_id, "roles": sorted(principal.roles)}
+
+
+@router.get("/admin", dependencies=[Depends(require_role("admin"))])
+async def admin_only() -> dict[str, str]:
+    return {"ok": "admin"}
+
+
+@router.get("/users")
+async def users(
+    principal: Annotated[Principal, Depends(require_scope("users:read"))],
+) -> dict[str, str]:
+    return {"ok": principal.user_id}
+
+
+@pytest.fixture
+async def api(redis: Redis) -> AsyncIterator[httpx.AsyncClient]:
+    settings = KeelsonSettings(service="demo", log=LogSettings(ship_endpoint=None))
+    container = PluginContainer(settings)
+    container.provide(
+        TOKEN_VERIFIER,
+        TokenVerifier(StaticKeys([KEY.public_jwk()]), revocations=RevocationList(redis)),
+    )
+    container.provide(IDENTITY_KEY, IDENTITY)
+    app = create_app(settings, container=container, routers=[router])
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://demo.test") as client:
+        yield client
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def test_current_user_from_a_bearer_token(api: httpx.AsyncClient) -> None:
+    response = await api.get("/whoami", headers=_bearer(sign()))
+    assert response.json() == {"user": "user-1", "roles": ["user"]}
+
+
+async def test_no_or_bad_credentials_are_401_problems(api: httpx.AsyncClient) -> None:
+    for headers in (
+        {},
+        _bearer("garbage"),
+        _bearer(_forged("expired")),
+        {"Authorization": "Basic x"},
+    ):
+        response = await api.get("/whoami", headers=headers)
+        assert response.status_code == 401, headers
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.headers["www-authenticate"] == "Bearer"
+
+
+async def test_role_and_scope_checks_are_403(api: httpx.AsyncClient) -> None:
+    assert (await api.get("/admin", headers=_bearer(sign()))).status_code == 403
+    assert (await api.get("/admin", headers=_bearer(sign(roles=["admin"])))).status_code == 200
+    assert (await api.get("/users", headers=_bearer(sign(scope="profile:read")))).status_code == 403
+    assert (await api.get("/users", headers=_bearer(sign()))).status_code == 200
+    assert (await api.get("/admin")).status_code == 401
+
+
+async def test_signed_identity_headers_stand_in_for_the_token(api: httpx.AsyncClient) -> None:
+    response = await api.get("/admin", headers=sign_identity(ALICE, IDENTITY))
+    assert response.status_code == 200
+    forged = {**sign_identity(ALICE, IDENTITY), "x-keelson-user": "mallory"}
+    assert (await api.get("/whoami", headers=forged)).status_code == 401
+    # A forged identity is not rescued by also sending a valid token.
+    assert (await api.get("/whoami", headers={**forged, **_bearer(sign())})).status_code == 401
+
+
+async def test_a_revoked_token_is_refused_by_the_dependency(
+    api: httpx.AsyncClient, redis: Redis
+) -> None:
+    token = sign()
+    assert (await api.get("/whoami", headers=_bearer(token))).status_code == 200
+    await RevocationList(redis).revoke(jwt.get_unverified_claims(token)["jti"], time.time() + 60)
+    assert (await api.get("/whoami", headers=_bearer(token))).status_code == 401
+
+
+# --- the plugin, against a JWKS served over real HTTP ------------------------------------
+
+
+async def test_auth_plugin_verifies_against_a_live_jwks(redis_url: str) -> None:
+    server = JwksServer([KEY])
+    with LiveServer(server.app) as live:
+        settings = KeelsonSettings(
+            service="demo",
+            redis_url=redis_url,
+            log=LogSettings(ship_endpoint=None),
+            plugins={
+                "auth": PluginSettings.model_validate(
+                    {"jwks_url": f"{live.url}/.well-known/jwks.json", "audience": "keelson"}
+                )
+            },
+        )
+        from keelson.service import build_container
+
+        container = build_container(settings, [AuthPlugin], database=False)
+        await container.start()
+        try:
+            verifier = container.resolve(TOKEN_VERIFIER)
+            assert (await verifier.verify(sign())).user_id == "user-1"
+            assert server.requests == 1
+            health = await container.health()
+            assert health["auth"]["healthy"] is True
+            assert container.resolve(IDENTITY_KEY) == identity_key(
+                KeyManager(settings.master_key.get_secret_value())
+            )
+        finally:
+            await container.stop()
+
+
+def test_principal_from_claims_tolerates_missing_optional_claims() -> None:
+    principal = Principal.from_claims({"sub": "u", "jti": "j"})
+    assert principal == Principal(user_id="u", jti="j")
