@@ -9,6 +9,7 @@ import pytest
 
 from keelson.config import LogSettings
 from keelson.db import migrate
+from keelson.embedded import free_port
 from keelson.testing import LiveServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,6 +35,8 @@ async def test_service_starts_ready_with_metrics(
         database_url=test_database_url,
         redis_url=redis_url,
         log=LogSettings(ship_endpoint=None),
+        # the logs service's ZeroMQ socket, off the suite's fixed port (others ignore it)
+        logs={"bind_endpoint": f"tcp://127.0.0.1:{free_port()}"},
     )
     app = importlib.import_module(f"{package}.app").create_app(settings)
     with LiveServer(app) as server:

@@ -2,11 +2,35 @@
 
 from __future__ import annotations
 
+from pydantic import BaseModel, Field
+
 from keelson.config import KeelsonSettings
 
-__all__ = ["Settings"]
+__all__ = ["IngestSettings", "Settings"]
+
+
+class IngestSettings(BaseModel):
+    """`logs.*` (env `KEELSON_LOGS__BIND_ENDPOINT`, `KEELSON_LOGS__RETENTION_DAYS`, ...)."""
+
+    bind_endpoint: str = "tcp://127.0.0.1:5557"
+    batch_max_records: int = Field(1000, gt=0)
+    batch_max_seconds: float = Field(0.2, gt=0)
+    max_record_bytes: int = Field(64 * 1024, gt=0)
+    max_message_bytes: int = Field(16 * 1024 * 1024, gt=0)
+    writers: int = Field(2, ge=1)
+    queued_batches: int = Field(4, ge=1)
+    receive_hwm: int = Field(32, ge=1)
+    retry_max_seconds: float = Field(5.0, gt=0)
+    retention_days: int = Field(14, ge=1)
+    partitions_ahead_days: int = Field(3, ge=1)
+    maintenance_interval_seconds: float = Field(3600.0, gt=0)
+    reject_log_interval_seconds: float = Field(60.0, gt=0)
+    tail_queue_size: int = Field(1000, ge=1)
+    tail_keepalive_seconds: float = Field(15.0, gt=0)
+    audit_topics: str = "logs.*"
 
 
 class Settings(KeelsonSettings):
     service: str = "logs"
     port: int = 8002
+    logs: IngestSettings = IngestSettings()

@@ -1,0 +1,66 @@
+"""What the logs API returns."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel
+
+from logs_service.records import LEVEL_NAMES, LEVELS, LogRow, row_to_dict
+
+__all__ = ["Level", "LevelCountPublic", "LogPage", "LogRecordPublic", "LogStats"]
+
+
+class Level(StrEnum):
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+    CRITICAL = "CRITICAL"
+
+    @property
+    def number(self) -> int:
+        return LEVELS[self.value]
+
+
+class LogRecordPublic(BaseModel):
+    id: str
+    ts: datetime
+    service: str
+    level: str
+    logger: str
+    message: str
+    request_id: str | None
+    trace_id: str | None
+    user_id: str | None
+    attrs: dict[str, Any]
+
+    @classmethod
+    def from_row(cls, row: LogRow) -> LogRecordPublic:
+        return cls.model_validate(row_to_dict(row))
+
+
+class LogPage(BaseModel):
+    items: list[LogRecordPublic]
+    next_cursor: str | None
+
+
+class LevelCountPublic(BaseModel):
+    service: str
+    level: str
+    count: int
+
+
+class LogStats(BaseModel):
+    since: datetime
+    until: datetime | None
+    total: int
+    by_service: dict[str, int]
+    by_level: dict[str, int]
+    counts: list[LevelCountPublic]
+
+
+def level_name(number: int) -> str:
+    return LEVEL_NAMES.get(number, str(number))

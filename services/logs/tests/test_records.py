@@ -1,0 +1,68 @@
+import time
+import uuid
+
+import orjson
+import pytest
+
+from logs_service.records import LogRow, Rejection, parse_line
+
+NOW = time.time()
+
+
+def wire(**changes: object) -> bytes:
+    record = {
+        "id": uuid.uuid4().hex,
+        "ts": NOW,
+        "service": "auth",
+        "level": "INFO",
+        "logger": "auth.tokens",
+        "message": "token issued",
+        "request_id": "r-1",
+        "trace_id": None,
+        "user_id": "u-1",
+        "attrs": {"client": "web"},
+    }
+    record.update(changes)
+    return orjson.dumps({k: v for k, v in record.items() if v is not ...})
+
+
+def parse(line: bytes) -> LogRow | Rejection:
+    return parse_line(line, max_bytes=4096, oldest=NOW - 86400, newest=NOW + 86400)
+
+
+def test_a_valid_record_becomes_a_row() -> None:
+    row = parse(wire(level="warning"))
+    assert isinstance(row, LogRow)
+    assert row.level == 30 and row.service == "auth" and row.user_id == "u-1"
+    assert abs(row.ts.timestamp() - NOW) < 1e-5
+    assert orjson.loads(row.attrs) == {"client": "web"}
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        (b"not json at all", Rejection.NOT_JSON),
+        (b"[1, 2, 3]", Rejection.INVALID),
+        (wire(id="not-a-uuid"), Rejection.INVALID),
+        (wire(id=...), Rejection.INVALID),
+        (wire(ts="yesterday"), Rejection.INVALID),
+        (wire(ts=True), Rejection.INVALID),
+        (wire(level="LOUD"), Rejection.INVALID),
+        (wire(service=""), Rejection.INVALID),
+        (wire(service="s" * 500), Rejection.INVALID),
+        (wire(message=None), Rejection.INVALID),
+        (wire(attrs=[1]), Rejection.INVALID),
+        (wire(request_id=12), Rejection.INVALID),
+        (wire(ts=NOW - 10 * 86400), Rejection.OUT_OF_RANGE),
+        (wire(ts=NOW + 10 * 86400), Rejection.OUT_OF_RANGE),
+        (wire(message="x" * 5000), Rejection.OVERSIZED),
+    ],
+)
+def test_bad_records_are_refused_with_a_reason(line: bytes, reason: Rejection) -> None:
+    assert parse(line) == reason
+
+
+def test_nul_characters_are_removed_since_postgres_cannot_store_them() -> None:
+    row = parse(wire(message="a\x00b", attrs={"k\x00": "v\x00"}))
+    assert isinstance(row, LogRow)
+    assert row.message == "ab" and orjson.loads(row.attrs) == {"k": "v"}
