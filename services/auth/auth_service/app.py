@@ -10,6 +10,7 @@ from auth_service.settings import Settings
 from keelson.config import load_settings
 from keelson.http import create_app as create_keelson_app
 from keelson.logging import configure_logging
+from keelson.outbox import OutboxRelayPlugin
 from keelson.service import build_container
 
 __all__ = ["create_app"]
@@ -19,7 +20,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings is None:
         settings = load_settings(Settings)
         configure_logging(settings)
-    container = build_container(settings, [AuthServicePlugin])
+    container = build_container(settings, [AuthServicePlugin, OutboxRelayPlugin])
     return create_keelson_app(
         settings,
         container=container,

@@ -126,7 +126,7 @@ async def log_out(db: AsyncSession, *, principal: Principal, revocations: Revoca
         revoked = await revoke_sessions(db, reason=RevokeReason.LOGOUT, session_id=session_id)
     await audit(db, AuditAction.LOGGED_OUT, actor=principal.user_id)
     await db.commit()
-    if principal.jti and principal.expires_at:
+    if principal.jti and principal.expires_at and all(r.jti != principal.jti for r in revoked):
         revoked.append(RevokedAccess(principal.jti, principal.expires_at))
     await revoke_access(revocations, revoked)
 

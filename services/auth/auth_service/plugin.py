@@ -14,11 +14,13 @@ from auth_service.throttle import LoginThrottle, MemoryCounters, RedisCounters
 from keelson.auth import (
     IDENTITY_KEY,
     REVOCATIONS,
+    REVOCATIONS_CHANNEL,
     TOKEN_VERIFIER,
     RevocationList,
     TokenVerifier,
     identity_key,
 )
+from keelson.bus import BUS
 from keelson.db import DB_SESSIONS
 from keelson.keys import KeyManager
 from keelson.plugins import Health, Key, Plugin, PluginMetadata, Priority
@@ -51,7 +53,10 @@ class AuthServicePlugin(Plugin):
         self.keyring = KeyRing(self.container.resolve(DB_SESSIONS), key_cipher(master))
         self.passwords = await asyncio.to_thread(PasswordHashing, settings.auth.password)
         counters = RedisCounters(redis) if redis is not None else MemoryCounters()
-        self.revocations = RevocationList(redis)
+        bus = self.container.resolve_optional(BUS)
+        self.revocations = RevocationList(redis, announce=bus.broadcast if bus else None)
+        if bus is not None:
+            bus.on_broadcast(REVOCATIONS_CHANNEL, self.revocations.on_announcement)
         self.container.provide(KEYRING, self.keyring)
         self.container.provide(PASSWORDS, self.passwords)
         self.container.provide(LOGIN_THROTTLE, LoginThrottle(counters, settings.auth.throttle))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -11,6 +12,7 @@ from redis.asyncio import Redis
 __all__ = ["REVOCATIONS_CHANNEL", "RevocationList"]
 
 REVOCATIONS_CHANNEL = "auth.revocations"
+_log = logging.getLogger("keelson.auth")
 
 Announce = Callable[[str, dict[str, Any]], Awaitable[None]]
 
@@ -46,7 +48,12 @@ class RevocationList:
         if self.redis is not None:
             await self.redis.set(self.prefix + jti, b"1", ex=ttl)
         if self.announce is not None:
-            await self.announce(REVOCATIONS_CHANNEL, {"jti": jti, "exp": exp})
+            try:
+                await self.announce(REVOCATIONS_CHANNEL, {"jti": jti, "exp": exp})
+            except Exception:
+                # Redis already holds the revocation; the announcement only saves replicas
+                # a round trip, so its failure must not fail the logout.
+                _log.warning("could not announce the revocation of %s", jti, exc_info=True)
 
     async def is_revoked(self, jti: str) -> bool:
         exp = self._local.get(jti)
