@@ -54,6 +54,9 @@ class Pipeline:
 
     def rebuild(self) -> None:
         """Pick up which plugins run now; called after start and after a reload."""
+        self.layers = tuple(
+            p.metadata.name for p in self.running() if type(p).wrap is not GatewayPlugin.wrap
+        )
         self.version += 1
 
     def running(self) -> list[GatewayPlugin]:
@@ -69,13 +72,8 @@ class Pipeline:
 
     def compose(self, endpoint: ASGIApp) -> ASGIApp:
         app = endpoint
-        layers: list[str] = []
         for plugin in reversed(self.running()):
-            wrapped = plugin.wrap(app)
-            if wrapped is not app:
-                layers.append(plugin.metadata.name)
-            app = wrapped
-        self.layers = tuple(reversed(layers))
+            app = plugin.wrap(app)
         return app
 
     def describe(self) -> dict[str, Any]:

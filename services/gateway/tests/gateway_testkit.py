@@ -72,8 +72,17 @@ def gateway_settings(
         "plugins": plugins,
         "redis_url": redis_url,
         "trusted_proxy_hops": trusted_proxy_hops,
+        "bus": private_bus(),
     }
     return Settings(**values)
+
+
+def private_bus() -> dict[str, str]:
+    """Bus endpoints of this test's own (never the suite's 5555/5556)."""
+    return {
+        "zmq_xsub_endpoint": f"tcp://127.0.0.1:{free_port()}",
+        "zmq_xpub_endpoint": f"tcp://127.0.0.1:{free_port()}",
+    }
 
 
 def upstreams_config(**urls: str) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from gateway_testkit import (
     GatewayProcess,
     ServerThread,
     gateway_settings,
+    private_bus,
     running_gateway,
     upstreams_config,
     write_config,
@@ -91,6 +92,7 @@ def test_two_gateway_processes_share_one_budget(
 ) -> None:
     config = {
         "log": {"ship_endpoint": None},
+        "bus": private_bus(),
         "redis_url": redis_url,
         "plugins": {
             "security": {"enabled": False},

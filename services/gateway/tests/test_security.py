@@ -1,24 +1,5 @@
-from collections.abc import Iterator
-
-import pytest
 from gateway_testkit import ServerThread, gateway_settings, running_gateway, upstreams_config
-from gateway_upstream import TokenMint, create_auth_upstream
-
-from keelson.auth import identity_key
-from keelson.keys import KeyManager
-
-
-@pytest.fixture(scope="module")
-def mint() -> TokenMint:
-    return TokenMint()
-
-
-@pytest.fixture(scope="module")
-def auth_upstream(mint: TokenMint) -> Iterator[ServerThread]:
-    key = identity_key(KeyManager(gateway_settings().master_key.get_secret_value()))
-    server = ServerThread(create_auth_upstream(mint, key)).start()
-    yield server
-    server.stop()
+from gateway_upstream import TokenMint
 
 
 def secured(upstream: ServerThread, auth_upstream: ServerThread, **security: object):
@@ -123,7 +104,14 @@ async def test_admin_api_lists_plugins_for_admins_only(
         response = await client.get("/api/v1/admin/plugins", headers=admin)
         assert response.status_code == 200
         report = response.json()
-        assert report["pipeline"] == ["security", "rate_limiting", "validation", "routing"]
+        assert report["pipeline"] == [
+            "log_shipping",
+            "security",
+            "rate_limiting",
+            "validation",
+            "routing",
+        ]
+        assert report["plugins"]["message_bus"]["state"] == "running"
         assert report["plugins"]["security"]["state"] == "running"
         assert report["plugins"]["routing"]["healthy"] is False  # payments etc. are not up
 

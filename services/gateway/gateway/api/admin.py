@@ -8,6 +8,8 @@ from fastapi import APIRouter, Request
 
 from gateway.deps import AdminDep, ContainerDep, PipelineDep
 from gateway.reload import reload_config
+from keelson.config import ConfigError
+from keelson.errors import Unprocessable
 
 __all__ = ["router"]
 
@@ -33,5 +35,8 @@ async def list_plugins(
 
 @router.post("/reload")
 async def reload_settings(_: AdminDep, request: Request) -> dict[str, Any]:
-    changed = reload_config(request.app)
+    try:
+        changed = reload_config(request.app)
+    except ConfigError as exc:
+        raise Unprocessable(f"configuration refused, nothing changed: {exc}") from None
     return {"reloaded": changed}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from gateway.pipeline import GatewayPlugin
+from gateway.plugins.log_shipping import LogShippingPlugin
+from gateway.plugins.message_bus import MessageBusPlugin
 from gateway.plugins.rate_limiting import RateLimitingPlugin
 from gateway.plugins.routing import RoutingPlugin
 from gateway.plugins.security import SecurityPlugin
@@ -10,6 +12,8 @@ from gateway.plugins.validation import ValidationPlugin
 
 __all__ = [
     "GATEWAY_PLUGINS",
+    "LogShippingPlugin",
+    "MessageBusPlugin",
     "RateLimitingPlugin",
     "RoutingPlugin",
     "SecurityPlugin",
@@ -17,6 +21,8 @@ __all__ = [
 ]
 
 GATEWAY_PLUGINS: tuple[type[GatewayPlugin], ...] = (
+    MessageBusPlugin,
+    LogShippingPlugin,
     SecurityPlugin,
     RateLimitingPlugin,
     ValidationPlugin,

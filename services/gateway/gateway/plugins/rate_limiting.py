@@ -135,6 +135,7 @@ class RateLimitingPlugin(GatewayPlugin):
     metadata = PluginMetadata(
         name="rate_limiting",
         priority=Priority.MIDDLEWARE,
+        required=False,  # without it the gateway still serves, degraded
         description="Per-client, per-route limits (limits library; Redis shared by replicas)",
     )
 

@@ -18,7 +18,16 @@ from gateway.policies import (
     RoutePolicy,
     Verdict,
 )
-from keelson.auth import IDENTITY_KEY, TOKEN_VERIFIER, InvalidToken, Principal, sign_identity
+from keelson.auth import (
+    IDENTITY_KEY,
+    REVOCATIONS,
+    REVOCATIONS_CHANNEL,
+    TOKEN_VERIFIER,
+    InvalidToken,
+    Principal,
+    sign_identity,
+)
+from keelson.bus import BUS
 from keelson.config import PluginSettings
 from keelson.http import problem_response
 from keelson.logging import user_id_var
@@ -74,6 +83,11 @@ class SecurityPlugin(GatewayPlugin):
         self._adopt(plugin_config(SecurityConfig, self.settings))
         self.verifier = self.container.resolve(TOKEN_VERIFIER)
         self.identity_key = self.container.resolve(IDENTITY_KEY)
+        bus = self.container.resolve_optional(BUS)
+        revocations = self.container.resolve_optional(REVOCATIONS)
+        if bus is not None and revocations is not None:
+            # Revocations announced by auth reach this replica without a Redis round trip.
+            bus.on_broadcast(REVOCATIONS_CHANNEL, revocations.on_announcement)
         self._cache: dict[str, Principal] = {}
 
     def _adopt(self, config: SecurityConfig) -> None:

@@ -64,6 +64,7 @@ class ValidationPlugin(GatewayPlugin):
     metadata = PluginMetadata(
         name="validation",
         priority=Priority.MIDDLEWARE,
+        required=False,  # without it the gateway still serves, degraded
         description="Body and header limits, content types, JSON depth, paths, upstream schemas",
         depends_on=("routing",),
     )

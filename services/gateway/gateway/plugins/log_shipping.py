@@ -1,0 +1,117 @@
+"""The log_shipping plugin: one access-log record per request, shipped by `keelson.logging`."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import BaseModel
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.context import PRINCIPAL, client_ip, state
+from gateway.openapi import OpenApiCatalog
+from gateway.pipeline import GatewayPlugin, plugin_config
+from gateway.plugins.routing import CATALOG
+from keelson.config import PluginSettings
+from keelson.logging import request_id_var
+from keelson.plugins import PluginMetadata, Priority
+
+__all__ = ["LogShippingConfig", "LogShippingPlugin"]
+
+ACCESS_LOGGER = "gateway.access"
+
+
+class LogShippingConfig(BaseModel):
+    skip_paths: list[str] = ["/health", "/metrics"]
+    slow_request_seconds: float = 1.0  # logged at WARNING from here on
+
+
+class LogShippingPlugin(GatewayPlugin):
+    metadata = PluginMetadata(
+        name="log_shipping",
+        priority=Priority.INFRASTRUCTURE,
+        required=False,  # without it the gateway still serves, degraded
+        description="Access log of every request, shipped to the log service",
+    )
+
+    async def initialize(self) -> None:
+        self.config = plugin_config(LogShippingConfig, self.settings)
+
+    def prepare_reload(self, section: PluginSettings) -> Callable[[], None]:
+        config = plugin_config(LogShippingConfig, section)
+
+        def apply() -> None:
+            self.settings, self.config = section, config
+
+        return apply
+
+    def wrap(self, app: ASGIApp) -> ASGIApp:
+        hops: int = getattr(self.container.settings, "trusted_proxy_hops", 0)
+        return _AccessLog(app, self.config, hops, self.container.resolve_optional(CATALOG))
+
+
+class _AccessLog:
+    def __init__(
+        self,
+        app: ASGIApp,
+        config: LogShippingConfig,
+        hops: int,
+        catalog: OpenApiCatalog | None,
+    ) -> None:
+        self.app = app
+        self.catalog = catalog
+        self.skip = tuple(config.skip_paths)
+        self.slow = config.slow_request_seconds
+        self.hops = hops
+        self.log = logging.getLogger(ACCESS_LOGGER)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith(self.skip):
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        started = time.perf_counter()
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            self._record(scope, status, time.perf_counter() - started)
+
+    def _record(self, scope: Scope, status: int, seconds: float) -> None:
+        if "route" not in scope and self.catalog is not None:
+            # Refused before routing: name the route it was meant for (metrics read it too).
+            match = self.catalog.match(scope)
+            if match is not None:
+                scope["route"] = match
+        route = getattr(scope.get("route"), "path", None) or "unmatched"
+        principal: Any = state(scope).get(PRINCIPAL)
+        user_id = principal.user_id if principal is not None else None
+        level = logging.WARNING if seconds >= self.slow or status >= 500 else logging.INFO
+        if not self.log.isEnabledFor(level):
+            return
+        self.log.log(
+            level,
+            "%s %s %d %.1fms",
+            scope["method"],
+            route,
+            status,
+            seconds * 1000,
+            extra={
+                "method": scope["method"],
+                "route": route,
+                "path": scope["path"],
+                "status": status,
+                "duration_ms": round(seconds * 1000, 3),
+                "client_ip": client_ip(scope, self.hops),
+                "request_id": request_id_var.get(),
+                "user_id": user_id,
+            },
+        )
