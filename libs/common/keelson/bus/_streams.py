@@ -209,7 +209,7 @@ class GroupConsumer:
             self._next_refresh = min(self._next_refresh, now + _IDLE_REFRESH_SECONDS)
             await asyncio.sleep(min(self.settings.block_ms / 1000, _IDLE_REFRESH_SECONDS))
             return
-        response: list[Any] | None = await self.redis.xreadgroup(  # type: ignore[assignment]
+        response = await self.redis.xreadgroup(
             self.group.name,
             self.consumer,
             dict.fromkeys(self._streams, ">"),
@@ -219,7 +219,7 @@ class GroupConsumer:
         if not response and self._has_wildcards:
             # Idle: look for new topics sooner than the regular refresh.
             self._next_refresh = min(self._next_refresh, now + _IDLE_REFRESH_SECONDS)
-        for stream, entries in response or ():
+        for stream, entries in _stream_replies(response):
             stream_name = _text(stream)
             batch = [_Entry(entry_id, fields, 1) for entry_id, fields in entries]
             await self._handle(stream_name, self._streams[stream_name], batch)
@@ -312,6 +312,10 @@ class GroupConsumer:
     async def _settle(self, stream: str, topic: str, outcome: _Settlement) -> None:
         """Acknowledge, record errors and dead-letter, in one round trip."""
         if not (outcome.acked or outcome.failed or outcome.dead):
+            return
+        plain = not (outcome.failed or outcome.dead or outcome.retried)
+        if plain and not self.group.dedupe:
+            await self.redis.xack(stream, self.group.name, *outcome.acked)  # the common case
             return
         errors_key = _errors_key(self.group.name)
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -410,6 +414,16 @@ class GroupConsumer:
                 idle_forever = info["idle"] > _FORGET_CONSUMER_IDLE_MS
                 if name != self.consumer and info["pending"] == 0 and idle_forever:
                     await self.redis.xgroup_delconsumer(stream, self.group.name, name)
+
+
+def _stream_replies(response: list[Any] | dict[Any, Any] | None) -> list[tuple[Any, Any]]:
+    """XREADGROUP's reply as (stream, entries) pairs, in RESP2 or RESP3 shape."""
+    if not response:
+        return []
+    if isinstance(response, dict):
+        # RESP3: {stream: [entries]}
+        return [(stream, value[0] if value else []) for stream, value in response.items()]
+    return [(stream, entries) for stream, entries in response]
 
 
 def _payload(fields: dict[Any, Any]) -> bytes | str:
