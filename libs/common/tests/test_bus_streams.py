@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 from keelson.bus import RedisBus, dead_letter_key, stream_key
 from keelson.config import BusSettings
 from keelson.events import Envelope
+from keelson.logging import trace_id_var
 
 FAST = BusSettings(block_ms=50, claim_idle_ms=200, max_deliveries=3, batch_size=50)
 
@@ -90,6 +91,8 @@ async def test_wildcards_route_each_topic_to_the_matching_subscriptions(
     assert sorted(got["everything"]) == sorted(
         f"{ns}.{t}" for t in ("payments.paid", "payments.refunded", "auth.registered")
     )
+    labels = {"topic": f"{ns}.payments.paid", "group": f"{ns}-a", "outcome": "ok"}
+    assert REGISTRY.get_sample_value("bus_events_handled_total", labels) == 1
 
 
 async def test_a_topic_that_appears_after_start_reaches_a_wildcard_subscriber(
@@ -244,7 +247,7 @@ async def test_dedupe_skips_an_event_delivered_twice(
     assert handled == [twice.id, after.id]
 
 
-async def test_health_reports_the_transport_and_groups(
+async def test_health_reports_the_transport_and_lag_is_measured(
     buses: Callable[..., RedisBus], ns: str
 ) -> None:
     async def handler(env: Envelope) -> None:
@@ -258,6 +261,8 @@ async def test_health_reports_the_transport_and_groups(
 
     assert health.ok
     assert "redis streams" in health.detail
+    lag = {"stream": stream_key(f"{ns}.x"), "group": f"{ns}-g"}
+    await eventually(lambda: REGISTRY.get_sample_value("bus_consumer_lag", lag) == 0)
 
 
 _VICTIM = textwrap.dedent(
@@ -336,3 +341,19 @@ async def _pending(redis: Redis, topic: str, group: str, *, expect: int) -> bool
 
 async def _xlen(redis: Redis, key: str, expect: int) -> bool:
     return bool(await redis.xlen(key) == expect)
+
+
+async def test_handlers_run_under_the_events_trace_id(
+    buses: Callable[..., RedisBus], ns: str
+) -> None:
+    seen: list[str | None] = []
+
+    async def handler(env: Envelope) -> None:
+        seen.append(trace_id_var.get())
+
+    bus = buses()
+    bus.subscribe(f"{ns}.traced", handler, group=f"{ns}-g")
+    await bus.start()
+    await bus.publish(Envelope(type=f"{ns}.traced", producer="tests", trace_id="trace-42"))
+
+    await eventually(lambda: seen == ["trace-42"])

@@ -13,6 +13,7 @@ from prometheus_client import Counter
 
 from keelson.bus._topics import TopicPattern, validate_topic
 from keelson.events import Envelope, Event
+from keelson.logging import trace_id_var
 from keelson.metrics import BUS_HANDLED
 from keelson.plugins import Health
 
@@ -108,9 +109,16 @@ class Group:
         return handlers
 
     async def dispatch(self, envelope: Envelope) -> None:
-        """Run every matching handler in order; the first failure propagates."""
-        for handler in self.handlers_for(envelope.type):
-            await handler(envelope)
+        """Run every matching handler in order, under the event's trace id.
+
+        The first failure propagates.
+        """
+        token = trace_id_var.set(envelope.trace_id)
+        try:
+            for handler in self.handlers_for(envelope.type):
+                await handler(envelope)
+        finally:
+            trace_id_var.reset(token)
 
 
 class Subscriptions:

@@ -193,6 +193,11 @@ class GroupConsumer:
                 _log.warning("bus consumer %s lost Redis: %s", self.group.name, _short(exc))
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
+            except Exception:
+                # Keep consuming: what was read and not acknowledged is claimed again later.
+                _log.exception("bus consumer %s failed; continuing", self.group.name)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
 
     async def _tick(self) -> None:
         now = time.monotonic()

@@ -258,9 +258,9 @@ class ZmqBus:
                 continue
             key, body = frames
             if key.startswith(_EVENT):
-                await self._on_event(key[len(_EVENT) :].decode(), body)
+                await self._on_event(key[len(_EVENT) :].decode(errors="replace"), body)
             elif key.startswith(_BROADCAST):
-                await self._on_broadcast(key[len(_BROADCAST) :].decode(), body)
+                await self._on_broadcast(key[len(_BROADCAST) :].decode(errors="replace"), body)
             elif key.startswith(_PROBE) and key in self._probes:
                 self._probes[key].set()
 
