@@ -8,6 +8,7 @@ external tools: a test that needs one skips, naming it, when it is missing.
 from __future__ import annotations
 
 import asyncio
+import csv
 import http.server
 import importlib
 import importlib.util
@@ -604,3 +605,60 @@ def test_each_service_migrates_as_its_own_role_into_its_own_schema(roles_databas
     for name in SERVICES:
         assert owners[name] == f"keelson_{name}"
     assert "permission denied" in denied
+
+
+# ---------------------------------------------------------------- load scenarios
+
+
+@pytest.fixture
+def partial_gateway() -> Iterator[str]:
+    """A gateway that so far serves only its health checks (and says so in its OpenAPI)."""
+    document = json.dumps(
+        {"openapi": "3.1.0", "paths": {p: {"get": {}} for p in ("/health", "/health/live")}}
+    ).encode()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path == "/openapi.json":
+                body, status = document, 200
+            elif self.path.startswith("/health"):
+                body, status = b'{"status": "ready"}', 200
+            else:
+                body, status = b"{}", 404
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_locust_scenarios_skip_what_the_gateway_does_not_serve_yet(
+    partial_gateway: str, tmp_path: Path
+) -> None:
+    locust = Path(sys.executable).parent / "locust"
+    result = subprocess.run(
+        [
+            str(locust), "-f", str(ROOT / "loadtests" / "locustfile.py"), "--headless",
+            "-u", "10", "-r", "10", "-t", "3s", "--host", partial_gateway,
+            "--csv", str(tmp_path / "run"), "--only-summary", "--exit-code-on-error", "1",
+        ],
+        capture_output=True, text=True, cwd=tmp_path, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    with (tmp_path / "run_stats.csv").open() as stats:
+        rows = {row["Name"]: row for row in csv.DictReader(stats)}
+    assert int(rows["/health/live"]["Request Count"]) > 0
+    assert rows["Aggregated"]["Failure Count"] == "0"
+    assert not [name for name in rows if name.startswith("/api/")]

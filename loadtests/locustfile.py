@@ -1,0 +1,319 @@
+"""Locust scenarios against the gateway (`make load`, or the command below).
+
+    locust -f loadtests/locustfile.py --headless -u 50 -r 10 -t 60s --host http://127.0.0.1:8000
+
+Users: account holders (register, log in, /me, refresh, log out), payers (a payment and
+its refund), operators (an admin querying logs and plugin states) and probes (health).
+What the gateway offers is read once from its merged OpenAPI document: a scenario whose
+endpoint is not there is left out, so the file runs against a suite still being built.
+429 answers are the gateway's rate limiter doing its job; they are reported under their
+own name (`... [429]`), not as failures. For a capacity run, start the suite with
+`KEELSON_PLUGINS__RATE_LIMITING__ENABLED=false`.
+
+Environment: KEELSON_LOAD_ADMIN_EMAIL / KEELSON_LOAD_ADMIN_PASSWORD (an admin account;
+default: deploy/docker-compose.yml's), KEELSON_LOAD_PASSWORD (the users' password).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from locust import HttpUser, between, constant_pacing, task
+from locust.clients import ResponseContextManager
+from locust.exception import StopUser
+
+__all__ = [
+    "AccountUser",
+    "AdminUser",
+    "Api",
+    "HealthUser",
+    "PaymentUser",
+    "discover",
+]
+
+ADMIN_EMAIL = os.environ.get("KEELSON_LOAD_ADMIN_EMAIL", "admin@example.com")
+ADMIN_PASSWORD = os.environ.get(
+    "KEELSON_LOAD_ADMIN_PASSWORD", "keelson-compose-operator-pw-change-me"
+)
+USER_PASSWORD = os.environ.get("KEELSON_LOAD_PASSWORD", "load-test-password-0123")
+
+AUTH = "/api/v1/auth"
+PAYMENTS = "/api/v1/payments"
+# Where a payment may be created, in order of preference; the first the gateway serves wins.
+_PAYMENT_COLLECTIONS = (f"{PAYMENTS}/intents", f"{PAYMENTS}/payment-intents", PAYMENTS)
+
+
+@dataclass(frozen=True)
+class Api:
+    """The operations (`"POST /path/{id}"`) the gateway's OpenAPI document lists."""
+
+    operations: frozenset[str]
+
+    def has(self, method: str, path: str) -> bool:
+        return f"{method.upper()} {path}" in self.operations
+
+    def item_path(self, collection: str) -> str | None:
+        """`collection/{x}` as the document spells the parameter, if it is there."""
+        prefix = f"GET {collection}/{{"
+        for operation in sorted(self.operations):
+            if operation.startswith(prefix) and operation.count("/") == prefix.count("/"):
+                return operation.split(" ", 1)[1]
+        return None
+
+    def payment_collection(self) -> str | None:
+        return next((c for c in _PAYMENT_COLLECTIONS if self.has("POST", c)), None)
+
+    def refund_path(self, item: str) -> str | None:
+        for path in (f"{item}/refunds", f"{item}/refund", f"{PAYMENTS}/refunds"):
+            if self.has("POST", path):
+                return path
+        return None
+
+
+def discover(document: dict[str, Any]) -> Api:
+    """The operations of an OpenAPI document."""
+    operations = {
+        f"{method.upper()} {path}"
+        for path, item in (document.get("paths") or {}).items()
+        for method in item
+        if method in {"get", "post", "put", "patch", "delete"}
+    }
+    return Api(frozenset(operations))
+
+
+_api: Api | None = None
+_api_lock = threading.Lock()
+
+
+def _gateway_api(user: HttpUser) -> Api:
+    """Read once per process; an unreachable document means only the health checks run."""
+    global _api
+    with _api_lock:
+        if _api is None:
+            with user.client.get(
+                "/openapi.json", name="setup: openapi", catch_response=True
+            ) as response:
+                if response.status_code == 200:
+                    _api = discover(response.json())
+                else:
+                    response.failure(f"no OpenAPI document ({response.status_code})")
+                    _api = Api(frozenset())
+        return _api
+
+
+def _settle(response: ResponseContextManager, expected: Iterable[int]) -> bool:
+    """Mark the outcome; True when the status was one of `expected`."""
+    status = response.status_code
+    if status in expected:
+        response.success()
+        return True
+    if status == 429:
+        response.request_meta["name"] = f"{response.request_meta['name']} [429]"
+        response.success()
+        return False
+    detail = response.text[:200] if response.text else ""
+    response.failure(f"{status}: {detail}")
+    return False
+
+
+def _idempotency_key() -> dict[str, str]:
+    return {"Idempotency-Key": str(uuid.uuid4())}
+
+
+class _Authenticated(HttpUser):
+    """A user with a token pair: registers a fresh account, then logs in."""
+
+    abstract = True
+    access_token: str | None = None
+    refresh_token: str | None = None
+    api: Api
+
+    def on_start(self) -> None:
+        self.api = _gateway_api(self)
+        if not (self.api.has("POST", f"{AUTH}/register") and self.api.has("POST", f"{AUTH}/login")):
+            raise StopUser
+        self.email = f"load-{uuid.uuid4().hex[:16]}@example.com"
+        self.register()
+        self.log_in()
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.access_token}"} if self.access_token else {}
+
+    def register(self) -> None:
+        body = {"email": self.email, "password": USER_PASSWORD, "name": "Load Test"}
+        with self.client.post(f"{AUTH}/register", json=body, catch_response=True) as response:
+            _settle(response, {201, 409})
+
+    def log_in(self, email: str | None = None, password: str = USER_PASSWORD) -> None:
+        body = {"email": email or self.email, "password": password}
+        with self.client.post(f"{AUTH}/login", json=body, catch_response=True) as response:
+            if _settle(response, {200}):
+                tokens = response.json()
+                self.access_token = tokens["access_token"]
+                self.refresh_token = tokens["refresh_token"]
+
+
+class AccountUser(_Authenticated):
+    """Registers, logs in, reads /me, refreshes its tokens, sometimes logs out and back in."""
+
+    weight = 6
+    wait_time = between(0.5, 2)
+
+    @task(6)
+    def read_me(self) -> None:
+        if self.access_token is None:
+            self.log_in()
+            return
+        with self.client.get(
+            f"{AUTH}/me", headers=self.auth_headers(), catch_response=True
+        ) as response:
+            if _settle(response, {200}) and response.json().get("email") != self.email:
+                response.failure("/me answered with another account")
+
+    @task(2)
+    def refresh(self) -> None:
+        if self.refresh_token is None or not self.api.has("POST", f"{AUTH}/refresh"):
+            return
+        body = {"refresh_token": self.refresh_token}
+        with self.client.post(f"{AUTH}/refresh", json=body, catch_response=True) as response:
+            if _settle(response, {200}):
+                tokens = response.json()
+                self.access_token = tokens["access_token"]
+                self.refresh_token = tokens["refresh_token"]
+
+    @task(1)
+    def log_out_and_in(self) -> None:
+        if self.access_token is None or not self.api.has("POST", f"{AUTH}/logout"):
+            return
+        with self.client.post(
+            f"{AUTH}/logout", headers=self.auth_headers(), catch_response=True
+        ) as response:
+            _settle(response, {204})
+        self.access_token = self.refresh_token = None
+        self.log_in()
+
+
+class PaymentUser(_Authenticated):
+    """Pays, reads the payment back, and refunds it."""
+
+    weight = 2
+    wait_time = between(1, 3)
+
+    @task
+    def pay_and_refund(self) -> None:
+        collection = self.api.payment_collection()
+        if collection is None or self.access_token is None:
+            return
+        body = {"amount": 1999, "currency": "usd", "description": "load test"}
+        headers = {**self.auth_headers(), **_idempotency_key()}
+        with self.client.post(
+            collection,
+            json=body,
+            headers=headers,
+            name=f"{collection} (create)",
+            catch_response=True,
+        ) as response:
+            if not _settle(response, {200, 201}):
+                return
+            payment_id = response.json().get("id")
+        item = self.api.item_path(collection)
+        if item is None or payment_id is None:
+            return
+        path = item.replace(item[item.rindex("{") :], str(payment_id))
+        with self.client.get(
+            path, headers=self.auth_headers(), name=item, catch_response=True
+        ) as response:
+            _settle(response, {200})
+        refund = self.api.refund_path(item)
+        if refund is None:
+            return
+        target = refund.replace(item, path)
+        refund_body = {"payment_id": str(payment_id), "amount": 1999}
+        with self.client.post(
+            target,
+            json=refund_body,
+            headers={**self.auth_headers(), **_idempotency_key()},
+            name=refund,
+            catch_response=True,
+        ) as response:
+            _settle(response, {200, 201, 202})
+
+
+class AdminUser(HttpUser):
+    """An operator: searches the logs, reads log stats, plugin states and the user list."""
+
+    weight = 1
+    wait_time = between(2, 5)
+    access_token: str | None = None
+
+    def on_start(self) -> None:
+        self.api = _gateway_api(self)
+        if not self.api.has("POST", f"{AUTH}/login"):
+            raise StopUser
+        body = {"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}
+        with self.client.post(
+            f"{AUTH}/login", json=body, name=f"{AUTH}/login (admin)", catch_response=True
+        ) as response:
+            if _settle(response, {200}):
+                self.access_token = response.json()["access_token"]
+
+    def _get(self, path: str, *, name: str | None = None, **params: Any) -> None:
+        if self.access_token is None:
+            return
+        headers = {"Authorization": f"Bearer {self.access_token}"}
+        with self.client.get(
+            path, params=params, headers=headers, name=name or path, catch_response=True
+        ) as response:
+            _settle(response, {200})
+
+    @task(4)
+    def search_logs(self) -> None:
+        if self.api.has("GET", "/api/v1/logs"):
+            self._get("/api/v1/logs", limit=50)
+            self._get("/api/v1/logs", name="/api/v1/logs?level=ERROR", level="ERROR", limit=50)
+            self._get("/api/v1/logs", name="/api/v1/logs?service=auth", service="auth", limit=50)
+
+    @task(1)
+    def log_stats(self) -> None:
+        if self.api.has("GET", "/api/v1/logs/stats"):
+            self._get("/api/v1/logs/stats")
+
+    @task(1)
+    def plugin_states(self) -> None:
+        if self.api.has("GET", "/api/v1/admin/plugins"):
+            self._get("/api/v1/admin/plugins")
+
+    @task(1)
+    def list_users(self) -> None:
+        if self.api.has("GET", f"{AUTH}/users"):
+            self._get(f"{AUTH}/users", limit=20)
+
+
+class HealthUser(HttpUser):
+    """What a load balancer and Kubernetes do: liveness and readiness, once a second."""
+
+    weight = 1
+    wait_time = constant_pacing(1)
+
+    @task(3)
+    def live(self) -> None:
+        with self.client.get("/health/live", catch_response=True) as response:
+            _settle(response, {200})
+
+    @task(2)
+    def ready(self) -> None:
+        # 503 is a correct answer while a dependency is out: count it apart, not as an error.
+        with self.client.get("/health/ready", catch_response=True) as response:
+            if response.status_code == 503:
+                response.request_meta["name"] = "/health/ready [503]"
+            _settle(response, {200, 503})
+
+    @task(1)
+    def summary(self) -> None:
+        with self.client.get("/health", catch_response=True) as response:
+            _settle(response, {200, 503})
