@@ -1,0 +1,288 @@
+"""Token verifications and logins per second: keelson.auth beside raw python-jose.
+
+    .venv/bin/python bench/auth.py --database-url postgresql://postgres@127.0.0.1:5432/postgres \
+        --redis-url redis://127.0.0.1:6379/4
+
+Everything runs in one process and one event loop (one core for the verification loops):
+
+- raw python-jose: `jwt.decode` of an ES256 token with the key object built once, pinned
+  algorithm, `iss` and `aud` checked: the floor any verifier on python-jose pays;
+- keelson.auth: `TokenVerifier.verify` with the keys in memory (header and `kid` checks,
+  decode, claim requirements, `Principal`), no revocation check;
+- keelson.auth, deployed: the same with the keys from the auth service's JWKS (fetched over
+  HTTP once, from the real auth app) and the revoked-`jti` check in Redis (one EXISTS per
+  token), as the gateway and every service run it;
+- logins: `POST /api/v1/auth/login` against the real auth app (Postgres, Redis, outbox)
+  with the default argon2id cost (t=3, m=64 MiB, p=4), one at a time and with 4 in
+  flight, beside the bare argon2 verify rate at the same cost.
+
+A temporary database is created and dropped. Results are printed and written to the "Auth"
+section of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import shlex
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import asyncpg
+import httpx
+from argon2 import PasswordHasher, Type
+from jose import jwk, jwt
+from redis.asyncio import Redis
+from sqlalchemy.engine import make_url
+
+from auth_service.app import create_app
+from auth_service.plugin import KEYRING
+from auth_service.settings import (
+    AuthSettings,
+    LoginThrottleSettings,
+    PasswordHashSettings,
+    Settings,
+)
+from keelson.auth import JwksClient, RevocationList, StaticKeys, TokenVerifier
+from keelson.config import Environment, LogSettings
+from keelson.db import migrate
+from keelson.keys import SigningKey
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+MIGRATIONS = Path(__file__).resolve().parent.parent / "services/auth/auth_service/migrations"
+PASSWORD = "bench pass phrase for logins"
+
+
+def claims() -> dict[str, object]:
+    now = int(time.time())
+    return {
+        "iss": "keelson-auth",
+        "aud": "keelson",
+        "sub": str(uuid.uuid4()),
+        "roles": ["user"],
+        "scope": "profile:read profile:write",
+        "sid": str(uuid.uuid4()),
+        "jti": uuid.uuid4().hex,
+        "iat": now,
+        "nbf": now,
+        "exp": now + 900,
+    }
+
+
+Rate = tuple[float, float]  # per wall-clock second, per CPU-second of this process
+
+
+async def rate(n: int, step: Callable[[int], Awaitable[object]]) -> Rate:
+    wall, cpu = time.perf_counter(), time.process_time()
+    for i in range(n):
+        await step(i)
+    return n / (time.perf_counter() - wall), n / (time.process_time() - cpu)
+
+
+async def verification_rates(
+    n: int, redis: Redis, auth: httpx.AsyncClient, sign_as_auth: Callable[[dict[str, object]], str]
+) -> dict[str, Rate]:
+    key = SigningKey.generate()
+    signer = jwk.construct(key.private_pem, "ES256")
+    tokens = [
+        jwt.encode(claims(), signer, algorithm="ES256", headers={"kid": key.kid})
+        for _ in range(1000)
+    ]
+    public = jwk.construct(key.public_jwk(), "ES256")
+    # The deployed verifier knows the auth app's keys only, so its tokens come from there.
+    auth_tokens = [sign_as_auth(claims()) for _ in range(1000)]
+
+    async def raw(i: int) -> object:
+        return jwt.decode(
+            tokens[i % 1000],
+            public,
+            algorithms=["ES256"],
+            audience="keelson",
+            issuer="keelson-auth",
+        )
+
+    in_memory = TokenVerifier(StaticKeys([key.public_jwk()]))
+    deployed = TokenVerifier(
+        JwksClient(auth, "http://auth.bench/.well-known/jwks.json"),
+        revocations=RevocationList(redis),
+    )
+    steps: dict[str, Callable[[int], Awaitable[object]]] = {
+        "raw python-jose `jwt.decode`": raw,
+        "keelson.auth `TokenVerifier`, keys in memory": lambda i: in_memory.verify(
+            tokens[i % 1000]
+        ),
+        "keelson.auth `TokenVerifier`, JWKS + Redis revocation check": lambda i: deployed.verify(
+            auth_tokens[i % 1000]
+        ),
+    }
+    results = {}
+    for name, step in steps.items():
+        await step(0)  # warm up (and, for the deployed one, fetch the JWKS)
+        results[name] = await rate(n, step)
+    return results
+
+
+async def login_rates(client: httpx.AsyncClient, n: int) -> dict[str, float]:
+    email = f"bench-{uuid.uuid4().hex[:8]}@example.com"
+    body = {"email": email, "password": PASSWORD}
+    (await client.post("/api/v1/auth/register", json=body)).raise_for_status()
+
+    async def login(_: int) -> object:
+        response = await client.post("/api/v1/auth/login", json=body)
+        response.raise_for_status()
+        return response
+
+    await login(0)
+    sequential, _ = await rate(n, login)
+    in_flight = 4
+    started = time.perf_counter()
+    await asyncio.gather(*(rate(n // in_flight, login) for _ in range(in_flight)))
+    concurrent = (n // in_flight * in_flight) / (time.perf_counter() - started)
+    return {"one at a time": sequential, f"{in_flight} in flight": concurrent}
+
+
+def argon2_rate(settings: PasswordHashSettings, n: int) -> float:
+    hasher = PasswordHasher(
+        time_cost=settings.time_cost,
+        memory_cost=settings.memory_cost,
+        parallelism=settings.parallelism,
+        hash_len=settings.hash_len,
+        salt_len=settings.salt_len,
+        type=Type.ID,
+    )
+    digest = hasher.hash(PASSWORD)
+    started = time.perf_counter()
+    for _ in range(n):
+        hasher.verify(digest, PASSWORD)
+    return n / (time.perf_counter() - started)
+
+
+async def with_database(server_url: str, run: Callable[[str], Awaitable[str]]) -> str:
+    server = make_url(server_url)
+    admin = server.set(drivername="postgresql").render_as_string(hide_password=False)
+    name = f"keelson_bench_{uuid.uuid4().hex[:8]}"
+    conn = await asyncpg.connect(admin)
+    await conn.execute(f'CREATE DATABASE "{name}"')
+    await conn.close()
+    try:
+        return await run(server.set(database=name).render_as_string(hide_password=False))
+    finally:
+        conn = await asyncpg.connect(admin)
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.close()
+
+
+async def bench(args: argparse.Namespace, database_url: str) -> str:
+    await asyncio.to_thread(migrate, MIGRATIONS, database_url)
+    cost = PasswordHashSettings()
+    settings = Settings(
+        env=Environment.TEST,
+        database_url=database_url,
+        redis_url=args.redis_url,
+        log=LogSettings(ship_endpoint=None),
+        auth=AuthSettings(password=cost, throttle=LoginThrottleSettings(max_ip_failures=10**6)),
+    )
+    app = create_app(settings)
+    redis = Redis.from_url(args.redis_url)
+    try:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://auth.bench") as auth:
+                sign_as_auth = app.state.container.resolve(KEYRING).sign
+                verifications = await verification_rates(
+                    args.verifications, redis, auth, sign_as_auth
+                )
+                logins = await login_rates(auth, args.logins)
+    finally:
+        await redis.aclose()
+    hashing = await asyncio.to_thread(argon2_rate, cost, args.logins)
+    return table(verifications, logins, hashing, cost)
+
+
+def table(
+    verifications: dict[str, Rate],
+    logins: dict[str, float],
+    hashing: float,
+    cost: PasswordHashSettings,
+) -> str:
+    _, raw_cpu = next(iter(verifications.values()))
+    lines = [
+        "| verification | tokens/s | tokens per CPU-second | vs raw (CPU) |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    lines += [
+        f"| {name} | {wall:,.0f} | {cpu:,.0f} | {cpu / raw_cpu:.0%} |"
+        for name, (wall, cpu) in verifications.items()
+    ]
+    argon = f"argon2id t={cost.time_cost}, m={cost.memory_cost // 1024} MiB, p={cost.parallelism}"
+    lines += ["", f"| login ({argon}) | logins/s |", "| --- | ---: |"]
+    lines += [f"| `POST /login`, {name} | {value:,.1f} |" for name, value in logins.items()]
+    lines.append(f"| bare argon2 verify | {hashing:,.1f} |")
+    in_memory_wall, in_memory_cpu = list(verifications.values())[1]
+    lines += [
+        "",
+        f"keelson.auth verifications with keys in memory: **{in_memory_cpu:,.0f} per CPU-second**"
+        f" ({in_memory_wall:,.0f}/s wall-clock on the shared machine; goal >= 5,000/s on one"
+        f" core). Load average at the end of the run: {os.getloadavg()[0]:.1f}.",
+    ]
+    return "\n".join(lines)
+
+
+def write_docs(body: str, command: str) -> None:
+    section = "\n".join(
+        [
+            "## Auth",
+            "",
+            "ES256 access-token verification through `keelson.auth` beside raw python-jose, "
+            "and logins at the default argon2id cost through the real auth app (one process; "
+            "see the docstring of `bench/auth.py`).",
+            "",
+            f"Command: `{command}`",
+            "",
+            f"{platform.python_implementation()} {platform.python_version()}, "
+            f"{os.cpu_count()} CPUs shared with other work, so figures are noisy. "
+            f"Recorded {time.strftime('%Y-%m-%d %H:%M')}.",
+            "",
+            body,
+            "",
+        ]
+    )
+    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n\n"
+    start = text.find("## Auth\n")
+    if start == -1:
+        text = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = text.find("\n## ", start + 1)
+        text = text[:start] + section + (text[end + 1 :] if end != -1 else "")
+    DOCS.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get(
+            "KEELSON_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+        ),
+    )
+    parser.add_argument(
+        "--redis-url", default=os.environ.get("KEELSON_TEST_REDIS_URL", "redis://127.0.0.1:6379/4")
+    )
+    parser.add_argument("--verifications", type=int, default=20_000)
+    parser.add_argument("--logins", type=int, default=40)
+    parser.add_argument("--no-docs", action="store_true", help="print only")
+    args = parser.parse_args()
+    body = asyncio.run(with_database(args.database_url, lambda url: bench(args, url)))
+    print(body)
+    if not args.no_docs:
+        command = ".venv/bin/python bench/auth.py " + shlex.join(sys.argv[1:])
+        write_docs(body, command.strip())
+
+
+if __name__ == "__main__":
+    main()
