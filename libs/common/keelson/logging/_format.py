@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 import uuid
@@ -72,13 +73,25 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(data, default=str).decode()
 
 
+def _colour_wanted() -> bool:
+    """NO_COLOR / FORCE_COLOR (no-color.org), else whether stderr is a terminal.
+
+    Under `keelson up` stderr is supervisord's pipe, so it sets FORCE_COLOR on a terminal.
+    """
+    if os.environ.get("NO_COLOR"):
+        return False
+    if os.environ.get("FORCE_COLOR"):
+        return True
+    return sys.stderr.isatty()
+
+
 class TextFormatter(logging.Formatter):
     """`[service] HH:MM:SS LEVEL logger: message key=value`, coloured on a terminal."""
 
     def __init__(self, service: str, colour: bool | None = None) -> None:
         super().__init__()
         self.service = service
-        self.colour = sys.stderr.isatty() if colour is None else colour
+        self.colour = _colour_wanted() if colour is None else colour
         self._tag = self._paint(f"[{service}]", _COLOURS[sum(service.encode()) % len(_COLOURS)])
 
     def _paint(self, text: str, colour: str | None) -> str:

@@ -1,0 +1,237 @@
+"""`keelson up` as a real process: a killed service comes back, nothing outlives a stop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import httpx
+import psutil
+import pytest
+from sqlalchemy.engine import make_url
+
+from keelson.embedded import free_port
+from keelson.suite import SERVICES, port_in_use
+from keelson.supervision import ProcessState, Supervisor
+
+KEELSON = Path(sys.executable).parent / "keelson"
+READY_TIMEOUT = 90.0
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def _free_block(size: int) -> int:
+    """A base port with `size` consecutive free ports after it."""
+    for _ in range(200):
+        base = random.randint(20_000, 60_000)
+        if not any(port_in_use(base + offset) for offset in range(size)):
+            return base
+    raise RuntimeError("no block of free ports")
+
+
+@dataclass
+class Suite:
+    process: subprocess.Popen[bytes]
+    root: Path
+    base_port: int
+    log: Path
+
+    @property
+    def supervisor(self) -> Supervisor:
+        return Supervisor.from_config(self.root / ".keelson" / "supervisord.conf")
+
+    def url(self, name: str) -> str:
+        offset = next(service.port_offset for service in SERVICES if service.name == name)
+        return f"http://127.0.0.1:{self.base_port + offset}"
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-6000:]
+
+    def poll(self, what: str, condition: Callable[[], bool], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if self.process.poll() is not None:
+                pytest.fail(f"keelson up exited ({self.process.returncode}):\n{self.output()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"{what} not reached in {timeout}s:\n{self.output()}")
+            time.sleep(0.2)
+
+    def status(self, name: str, path: str) -> int | None:
+        try:
+            return httpx.get(f"{self.url(name)}{path}", timeout=2).status_code
+        except httpx.HTTPError:
+            return None
+
+    def all_ready(self) -> bool:
+        return all(self.status(service.name, "/health/ready") == 200 for service in SERVICES)
+
+    def tree(self) -> dict[int, float]:
+        """`keelson up` and every process under it, by pid, with its creation time."""
+        parent = psutil.Process(self.process.pid)
+        processes = [parent, *parent.children(recursive=True)]
+        return {p.pid: p.create_time() for p in processes}
+
+
+@pytest.fixture
+def start_suite(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], Suite]]:
+    started: list[Suite] = []
+
+    def start(extra_env: dict[str, str]) -> Suite:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KEELSON_")}
+        env.update(NO_COLOR="1", KEELSON_PG_FSYNC_OFF="1", **extra_env)
+        base_port = _free_block(len(SERVICES))
+        log = tmp_path / "up.log"
+        command = [
+            str(KEELSON),
+            "up",
+            "--root",
+            str(tmp_path),
+            "--base-port",
+            str(base_port),
+            "--zmq-base-port",
+            str(_free_block(3)),
+            "--timeout",
+            str(READY_TIMEOUT),
+        ]
+        # Ports of the embedded servers through the environment, the rest as flags.
+        env["KEELSON_UP_POSTGRES_PORT"] = str(free_port())
+        env["KEELSON_UP_VALKEY_PORT"] = str(free_port())
+        with log.open("ab") as out:
+            process = subprocess.Popen(
+                command, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT
+            )
+        suite = Suite(process, tmp_path, base_port, log)
+        started.append(suite)
+        return suite
+
+    yield start
+    for suite in started:
+        if suite.process.poll() is None:
+            leftovers = suite.tree()
+            suite.process.terminate()
+            try:
+                suite.process.wait(60)
+            except subprocess.TimeoutExpired:
+                for pid in leftovers:
+                    if psutil.pid_exists(pid):
+                        psutil.Process(pid).kill()
+
+
+def _survivors(snapshot: dict[int, float]) -> list[int]:
+    """The pids of `snapshot` still alive as the same process (same creation time)."""
+    alive = []
+    for pid, created in snapshot.items():
+        try:
+            process = psutil.Process(pid)
+            if process.create_time() == created and process.status() != psutil.STATUS_ZOMBIE:
+                alive.append(pid)
+        except psutil.NoSuchProcess:
+            continue
+    return alive
+
+
+def test_embedded_suite_restarts_a_killed_service_and_stops_clean(
+    start_suite: Callable[[dict[str, str]], Suite],
+) -> None:
+    suite = start_suite({})
+    suite.poll("all five ready", suite.all_ready, READY_TIMEOUT)
+    assert (suite.root / ".keelson" / "postgres" / "PG_VERSION").exists()
+    names = {p.name for p in suite.supervisor.processes()}
+    assert names == {"postgres", "valkey", *(service.name for service in SERVICES)}
+
+    before = {p.name: p.pid for p in suite.supervisor.processes()}
+    os.kill(before["payments"], signal.SIGKILL)
+
+    def payments_back() -> bool:
+        info = suite.supervisor.process("payments")
+        for other in ("gateway", "auth", "logs", "notifications"):
+            assert suite.status(other, "/health/live") == 200, f"{other} stopped serving"
+        return (
+            info.pid not in (0, before["payments"])
+            and info.state is ProcessState.RUNNING
+            and suite.status("payments", "/health/ready") == 200
+        )
+
+    suite.poll("payments restarted and ready", payments_back, READY_TIMEOUT)
+    after = {p.name: p.pid for p in suite.supervisor.processes()}
+    assert {k: v for k, v in after.items() if k != "payments"} == {
+        k: v for k, v in before.items() if k != "payments"
+    }
+
+    snapshot = suite.tree()
+    assert len(snapshot) >= 9  # keelson up, supervisord, postgres (+ its workers), valkey, five
+    suite.process.send_signal(signal.SIGTERM)
+    assert suite.process.wait(60) == 0
+    assert _survivors(snapshot) == []
+    assert not port_in_use(suite.base_port)
+    assert not (suite.root / ".keelson" / "supervisor.sock").exists()
+
+
+@pytest.fixture
+def given_database(postgres_server_url: str) -> Iterator[str]:
+    """A database of its own on the test server, for `keelson up` to migrate."""
+    server = make_url(postgres_server_url).set(drivername="postgresql")
+    name = f"keelson_up_{uuid.uuid4().hex[:10]}"
+
+    async def run(sql: str) -> None:
+        conn = await asyncpg.connect(server.render_as_string(hide_password=False))
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run(f'CREATE DATABASE "{name}"'))
+    try:
+        yield server.set(database=name).render_as_string(hide_password=False)
+    finally:
+        asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def test_given_servers_are_used_and_down_stops_everything(
+    start_suite: Callable[[dict[str, str]], Suite], given_database: str, redis_url: str
+) -> None:
+    suite = start_suite({"KEELSON_DATABASE_URL": given_database, "KEELSON_REDIS_URL": redis_url})
+    suite.poll("all five ready", suite.all_ready, READY_TIMEOUT)
+    names = {p.name for p in suite.supervisor.processes()}
+    assert names == {service.name for service in SERVICES}
+    assert not (suite.root / ".keelson" / "postgres").exists()
+
+    async def versioned_schemas() -> set[str]:
+        conn = await asyncpg.connect(given_database)
+        try:
+            rows = await conn.fetch(
+                "SELECT table_schema FROM information_schema.tables"
+                " WHERE table_name = 'alembic_version'"
+            )
+        finally:
+            await conn.close()
+        return {row["table_schema"] for row in rows}
+
+    expected = {"gateway", "auth", "logs", "notifications", "payments"}
+    assert asyncio.run(versioned_schemas()) >= expected
+
+    snapshot = suite.tree()
+    down = subprocess.run(
+        [str(KEELSON), "down", "--root", str(suite.root)],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert "stopped" in down.stdout
+    assert suite.process.wait(30) == 0
+    assert _survivors(snapshot) == []
+    status = subprocess.run(
+        [str(KEELSON), "status", "--root", str(suite.root)], capture_output=True, text=True
+    )
+    assert status.returncode == 3
