@@ -8,10 +8,11 @@ from fastapi import Depends, Request
 
 from gateway.context import PRINCIPAL
 from gateway.pipeline import Pipeline
-from keelson.errors import Forbidden, Unauthorized
-from keelson.plugins import PluginContainer
+from gateway.plugins.encryption import EncryptionPlugin
+from keelson.errors import Forbidden, NotFound, Unauthorized
+from keelson.plugins import PluginContainer, PluginState
 
-__all__ = ["AdminDep", "ContainerDep", "PipelineDep"]
+__all__ = ["AdminDep", "ContainerDep", "EncryptionDep", "PipelineDep"]
 
 
 def _container(request: Request) -> PluginContainer:
@@ -22,6 +23,13 @@ def _container(request: Request) -> PluginContainer:
 def _pipeline(request: Request) -> Pipeline:
     pipeline: Pipeline = request.app.state.pipeline
     return pipeline
+
+
+def _encryption(request: Request) -> EncryptionPlugin:
+    container: PluginContainer = request.app.state.container
+    if container.state(EncryptionPlugin.metadata.name) is not PluginState.RUNNING:
+        raise NotFound("End-to-end encryption is not enabled on this gateway.")
+    return container.get(EncryptionPlugin)
 
 
 def _admin(request: Request) -> Any:
@@ -40,3 +48,4 @@ def _admin(request: Request) -> Any:
 ContainerDep = Annotated[PluginContainer, Depends(_container)]
 PipelineDep = Annotated[Pipeline, Depends(_pipeline)]
 AdminDep = Annotated[Any, Depends(_admin)]
+EncryptionDep = Annotated[EncryptionPlugin, Depends(_encryption)]

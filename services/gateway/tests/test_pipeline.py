@@ -57,6 +57,7 @@ async def test_layers_run_in_priority_order(
         await catalog_ready(app, "logs")
         assert app.state.pipeline.layers == (
             "log_shipping",
+            "encryption",
             "security",
             "rate_limiting",
             "validation",

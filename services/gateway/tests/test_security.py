@@ -106,6 +106,7 @@ async def test_admin_api_lists_plugins_for_admins_only(
         report = response.json()
         assert report["pipeline"] == [
             "log_shipping",
+            "encryption",
             "security",
             "rate_limiting",
             "validation",

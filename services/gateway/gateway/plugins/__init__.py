@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from gateway.pipeline import GatewayPlugin
+from gateway.plugins.encryption import EncryptionPlugin
 from gateway.plugins.log_shipping import LogShippingPlugin
 from gateway.plugins.message_bus import MessageBusPlugin
 from gateway.plugins.rate_limiting import RateLimitingPlugin
@@ -12,6 +13,7 @@ from gateway.plugins.validation import ValidationPlugin
 
 __all__ = [
     "GATEWAY_PLUGINS",
+    "EncryptionPlugin",
     "LogShippingPlugin",
     "MessageBusPlugin",
     "RateLimitingPlugin",
@@ -23,6 +25,7 @@ __all__ = [
 GATEWAY_PLUGINS: tuple[type[GatewayPlugin], ...] = (
     MessageBusPlugin,
     LogShippingPlugin,
+    EncryptionPlugin,
     SecurityPlugin,
     RateLimitingPlugin,
     ValidationPlugin,
