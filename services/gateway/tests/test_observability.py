@@ -1,0 +1,120 @@
+import signal
+import time
+from pathlib import Path
+
+import httpx
+from gateway_testkit import (
+    GatewayProcess,
+    ServerThread,
+    catalog_ready,
+    gateway_settings,
+    private_bus,
+    running_gateway,
+    upstreams_config,
+    write_config,
+)
+
+
+async def test_readiness_is_degraded_when_an_optional_upstream_is_out(
+    upstream: ServerThread, auth_upstream: ServerThread
+) -> None:
+    # auth (required) is up; logs is up; notifications and payments are not
+    settings = gateway_settings(routing=upstreams_config(logs=upstream.url, auth=auth_upstream.url))
+    async with running_gateway(settings) as (_, client):
+        ready = await client.get("/health/ready")
+        assert ready.status_code == 200
+        assert ready.json()["status"] == "degraded"
+        detail = ready.json()["failing"]["routing"]["detail"]
+        assert "auth: ready" in detail and "logs: ready" in detail
+        assert "payments: unreachable" in detail
+
+
+async def test_readiness_fails_when_a_required_upstream_is_out(upstream: ServerThread) -> None:
+    config = upstreams_config(logs=upstream.url)  # auth points at a closed port
+    async with running_gateway(gateway_settings(routing=config)) as (_, client):
+        ready = await client.get("/health/ready")
+        assert ready.status_code == 503 and ready.json()["status"] == "unavailable"
+        assert (await client.get("/health/live")).status_code == 200
+
+
+async def test_all_upstreams_ready(upstream: ServerThread, auth_upstream: ServerThread) -> None:
+    urls = {"auth": auth_upstream.url, "logs": upstream.url}
+    urls.update(notifications=upstream.url, payments=upstream.url)
+    settings = gateway_settings(routing=upstreams_config(**urls))
+    async with running_gateway(settings) as (_, client):
+        ready = await client.get("/health/ready")
+        assert ready.status_code == 200 and ready.json()["status"] == "ready"
+
+
+async def test_openapi_and_docs_merge_the_upstreams(upstream: ServerThread) -> None:
+    settings = gateway_settings(routing=upstreams_config(logs=upstream.url))
+    async with running_gateway(settings) as (app, client):
+        await catalog_ready(app, "logs")
+        document = (await client.get("/openapi.json")).json()
+        assert "/api/v1/logs/items" in document["paths"]
+        assert "/api/v1/logs/items/{item_id}" in document["paths"]
+        assert "/api/v1/admin/plugins" in document["paths"]
+        assert "/api/v1/handshake" in document["paths"]
+        assert "Item" in document["components"]["schemas"]
+        ref = document["paths"]["/api/v1/logs/items"]["post"]["requestBody"]["content"]
+        assert ref["application/json"]["schema"]["$ref"] == "#/components/schemas/Item"
+        docs = await client.get("/docs")
+        assert docs.status_code == 200 and "/openapi.json" in docs.text
+
+
+async def test_metrics_per_route_upstream_and_circuit(upstream: ServerThread) -> None:
+    settings = gateway_settings(routing=upstreams_config(logs=upstream.url))
+    async with running_gateway(settings) as (app, client):
+        await catalog_ready(app, "logs")
+        for i in range(3):
+            assert (await client.get(f"/api/v1/logs/items/{i}")).status_code == 200
+        await client.get("/api/v1/payments/anything")  # payments is down: 502
+        metrics = (await client.get("/metrics")).text
+    assert (
+        'http_requests_total{method="GET",route="/api/v1/logs/items/{item_id}",'
+        'service="gateway",status="200"} 3.0'
+    ) in metrics
+    assert 'gateway_upstream_requests_total{method="GET",status="200",upstream="logs"}' in metrics
+    assert 'gateway_upstream_request_duration_seconds_count{upstream="logs"}' in metrics
+    assert (
+        'gateway_upstream_requests_total{method="GET",status="error",upstream="payments"}'
+        in metrics
+    )
+    assert 'gateway_circuit_state{upstream="logs"} 0.0' in metrics
+
+
+def test_sighup_reloads_limits(upstream: ServerThread, tmp_path: Path) -> None:
+    def config(limit: str) -> dict:
+        return {
+            "log": {"ship_endpoint": None},
+            "bus": private_bus(),
+            "plugins": {
+                "security": {"enabled": False},
+                "routing": upstreams_config(logs=upstream.url),
+                "rate_limiting": {
+                    "storage": "memory",
+                    "rules": [{"path": "/api/v1/logs/echo", "limit": limit}],
+                },
+            },
+        }
+
+    write_config(tmp_path, config("7/minute"))
+    gateway = GatewayProcess(tmp_path).start()
+    try:
+        first = httpx.get(gateway.url + "/api/v1/logs/echo", timeout=10)
+        assert first.headers["ratelimit-limit"] == "7"
+        write_config(tmp_path, config("70/minute"))
+        assert gateway.process is not None
+        gateway.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while True:
+            limit = httpx.get(gateway.url + "/api/v1/logs/echo", timeout=10).headers[
+                "ratelimit-limit"
+            ]
+            if limit == "70" or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert limit == "70"
+        assert gateway.process.poll() is None
+    finally:
+        gateway.stop()
