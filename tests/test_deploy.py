@@ -189,8 +189,8 @@ def _metric_names_exported() -> set[str]:
     """Every series name Keelson's Prometheus registry can produce."""
     from prometheus_client import REGISTRY
 
-    importlib.import_module("keelson.metrics")
-    importlib.import_module("gateway.metrics")
+    for module in ("keelson.metrics", "gateway.metrics", "logs_service.metrics"):
+        importlib.import_module(module)
     suffixes = {
         "counter": ("_total", "_created"),
         "histogram": ("_bucket", "_count", "_sum", "_created"),

@@ -306,6 +306,51 @@ PLATFORM = Dashboard(
             ),
         ),
         Row(
+            "Log service",
+            (
+                Panel(
+                    "Records committed per second by source",
+                    (
+                        Query(
+                            f"sum by (source) (rate(logs_records_ingested_total[{_RATE}]))",
+                            "{{source}}",
+                        ),
+                        Query(
+                            f"sum(rate(logs_records_duplicate_total[{_RATE}]))",
+                            "duplicates skipped",
+                        ),
+                    ),
+                    unit="ops",
+                ),
+                Panel(
+                    "Records rejected per second by reason",
+                    (
+                        Query(
+                            f"sum by (reason) (rate(logs_records_rejected_total[{_RATE}]))",
+                            "{{reason}}",
+                        ),
+                    ),
+                    unit="ops",
+                ),
+                Panel(
+                    "Batch commit p95 and retries",
+                    (
+                        Query(
+                            "histogram_quantile(0.95, sum by (le) "
+                            f"(rate(logs_batch_write_seconds_bucket[{_RATE}])))",
+                            "commit p95",
+                        ),
+                        Query(f"sum(rate(logs_write_retries_total[{_RATE}]))", "retries/s"),
+                    ),
+                    unit="s",
+                ),
+                Panel(
+                    "Batches waiting for a writer",
+                    (Query("sum(logs_queued_batches)", "queued"),),
+                ),
+            ),
+        ),
+        Row(
             "Database",
             (
                 Panel(
