@@ -7,6 +7,7 @@ from gateway_testkit import (
     GatewayProcess,
     ServerThread,
     catalog_ready,
+    eventually,
     gateway_settings,
     private_bus,
     running_gateway,
@@ -42,8 +43,13 @@ async def test_all_upstreams_ready(upstream: ServerThread, auth_upstream: Server
     urls.update(notifications=upstream.url, payments=upstream.url)
     settings = gateway_settings(routing=upstreams_config(**urls))
     async with running_gateway(settings) as (_, client):
-        ready = await client.get("/health/ready")
-        assert ready.status_code == 200 and ready.json()["status"] == "ready"
+
+        async def ready() -> bool:
+            response = await client.get("/health/ready")
+            return response.status_code == 200 and response.json()["status"] == "ready"
+
+        # The bus reports ready once its first message made it through the hosted broker.
+        await eventually(ready)
 
 
 async def test_openapi_and_docs_merge_the_upstreams(upstream: ServerThread) -> None:
