@@ -9,6 +9,7 @@ from enum import StrEnum
 from typing import Any, NamedTuple, TypeGuard
 
 import orjson
+from asyncpg.pgproto.pgproto import UUID as FastUUID
 
 from keelson.events import Envelope
 
@@ -189,9 +190,11 @@ def _uuid(value: Any) -> uuid.UUID | None:
     if not isinstance(value, str) or len(value) > 36:
         return None
     try:
-        return uuid.UUID(value)
+        # asyncpg's UUID (a uuid.UUID subclass) parses ten times faster than the stdlib's.
+        parsed: uuid.UUID = FastUUID(value)
     except ValueError:
         return None
+    return parsed
 
 
 def _optional_id(value: Any) -> TypeGuard[str | None]:

@@ -1,18 +1,21 @@
 """A service process that ships `count` records, then waits until all are acknowledged.
 
-Usage: python log_sender.py ENDPOINT SERVICE COUNT SPILL_DIR [BUFFER_SIZE]
+Usage: python log_sender.py ENDPOINT SERVICE COUNT SPILL_DIR [BUFFER_SIZE [RATE]]
+RATE paces the burst at that many records per second (0: as fast as it can).
 Prints `sent` once everything is logged, then one JSON line of shipper stats.
 """
 
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 
 from keelson.logging import LogShipper, bind
 
 endpoint, service, count, spill_dir = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 buffer_size = int(sys.argv[5]) if len(sys.argv) > 5 else 10_000
+rate = float(sys.argv[6]) if len(sys.argv) > 6 else 0.0
 shipper = LogShipper(
     endpoint,
     service=service,
@@ -26,7 +29,10 @@ logger.handlers = [shipper]
 logger.propagate = False
 logger.setLevel(logging.DEBUG)
 levels = (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR)
+started = time.monotonic()
 for i in range(count):
+    if rate and i % 100 == 0:
+        time.sleep(max(0.0, started + i / rate - time.monotonic()))
     with bind(request_id=f"{service}-req-{i % 10}", user_id=f"user-{i % 7}"):
         logger.log(levels[i % 4], "%s record %d of the burst", service, i, extra={"n": i})
 print("sent", flush=True)

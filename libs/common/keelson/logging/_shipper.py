@@ -207,11 +207,7 @@ class LogShipper(logging.Handler):
     def _spill_lines(self, lines: list[bytes]) -> None:
         if not lines:
             return
-        try:
-            written = self._spill.write(lines)
-        except OSError:
-            self._count_drop("spill_error", len(lines))
-            return
+        written = self._spill.write(lines)
         if written:
             with self._counts_lock:
                 self._spilled += written
@@ -311,6 +307,8 @@ class _Sender:
                     close_started = progress_at = now
                 if self._done_closing(now, close_started, progress_at):
                     return
+            if failed := self.spill.take_failed():
+                self.shipper._count_drop("spill_error", failed)
             self._warn_about_losses(now)
             busy = len(self.buffer) >= self.shipper.batch_size and self._window_open()
             poller.poll(0 if busy else _POLL_MS)
@@ -412,6 +410,8 @@ class _Sender:
                 lines.append(line)
         self.shipper._spill_lines(lines)
         self.spill.close()
+        if failed := self.spill.take_failed():
+            self.shipper._count_drop("spill_error", failed)
 
     def _warn_about_losses(self, now: float) -> None:
         if now - self._warned_at < _WARN_EVERY:

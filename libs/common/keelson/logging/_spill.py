@@ -1,5 +1,9 @@
 """The shipper's spill files: encoded records kept on disk until the log service has them.
 
+Lines are appended to a small in-memory chunk that is written out once it reaches
+`_CHUNK_BYTES` (and before any read), one system call per chunk rather than per record:
+a process killed outright loses at most that chunk, as it loses its in-memory buffer.
+
 A spill directory holds segments, files of JSON lines named
 `<service>.<pid>.<n>.<random>.jsonl`. The process that owns a segment holds an exclusive
 `flock` on it for as long as it has the file open, so a segment whose lock can be taken
@@ -20,6 +24,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 __all__ = ["SpillSegment", "SpillStore"]
+
+_CHUNK_BYTES = 64 * 1024
 
 
 @dataclass(eq=False)
@@ -54,46 +60,70 @@ class SpillStore:
         self._current: SpillSegment | None = None
         self._readable: deque[SpillSegment] = deque()
         self._owned: set[SpillSegment] = set()
+        self._chunk: list[bytes] = []
+        self._chunk_bytes = 0
         self._bytes = 0
         self._sequence = 0
+        self._failed = 0
 
     @property
     def size(self) -> int:
         return self._bytes
 
     def has_data(self) -> bool:
-        return bool(self._readable) or (self._current is not None and self._current.size > 0)
+        current = self._current is not None and self._current.size > 0
+        return bool(self._readable) or current or bool(self._chunk)
 
     def write(self, lines: list[bytes]) -> int:
-        """Append whole lines while they fit under `max_bytes`; returns how many were written.
-
-        Raises OSError when the disk refuses; the caller counts those records as dropped.
-        """
+        """Append whole lines while they fit under `max_bytes`; returns how many were taken."""
         with self._lock:
             room = self.max_bytes - self._bytes
-            chunk: list[bytes] = []
-            used = 0
+            taken = 0
             for line in lines:
-                if used + len(line) + 1 > room:
+                size = len(line) + 1
+                if size > room:
                     break
-                chunk.append(line)
-                used += len(line) + 1
-            if not chunk:
-                return 0
+                self._chunk.append(line)
+                self._chunk_bytes += size
+                room -= size
+                taken += 1
+            self._bytes = self.max_bytes - room
+            if self._chunk_bytes >= _CHUNK_BYTES:
+                self._write_chunk()
+            return taken
+
+    def take_failed(self) -> int:
+        """How many lines the disk refused since the last call (they are gone)."""
+        with self._lock:
+            failed, self._failed = self._failed, 0
+            return failed
+
+    def _write_chunk(self) -> None:
+        """Called with the lock held."""
+        if not self._chunk:
+            return
+        data = b"\n".join(self._chunk) + b"\n"
+        lines = len(self._chunk)
+        self._chunk.clear()
+        self._chunk_bytes = 0
+        try:
             if self._current is None:
                 self._current = self._open_segment()
-            data = b"\n".join(chunk) + b"\n"
             view = memoryview(data)
             while view:
                 view = view[os.write(self._current.fd, view) :]
-            self._current.size += len(data)
-            self._bytes += len(data)
-            return len(chunk)
+        except OSError:
+            self._failed += lines
+            self._bytes -= len(data)
+            return
+        self._current.size += len(data)
 
     def read_batch(self, max_lines: int) -> tuple[SpillSegment, list[bytes]] | None:
         """Up to `max_lines` records from the oldest segment, or None when nothing is spilled."""
         while True:
             with self._lock:
+                if not self._readable:
+                    self._write_chunk()
                 if not self._readable and self._current is not None and self._current.size:
                     # Writers move on to a new segment; this one is now complete.
                     self._readable.append(self._current)
@@ -136,6 +166,7 @@ class SpillStore:
     def close(self) -> None:
         """Release every segment; unsent records stay on disk for the next shipper."""
         with self._lock:
+            self._write_chunk()
             segments = list(self._owned)
             self._owned.clear()
             self._readable.clear()
@@ -148,6 +179,8 @@ class SpillStore:
         self._lock = threading.Lock()
         self._readable = deque()
         self._owned = set()
+        self._chunk = []
+        self._chunk_bytes = 0
         self._current = None
         self._bytes = 0
 

@@ -1,0 +1,293 @@
+"""Log records per second end to end (senders -> ZeroMQ -> log service -> Postgres).
+
+    .venv/bin/python bench/logs.py --database-url postgresql://postgres@127.0.0.1:5432/postgres
+
+- end to end: 4 sender processes, each logging `--records` records through
+  `keelson.logging`'s shipper as fast as it can, into the real log service
+  (`python -m logs_service`, its own process); the clock runs from the moment the
+  senders start logging until every record is queryable (`count(*)` in `logs.records`);
+- raw COPY: the same rows read back, the table emptied, then written again with asyncpg
+  `copy_records_to_table` in batches of the consumer's size (1,000), one connection after
+  another as fast as possible, into the same table and indexes;
+- the log service's resident memory (VmRSS, and its peak VmHWM) after the run.
+
+A temporary database is created and dropped. Results are printed and written to the "Logs"
+section of docs/benchmarks.md (`--no-docs` to skip that).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import asyncpg
+import httpx
+from sqlalchemy.engine import make_url
+
+from keelson.db import migrate
+from keelson.embedded import free_port
+from keelson.logging import LogShipper, bind
+from logs_service.records import COLUMNS
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs" / "benchmarks.md"
+MIGRATIONS = ROOT / "services/logs/logs_service/migrations"
+SENDERS = 4
+COPY_BATCH = 1000
+
+
+def run_sender(endpoint: str, service: str, count: int, spill_dir: str) -> None:
+    """One sender process: wait for `go` on stdin, log `count` records, wait for acks."""
+    shipper = LogShipper(endpoint, service=service, spill_dir=Path(spill_dir), close_timeout=30)
+    logger = logging.getLogger(f"bench.{service}")
+    logger.handlers, logger.propagate = [shipper], False
+    logger.setLevel(logging.INFO)
+    print("ready", flush=True)
+    sys.stdin.readline()
+    for i in range(count):
+        with bind(request_id=f"req-{i % 1000}"):
+            logger.info("order %d shipped to the warehouse", i, extra={"n": i})
+    shipper.drain(600)
+    shipper.close()
+    stats = shipper.stats()
+    print(f"done acknowledged={stats.acknowledged} dropped={sum(stats.dropped.values())}")
+
+
+class LogService:
+    def __init__(self, database_url: str, endpoint: str, workdir: Path) -> None:
+        self.port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KEELSON_")}
+        env.update(
+            KEELSON_ENV="test",
+            KEELSON_PORT=str(self.port),
+            KEELSON_DATABASE_URL=database_url,
+            KEELSON_LOGS__BIND_ENDPOINT=endpoint,
+            KEELSON_LOG__SHIP_ENDPOINT="",
+            KEELSON_LOG__LEVEL="WARNING",
+            KEELSON_BUS__ZMQ_XSUB_ENDPOINT=f"tcp://127.0.0.1:{free_port()}",
+            KEELSON_BUS__ZMQ_XPUB_ENDPOINT=f"tcp://127.0.0.1:{free_port()}",
+            KEELSON_PLUGINS__AUTH__JWKS_URL=f"http://127.0.0.1:{free_port()}/jwks.json",
+        )
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "logs_service"],
+            env=env,
+            cwd=workdir,
+            stdout=subprocess.DEVNULL,
+            stderr=(workdir / "logs-service.log").open("wb"),
+        )
+
+    def wait_live(self) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/health/live").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("the log service did not start")
+
+    def memory_mb(self) -> tuple[float, float]:
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        values = {
+            line.split(":")[0]: int(line.split()[1])
+            for line in status.splitlines()
+            if line.startswith(("VmRSS", "VmHWM"))
+        }
+        return values["VmRSS"] / 1024, values["VmHWM"] / 1024
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+async def count_rows(dsn: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        value: int = await conn.fetchval("SELECT count(*) FROM logs.records")
+        return value
+    finally:
+        await conn.close()
+
+
+async def wait_for_rows(dsn: str, total: int) -> float:
+    conn = await asyncpg.connect(dsn)
+    try:
+        while await conn.fetchval("SELECT count(*) FROM logs.records") < total:
+            await asyncio.sleep(0.05)
+        return time.perf_counter()
+    finally:
+        await conn.close()
+
+
+async def raw_copy(dsn: str) -> tuple[int, float]:
+    """Read the rows back, empty the table and COPY them again as fast as possible."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        select = f"SELECT {', '.join(COLUMNS)} FROM logs.records"
+        rows = [tuple(r) for r in await conn.fetch(select)]
+        await conn.execute("TRUNCATE logs.records")
+        started = time.perf_counter()
+        for start in range(0, len(rows), COPY_BATCH):
+            async with conn.transaction():
+                await conn.copy_records_to_table(
+                    "records",
+                    schema_name="logs",
+                    records=rows[start : start + COPY_BATCH],
+                    columns=COLUMNS,
+                )
+        return len(rows), time.perf_counter() - started
+    finally:
+        await conn.close()
+
+
+def end_to_end(dsn: str, records: int, workdir: Path) -> tuple[float, tuple[float, float], int]:
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    service = LogService(dsn, endpoint, workdir)
+    senders: list[subprocess.Popen[str]] = []
+    try:
+        service.wait_live()
+        for n in range(SENDERS):
+            spill = str(workdir / f"spill-{n}")
+            senders.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--sender",
+                        endpoint,
+                        f"bench-{n}",
+                        str(records),
+                        spill,
+                    ],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+            )
+        for sender in senders:
+            assert sender.stdout is not None and sender.stdout.readline().strip() == "ready"
+        started = time.perf_counter()
+        for sender in senders:
+            assert sender.stdin is not None
+            sender.stdin.write("go\n")
+            sender.stdin.flush()
+        finished = asyncio.run(wait_for_rows(dsn, SENDERS * records))
+        dropped = 0
+        for sender in senders:
+            out, _ = sender.communicate(timeout=120)
+            dropped += int(out.split("dropped=")[-1].split()[0])
+        memory = service.memory_mb()
+        return finished - started, memory, dropped
+    finally:
+        for sender in senders:
+            if sender.poll() is None:
+                sender.kill()
+        service.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--database-url", default=os.environ.get("KEELSON_TEST_DATABASE_URL"))
+    parser.add_argument("--records", type=int, default=50_000, help="per sender process")
+    parser.add_argument("--no-docs", action="store_true")
+    parser.add_argument("--sender", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.sender:
+        endpoint, service, count, spill = args.sender
+        run_sender(endpoint, service, int(count), spill)
+        return
+    server = args.database_url or "postgresql://postgres@127.0.0.1:5432/postgres"
+    server_dsn = make_url(server).set(drivername="postgresql")
+    name = f"keelson_bench_logs_{uuid.uuid4().hex[:8]}"
+    admin = server_dsn.render_as_string(hide_password=False)
+    dsn = server_dsn.set(database=name).render_as_string(hide_password=False)
+    asyncio.run(execute(admin, f'CREATE DATABASE "{name}"'))
+    try:
+        migrate(MIGRATIONS, dsn)
+        with tempfile.TemporaryDirectory(prefix="keelson-bench-logs-") as workdir:
+            seconds, (rss, peak), dropped = end_to_end(dsn, args.records, Path(workdir))
+        total = SENDERS * args.records
+        stored = asyncio.run(count_rows(dsn))
+        copied, copy_seconds = asyncio.run(raw_copy(dsn))
+    finally:
+        asyncio.run(execute(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    e2e_rate, raw_rate = total / seconds, copied / copy_seconds
+    body = "\n".join(
+        [
+            "| path | records | seconds | records/s |",
+            "| --- | ---: | ---: | ---: |",
+            f"| end to end, {SENDERS} sender processes | {total:,} | {seconds:.2f} "
+            f"| {e2e_rate:,.0f} |",
+            f"| raw asyncpg COPY, batches of {COPY_BATCH:,} | {copied:,} | {copy_seconds:.2f} "
+            f"| {raw_rate:,.0f} |",
+            "",
+            f"End to end / raw COPY: **{e2e_rate / raw_rate:.0%}** (goal >= 50%; "
+            f"goal >= 30,000 records/s end to end). Stored {stored:,} of {total:,} "
+            f"({total - stored:,} lost), {dropped:,} dropped by the shippers. "
+            f"Log service memory after the run: RSS {rss:.0f} MB, peak {peak:.0f} MB "
+            "(goal <= 200 MB).",
+        ]
+    )
+    print(body)
+    if not args.no_docs:
+        command = ".venv/bin/python bench/logs.py " + shlex.join(
+            ["--database-url", server, "--records", str(args.records)]
+        )
+        write_docs(body, command, server)
+
+
+async def execute(dsn: str, sql: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def write_docs(body: str, command: str, server: str) -> None:
+    section = "\n".join(
+        [
+            "## Logs",
+            "",
+            "Log records from 4 sender processes through `keelson.logging`'s ZeroMQ shipper "
+            "into the log service and Postgres, timed until every record is queryable, beside "
+            "raw asyncpg `copy_records_to_table` of the same rows into the same table in the "
+            "same run (see the docstring of `bench/logs.py`).",
+            "",
+            f"Command: `{command}`",
+            "",
+            f"Server: PostgreSQL at `{server}` (a fresh database, dropped afterwards); "
+            f"{platform.python_implementation()} {platform.python_version()}, "
+            f"{os.cpu_count()} CPUs shared by the senders, the log service, Postgres and other "
+            f"work, so figures are noisy. Recorded {time.strftime('%Y-%m-%d %H:%M')}.",
+            "",
+            body,
+            "",
+        ]
+    )
+    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n\n"
+    start = text.find("## Logs\n")
+    if start == -1:
+        text = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = text.find("\n## ", start + 1)
+        text = text[:start] + section + (text[end + 1 :] if end != -1 else "")
+    DOCS.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
