@@ -8,15 +8,16 @@ embedded ones are started in a temporary folder. Each session gets a database of
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import shutil
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from sqlalchemy.engine import make_url
@@ -26,11 +27,35 @@ from keelson.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
 
 __all__ = [
     "LiveServer",
+    "eventually",
     "make_settings",
     "postgres_server_url",
     "redis_url",
     "test_database_url",
 ]
+
+
+_T = TypeVar("_T")
+
+
+async def eventually(
+    check: Callable[[], _T | Awaitable[_T]], *, timeout: float = 10.0, interval: float = 0.02
+) -> _T:
+    """Poll `check` (sync or async) until it returns something truthy; return that.
+
+    Raises AssertionError at the deadline: tests synchronise on a condition, never a sleep.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            name = getattr(check, "__name__", "condition")
+            raise AssertionError(f"{name} not met within {timeout}s (last: {result!r})")
+        await asyncio.sleep(interval)
 
 
 class LiveServer:

@@ -1,7 +1,4 @@
-import asyncio
-import time
 import uuid
-from collections.abc import Callable
 
 from keelson.bus import BUS, BusPlugin, ZmqBroker
 from keelson.config import BusSettings, KeelsonSettings
@@ -9,15 +6,7 @@ from keelson.embedded import free_port
 from keelson.events import Envelope
 from keelson.plugins import PluginState
 from keelson.service import build_container
-from keelson.testing import make_settings
-
-
-async def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        await asyncio.sleep(0.02)
+from keelson.testing import eventually, make_settings
 
 
 async def round_trip(settings: KeelsonSettings, *, transport: str) -> None:

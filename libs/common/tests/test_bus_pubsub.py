@@ -1,5 +1,3 @@
-import asyncio
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -9,14 +7,7 @@ from redis.asyncio import Redis
 
 from keelson.bus import RedisBus
 from keelson.config import BusSettings
-
-
-async def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        await asyncio.sleep(0.02)
+from keelson.testing import eventually
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -16,21 +15,9 @@ from keelson.bus import RedisBus, dead_letter_key, stream_key
 from keelson.config import BusSettings
 from keelson.events import Envelope
 from keelson.logging import trace_id_var
+from keelson.testing import eventually
 
 FAST = BusSettings(block_ms=50, claim_idle_ms=200, max_deliveries=3, batch_size=50)
-
-
-async def eventually(check: Callable[[], bool | Awaitable[bool]], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        outcome = check()
-        if not isinstance(outcome, bool):
-            outcome = await outcome
-        if outcome:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        await asyncio.sleep(0.02)
 
 
 def envelope(topic: str, **data: object) -> Envelope:

@@ -1,5 +1,3 @@
-import asyncio
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -9,14 +7,7 @@ import zmq
 from keelson.bus import ZmqBroker, ZmqBus
 from keelson.embedded import free_port
 from keelson.events import Envelope, UserRegistered
-
-
-async def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        await asyncio.sleep(0.02)
+from keelson.testing import eventually
 
 
 @pytest.fixture

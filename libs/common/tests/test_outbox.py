@@ -1,7 +1,5 @@
-import asyncio
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -29,23 +27,10 @@ from keelson.outbox import (
     mark_processed,
 )
 from keelson.service import build_container
-from keelson.testing import make_settings
+from keelson.testing import eventually, make_settings
 
 SCHEMA = f"outbox_{uuid.uuid4().hex[:8]}"
 FAST = BusSettings(block_ms=50, claim_idle_ms=200)
-
-
-async def eventually(check: Callable[[], bool | Awaitable[bool]], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        outcome = check()
-        if not isinstance(outcome, bool):
-            outcome = await outcome
-        if outcome:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        await asyncio.sleep(0.02)
 
 
 def _migrate(conn: Connection, step: Callable[[str], None]) -> None:
@@ -165,10 +150,10 @@ async def test_a_crash_between_commit_and_publish_loses_nothing(
 
 
 async def eventually_published(engine: AsyncEngine, event_id: str) -> None:
-    deadline = time.monotonic() + 10
-    while (await rows(engine, event_id))[0][1] is None:
-        assert time.monotonic() < deadline, "row never marked published"
-        await asyncio.sleep(0.02)
+    async def published() -> bool:
+        return (await rows(engine, event_id))[0][1] is not None
+
+    await eventually(published)
 
 
 class _DiesAfterPublishing:
@@ -211,6 +196,15 @@ async def test_a_relay_dying_after_publish_publishes_again_and_dedupe_absorbs_it
     assert [e.id for e in got] == [sent.id]  # ...once in the handler
 
 
+async def _unpublished(engine: AsyncEngine, topic: str, *, expect: int) -> bool:
+    async with engine.connect() as conn:
+        result = await conn.execute(
+            text("SELECT count(*) FROM outbox WHERE topic = :t AND published_at IS NULL"),
+            {"t": topic},
+        )
+        return bool(result.scalar_one() == expect)
+
+
 async def _pending_is_empty(bus: RedisBus, topic: str) -> bool:
     groups = await bus.redis.xinfo_groups(f"bus:stream:{topic}")
     return all(g["pending"] == 0 and g["lag"] == 0 for g in groups)
@@ -234,6 +228,7 @@ async def test_a_commit_wakes_the_relay_before_its_poll_interval(
 
 
 async def test_two_relays_share_the_rows_without_publishing_one_twice(
+    engine: AsyncEngine,
     sessions: async_sessionmaker[AsyncSession],
     bus: RedisBus,
     relays: Callable[..., OutboxRelay],
@@ -250,7 +245,10 @@ async def test_two_relays_share_the_rows_without_publishing_one_twice(
     relays(batch_size=20)
 
     await eventually(lambda: len(got) >= 300)
-    assert len(got) == 300
+    await eventually(lambda: _unpublished(engine, topic, expect=0))
+    # The stream holds every publish, so a row published twice would show here.
+    assert await bus.redis.xlen(f"bus:stream:{topic}") == 300
+    await eventually(lambda: _pending_is_empty(bus, topic))
     assert sorted(e.id for e in got) == sorted(sent)
 
 
