@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, TypeVar
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from auth_service.keyring import KeyRing
+from auth_service.login import LoginContext
 from auth_service.passwords import PasswordHashing
 from auth_service.plugin import KEYRING, LOGIN_THROTTLE, PASSWORDS
 from auth_service.settings import AuthSettings
 from auth_service.throttle import LoginThrottle
 from keelson.auth import REVOCATIONS, CurrentUser, Principal, RevocationList, require_role
 from keelson.db import get_session
-from keelson.plugins import PluginContainer
+from keelson.plugins import Key, PluginContainer
 
 __all__ = [
     "AdminUser",
@@ -22,32 +24,26 @@ __all__ = [
     "ClientIP",
     "CurrentUser",
     "Keys",
+    "Login",
     "Passwords",
     "Revocations",
     "SessionDep",
     "Throttle",
     "UserAgent",
+    "no_store",
 ]
 
-
-def _keyring(request: Request) -> KeyRing:
-    container: PluginContainer = request.app.state.container
-    return container.resolve(KEYRING)
+T = TypeVar("T")
 
 
-def _passwords(request: Request) -> PasswordHashing:
-    container: PluginContainer = request.app.state.container
-    return container.resolve(PASSWORDS)
+def _provided(key: Key[T]) -> Callable[[Request], T]:
+    """A dependency answering what the service's plugins provided under `key`."""
 
+    def resolve(request: Request) -> T:
+        container: PluginContainer = request.app.state.container
+        return container.resolve(key)
 
-def _throttle(request: Request) -> LoginThrottle:
-    container: PluginContainer = request.app.state.container
-    return container.resolve(LOGIN_THROTTLE)
-
-
-def _revocations(request: Request) -> RevocationList:
-    container: PluginContainer = request.app.state.container
-    return container.resolve(REVOCATIONS)
+    return resolve
 
 
 def _auth_settings(request: Request) -> AuthSettings:
@@ -65,12 +61,33 @@ def _user_agent(request: Request) -> str | None:
     return request.headers.get("user-agent")
 
 
+def no_store(response: Response) -> None:
+    """Token responses must not be cached anywhere (RFC 6749 section 5.1)."""
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Pragma"] = "no-cache"
+
+
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
-Keys = Annotated[KeyRing, Depends(_keyring)]
-Passwords = Annotated[PasswordHashing, Depends(_passwords)]
-Throttle = Annotated[LoginThrottle, Depends(_throttle)]
-Revocations = Annotated[RevocationList, Depends(_revocations)]
+Keys = Annotated[KeyRing, Depends(_provided(KEYRING))]
+Passwords = Annotated[PasswordHashing, Depends(_provided(PASSWORDS))]
+Throttle = Annotated[LoginThrottle, Depends(_provided(LOGIN_THROTTLE))]
+Revocations = Annotated[RevocationList, Depends(_provided(REVOCATIONS))]
 AuthConfig = Annotated[AuthSettings, Depends(_auth_settings)]
 ClientIP = Annotated[str, Depends(_client_ip)]
 UserAgent = Annotated[str | None, Depends(_user_agent)]
 AdminUser = Annotated[Principal, Depends(require_role("admin"))]
+
+
+def _login_context(
+    db: SessionDep,
+    passwords: Passwords,
+    throttle: Throttle,
+    keys: Keys,
+    settings: AuthConfig,
+    client_ip: ClientIP,
+    user_agent: UserAgent,
+) -> LoginContext:
+    return LoginContext(db, passwords, throttle, keys, settings, client_ip, user_agent)
+
+
+Login = Annotated[LoginContext, Depends(_login_context)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -31,7 +32,15 @@ from keelson.auth import Principal, RevocationList
 from keelson.errors import TooManyRequests, Unauthorized
 from keelson.events import UserLoggedIn
 
-__all__ = ["granted_scopes", "log_in", "log_out", "refresh_session", "revoke_access"]
+__all__ = [
+    "LoginContext",
+    "granted_scopes",
+    "log_in",
+    "log_out",
+    "record_failure",
+    "refresh_session",
+    "revoke_access",
+]
 
 _BAD_CREDENTIALS = "incorrect email or password"
 _BAD_REFRESH = "invalid refresh token"
@@ -47,40 +56,46 @@ def granted_scopes(
     return sorted(allowed)
 
 
+@dataclass(frozen=True)
+class LoginContext:
+    """What a login needs besides the credentials: its collaborators and the client."""
+
+    db: AsyncSession
+    passwords: PasswordHashing
+    throttle: LoginThrottle
+    keyring: KeyRing
+    settings: AuthSettings
+    client_ip: str
+    user_agent: str | None
+
+
 async def log_in(
-    db: AsyncSession,
-    *,
-    email: str,
-    password: str,
-    requested_scope: str | None,
-    client_ip: str,
-    user_agent: str | None,
-    passwords: PasswordHashing,
-    throttle: LoginThrottle,
-    keyring: KeyRing,
-    settings: AuthSettings,
+    ctx: LoginContext, *, email: str, password: str, requested_scope: str | None
 ) -> TokenPair:
     """A new session and its first token pair; 401 for any bad credential, 429 when locked."""
+    db, passwords, throttle = ctx.db, ctx.passwords, ctx.throttle
     email = normalize_email(email, strict=False)
-    await throttle.check(email=email, ip=client_ip)
+    await throttle.check(email=email, ip=ctx.client_ip)
     user = await get_user_by_email(db, email=email)
     if user is None:
         verified = await passwords.verify_dummy(password)
     else:
         verified = await passwords.verify(user.password_hash, password)
     if not verified or user is None or not user.is_active:
-        await _record_failure(db, throttle, email=email, client_ip=client_ip, user=user)
+        await record_failure(db, throttle, email=email, client_ip=ctx.client_ip, user=user)
         raise Unauthorized(_BAD_CREDENTIALS)
     await throttle.record_success(email=email)
     if passwords.needs_rehash(user.password_hash):
         user.password_hash = await passwords.hash(password)
-    scopes = granted_scopes(settings, user.roles, requested_scope)
+    scopes = granted_scopes(ctx.settings, user.roles, requested_scope)
     row = await start_session(
-        db, user_id=user.id, scopes=scopes, client_ip=client_ip, user_agent=user_agent
+        db, user_id=user.id, scopes=scopes, client_ip=ctx.client_ip, user_agent=ctx.user_agent
     )
-    pair = await _issue_pair(db, keyring, settings, user=user, session_id=row.id, scopes=scopes)
-    await emit(db, UserLoggedIn(user_id=str(user.id), ip=client_ip, user_agent=user_agent))
-    await audit(db, AuditAction.LOGIN_SUCCEEDED, actor=str(user.id), ip=client_ip)
+    pair = await _issue_pair(
+        db, ctx.keyring, ctx.settings, user=user, session_id=row.id, scopes=scopes
+    )
+    await emit(db, UserLoggedIn(user_id=str(user.id), ip=ctx.client_ip, user_agent=ctx.user_agent))
+    await audit(db, AuditAction.LOGIN_SUCCEEDED, actor=str(user.id), ip=ctx.client_ip)
     await db.commit()
     return pair
 
@@ -181,9 +196,10 @@ async def _handle_reuse(
     await revoke_access(revocations, revoked)
 
 
-async def _record_failure(
+async def record_failure(
     db: AsyncSession, throttle: LoginThrottle, *, email: str, client_ip: str, user: User | None
 ) -> None:
+    """Count and audit a wrong password; raises 429 when this attempt locks the account."""
     target = str(user.id) if user is not None else None
     try:
         await throttle.record_failure(email=email, ip=client_ip)

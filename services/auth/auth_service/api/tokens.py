@@ -4,94 +4,47 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Response, status
+from fastapi import APIRouter, Depends, status
 from fastapi.security import OAuth2PasswordRequestForm
 
 from auth_service.deps import (
     AuthConfig,
-    ClientIP,
     CurrentUser,
     Keys,
-    Passwords,
+    Login,
     Revocations,
     SessionDep,
-    Throttle,
-    UserAgent,
+    no_store,
 )
 from auth_service.login import log_in, log_out, refresh_session
 from auth_service.schemas import LoginRequest, RefreshRequest, TokenPair
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/api/v1/auth", tags=["tokens"])
-
-_NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+router = APIRouter(prefix="/api/v1/auth", tags=["tokens"], dependencies=[Depends(no_store)])
 
 
 @router.post("/login")
-async def create_login(
-    body: LoginRequest,
-    response: Response,
-    db: SessionDep,
-    passwords: Passwords,
-    throttle: Throttle,
-    keys: Keys,
-    settings: AuthConfig,
-    client_ip: ClientIP,
-    user_agent: UserAgent,
-) -> TokenPair:
-    response.headers.update(_NO_STORE)
-    return await log_in(
-        db,
-        email=body.email,
-        password=body.password,
-        requested_scope=body.scope,
-        client_ip=client_ip,
-        user_agent=user_agent,
-        passwords=passwords,
-        throttle=throttle,
-        keyring=keys,
-        settings=settings,
-    )
+async def create_login(body: LoginRequest, login: Login) -> TokenPair:
+    return await log_in(login, email=body.email, password=body.password, requested_scope=body.scope)
 
 
 @router.post("/token", summary="Log in with the OAuth2 password form (Swagger's Authorize)")
 async def create_token(
-    form: Annotated[OAuth2PasswordRequestForm, Depends()],
-    response: Response,
-    db: SessionDep,
-    passwords: Passwords,
-    throttle: Throttle,
-    keys: Keys,
-    settings: AuthConfig,
-    client_ip: ClientIP,
-    user_agent: UserAgent,
+    form: Annotated[OAuth2PasswordRequestForm, Depends()], login: Login
 ) -> TokenPair:
-    response.headers.update(_NO_STORE)
-    return await log_in(
-        db,
-        email=form.username,
-        password=form.password,
-        requested_scope=" ".join(form.scopes) if form.scopes else None,
-        client_ip=client_ip,
-        user_agent=user_agent,
-        passwords=passwords,
-        throttle=throttle,
-        keyring=keys,
-        settings=settings,
-    )
+    scope = " ".join(form.scopes) if form.scopes else None
+    return await log_in(login, email=form.username, password=form.password, requested_scope=scope)
 
 
 @router.post("/refresh")
 async def create_refresh(
     body: RefreshRequest,
-    response: Response,
     db: SessionDep,
     keys: Keys,
     revocations: Revocations,
     settings: AuthConfig,
 ) -> TokenPair:
-    response.headers.update(_NO_STORE)
     return await refresh_session(
         db,
         refresh_token=body.refresh_token,
