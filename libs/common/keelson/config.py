@@ -7,7 +7,16 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -103,9 +112,11 @@ class KeelsonSettings(BaseSettings):
     service: str = "keelson"
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
-    database_url: str | None = None
-    redis_url: str | None = None
+    # URLs may carry a password: kept out of repr() so that logging the settings is safe.
+    database_url: str | None = Field(None, repr=False)
+    redis_url: str | None = Field(None, repr=False)
     master_key: SecretStr = SecretStr(_DEV_MASTER_KEY)
+    previous_master_keys: list[SecretStr] = []  # still decrypt, never encrypt (rotation)
     sentry_dsn: SecretStr | None = Field(
         None, validation_alias=AliasChoices("KEELSON_SENTRY_DSN", "SENTRY_DSN")
     )
@@ -116,18 +127,36 @@ class KeelsonSettings(BaseSettings):
     bus: BusSettings = BusSettings()
     plugins: dict[str, PluginSettings] = {}
 
-    @model_validator(mode="after")
-    def _no_placeholder_secrets_outside_dev(self) -> Self:
-        in_production = self.env in (Environment.STAGING, Environment.PROD)
-        if in_production and self.master_key.get_secret_value() == _DEV_MASTER_KEY:
-            raise ValueError("master_key: the development key must not be used in " + self.env)
-        if len(self.master_key.get_secret_value()) < 32:
-            raise ValueError("master_key must be at least 32 characters")
-        if self.database_url and not self.database_url.startswith(("postgresql", "postgres")):
-            raise ValueError("database_url must be a postgresql:// URL")
-        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("redis_url must be a redis:// URL")
-        return self
+    @field_validator("database_url", "redis_url", "sentry_dsn", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # `KEELSON_REDIS_URL=` (as compose writes `${KEELSON_REDIS_URL:-}`) means "off".
+        return None if value == "" else value
+
+    @field_validator("master_key")
+    @classmethod
+    def _strong_master_key(cls, value: SecretStr, info: ValidationInfo) -> SecretStr:
+        secret = value.get_secret_value()
+        if len(secret) < 32:
+            raise ValueError("must be at least 32 characters")
+        env = info.data.get("env")
+        if secret == _DEV_MASTER_KEY and env in (Environment.STAGING, Environment.PROD):
+            raise ValueError(f"the development key must not be used in {env}")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("postgresql", "postgres")):
+            raise ValueError("must be a postgresql:// URL")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
 
     @property
     def log_format(self) -> LogFormat:
@@ -195,9 +224,15 @@ def load_settings(cls: type[_S] = KeelsonSettings, **overrides: Any) -> _S:  # t
 
 
 def _describe(exc: ValidationError) -> str:
+    """One line per error, naming the environment variable that sets the value."""
     lines = ["invalid configuration:"]
     for error in exc.errors():
-        path = "__".join(str(part) for part in error["loc"]) or "settings"
-        setting = path if path.startswith("KEELSON_") else f"KEELSON_{path.upper()}"
+        path = "__".join(str(part) for part in error["loc"])
+        if not path:
+            setting = "settings"
+        elif path.isupper():  # already an environment variable name (an alias)
+            setting = path
+        else:
+            setting = f"KEELSON_{path.upper()}"
         lines.append(f"  {setting}: {error['msg']}")
     return "\n".join(lines)

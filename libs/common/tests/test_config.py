@@ -1,8 +1,11 @@
+import shutil
 from pathlib import Path
 
 import pytest
 
 from keelson.config import ConfigError, Environment, KeelsonSettings, LogFormat, load_settings
+
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture
@@ -72,8 +75,80 @@ def test_development_master_key_refused_in_prod(
     clean_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("KEELSON_ENV", "prod")
-    with pytest.raises(ConfigError, match="master_key"):
+    with pytest.raises(ConfigError, match=r"KEELSON_MASTER_KEY: .*development key"):
         load_settings()
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "setting"),
+    [
+        ("KEELSON_MASTER_KEY", "short", "KEELSON_MASTER_KEY"),
+        ("KEELSON_DATABASE_URL", "mysql://x@h/d", "KEELSON_DATABASE_URL"),
+        ("KEELSON_REDIS_URL", "http://h:6379", "KEELSON_REDIS_URL"),
+        ("KEELSON_BUS__MAX_DELIVERIES", "0", "KEELSON_BUS__MAX_DELIVERIES"),
+        ("KEELSON_PLUGINS__CACHE__ENABLED", "perhaps", "KEELSON_PLUGINS__CACHE__ENABLED"),
+    ],
+)
+def test_each_bad_value_is_named_by_its_environment_variable(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch, name: str, value: str, setting: str | None
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert f"  {setting}: " in str(caught.value)
+
+
+def test_an_empty_optional_service_setting_means_off(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("KEELSON_DATABASE_URL", "KEELSON_REDIS_URL", "SENTRY_DSN"):
+        monkeypatch.setenv(name, "")
+    settings = load_settings()
+    assert settings.database_url is None
+    assert not settings.redis_enabled and not settings.monitoring_enabled
+
+
+def test_urls_with_passwords_stay_out_of_repr(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KEELSON_DATABASE_URL", "postgresql://app:pg-pass-42@db/keelson")
+    monkeypatch.setenv("KEELSON_REDIS_URL", "redis://:redis-pass-42@cache:6379/0")
+    monkeypatch.setenv("KEELSON_PREVIOUS_MASTER_KEYS", '["old-master-key-0123456789abcdef0123"]')
+    settings = load_settings()
+    text = f"{settings!r} {settings}"
+    for secret in ("pg-pass-42", "redis-pass-42", "old-master-key", "dev-only-master"):
+        assert secret not in text
+    assert settings.database_url == "postgresql://app:pg-pass-42@db/keelson"
+    [previous] = settings.previous_master_keys
+    assert previous.get_secret_value() == "old-master-key-0123456789abcdef0123"
+
+
+@pytest.mark.parametrize("env", ["dev", "staging", "prod"])
+def test_the_committed_env_file_examples_load(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch, env: str
+) -> None:
+    shutil.copy(REPO / f".env.{env}", clean_env / f".env.{env}")
+    monkeypatch.setenv("KEELSON_ENV", env)
+    if env != "dev":
+        with pytest.raises(ConfigError, match="KEELSON_MASTER_KEY"):
+            load_settings()  # the examples leave the secret out on purpose
+        monkeypatch.setenv("KEELSON_MASTER_KEY", "a-real-secret-0123456789abcdef-0123")
+    settings = load_settings()
+    assert settings.env.value == env
+    assert settings.log_format is (LogFormat.TEXT if env == "dev" else LogFormat.JSON)
+    if env == "prod":
+        assert settings.db.pool_size == 10 and settings.bus.max_deliveries == 8
+
+
+def test_the_committed_yaml_example_loads(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (clean_env / "config").mkdir()
+    shutil.copy(REPO / "config" / "keelson.example.yaml", clean_env / "config" / "keelson.yaml")
+    settings = load_settings()
+    assert settings.bus.claim_idle_ms == 30_000
+    assert settings.plugin("outbox_relay").model_extra == {
+        "batch_size": 100,
+        "poll_interval_seconds": 1.0,
+    }
 
 
 def test_secret_from_mounted_file_and_never_in_repr(
