@@ -78,6 +78,7 @@ class _Batch:
     rows: dict[UUID, LogRow] = field(default_factory=dict)
     batch_ids: list[bytes] = field(default_factory=list)
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    from_bus: set[UUID] = field(default_factory=set)
     received: int = 0
 
 
@@ -161,6 +162,7 @@ class Ingestor:
         batch = self._gathering()
         for row in rows:
             batch.rows.setdefault(row.id, row)
+            batch.from_bus.add(row.id)
         batch.received += len(rows)
         batch.waiters.append(future)
         await future
@@ -270,7 +272,9 @@ class Ingestor:
 
     async def _settle(self, batch: _Batch, outcome: WriteOutcome) -> None:
         self.committed_records += len(outcome.inserted)
-        INGESTED.labels("zmq").inc(len(outcome.inserted))
+        from_bus = sum(1 for row in outcome.inserted if row.id in batch.from_bus)
+        INGESTED.labels("bus").inc(from_bus)
+        INGESTED.labels("zmq").inc(len(outcome.inserted) - from_bus)
         DUPLICATES.inc(outcome.duplicates + batch.received - len(batch.rows))
         if outcome.refused:
             self.rejections.add(Rejection.REFUSED_BY_DATABASE, len(outcome.refused))
