@@ -7,8 +7,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import sentry_sdk
-
 from keelson.config import KeelsonSettings
 from keelson.logging import redact_value
 
@@ -24,6 +22,9 @@ def init_monitoring(settings: KeelsonSettings) -> bool:
     if settings.sentry_dsn is None:
         _enabled = False
         return False
+    # Imported only when on: the SDK and what it pulls in cost each process about 7 MB.
+    import sentry_sdk
+
     sentry_sdk.init(
         dsn=settings.sentry_dsn.get_secret_value(),
         environment=settings.env.value,
@@ -49,6 +50,8 @@ def _scrub(event: Any, hint: Any) -> Any:
 
 def capture_exception(exc: BaseException, *, context: dict[str, Any] | None = None) -> None:
     if _enabled:
+        import sentry_sdk
+
         with sentry_sdk.new_scope() as scope:
             for key, value in (context or {}).items():
                 scope.set_extra(key, redact_value(key, value))
@@ -59,11 +62,15 @@ def capture_exception(exc: BaseException, *, context: dict[str, Any] | None = No
 
 def set_user(user_id: str | None) -> None:
     if _enabled:
+        import sentry_sdk
+
         sentry_sdk.set_user({"id": user_id} if user_id else None)
 
 
 def add_breadcrumb(message: str, *, category: str = "keelson", **data: Any) -> None:
     if _enabled:
+        import sentry_sdk
+
         sentry_sdk.add_breadcrumb(message=message, category=category, data=data)
     else:
         _log.debug("breadcrumb %s: %s %s", category, message, data)
@@ -75,5 +82,7 @@ def trace(name: str, *, op: str = "function") -> Iterator[None]:
     if not _enabled:
         yield
         return
+    import sentry_sdk
+
     with sentry_sdk.start_span(op=op, name=name):
         yield
