@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from auth_service.action_tokens import consume_action_token, issue_action_token
 from auth_service.audit import AuditAction, audit, emit
-from auth_service.login import revoke_access
+from auth_service.login import record_failure, revoke_access
 from auth_service.models import RevokeReason, TokenPurpose, User
 from auth_service.passwords import PasswordHashing, check_password_policy
 from auth_service.schemas import UserSelfUpdate
@@ -28,6 +29,7 @@ from keelson.events import EmailVerificationRequested, PasswordResetRequested, U
 
 __all__ = [
     "confirm_password_reset",
+    "create_account",
     "current_account",
     "register_user",
     "request_email_verification",
@@ -37,6 +39,10 @@ __all__ = [
 ]
 
 _BAD_TOKEN = "invalid or expired token"  # noqa: S105
+_TOKEN_EVENTS: dict[TokenPurpose, type[PasswordResetRequested | EmailVerificationRequested]] = {
+    TokenPurpose.PASSWORD_RESET: PasswordResetRequested,
+    TokenPurpose.EMAIL_VERIFICATION: EmailVerificationRequested,
+}
 
 
 async def register_user(
@@ -49,20 +55,44 @@ async def register_user(
     settings: AuthSettings,
 ) -> User:
     """A new account with the default roles; asks for its email to be verified."""
+    user = await create_account(
+        db,
+        email=email,
+        password=password,
+        name=name,
+        roles=settings.default_roles,
+        passwords=passwords,
+        settings=settings,
+    )
+    await emit(db, UserRegistered(user_id=str(user.id), email=user.email, name=user.name))
+    await audit(db, AuditAction.REGISTERED, actor=str(user.id))
+    await _send_token(db, user=user, purpose=TokenPurpose.EMAIL_VERIFICATION, settings=settings)
+    await db.commit()
+    return user
+
+
+async def create_account(
+    db: AsyncSession,
+    *,
+    email: str,
+    password: str,
+    name: str | None,
+    roles: Sequence[str],
+    passwords: PasswordHashing,
+    settings: AuthSettings,
+    verified: bool = False,
+) -> User:
+    """Insert an account (not committed): email normalised, password policy applied, hashed."""
     email = normalize_email(email)
     check_password_policy(password, email=email, min_length=settings.min_password_length)
-    user = await create_user(
+    return await create_user(
         db,
         email=email,
         password_hash=await passwords.hash(password),
         name=name,
-        roles=settings.default_roles,
+        roles=roles,
+        verified=verified,
     )
-    await emit(db, UserRegistered(user_id=str(user.id), email=user.email, name=user.name))
-    await audit(db, AuditAction.REGISTERED, actor=str(user.id))
-    await _send_verification(db, user=user, settings=settings)
-    await db.commit()
-    return user
 
 
 async def current_account(db: AsyncSession, *, principal: Principal) -> User:
@@ -80,21 +110,29 @@ async def update_account(
     principal: Principal,
     changes: UserSelfUpdate,
     passwords: PasswordHashing,
+    throttle: LoginThrottle,
     revocations: RevocationList,
     settings: AuthSettings,
+    client_ip: str,
 ) -> User:
+    """Change the caller's name or password; a new password ends every other session.
+
+    Wrong current passwords count as failed logins, so a stolen access token cannot be
+    used to guess the password faster than the login form allows.
+    """
     user = await current_account(db, principal=principal)
-    if "name" in changes.model_fields_set:
-        user.name = changes.name
     revoked = []
     if changes.password is not None:
         if changes.current_password is None:
             raise Unprocessable("current_password is needed to change the password")
+        await throttle.check(email=user.email, ip=client_ip)
         if not await passwords.verify(user.password_hash, changes.current_password):
+            await record_failure(db, throttle, email=user.email, client_ip=client_ip, user=user)
             raise Forbidden("the current password is not correct")
         check_password_policy(
             changes.password, email=user.email, min_length=settings.min_password_length
         )
+        await throttle.record_success(email=user.email)
         user.password_hash = await passwords.hash(changes.password)
         revoked = await revoke_sessions(
             db,
@@ -103,6 +141,8 @@ async def update_account(
             keep_session_id=parse_uuid(principal.session_id),
         )
         await audit(db, AuditAction.PASSWORD_CHANGED, actor=str(user.id))
+    if "name" in changes.model_fields_set:
+        user.name = changes.name
     await db.commit()
     await db.refresh(user)
     await revoke_access(revocations, revoked)
@@ -114,18 +154,7 @@ async def request_password_reset(db: AsyncSession, *, email: str, settings: Auth
     user = await get_user_by_email(db, email=normalize_email(email, strict=False))
     if user is None or not user.is_active:
         return
-    token, expires_at = await issue_action_token(
-        db,
-        user_id=user.id,
-        purpose=TokenPurpose.PASSWORD_RESET,
-        ttl=timedelta(seconds=settings.password_reset_ttl_seconds),
-    )
-    await emit(
-        db,
-        PasswordResetRequested(
-            user_id=str(user.id), email=user.email, token=token, expires_at=expires_at
-        ),
-    )
+    await _send_token(db, user=user, purpose=TokenPurpose.PASSWORD_RESET, settings=settings)
     await db.commit()
 
 
@@ -162,7 +191,7 @@ async def request_email_verification(
     user = await get_user_by_email(db, email=normalize_email(email, strict=False))
     if user is None or not user.is_active or user.email_verified_at is not None:
         return
-    await _send_verification(db, user=user, settings=settings)
+    await _send_token(db, user=user, purpose=TokenPurpose.EMAIL_VERIFICATION, settings=settings)
     await db.commit()
 
 
@@ -176,16 +205,19 @@ async def verify_email(db: AsyncSession, *, token: str) -> None:
     await db.commit()
 
 
-async def _send_verification(db: AsyncSession, *, user: User, settings: AuthSettings) -> None:
-    token, expires_at = await issue_action_token(
-        db,
-        user_id=user.id,
-        purpose=TokenPurpose.EMAIL_VERIFICATION,
-        ttl=timedelta(seconds=settings.email_verification_ttl_seconds),
+async def _send_token(
+    db: AsyncSession, *, user: User, purpose: TokenPurpose, settings: AuthSettings
+) -> None:
+    """Issue a single-use token for `purpose` and queue the event that emails it."""
+    ttl = (
+        settings.password_reset_ttl_seconds
+        if purpose is TokenPurpose.PASSWORD_RESET
+        else settings.email_verification_ttl_seconds
     )
+    token, expires_at = await issue_action_token(
+        db, user_id=user.id, purpose=purpose, ttl=timedelta(seconds=ttl)
+    )
+    event = _TOKEN_EVENTS[purpose]
     await emit(
-        db,
-        EmailVerificationRequested(
-            user_id=str(user.id), email=user.email, token=token, expires_at=expires_at
-        ),
+        db, event(user_id=str(user.id), email=user.email, token=token, expires_at=expires_at)
     )

@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import logging
 import uuid
+from datetime import UTC, datetime
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from auth_service.accounts import create_account
 from auth_service.audit import AuditAction, audit
 from auth_service.login import revoke_access
 from auth_service.models import RevokeReason, User
 from auth_service.passwords import PasswordHashing, check_password_policy
 from auth_service.schemas import UserUpdate
-from auth_service.sessions import revoke_sessions
+from auth_service.sessions import RevokedAccess, revoke_sessions
 from auth_service.settings import AuthSettings
 from auth_service.users import (
     ADMIN_ROLE,
     count_active_admins,
-    create_user,
     delete_user,
     get_user,
     get_user_by_email,
@@ -27,7 +28,7 @@ from auth_service.users import (
 from keelson.auth import Principal, RevocationList
 from keelson.errors import Conflict, NotFound, Unprocessable
 
-__all__ = ["bootstrap_admin", "make_admin", "remove_user", "update_user"]
+__all__ = ["bootstrap_admin", "existing_user", "make_admin", "remove_user", "update_user"]
 
 _log = logging.getLogger("auth_service.admin")
 # Serialises changes to who is admin (bootstrap on several replicas, two admins demoting
@@ -45,7 +46,7 @@ async def update_user(
     settings: AuthSettings,
 ) -> User:
     """Change name, roles or active flag; role or status changes end the user's sessions."""
-    user = await _existing(db, user_id)
+    user = await existing_user(db, user_id=user_id, for_update=True)
     fields = changes.model_fields_set
     if changes.roles is not None:
         unknown = set(changes.roles) - set(settings.role_scopes)
@@ -78,7 +79,7 @@ async def update_user(
 async def remove_user(
     db: AsyncSession, *, actor: Principal, user_id: uuid.UUID, revocations: RevocationList
 ) -> None:
-    user = await _existing(db, user_id)
+    user = await existing_user(db, user_id=user_id, for_update=True)
     if user.is_active and ADMIN_ROLE in user.roles:
         await _keep_one_admin(db, user_id=user.id)
     revoked = await revoke_sessions(db, reason=RevokeReason.ACCOUNT_CHANGED, user_id=user.id)
@@ -100,24 +101,16 @@ async def make_admin(
 
     Returns the user and whether it was created. An existing account keeps its password.
     """
-    email = normalize_email(email)
-    user = await get_user_by_email(db, email=email)
+    user = await get_user_by_email(db, email=normalize_email(email))
     created = user is None
     if user is None:
         if password is None:
             raise Unprocessable("a password is needed to create the admin account")
-        check_password_policy(password, email=email, min_length=settings.min_password_length)
-        user = await create_user(
-            db,
-            email=email,
-            password_hash=await passwords.hash(password),
-            name=None,
-            roles=[*settings.default_roles, ADMIN_ROLE],
-            verified=True,
+        user = await _create_admin(
+            db, email=email, password=password, passwords=passwords, settings=settings
         )
     else:
-        user.roles = sorted({*user.roles, ADMIN_ROLE})
-        user.is_active = True
+        _promote(user)
     await audit(db, AuditAction.ADMIN_CREATED, actor=None, target=str(user.id))
     await db.commit()
     return user, created
@@ -129,22 +122,66 @@ async def bootstrap_admin(
     email: str,
     password: str,
     passwords: PasswordHashing,
+    revocations: RevocationList,
     settings: AuthSettings,
 ) -> User | None:
-    """At start: make the configured admin when no active admin exists; None otherwise."""
+    """At start: make the configured admin when no active admin exists; None otherwise.
+
+    When the address already has an account, the configured password replaces its own and
+    its sessions end: whoever registered the address before the operator named it (say,
+    unverified, to wait for this moment) must not inherit an admin account.
+    """
     await db.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _ADMINS_LOCK_ID})
     if await count_active_admins(db):
         await db.commit()
         return None
-    user, _ = await make_admin(
-        db, email=email, password=password, passwords=passwords, settings=settings
-    )
+    user = await get_user_by_email(db, email=normalize_email(email))
+    revoked: list[RevokedAccess] = []
+    if user is None:
+        user = await _create_admin(
+            db, email=email, password=password, passwords=passwords, settings=settings
+        )
+    else:
+        check_password_policy(password, email=user.email, min_length=settings.min_password_length)
+        user.password_hash = await passwords.hash(password)
+        user.email_verified_at = user.email_verified_at or datetime.now(UTC)
+        _promote(user)
+        revoked = await revoke_sessions(db, reason=RevokeReason.ACCOUNT_CHANGED, user_id=user.id)
+    await audit(db, AuditAction.ADMIN_CREATED, actor=None, target=str(user.id))
+    await db.commit()
+    await revoke_access(revocations, revoked)
     _log.info("first admin account is %s", user.id)
     return user
 
 
-async def _existing(db: AsyncSession, user_id: uuid.UUID) -> User:
-    user = await get_user(db, user_id=user_id, for_update=True)
+async def _create_admin(
+    db: AsyncSession,
+    *,
+    email: str,
+    password: str,
+    passwords: PasswordHashing,
+    settings: AuthSettings,
+) -> User:
+    return await create_account(
+        db,
+        email=email,
+        password=password,
+        name=None,
+        roles=[*settings.default_roles, ADMIN_ROLE],
+        passwords=passwords,
+        settings=settings,
+        verified=True,
+    )
+
+
+def _promote(user: User) -> None:
+    user.roles = sorted({*user.roles, ADMIN_ROLE})
+    user.is_active = True
+
+
+async def existing_user(db: AsyncSession, *, user_id: uuid.UUID, for_update: bool = False) -> User:
+    """The user, or 404."""
+    user = await get_user(db, user_id=user_id, for_update=for_update)
     if user is None:
         raise NotFound("no such user")
     return user

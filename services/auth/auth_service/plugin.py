@@ -101,6 +101,7 @@ class AuthServicePlugin(Plugin):
                 email=email,
                 password=password.get_secret_value(),
                 passwords=self.passwords,
+                revocations=self.revocations,
                 settings=self.config.auth,
             )
 

@@ -87,3 +87,35 @@ async def test_create_admin_refuses_a_weak_password(
     monkeypatch.setenv("KEELSON_ADMIN_PASSWORD", "short")
     assert await asyncio.to_thread(main, ["create-admin", new_email("ops")]) == 1
     assert "at least 12 characters" in capsys.readouterr().err
+
+
+async def test_first_admin_takes_over_an_account_registered_before_it(
+    no_admins: None,
+    client: Any,
+    auth_settings_factory: Callable[..., Any],
+    serve: Callable[..., Any],
+    register: Callable[..., Awaitable[dict[str, Any]]],
+    login: Login,
+    new_email: Callable[..., str],
+) -> None:
+    email = new_email("admin")
+    squatter = await register(client, email)
+    squatter_tokens = await login(client, email)
+    settings = auth_settings_factory(
+        admin_email=email, admin_password=SecretStr("operator chosen pass phrase")
+    )
+    async with serve(create_app(settings)) as admin_client:
+        refused = await admin_client.post(
+            "/api/v1/auth/login", json={"email": email, "password": squatter["password"]}
+        )
+        assert refused.status_code == 401
+        stale = await admin_client.post(
+            "/api/v1/auth/refresh", json={"refresh_token": squatter_tokens["refresh_token"]}
+        )
+        assert stale.status_code == 401
+        old_access = {"Authorization": f"Bearer {squatter_tokens['access_token']}"}
+        assert (await admin_client.get("/api/v1/auth/me", headers=old_access)).status_code == 401
+        tokens = await login(admin_client, email, "operator chosen pass phrase")
+        headers = {"Authorization": f"Bearer {tokens['access_token']}"}
+        me = await admin_client.get("/api/v1/auth/me", headers=headers)
+        assert me.json()["roles"] == ["admin", "user"] and me.json()["email_verified"] is True

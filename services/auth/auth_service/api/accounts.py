@@ -5,7 +5,15 @@ from __future__ import annotations
 from fastapi import APIRouter, status
 
 from auth_service.accounts import current_account, register_user, update_account
-from auth_service.deps import AuthConfig, CurrentUser, Passwords, Revocations, SessionDep
+from auth_service.deps import (
+    AuthConfig,
+    ClientIP,
+    CurrentUser,
+    Passwords,
+    Revocations,
+    SessionDep,
+    Throttle,
+)
 from auth_service.schemas import RegisterRequest, UserPublic, UserSelfUpdate
 
 __all__ = ["router"]
@@ -39,15 +47,19 @@ async def update_me(
     principal: CurrentUser,
     db: SessionDep,
     passwords: Passwords,
+    throttle: Throttle,
     revocations: Revocations,
     settings: AuthConfig,
+    client_ip: ClientIP,
 ) -> UserPublic:
     user = await update_account(
         db,
         principal=principal,
         changes=body,
         passwords=passwords,
+        throttle=throttle,
         revocations=revocations,
         settings=settings,
+        client_ip=client_ip,
     )
     return UserPublic.of(user)

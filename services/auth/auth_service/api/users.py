@@ -7,11 +7,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, status
 
-from auth_service.admin import remove_user, update_user
+from auth_service.admin import existing_user, remove_user, update_user
 from auth_service.deps import AdminUser, AuthConfig, Revocations, SessionDep
 from auth_service.schemas import UserAdminView, UserPage, UserUpdate
-from auth_service.users import get_user, list_users
-from keelson.errors import NotFound
+from auth_service.users import list_users
 
 __all__ = ["router"]
 
@@ -34,10 +33,7 @@ async def read_users(
 
 @router.get("/{user_id}")
 async def read_user(user_id: uuid.UUID, admin: AdminUser, db: SessionDep) -> UserAdminView:
-    user = await get_user(db, user_id=user_id)
-    if user is None:
-        raise NotFound("no such user")
-    return UserAdminView.of(user)
+    return UserAdminView.of(await existing_user(db, user_id=user_id))
 
 
 @router.patch("/{user_id}")

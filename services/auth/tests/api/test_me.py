@@ -14,7 +14,9 @@ import pytest
 from fastapi import FastAPI
 from jose import jwt
 
+from auth_service.app import create_app
 from auth_service.plugin import KEYRING
+from auth_service.settings import LoginThrottleSettings
 from keelson.keys import SigningKey
 
 SignedIn = Callable[..., Awaitable[tuple[dict[str, Any], dict[str, Any]]]]
@@ -173,3 +175,44 @@ async def test_bad_tokens_are_refused_with_401(
     response = await client.get("/api/v1/auth/me", headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 401, forgery
     assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_wrong_current_passwords_count_as_failed_logins(
+    auth_settings_factory: Callable[..., Any],
+    serve: Callable[..., Any],
+    register: Callable[..., Awaitable[dict[str, Any]]],
+    login: Callable[..., Awaitable[dict[str, Any]]],
+    auth_header: Bearer,
+) -> None:
+    throttle = LoginThrottleSettings(max_account_failures=2, max_ip_failures=1000)
+    async with serve(create_app(auth_settings_factory(throttle=throttle))) as client:
+        user = await register(client)
+        headers = auth_header(await login(client, user["email"]))
+        guess = {"password": "brand new long phrase", "current_password": "a wrong guess here"}
+        assert (
+            await client.patch("/api/v1/auth/me", json=guess, headers=headers)
+        ).status_code == 403
+        locking = await client.patch("/api/v1/auth/me", json=guess, headers=headers)
+        assert locking.status_code == 429 and locking.headers["retry-after"]
+        right = {**guess, "current_password": user["password"]}
+        assert (
+            await client.patch("/api/v1/auth/me", json=right, headers=headers)
+        ).status_code == 429
+        again = await client.post(
+            "/api/v1/auth/login", json={"email": user["email"], "password": user["password"]}
+        )
+        assert again.status_code == 429
+
+
+async def test_a_refused_password_change_changes_nothing(
+    client: httpx.AsyncClient, signed_in: SignedIn, auth_header: Bearer
+) -> None:
+    _, tokens = await signed_in()
+    response = await client.patch(
+        "/api/v1/auth/me",
+        json={"name": "Mallory", "password": "brand new long phrase", "current_password": "nope"},
+        headers=auth_header(tokens),
+    )
+    assert response.status_code == 403
+    me = await client.get("/api/v1/auth/me", headers=auth_header(tokens))
+    assert me.json()["name"] == "Ada"
