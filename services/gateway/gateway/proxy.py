@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import os
@@ -11,6 +12,7 @@ import time
 from collections.abc import AsyncIterator
 
 import aiohttp
+from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from yarl import URL
 
@@ -170,10 +172,8 @@ class ProxyApp:
                     if status in _RETRY_STATUS and attempt + 1 < attempts:
                         await self._backoff(upstream, attempt)
                         continue
-                    UPSTREAM_REQUEST_SECONDS.labels(upstream.name).observe(
-                        time.perf_counter() - started
-                    )
-                    UPSTREAM_REQUESTS.labels(upstream.name, method, str(status)).inc()
+                    _duration(upstream.name).observe(time.perf_counter() - started)
+                    _requests(upstream.name, method, status).inc()
                     if status in _FAILURE_STATUS:
                         upstream.breaker.record_failure()
                     else:
@@ -182,14 +182,14 @@ class ProxyApp:
                     return
             except (TimeoutError, aiohttp.ServerTimeoutError):
                 upstream.breaker.record_failure()
-                UPSTREAM_REQUESTS.labels(upstream.name, method, "timeout").inc()
+                _requests(upstream.name, method, "timeout").inc()
                 raise _Failed(504, f"The {upstream.name} service did not answer in time.") from None
             except aiohttp.ClientConnectionError as exc:
                 if attempt + 1 < attempts:
                     await self._backoff(upstream, attempt)
                     continue
                 upstream.breaker.record_failure()
-                UPSTREAM_REQUESTS.labels(upstream.name, method, "error").inc()
+                _requests(upstream.name, method, "error").inc()
                 _log.warning("upstream %s failed: %s", upstream.name, type(exc).__name__)
                 raise _Failed(502, f"The {upstream.name} service could not be reached.") from None
 
@@ -278,6 +278,17 @@ class ProxyApp:
 
 
 _TITLES = {502: "Bad Gateway", 504: "Gateway Timeout"}
+
+
+# `labels()` takes a lock and builds a key each call; the children are few, so keep them.
+@functools.lru_cache(maxsize=4096)
+def _requests(upstream: str, method: str, status: int | str) -> Counter:
+    return UPSTREAM_REQUESTS.labels(upstream, method, str(status))
+
+
+@functools.lru_cache(maxsize=64)
+def _duration(upstream: str) -> Histogram:
+    return UPSTREAM_REQUEST_SECONDS.labels(upstream)
 
 
 def _traceparent(headers: list[tuple[bytes, bytes]]) -> str:

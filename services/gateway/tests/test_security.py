@@ -1,4 +1,12 @@
-from gateway_testkit import ServerThread, gateway_settings, running_gateway, upstreams_config
+import time
+
+from gateway_testkit import (
+    ServerThread,
+    eventually,
+    gateway_settings,
+    running_gateway,
+    upstreams_config,
+)
 from gateway_upstream import TokenMint
 
 
@@ -157,3 +165,54 @@ async def test_security_headers_and_cors(
 
         docs = await client.get("/docs")
         assert "cdn.jsdelivr.net" in docs.headers["content-security-policy"]
+
+
+async def test_revocation_in_redis_reaches_the_gateway(
+    upstream: ServerThread, auth_upstream: ServerThread, mint: TokenMint, redis_url: str
+) -> None:
+    from redis.asyncio import Redis
+
+    from keelson.auth import RevocationList
+
+    settings = secured(upstream, auth_upstream, revocation_recheck_seconds=0)
+    settings.redis_url = redis_url
+    async with running_gateway(settings) as (_, client):
+        token = mint.mint(jti="revoked-in-redis")
+        assert (await client.get("/api/v1/logs/echo", headers=bearer(token))).status_code == 200
+        redis = Redis.from_url(redis_url)
+        try:
+            await RevocationList(redis).revoke("revoked-in-redis", time.time() + 300)
+        finally:
+            await redis.aclose()
+        refused = await client.get("/api/v1/logs/echo", headers=bearer(token))
+        assert refused.status_code == 401 and refused.json()["detail"] == "token revoked"
+
+
+async def test_revocation_broadcast_applies_at_once(
+    upstream: ServerThread, auth_upstream: ServerThread, mint: TokenMint, redis_url: str
+) -> None:
+    from redis.asyncio import Redis
+
+    from keelson.auth import REVOCATIONS_CHANNEL
+    from keelson.bus import RedisBus
+
+    settings = secured(upstream, auth_upstream, revocation_recheck_seconds=3600)
+    settings.redis_url = redis_url
+    async with running_gateway(settings) as (_, client):
+        token = mint.mint(jti="revoked-by-broadcast")
+        assert (await client.get("/api/v1/logs/echo", headers=bearer(token))).status_code == 200
+        assert (await client.get("/api/v1/logs/echo", headers=bearer(token))).status_code == 200
+        redis = Redis.from_url(redis_url)
+        bus = RedisBus(redis, producer="auth")
+        try:
+
+            async def refused() -> bool:
+                await bus.broadcast(
+                    REVOCATIONS_CHANNEL, {"jti": "revoked-by-broadcast", "exp": time.time() + 300}
+                )
+                response = await client.get("/api/v1/logs/echo", headers=bearer(token))
+                return response.status_code == 401
+
+            await eventually(refused)
+        finally:
+            await redis.aclose()

@@ -25,6 +25,7 @@ from keelson.auth import (
     TOKEN_VERIFIER,
     InvalidToken,
     Principal,
+    RevocationList,
     sign_identity,
 )
 from keelson.bus import BUS
@@ -63,6 +64,9 @@ class SecurityConfig(BaseModel):
     referrer_policy: str = "no-referrer"
     cors: CorsConfig = CorsConfig()
     token_cache_size: int = Field(10_000, ge=0)
+    # How long a "not revoked" answer from Redis stands for a token this gateway has
+    # verified; broadcast revocations apply at once regardless. 0: ask Redis every time.
+    revocation_recheck_seconds: float = Field(1.0, ge=0)
 
     @field_validator("default_policy")
     @classmethod
@@ -83,11 +87,16 @@ class SecurityPlugin(GatewayPlugin):
         self._adopt(plugin_config(SecurityConfig, self.settings))
         self.verifier = self.container.resolve(TOKEN_VERIFIER)
         self.identity_key = self.container.resolve(IDENTITY_KEY)
+        self.shared_revocations = self.container.resolve_optional(REVOCATIONS)
+        # Revocations announced by auth land here at once, without a Redis round trip;
+        # the shared list (Redis) is asked again only after `revocation_recheck_seconds`.
+        self.announced = RevocationList()
+        self._checked: dict[str, float] = {}
         bus = self.container.resolve_optional(BUS)
-        revocations = self.container.resolve_optional(REVOCATIONS)
-        if bus is not None and revocations is not None:
-            # Revocations announced by auth reach this replica without a Redis round trip.
-            bus.on_broadcast(REVOCATIONS_CHANNEL, revocations.on_announcement)
+        if bus is not None:
+            bus.on_broadcast(REVOCATIONS_CHANNEL, self.announced.on_announcement)
+            if self.shared_revocations is not None:
+                bus.on_broadcast(REVOCATIONS_CHANNEL, self.shared_revocations.on_announcement)
         self._cache: dict[str, Principal] = {}
 
     def _adopt(self, config: SecurityConfig) -> None:
@@ -113,11 +122,24 @@ class SecurityPlugin(GatewayPlugin):
             principal = await self.verifier.verify(token)
             self._remember(token, principal)
             return principal
-        revocations = self.verifier.revocations
-        if cached.jti and revocations is not None and await revocations.is_revoked(cached.jti):
+        if cached.jti and await self._revoked(cached.jti):
             self._cache.pop(token, None)
             raise InvalidToken("token revoked")
         return cached
+
+    async def _revoked(self, jti: str) -> bool:
+        if await self.announced.is_revoked(jti):
+            return True
+        shared = self.shared_revocations
+        if shared is None:
+            return False
+        now = time.monotonic()
+        if now - self._checked.get(jti, -1e9) < self.config.revocation_recheck_seconds:
+            return False
+        if len(self._checked) >= 100_000:
+            self._checked.clear()
+        self._checked[jti] = now
+        return await shared.is_revoked(jti)
 
     def _remember(self, token: str, principal: Principal) -> None:
         size = self.config.token_cache_size
