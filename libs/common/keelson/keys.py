@@ -7,12 +7,15 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+if TYPE_CHECKING:
+    from keelson.config import KeelsonSettings
 
 __all__ = ["DecryptionError", "FieldCipher", "KeyManager", "SigningKey"]
 
@@ -30,6 +33,14 @@ class KeyManager:
 
     def __init__(self, master_key: str | bytes, *, previous: tuple[str | bytes, ...] = ()) -> None:
         self._masters = [k.encode() if isinstance(k, str) else k for k in (master_key, *previous)]
+
+    @classmethod
+    def from_settings(cls, settings: KeelsonSettings) -> KeyManager:
+        """The current `master_key`, with `previous_master_keys` still able to decrypt."""
+        return cls(
+            settings.master_key.get_secret_value(),
+            previous=tuple(k.get_secret_value() for k in settings.previous_master_keys),
+        )
 
     def derive(self, purpose: str, *, length: int = 32, generation: int = 0) -> bytes:
         """A key for `purpose` from the master of `generation` (0 = current)."""
@@ -63,7 +74,11 @@ class FieldCipher:
             raise DecryptionError("cannot decrypt field") from exc
 
     def needs_rotation(self, token: str) -> bool:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        """Whether `token` was sealed under an older key (or is not a token at all)."""
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        except ValueError:
+            return True
         return raw[:4] != self._current_id
 
 

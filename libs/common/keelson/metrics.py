@@ -1,8 +1,11 @@
-"""Prometheus metrics: RED per route, and the `/metrics` endpoint."""
+"""Prometheus metrics: RED per route, DB pool and queries, bus, business counters, `/metrics`."""
 
 from __future__ import annotations
 
+import functools
 import time
+import weakref
+from collections.abc import Iterator
 
 from fastapi import APIRouter
 from fastapi.responses import Response
@@ -15,9 +18,14 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy.engine import Engine
+from sqlalchemy.pool import QueuePool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = [
+    "BUSINESS_EVENTS",
     "BUS_DEAD_LETTERS",
     "BUS_HANDLED",
     "BUS_LAG",
@@ -28,7 +36,9 @@ __all__ = [
     "LOG_RECORDS_DROPPED",
     "LOG_RECORDS_SPILLED",
     "MetricsMiddleware",
+    "count_business_event",
     "metrics_router",
+    "track_db_pool",
 ]
 
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -46,7 +56,6 @@ HTTP_IN_FLIGHT = Gauge("http_requests_in_flight", "HTTP requests in flight", ["s
 DB_QUERY_SECONDS = Histogram(
     "db_query_duration_seconds", "Database statement duration", ["service"], buckets=_BUCKETS
 )
-DB_POOL_IN_USE = Gauge("db_pool_connections_in_use", "Checked-out DB connections", ["service"])
 BUS_HANDLED = Counter(
     "bus_events_handled_total", "Bus events handled", ["topic", "group", "outcome"]
 )
@@ -56,6 +65,76 @@ LOG_RECORDS_DROPPED = Counter(
     "log_records_dropped_total", "Log records dropped by the shipper", ["reason"]
 )
 LOG_RECORDS_SPILLED = Counter("log_records_spilled_total", "Log records spilled to disk")
+BUSINESS_EVENTS = Counter(
+    "business_events_total",
+    "Business events (sign-ups, payments, deliveries, ...) by outcome",
+    ["service", "event", "outcome"],
+)
+
+
+@functools.lru_cache(maxsize=1024)
+def _business_child(service: str, event: str, outcome: str) -> Counter:
+    return BUSINESS_EVENTS.labels(service, event, outcome)
+
+
+def count_business_event(service: str, event: str, *, outcome: str = "ok", n: int = 1) -> None:
+    """Count `n` business events, e.g. `("payments", "payment", outcome="succeeded")`.
+
+    Keep `event` and `outcome` to a small fixed set (never ids or emails): each
+    combination is a time series.
+    """
+    _business_child(service, event, outcome).inc(n)
+
+
+class _PoolCollector(Collector):
+    """Reads each tracked engine's pool at scrape time, so the figures cannot drift."""
+
+    def __init__(self) -> None:
+        self._engines: weakref.WeakKeyDictionary[Engine, str] = weakref.WeakKeyDictionary()
+
+    def track(self, engine: Engine, service: str) -> None:
+        self._engines[engine] = service
+
+    def collect(self) -> Iterator[Metric]:
+        families = {
+            "in_use": GaugeMetricFamily(
+                "db_pool_connections_in_use", "DB connections checked out", labels=["service"]
+            ),
+            "idle": GaugeMetricFamily(
+                "db_pool_connections_idle", "DB connections open and idle", labels=["service"]
+            ),
+            "size": GaugeMetricFamily(
+                "db_pool_size", "DB connections the pool keeps (pool_size)", labels=["service"]
+            ),
+            "overflow": GaugeMetricFamily(
+                "db_pool_overflow_connections",
+                "DB connections open beyond pool_size (max_overflow bounds them)",
+                labels=["service"],
+            ),
+        }
+        totals: dict[str, dict[str, float]] = {}
+        for engine, service in list(self._engines.items()):
+            pool = engine.pool  # read now: dispose() swaps in a new pool
+            if not isinstance(pool, QueuePool):
+                continue
+            row = totals.setdefault(service, dict.fromkeys(families, 0.0))
+            row["in_use"] += pool.checkedout()
+            row["idle"] += pool.checkedin()
+            row["size"] += pool.size()
+            row["overflow"] += max(0, pool.overflow())
+        for service, row in totals.items():
+            for name, family in families.items():
+                family.add_metric([service], row[name])
+        yield from families.values()
+
+
+_POOLS = _PoolCollector()
+REGISTRY.register(_POOLS)
+
+
+def track_db_pool(engine: Engine, service: str) -> None:
+    """Report `engine`'s pool as `db_pool_*{service=...}` for as long as the engine lives."""
+    _POOLS.track(engine, service)
 
 
 class MetricsMiddleware:

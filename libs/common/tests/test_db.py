@@ -1,14 +1,30 @@
 """Each service's schema with its own Alembic version table, on a real PostgreSQL."""
 
 import asyncio
+import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from prometheus_client import REGISTRY
+from pydantic import SecretStr
+from sqlalchemy import Column, Integer, MetaData, Table, exc, insert, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from keelson.config import KeelsonSettings, LogSettings
-from keelson.db import DB_SESSIONS, DatabasePlugin, async_url, create_engine, migrate
+from keelson.config import DatabaseSettings, KeelsonSettings, LogSettings
+from keelson.db import (
+    DB_ENGINE,
+    DB_SESSIONS,
+    DatabasePlugin,
+    EncryptedString,
+    async_url,
+    configure_field_encryption,
+    create_engine,
+    migrate,
+    reencrypt_column,
+)
 from keelson.embedded import free_port
+from keelson.keys import DecryptionError, KeyManager
 from keelson.plugins import PluginContainer
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -31,7 +47,7 @@ async def test_migrations_live_in_their_own_schema(test_database_url: str) -> No
                 "WHERE table_name = 'alembic_version' ORDER BY table_schema"
             )
         )
-        assert [r[0] for r in rows] == ["auth", "payments"]
+        assert {"auth", "payments"} <= {r[0] for r in rows}
         versions = await conn.execute(text("SELECT version_num FROM auth.alembic_version"))
         assert versions.scalar_one().startswith("auth_")
         path = await conn.execute(text("SHOW search_path"))
@@ -75,3 +91,134 @@ async def test_health_reports_an_unreachable_database() -> None:
 def test_engine_requires_a_url() -> None:
     with pytest.raises(ValueError, match="KEELSON_DATABASE_URL"):
         create_engine(KeelsonSettings(), schema="x")
+
+
+OLD_MASTER = "old-master-key-0123456789abcdef-0123456"
+NEW_MASTER = "new-master-key-0123456789abcdef-0123456"
+SECRETS = MetaData(schema=f"enc_{uuid.uuid4().hex[:8]}")
+cards = Table(
+    "cards",
+    SECRETS,
+    Column("id", Integer, primary_key=True),
+    Column("number", EncryptedString("cards"), nullable=True),
+)
+
+
+@pytest.fixture
+async def secrets_engine(test_database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(KeelsonSettings(database_url=test_database_url), schema="public")
+    async with engine.begin() as conn:
+        await conn.execute(text(f'CREATE SCHEMA "{SECRETS.schema}"'))
+        await conn.run_sync(SECRETS.create_all)
+    yield engine
+    async with engine.begin() as conn:
+        await conn.execute(text(f'DROP SCHEMA "{SECRETS.schema}" CASCADE'))
+    await engine.dispose()
+
+
+async def stored(engine: AsyncEngine) -> dict[int, str | None]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(text(f'SELECT id, number FROM "{SECRETS.schema}".cards'))
+        return {row.id: row.number for row in rows}
+
+
+async def test_encrypted_column_stores_ciphertext_and_reads_plaintext(
+    secrets_engine: AsyncEngine,
+) -> None:
+    configure_field_encryption(KeyManager(OLD_MASTER))
+    async with secrets_engine.begin() as conn:
+        await conn.execute(
+            insert(cards), [{"id": 1, "number": "4242424242424242"}, {"id": 2, "number": None}]
+        )
+        read = dict((await conn.execute(select(cards.c.id, cards.c.number))).all())
+    assert read == {1: "4242424242424242", 2: None}
+    raw = await stored(secrets_engine)
+    assert raw[2] is None
+    assert raw[1] and "4242" not in raw[1]
+    async with secrets_engine.begin() as conn:  # same plaintext, different ciphertext
+        await conn.execute(insert(cards).values(id=3, number="4242424242424242"))
+    assert (await stored(secrets_engine))[3] != raw[1]
+
+    tampered = raw[1][:-3] + ("AAA" if not raw[1].endswith("AAA") else "BBB")
+    async with secrets_engine.begin() as conn:
+        await conn.execute(
+            text(f'UPDATE "{SECRETS.schema}".cards SET number = :v WHERE id = 1'), {"v": tampered}
+        )
+        with pytest.raises(DecryptionError):
+            (await conn.execute(select(cards.c.number).where(cards.c.id == 1))).all()
+
+
+async def test_rotation_reads_old_rows_and_reencrypts_them(secrets_engine: AsyncEngine) -> None:
+    configure_field_encryption(KeyManager(OLD_MASTER))
+    async with secrets_engine.begin() as conn:
+        await conn.execute(insert(cards), [{"id": i, "number": f"card-{i}"} for i in range(1, 8)])
+    before = await stored(secrets_engine)
+
+    settings = KeelsonSettings(
+        master_key=SecretStr(NEW_MASTER), previous_master_keys=[SecretStr(OLD_MASTER)]
+    )
+    configure_field_encryption(KeyManager.from_settings(settings))
+    async with secrets_engine.begin() as conn:
+        await conn.execute(insert(cards).values(id=8, number="card-8"))
+        assert await reencrypt_column(conn, cards.c.number, batch_size=3) == 7
+        assert await reencrypt_column(conn, cards.c.number) == 0
+    after = await stored(secrets_engine)
+    assert all(after[i] != before[i] for i in before)
+
+    configure_field_encryption(KeyManager(NEW_MASTER))  # the old key is gone now
+    async with secrets_engine.connect() as conn:
+        rows = (await conn.execute(select(cards.c.id, cards.c.number))).all()
+    assert dict(rows) == {i: f"card-{i}" for i in range(1, 9)}
+
+
+async def test_pool_settings_reach_the_engine_and_its_metrics(test_database_url: str) -> None:
+    settings = KeelsonSettings(
+        service=f"pool{uuid.uuid4().hex[:6]}",
+        database_url=test_database_url,
+        db=DatabaseSettings(pool_size=2, max_overflow=1, pool_timeout=0.5),
+    )
+    engine = create_engine(settings, schema="public")
+    labels = {"service": settings.service}
+
+    def sample(name: str) -> float | None:
+        return REGISTRY.get_sample_value(name, labels)
+
+    try:
+        held = [await engine.connect() for _ in range(3)]
+        assert sample("db_pool_connections_in_use") == 3
+        assert sample("db_pool_size") == 2
+        assert sample("db_pool_overflow_connections") == 1
+        with pytest.raises(exc.TimeoutError):  # pool_size + max_overflow, then pool_timeout
+            await engine.connect()
+        for conn in held:
+            await conn.close()
+        assert sample("db_pool_connections_in_use") == 0
+        assert sample("db_pool_connections_idle") == 2
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+        assert (sample("db_query_duration_seconds_count") or 0) >= 1
+    finally:
+        await engine.dispose()
+
+
+async def test_the_plugin_configures_field_encryption_from_the_settings(
+    test_database_url: str, secrets_engine: AsyncEngine
+) -> None:
+    settings = KeelsonSettings(
+        service="payments",
+        database_url=test_database_url,
+        master_key=SecretStr(NEW_MASTER),
+        log=LogSettings(ship_endpoint=None),
+    )
+    configure_field_encryption(KeyManager(OLD_MASTER))
+    container = PluginContainer(settings)
+    container.register(DatabasePlugin)
+    await container.start()
+    try:
+        async with container.resolve(DB_ENGINE).begin() as conn:
+            await conn.execute(insert(cards).values(id=1, number="written by the plugin"))
+    finally:
+        await container.stop()
+    cipher = KeyManager(NEW_MASTER).field_cipher("cards")
+    token = (await stored(secrets_engine))[1]
+    assert token is not None and cipher.decrypt(token) == "written by the plugin"

@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from keelson.config import KeelsonSettings, LogSettings
 from keelson.errors import Conflict, TooManyRequests
 from keelson.http import create_app
+from keelson.metrics import count_business_event
 from keelson.plugins import Health, Plugin, PluginContainer, PluginMetadata
 from keelson.testing import LiveServer
 
@@ -148,6 +149,14 @@ async def test_metrics_by_route_template(client: httpx.AsyncClient) -> None:
     text = (await client.get("/metrics")).text
     assert 'http_requests_total{method="POST",route="/items",service="demo",status="201"}' in text
     assert "http_request_duration_seconds_bucket" in text
+
+
+async def test_business_events_are_counted_and_exported(client: httpx.AsyncClient) -> None:
+    count_business_event("demo", "order", outcome="placed")
+    count_business_event("demo", "order", outcome="placed", n=2)
+    text = (await client.get("/metrics")).text
+    assert 'business_events_total{event="order",outcome="placed",service="demo"} 3.0' in text
+    assert "db_pool_connections_in_use" in text  # the family exists before any engine
 
 
 async def test_shutdown_drains_in_flight_requests() -> None:

@@ -1,0 +1,29 @@
+"""Async SQLAlchemy per service in its own schema, Alembic helpers, encrypted columns."""
+
+from keelson.db._encrypted import EncryptedString, configure_field_encryption, reencrypt_column
+from keelson.db._engine import (
+    DB_ENGINE,
+    DB_SESSIONS,
+    DatabasePlugin,
+    async_url,
+    create_engine,
+    get_session,
+    schema_for,
+)
+from keelson.db._migrations import migrate, run_env, run_migrations_online
+
+__all__ = [
+    "DB_ENGINE",
+    "DB_SESSIONS",
+    "DatabasePlugin",
+    "EncryptedString",
+    "async_url",
+    "configure_field_encryption",
+    "create_engine",
+    "get_session",
+    "migrate",
+    "reencrypt_column",
+    "run_env",
+    "run_migrations_online",
+    "schema_for",
+]

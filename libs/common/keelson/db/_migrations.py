@@ -1,0 +1,65 @@
+"""Alembic helpers: every service's migrations in its own schema with its own version table."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+from alembic import command, context
+from alembic.config import Config
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
+from sqlalchemy.schema import MetaData
+
+from keelson.db._engine import async_url
+
+__all__ = ["migrate", "run_env", "run_migrations_online"]
+
+
+def run_migrations_online(connection: Connection, *, metadata: MetaData, schema: str) -> None:
+    """Called from a service's `migrations/env.py`: the schema and its own version table."""
+    quoted = connection.dialect.identifier_preparer.quote_identifier(schema)
+    connection.execute(text(f"CREATE SCHEMA IF NOT EXISTS {quoted}"))
+    connection.execute(text(f"SET search_path TO {quoted}, public"))
+    connection.commit()
+    context.configure(
+        connection=connection,
+        target_metadata=metadata,
+        version_table_schema=schema,
+        include_schemas=False,
+        compare_type=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_env(*, metadata: MetaData, schema: str) -> None:
+    """The whole body of a service's `migrations/env.py`."""
+    url = context.config.attributes.get("database_url") or os.environ.get("KEELSON_DATABASE_URL")
+    if not url:
+        raise RuntimeError("KEELSON_DATABASE_URL is not set")
+
+    async def upgrade() -> None:
+        engine = create_async_engine(async_url(url), poolclass=NullPool)
+        try:
+            async with engine.connect() as conn:
+                await conn.run_sync(
+                    lambda sync_conn: run_migrations_online(
+                        sync_conn, metadata=metadata, schema=schema
+                    )
+                )
+        finally:
+            await engine.dispose()
+
+    asyncio.run(upgrade())
+
+
+def migrate(migrations_dir: Path, database_url: str, *, revision: str = "head") -> None:
+    """Upgrade one service's schema to `revision` (synchronously; run it before the service)."""
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir))
+    config.attributes["database_url"] = async_url(database_url)
+    command.upgrade(config, revision)
