@@ -181,15 +181,17 @@ def test_records_spilled_by_a_closed_shipper_are_sent_by_the_next(
     for i in range(300):
         logger.info("before restart %d", i)
     first.close()
-    assert first.stats().spilled == 300
+    logger.info("after close")  # e.g. during interpreter shutdown: written straight to disk
+    assert first.stats().spilled == 301
     assert list((tmp_path / "spill").glob("*.jsonl"))
 
     receiver = Receiver(port).start()
     try:
         _, second = make_shipper(port)
-        wait_for(lambda: len(receiver.records) == 300)
+        wait_for(lambda: len(receiver.records) == 301)
         assert second.drain(5)
-        assert receiver.messages() == {f"before restart {i}" for i in range(300)}
+        expected = {f"before restart {i}" for i in range(300)} | {"after close"}
+        assert receiver.messages() == expected
         assert not list((tmp_path / "spill").glob("*.jsonl"))
     finally:
         receiver.stop()

@@ -24,6 +24,11 @@ class Level(StrEnum):
     def number(self) -> int:
         return LEVELS[self.value]
 
+    @classmethod
+    def _missing_(cls, value: object) -> Level | None:
+        """`?level=error` works as well as `?level=ERROR`."""
+        return cls.__members__.get(value.upper()) if isinstance(value, str) else None
+
 
 class LogRecordPublic(BaseModel):
     id: str

@@ -158,7 +158,12 @@ class LogShipper(logging.Handler):
             if self._pid != os.getpid():
                 self.after_fork_in_child()
             data = record_to_dict(record, self.service)
-            if len(self._buffer) < self.buffer_size and not self._closed:
+            if self._closed:
+                # Nobody sends any more: straight to a released spill file, which the next
+                # shipper adopts and sends.
+                self._spill_records([data])
+                self._spill.close()
+            elif len(self._buffer) < self.buffer_size:
                 self._buffer.append(data)
             else:
                 self._spill_records([data])

@@ -89,7 +89,7 @@ async def test_each_filter(suite: Suite, client: httpx.AsyncClient) -> None:
     async def items(**params: object) -> list[dict]:
         return await fetch_all(client, limit=1000, **params)
 
-    errors = await items(service=alpha, level="ERROR")
+    errors = await items(service=alpha, level="error")
     assert len(errors) == PER_SERVICE // 4 and {i["level"] for i in errors} == {"ERROR"}
     warnings_up = await items(service=alpha, level="WARNING")
     assert {i["level"] for i in warnings_up} == {"WARNING", "ERROR"}
