@@ -27,11 +27,14 @@ __all__ = [
 ]
 
 _Password = Field(min_length=1, max_length=MAX_PASSWORD_LENGTH)
+# A new password is only capped against abuse here; below the cap the password policy
+# answers, naming the rule (`too_short`, `too_long`, ...).
+_NewPassword = Field(max_length=4 * MAX_PASSWORD_LENGTH)
 
 
 class RegisterRequest(BaseModel):
     email: str = Field(max_length=320)
-    password: str = _Password
+    password: str = _NewPassword
     name: str | None = Field(None, max_length=200)
 
 
@@ -51,7 +54,7 @@ class EmailRequest(BaseModel):
 
 class PasswordResetConfirm(BaseModel):
     token: str = Field(min_length=1, max_length=200)
-    new_password: str = _Password
+    new_password: str = _NewPassword
 
 
 class VerifyEmailConfirm(BaseModel):
@@ -64,7 +67,7 @@ class UserSelfUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str | None = Field(None, max_length=200)
-    password: str | None = Field(None, min_length=1, max_length=MAX_PASSWORD_LENGTH)
+    password: str | None = Field(None, max_length=4 * MAX_PASSWORD_LENGTH)
     current_password: str | None = Field(None, max_length=MAX_PASSWORD_LENGTH)
 
 

