@@ -7,7 +7,8 @@ import logging
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
@@ -180,6 +181,8 @@ class InFlight:
 
 
 class InFlightMiddleware:
+    """Counts each HTTP request in `tracker` while the app handles it."""
+
     def __init__(self, app: ASGIApp, *, tracker: InFlight) -> None:
         self.app = app
         self.tracker = tracker
@@ -225,16 +228,20 @@ class UnhandledErrorMiddleware:
         except Exception as exc:
             if started:
                 raise
-            path, method = scope["path"], scope["method"]
-            _log.exception("unhandled error on %s %s", method, path)
-            capture_exception(exc, context={"path": path, "method": method})
-            response = problem_response(
-                500,
-                "Internal Server Error",
-                "The server could not complete the request.",
-                instance=path,
-            )
+            response = _internal_error(exc, method=scope["method"], path=scope["path"])
             await response(scope, receive, send)
+
+
+def _internal_error(exc: Exception, *, method: str, path: str) -> JSONResponse:
+    """Log and report `exc` in full; the client learns only that it failed."""
+    _log.exception("unhandled error on %s %s", method, path, exc_info=exc)
+    capture_exception(exc, context={"path": path, "method": method})
+    return problem_response(
+        500,
+        "Internal Server Error",
+        "The server could not complete the request.",
+        instance=path,
+    )
 
 
 async def _keelson_error(request: Request, exc: Exception) -> JSONResponse:
@@ -251,11 +258,16 @@ async def _keelson_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    from http import HTTPStatus
-
-    title = _TITLES.get(exc.status_code) or HTTPStatus(exc.status_code).phrase
+    title = _TITLES.get(exc.status_code) or _phrase(exc.status_code)
     detail = exc.detail if isinstance(exc.detail, str) else title
     return problem_response(
         exc.status_code,
@@ -286,32 +298,21 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _unhandled_error(request: Request, exc: Exception) -> JSONResponse:
-    _log.exception("unhandled error on %s %s", request.method, request.url.path)
-    capture_exception(exc, context={"path": request.url.path, "method": request.method})
-    return problem_response(
-        500,
-        "Internal Server Error",
-        "The server could not complete the request.",
-        instance=request.url.path,
-    )
+    # Reached only by errors raised outside `UnhandledErrorMiddleware` (in outer middleware).
+    return _internal_error(exc, method=request.method, path=request.url.path)
 
 
 Hook = Callable[[FastAPI], Awaitable[None]]
 
 
-def create_app(
+def _lifespan(
     settings: KeelsonSettings,
-    *,
     container: PluginContainer,
-    routers: Sequence[APIRouter] = (),
-    title: str | None = None,
-    description: str = "",
-    version: str = "0.1.0",
-    on_startup: Sequence[Hook] = (),
-    on_shutdown: Sequence[Hook] = (),
-) -> FastAPI:
-    """A FastAPI app whose lifespan starts and stops `container`, with Keelson's middleware."""
-    in_flight = InFlight()
+    in_flight: InFlight,
+    on_startup: Sequence[Hook],
+    on_shutdown: Sequence[Hook],
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """Start the container, then hooks; at shutdown refuse readiness, drain, stop in reverse."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -329,11 +330,31 @@ def create_app(
                 await hook(app)
             await container.stop()
 
+    return lifespan
+
+
+def create_app(
+    settings: KeelsonSettings,
+    *,
+    container: PluginContainer,
+    routers: Sequence[APIRouter] = (),
+    title: str | None = None,
+    description: str = "",
+    version: str = "0.1.0",
+    on_startup: Sequence[Hook] = (),
+    on_shutdown: Sequence[Hook] = (),
+) -> FastAPI:
+    """A FastAPI app whose lifespan starts and stops `container`, with Keelson's middleware.
+
+    Middleware, outermost first: in-flight tracking, request context, metrics, security
+    headers, last-resort 500; routes added by the caller's `routers` sit inside them all.
+    """
+    in_flight = InFlight()
     app = FastAPI(
         title=title or f"Keelson {settings.service}",
         description=description,
         version=version,
-        lifespan=lifespan,
+        lifespan=_lifespan(settings, container, in_flight, on_startup, on_shutdown),
         exception_handlers={
             KeelsonError: _keelson_error,
             StarletteHTTPException: _http_error,
@@ -348,7 +369,7 @@ def create_app(
     app.include_router(metrics_router())
     for router in routers:
         app.include_router(router)
-
+    # add_middleware wraps what is there already: the last added is the outermost.
     app.add_middleware(UnhandledErrorMiddleware)
     app.add_middleware(SecurityHeadersMiddleware, docs_prefixes=("/docs", "/redoc"))
     app.add_middleware(MetricsMiddleware, service=settings.service)

@@ -1,6 +1,8 @@
 """The app factory against real HTTP: uvicorn on a free port, httpx as the client."""
 
 import asyncio
+import contextlib
+import socket
 import threading
 from collections.abc import AsyncIterator, Iterator
 
@@ -10,11 +12,13 @@ from fastapi import APIRouter, FastAPI
 from pydantic import BaseModel
 
 from keelson.config import KeelsonSettings, LogSettings
+from keelson.embedded import free_port
 from keelson.errors import Conflict, TooManyRequests
 from keelson.http import create_app
 from keelson.metrics import count_business_event
-from keelson.plugins import Health, Plugin, PluginContainer, PluginMetadata
-from keelson.testing import LiveServer
+from keelson.plugins import Health, Plugin, PluginContainer, PluginMetadata, PluginState
+from keelson.redis_plugin import RedisPlugin
+from keelson.testing import LiveServer, eventually
 
 router = APIRouter()
 release = threading.Event()
@@ -159,14 +163,82 @@ async def test_business_events_are_counted_and_exported(client: httpx.AsyncClien
     assert "db_pool_connections_in_use" in text  # the family exists before any engine
 
 
-async def test_shutdown_drains_in_flight_requests() -> None:
+async def test_a_real_dependency_down_turns_readiness_503() -> None:
+    dead_redis = f"redis://127.0.0.1:{free_port()}/0"
+    settings = KeelsonSettings(
+        service="demo", redis_url=dead_redis, log=LogSettings(ship_endpoint=None)
+    )
+    container = PluginContainer(settings)
+    container.register(RedisPlugin)  # connects lazily: starting succeeds, pinging cannot
+    app = create_app(settings, container=container)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://demo") as c:
+            ready = await c.get("/health/ready")
+            live = await c.get("/health/live")
+    assert ready.status_code == 503
+    assert ready.json()["status"] == "unavailable"
+    assert ready.json()["failing"]["redis"]["healthy"] is False
+    assert live.status_code == 200
+
+
+async def test_a_500_keeps_the_request_id_and_security_headers(client: httpx.AsyncClient) -> None:
+    response = await client.get("/boom", headers={"X-Request-ID": "rq-500"})
+    assert response.status_code == 500
+    assert response.headers["x-request-id"] == "rq-500"
+    assert response.headers["x-content-type-options"] == "nosniff"
+
+
+async def test_a_405_names_the_allowed_methods(client: httpx.AsyncClient) -> None:
+    response = await client.delete("/items")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST"
+
+
+async def test_lifespan_shutdown_waits_for_in_flight_requests_and_refuses_readiness() -> None:
     release.clear()
+    entered.clear()
+    app = build_app()
+    container: PluginContainer = app.state.container
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://demo") as c:
+        shutdown: asyncio.Task[None] | None = None
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(app.router.lifespan_context(app))
+            pending = asyncio.create_task(c.get("/slow"))
+            assert await asyncio.to_thread(entered.wait, 10)
+            shutdown = asyncio.create_task(stack.aclose())  # runs the lifespan's exit
+            await eventually(lambda: app.state.draining)
+            ready = await c.get("/health/ready")
+            assert ready.status_code == 503 and ready.json() == {"status": "draining"}
+            assert container.state("switch") is PluginState.RUNNING  # not stopped under it
+            assert not shutdown.done()
+            release.set()
+            response = await pending
+            await shutdown
+    assert response.status_code == 200 and response.json() == {"status": "finished"}
+    assert container.state("switch") is PluginState.STOPPED
+
+
+def _refuses_connections(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+    except OSError:
+        return True
+    return False
+
+
+async def test_uvicorn_shutdown_finishes_the_request_in_flight() -> None:
+    release.clear()
+    entered.clear()
     with LiveServer(build_app()) as running:
         async with httpx.AsyncClient(base_url=running.url, timeout=10) as c:
             pending = asyncio.create_task(c.get("/slow"))
             assert await asyncio.to_thread(entered.wait, 10)
             running.server.should_exit = True
-            threading.Timer(0.3, release.set).start()
+            # Released only once the server has stopped listening: shutdown is under way.
+            await eventually(lambda: _refuses_connections(running.port))
+            release.set()
             response = await pending
         assert response.status_code == 200
         assert response.json() == {"status": "finished"}
