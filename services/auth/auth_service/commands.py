@@ -5,30 +5,38 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from auth_service.admin import make_admin
-from auth_service.keyring import key_cipher, rotate_signing_keys
+from auth_service.keyring import key_cipher, rotate_signing_keys, signing_index
 from auth_service.models import SCHEMA, SigningKeyRecord
 from auth_service.passwords import PasswordHashing
 from auth_service.settings import Settings
 from keelson.db import create_engine
 from keelson.keys import KeyManager
 
-__all__ = ["KeyInfo", "create_admin", "list_keys", "rotate_keys"]
+__all__ = ["KeyInfo", "KeyState", "create_admin", "list_keys", "rotate_keys"]
 
 # Beyond the access-token lifetime, so no live token loses its key; covers clock skew.
 _RETIRE_MARGIN = timedelta(minutes=5)
+
+
+class KeyState(StrEnum):
+    PUBLISHED = "published"  # in the JWKS, signing once activated
+    SIGNING = "signing"
+    VERIFYING = "verifying"  # superseded; its tokens may still be live
+    RETIRED = "retired"
 
 
 @dataclass(frozen=True)
 class KeyInfo:
     kid: str
     created_at: datetime
-    retired_at: datetime | None
+    state: KeyState
 
 
 async def create_admin(settings: Settings, *, email: str, password: str | None) -> bool:
@@ -42,12 +50,17 @@ async def create_admin(settings: Settings, *, email: str, password: str | None) 
 
 
 async def rotate_keys(settings: Settings) -> tuple[str, list[str]]:
-    """Add a signing key (used by every replica within `key_reload_seconds`).
+    """Add a signing key: published within `key_reload_seconds`, signing after
+    `key_activation_seconds`.
 
-    Keys superseded longer ago than an access token lives are retired: they can no
-    longer verify any live token.
+    Keys superseded longer ago than that plus an access token's life are retired: they
+    can no longer verify any live token.
     """
-    grace = timedelta(seconds=settings.auth.access_token_ttl_seconds) + _RETIRE_MARGIN
+    auth = settings.auth
+    grace = (
+        timedelta(seconds=auth.key_activation_seconds + auth.access_token_ttl_seconds)
+        + _RETIRE_MARGIN
+    )
     cipher = key_cipher(KeyManager(settings.master_key.get_secret_value()))
     async with _session(settings) as db:
         kid, retired = await rotate_signing_keys(db, cipher=cipher, grace=grace)
@@ -57,10 +70,28 @@ async def rotate_keys(settings: Settings) -> tuple[str, list[str]]:
 
 async def list_keys(settings: Settings) -> list[KeyInfo]:
     async with _session(settings) as db:
-        records = await db.scalars(
-            select(SigningKeyRecord).order_by(SigningKeyRecord.created_at, SigningKeyRecord.kid)
+        records = list(
+            await db.scalars(
+                select(SigningKeyRecord).order_by(SigningKeyRecord.created_at, SigningKeyRecord.kid)
+            )
         )
-        return [KeyInfo(r.kid, r.created_at, r.retired_at) for r in records]
+    live = [record for record in records if record.retired_at is None]
+    signing = signing_index(
+        [record.created_at for record in live],
+        activation_delay=settings.auth.key_activation_seconds,
+        now=datetime.now(UTC),
+    )
+    states = {
+        record.kid: (
+            KeyState.SIGNING
+            if i == signing
+            else KeyState.PUBLISHED
+            if i > signing
+            else KeyState.VERIFYING
+        )
+        for i, record in enumerate(live)
+    }
+    return [KeyInfo(r.kid, r.created_at, states.get(r.kid, KeyState.RETIRED)) for r in records]
 
 
 @asynccontextmanager

@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -25,6 +26,7 @@ __all__ = [
     "ensure_signing_key",
     "key_cipher",
     "rotate_signing_keys",
+    "signing_index",
 ]
 
 KEY_CIPHER_PURPOSE = "auth-signing-keys"
@@ -35,6 +37,18 @@ _KEY_LOCK_ID = 0x6B65_6C73
 
 def key_cipher(keys: KeyManager) -> FieldCipher:
     return keys.field_cipher(KEY_CIPHER_PURPOSE)
+
+
+def signing_index(created: Sequence[datetime], *, activation_delay: float, now: datetime) -> int:
+    """Which key (oldest first) signs: the newest one published for `activation_delay`.
+
+    A new key is served in the JWKS of every replica before any replica signs with it, so
+    a verifier that meets its `kid` finds it whichever replica it asks. While no key is
+    old enough (the very first one), the oldest signs.
+    """
+    cutoff = now - timedelta(seconds=activation_delay)
+    ready = [i for i, created_at in enumerate(created) if created_at <= cutoff]
+    return ready[-1] if ready else 0
 
 
 @dataclass(frozen=True)
@@ -49,6 +63,8 @@ class LoadedKey:
 class KeyRing:
     """The unretired keys in memory, reloaded on an unknown `kid` and by `reload`.
 
+    Every key verifies and is published; a new one signs only after `activation_delay`.
+
     It is the auth service's own `KeySource`: it verifies its tokens without fetching
     its own JWKS over HTTP.
     """
@@ -58,10 +74,12 @@ class KeyRing:
         sessions: async_sessionmaker[AsyncSession],
         cipher: FieldCipher,
         *,
+        activation_delay: float = 0.0,
         min_reload_interval: float = 5.0,
     ) -> None:
         self.sessions = sessions
         self.cipher = cipher
+        self.activation_delay = activation_delay
         self.min_reload_interval = min_reload_interval
         self._keys: list[LoadedKey] = []
         self._by_kid: dict[str, LoadedKey] = {}
@@ -72,7 +90,9 @@ class KeyRing:
     def active(self) -> LoadedKey:
         if not self._keys:
             raise RuntimeError("no signing key loaded")
-        return self._keys[-1]
+        created = [key.created_at for key in self._keys]
+        now = datetime.now(UTC)
+        return self._keys[signing_index(created, activation_delay=self.activation_delay, now=now)]
 
     def jwks(self) -> dict[str, Any]:
         return {"keys": [key.public_jwk for key in self._keys]}
@@ -131,10 +151,11 @@ async def ensure_signing_key(session: AsyncSession, *, cipher: FieldCipher) -> s
 async def rotate_signing_keys(
     session: AsyncSession, *, cipher: FieldCipher, grace: timedelta
 ) -> tuple[str, list[str]]:
-    """Add a key that signs from now on; retire keys superseded more than `grace` ago.
+    """Add a key (it signs once activated); retire keys superseded more than `grace` ago.
 
-    `grace` should exceed the access-token lifetime: until then tokens signed by an older
-    key are still live and must verify. Returns the new `kid` and the retired ones.
+    `grace` should exceed the activation delay plus the access-token lifetime: until then
+    tokens signed by an older key are still live and must verify. Returns the new `kid`
+    and the retired ones.
     """
     await session.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _KEY_LOCK_ID})
     now = datetime.now(UTC)

@@ -50,7 +50,11 @@ class AuthServicePlugin(Plugin):
         self.config = settings
         master = KeyManager(settings.master_key.get_secret_value())
         redis = self.container.resolve_optional(REDIS)
-        self.keyring = KeyRing(self.container.resolve(DB_SESSIONS), key_cipher(master))
+        self.keyring = KeyRing(
+            self.container.resolve(DB_SESSIONS),
+            key_cipher(master),
+            activation_delay=settings.auth.key_activation_seconds,
+        )
         self.passwords = await asyncio.to_thread(PasswordHashing, settings.auth.password)
         counters = RedisCounters(redis) if redis is not None else MemoryCounters()
         bus = self.container.resolve_optional(BUS)
@@ -106,7 +110,7 @@ class AuthServicePlugin(Plugin):
             )
 
     async def _reload_keys(self) -> None:
-        # A key rotated by `keelson auth rotate-keys` starts signing here within this period.
+        # A key added by `keelson auth rotate-keys` is published here within this period.
         while True:
             await asyncio.sleep(self.config.auth.key_reload_seconds)
             try:

@@ -54,6 +54,9 @@ class AuthSettings(BaseModel):
     password_reset_ttl_seconds: int = Field(3600, ge=60)
     email_verification_ttl_seconds: int = Field(48 * 3600, ge=60)
     key_reload_seconds: float = Field(60.0, gt=0)
+    # Longer than key_reload_seconds, so every replica publishes a rotated-in key before
+    # any replica signs with it.
+    key_activation_seconds: float = Field(120.0, ge=0)
     min_password_length: int = Field(12, ge=8)
     default_roles: list[str] = ["user"]
     role_scopes: dict[str, list[str]] = DEFAULT_ROLE_SCOPES

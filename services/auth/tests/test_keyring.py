@@ -50,7 +50,7 @@ async def test_rotation_adds_a_signing_key_and_the_old_one_still_verifies(
     login: Login,
     auth_engine: AsyncEngine,
 ) -> None:
-    app = create_app(auth_settings_factory(key_reload_seconds=0.1))
+    app = create_app(auth_settings_factory(key_reload_seconds=0.1, key_activation_seconds=0))
     async with serve(app) as client:
         keyring = app.state.container.resolve(KEYRING)
         user = await register(client)
@@ -92,7 +92,7 @@ async def test_rotation_retires_keys_superseded_longer_than_the_grace(
     login: Login,
     auth_engine: AsyncEngine,
 ) -> None:
-    app = create_app(auth_settings_factory(key_reload_seconds=0.1))
+    app = create_app(auth_settings_factory(key_reload_seconds=0.1, key_activation_seconds=0))
     async with serve(app) as client:
         keyring = app.state.container.resolve(KEYRING)
         user = await register(client)
@@ -129,5 +129,28 @@ async def test_rotate_keys_command(
     assert await asyncio.to_thread(main, ["auth", "rotate-keys"]) == 0
     new_kid = capsys.readouterr().out.split()[3]
     assert await asyncio.to_thread(main, ["auth", "list-keys"]) == 0
-    listing = capsys.readouterr().out
-    assert f"{new_kid}" in listing and "signing" in listing.splitlines()[-1]
+    lines = capsys.readouterr().out.splitlines()
+    # Published at once, signing only after the activation delay (120 s by default).
+    assert lines[-1].startswith(new_kid) and lines[-1].endswith("published")
+    assert sum(line.endswith("signing") for line in lines) == 1
+
+
+async def test_a_new_key_is_published_before_it_signs(
+    auth_settings_factory: Callable[..., Any],
+    serve: Callable[..., Any],
+    register: Register,
+    login: Login,
+    auth_engine: AsyncEngine,
+) -> None:
+    # Every replica must serve a key in its JWKS before any replica signs with it, or a
+    # verifier asking another replica would refuse the new tokens.
+    app = create_app(auth_settings_factory(key_reload_seconds=0.1, key_activation_seconds=3600))
+    async with serve(app) as client:
+        keyring = app.state.container.resolve(KEYRING)
+        user = await register(client)
+        before = await _kid(await login(client, user["email"]))
+        new_kid, _ = await _rotate(auth_engine, grace=timedelta(hours=2))
+        await _wait_for(lambda: new_kid in {key["kid"] for key in keyring.jwks()["keys"]})
+        jwks = (await client.get("/.well-known/jwks.json")).json()
+        assert new_kid in {key["kid"] for key in jwks["keys"]}
+        assert await _kid(await login(client, user["email"])) == before != new_kid

@@ -70,6 +70,11 @@ def _rotate_keys(args: argparse.Namespace) -> int:
         return 1
     kid, retired = asyncio.run(commands.rotate_keys(settings))
     print(f"new signing key {kid}")
+    auth = settings.auth
+    print(
+        f"published within {auth.key_reload_seconds:g} s,"
+        f" signs after {auth.key_activation_seconds:g} s"
+    )
     for old in retired:
         print(f"retired {old}")
     return 0
@@ -81,11 +86,8 @@ def _list_keys(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"keelson auth list-keys: {exc}", file=sys.stderr)
         return 1
-    keys = asyncio.run(commands.list_keys(settings))
-    live = [key for key in keys if key.retired_at is None]
-    for key in keys:
-        state = "retired" if key.retired_at else ("signing" if key is live[-1] else "verifying")
-        print(f"{key.kid}  {key.created_at.isoformat(timespec='seconds')}  {state}")
+    for key in asyncio.run(commands.list_keys(settings)):
+        print(f"{key.kid}  {key.created_at.isoformat(timespec='seconds')}  {key.state}")
     return 0
 
 
