@@ -7,7 +7,7 @@ import heapq
 import logging
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 from typing import Any, ClassVar, Generic, TypeVar, cast
 
@@ -110,14 +110,25 @@ class _Slot:
     state: PluginState = PluginState.REGISTERED
     error: str | None = None
     order: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class PluginContainer:
-    """Registers plugins, resolves their dependencies and drives their lifecycle."""
+    """Registers plugins, resolves their dependencies and drives their lifecycle.
 
-    def __init__(self, settings: KeelsonSettings) -> None:
+    A health check has `health_timeout` seconds to answer, a `stop` has `stop_timeout`
+    (then the plugin is marked ERROR and the others still stop).
+    """
+
+    def __init__(
+        self,
+        settings: KeelsonSettings,
+        *,
+        health_timeout: float = 2.0,
+        stop_timeout: float = 30.0,
+    ) -> None:
         self.settings = settings
+        self.health_timeout = health_timeout
+        self.stop_timeout = stop_timeout
         self._slots: dict[str, _Slot] = {}
         self._values: dict[Key[Any], Any] = {}
         self._started: list[str] = []
@@ -218,8 +229,13 @@ class PluginContainer:
             slot = self._slots[self._started.pop()]
             slot.state = PluginState.STOPPING
             try:
-                await slot.plugin.stop()
+                async with asyncio.timeout(self.stop_timeout):
+                    await slot.plugin.stop()
                 slot.state = PluginState.STOPPED
+            except TimeoutError:
+                slot.state = PluginState.ERROR
+                slot.error = f"stop took longer than {self.stop_timeout}s"
+                _log.error("plugin %s: %s", slot.plugin.metadata.name, slot.error)
             except Exception as exc:
                 slot.state, slot.error = PluginState.ERROR, _short(exc)
                 _log.exception("plugin %s failed to stop", slot.plugin.metadata.name)
@@ -240,7 +256,7 @@ class PluginContainer:
                 entry["error"] = slot.error
             if slot.state is PluginState.RUNNING:
                 try:
-                    result = await asyncio.wait_for(slot.plugin.health(), timeout=2.0)
+                    result = await asyncio.wait_for(slot.plugin.health(), self.health_timeout)
                 except Exception as exc:
                     result = Health(ok=False, detail=_short(exc))
                 entry.update(healthy=result.ok, critical=result.critical)

@@ -59,7 +59,9 @@ def reset_events() -> None:
 
 
 def container(*plugins: type[Plugin], **plugin_settings: PluginSettings) -> PluginContainer:
-    c = PluginContainer(KeelsonSettings(plugins=plugin_settings))
+    c = PluginContainer(
+        KeelsonSettings(plugins=plugin_settings), health_timeout=0.2, stop_timeout=0.5
+    )
     for plugin in plugins:
         c.register(plugin)
     return c
@@ -173,7 +175,51 @@ async def test_typed_values_and_health() -> None:
     await c.stop()
 
 
-def test_sigterm_stops_gracefully(tmp_path: object) -> None:
+async def test_each_hook_runs_in_its_state_and_the_states_follow_the_lifecycle() -> None:
+    seen: list[tuple[str, PluginState]] = []
+
+    class Observed(Plugin):
+        metadata = PluginMetadata(name="observed")
+
+        async def initialize(self) -> None:
+            seen.append(("initialize", self.container.state("observed")))
+
+        async def start(self) -> None:
+            seen.append(("start", self.container.state("observed")))
+
+        async def stop(self) -> None:
+            seen.append(("stop", self.container.state("observed")))
+
+    c = container(Observed)
+    assert c.state("observed") is PluginState.REGISTERED
+    await c.start()
+    assert c.state("observed") is PluginState.RUNNING
+    await c.stop()
+    assert c.state("observed") is PluginState.STOPPED
+    assert seen == [
+        ("initialize", PluginState.INITIALIZING),
+        ("start", PluginState.STARTING),
+        ("stop", PluginState.STOPPING),
+    ]
+
+
+async def test_a_stop_that_hangs_is_cut_short_and_the_others_still_stop() -> None:
+    class Hangs(Plugin):
+        metadata = PluginMetadata(name="hangs", priority=Priority.BUSINESS)
+
+        async def stop(self) -> None:
+            await asyncio.Event().wait()
+
+    c = container(make_plugin("db", Priority.INFRASTRUCTURE), Hangs)
+    await c.start()
+    await c.stop()
+    assert c.state("hangs") is PluginState.ERROR
+    assert "stop took longer" in (await c.health())["hangs"]["error"]
+    assert c.state("db") is PluginState.STOPPED
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_gracefully(signum: signal.Signals) -> None:
     script = textwrap.dedent(
         """
         import asyncio, sys
@@ -197,7 +243,7 @@ def test_sigterm_stops_gracefully(tmp_path: object) -> None:
     )
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "started"
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     out, _ = proc.communicate(timeout=10)
     assert "stopped cleanly" in out
     assert proc.returncode == 0
