@@ -212,7 +212,8 @@ class Ingestor:
             return
         waiting = self._waiting.get(batch_id)
         if waiting is not None:  # a re-send of a batch not committed yet
-            waiting.append(identity)
+            if identity not in waiting:
+                waiting.append(identity)
             return
         self._waiting[batch_id] = [identity]
         batch = self._gathering()

@@ -5,13 +5,15 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 
-from keelson.errors import BadRequest
+from keelson.errors import BadRequest, ServiceUnavailable
 from logs_service.records import LogRow
 
 __all__ = ["Cursor", "LevelCount", "count_records", "search_records"]
@@ -22,6 +24,25 @@ _SELECT = (
     "SELECT id, ts, service, level, logger, message, request_id, trace_id, user_id, "
     "attrs::text AS attrs FROM records"
 )
+
+
+_UNAVAILABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.InsufficientResourcesError,
+)
+
+
+@contextmanager
+def _store_answering() -> Iterator[None]:
+    """A database that is away is a 503 with Retry-After, not a 500."""
+    try:
+        yield
+    except _UNAVAILABLE:
+        raise ServiceUnavailable("the log store is unavailable", retry_after=5) from None
 
 
 @dataclass(frozen=True)
@@ -100,7 +121,8 @@ async def search_records(
     if conditions:
         sql += " WHERE " + " AND ".join(conditions)
     sql += f" ORDER BY ts DESC, id DESC LIMIT ${len(args)}"
-    rows = [LogRow(*record) for record in await pool.fetch(sql, *args)]
+    with _store_answering():
+        rows = [LogRow(*record) for record in await pool.fetch(sql, *args)]
     if len(rows) <= limit:
         return rows, None
     page = rows[:limit]
@@ -116,4 +138,6 @@ async def count_records(
         sql += " AND ts < $2"
         args.append(until)
     sql += " GROUP BY service, level ORDER BY service, level"
-    return [LevelCount(r["service"], r["level"], r["n"]) for r in await pool.fetch(sql, *args)]
+    with _store_answering():
+        rows = await pool.fetch(sql, *args)
+    return [LevelCount(r["service"], r["level"], r["n"]) for r in rows]
