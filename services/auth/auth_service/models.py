@@ -25,6 +25,7 @@ __all__ = [
     "SCHEMA",
     "ActionToken",
     "Base",
+    "IssuedAccessToken",
     "RefreshToken",
     "RevokeReason",
     "Session",
@@ -83,13 +84,26 @@ class Session(Base):
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     scopes: Mapped[list[str]] = mapped_column(ARRAY(String(64)))
-    access_jti: Mapped[str | None] = mapped_column(String(64))
-    access_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     revoked_reason: Mapped[RevokeReason | None] = mapped_column(_enum(RevokeReason))
     client_ip: Mapped[str | None] = mapped_column(String(64))
     user_agent: Mapped[str | None] = mapped_column(String(300))
+
+
+class IssuedAccessToken(Base):
+    """The `jti` of an access token issued in a session, kept while the token may be live.
+
+    Revoking the session refuses every one of them, not only the newest: a token from
+    before the last refresh is still valid until it expires.
+    """
+
+    __tablename__ = "access_tokens"
+    __table_args__ = (Index("ix_access_tokens_session_id", "session_id"),)
+
+    jti: Mapped[str] = mapped_column(String(64), primary_key=True)
+    session_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class RefreshToken(Base):

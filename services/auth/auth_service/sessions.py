@@ -6,10 +6,10 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from auth_service.models import RefreshToken, RevokeReason, Session
+from auth_service.models import IssuedAccessToken, RefreshToken, RevokeReason, Session
 from auth_service.tokens import AccessToken, new_opaque_token
 
 __all__ = [
@@ -76,13 +76,18 @@ async def add_refresh_token(db: AsyncSession, *, session_id: uuid.UUID, ttl: tim
 async def record_access_token(
     db: AsyncSession, *, session_id: uuid.UUID, access: AccessToken
 ) -> None:
-    """Remember the family's newest access token, so revoking the family can refuse it."""
+    """Remember the token's `jti` until it expires, so revoking the session can refuse it."""
     await db.execute(
-        update(Session)
-        .where(Session.id == session_id)
-        .values(
-            access_jti=access.jti,
-            access_expires_at=datetime.fromtimestamp(access.expires_at, UTC),
+        delete(IssuedAccessToken).where(
+            IssuedAccessToken.session_id == session_id,
+            IssuedAccessToken.expires_at <= func.now(),
+        )
+    )
+    await db.execute(
+        insert(IssuedAccessToken).values(
+            jti=access.jti,
+            session_id=session_id,
+            expires_at=datetime.fromtimestamp(access.expires_at, UTC),
         )
     )
 
@@ -126,7 +131,7 @@ async def revoke_sessions(
         update(Session)
         .where(Session.revoked_at.is_(None))
         .values(revoked_at=func.now(), revoked_reason=reason)
-        .returning(Session.access_jti, Session.access_expires_at)
+        .returning(Session.id)
     )
     if session_id is not None:
         statement = statement.where(Session.id == session_id)
@@ -134,9 +139,16 @@ async def revoke_sessions(
         statement = statement.where(Session.user_id == user_id)
     if keep_session_id is not None:
         statement = statement.where(Session.id != keep_session_id)
+    ended = list((await db.scalars(statement)).all())
+    if not ended:
+        return []
+    # Once refused through the revocation list these rows are no longer needed.
+    issued = await db.execute(
+        delete(IssuedAccessToken)
+        .where(IssuedAccessToken.session_id.in_(ended))
+        .returning(IssuedAccessToken.jti, IssuedAccessToken.expires_at)
+    )
     now = datetime.now(UTC)
     return [
-        RevokedAccess(row.access_jti, row.access_expires_at.timestamp())
-        for row in await db.execute(statement)
-        if row.access_jti and row.access_expires_at and row.access_expires_at > now
+        RevokedAccess(row.jti, row.expires_at.timestamp()) for row in issued if row.expires_at > now
     ]

@@ -277,3 +277,19 @@ async def test_refresh_lifetime_is_configurable_and_an_expired_token_is_refused(
             "/api/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]}
         )
         assert expired.status_code == 401
+
+
+async def test_logout_refuses_every_live_access_token_of_the_session(
+    client: httpx.AsyncClient, signed_in: SignedIn, auth_header: Bearer
+) -> None:
+    _, first = await signed_in()
+    second = (
+        await client.post("/api/v1/auth/refresh", json={"refresh_token": first["refresh_token"]})
+    ).json()
+    # The token from before the refresh is still valid on its own...
+    assert (await client.get("/api/v1/auth/me", headers=auth_header(first))).status_code == 200
+    assert (
+        await client.post("/api/v1/auth/logout", headers=auth_header(second))
+    ).status_code == 204
+    # ...and ending the session refuses it too, not only the one that logged out.
+    assert (await client.get("/api/v1/auth/me", headers=auth_header(first))).status_code == 401
