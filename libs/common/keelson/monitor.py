@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from keelson.config import KeelsonSettings
-from keelson.logging import redact_value
+from keelson.logging import redact_text, redact_value
 
 __all__ = ["add_breadcrumb", "capture_exception", "init_monitoring", "set_user", "trace"]
 
@@ -40,27 +40,42 @@ def init_monitoring(settings: KeelsonSettings) -> bool:
 
 
 def _scrub(event: Any, hint: Any) -> Any:
+    """Redact what leaves for Sentry: request parts, exception messages, log breadcrumbs."""
     request = event.get("request")
     if isinstance(request, dict):
         for key in ("headers", "cookies", "data"):
             if isinstance(request.get(key), dict):
                 request[key] = redact_value("", request[key])
+    for exception in (event.get("exception") or {}).get("values") or ():
+        if isinstance(exception.get("value"), str):
+            exception["value"] = redact_text(exception["value"])
+    for crumb in (event.get("breadcrumbs") or {}).get("values") or ():
+        if isinstance(crumb.get("message"), str):
+            crumb["message"] = redact_text(crumb["message"])
+        if isinstance(crumb.get("data"), dict):
+            crumb["data"] = redact_value("", crumb["data"])
+    logentry = event.get("logentry")
+    if isinstance(logentry, dict) and isinstance(logentry.get("message"), str):
+        logentry["message"] = redact_text(logentry["message"])
     return event
 
 
 def capture_exception(exc: BaseException, *, context: dict[str, Any] | None = None) -> None:
+    """Report `exc` with `context` (redacted) to Sentry, or log it when monitoring is off."""
+    safe = {key: redact_value(key, value) for key, value in (context or {}).items()}
     if _enabled:
         import sentry_sdk
 
         with sentry_sdk.new_scope() as scope:
-            for key, value in (context or {}).items():
-                scope.set_extra(key, redact_value(key, value))
+            for key, value in safe.items():
+                scope.set_extra(key, value)
             sentry_sdk.capture_exception(exc)
     else:
-        _log.debug("exception captured (monitoring off): %r context=%s", exc, context)
+        _log.debug("exception captured (monitoring off): %r context=%s", exc, safe)
 
 
 def set_user(user_id: str | None) -> None:
+    """Attach the user id (never an email or name) to later events."""
     if _enabled:
         import sentry_sdk
 
@@ -68,12 +83,13 @@ def set_user(user_id: str | None) -> None:
 
 
 def add_breadcrumb(message: str, *, category: str = "keelson", **data: Any) -> None:
+    """Record a step that later events carry (redacted before they are sent)."""
     if _enabled:
         import sentry_sdk
 
         sentry_sdk.add_breadcrumb(message=message, category=category, data=data)
     else:
-        _log.debug("breadcrumb %s: %s %s", category, message, data)
+        _log.debug("breadcrumb %s: %s %s", category, message, redact_value("", data))
 
 
 @contextmanager

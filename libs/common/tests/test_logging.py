@@ -104,6 +104,7 @@ def test_bind_nests_and_restores() -> None:
     [
         ("login with password=hunter2 failed", "hunter2"),
         ('body {"password": "s3cr3t!"}', "s3cr3t!"),
+        ("context={'password': 'py-repr-secret'}", "py-repr-secret"),
         ("token=abcdef123456", "abcdef123456"),
         ("Authorization: Bearer abcdefghijklmnop.qrstu", "abcdefghijklmnop"),
         ("Authorization: Basic dXNlcjpwYXNzd29yZA==", "dXNlcjpwYXNzd29yZA=="),

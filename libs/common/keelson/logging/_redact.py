@@ -19,11 +19,11 @@ _PATTERNS = (
     (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}"), r"\1 " + REDACTED),
     # JWTs anywhere in text
     (re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"), REDACTED),
-    # key=value / "key": "value" pairs whose key names a secret
+    # key=value, "key": "value" and Python's {'key': 'value'} whose key names a secret
     (
         re.compile(
-            r"(?i)(\"?(?:password|passwd|secret|token|api[_-]?key|authorization|cvc|cvv)"
-            r"\"?\s*[:=]\s*\"?)([^\s\",&]+)"
+            r"(?i)([\"']?(?:password|passwd|secret|token|api[_-]?key|authorization|cvc|cvv)"
+            r"[\"']?\s*[:=]\s*[\"']?)([^\s\"',&]+)"
         ),
         r"\1" + REDACTED,
     ),
