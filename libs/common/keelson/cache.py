@@ -93,8 +93,14 @@ class RedisCache:
         return bool(await self.client.delete(self.prefix + key))
 
     async def clear(self) -> None:
-        async for batch_key in self.client.scan_iter(match=self.prefix + "*", count=500):
-            await self.client.delete(batch_key)
+        batch: list[bytes | str] = []
+        async for key in self.client.scan_iter(match=self.prefix + "*", count=500):
+            batch.append(key)
+            if len(batch) == 500:
+                await self.client.unlink(*batch)
+                batch.clear()
+        if batch:
+            await self.client.unlink(*batch)
 
 
 def cached(

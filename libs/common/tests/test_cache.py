@@ -5,8 +5,11 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from keelson.cache import Cache, MemoryCache, RedisCache, cached
-from keelson.testing import eventually
+from keelson.cache import CACHE, Cache, MemoryCache, RedisCache, cached
+from keelson.config import BusSettings
+from keelson.embedded import free_port
+from keelson.service import build_container
+from keelson.testing import eventually, make_settings
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -80,3 +83,33 @@ async def test_memory_cache_is_bounded_lru() -> None:
     assert await cache.get("b") is None
     assert [await cache.get(k) for k in "acd"] == ["a", "c", "d"]
     assert len(cache) == 3
+
+
+async def test_clear_removes_many_keys(cache: Cache) -> None:
+    for i in range(1200):
+        await cache.set(f"k{i}", i)
+    await cache.clear()
+    assert [await cache.get(f"k{i}") for i in (0, 599, 1199)] == [None, None, None]
+
+
+@pytest.mark.parametrize("with_redis", [True, False])
+async def test_the_plugin_picks_redis_when_configured_else_memory(
+    redis_url: str, with_redis: bool
+) -> None:
+    nowhere = BusSettings(  # the ZeroMQ bus must not reach a suite running on 5555/5556
+        zmq_xsub_endpoint=f"tcp://127.0.0.1:{free_port()}",
+        zmq_xpub_endpoint=f"tcp://127.0.0.1:{free_port()}",
+    )
+    settings = make_settings(
+        service="cachetest", redis_url=redis_url if with_redis else None, bus=nowhere
+    )
+    container = build_container(settings, database=False)
+    await container.start()
+    try:
+        cache = container.resolve(CACHE)
+        assert isinstance(cache, RedisCache if with_redis else MemoryCache)
+        await cache.set("answer", 42)
+        assert await cache.get("answer") == 42
+    finally:
+        await cache.clear()
+        await container.stop()
