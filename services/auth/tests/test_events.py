@@ -1,7 +1,5 @@
 """What auth puts on the bus: outbox events relayed after commit, revocation broadcasts."""
 
-import asyncio
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -14,6 +12,7 @@ from redis.asyncio import Redis
 from keelson.auth import REVOCATIONS_CHANNEL
 from keelson.bus import RedisBus
 from keelson.events import Envelope
+from keelson.testing import eventually
 
 SignedIn = Callable[..., Awaitable[tuple[dict[str, Any], dict[str, Any]]]]
 
@@ -26,13 +25,6 @@ async def listener(redis_url: str) -> AsyncIterator[tuple[RedisBus, list[Any]]]:
     yield bus, received
     await bus.stop()
     await redis.aclose()
-
-
-async def _until(predicate: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + 15
-    while not predicate():
-        assert time.monotonic() < deadline, "nothing arrived in time"
-        await asyncio.sleep(0.05)
 
 
 async def test_registration_reaches_the_bus_through_the_outbox(
@@ -49,7 +41,7 @@ async def test_registration_reaches_the_bus_through_the_outbox(
     await bus.start()
     await bus.wait_ready()
     user = await register(client)
-    await _until(lambda: any(e.data.get("user_id") == user["id"] for e in received))
+    await eventually(lambda: any(e.data.get("user_id") == user["id"] for e in received))
     [envelope] = [e for e in received if e.data.get("user_id") == user["id"]]
     assert envelope.producer == "auth" and envelope.type == "auth.user_registered"
 
@@ -73,6 +65,6 @@ async def test_logout_is_broadcast_to_every_replica(
     assert (
         await client.post("/api/v1/auth/logout", headers=auth_header(tokens))
     ).status_code == 204
-    await _until(lambda: any(p.get("jti") == claims["jti"] for p in received))
+    await eventually(lambda: any(p.get("jti") == claims["jti"] for p in received))
     [payload] = [p for p in received if p.get("jti") == claims["jti"]]
     assert payload["exp"] == claims["exp"]

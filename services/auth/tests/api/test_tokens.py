@@ -18,6 +18,12 @@ SignedIn = Callable[..., Awaitable[tuple[dict[str, Any], dict[str, Any]]]]
 Bearer = Callable[[dict[str, Any]], dict[str, str]]
 
 
+async def _refresh(client: httpx.AsyncClient, tokens: dict[str, Any]) -> httpx.Response:
+    return await client.post(
+        "/api/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]}
+    )
+
+
 async def test_login_returns_a_token_pair_with_the_documented_claims(
     client: httpx.AsyncClient, auth_app: FastAPI, signed_in: SignedIn
 ) -> None:
@@ -102,17 +108,13 @@ async def test_refresh_rotates_and_the_old_token_is_spent(
     client: httpx.AsyncClient, signed_in: SignedIn, auth_header: Bearer
 ) -> None:
     _, first = await signed_in()
-    response = await client.post(
-        "/api/v1/auth/refresh", json={"refresh_token": first["refresh_token"]}
-    )
+    response = await _refresh(client, first)
     assert response.status_code == 200
     second = response.json()
     assert second["refresh_token"] != first["refresh_token"]
     assert second["access_token"] != first["access_token"]
     assert (await client.get("/api/v1/auth/me", headers=auth_header(second))).status_code == 200
-    third = await client.post(
-        "/api/v1/auth/refresh", json={"refresh_token": second["refresh_token"]}
-    )
+    third = await _refresh(client, second)
     assert third.status_code == 200
 
 
@@ -120,21 +122,13 @@ async def test_reusing_a_spent_refresh_token_revokes_the_whole_family(
     client: httpx.AsyncClient, signed_in: SignedIn, auth_header: Bearer
 ) -> None:
     _, first = await signed_in()
-    second = (
-        await client.post("/api/v1/auth/refresh", json={"refresh_token": first["refresh_token"]})
-    ).json()
-    third = (
-        await client.post("/api/v1/auth/refresh", json={"refresh_token": second["refresh_token"]})
-    ).json()
+    second = (await _refresh(client, first)).json()
+    third = (await _refresh(client, second)).json()
 
-    reuse = await client.post(
-        "/api/v1/auth/refresh", json={"refresh_token": first["refresh_token"]}
-    )
+    reuse = await _refresh(client, first)
     assert reuse.status_code == 401
 
-    descendant = await client.post(
-        "/api/v1/auth/refresh", json={"refresh_token": third["refresh_token"]}
-    )
+    descendant = await _refresh(client, third)
     assert descendant.status_code == 401
     # The family's newest access token is refused at once, not at expiry.
     assert (await client.get("/api/v1/auth/me", headers=auth_header(third))).status_code == 401
@@ -147,11 +141,9 @@ async def test_reuse_leaves_other_logins_alone(
 ) -> None:
     user, first = await signed_in()
     other_login = await login(client, user["email"])
-    await client.post("/api/v1/auth/refresh", json={"refresh_token": first["refresh_token"]})
-    await client.post("/api/v1/auth/refresh", json={"refresh_token": first["refresh_token"]})
-    other = await client.post(
-        "/api/v1/auth/refresh", json={"refresh_token": other_login["refresh_token"]}
-    )
+    await _refresh(client, first)
+    await _refresh(client, first)
+    other = await _refresh(client, other_login)
     assert other.status_code == 200
 
 
@@ -164,12 +156,7 @@ async def test_concurrent_refresh_of_one_token_lets_exactly_one_through(
     client: httpx.AsyncClient, signed_in: SignedIn
 ) -> None:
     _, tokens = await signed_in()
-    responses = await asyncio.gather(
-        *(
-            client.post("/api/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
-            for _ in range(8)
-        )
-    )
+    responses = await asyncio.gather(*(_refresh(client, tokens) for _ in range(8)))
     codes = sorted(response.status_code for response in responses)
     assert codes == [200] + [401] * 7
 
@@ -182,9 +169,7 @@ async def test_logout_refuses_the_access_token_at_once_and_ends_the_family(
     logout = await client.post("/api/v1/auth/logout", headers=auth_header(tokens))
     assert logout.status_code == 204
     assert (await client.get("/api/v1/auth/me", headers=auth_header(tokens))).status_code == 401
-    refresh = await client.post(
-        "/api/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]}
-    )
+    refresh = await _refresh(client, tokens)
     assert refresh.status_code == 401
 
 
@@ -208,9 +193,7 @@ async def test_deactivated_user_cannot_log_in_or_refresh(
         "/api/v1/auth/login", json={"email": user["email"], "password": user["password"]}
     )
     assert login.status_code == 401
-    refresh = await client.post(
-        "/api/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]}
-    )
+    refresh = await _refresh(client, tokens)
     assert refresh.status_code == 401
 
 
@@ -235,9 +218,7 @@ async def test_refresh_tokens_are_stored_hashed_with_a_sliding_expiry(
     from sqlalchemy import text
 
     _, first = await signed_in()
-    second = (
-        await client.post("/api/v1/auth/refresh", json={"refresh_token": first["refresh_token"]})
-    ).json()
+    second = (await _refresh(client, first)).json()
     rows = await _refresh_rows(auth_engine, first["refresh_token"], second["refresh_token"])
     assert len(rows) == 2
     for row in rows:
@@ -273,9 +254,7 @@ async def test_refresh_lifetime_is_configurable_and_an_expired_token_is_refused(
                 ),
                 {"digest": row.token_hash},
             )
-        expired = await client.post(
-            "/api/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]}
-        )
+        expired = await _refresh(client, tokens)
         assert expired.status_code == 401
 
 
@@ -283,9 +262,7 @@ async def test_logout_refuses_every_live_access_token_of_the_session(
     client: httpx.AsyncClient, signed_in: SignedIn, auth_header: Bearer
 ) -> None:
     _, first = await signed_in()
-    second = (
-        await client.post("/api/v1/auth/refresh", json={"refresh_token": first["refresh_token"]})
-    ).json()
+    second = (await _refresh(client, first)).json()
     # The token from before the refresh is still valid on its own...
     assert (await client.get("/api/v1/auth/me", headers=auth_header(first))).status_code == 200
     assert (
