@@ -1,1 +1,3 @@
-"""Keelson core library."""
+"""Keelson core library: import from its modules (`keelson.config`, `keelson.bus`, ...)."""
+
+__all__: list[str] = []

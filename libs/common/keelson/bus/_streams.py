@@ -28,6 +28,7 @@ from typing import Any
 
 from pydantic import ValidationError
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError, ResponseError
 
 from keelson.bus._base import Group, Outcome, handled_counter
@@ -260,21 +261,8 @@ class GroupConsumer:
         entries: Sequence[_Entry],
         previous_errors: dict[str, str],
     ) -> None:
-        limit = self.settings.max_deliveries
         outcome = _Settlement.empty()
-        decoded: list[tuple[_Entry, Envelope]] = []
-        for entry in entries:
-            if entry.deliveries > limit:
-                error = previous_errors.get(_text(entry.entry_id)) or (
-                    f"not acknowledged after {entry.deliveries - 1} deliveries "
-                    "(its consumer failed or stopped)"
-                )
-                outcome.dead.append((entry, error))
-                continue
-            try:
-                decoded.append((entry, Envelope.from_json(_payload(entry.fields))))
-            except (KeyError, ValidationError, ValueError) as exc:
-                outcome.dead.append((entry, f"undecodable entry: {_short(exc)}"))
+        decoded = self._decode(entries, previous_errors, outcome)
         seen: set[str] = set()
         if self.group.dedupe and decoded:
             seen = await self.processed.seen(self.group.name, [e.id for _, e in decoded])
@@ -286,33 +274,59 @@ class GroupConsumer:
                 continue
             if self.group.dedupe:
                 seen.add(envelope.id)  # the same event twice in one batch
-            try:
-                await self.group.dispatch(envelope)
-            except Exception as exc:
-                _log.warning(
-                    "bus handler of group %s failed on %s %s (delivery %d of %d)",
-                    self.group.name,
-                    topic,
-                    envelope.id,
-                    entry.deliveries,
-                    limit,
-                    exc_info=True,
-                )
-                handled_counter(topic, self.group.name, Outcome.ERROR).inc()
-                if entry.deliveries >= limit:
-                    outcome.dead.append((entry, _short(exc)))
-                else:
-                    outcome.failed.append((entry.entry_id, _short(exc)))
-                continue
-            outcome.acked.append(entry.entry_id)
-            outcome.handled_ids.append(envelope.id)
-            if entry.deliveries > 1:
-                outcome.retried.append(entry.entry_id)
+            await self._dispatch(topic, entry, envelope, outcome)
         if outcome.handled_ids:
             handled_counter(topic, self.group.name, Outcome.OK).inc(len(outcome.handled_ids))
         if duplicates:
             handled_counter(topic, self.group.name, Outcome.DUPLICATE).inc(duplicates)
         await self._settle(stream, topic, outcome)
+
+    def _decode(
+        self, entries: Sequence[_Entry], previous_errors: dict[str, str], outcome: _Settlement
+    ) -> list[tuple[_Entry, Envelope]]:
+        """The envelopes to handle; entries past their deliveries or unreadable go dead."""
+        decoded: list[tuple[_Entry, Envelope]] = []
+        for entry in entries:
+            if entry.deliveries > self.settings.max_deliveries:
+                error = previous_errors.get(_text(entry.entry_id)) or (
+                    f"not acknowledged after {entry.deliveries - 1} deliveries "
+                    "(its consumer failed or stopped)"
+                )
+                outcome.dead.append((entry, error))
+                continue
+            try:
+                decoded.append((entry, Envelope.from_json(_payload(entry.fields))))
+            except (KeyError, ValidationError, ValueError) as exc:
+                outcome.dead.append((entry, f"undecodable entry: {_short(exc)}"))
+        return decoded
+
+    async def _dispatch(
+        self, topic: str, entry: _Entry, envelope: Envelope, outcome: _Settlement
+    ) -> None:
+        """Run the group's handlers; record an ack, a retry or a dead letter in `outcome`."""
+        limit = self.settings.max_deliveries
+        try:
+            await self.group.dispatch(envelope)
+        except Exception as exc:
+            _log.warning(
+                "bus handler of group %s failed on %s %s (delivery %d of %d)",
+                self.group.name,
+                topic,
+                envelope.id,
+                entry.deliveries,
+                limit,
+                exc_info=True,
+            )
+            handled_counter(topic, self.group.name, Outcome.ERROR).inc()
+            if entry.deliveries >= limit:
+                outcome.dead.append((entry, _short(exc)))
+            else:
+                outcome.failed.append((entry.entry_id, _short(exc)))
+            return
+        outcome.acked.append(entry.entry_id)
+        outcome.handled_ids.append(envelope.id)
+        if entry.deliveries > 1:
+            outcome.retried.append(entry.entry_id)
 
     async def _settle(self, stream: str, topic: str, outcome: _Settlement) -> None:
         """Acknowledge, record errors and dead-letter, in one round trip."""
@@ -333,35 +347,44 @@ class GroupConsumer:
             for entry_id, error in outcome.failed:
                 pipe.hset(errors_key, _error_field(topic, entry_id), error)
             for entry, error in outcome.dead:
-                pipe.xadd(
-                    dead_letter_key(topic),
-                    {
-                        _FIELD: entry.fields.get(_FIELD) or entry.fields.get("e") or b"",
-                        b"error": error,
-                        b"group": self.group.name,
-                        b"source_id": entry.entry_id,
-                        b"deliveries": entry.deliveries,
-                        b"consumer": self.consumer,
-                        b"dead_at": datetime.now(UTC).isoformat(),
-                    },
-                    maxlen=self.settings.stream_maxlen,
-                    approximate=True,
-                )
-                pipe.xack(stream, self.group.name, entry.entry_id)
-                pipe.hdel(errors_key, _error_field(topic, entry.entry_id))
+                self._dead_letter_in(pipe, stream, topic, entry, error)
             await pipe.execute()
         for entry, error in outcome.dead:
-            BUS_DEAD_LETTERS.labels(topic).inc()
-            handled_counter(topic, self.group.name, Outcome.DEAD).inc()
-            _log.error(
-                "bus entry %s of %s dead-lettered to %s for group %s after %d deliveries: %s",
-                _text(entry.entry_id),
-                topic,
-                dead_letter_key(topic),
-                self.group.name,
-                entry.deliveries,
-                error,
-            )
+            self._report_dead(topic, entry, error)
+
+    def _dead_letter_in(
+        self, pipe: Pipeline, stream: str, topic: str, entry: _Entry, error: str
+    ) -> None:
+        """Queue: copy to the dead-letter stream, acknowledge, forget the last error."""
+        pipe.xadd(
+            dead_letter_key(topic),
+            {
+                _FIELD: entry.fields.get(_FIELD) or entry.fields.get("e") or b"",
+                b"error": error,
+                b"group": self.group.name,
+                b"source_id": entry.entry_id,
+                b"deliveries": entry.deliveries,
+                b"consumer": self.consumer,
+                b"dead_at": datetime.now(UTC).isoformat(),
+            },
+            maxlen=self.settings.stream_maxlen,
+            approximate=True,
+        )
+        pipe.xack(stream, self.group.name, entry.entry_id)
+        pipe.hdel(_errors_key(self.group.name), _error_field(topic, entry.entry_id))
+
+    def _report_dead(self, topic: str, entry: _Entry, error: str) -> None:
+        BUS_DEAD_LETTERS.labels(topic).inc()
+        handled_counter(topic, self.group.name, Outcome.DEAD).inc()
+        _log.error(
+            "bus entry %s of %s dead-lettered to %s for group %s after %d deliveries: %s",
+            _text(entry.entry_id),
+            topic,
+            dead_letter_key(topic),
+            self.group.name,
+            entry.deliveries,
+            error,
+        )
 
     async def _reclaim(self) -> None:
         """Claim entries idle for `claim_idle_ms` (failed here, or of a dead consumer)."""
