@@ -167,6 +167,18 @@ OVERVIEW = Dashboard(
                     unit="s",
                 ),
                 Panel(
+                    "Business events per second",
+                    (
+                        Query(
+                            "sum by (service, event, outcome) "
+                            f"(rate(business_events_total{{{_SERVICES}}}[{_RATE}]))",
+                            "{{service}} {{event}} {{outcome}}",
+                        ),
+                    ),
+                    unit="ops",
+                    description="Sign-ups, payments, deliveries... counted by the services.",
+                ),
+                Panel(
                     "Requests in flight",
                     (
                         Query(
@@ -354,8 +366,18 @@ PLATFORM = Dashboard(
             "Database",
             (
                 Panel(
-                    "Connections in use by service",
-                    (Query("sum by (service) (db_pool_connections_in_use)", "{{service}}"),),
+                    "Connections in use, idle and pool size by service",
+                    (
+                        Query(
+                            "sum by (service) (db_pool_connections_in_use)", "{{service}} in use"
+                        ),
+                        Query("sum by (service) (db_pool_connections_idle)", "{{service}} idle"),
+                        Query("sum by (service) (db_pool_size)", "{{service}} pool size"),
+                        Query(
+                            "sum by (service) (db_pool_overflow_connections)",
+                            "{{service}} overflow",
+                        ),
+                    ),
                 ),
                 Panel(
                     "Statement duration p95 by service",
