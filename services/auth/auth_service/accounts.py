@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from auth_service.action_tokens import consume_action_token, issue_action_token
+from auth_service.action_tokens import consume_action_token, issue_action_token, issued_within
 from auth_service.audit import AuditAction, audit, emit
 from auth_service.login import record_failure, revoke_access
 from auth_service.models import RevokeReason, TokenPurpose, User
@@ -151,11 +151,7 @@ async def update_account(
 
 async def request_password_reset(db: AsyncSession, *, email: str, settings: AuthSettings) -> None:
     """Publish a reset token for an active account; says nothing either way (always 202)."""
-    user = await get_user_by_email(db, email=normalize_email(email, strict=False))
-    if user is None or not user.is_active:
-        return
-    await _send_token(db, user=user, purpose=TokenPurpose.PASSWORD_RESET, settings=settings)
-    await db.commit()
+    await _request_token(db, email=email, purpose=TokenPurpose.PASSWORD_RESET, settings=settings)
 
 
 async def confirm_password_reset(
@@ -188,11 +184,9 @@ async def request_email_verification(
     db: AsyncSession, *, email: str, settings: AuthSettings
 ) -> None:
     """Publish a verification token for an unverified account; always 202."""
-    user = await get_user_by_email(db, email=normalize_email(email, strict=False))
-    if user is None or not user.is_active or user.email_verified_at is not None:
-        return
-    await _send_token(db, user=user, purpose=TokenPurpose.EMAIL_VERIFICATION, settings=settings)
-    await db.commit()
+    await _request_token(
+        db, email=email, purpose=TokenPurpose.EMAIL_VERIFICATION, settings=settings
+    )
 
 
 async def verify_email(db: AsyncSession, *, token: str) -> None:
@@ -202,6 +196,26 @@ async def verify_email(db: AsyncSession, *, token: str) -> None:
         raise BadRequest(_BAD_TOKEN)
     user.email_verified_at = user.email_verified_at or datetime.now(UTC)
     await audit(db, AuditAction.EMAIL_VERIFIED, actor=str(user.id))
+    await db.commit()
+
+
+async def _request_token(
+    db: AsyncSession, *, email: str, purpose: TokenPurpose, settings: AuthSettings
+) -> None:
+    """Email a token when one is due; silently nothing otherwise (the caller answers 202).
+
+    Nothing for an unknown or inactive account, an already verified address, or within
+    the cooldown since the last token: anyone may ask, so asking must not flood a mailbox.
+    """
+    user = await get_user_by_email(db, email=normalize_email(email, strict=False))
+    if user is None or not user.is_active:
+        return
+    if purpose is TokenPurpose.EMAIL_VERIFICATION and user.email_verified_at is not None:
+        return
+    cooldown = timedelta(seconds=settings.email_token_cooldown_seconds)
+    if await issued_within(db, user_id=user.id, purpose=purpose, period=cooldown):
+        return
+    await _send_token(db, user=user, purpose=purpose, settings=settings)
     await db.commit()
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import func, update
+from sqlalchemy import exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from auth_service.models import ActionToken, TokenPurpose
 from auth_service.tokens import hash_token, new_opaque_token
 
-__all__ = ["consume_action_token", "issue_action_token"]
+__all__ = ["consume_action_token", "issue_action_token", "issued_within"]
 
 
 async def issue_action_token(
@@ -24,6 +24,20 @@ async def issue_action_token(
     db.add(ActionToken(user_id=user_id, purpose=purpose, token_hash=digest, expires_at=expires_at))
     await db.flush()
     return token, expires_at
+
+
+async def issued_within(
+    db: AsyncSession, *, user_id: uuid.UUID, purpose: TokenPurpose, period: timedelta
+) -> bool:
+    """Whether a token for `purpose` was issued to the user within the last `period`."""
+    if period <= timedelta(0):
+        return False
+    recent = exists().where(
+        ActionToken.user_id == user_id,
+        ActionToken.purpose == purpose,
+        ActionToken.created_at > func.now() - period,
+    )
+    return bool(await db.scalar(select(recent)))
 
 
 async def consume_action_token(

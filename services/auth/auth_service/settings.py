@@ -53,6 +53,8 @@ class AuthSettings(BaseModel):
     refresh_token_ttl_seconds: int = Field(30 * 24 * 3600, ge=60)
     password_reset_ttl_seconds: int = Field(3600, ge=60)
     email_verification_ttl_seconds: int = Field(48 * 3600, ge=60)
+    # At most one emailed token per account and purpose in this period (0: no limit).
+    email_token_cooldown_seconds: int = Field(60, ge=0)
     key_reload_seconds: float = Field(60.0, gt=0)
     # Longer than key_reload_seconds, so every replica publishes a rotated-in key before
     # any replica signs with it.

@@ -42,6 +42,8 @@ def auth_settings_factory(auth_database_url: str, redis_url: str) -> Callable[..
     def factory(**auth: Any) -> Settings:
         top = {k: auth.pop(k) for k in ("admin_email", "admin_password") if k in auth}
         auth.setdefault("password", FAST_HASHING)
+        # Tests ask for several emailed tokens in a row; the cooldown has its own test.
+        auth.setdefault("email_token_cooldown_seconds", 0)
         auth.setdefault(
             "throttle",
             LoginThrottleSettings(max_account_failures=5, max_ip_failures=10_000),

@@ -139,3 +139,24 @@ async def test_unknown_token_is_400(client: httpx.AsyncClient) -> None:
         json={"token": "made-up", "new_password": "seven amber lanterns glow"},
     )
     assert response.status_code == 400
+
+
+async def test_requests_within_the_cooldown_email_nothing_more(
+    auth_settings_factory: Callable[..., Any],
+    serve: Callable[..., Any],
+    register: Callable[..., Awaitable[dict[str, Any]]],
+    outbox: Outbox,
+) -> None:
+    from auth_service.app import create_app
+
+    settings = auth_settings_factory(email_token_cooldown_seconds=3600)
+    async with serve(create_app(settings)) as client:
+        user = await register(client)
+        for path in ("password-reset", "password-reset", "verify-email", "verify-email"):
+            response = await client.post(
+                f"/api/v1/auth/{path}/request", json={"email": user["email"]}
+            )
+            assert response.status_code == 202
+    # One reset token; and no verification token beyond the one sent at registration.
+    assert len(await outbox("auth.password_reset_requested", user_id=user["id"])) == 1
+    assert len(await outbox("auth.email_verification_requested", user_id=user["id"])) == 1
