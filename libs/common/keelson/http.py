@@ -27,6 +27,7 @@ from keelson.plugins import PluginContainer
 
 __all__ = [
     "PROBLEM_JSON",
+    "Hook",
     "InFlight",
     "InFlightMiddleware",
     "RequestContextMiddleware",
@@ -302,7 +303,7 @@ async def _unhandled_error(request: Request, exc: Exception) -> JSONResponse:
     return _internal_error(exc, method=request.method, path=request.url.path)
 
 
-Hook = Callable[[FastAPI], Awaitable[None]]
+Hook = Callable[[FastAPI], Awaitable[None]]  # run at startup / shutdown with the app
 
 
 def _lifespan(

@@ -6,19 +6,38 @@ import argparse
 import importlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import uvicorn
+from fastapi import APIRouter, FastAPI
 
 from keelson.bus import bus_plugin
 from keelson.cache import CachePlugin
-from keelson.config import KeelsonSettings, load_settings
+from keelson.config import ConfigError, KeelsonSettings, load_settings
 from keelson.db import DatabasePlugin, migrate
+from keelson.http import Hook, create_app
 from keelson.logging import configure_logging
 from keelson.monitor import init_monitoring
 from keelson.plugins import Plugin, PluginContainer
 from keelson.redis_plugin import RedisPlugin
 
-__all__ = ["build_container", "run_service"]
+__all__ = ["build_container", "create_service_app", "run_service", "startup_settings"]
+
+S = TypeVar("S", bound=KeelsonSettings)
+
+
+def startup_settings(cls: type[S]) -> S:
+    """Settings from the environment for a starting process, with logging and monitoring on.
+
+    An invalid value ends the process with a message naming the setting (no traceback).
+    """
+    try:
+        settings = load_settings(cls)
+    except ConfigError as exc:
+        raise SystemExit(f"{cls.__module__}.{cls.__qualname__}: {exc}") from None
+    configure_logging(settings)
+    init_monitoring(settings)
+    return settings
 
 
 def build_container(
@@ -40,6 +59,34 @@ def build_container(
     return container
 
 
+def create_service_app(
+    settings: KeelsonSettings,
+    *,
+    plugins: Sequence[type[Plugin]] = (),
+    routers: Sequence[APIRouter] = (),
+    title: str,
+    description: str = "",
+    database: bool = True,
+    on_startup: Sequence[Hook] = (),
+    on_shutdown: Sequence[Hook] = (),
+) -> FastAPI:
+    """A service's app: `build_container(settings, plugins)` behind `keelson.http.create_app`.
+
+    A service's factory is then `create_service_app(settings or startup_settings(Settings),
+    plugins=[...], routers=routers, title=...)`.
+    """
+    container = build_container(settings, plugins, database=database)
+    return create_app(
+        settings,
+        container=container,
+        routers=routers,
+        title=title,
+        description=description,
+        on_startup=on_startup,
+        on_shutdown=on_shutdown,
+    )
+
+
 def run_service(
     package: str, settings_cls: type[KeelsonSettings], argv: Sequence[str] | None = None
 ) -> None:
@@ -49,9 +96,7 @@ def run_service(
     parser.add_argument("--migrate-only", action="store_true", help="upgrade and exit")
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args(argv)
-    settings = load_settings(settings_cls)
-    configure_logging(settings)
-    init_monitoring(settings)
+    settings = startup_settings(settings_cls)
     if args.migrate or args.migrate_only:
         module = importlib.import_module(package)
         assert module.__file__ is not None
