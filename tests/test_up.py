@@ -22,7 +22,14 @@ from sqlalchemy.engine import make_url
 
 from keelson.embedded import free_port
 from keelson.suite import SERVICES, port_in_use
-from keelson.supervision import ProcessState, Supervisor
+from keelson.supervision import (
+    ProcessState,
+    Program,
+    Supervisor,
+    pid_alive,
+    render_config,
+    socket_path,
+)
 
 KEELSON = Path(sys.executable).parent / "keelson"
 READY_TIMEOUT = 90.0
@@ -235,3 +242,33 @@ def test_given_servers_are_used_and_down_stops_everything(
         [str(KEELSON), "status", "--root", str(suite.root)], capture_output=True, text=True
     )
     assert status.returncode == 3
+
+
+def test_a_zombie_counts_as_gone_for_down() -> None:
+    """`keelson down` waits for `keelson up`; one whose parent has not reaped it is gone."""
+    child = subprocess.Popen(["true"])
+    deadline = time.monotonic() + 10
+    while psutil.Process(child.pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert not pid_alive(child.pid)
+    assert pid_alive(os.getpid())
+    child.wait()
+
+
+def test_config_escapes_percent_and_moves_a_long_socket(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 60) / ("e" * 60) / ".keelson"
+    program = Program(
+        name="svc",
+        command=[sys.executable, "-c", "print('100% done')"],
+        directory=tmp_path,
+        log=tmp_path / "svc.log",
+        environment={"KEELSON_PORT": "1234"},
+    )
+    text = render_config(deep, [program], password="secret")
+    assert "100%% done" in text
+    assert 'environment=KEELSON_PORT="1234"' in text
+    sock = socket_path(deep)
+    assert len(str(sock)) <= 100
+    assert sock == socket_path(deep)
+    assert f"file={sock}" in text

@@ -147,6 +147,7 @@ class Layout:
             "KEELSON_BUS__ZMQ_XPUB_ENDPOINT": self.bus_xpub_endpoint,
             "KEELSON_LOG__SHIP_ENDPOINT": self.log_endpoint,
             "KEELSON_LOGS__BIND_ENDPOINT": self.log_endpoint,
+            "KEELSON_LOG__SPILL_DIR": str(self.state_dir / "spill"),
             "KEELSON_PLUGINS__AUTH__JWKS_URL": f"{self.url(auth)}/.well-known/jwks.json",
             "PYTHONUNBUFFERED": "1",
         }

@@ -295,13 +295,19 @@ class Supervisor:
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether `pid` runs; a zombie (exited, its parent not yet told) counts as gone."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    # The state follows the command name, which is in parentheses and may hold spaces.
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def wait_for_exit(pid: int, *, timeout: float) -> bool:

@@ -6,8 +6,6 @@ import asyncio
 import os
 from pathlib import Path
 
-from alembic import command, context
-from alembic.config import Config
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -18,9 +16,14 @@ from keelson.db._engine import async_url
 
 __all__ = ["migrate", "run_env", "run_migrations_online"]
 
+# Alembic is imported inside each function: a running service never migrates, and the
+# import (Alembic, Mako, Pygments, every SQLAlchemy dialect) costs it about 12 MB.
+
 
 def run_migrations_online(connection: Connection, *, metadata: MetaData, schema: str) -> None:
     """Called from a service's `migrations/env.py`: the schema and its own version table."""
+    from alembic import context
+
     quoted = connection.dialect.identifier_preparer.quote_identifier(schema)
     connection.execute(text(f"CREATE SCHEMA IF NOT EXISTS {quoted}"))
     connection.execute(text(f"SET search_path TO {quoted}, public"))
@@ -38,6 +41,8 @@ def run_migrations_online(connection: Connection, *, metadata: MetaData, schema:
 
 def run_env(*, metadata: MetaData, schema: str) -> None:
     """The whole body of a service's `migrations/env.py`."""
+    from alembic import context
+
     url = context.config.attributes.get("database_url") or os.environ.get("KEELSON_DATABASE_URL")
     if not url:
         raise RuntimeError("KEELSON_DATABASE_URL is not set")
@@ -59,6 +64,9 @@ def run_env(*, metadata: MetaData, schema: str) -> None:
 
 def migrate(migrations_dir: Path, database_url: str, *, revision: str = "head") -> None:
     """Upgrade one service's schema to `revision` (synchronously; run it before the service)."""
+    from alembic import command
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(migrations_dir))
     config.attributes["database_url"] = async_url(database_url)
