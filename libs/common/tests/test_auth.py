@@ -15,6 +15,8 @@ from fastapi import APIRouter, Depends, FastAPI
 from fastapi.responses import JSONResponse
 from jose import jwt
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from keelson.auth import (
     IDENTITY_KEY,
@@ -312,6 +314,22 @@ async def test_revocations_are_announced_and_remembered_from_announcements() -> 
     assert await receiver.is_revoked("jti-1")
     await receiver.on_announcement({"jti": "jti-2", "exp": time.time() - 1})
     assert not await receiver.is_revoked("jti-2")
+
+
+async def test_without_redis_known_revocations_still_hold_and_revoking_is_503() -> None:
+    from keelson.embedded import free_port
+    from keelson.errors import ServiceUnavailable
+
+    gone = Redis(port=free_port(), retry=Retry(NoBackoff(), 0))
+    revocations = RevocationList(gone)
+    revocations.remember("announced", time.time() + 60)
+    try:
+        assert await revocations.is_revoked("announced")
+        assert not await revocations.is_revoked("never-revoked")
+        with pytest.raises(ServiceUnavailable):
+            await revocations.revoke("logged-out", time.time() + 60)
+    finally:
+        await gone.aclose()
 
 
 async def test_the_verifier_refuses_revoked_tokens(redis: Redis) -> None:

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from keelson.errors import ServiceUnavailable
 
 __all__ = ["REVOCATIONS_CHANNEL", "RevocationList"]
 
 REVOCATIONS_CHANNEL = "auth.revocations"
 _log = logging.getLogger("keelson.auth")
+_WARN_EVERY = 60.0  # seconds between "Redis is unavailable" warnings
 
 Announce = Callable[[str, dict[str, Any]], Awaitable[None]]
 
@@ -22,8 +27,11 @@ class RevocationList:
 
     With Redis every replica reads the same keys (`SET ... EX` until the token's own
     expiry), so a revocation holds everywhere as soon as `revoke` returns. Revocations
-    announced on the bus are also remembered locally, which answers without a round trip
-    and keeps working while Redis is away. Without Redis the list is in-process only.
+    announced on the bus are also remembered locally, which answers without a round trip.
+    While Redis is away `is_revoked` answers from that local set alone (and says so in
+    the log) rather than failing every request, and `revoke` raises `ServiceUnavailable`
+    (503): a revocation that only this process knows must not be reported as done.
+    Without Redis the list is in-process only.
     """
 
     def __init__(
@@ -38,6 +46,7 @@ class RevocationList:
         self.announce = announce
         self._local: dict[str, float] = {}
         self._prune_at = 1024
+        self._warned_at = -math.inf
 
     async def revoke(self, jti: str, exp: float) -> None:
         """Refuse `jti` until `exp` (epoch seconds); past that the token is dead anyway."""
@@ -46,7 +55,11 @@ class RevocationList:
             return
         self.remember(jti, exp)
         if self.redis is not None:
-            await self.redis.set(self.prefix + jti, b"1", ex=ttl)
+            try:
+                await self.redis.set(self.prefix + jti, b"1", ex=ttl)
+            except RedisError:
+                _log.error("cannot store the revocation of %s: Redis is unavailable", jti)
+                raise ServiceUnavailable("revocation store unavailable", retry_after=5) from None
         if self.announce is not None:
             try:
                 await self.announce(REVOCATIONS_CHANNEL, {"jti": jti, "exp": exp})
@@ -63,7 +76,14 @@ class RevocationList:
             del self._local[jti]
         if self.redis is None:
             return False
-        return bool(await self.redis.exists(self.prefix + jti))
+        try:
+            return bool(await self.redis.exists(self.prefix + jti))
+        except RedisError:
+            now = time.monotonic()
+            if now - self._warned_at > _WARN_EVERY:
+                self._warned_at = now
+                _log.warning("Redis is unavailable: revocations known to this process only")
+            return False
 
     def remember(self, jti: str, exp: float) -> None:
         """Record a revocation locally (own or announced by another replica)."""
