@@ -42,6 +42,7 @@ from keelson.bus import BUS, Bus
 from keelson.db import DB_ENGINE
 from keelson.events import Envelope, Event
 from keelson.plugins import Health, Plugin, PluginMetadata, Priority
+from keelson.tasks import finish_or_cancel
 
 __all__ = [
     "OutboxRelay",
@@ -233,11 +234,7 @@ class OutboxRelay:
         _WAKERS.discard(self._wake)
         if self._task is None:
             return
-        try:
-            await asyncio.wait_for(asyncio.shield(self._task), timeout)
-        except TimeoutError:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await finish_or_cancel(self._task, timeout)
         self._task = None
 
     async def relay_once(self) -> int:

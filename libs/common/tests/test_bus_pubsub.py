@@ -11,13 +11,6 @@ from keelson.testing import eventually
 
 
 @pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
 async def two_buses(redis: Redis) -> AsyncIterator[tuple[RedisBus, RedisBus]]:
     settings = BusSettings(block_ms=50)
     buses = (

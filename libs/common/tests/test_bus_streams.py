@@ -25,13 +25,6 @@ def envelope(topic: str, **data: object) -> Envelope:
 
 
 @pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
 def ns() -> str:
     """A namespace of topics and groups that no other test uses."""
     return f"t{uuid.uuid4().hex[:10]}"

@@ -59,13 +59,6 @@ def sessions(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
 
 
 @pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
 async def bus(redis: Redis) -> AsyncIterator[RedisBus]:
     bus = RedisBus(redis, producer="payments", settings=FAST)
     yield bus

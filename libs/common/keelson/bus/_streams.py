@@ -36,6 +36,7 @@ from keelson.bus._dedupe import RedisProcessedIds
 from keelson.config import BusSettings
 from keelson.events import Envelope
 from keelson.metrics import BUS_DEAD_LETTERS, BUS_LAG
+from keelson.tasks import finish_or_cancel
 
 __all__ = [
     "TOPICS_KEY",
@@ -168,11 +169,7 @@ class GroupConsumer:
         if self._task is None:
             return
         timeout = self.settings.block_ms / 1000 + _STOP_GRACE_SECONDS
-        try:
-            await asyncio.wait_for(asyncio.shield(self._task), timeout)
-        except TimeoutError:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await finish_or_cancel(self._task, timeout)
         self._task = None
 
     async def _run(self) -> None:
