@@ -115,3 +115,26 @@ def test_two_gateway_processes_share_one_budget(
     assert statuses.count(200) == 10
     assert statuses.count(429) == 6
     assert statuses[:10] == [200] * 10
+
+
+async def test_remaining_counts_down_between_reads_and_shows_other_replicas(
+    upstream: ServerThread, redis_url: str
+) -> None:
+    config = limits(rules=[{"path": "/api/v1/logs/echo", "limit": "100/minute"}])
+    first = gateway_settings(
+        redis_url=redis_url,
+        routing=upstreams_config(logs=upstream.url),
+        rate_limiting={**config, "stats_refresh_seconds": 3600},
+    )
+    second = gateway_settings(
+        redis_url=redis_url,
+        routing=upstreams_config(logs=upstream.url),
+        rate_limiting={**config, "stats_refresh_seconds": 0},
+    )
+    async with running_gateway(first) as (_, a), running_gateway(second) as (_, b):
+        seen = [
+            int((await a.get("/api/v1/logs/echo")).headers["ratelimit-remaining"]) for _ in range(5)
+        ]
+        assert seen == [99, 98, 97, 96, 95]
+        # the other replica reads the shared count: both budgets are one
+        assert (await b.get("/api/v1/logs/echo")).headers["ratelimit-remaining"] == "94"

@@ -107,7 +107,6 @@ class _AccessLog:
             extra={
                 "method": scope["method"],
                 "route": route,
-                "path": scope["path"],
                 "status": status,
                 "duration_ms": round(seconds * 1000, 3),
                 "client_ip": client_ip(scope, self.hops),

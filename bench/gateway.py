@@ -1,0 +1,405 @@
+"""Requests/s and latency through the gateway, beside nginx and a naive proxy, in one run.
+
+    .venv/bin/python bench/gateway.py --redis-url redis://127.0.0.1:6379/5
+
+Everything listens on 127.0.0.1 and is driven by wrk (`-t1 -c32`, keep-alive):
+
+- upstream: nginx answering `{"ok":true}` for any path (and the JWKS), so that the
+  upstream is never the bottleneck and the figures measure the proxies;
+- direct: wrk against that upstream;
+- nginx proxy: nginx as a plain reverse proxy to it (keep-alive upstream pool);
+- naive proxy: FastAPI with a catch-all route forwarding through one shared httpx
+  client, under uvicorn (uvloop, httptools): what a first attempt looks like;
+- gateway: `python -m gateway` with its whole chain on: the authenticated GET carries a
+  bearer ES256 JWT that is verified (revocation checked in Redis), counted by the rate
+  limiter (Redis, sliding window), passed by validation, proxied by routing, and written
+  to the access log (console, to /dev/null here); with 1 and with 2 workers.
+
+Each proxy process is pinned with `taskset` to CPU 0 (2 workers: CPUs 0-1); nginx, the
+upstream and wrk float. The machine is shared, so figures are noisy; the ratios between
+rows of one run are what to read. Results are printed and written to the "Gateway"
+section of docs/benchmarks.md (`--no-docs` to skip that).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import yaml
+from jose import jwt
+
+from keelson.embedded import free_port, wait_for_port
+from keelson.keys import SigningKey
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+PATH = "/api/v1/logs/bench"
+
+NAIVE_PROXY = textwrap.dedent(
+    """
+    import httpx, os
+    from fastapi import FastAPI, Request, Response
+
+    UPSTREAM = os.environ["BENCH_UPSTREAM"]
+    app = FastAPI()
+    client = httpx.AsyncClient(base_url=UPSTREAM, limits=httpx.Limits(max_connections=64))
+
+    @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+    async def proxy(path: str, request: Request) -> Response:
+        upstream = await client.request(
+            request.method, "/" + path, params=request.query_params,
+            headers={k: v for k, v in request.headers.items() if k != "host"},
+            content=await request.body(),
+        )
+        return Response(upstream.content, upstream.status_code, headers={
+            "content-type": upstream.headers.get("content-type", "application/json")})
+    """
+)
+
+
+@dataclass
+class Result:
+    name: str
+    requests_per_second: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+def nginx_config(tmp: Path, upstream_port: int, proxy_port: int) -> Path:
+    conf = tmp / "nginx.conf"
+    conf.write_text(
+        textwrap.dedent(
+            f"""
+            worker_processes 1;
+            daemon off;
+            pid {tmp}/nginx.pid;
+            error_log {tmp}/nginx-error.log warn;
+            events {{ worker_connections 4096; }}
+            http {{
+              access_log off;
+              client_body_temp_path {tmp}/body;
+              proxy_temp_path {tmp}/proxy;
+              upstream backend {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}
+              server {{
+                listen 127.0.0.1:{upstream_port} backlog=4096;
+                location = /.well-known/jwks.json {{
+                  default_type application/json; alias {tmp}/jwks.json;
+                }}
+                location = /health/ready {{
+                  default_type application/json; return 200 '{{"status":"ready"}}';
+                }}
+                location / {{ default_type application/json; return 200 '{{"ok":true}}'; }}
+              }}
+              server {{
+                listen 127.0.0.1:{proxy_port} backlog=4096;
+                location / {{
+                  proxy_pass http://backend;
+                  proxy_http_version 1.1;
+                  proxy_set_header Connection "";
+                }}
+              }}
+            }}
+            """
+        )
+    )
+    return conf
+
+
+def token(key: SigningKey) -> str:
+    now = int(time.time())
+    claims = {
+        "sub": "bench-user",
+        "roles": ["user"],
+        "scope": "",
+        "jti": uuid.uuid4().hex,
+        "iat": now,
+        "nbf": now,
+        "exp": now + 3600,
+        "iss": "keelson-auth",
+        "aud": "keelson",
+    }
+    return str(jwt.encode(claims, key.private_pem, algorithm="ES256", headers={"kid": key.kid}))
+
+
+def gateway_config(directory: Path, upstream: str, redis_url: str | None) -> Path:
+    directory.mkdir(parents=True)
+    dead = f"http://127.0.0.1:{free_port()}"
+    config = {
+        "env": "prod",
+        "master_key": uuid.uuid4().hex + uuid.uuid4().hex,
+        "log": {"ship_endpoint": None, "level": "INFO"},
+        "redis_url": redis_url,
+        "bus": {
+            "zmq_xsub_endpoint": f"tcp://127.0.0.1:{free_port()}",
+            "zmq_xpub_endpoint": f"tcp://127.0.0.1:{free_port()}",
+        },
+        "plugins": {
+            "auth": {"jwks_url": upstream + "/.well-known/jwks.json"},
+            "routing": {
+                "upstreams": {
+                    "auth": {"url": upstream},
+                    "logs": {"url": upstream},
+                    "notifications": {"url": dead},
+                    "payments": {"url": dead},
+                }
+            },
+            "rate_limiting": {"default": "100000000/minute", "key_prefix": "bench-gateway"},
+            "message_bus": {"mode": "never"},
+        },
+    }
+    (directory / "keelson.yaml").write_text(yaml.safe_dump(config))
+    return directory
+
+
+def spawn(
+    argv: list[str], *, cpus: str | None, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
+    if cpus is not None and shutil.which("taskset"):
+        argv = ["taskset", "-c", cpus, *argv]
+    return subprocess.Popen(
+        argv,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def wait_ready(url: str, headers: dict[str, str], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            response = httpx.get(url, headers=headers, timeout=2)
+            if response.status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} did not answer 200 in {timeout}s")
+        time.sleep(0.1)
+
+
+def run_wrk(name: str, url: str, headers: dict[str, str], args: argparse.Namespace) -> Result:
+    header_args = [a for k, v in headers.items() for a in ("-H", f"{k}: {v}")]
+    base = ["wrk", "-t1", f"-c{args.connections}", "--latency", *header_args, url]
+    subprocess.run([*base[:2], "-d2s", *base[2:]], check=True, capture_output=True)  # warm-up
+    output = subprocess.run(
+        [*base[:2], f"-d{args.duration}s", *base[2:]], check=True, capture_output=True, text=True
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    p50 = _latency(output, "50%")
+    p99 = _latency(output, "99%")
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    socket_errors = re.search(r"Socket errors: (.*)", output)
+    result = Result(name, rps, p50, p99, int(errors.group(1)) if errors else 0)
+    print(f"{name:<32} {rps:>10,.0f} req/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms", flush=True)
+    if errors or socket_errors:
+        print(f"   non-2xx: {result.errors}; {socket_errors.group(0) if socket_errors else ''}")
+    return result
+
+
+def _latency(output: str, label: str) -> float:
+    match = re.search(rf"^\s+{re.escape(label)}\s+([\d.]+)(us|ms|s)\s*$", output, re.M)
+    if match is None:
+        return float("nan")
+    value, unit = float(match.group(1)), match.group(2)
+    return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+
+
+def measure(args: argparse.Namespace) -> list[Result]:
+    tmp = Path(tempfile.mkdtemp(prefix="keelson-bench-gw-"))
+    os.chmod(tmp, 0o755)
+    key = SigningKey.generate()
+    (tmp / "jwks.json").write_text(json.dumps({"keys": [key.public_jwk()]}))
+    os.chmod(tmp / "jwks.json", 0o644)
+    upstream_port, nginx_proxy_port = free_port(), free_port()
+    upstream = f"http://127.0.0.1:{upstream_port}"
+    auth = {"Authorization": f"Bearer {token(key)}"}
+    processes: list[subprocess.Popen[bytes]] = []
+    results: list[Result] = []
+    try:
+        nginx = spawn(
+            ["nginx", "-c", str(nginx_config(tmp, upstream_port, nginx_proxy_port))], cpus=None
+        )
+        processes.append(nginx)
+        wait_for_port(upstream_port, timeout=10)
+        wait_for_port(nginx_proxy_port, timeout=10)
+        results.append(run_wrk("upstream direct", upstream + PATH, auth, args))
+        results.append(
+            run_wrk("nginx proxy", f"http://127.0.0.1:{nginx_proxy_port}{PATH}", auth, args)
+        )
+
+        (tmp / "naive_proxy.py").write_text(NAIVE_PROXY)
+        naive_port = free_port()
+        naive = spawn(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "naive_proxy:app",
+                "--port",
+                str(naive_port),
+                "--loop",
+                "uvloop",
+                "--http",
+                "httptools",
+                "--no-access-log",
+                "--log-level",
+                "warning",
+            ],
+            cpus="0",
+            env={"BENCH_UPSTREAM": upstream},
+            cwd=tmp,
+        )
+        processes.append(naive)
+        naive_url = f"http://127.0.0.1:{naive_port}{PATH}"
+        wait_ready(naive_url, auth)
+        results.append(run_wrk("naive FastAPI+httpx proxy", naive_url, auth, args))
+        stop(naive)
+
+        redis_dir = gateway_config(tmp / "redis", upstream, args.redis_url)
+        memory_dir = gateway_config(tmp / "memory", upstream, None)
+        variants = [
+            ("gateway, full chain, 1 worker", 1, "0", redis_dir, args.connections),
+            ("gateway, full chain, 2 workers", 2, "0-1", redis_dir, args.connections),
+            ("gateway, 1 worker, light load (-c4)", 1, "0", redis_dir, 4),
+            (
+                "gateway, 1 worker, no Redis (in-process limits)",
+                1,
+                "0",
+                memory_dir,
+                args.connections,
+            ),
+        ]
+        for label, workers, cpus, config_dir, connections in variants:
+            port = free_port()
+            gateway = spawn(
+                [sys.executable, "-m", "gateway", "--workers", str(workers)],
+                cpus=cpus,
+                env={
+                    "KEELSON_CONFIG_DIR": str(config_dir),
+                    "KEELSON_ENV": "prod",
+                    "KEELSON_PORT": str(port),
+                },
+                cwd=config_dir,
+            )
+            processes.append(gateway)
+            url = f"http://127.0.0.1:{port}{PATH}"
+            wait_ready(url, auth)
+            unauthenticated = httpx.get(url, timeout=5).status_code
+            assert unauthenticated == 401, f"the chain is not on: {unauthenticated}"
+            light = argparse.Namespace(**{**vars(args), "connections": connections})
+            results.append(run_wrk(label, url, auth, light))
+            stop(gateway)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                stop(process)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return results
+
+
+def table(results: list[Result]) -> str:
+    nginx = next(r for r in results if r.name == "nginx proxy")
+    naive = next(r for r in results if r.name.startswith("naive"))
+    direct = next(r for r in results if r.name == "upstream direct")
+    lines = [
+        "| target | req/s | p50 ms | p99 ms | vs nginx proxy | vs naive proxy |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r.name} | {r.requests_per_second:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | "
+            f"{r.requests_per_second / nginx.requests_per_second:.3f}x | "
+            f"{r.requests_per_second / naive.requests_per_second:.1f}x |"
+        )
+    one = next(r for r in results if r.name.endswith("1 worker"))
+    light = next(r for r in results if "light load" in r.name)
+    lines += [
+        "",
+        f"Added latency of the gateway (1 worker) over the upstream called directly: "
+        f"p99 +{one.p99_ms - direct.p99_ms:.2f} ms at {one.requests_per_second:,.0f} req/s "
+        f"(-c32, saturated); p50 +{light.p50_ms - direct.p50_ms:.2f} ms, p99 "
+        f"+{light.p99_ms - direct.p99_ms:.2f} ms at {light.requests_per_second:,.0f} req/s (-c4).",
+    ]
+    return "\n".join(lines)
+
+
+def write_docs(body: str, command: str, args: argparse.Namespace) -> None:
+    section = "\n".join(
+        [
+            "## Gateway",
+            "",
+            "An authenticated GET through the gateway's whole plugin chain (JWT verified with "
+            "the revocation check in Redis, rate limit counted in Redis, request validated, "
+            "proxied, access-logged) beside the same upstream called directly, nginx as a "
+            "plain reverse proxy and a naive FastAPI + httpx proxy, in one run (see the "
+            "docstring of `bench/gateway.py`).",
+            "",
+            f"Command: `{command}`",
+            "",
+            f"wrk -t1 -c{args.connections}, {args.duration}s per row after a 2 s warm-up; "
+            f"proxies pinned to CPU 0 (2 workers: CPUs 0-1); "
+            f"{platform.python_implementation()} {platform.python_version()}, "
+            f"{os.cpu_count()} CPUs shared with other work (other sessions were running "
+            f"their own tests and benchmarks), so figures are noisy. "
+            f"Recorded {time.strftime('%Y-%m-%d %H:%M')}.",
+            "",
+            body,
+            "",
+        ]
+    )
+    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n\n"
+    start = text.find("## Gateway\n")
+    if start == -1:
+        text = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = text.find("\n## ", start + 1)
+        text = text[:start] + section + (text[end + 1 :] if end != -1 else "")
+    DOCS.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--redis-url", default=os.environ.get("KEELSON_REDIS_URL"))
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--no-docs", action="store_true")
+    args = parser.parse_args()
+    for tool in ("wrk", "nginx"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is not installed (apt-get install wrk nginx)")
+    results = measure(args)
+    body = table(results)
+    print(body)
+    if not args.no_docs:
+        command = ".venv/bin/python bench/gateway.py " + shlex.join(sys.argv[1:])
+        write_docs(body, command.strip(), args)
+
+
+if __name__ == "__main__":
+    main()
