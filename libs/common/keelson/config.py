@@ -33,6 +33,7 @@ __all__ = [
     "LogFormat",
     "LogSettings",
     "PluginSettings",
+    "describe_errors",
     "load_settings",
 ]
 
@@ -220,14 +221,17 @@ def load_settings(cls: type[_S] = KeelsonSettings, **overrides: Any) -> _S:  # t
             **overrides,
         )
     except ValidationError as exc:
-        raise ConfigError(_describe(exc)) from None
+        raise ConfigError(describe_errors(exc)) from None
 
 
-def _describe(exc: ValidationError) -> str:
-    """One line per error, naming the environment variable that sets the value."""
+def describe_errors(exc: ValidationError, *, within: str = "") -> str:
+    """One line per error, naming the environment variable that sets the value.
+
+    `within` is the path of the section that was validated (`plugins__outbox_relay`).
+    """
     lines = ["invalid configuration:"]
     for error in exc.errors():
-        path = "__".join(str(part) for part in error["loc"])
+        path = "__".join(str(part) for part in (*filter(None, [within]), *error["loc"]))
         if not path:
             setting = "settings"
         elif path.isupper():  # already an environment variable name (an alias)

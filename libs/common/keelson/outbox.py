@@ -18,6 +18,7 @@ import time
 from datetime import timedelta
 from typing import Any, NamedTuple
 
+from pydantic import BaseModel, Field
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -46,6 +47,7 @@ from keelson.tasks import finish_or_cancel
 
 __all__ = [
     "OutboxRelay",
+    "OutboxRelayOptions",
     "OutboxRelayPlugin",
     "OutboxTables",
     "add_to_outbox",
@@ -298,12 +300,16 @@ class OutboxRelay:
                     await self._wake.wait()
 
 
-class OutboxRelayPlugin(Plugin):
-    """Runs an `OutboxRelay` for the service; register it when the service uses the outbox.
+class OutboxRelayOptions(BaseModel):
+    """`plugins.outbox_relay` settings."""
 
-    Settings (`plugins.outbox_relay`): `batch_size`, `poll_interval_seconds`,
-    `retention_days`.
-    """
+    batch_size: int = Field(100, ge=1, le=10_000)
+    poll_interval_seconds: float = Field(1.0, gt=0)
+    retention_days: float = Field(7.0, gt=0)
+
+
+class OutboxRelayPlugin(Plugin):
+    """Runs an `OutboxRelay` for the service; register it when the service uses the outbox."""
 
     metadata = PluginMetadata(
         name="outbox_relay",
@@ -312,15 +318,18 @@ class OutboxRelayPlugin(Plugin):
         description="Relays the transactional outbox to the bus",
     )
 
+    async def initialize(self) -> None:
+        self.relay_options = self.options(OutboxRelayOptions)
+
     async def start(self) -> None:
-        options = self.settings.model_extra or {}
+        options = self.relay_options
         self.relay = OutboxRelay(
             self.container.resolve(DB_ENGINE),
             self.container.resolve(BUS),
             producer=self.container.settings.service,
-            batch_size=int(options.get("batch_size", 100)),
-            poll_interval=float(options.get("poll_interval_seconds", 1.0)),
-            retention=timedelta(days=float(options.get("retention_days", 7))),
+            batch_size=options.batch_size,
+            poll_interval=options.poll_interval_seconds,
+            retention=timedelta(days=options.retention_days),
         )
         self.relay.start()
 

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 from typing import Any, ClassVar, Generic, TypeVar, cast
 
-from keelson.config import KeelsonSettings, PluginSettings
+from pydantic import BaseModel, ValidationError
+
+from keelson.config import ConfigError, KeelsonSettings, PluginSettings, describe_errors
 
 __all__ = [
     "DependencyCycleError",
@@ -29,6 +31,7 @@ _log = logging.getLogger("keelson.plugins")
 
 T = TypeVar("T")
 P = TypeVar("P", bound="Plugin")
+M = TypeVar("M", bound=BaseModel)
 
 
 class Priority(IntEnum):
@@ -90,6 +93,18 @@ class Plugin:
     def __init__(self, container: PluginContainer) -> None:
         self.container = container
         self.settings: PluginSettings = container.settings.plugin(self.metadata.name)
+
+    def options(self, model: type[M]) -> M:
+        """This plugin's section of the settings (`plugins.<name>`) validated as `model`.
+
+        A bad value raises `ConfigError` naming its variable, so the plugin fails at start.
+        """
+        try:
+            return model.model_validate(self.settings.model_dump(exclude={"enabled"}))
+        except ValidationError as exc:
+            raise ConfigError(
+                describe_errors(exc, within=f"plugins__{self.metadata.name}")
+            ) from None
 
     async def initialize(self) -> None:
         """Build what `start` needs; may `provide` values to the container."""

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from keelson.bus import BUS, RedisBus
-from keelson.config import BusSettings
+from keelson.config import BusSettings, PluginSettings
 from keelson.db import DB_SESSIONS
 from keelson.events import Envelope, PaymentSucceeded
 from keelson.outbox import (
@@ -26,6 +26,7 @@ from keelson.outbox import (
     drop_outbox_tables,
     mark_processed,
 )
+from keelson.plugins import PluginError
 from keelson.service import build_container
 from keelson.testing import eventually, make_settings
 
@@ -277,3 +278,17 @@ async def test_the_plugin_relays_the_services_outbox(engine: AsyncEngine, redis_
         assert report["outbox_relay"]["healthy"] is True
     finally:
         await container.stop()
+
+
+async def test_a_bad_relay_setting_fails_the_start_naming_it(
+    engine: AsyncEngine, redis_url: str
+) -> None:
+    settings = make_settings(
+        service=SCHEMA,
+        database_url=str(engine.url.render_as_string(False)),
+        redis_url=redis_url,
+        plugins={"outbox_relay": PluginSettings(batch_size=0)},
+    )
+    container = build_container(settings, [OutboxRelayPlugin])
+    with pytest.raises(PluginError, match="KEELSON_PLUGINS__OUTBOX_RELAY__BATCH_SIZE"):
+        await container.start()

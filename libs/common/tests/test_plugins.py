@@ -6,6 +6,7 @@ import sys
 import textwrap
 
 import pytest
+from pydantic import BaseModel, Field
 
 from keelson.config import KeelsonSettings, PluginSettings
 from keelson.plugins import (
@@ -262,3 +263,25 @@ async def test_health_check_that_hangs_is_reported_not_awaited_forever() -> None
     report = await c.health()
     assert report["hangs"]["healthy"] is False
     await c.stop()
+
+
+class _Limits(BaseModel):
+    per_minute: int = Field(60, gt=0)
+    burst: int = 10
+
+
+async def test_options_are_typed_and_a_bad_value_fails_the_start_naming_it() -> None:
+    class Limits(Plugin):
+        metadata = PluginMetadata(name="rate_limits")
+
+        async def initialize(self) -> None:
+            self.limits = self.options(_Limits)
+
+    good = container(Limits, rate_limits=PluginSettings(per_minute=5))
+    await good.start()
+    assert good.get(Limits).limits == _Limits(per_minute=5, burst=10)
+    await good.stop()
+
+    bad = container(Limits, rate_limits=PluginSettings(per_minute=0))
+    with pytest.raises(PluginError, match="KEELSON_PLUGINS__RATE_LIMITS__PER_MINUTE"):
+        await bad.start()
