@@ -127,7 +127,9 @@ async def update_account(
             raise Unprocessable("current_password is needed to change the password")
         await throttle.check(email=user.email, ip=client_ip)
         if not await passwords.verify(user.password_hash, changes.current_password):
-            await record_failure(db, throttle, email=user.email, client_ip=client_ip, user=user)
+            await record_failure(
+                db, throttle=throttle, email=user.email, client_ip=client_ip, user=user
+            )
             raise Forbidden("the current password is not correct")
         check_password_policy(
             changes.password, email=user.email, min_length=settings.min_password_length

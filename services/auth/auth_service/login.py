@@ -82,7 +82,7 @@ async def log_in(
     else:
         verified = await passwords.verify(user.password_hash, password)
     if not verified or user is None or not user.is_active:
-        await record_failure(db, throttle, email=email, client_ip=ctx.client_ip, user=user)
+        await record_failure(db, throttle=throttle, email=email, client_ip=ctx.client_ip, user=user)
         raise Unauthorized(_BAD_CREDENTIALS)
     await throttle.record_success(email=email)
     if passwords.needs_rehash(user.password_hash):
@@ -197,7 +197,7 @@ async def _handle_reuse(
 
 
 async def record_failure(
-    db: AsyncSession, throttle: LoginThrottle, *, email: str, client_ip: str, user: User | None
+    db: AsyncSession, *, throttle: LoginThrottle, email: str, client_ip: str, user: User | None
 ) -> None:
     """Count and audit a wrong password; raises 429 when this attempt locks the account."""
     target = str(user.id) if user is not None else None
