@@ -1,6 +1,8 @@
 import pytest
 from jose import jwt
+from pydantic import SecretStr
 
+from keelson.config import KeelsonSettings
 from keelson.keys import DecryptionError, KeyManager, SigningKey
 
 
@@ -43,3 +45,13 @@ def test_signing_key_jwk_verifies_its_tokens() -> None:
     assert jwt.decode(token, jwk, algorithms=["ES256"])["sub"] == "u1"
     assert SigningKey.from_pem(key.private_pem).kid == key.kid
     assert SigningKey.generate().kid != key.kid
+
+
+def test_key_manager_from_settings_keeps_previous_masters_for_decryption() -> None:
+    old, new = "old-master-key-" + "x" * 30, "new-master-key-" + "y" * 30
+    token = KeyManager(old).field_cipher("pii").encrypt("secret")
+    settings = KeelsonSettings(master_key=SecretStr(new), previous_master_keys=[SecretStr(old)])
+    cipher = KeyManager.from_settings(settings).field_cipher("pii")
+    assert cipher.decrypt(token) == "secret"
+    assert cipher.needs_rotation(token)
+    assert cipher.needs_rotation("not base64 at all!")  # rewritten, where decrypt will fail
