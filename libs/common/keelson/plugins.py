@@ -257,28 +257,33 @@ class PluginContainer:
         self._stop_event.set()
 
     async def health(self) -> dict[str, dict[str, Any]]:
-        """Every plugin's state and, for running ones, its health check."""
+        """Every plugin's state and, for running ones, its health check (run concurrently)."""
         report: dict[str, dict[str, Any]] = {}
         for name, slot in self._slots.items():
             meta = slot.plugin.metadata
-            entry: dict[str, Any] = {
+            report[name] = {
                 "state": slot.state.value,
                 "priority": meta.priority.name,
                 "required": meta.required,
                 "version": meta.version,
             }
             if slot.error:
-                entry["error"] = slot.error
-            if slot.state is PluginState.RUNNING:
-                try:
-                    result = await asyncio.wait_for(slot.plugin.health(), self.health_timeout)
-                except Exception as exc:
-                    result = Health(ok=False, detail=_short(exc))
-                entry.update(healthy=result.ok, critical=result.critical)
-                if result.detail:
-                    entry["detail"] = result.detail
-            report[name] = entry
+                report[name]["error"] = slot.error
+        running = [n for n, slot in self._slots.items() if slot.state is PluginState.RUNNING]
+        results = await asyncio.gather(*(self._check(self._slots[n].plugin) for n in running))
+        for name, result in zip(running, results, strict=True):
+            report[name].update(healthy=result.ok, critical=result.critical)
+            if result.detail:
+                report[name]["detail"] = result.detail
         return report
+
+    async def _check(self, plugin: Plugin) -> Health:
+        try:
+            return await asyncio.wait_for(plugin.health(), self.health_timeout)
+        except TimeoutError:
+            return Health(ok=False, detail=f"no answer within {self.health_timeout}s")
+        except Exception as exc:
+            return Health(ok=False, detail=_short(exc))
 
     async def run_until_signal(self) -> None:
         """Start, wait for SIGTERM or SIGINT, then stop gracefully (for non-HTTP processes)."""

@@ -250,18 +250,28 @@ def test_a_signal_stops_gracefully(signum: signal.Signals) -> None:
     assert proc.returncode == 0
 
 
-async def test_health_check_that_hangs_is_reported_not_awaited_forever() -> None:
-    class Hangs(Plugin):
-        metadata = PluginMetadata(name="hangs")
+async def test_health_checks_that_hang_are_reported_and_run_concurrently() -> None:
+    both_waiting = asyncio.Barrier(2)
+    passed: list[str] = []
 
-        async def health(self) -> Health:
-            await asyncio.Event().wait()
-            return Health(ok=True)
+    def hanging(name: str) -> type[Plugin]:
+        class Hangs(Plugin):
+            metadata = PluginMetadata(name=name)
 
-    c = container(Hangs)
+            async def health(self) -> Health:
+                await both_waiting.wait()  # passes only if the other check runs meanwhile
+                passed.append(name)
+                await asyncio.Event().wait()
+                return Health(ok=True)
+
+        return Hangs
+
+    c = container(hanging("first"), hanging("second"))
     await c.start()
     report = await c.health()
-    assert report["hangs"]["healthy"] is False
+    assert report["first"]["healthy"] is False and report["second"]["healthy"] is False
+    assert report["first"]["detail"] == "no answer within 0.2s"
+    assert sorted(passed) == ["first", "second"]
     await c.stop()
 
 
