@@ -10,6 +10,8 @@ Everything listens on 127.0.0.1 and is driven by wrk (`-t1 -c32`, keep-alive):
 - nginx proxy: nginx as a plain reverse proxy to it (keep-alive upstream pool);
 - naive proxy: FastAPI with a catch-all route forwarding through one shared httpx
   client, under uvicorn (uvloop, httptools): what a first attempt looks like;
+- bare proxy: a pure-ASGI app forwarding GETs over one aiohttp session and nothing else
+  (no headers kept, no checks): the floor the gateway's proxy is built on;
 - gateway: `python -m gateway` with its whole chain on: the authenticated GET carries a
   bearer ES256 JWT that is verified (revocation checked in Redis), counted by the rate
   limiter (Redis, sliding window), passed by validation, proxied by routing, and written
@@ -67,6 +69,32 @@ NAIVE_PROXY = textwrap.dedent(
         )
         return Response(upstream.content, upstream.status_code, headers={
             "content-type": upstream.headers.get("content-type", "application/json")})
+    """
+)
+
+BARE_PROXY = textwrap.dedent(
+    """
+    import aiohttp, os
+
+    UPSTREAM = os.environ["BENCH_UPSTREAM"]
+    session = None
+
+    async def app(scope, receive, send):
+        global session
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        if session is None:
+            session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=256), auto_decompress=False
+            )
+        async with session.get(UPSTREAM + scope["path"]) as upstream:
+            body = await upstream.read()
+        headers = [(b"content-type", upstream.headers["content-type"].encode())]
+        await send({"type": "http.response.start", "status": upstream.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
     """
 )
 
@@ -254,32 +282,26 @@ def measure(args: argparse.Namespace) -> list[Result]:
         )
 
         (tmp / "naive_proxy.py").write_text(NAIVE_PROXY)
-        naive_port = free_port()
-        naive = spawn(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "naive_proxy:app",
-                "--port",
-                str(naive_port),
-                "--loop",
-                "uvloop",
-                "--http",
-                "httptools",
-                "--no-access-log",
-                "--log-level",
-                "warning",
-            ],
-            cpus="0",
-            env={"BENCH_UPSTREAM": upstream},
-            cwd=tmp,
-        )
-        processes.append(naive)
-        naive_url = f"http://127.0.0.1:{naive_port}{PATH}"
-        wait_ready(naive_url, auth)
-        results.append(run_wrk("naive FastAPI+httpx proxy", naive_url, auth, args))
-        stop(naive)
+        (tmp / "bare_proxy.py").write_text(BARE_PROXY)
+        for label, module in (
+            ("naive FastAPI+httpx proxy", "naive_proxy"),
+            ("bare pure-ASGI aiohttp proxy", "bare_proxy"),
+        ):
+            port = free_port()
+            uvicorn = ["-m", "uvicorn", f"{module}:app", "--port", str(port)]
+            fast = ["--loop", "uvloop", "--http", "httptools"]
+            quiet = ["--no-access-log", "--log-level", "warning"]
+            proxy = spawn(
+                [sys.executable, *uvicorn, *fast, *quiet],
+                cpus="0",
+                env={"BENCH_UPSTREAM": upstream},
+                cwd=tmp,
+            )
+            processes.append(proxy)
+            url = f"http://127.0.0.1:{port}{PATH}"
+            wait_ready(url, auth)
+            results.append(run_wrk(label, url, auth, args))
+            stop(proxy)
 
         redis_dir = gateway_config(tmp / "redis", upstream, args.redis_url)
         memory_dir = gateway_config(tmp / "memory", upstream, None)
@@ -327,15 +349,17 @@ def table(results: list[Result]) -> str:
     nginx = next(r for r in results if r.name == "nginx proxy")
     naive = next(r for r in results if r.name.startswith("naive"))
     direct = next(r for r in results if r.name == "upstream direct")
+    bare = next(r for r in results if r.name.startswith("bare"))
     lines = [
-        "| target | req/s | p50 ms | p99 ms | vs nginx proxy | vs naive proxy |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| target | req/s | p50 ms | p99 ms | vs nginx proxy | vs naive proxy | vs bare proxy |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results:
         lines.append(
             f"| {r.name} | {r.requests_per_second:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | "
             f"{r.requests_per_second / nginx.requests_per_second:.3f}x | "
-            f"{r.requests_per_second / naive.requests_per_second:.1f}x |"
+            f"{r.requests_per_second / naive.requests_per_second:.1f}x | "
+            f"{r.requests_per_second / bare.requests_per_second:.2f}x |"
         )
     one = next(r for r in results if r.name.endswith("1 worker"))
     light = next(r for r in results if "light load" in r.name)

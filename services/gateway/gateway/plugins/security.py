@@ -98,6 +98,7 @@ class SecurityPlugin(GatewayPlugin):
             if self.shared_revocations is not None:
                 bus.on_broadcast(REVOCATIONS_CHANNEL, self.shared_revocations.on_announcement)
         self._cache: dict[str, Principal] = {}
+        self._signed: dict[Principal, tuple[int, list[tuple[str, str]]]] = {}
 
     def _adopt(self, config: SecurityConfig) -> None:
         self.config = config
@@ -140,6 +141,18 @@ class SecurityPlugin(GatewayPlugin):
             self._checked.clear()
         self._checked[jti] = now
         return await shared.is_revoked(jti)
+
+    def identity_headers(self, principal: Principal) -> list[tuple[str, str]]:
+        """The signed identity headers; signatures carry whole seconds, so one per second."""
+        now = int(time.time())
+        cached = self._signed.get(principal)
+        if cached is not None and cached[0] == now:
+            return cached[1]
+        headers = list(sign_identity(principal, self.identity_key, now=now).items())
+        if len(self._signed) >= 10_000:
+            self._signed.clear()
+        self._signed[principal] = (now, headers)
+        return headers
 
     def _remember(self, token: str, principal: Principal) -> None:
         size = self.config.token_cache_size
@@ -215,8 +228,7 @@ class _SecurityLayer:
             return
         st = state(scope)
         st[PRINCIPAL] = principal
-        signed = sign_identity(principal, self.plugin.identity_key)
-        st.setdefault(FORWARD_HEADERS, []).extend(signed.items())
+        st.setdefault(FORWARD_HEADERS, []).extend(self.plugin.identity_headers(principal))
         user_token = user_id_var.set(principal.user_id)
         try:
             await self.app(scope, receive, send_secured)
