@@ -318,8 +318,12 @@ def _lifespan(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await container.start()
-        for hook in on_startup:
-            await hook(app)
+        try:
+            for hook in on_startup:
+                await hook(app)
+        except BaseException:
+            await container.stop()  # what started must not outlive a failed start
+            raise
         _log.info("%s ready on port %s", settings.service, settings.port)
         try:
             yield

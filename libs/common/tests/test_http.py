@@ -242,3 +242,18 @@ async def test_uvicorn_shutdown_finishes_the_request_in_flight() -> None:
             response = await pending
         assert response.status_code == 200
         assert response.json() == {"status": "finished"}
+
+
+async def test_a_failing_startup_hook_stops_the_container_it_started() -> None:
+    settings = KeelsonSettings(service="demo", log=LogSettings(ship_endpoint=None))
+    container = PluginContainer(settings)
+    container.register(Switch)
+
+    async def broken_hook(app: FastAPI) -> None:
+        raise RuntimeError("cannot compose")
+
+    app = create_app(settings, container=container, on_startup=[broken_hook])
+    with pytest.raises(RuntimeError, match="cannot compose"):
+        async with app.router.lifespan_context(app):
+            pass
+    assert container.state("switch") is PluginState.STOPPED
