@@ -1,5 +1,6 @@
 """The ZeroMQ log shipper against a real ROUTER that acknowledges after its 'commit'."""
 
+import gc
 import json
 import logging
 import os
@@ -128,10 +129,17 @@ def test_records_arrive_with_their_context_and_are_acknowledged(port: int, make_
 def test_logging_with_nobody_listening_never_blocks_or_raises(port: int, make_shipper) -> None:
     logger, shipper = make_shipper(port, buffer_size=1000, spill_max_bytes=200_000)
     slowest = 0.0
-    for i in range(10_000):
-        started = time.perf_counter()
-        logger.info("nobody listens %d", i, extra={"payload": {"n": i}})
-        slowest = max(slowest, time.perf_counter() - started)
+    # Everything pytest imported would otherwise make a full garbage collection, not the
+    # call, the slowest thing measured here.
+    gc.collect()
+    gc.freeze()
+    try:
+        for i in range(10_000):
+            started = time.perf_counter()
+            logger.info("nobody listens %d", i, extra={"payload": {"n": i}})
+            slowest = max(slowest, time.perf_counter() - started)
+    finally:
+        gc.unfreeze()
     # A correctness bound (the call must not wait for the network), not a benchmark.
     print(f"slowest logger.info: {slowest * 1000:.2f} ms")
     assert slowest < 0.05

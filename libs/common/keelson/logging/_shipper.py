@@ -158,13 +158,12 @@ class LogShipper(logging.Handler):
             if self._pid != os.getpid():
                 self.after_fork_in_child()
             data = record_to_dict(record, self.service)
-            if self._closed:
-                # Nobody sends any more: straight to a released spill file, which the next
-                # shipper adopts and sends.
-                self._spill_records([data])
-                self._spill.close()
+            if self._sender.stopped:
+                self._spill_after_stop([data])
             elif len(self._buffer) < self.buffer_size:
                 self._buffer.append(data)
+                if self._sender.stopped:  # it stopped in between: nobody else takes these
+                    self._spill_after_stop([])
             else:
                 self._spill_records([data])
         except Exception:
@@ -204,6 +203,13 @@ class LogShipper(logging.Handler):
             dropped=dropped,
             resent_batches=self._sender.resent_batches,
         )
+
+    def _spill_after_stop(self, records: list[dict[str, Any]]) -> None:
+        """Nobody sends any more: to a released spill file, which the next shipper sends."""
+        while self._buffer:
+            records.append(self._buffer.popleft())
+        self._spill_records(records)
+        self._spill.close()
 
     def _spill_records(self, records: list[dict[str, Any]]) -> None:
         lines = [line for line in map(self._encode, records) if line is not None]
@@ -258,6 +264,7 @@ class _Sender:
         self.in_flight_from_spill = 0
         self.acknowledged = 0
         self.resent_batches = 0
+        self.stopped = False
         self._connected = False
         self._warned_at = 0.0
         self._warned_counts = (0, 0)
@@ -282,6 +289,7 @@ class _Sender:
         except Exception:
             _log.exception("log shipper stopped unexpectedly")
         finally:
+            self.stopped = True
             self._spill_leftovers()
             socket.disable_monitor()
             monitor.close(0)
@@ -312,6 +320,8 @@ class _Sender:
                     close_started = progress_at = now
                 if self._done_closing(now, close_started, progress_at):
                     return
+            if self.spill.pending:
+                self.spill.write_pending()
             if failed := self.spill.take_failed():
                 self.shipper._count_drop("spill_error", failed)
             self._warn_about_losses(now)

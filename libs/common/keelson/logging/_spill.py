@@ -1,8 +1,9 @@
 """The shipper's spill files: encoded records kept on disk until the log service has them.
 
-Lines are appended to a small in-memory chunk that is written out once it reaches
-`_CHUNK_BYTES` (and before any read), one system call per chunk rather than per record:
-a process killed outright loses at most that chunk, as it loses its in-memory buffer.
+`write` only appends to an in-memory chunk: the disk is written by `write_pending`, which
+the shipper's own thread calls, so a logging call never waits on a disk under load. Only
+when that thread falls `_OVERDUE_BYTES` behind does `write` write the chunk itself. A
+process killed outright loses that chunk, as it loses its in-memory buffer.
 
 A spill directory holds segments, files of JSON lines named
 `<service>.<pid>.<n>.<random>.jsonl`. The process that owns a segment holds an exclusive
@@ -25,7 +26,7 @@ from typing import BinaryIO
 
 __all__ = ["SpillSegment", "SpillStore"]
 
-_CHUNK_BYTES = 64 * 1024
+_OVERDUE_BYTES = 1024 * 1024
 
 
 @dataclass(eq=False)
@@ -56,7 +57,8 @@ class SpillStore:
         self.directory = directory
         self.max_bytes = max_bytes
         self.prefix = prefix
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # state; held briefly, never across disk I/O
+        self._io_lock = threading.Lock()  # the current segment's writes and its rotation
         self._current: SpillSegment | None = None
         self._readable: deque[SpillSegment] = deque()
         self._owned: set[SpillSegment] = set()
@@ -74,8 +76,12 @@ class SpillStore:
         current = self._current is not None and self._current.size > 0
         return bool(self._readable) or current or bool(self._chunk)
 
+    @property
+    def pending(self) -> bool:
+        return bool(self._chunk)
+
     def write(self, lines: list[bytes]) -> int:
-        """Append whole lines while they fit under `max_bytes`; returns how many were taken."""
+        """Take whole lines while they fit under `max_bytes`; returns how many were taken."""
         with self._lock:
             room = self.max_bytes - self._bytes
             taken = 0
@@ -88,9 +94,15 @@ class SpillStore:
                 room -= size
                 taken += 1
             self._bytes = self.max_bytes - room
-            if self._chunk_bytes >= _CHUNK_BYTES:
-                self._write_chunk()
-            return taken
+            overdue = self._chunk_bytes >= _OVERDUE_BYTES
+        if overdue:
+            self.write_pending()
+        return taken
+
+    def write_pending(self) -> None:
+        """Write the chunk out to the current segment."""
+        with self._io_lock:
+            self._write_chunk()
 
     def take_failed(self) -> int:
         """How many lines the disk refused since the last call (they are gone)."""
@@ -99,13 +111,12 @@ class SpillStore:
             return failed
 
     def _write_chunk(self) -> None:
-        """Called with the lock held."""
-        if not self._chunk:
-            return
-        data = b"\n".join(self._chunk) + b"\n"
-        lines = len(self._chunk)
-        self._chunk.clear()
-        self._chunk_bytes = 0
+        """Called with `_io_lock` held."""
+        with self._lock:
+            if not self._chunk:
+                return
+            chunk, self._chunk, self._chunk_bytes = self._chunk, [], 0
+        data = b"\n".join(chunk) + b"\n"
         try:
             if self._current is None:
                 self._current = self._open_segment()
@@ -113,24 +124,27 @@ class SpillStore:
             while view:
                 view = view[os.write(self._current.fd, view) :]
         except OSError:
-            self._failed += lines
-            self._bytes -= len(data)
+            with self._lock:
+                self._failed += len(chunk)
+                self._bytes -= len(data)
             return
         self._current.size += len(data)
 
     def read_batch(self, max_lines: int) -> tuple[SpillSegment, list[bytes]] | None:
         """Up to `max_lines` records from the oldest segment, or None when nothing is spilled."""
         while True:
-            with self._lock:
+            with self._io_lock:
                 if not self._readable:
                     self._write_chunk()
-                if not self._readable and self._current is not None and self._current.size:
-                    # Writers move on to a new segment; this one is now complete.
-                    self._readable.append(self._current)
-                    self._current = None
-                if not self._readable:
-                    return None
-                segment = self._readable[0]
+                with self._lock:
+                    current = self._current
+                    if not self._readable and current is not None and current.size:
+                        # Writes move on to a new segment; this one is now complete.
+                        self._readable.append(current)
+                        self._current = None
+                    if not self._readable:
+                        return None
+                    segment = self._readable[0]
             lines = self._read_lines(segment, max_lines)
             if segment.exhausted:
                 with self._lock:
@@ -165,18 +179,20 @@ class SpillStore:
 
     def close(self) -> None:
         """Release every segment; unsent records stay on disk for the next shipper."""
-        with self._lock:
+        with self._io_lock:
             self._write_chunk()
-            segments = list(self._owned)
-            self._owned.clear()
-            self._readable.clear()
-            self._current = None
+            with self._lock:
+                segments = list(self._owned)
+                self._owned.clear()
+                self._readable.clear()
+                self._current = None
         for segment in segments:
             segment.close()
 
     def forget(self) -> None:
         """Drop references without touching files: for a forked child, whose parent owns them."""
         self._lock = threading.Lock()
+        self._io_lock = threading.Lock()
         self._readable = deque()
         self._owned = set()
         self._chunk = []
@@ -192,7 +208,8 @@ class SpillStore:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_APPEND, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         segment = SpillSegment(path=path, fd=fd)
-        self._owned.add(segment)
+        with self._lock:
+            self._owned.add(segment)
         return segment
 
     @staticmethod
