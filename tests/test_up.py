@@ -18,6 +18,7 @@ import asyncpg
 import httpx
 import psutil
 import pytest
+import redis
 from sqlalchemy.engine import make_url
 
 from keelson.embedded import free_port
@@ -204,10 +205,24 @@ def given_database(postgres_server_url: str) -> Iterator[str]:
         asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
+@pytest.fixture
+def given_redis(redis_url: str) -> Iterator[str]:
+    """The session's Redis; keys the suite leaves (streams, consumer groups) are removed."""
+    client = redis.Redis.from_url(redis_url)
+    before = set(client.scan_iter(count=1000))
+    try:
+        yield redis_url
+    finally:
+        left = set(client.scan_iter(count=1000)) - before
+        if left:
+            client.delete(*left)
+        client.close()
+
+
 def test_given_servers_are_used_and_down_stops_everything(
-    start_suite: Callable[[dict[str, str]], Suite], given_database: str, redis_url: str
+    start_suite: Callable[[dict[str, str]], Suite], given_database: str, given_redis: str
 ) -> None:
-    suite = start_suite({"KEELSON_DATABASE_URL": given_database, "KEELSON_REDIS_URL": redis_url})
+    suite = start_suite({"KEELSON_DATABASE_URL": given_database, "KEELSON_REDIS_URL": given_redis})
     suite.poll("all five ready", suite.all_ready, READY_TIMEOUT)
     names = {p.name for p in suite.supervisor.processes()}
     assert names == {service.name for service in SERVICES}
