@@ -4,8 +4,9 @@
 
 Users: account holders (register, log in, /me, refresh, log out), payers (a payment and
 its refund), operators (an admin querying logs and plugin states) and probes (health).
-What the gateway offers is read once from its merged OpenAPI document: a scenario whose
-endpoint is not there is left out, so the file runs against a suite still being built.
+What the gateway offers is read from its merged OpenAPI document (again every 30 s): a
+scenario whose endpoint is not there is left out, so the file runs against a suite still
+being built.
 429 answers are the gateway's rate limiter doing its job; they are reported under their
 own name (`... [429]`), not as failures. For a capacity run, start the suite with
 `KEELSON_PLUGINS__RATE_LIMITING__ENABLED=false`.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -86,15 +88,18 @@ def discover(document: dict[str, Any]) -> Api:
     return Api(frozenset(operations))
 
 
+_API_MAX_AGE_SECONDS = 30.0
 _api: Api | None = None
+_api_read_at = 0.0
 _api_lock = threading.Lock()
 
 
 def _gateway_api(user: HttpUser) -> Api:
-    """Read once per process; an unreachable document means only the health checks run."""
-    global _api
+    """Re-read every 30 s, as upstreams join the gateway's merged document while a run goes."""
+    global _api, _api_read_at
     with _api_lock:
-        if _api is None:
+        if _api is None or time.monotonic() - _api_read_at > _API_MAX_AGE_SECONDS:
+            _api_read_at = time.monotonic()
             with user.client.get(
                 "/openapi.json", name="setup: openapi", catch_response=True
             ) as response:
@@ -102,7 +107,7 @@ def _gateway_api(user: HttpUser) -> Api:
                     _api = discover(response.json())
                 else:
                     response.failure(f"no OpenAPI document ({response.status_code})")
-                    _api = Api(frozenset())
+                    _api = _api or Api(frozenset())
         return _api
 
 
@@ -131,10 +136,12 @@ class _Authenticated(HttpUser):
     abstract = True
     access_token: str | None = None
     refresh_token: str | None = None
-    api: Api
+
+    @property
+    def api(self) -> Api:
+        return _gateway_api(self)
 
     def on_start(self) -> None:
-        self.api = _gateway_api(self)
         if not (self.api.has("POST", f"{AUTH}/register") and self.api.has("POST", f"{AUTH}/login")):
             raise StopUser
         self.email = f"load-{uuid.uuid4().hex[:16]}@example.com"
@@ -251,8 +258,11 @@ class AdminUser(HttpUser):
     wait_time = between(2, 5)
     access_token: str | None = None
 
+    @property
+    def api(self) -> Api:
+        return _gateway_api(self)
+
     def on_start(self) -> None:
-        self.api = _gateway_api(self)
         if not self.api.has("POST", f"{AUTH}/login"):
             raise StopUser
         body = {"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}
