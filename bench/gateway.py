@@ -19,14 +19,23 @@ Everything listens on 127.0.0.1 and is driven by wrk (`-t1 -c32`, keep-alive):
 
 Each proxy process is pinned with `taskset` to CPU 0 (2 workers: CPUs 0-1); nginx, the
 upstream and wrk float. The machine is shared, so figures are noisy; the ratios between
-rows of one run are what to read. Results are printed and written to the "Gateway"
-section of docs/benchmarks.md (`--no-docs` to skip that).
+rows of one run are what to read.
+
+A second table is less sensitive to that noise: the gateway app driven in-process (ASGI
+calls, one at a time, no HTTP server in front) against the same nginx upstream, with the
+plugins switched on one after another, measuring this process's CPU time per request
+(`time.process_time`, which includes the kernel's work for its loopback sockets).
+
+Results are printed and written to the "Gateway" section of docs/benchmarks.md
+(`--no-docs` to skip that).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import logging
 import os
 import platform
 import re
@@ -40,6 +49,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import yaml
@@ -258,7 +268,7 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.wait(5)
 
 
-def measure(args: argparse.Namespace) -> list[Result]:
+def measure(args: argparse.Namespace) -> tuple[list[Result], list[str]]:
     tmp = Path(tempfile.mkdtemp(prefix="keelson-bench-gw-"))
     os.chmod(tmp, 0o755)
     key = SigningKey.generate()
@@ -269,6 +279,7 @@ def measure(args: argparse.Namespace) -> list[Result]:
     auth = {"Authorization": f"Bearer {token(key)}"}
     processes: list[subprocess.Popen[bytes]] = []
     results: list[Result] = []
+    cpu_lines: list[str] = []
     try:
         nginx = spawn(
             ["nginx", "-c", str(nginx_config(tmp, upstream_port, nginx_proxy_port))], cpus=None
@@ -337,12 +348,113 @@ def measure(args: argparse.Namespace) -> list[Result]:
             light = argparse.Namespace(**{**vars(args), "connections": connections})
             results.append(run_wrk(label, url, auth, light))
             stop(gateway)
+        cpu_lines = asyncio.run(_cpu_per_request(upstream, key, args.redis_url))
     finally:
         for process in processes:
             if process.poll() is None:
                 stop(process)
         shutil.rmtree(tmp, ignore_errors=True)
-    return results
+    return results, cpu_lines
+
+
+CHAIN = ("security", "validation", "rate_limiting", "log_shipping", "encryption")
+
+
+async def _cpu_per_request(upstream: str, key: SigningKey, redis_url: str | None) -> list[str]:
+    # This file is bench/gateway.py: its folder must leave sys.path before the gateway
+    # package can be imported under its own name.
+    here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
+    from gateway.app import create_app
+    from gateway.settings import Settings
+    from keelson.config import LogSettings
+    from keelson.logging import configure_logging
+
+    bearer = f"Bearer {token(key)}".encode()
+    steps = [
+        ("routing only (proxy, keelson middleware)", 0, None),
+        ("+ security (JWT cached, identity signed)", 1, None),
+        ("+ validation", 2, None),
+        ("+ rate limiting, in process", 3, None),
+        ("+ rate limiting, Redis", 3, redis_url),
+        ("+ access log (JSON to /dev/null)", 4, redis_url),
+        ("+ encryption (plain request: passes)", 5, redis_url),
+    ]
+    lines = ["| chain | CPU us/request | added |", "| --- | ---: | ---: |"]
+    previous = None
+    for label, enabled, redis in steps:
+        if redis is None and "Redis" in label:
+            continue
+        plugins: dict[str, dict[str, object]] = {
+            name: {"enabled": i < enabled} for i, name in enumerate(CHAIN)
+        }
+        plugins["rate_limiting"].update(default="100000000/minute", key_prefix="bench-cpu")
+        plugins["auth"] = {"jwks_url": upstream + "/.well-known/jwks.json"}
+        plugins["message_bus"] = {"mode": "never"}
+        dead = f"http://127.0.0.1:{free_port()}"
+        names = {"auth": upstream, "logs": upstream, "notifications": dead, "payments": dead}
+        plugins["routing"] = {"upstreams": {n: {"url": url} for n, url in names.items()}}
+        settings = Settings(
+            env="prod",
+            master_key=uuid.uuid4().hex * 2,
+            redis_url=redis,
+            log=LogSettings(ship_endpoint=None),
+            bus={
+                "zmq_xsub_endpoint": f"tcp://127.0.0.1:{free_port()}",
+                "zmq_xpub_endpoint": f"tcp://127.0.0.1:{free_port()}",
+            },
+            plugins=plugins,
+        )
+        configure_logging(settings)
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, logging.StreamHandler):
+                handler.setStream(open(os.devnull, "w"))  # noqa: SIM115
+        app = create_app(settings)
+        cpu = await _drive(app, bearer)
+        added = "" if previous is None else f"+{cpu - previous:.0f}"
+        lines.append(f"| {label} | {cpu:.0f} | {added} |")
+        print(f"{label:<44} {cpu:7.0f} us CPU/request", flush=True)
+        previous = cpu
+    return lines
+
+
+async def _drive(app: Any, bearer: bytes, n: int = 3000) -> float:
+    headers = [(b"host", b"gw"), (b"authorization", bearer), (b"accept", b"*/*")]
+    statuses: list[int] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    def scope() -> dict[str, Any]:
+        return {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "scheme": "http",
+            "root_path": "",
+            "server": ("127.0.0.1", 8000),
+            "client": ("127.0.0.1", 40000),
+            "method": "GET",
+            "path": PATH,
+            "raw_path": PATH.encode(),
+            "query_string": b"",
+            "headers": list(headers),
+        }
+
+    async with app.router.lifespan_context(app):
+        for _ in range(300):
+            await app(scope(), receive, send)
+        started = time.process_time()
+        for _ in range(n):
+            await app(scope(), receive, send)
+        cpu = (time.process_time() - started) / n * 1e6
+    if set(statuses) != {200}:
+        raise RuntimeError(f"unexpected statuses {sorted(set(statuses))}")
+    return cpu
 
 
 def table(results: list[Result]) -> str:
@@ -365,10 +477,11 @@ def table(results: list[Result]) -> str:
     light = next(r for r in results if "light load" in r.name)
     lines += [
         "",
-        f"Added latency of the gateway (1 worker) over the upstream called directly: "
-        f"p99 +{one.p99_ms - direct.p99_ms:.2f} ms at {one.requests_per_second:,.0f} req/s "
-        f"(-c32, saturated); p50 +{light.p50_ms - direct.p50_ms:.2f} ms, p99 "
-        f"+{light.p99_ms - direct.p99_ms:.2f} ms at {light.requests_per_second:,.0f} req/s (-c4).",
+        f"Added latency of the gateway (1 worker) over the upstream called directly "
+        f"(-c32): p99 {one.p99_ms - direct.p99_ms:+.2f} ms at "
+        f"{one.requests_per_second:,.0f} req/s (saturated); at -c4 the gateway's p50 is "
+        f"{light.p50_ms:.2f} ms and its p99 {light.p99_ms:.2f} ms at "
+        f"{light.requests_per_second:,.0f} req/s.",
     ]
     return "\n".join(lines)
 
@@ -381,7 +494,8 @@ def write_docs(body: str, command: str, args: argparse.Namespace) -> None:
             "An authenticated GET through the gateway's whole plugin chain (JWT verified with "
             "the revocation check in Redis, rate limit counted in Redis, request validated, "
             "proxied, access-logged) beside the same upstream called directly, nginx as a "
-            "plain reverse proxy and a naive FastAPI + httpx proxy, in one run (see the "
+            "plain reverse proxy, a naive FastAPI + httpx proxy and a bare pure-ASGI "
+            "aiohttp proxy, in one run (see the "
             "docstring of `bench/gateway.py`).",
             "",
             f"Command: `{command}`",
@@ -395,6 +509,21 @@ def write_docs(body: str, command: str, args: argparse.Namespace) -> None:
             "",
             body,
             "",
+            "Against the issue's goals (>= 0.15x nginx on one core, >= 10x the naive proxy, "
+            "added p99 <= 5 ms at half load): not met on this shared machine. What the "
+            "in-process table shows is where a request's CPU goes: the proxy with Keelson's "
+            "common middleware (request id, metrics, security headers, in-flight count) is "
+            "about the bare aiohttp proxy plus a third; JWT checks (verified once, then "
+            "cached until expiry), validation and in-process limits cost tens of "
+            "microseconds each; the two expensive parts are the Redis round trip of the "
+            "shared rate limit (one Lua call per request through redis-py; the advisory "
+            "`RateLimit-Remaining` is re-read at most once a second and counted down "
+            "between reads) and the access-log record (keelson.logging's JSON formatting "
+            "and its redaction regexes, about 36 us a record, plus the console write). "
+            "wrk's p99 here mostly measures the machine's contention (load average 4-9 "
+            "during the runs); rerun on a quiet machine for figures to compare with the "
+            "reference ones in the issue.",
+            "",
         ]
     )
     text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n\n"
@@ -403,7 +532,7 @@ def write_docs(body: str, command: str, args: argparse.Namespace) -> None:
         text = text.rstrip("\n") + "\n\n" + section
     else:
         end = text.find("\n## ", start + 1)
-        text = text[:start] + section + (text[end + 1 :] if end != -1 else "")
+        text = text[:start] + section + ("\n" + text[end + 1 :] if end != -1 else "")
     DOCS.write_text(text)
 
 
@@ -417,8 +546,9 @@ def main() -> None:
     for tool in ("wrk", "nginx"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is not installed (apt-get install wrk nginx)")
-    results = measure(args)
-    body = table(results)
+    results, cpu_lines = measure(args)
+    body = table(results) + "\n\nIn-process CPU per request, plugins switched on in turn:\n\n"
+    body += "\n".join(cpu_lines)
     print(body)
     if not args.no_docs:
         command = ".venv/bin/python bench/gateway.py " + shlex.join(sys.argv[1:])
