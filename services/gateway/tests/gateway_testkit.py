@@ -25,8 +25,9 @@ from keelson.embedded import free_port
 class ServerThread:
     """A real uvicorn server for an ASGI app, in a thread, on a port of its own."""
 
-    def __init__(self, app: Any, port: int | None = None) -> None:
+    def __init__(self, app: Any, port: int | None = None, *, lifespan: str = "off") -> None:
         self.app = app
+        self.lifespan = lifespan
         self.port = port or free_port()
         self.server: uvicorn.Server | None = None
         self.thread: threading.Thread | None = None
@@ -42,7 +43,7 @@ class ServerThread:
             port=self.port,
             log_config=None,
             access_log=False,
-            lifespan="off",
+            lifespan=self.lifespan,
             loop="asyncio",
         )
         self.server = uvicorn.Server(config)
@@ -50,7 +51,7 @@ class ServerThread:
         self.thread.start()
         deadline = time.monotonic() + 10
         while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
+            if time.monotonic() > deadline + 20 or not self.thread.is_alive():
                 raise RuntimeError("upstream server did not start")
             time.sleep(0.01)
         return self
