@@ -245,6 +245,8 @@ class ProxyApp:
         chunked = False
         for name, value in scope["headers"]:
             if name == b"content-length":
+                if not value.isdigit():
+                    raise _Failed(400, "Content-Length is not a number.")
                 length = int(value)
             elif name == b"transfer-encoding":
                 chunked = True
@@ -277,7 +279,7 @@ class ProxyApp:
         await send({"type": "http.response.body", "body": b""})
 
 
-_TITLES = {502: "Bad Gateway", 504: "Gateway Timeout"}
+_TITLES = {400: "Bad Request", 502: "Bad Gateway", 504: "Gateway Timeout"}
 
 
 # `labels()` takes a lock and builds a key each call; the children are few, so keep them.

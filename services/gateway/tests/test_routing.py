@@ -3,6 +3,7 @@ import asyncio
 import pytest
 from gateway_testkit import (
     ServerThread,
+    call_raw,
     eventually,
     gateway_settings,
     running_gateway,
@@ -143,3 +144,14 @@ async def test_concurrent_requests_share_the_pool(upstream: ServerThread) -> Non
 async def test_local_endpoints_still_answer(upstream: ServerThread, path: str) -> None:
     async with running_gateway(gateway_settings(**routing(logs=upstream.url))) as (_, client):
         assert (await client.get(path)).status_code == 200
+
+
+async def test_malformed_content_length_is_400_even_without_validation(
+    upstream: ServerThread,
+) -> None:
+    settings = gateway_settings(**routing(logs=upstream.url), validation={"enabled": False})
+    async with running_gateway(settings) as (app, _):
+        status, body = await call_raw(
+            app, "POST", b"/api/v1/logs/echo", b"{}", headers=[(b"content-length", b"2x")]
+        )
+    assert status == 400, body

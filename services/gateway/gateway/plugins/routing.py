@@ -89,7 +89,9 @@ class RoutingPlugin(GatewayPlugin):
         }
 
     async def _probe(self, upstream: Upstream) -> str:
-        timeout = aiohttp.ClientTimeout(total=min(2.0, upstream.config.timeout_seconds))
+        # Under the container's 2 s limit for a health check, so a hung upstream reads as
+        # "unreachable" (degraded) instead of failing the whole routing plugin.
+        timeout = aiohttp.ClientTimeout(total=min(1.5, upstream.config.timeout_seconds))
         try:
             async with self.session.get(
                 upstream.config.url + upstream.config.ready_path, timeout=timeout
