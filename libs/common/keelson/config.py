@@ -123,6 +123,8 @@ class KeelsonSettings(BaseSettings):
     )
     sentry_traces_sample_rate: float = Field(0.0, ge=0.0, le=1.0)
     shutdown_grace_seconds: float = Field(10.0, ge=0)
+    # One "keelson.access" record per request (probes and /metrics excepted).
+    access_log: bool = True
     log: LogSettings = LogSettings()
     db: DatabaseSettings = DatabaseSettings()
     bus: BusSettings = BusSettings()

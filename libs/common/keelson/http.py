@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -27,6 +28,7 @@ from keelson.plugins import PluginContainer
 
 __all__ = [
     "PROBLEM_JSON",
+    "AccessLogMiddleware",
     "Hook",
     "InFlight",
     "InFlightMiddleware",
@@ -39,6 +41,7 @@ __all__ = [
 
 PROBLEM_JSON = "application/problem+json"
 _log = logging.getLogger("keelson.http")
+_access = logging.getLogger("keelson.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
 _STATUS_SLUGS = {
@@ -121,6 +124,58 @@ class RequestContextMiddleware:
         finally:
             trace_id_var.reset(tid_token)
             request_id_var.reset(rid_token)
+
+
+class AccessLogMiddleware:
+    """One `keelson.access` record per request, under the request context bound outside it.
+
+    Probes (`/health/...`) and `/metrics` are skipped so that they do not flood the log.
+    """
+
+    def __init__(
+        self, app: ASGIApp, *, skip_prefixes: Iterable[str] = ("/health", "/metrics")
+    ) -> None:
+        self.app = app
+        self.skip = tuple(skip_prefixes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["path"].startswith(self.skip)
+            or not _access.isEnabledFor(logging.INFO)
+        ):
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        started = time.perf_counter()
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            ms = (time.perf_counter() - started) * 1000
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            client = scope.get("client")
+            # request_id, trace_id and user_id come from the context the logger binds.
+            _access.info(
+                "%s %s %d %.1fms",
+                scope["method"],
+                route,
+                status,
+                ms,
+                extra={
+                    "method": scope["method"],
+                    "route": route,
+                    "status": status,
+                    "duration_ms": round(ms, 3),
+                    "client_ip": client[0] if client else None,
+                },
+            )
 
 
 class SecurityHeadersMiddleware:
@@ -351,8 +406,9 @@ def create_app(
 ) -> FastAPI:
     """A FastAPI app whose lifespan starts and stops `container`, with Keelson's middleware.
 
-    Middleware, outermost first: in-flight tracking, request context, metrics, security
-    headers, last-resort 500; routes added by the caller's `routers` sit inside them all.
+    Middleware, outermost first: in-flight tracking, request context, access log (unless
+    `settings.access_log` is off), metrics, security headers, last-resort 500; routes added
+    by the caller's `routers` sit inside them all.
     """
     in_flight = InFlight()
     app = FastAPI(
@@ -378,6 +434,8 @@ def create_app(
     app.add_middleware(UnhandledErrorMiddleware)
     app.add_middleware(SecurityHeadersMiddleware, docs_prefixes=("/docs", "/redoc"))
     app.add_middleware(MetricsMiddleware, service=settings.service)
+    if settings.access_log:
+        app.add_middleware(AccessLogMiddleware)
     app.add_middleware(RequestContextMiddleware)
     app.add_middleware(InFlightMiddleware, tracker=in_flight)
     return app

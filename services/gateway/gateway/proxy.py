@@ -26,7 +26,7 @@ from gateway.metrics import (
 from gateway.openapi import OpenApiCatalog
 from gateway.upstreams import RoutingConfig, Upstream
 from keelson.http import problem_response
-from keelson.logging import trace_id_var
+from keelson.logging import request_id_var, trace_id_var
 
 __all__ = ["ProxyApp", "new_session"]
 
@@ -53,9 +53,10 @@ _DROP_REQUEST = _HOP_BY_HOP | {
     b"x-forwarded-proto",
     b"forwarded",
     b"traceparent",
+    b"x-request-id",  # replaced by the id the gateway bound (the client's when valid)
 }
-# The gateway's server adds its own Date; a second one would be a duplicate header.
-_DROP_RESPONSE = _HOP_BY_HOP | {b"server", b"date"}
+# The gateway's server adds its own Date and X-Request-ID; second ones would be duplicates.
+_DROP_RESPONSE = _HOP_BY_HOP | {b"server", b"date", b"x-request-id"}
 _INTERNAL_PREFIX = b"x-keelson-"
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _RETRY_STATUS = frozenset({502, 503})
@@ -217,6 +218,8 @@ class ProxyApp:
         headers.append(("x-forwarded-for", self._forwarded_for(scope)))
         headers.append(("x-forwarded-proto", scope.get("scheme", "http")))
         headers.append(("traceparent", _traceparent(raw)))
+        if request_id := request_id_var.get():
+            headers.append(("x-request-id", request_id))
         st = state(scope)
         forward: list[tuple[str, str]] | None = st.get(FORWARD_HEADERS)
         if forward:

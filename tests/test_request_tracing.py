@@ -1,0 +1,215 @@
+"""A request made through the gateway can be followed across every service by its request id.
+
+The log service, the auth service and the gateway run as real processes (`python -m <pkg>`)
+on free ports, each shipping its log records over ZeroMQ to the log service; the records of
+one request are then found through the log service's API, asked through the gateway.
+"""
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from sqlalchemy.engine import make_url
+
+from keelson.db import migrate
+from keelson.embedded import free_port
+from keelson.testing import eventually
+
+ROOT = Path(__file__).resolve().parents[1]
+ADMIN_EMAIL = "tracing-admin@example.com"
+PASSWORD = "plum tractors sing quietly"
+
+
+class Service:
+    """`python -m <package>` on a free port, with `env` over the test environment."""
+
+    def __init__(self, package: str, workdir: Path, env: dict[str, str]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        base = {k: v for k, v in os.environ.items() if not k.startswith("KEELSON_")}
+        base.update(
+            KEELSON_ENV="test",
+            KEELSON_PORT=str(self.port),
+            KEELSON_LOG__SPILL_DIR=str(workdir / f"spill-{package}"),
+            # a private bus each: never the suite's 5555/5556
+            KEELSON_BUS__ZMQ_XSUB_ENDPOINT=f"tcp://127.0.0.1:{free_port()}",
+            KEELSON_BUS__ZMQ_XPUB_ENDPOINT=f"tcp://127.0.0.1:{free_port()}",
+            **env,
+        )
+        self.log = workdir / f"{package}.log"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", package],
+            env=base,
+            cwd=workdir,
+            stdout=subprocess.DEVNULL,
+            stderr=self.log.open("wb"),
+        )
+
+    async def wait(self, client: httpx.AsyncClient, probe: str) -> None:
+        deadline = time.monotonic() + 60
+        while True:
+            assert self.process.poll() is None, self.log.read_text()[-3000:]
+            try:
+                if (await client.get(self.url + probe)).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, f"{self.url}{probe} not up within 60s"
+            await asyncio.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture(scope="module")
+def tracing_database(postgres_server_url: str) -> Iterator[str]:
+    """A database of its own, so that the auth service makes its first admin at start."""
+    server = make_url(postgres_server_url)
+    name = f"keelson_tracing_{uuid.uuid4().hex[:10]}"
+    admin_dsn = server.set(drivername="postgresql").render_as_string(hide_password=False)
+
+    async def run(sql: str) -> None:
+        conn = await asyncpg.connect(admin_dsn)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run(f'CREATE DATABASE "{name}"'))
+    url = server.set(drivername="postgresql+asyncpg", database=name)
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="module")
+async def services(
+    tracing_database: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[dict[str, Service]]:
+    for service, package in (("auth", "auth_service"), ("logs", "logs_service")):
+        await asyncio.to_thread(
+            migrate, ROOT / "services" / service / package / "migrations", tracing_database
+        )
+    workdir = tmp_path_factory.mktemp("tracing")
+    ship = f"tcp://127.0.0.1:{free_port()}"
+    dsn = make_url(tracing_database).set(drivername="postgresql")
+    logs = Service(
+        "logs_service",
+        workdir,
+        {
+            "KEELSON_DATABASE_URL": dsn.render_as_string(hide_password=False),
+            "KEELSON_REDIS_URL": redis_url,
+            "KEELSON_LOGS__BIND_ENDPOINT": ship,
+            "KEELSON_LOGS__BATCH_MAX_SECONDS": "0.05",
+            "KEELSON_LOG__SHIP_ENDPOINT": ship,
+        },
+    )
+    auth = Service(
+        "auth_service",
+        workdir,
+        {
+            "KEELSON_DATABASE_URL": tracing_database,
+            "KEELSON_REDIS_URL": redis_url,
+            "KEELSON_LOG__SHIP_ENDPOINT": ship,
+            "KEELSON_ADMIN_EMAIL": ADMIN_EMAIL,
+            "KEELSON_ADMIN_PASSWORD": PASSWORD,
+            "KEELSON_AUTH__PASSWORD__TIME_COST": "1",
+            "KEELSON_AUTH__PASSWORD__MEMORY_COST": "1024",
+            "KEELSON_AUTH__PASSWORD__PARALLELISM": "1",
+        },
+    )
+    dead = f"http://127.0.0.1:{free_port()}"
+    upstreams = {"auth": auth.url, "logs": logs.url, "notifications": dead, "payments": dead}
+    plugins: dict[str, Any] = {
+        "routing": {"upstreams": {name: {"url": url} for name, url in upstreams.items()}},
+        "rate_limiting": {"key_prefix": f"tracing-{uuid.uuid4().hex[:6]}"},
+    }
+    gateway = Service(
+        "gateway",
+        workdir,
+        {
+            "KEELSON_REDIS_URL": redis_url,
+            "KEELSON_LOG__SHIP_ENDPOINT": ship,
+            "KEELSON_PLUGINS": json.dumps(plugins),
+        },
+    )
+    running = {"logs": logs, "auth": auth, "gateway": gateway}
+    try:
+        async with httpx.AsyncClient(timeout=10) as client:
+            await logs.wait(client, "/health/ready")
+            await auth.wait(client, "/health/ready")
+            await gateway.wait(client, "/health/ready")
+        yield running
+    finally:
+        for process in running.values():
+            process.stop()
+
+
+async def records_by_service(
+    client: httpx.AsyncClient, admin: dict[str, str], request_id: str
+) -> dict[str, list[dict[str, Any]]]:
+    """Poll the log service (through the gateway) until gateway and auth records are in."""
+
+    async def traced() -> dict[str, list[dict[str, Any]]]:
+        page = await client.get("/api/v1/logs", params={"request_id": request_id}, headers=admin)
+        assert page.status_code == 200, page.text
+        by_service: dict[str, list[dict[str, Any]]] = {}
+        for item in page.json()["items"]:
+            by_service.setdefault(item["service"], []).append(item)
+        return by_service if {"gateway", "auth"} <= by_service.keys() else {}
+
+    return await eventually(traced, timeout=20, interval=0.2)
+
+
+@pytest.mark.parametrize("client_sends_id", [True, False], ids=["client-id", "gateway-id"])
+async def test_a_request_is_followed_across_services_by_its_request_id(
+    services: dict[str, Service], client_sends_id: bool
+) -> None:
+    sent = {"X-Request-ID": f"trace-{uuid.uuid4().hex}"} if client_sends_id else {}
+    email = f"traced-{uuid.uuid4().hex[:8]}@example.com"
+    async with httpx.AsyncClient(base_url=services["gateway"].url, timeout=10) as client:
+        registered = await client.post(
+            "/api/v1/auth/register", json={"email": email, "password": PASSWORD}, headers=sent
+        )
+        assert registered.status_code == 201, registered.text
+        (request_id,) = registered.headers.get_list("x-request-id")
+        if client_sends_id:
+            assert request_id == sent["X-Request-ID"]
+
+        login = await client.post(
+            "/api/v1/auth/login", json={"email": ADMIN_EMAIL, "password": PASSWORD}
+        )
+        assert login.status_code == 200, login.text
+        admin = {"Authorization": f"Bearer {login.json()['access_token']}"}
+        by_service = await records_by_service(client, admin, request_id)
+
+    assert set(by_service) == {"gateway", "auth"}  # the log service took no part in it
+    records = [record for found in by_service.values() for record in found]
+    assert {record["request_id"] for record in records} == {request_id}
+    assert len({record["trace_id"] for record in records}) == 1  # one W3C trace, too
+    # one access record in each service, naming the route template and the outcome
+    (gateway_access,) = [r for r in by_service["gateway"] if r["logger"] == "gateway.access"]
+    (auth_access,) = [r for r in by_service["auth"] if r["logger"] == "keelson.access"]
+    for access in (gateway_access, auth_access):
+        assert access["attrs"]["method"] == "POST"
+        assert access["attrs"]["route"] == "/api/v1/auth/register"
+        assert access["attrs"]["status"] == 201
+    assert not [r for r in by_service["gateway"] if r["logger"] == "keelson.access"]
+    assert auth_access["attrs"]["client_ip"] == "127.0.0.1"  # the gateway's connection
