@@ -1,5 +1,6 @@
 import json
 import logging
+import random
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ from keelson.logging import (
     redact_text,
     redact_value,
 )
+from keelson.logging._redact import _PATTERNS, _redact_all
 
 
 def make_record(
@@ -119,6 +121,98 @@ def test_secrets_are_redacted_from_messages(text: str, secret: str) -> None:
     assert secret not in redact_text(text)
     data = record_to_dict(make_record("%s", text), "svc")
     assert secret not in data["message"]
+
+
+# Pieces of secrets, their separators, and the non-ASCII characters the fast path must
+# not misjudge: case variants IGNORECASE folds to ASCII (long s, Kelvin sign) and digits
+# `\\d` matches (Arabic-Indic).
+_WORDS = "password PassWD pass secret SECRET token Token api_key Api-KEY apikey api key "
+_WORDS += "Authorization authorisation cvc CVV bearer Basic BEARER eyJ eyJhbGciOi eyj sk_ "
+_WORDS += "rk_ whsec_ live_ test 4242 4 0 1234567890 abcdefgh XyZ12345 +/= order [REDACTED]"
+_FRAGMENTS = (*_WORDS.split(), "-", " ", "  ", "\t", "\n", "=", ":", ".", ",", "&", "'", '"', "_")
+_NON_ASCII = ("\u017f", "\u212a", "\u0664\u0662", "\u0664", "\u00e9", "\u0130")
+_KEYS = (
+    *("password", "PASSWD", "Secret", "token", "api_key", "apiKey", "api-key", "cvc", "CVV"),
+    *("authorization", "pass", "\u017fecret", "api_\u212aey"),
+)
+_SEPARATORS = ("=", ":", ": ", " = '", '": "', "'='", " ", "=\u00e9")
+_SCHEMES = ("bearer ", "Basic ", "BEARER\t", "basic  ", "bearer")
+_VALUES = ("abcdefgh", "XyZ12345678", "a", "hunter2", "s3cr3t!", "t0k-\u00e9n", "\u0664" * 9)
+_STRIPE = ("sk_", "rk_", "whsec_", "sk_live_", "rk_test_", "sk")
+
+
+def _secret_shaped(rng: random.Random) -> str:
+    value = rng.choice(_VALUES)
+    digit_groups = (
+        "".join(rng.choices("0123456789" * 3 + "\u0664", k=rng.randint(1, 6)))
+        for _ in range(rng.randint(1, 5))
+    )
+    shapes = (
+        f"{rng.choice(_KEYS)}{rng.choice(_SEPARATORS)}{value}",
+        f"{rng.choice(_SCHEMES)}{value}",
+        f"eyJ{value}.{rng.choice(_VALUES)}.{rng.choice(_VALUES)}",
+        rng.choice(("", " ", "-")).join(digit_groups),
+        f"{rng.choice(_STRIPE)}{value}",
+    )
+    return rng.choice(shapes)
+
+
+def _random_text(rng: random.Random) -> str:
+    pieces = []
+    for _ in range(rng.randint(1, 10)):
+        roll = rng.random()
+        if roll < 0.03:
+            pieces.append(rng.choice(_NON_ASCII))
+        elif roll < 0.6:
+            pieces.append(rng.choice(_FRAGMENTS))
+        else:
+            pieces.append(_secret_shaped(rng))
+    return "".join(pieces)
+
+
+def test_the_fast_path_redacts_exactly_what_every_pattern_would() -> None:
+    """Skipping a pattern must never change the outcome: compare with all patterns run."""
+    rng = random.Random(20261123)
+    texts = [_random_text(rng) for _ in range(20_000)]
+    for text in texts:
+        assert redact_text(text) == _redact_all(text), text
+    # The corpus exercises every pattern, on ASCII text (the fast path) and on other text.
+    for ascii_only in (True, False):
+        sample = [text for text in texts if text.isascii() is ascii_only]
+        for pattern, _ in _PATTERNS:
+            assert sum(1 for text in sample if pattern.search(text)) >= 100, pattern
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        ("\u017fecret=long-s-secret", "long-s-secret"),  # re folds the long s to "s"
+        ("api_\u212aey: kelvin-secret", "kelvin-secret"),  # and the Kelvin sign to "k"
+        ("card \u0664\u0662\u0664\u0662" * 4 + " charged", "\u0664\u0662\u0664\u0662" * 4),
+        ("Z\u00fcrich password=hunter2", "hunter2"),
+        ("short cvc=123", "123"),
+        ("PASSWORD = 'spaced-out'", "spaced-out"),
+        ("x sk_live_abcdefgh12 y", "sk_live_abcdefgh12"),
+        ("4111-1111-1111-1111", "4111-1111-1111-1111"),
+    ],
+)
+def test_secrets_the_pre_checks_must_not_skip(text: str, secret: str) -> None:
+    assert secret not in redact_text(text)
+
+
+def test_secret_key_names_stay_redacted_on_every_call() -> None:
+    for _ in range(3):  # the key-name verdict is cached after the first call
+        assert redact_value("X-Api-Key", "abc") == REDACTED
+        assert redact_value("order_id", "ord-1") == "ord-1"
+
+
+def test_records_without_extras_have_empty_attrs_and_fresh_ids() -> None:
+    first = record_to_dict(make_record("token=abcdef123456"), "svc")
+    second = record_to_dict(make_record("plain"), "svc")
+    assert first["attrs"] == {} and second["attrs"] == {}
+    assert "abcdef123456" not in first["message"]
+    assert first["id"] != second["id"]
+    assert all(len(r["id"]) == 32 and int(r["id"], 16) >= 0 for r in (first, second))
 
 
 def test_ordinary_text_is_left_alone() -> None:

@@ -6,12 +6,11 @@ import logging
 import os
 import sys
 import time
-import uuid
 from typing import Any
 
 import orjson
 
-from keelson.logging._context import current_context
+from keelson.logging._context import request_id_var, trace_id_var, user_id_var
 from keelson.logging._redact import redact_text, redact_value
 
 __all__ = ["JsonFormatter", "TextFormatter", "record_to_dict"]
@@ -33,27 +32,31 @@ _RESET = "\x1b[0m"
 
 def record_to_dict(record: logging.LogRecord, service: str) -> dict[str, Any]:
     """The redacted, context-bound form of a record; computed once and cached on it."""
-    cached: dict[str, Any] | None = getattr(record, "keelson", None)
+    fields = record.__dict__
+    cached: dict[str, Any] | None = fields.get("keelson")
     if cached is not None:
         return cached
-    attrs = {
-        key: redact_value(key, value)
-        for key, value in vars(record).items()
-        if key not in _STANDARD and not key.startswith("_")
-    }
+    if fields.keys() <= _STANDARD:
+        attrs: dict[str, Any] = {}
+    else:
+        attrs = {
+            key: redact_value(key, value)
+            for key, value in fields.items()
+            if key not in _STANDARD and not key.startswith("_")
+        }
     if record.exc_info:
         attrs["exception"] = redact_text(logging.Formatter().formatException(record.exc_info))
-    context = current_context()
     out: dict[str, Any] = {
-        "id": uuid.uuid4().hex,
+        # Random, not uuid4: the same 128 bits without building a UUID object.
+        "id": os.urandom(16).hex(),
         "ts": record.created,
         "service": service,
         "level": record.levelname,
         "logger": record.name,
         "message": redact_text(record.getMessage()),
-        "request_id": attrs.pop("request_id", None) or context["request_id"],
-        "trace_id": attrs.pop("trace_id", None) or context["trace_id"],
-        "user_id": attrs.pop("user_id", None) or context["user_id"],
+        "request_id": attrs.pop("request_id", None) or request_id_var.get(),
+        "trace_id": attrs.pop("trace_id", None) or trace_id_var.get(),
+        "user_id": attrs.pop("user_id", None) or user_id_var.get(),
         "attrs": attrs,
     }
     record.keelson = out
@@ -64,12 +67,15 @@ class JsonFormatter(logging.Formatter):
     def __init__(self, service: str) -> None:
         super().__init__()
         self.service = service
+        self._stamp: tuple[int, str] = (-1, "")
 
     def format(self, record: logging.LogRecord) -> str:
         data = dict(record_to_dict(record, self.service))
-        data["ts"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(data["ts"])) + (
-            f".{int(record.msecs):03d}Z"
-        )
+        second = int(data["ts"])
+        stamp = self._stamp
+        if stamp[0] != second:  # one strftime a second, not one a record; one tuple, no race
+            stamp = self._stamp = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+        data["ts"] = f"{stamp[1]}.{int(record.msecs):03d}Z"
         return orjson.dumps(data, default=str).decode()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Any
 
 __all__ = ["REDACTED", "redact_text", "redact_value"]
@@ -14,35 +15,89 @@ _SECRET_KEY = re.compile(
     r"card|cvc|cvv|pan|private[_-]?key|signature|otp|credential",
     re.IGNORECASE,
 )
-_PATTERNS = (
-    # Authorization header values and bearer tokens
-    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}"), r"\1 " + REDACTED),
-    # JWTs anywhere in text
-    (re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"), REDACTED),
-    # key=value, "key": "value" and Python's {'key': 'value'} whose key names a secret
-    (
-        re.compile(
-            r"(?i)([\"']?(?:password|passwd|secret|token|api[_-]?key|authorization|cvc|cvv)"
-            r"[\"']?\s*[:=]\s*[\"']?)([^\s\"',&]+)"
-        ),
-        r"\1" + REDACTED,
-    ),
-    # payment card numbers: 13-19 digits, optionally grouped
-    (re.compile(r"\b(?:\d[ -]?){12,18}\d\b"), "[CARD]"),
-    # Stripe-style secret keys
-    (re.compile(r"\b(sk|rk|whsec)_(live|test)?_?[A-Za-z0-9]{8,}"), REDACTED),
+# Authorization header values and bearer tokens
+_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}")
+# JWTs anywhere in text
+_JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")
+# key=value, "key": "value" and Python's {'key': 'value'} whose key names a secret
+_KEY_VALUE = re.compile(
+    r"(?i)([\"']?(?:password|passwd|secret|token|api[_-]?key|authorization|cvc|cvv)"
+    r"[\"']?\s*[:=]\s*[\"']?)([^\s\"',&]+)"
 )
+# payment card numbers: 13-19 digits, optionally grouped
+_CARD = re.compile(r"\b(?:\d[ -]?){12,18}\d\b")
+_CARD_MIN_DIGITS = 13
+# Stripe-style secret keys
+_STRIPE_KEY = re.compile(r"\b(sk|rk|whsec)_(live|test)?_?[A-Za-z0-9]{8,}")
+
+_KEEP_SCHEME = r"\1 " + REDACTED
+_KEEP_KEY = r"\1" + REDACTED
+_CARD_MARK = "[CARD]"
+_PATTERNS = (
+    (_BEARER, _KEEP_SCHEME),
+    (_JWT, REDACTED),
+    (_KEY_VALUE, _KEEP_KEY),
+    (_CARD, _CARD_MARK),
+    (_STRIPE_KEY, REDACTED),
+)
+_ASCII_DIGITS = b"0123456789"
 
 
 def redact_text(text: str) -> str:
+    """Apply every pattern in turn; a pattern is skipped only when it cannot match.
+
+    Each test below is a condition that the pattern's own match requires, checked on the
+    text as it stands when that pattern's turn comes, so skipping changes nothing. They
+    rely on ASCII (for non-ASCII text `\\d` and IGNORECASE mean more than `isdigit` and
+    `lower` of ASCII), so other text takes every pattern.
+    """
+    if not text.isascii():
+        return _redact_all(text)
+    original, lower = text, text.lower()
+    if "bearer" in lower or "basic" in lower:
+        text = _BEARER.sub(_KEEP_SCHEME, text)
+    if "eyJ" in text:
+        text = _JWT.sub(REDACTED, text)
+    if ("=" in text or ":" in text) and _names_a_secret(
+        lower if text is original else text.lower()
+    ):
+        text = _KEY_VALUE.sub(_KEEP_KEY, text)
+    if len(text) >= _CARD_MIN_DIGITS:
+        encoded = text.encode("ascii")
+        if len(encoded) - len(encoded.translate(None, _ASCII_DIGITS)) >= _CARD_MIN_DIGITS:
+            text = _CARD.sub(_CARD_MARK, text)
+    if "_" in text and ("sk_" in text or "rk_" in text or "whsec_" in text):
+        text = _STRIPE_KEY.sub(REDACTED, text)
+    return text
+
+
+def _names_a_secret(lower: str) -> bool:
+    """Whether ASCII-lowered text holds a key name `_KEY_VALUE` looks for."""
+    return (
+        "passw" in lower
+        or "secret" in lower
+        or "token" in lower
+        or ("api" in lower and ("apikey" in lower or "api_key" in lower or "api-key" in lower))
+        or "authorization" in lower
+        or "cvc" in lower
+        or "cvv" in lower
+    )
+
+
+def _redact_all(text: str) -> str:
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
     return text
 
 
+@lru_cache(maxsize=4096)
+def _is_secret_key(key: str) -> bool:
+    return _SECRET_KEY.search(key) is not None
+
+
 def redact_value(key: str, value: Any) -> Any:
     """Redact a structured attribute: by key name first, then by content."""
-    if _SECRET_KEY.search(key):
+    if _is_secret_key(key):
         return REDACTED
     if isinstance(value, str):
         return redact_text(value)

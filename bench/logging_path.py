@@ -1,0 +1,161 @@
+"""CPU per `logger.info` call on keelson.logging's hot path (record, redaction, JSON, shipper).
+
+    .venv/bin/python bench/logging_path.py [--calls 20000] [--repeat 5]
+
+Each case logs `--calls` records `--repeat` times inside a bound request context and reports:
+- caller us/call: CPU of the calling thread per call (`time.thread_time`), the best of the
+  repeats: what a request handler pays;
+- process us/record (shipper cases): CPU of the whole process per record, calling thread
+  plus the shipper thread's JSON encoding and sends, until every record is acknowledged by
+  a receiver in another process (which acknowledges at once and is not counted).
+
+Cases: a handler that does nothing (the cost of `logging` itself), the JSON console
+formatter writing to /dev/null, the ZeroMQ shipper, each without and with `extra=` fields,
+and a gateway access record (seven extras, JSON console and shipper, as the gateway logs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from tempfile import TemporaryDirectory
+
+import zmq
+
+from keelson.embedded import free_port
+from keelson.logging import WIRE_ACK, JsonFormatter, LogShipper, bind
+
+Call = Callable[[logging.Logger, int], None]
+
+
+def run_receiver(endpoint: str) -> None:
+    """A ROUTER that acknowledges every batch at once (the log service without Postgres)."""
+    context = zmq.Context()
+    socket = context.socket(zmq.ROUTER)
+    socket.bind(endpoint)
+    print("ready", flush=True)
+    while True:
+        identity, _, batch_id, _ = socket.recv_multipart()
+        socket.send_multipart([identity, WIRE_ACK, batch_id])
+
+
+def plain(logger: logging.Logger, i: int) -> None:
+    logger.info("order %d shipped to the warehouse", i)
+
+
+def with_extras(logger: logging.Logger, i: int) -> None:
+    logger.info("order %d shipped to the warehouse", i, extra={"order_id": f"ord-{i}", "items": 3})
+
+
+def access_record(logger: logging.Logger, i: int) -> None:
+    """What gateway.plugins.log_shipping logs per request."""
+    logger.log(
+        logging.INFO,
+        "%s %s %d %.1fms",
+        "GET",
+        "/api/orders/{order_id}",
+        200,
+        1.234,
+        extra={
+            "method": "GET",
+            "route": "/api/orders/{order_id}",
+            "status": 200,
+            "duration_ms": 1.234,
+            "client_ip": "10.0.0.7",
+            "request_id": f"req-{i}",
+            "user_id": "6f1c0b7e-1d2a-4c55-9a51-0b1f0d3c2e11",
+        },
+    )
+
+
+def json_console() -> logging.Handler:
+    handler = logging.StreamHandler(open(os.devnull, "w"))  # noqa: SIM115
+    handler.setFormatter(JsonFormatter("bench"))
+    return handler
+
+
+def measure(
+    name: str, handlers: list[logging.Handler], call: Call, calls: int, repeat: int
+) -> tuple[float, float | None]:
+    logger = logging.getLogger(f"bench.path.{name}")
+    logger.handlers, logger.propagate = handlers, False
+    logger.setLevel(logging.INFO)
+    shippers = [h for h in handlers if isinstance(h, LogShipper)]
+    caller: list[float] = []
+    process: list[float] = []
+    with bind(request_id="req-bench", trace_id="t" * 32, user_id="user-1"):
+        for i in range(200):
+            call(logger, i)
+        for shipper in shippers:
+            shipper.drain(30)
+        for _ in range(repeat):
+            cpu, thread = time.process_time(), time.thread_time()
+            for i in range(calls):
+                call(logger, i)
+            caller.append((time.thread_time() - thread) / calls * 1e6)
+            for shipper in shippers:
+                if not shipper.drain(60):
+                    raise RuntimeError("the receiver did not acknowledge everything")
+            process.append((time.process_time() - cpu) / calls * 1e6)
+    for shipper in shippers:
+        stats = shipper.stats()
+        if stats.spilled or stats.dropped:
+            raise RuntimeError(f"{name}: the shipper spilled or dropped records: {stats}")
+        shipper.close()
+    return min(caller), (min(process) if shippers else None)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--calls", type=int, default=20_000)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--receiver", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.receiver:
+        run_receiver(args.receiver)
+        return
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    receiver = subprocess.Popen(
+        [sys.executable, __file__, "--receiver", endpoint], stdout=subprocess.PIPE, text=True
+    )
+    assert receiver.stdout is not None and receiver.stdout.readline().strip() == "ready"
+    try:
+        with TemporaryDirectory(prefix="keelson-bench-path-") as spill:
+
+            def shipper() -> LogShipper:
+                return LogShipper(
+                    endpoint, service="bench", spill_dir=Path(spill), buffer_size=args.calls + 1000
+                )
+
+            cases: list[tuple[str, Callable[[], list[logging.Handler]], Call]] = [
+                ("no-op handler, no extras", lambda: [logging.NullHandler()], plain),
+                ("JSON console, no extras", lambda: [json_console()], plain),
+                ("JSON console, 2 extras", lambda: [json_console()], with_extras),
+                ("shipper, no extras", lambda: [shipper()], plain),
+                ("shipper, 2 extras", lambda: [shipper()], with_extras),
+                (
+                    "gateway access record (JSON console + shipper)",
+                    lambda: [json_console(), shipper()],
+                    access_record,
+                ),
+            ]
+            print(f"{args.calls:,} calls x {args.repeat}, best run")
+            print("| case | caller us/call | process us/record |")
+            print("| --- | ---: | ---: |")
+            for n, (name, make, call) in enumerate(cases):
+                caller, process = measure(f"{n}", make(), call, args.calls, args.repeat)
+                shown = f"{process:.1f}" if process is not None else ""
+                print(f"| {name} | {caller:.1f} | {shown} |", flush=True)
+    finally:
+        receiver.kill()
+        receiver.wait()
+
+
+if __name__ == "__main__":
+    main()
