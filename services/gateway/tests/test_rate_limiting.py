@@ -1,3 +1,4 @@
+import asyncio
 import uuid
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from gateway_testkit import (
     write_config,
 )
 
+from gateway.plugins.rate_limiting import RateLimitingPlugin
 from keelson.embedded import free_port
 
 
@@ -138,3 +140,24 @@ async def test_remaining_counts_down_between_reads_and_shows_other_replicas(
         assert seen == [99, 98, 97, 96, 95]
         # the other replica reads the shared count: both budgets are one
         assert (await b.get("/api/v1/logs/echo")).headers["ratelimit-remaining"] == "94"
+
+
+async def test_concurrent_hits_share_round_trips_yet_count_exactly(
+    upstream: ServerThread, redis_url: str
+) -> None:
+    settings = gateway_settings(
+        redis_url=redis_url,
+        routing=upstreams_config(logs=upstream.url),
+        rate_limiting=limits(rules=[{"path": "/api/v1/logs/echo", "limit": "25/minute"}]),
+    )
+    async with running_gateway(settings) as (app, client):
+        responses = await asyncio.gather(*(client.get("/api/v1/logs/echo") for _ in range(40)))
+        statuses = [r.status_code for r in responses]
+        assert statuses.count(200) == 25 and statuses.count(429) == 15
+        # A Redis that forgot limits' Lua script (restart, SCRIPT FLUSH) is given it again.
+        plugin = app.state.container.get(RateLimitingPlugin)
+        await plugin.storage.bridge.get_connection().script_flush()
+        other = await client.get("/api/v1/logs/items/1")
+        assert other.status_code == 200 and other.headers["ratelimit-limit"] == "100"
+        # Only redis-py is imported for the storage, not every client limits could use.
+        assert set(plugin.storage.dependencies) == {"redis"}
