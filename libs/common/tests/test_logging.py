@@ -1,5 +1,6 @@
 import json
 import logging
+import os
 import random
 import sys
 from collections.abc import Iterator
@@ -213,6 +214,22 @@ def test_records_without_extras_have_empty_attrs_and_fresh_ids() -> None:
     assert "abcdef123456" not in first["message"]
     assert first["id"] != second["id"]
     assert all(len(r["id"]) == 32 and int(r["id"], 16) >= 0 for r in (first, second))
+
+
+def test_a_forked_child_never_repeats_its_parents_record_ids() -> None:
+    parent = record_to_dict(make_record("parent"), "svc")["id"]
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(write, record_to_dict(make_record("child"), "svc")["id"].encode())
+        os._exit(0)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert len(child) == 32 and child[:16] != parent[:16]
+    assert record_to_dict(make_record("parent again"), "svc")["id"][:16] == parent[:16]
 
 
 def test_ordinary_text_is_left_alone() -> None:
