@@ -49,6 +49,8 @@ async def test_proxies_by_prefix_with_headers_rewritten(upstream: ServerThread) 
     )  # no trusted proxies: the client's XFF is not kept
     assert seen["x-forwarded-proto"] == "http"
     assert seen["x-forwarded-host"] == "gateway.test"
+    # The client's own headers go as they are; the proxy's HTTP client adds none of its own.
+    assert seen["user-agent"].startswith("python-httpx/")
     assert response.headers["x-upstream"] == "yes"
     assert response.headers["x-request-id"] == "req-123"
     assert "upstream-server" not in response.headers.get_list("server")
