@@ -169,6 +169,23 @@ def test_drops_beyond_the_spill_limit_are_counted(port: int, make_shipper) -> No
     )
 
 
+def test_an_unencodable_record_is_counted_and_its_batch_still_ships(
+    port: int, make_shipper
+) -> None:
+    receiver = Receiver(port).start()
+    logger, shipper = make_shipper(port)
+    try:
+        logger.info("before")
+        logger.info("too big for JSON", extra={"n": 2**70})
+        logger.info("after")
+        wait_for(lambda: len(receiver.records) == 2)
+        assert shipper.drain(5)
+        assert receiver.messages() == {"before", "after"}
+        assert shipper.stats().dropped == {"unencodable": 1}
+    finally:
+        receiver.stop()
+
+
 def test_the_shippers_own_records_are_not_shipped(port: int, make_shipper) -> None:
     receiver = Receiver(port).start()
     logger, shipper = make_shipper(port)

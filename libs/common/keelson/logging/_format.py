@@ -50,6 +50,7 @@ class _RecordIds:
 
 
 _record_ids = _RecordIds()
+_CONTEXT_FIELDS = ("request_id", "trace_id", "user_id")
 
 
 def record_to_dict(record: logging.LogRecord, service: str) -> dict[str, Any]:
@@ -75,11 +76,16 @@ def record_to_dict(record: logging.LogRecord, service: str) -> dict[str, Any]:
         "level": record.levelname,
         "logger": record.name,
         "message": redact_text(record.getMessage()),
-        "request_id": attrs.pop("request_id", None) or request_id_var.get(),
-        "trace_id": attrs.pop("trace_id", None) or trace_id_var.get(),
-        "user_id": attrs.pop("user_id", None) or user_id_var.get(),
+        "request_id": request_id_var.get(),
+        "trace_id": trace_id_var.get(),
+        "user_id": user_id_var.get(),
         "attrs": attrs,
     }
+    if attrs:  # ids given as extras win over the bound context
+        for name in _CONTEXT_FIELDS:
+            value = attrs.pop(name, None)
+            if value:
+                out[name] = value
     record.keelson = out
     return out
 

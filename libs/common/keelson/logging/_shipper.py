@@ -138,10 +138,12 @@ class LogShipper(logging.Handler):
         self._buffer: deque[dict[str, Any]] = deque()
         self._closing = threading.Event()
         self._sender = _Sender(self)
+        self._thread_id: int | None = None
         self._thread = threading.Thread(
             target=self._sender.run, name="keelson-log-shipper", daemon=True
         )
         self._thread.start()
+        self._thread_id = self._thread.ident
 
     def after_fork_in_child(self) -> None:
         """The parent still owns its buffer, spill files and socket; start afresh."""
@@ -153,7 +155,7 @@ class LogShipper(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            if record.name.startswith(_OWN_LOGGER) or threading.get_ident() == self._thread.ident:
+            if record.name.startswith(_OWN_LOGGER) or threading.get_ident() == self._thread_id:
                 return
             if self._pid != os.getpid():
                 self.after_fork_in_child()
@@ -391,11 +393,13 @@ class _Sender:
             read = self.spill.read_batch(self.shipper.batch_size)
             if read is not None:
                 return read
-        lines: list[bytes] = []
-        while self.buffer and len(lines) < self.shipper.batch_size:
-            line = self.shipper._encode(self.buffer.popleft())
-            if line is not None:
-                lines.append(line)
+        records: list[dict[str, Any]] = []
+        while self.buffer and len(records) < self.shipper.batch_size:
+            records.append(self.buffer.popleft())
+        try:
+            lines = [orjson.dumps(record, default=str) for record in records]
+        except (TypeError, orjson.JSONEncodeError):  # find and count the bad ones
+            lines = [line for line in map(self.shipper._encode, records) if line is not None]
         return (None, lines) if lines else None
 
     def _send(self, socket: zmq.Socket[bytes], batch: _Batch, now: float) -> None:
