@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from http import HTTPStatus
@@ -108,7 +108,8 @@ class RequestContextMiddleware:
                 match = _TRACEPARENT.match(value.decode("latin-1"))
                 if match:
                     trace_id = match.group(1)
-        request_id = request_id or uuid.uuid4().hex
+        # 128 random bits as 32 hex digits, like uuid4().hex at a fraction of its cost.
+        request_id = request_id or os.urandom(16).hex()
         header = (b"x-request-id", request_id.encode())
 
         async def send_with_id(message: Message) -> None:
@@ -117,7 +118,7 @@ class RequestContextMiddleware:
             await send(message)
 
         rid_token = request_id_var.set(request_id)
-        tid_token = trace_id_var.set(trace_id or uuid.uuid4().hex)
+        tid_token = trace_id_var.set(trace_id or os.urandom(16).hex())
         scope.setdefault("state", {})["request_id"] = request_id
         try:
             await self.app(scope, receive, send_with_id)

@@ -144,6 +144,9 @@ class MetricsMiddleware:
         self.app = app
         self.service = service
         self.in_flight = HTTP_IN_FLIGHT.labels(service)
+        # `labels()` takes a lock and builds a key on every call; routes are templates, so
+        # the children are few: keep them.
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] == "/metrics":
@@ -165,11 +168,22 @@ class MetricsMiddleware:
             self.in_flight.dec()
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
-            method = scope["method"]
-            HTTP_REQUESTS.labels(self.service, method, template, str(status)).inc()
-            HTTP_REQUEST_SECONDS.labels(self.service, method, template).observe(
-                time.perf_counter() - start
-            )
+            key = (scope["method"], template, status)
+            children = self._children.get(key)
+            if children is None:
+                children = self._child(*key)
+            children[0].inc()
+            children[1].observe(time.perf_counter() - start)
+
+    def _child(self, method: str, template: str, status: int) -> tuple[Counter, Histogram]:
+        children = (
+            HTTP_REQUESTS.labels(self.service, method, template, str(status)),
+            HTTP_REQUEST_SECONDS.labels(self.service, method, template),
+        )
+        if len(self._children) >= 4096:
+            self._children.clear()
+        self._children[(method, template, status)] = children
+        return children
 
 
 def metrics_router(registry: CollectorRegistry = REGISTRY) -> APIRouter:
