@@ -102,6 +102,16 @@ def test_bind_nests_and_restores() -> None:
     assert current_context() == {"request_id": None, "trace_id": None, "user_id": None}
 
 
+def test_bind_restores_after_an_exception_and_refuses_unknown_names() -> None:
+    with pytest.raises(RuntimeError), bind(request_id="doomed", trace_id="t-1"):
+        assert current_context()["trace_id"] == "t-1"
+        raise RuntimeError
+    assert current_context() == {"request_id": None, "trace_id": None, "user_id": None}
+    with pytest.raises(KeyError):
+        bind(request_id="r", tenant="t")
+    assert current_context()["request_id"] is None
+
+
 @pytest.mark.parametrize(
     ("text", "secret"),
     [
