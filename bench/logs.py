@@ -308,9 +308,10 @@ def write_docs(body: str, command: str, server: str) -> None:
             body,
             "",
             "Where the time goes: on 2 cores the senders, the log service and Postgres share "
-            "the CPU, so end to end is CPU-bound. Each sender spends about 20-30 us of CPU "
-            "per record (the `logging` call, redaction, bound context, the record id, JSON, "
-            "the socket), the log service about 8-11 us (validation, COPY encoding), "
+            "the CPU, so end to end is CPU-bound. Each sender spends about 8-10 us of CPU "
+            "per record (the standard `logging` call about 3, `bind` about 1, redaction, "
+            "bound context, the record id, JSON and the socket the rest; see the Logging "
+            "hot path section), the log service about 8-11 us (validation, COPY encoding), "
             "Postgres the rest (the heap, the primary key, four btree and one full-text GIN "
             "index per row, the same in the raw run). Senders log faster than that, so "
             "their buffers fill and spill to disk, and are read back as acknowledgements "
