@@ -45,7 +45,7 @@ class _RecordIds:
         self.prefix = os.urandom(8).hex()
         self.counter = itertools.count()
 
-    def next(self) -> str:
+    def new(self) -> str:
         return f"{self.prefix}{next(self.counter):016x}"
 
 
@@ -70,7 +70,7 @@ def record_to_dict(record: logging.LogRecord, service: str) -> dict[str, Any]:
     if record.exc_info:
         attrs["exception"] = redact_text(logging.Formatter().formatException(record.exc_info))
     out: dict[str, Any] = {
-        "id": _record_ids.next(),
+        "id": _record_ids.new(),
         "ts": record.created,
         "service": service,
         "level": record.levelname,
