@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from keelson.config import Environment
 from keelson.plugins import PluginContainer, PluginState
 
 __all__ = ["health_router", "readiness"]
+
+_log = logging.getLogger("keelson.health")
 
 
 async def readiness(container: PluginContainer) -> tuple[str, dict[str, dict[str, Any]]]:
@@ -30,8 +34,34 @@ async def readiness(container: PluginContainer) -> tuple[str, dict[str, dict[str
     return status, report
 
 
+# Failure text names hosts, ports and drivers: fine on a laptop, not for anyone on the
+# internet who can reach the gateway's probes. Staging and prod log it instead.
+_PRIVATE_KEYS = ("error", "detail")
+
+
+def _public(report: dict[str, dict[str, Any]], env: Environment) -> dict[str, dict[str, Any]]:
+    if env in (Environment.DEV, Environment.TEST):
+        return report
+    return {
+        name: {k: v for k, v in entry.items() if k not in _PRIVATE_KEYS}
+        for name, entry in report.items()
+    }
+
+
 def health_router(container: PluginContainer) -> APIRouter:
     router = APIRouter(tags=["health"])
+    env = container.settings.env
+    last_failing: dict[str, dict[str, Any]] = {}
+
+    def note_change(failing: dict[str, dict[str, Any]]) -> None:
+        """Log what fails once per change, so operators see the text clients don't."""
+        nonlocal last_failing
+        if failing != last_failing:
+            if failing:
+                _log.warning("readiness failing: %s", failing)
+            else:
+                _log.info("readiness recovered")
+            last_failing = failing
 
     @router.get("/health/live")
     async def live() -> dict[str, str]:
@@ -47,8 +77,10 @@ def health_router(container: PluginContainer) -> APIRouter:
             for name, entry in report.items()
             if entry["state"] == PluginState.ERROR or entry.get("healthy") is False
         }
+        note_change(failing)
         code = 503 if status == "unavailable" else 200
-        return JSONResponse({"status": status, "failing": failing}, status_code=code)
+        body = {"status": status, "failing": _public(failing, env)}
+        return JSONResponse(body, status_code=code)
 
     @router.get("/health")
     async def summary(request: Request) -> JSONResponse:
@@ -58,7 +90,7 @@ def health_router(container: PluginContainer) -> APIRouter:
             "status": status,
             "service": settings.service,
             "version": request.app.version,
-            "plugins": report,
+            "plugins": _public(report, env),
         }
         return JSONResponse(body, status_code=503 if status == "unavailable" else 200)
 

@@ -257,3 +257,28 @@ async def test_a_failing_startup_hook_stops_the_container_it_started() -> None:
         async with app.router.lifespan_context(app):
             pass
     assert container.state("switch") is PluginState.STOPPED
+
+
+async def test_failure_text_stays_private_outside_dev(caplog: pytest.LogCaptureFixture) -> None:
+    settings = KeelsonSettings(
+        service="demo",
+        env="prod",
+        master_key="prod-master-key-0123456789abcdef0123456789",
+        log=LogSettings(ship_endpoint=None),
+    )
+    container = PluginContainer(settings)
+    container.register(Switch)
+    app = create_app(settings, container=container, routers=[router])
+    Switch.healthy = False
+    try:
+        with LiveServer(app) as running, caplog.at_level("WARNING", logger="keelson.health"):
+            async with httpx.AsyncClient(base_url=running.url) as c:
+                ready = await c.get("/health/ready")
+                summary = await c.get("/health")
+    finally:
+        Switch.healthy = True
+    assert ready.status_code == 503
+    assert ready.json()["failing"]["switch"]["healthy"] is False
+    assert "dependency down" not in ready.text
+    assert "dependency down" not in summary.text
+    assert "dependency down" in caplog.text
