@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from starlette.types import Scope
+from starlette.types import Message, Receive, Scope
 
 __all__ = [
     "BODY",
@@ -15,6 +15,7 @@ __all__ = [
     "SESSION",
     "client_ip",
     "header",
+    "replay_body",
     "state",
 ]
 
@@ -57,3 +58,17 @@ def client_ip(scope: Scope, trusted_hops: int = 0) -> str:
             ip = hops[-trusted_hops] if len(hops) >= trusted_hops else hops[0]
     st[CLIENT_IP] = ip
     return ip
+
+
+def replay_body(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that yields an already-read body once, then defers to the real one."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.context import SESSION, state
+from gateway.context import SESSION, replay_body, state
 from gateway.pipeline import GatewayPlugin, plugin_config
 from gateway.sessions import MemorySessions, RedisSessions, SecureSession, SessionStore
 from keelson.client import (
@@ -174,7 +174,7 @@ class _EnvelopeLayer:
             return
         scope["headers"] = _inner_headers(scope["headers"], inner_type, len(plaintext))
         state(scope)[SESSION] = session.session_id
-        await self.app(scope, _replay(plaintext, receive), _Sealer(send, session, seq))
+        await self.app(scope, replay_body(plaintext, receive), _Sealer(send, session, seq))
 
     async def _open(
         self,
@@ -287,16 +287,3 @@ async def _read(receive: Receive, limit: int) -> bytes:
         chunks.append(chunk)
         more = message.get("more_body", False)
     return b"".join(chunks)
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if sent:
-            return await receive()
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return replay

@@ -11,7 +11,7 @@ from jsonschema.exceptions import best_match
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.context import BODY, state
+from gateway.context import BODY, replay_body, state
 from gateway.metrics import VALIDATION_REJECTIONS
 from gateway.openapi import OpenApiCatalog
 from gateway.pipeline import GatewayPlugin, plugin_config
@@ -176,7 +176,7 @@ class _ValidationLayer:
             document = self._parse_json(body)
             self._check_schema(scope, document, absent=False)
         state(scope)[BODY] = body
-        return _replay(body, receive)
+        return replay_body(body, receive)
 
     def _parse_json(self, body: bytes) -> Any:
         try:
@@ -283,16 +283,3 @@ async def _read_limited(receive: Receive, limit: int) -> bytes:
         chunks.append(chunk)
         more = message.get("more_body", False)
     return b"".join(chunks)
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if sent:
-            return await receive()
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return replay
