@@ -16,14 +16,13 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
 from keelson.db import migrate
 from keelson.embedded import free_port
-from keelson.testing import eventually
+from keelson.testing import eventually, fresh_database
 
 ROOT = Path(__file__).resolve().parents[1]
 ADMIN_EMAIL = "tracing-admin@example.com"
@@ -80,23 +79,8 @@ class Service:
 @pytest.fixture(scope="module")
 def tracing_database(postgres_server_url: str) -> Iterator[str]:
     """A database of its own, so that the auth service makes its first admin at start."""
-    server = make_url(postgres_server_url)
-    name = f"keelson_tracing_{uuid.uuid4().hex[:10]}"
-    admin_dsn = server.set(drivername="postgresql").render_as_string(hide_password=False)
-
-    async def run(sql: str) -> None:
-        conn = await asyncpg.connect(admin_dsn)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(run(f'CREATE DATABASE "{name}"'))
-    url = server.set(drivername="postgresql+asyncpg", database=name)
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with fresh_database(postgres_server_url, prefix="keelson_tracing") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

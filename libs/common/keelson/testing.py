@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,6 +29,7 @@ from keelson.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
 __all__ = [
     "LiveServer",
     "eventually",
+    "fresh_database",
     "make_settings",
     "postgres_server_url",
     "redis_url",
@@ -112,13 +114,13 @@ def postgres_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
         shutil.rmtree(base, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def test_database_url(postgres_server_url: str) -> Iterator[str]:
-    """A fresh database for this session, as a `postgresql+asyncpg://` URL."""
+@contextmanager
+def fresh_database(server_url: str, *, prefix: str = "keelson_test") -> Iterator[str]:
+    """Create a uniquely named database on `server_url`, yield its asyncpg URL, then drop it."""
     import asyncpg
 
-    server = make_url(postgres_server_url)
-    name = f"keelson_test_{uuid.uuid4().hex[:10]}"
+    server = make_url(server_url)
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     admin_dsn = server.set(drivername="postgresql").render_as_string(hide_password=False)
 
     async def run(sql: str) -> None:
@@ -134,6 +136,13 @@ def test_database_url(postgres_server_url: str) -> Iterator[str]:
         yield url.render_as_string(hide_password=False)
     finally:
         asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def test_database_url(postgres_server_url: str) -> Iterator[str]:
+    """A fresh database for this session, as a `postgresql+asyncpg://` URL."""
+    with fresh_database(postgres_server_url) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
