@@ -35,6 +35,7 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+from _docs import write_section
 from argon2 import PasswordHasher, Type
 from jose import jwk, jwt
 from redis.asyncio import Redis
@@ -53,7 +54,6 @@ from keelson.config import Environment, LogSettings
 from keelson.db import migrate
 from keelson.keys import SigningKey
 
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 MIGRATIONS = Path(__file__).resolve().parent.parent / "services/auth/auth_service/migrations"
 PASSWORD = "bench pass phrase for logins"
 
@@ -236,8 +236,6 @@ def table(
 def write_docs(body: str, command: str) -> None:
     section = "\n".join(
         [
-            "## Auth",
-            "",
             "ES256 access-token verification through `keelson.auth` beside raw python-jose, "
             "and logins at the default argon2id cost through the real auth app (one process; "
             "see the docstring of `bench/auth.py`).",
@@ -249,17 +247,9 @@ def write_docs(body: str, command: str) -> None:
             f"Recorded {time.strftime('%Y-%m-%d %H:%M')}.",
             "",
             body,
-            "",
         ]
     )
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n\n"
-    start = text.find("## Auth\n")
-    if start == -1:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + section + (text[end + 1 :] if end != -1 else "")
-    DOCS.write_text(text)
+    write_section("Auth", section)
 
 
 def main() -> None:

@@ -27,16 +27,15 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import orjson
+from _docs import DOCS, write_section
 from redis.asyncio import Redis
 
 from keelson.bus import RedisBus, stream_key
 from keelson.config import BusSettings
 from keelson.events import Envelope, Event
 
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 BATCH = 100
 BLOCK_MS = 100
 MAXLEN = 1_000_000
@@ -188,8 +187,6 @@ def table(sides: list[Side], rounds: int) -> str:
 def write_docs(body: str, command: str, redis_url: str) -> None:
     section = "\n".join(
         [
-            "## Bus",
-            "",
             "Durable publish -> handler over Redis Streams, `keelson.bus` beside raw redis-py "
             "XADD/XREADGROUP/XACK in the same run (one publisher and one consumer in one "
             "process and event loop; see the docstring of `bench/bus.py`).",
@@ -210,18 +207,9 @@ def write_docs(body: str, command: str, redis_url: str) -> None:
             "loop; when the consumer keeps up, batches are small and both pay a read and an "
             "ack round trip per few events. `python bench/bus.py --no-docs` prints without "
             "writing this section.",
-            "",
         ]
     )
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n\n"
-    start = text.find("## Bus\n")
-    if start == -1:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + section + (text[end + 1 :] if end != -1 else "")
-    DOCS.parent.mkdir(parents=True, exist_ok=True)
-    DOCS.write_text(text)
+    write_section("Bus", section)
 
 
 async def main(args: argparse.Namespace) -> str:

@@ -53,12 +53,12 @@ from typing import Any
 
 import httpx
 import yaml
+from _docs import write_section
 from jose import jwt
 
 from keelson.embedded import free_port, wait_for_port
 from keelson.keys import SigningKey
 
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 PATH = "/api/v1/logs/bench"
 
 NAIVE_PROXY = textwrap.dedent(
@@ -546,8 +546,6 @@ def table(results: list[Result]) -> str:
 def write_docs(body: str, command: str, args: argparse.Namespace) -> None:
     section = "\n".join(
         [
-            "## Gateway",
-            "",
             "An authenticated GET through the gateway's whole plugin chain (JWT verified with "
             "the revocation check in Redis, rate limit counted in Redis, request validated, "
             "proxied, access-logged) beside the same upstream called directly, nginx as a "
@@ -583,17 +581,9 @@ def write_docs(body: str, command: str, args: argparse.Namespace) -> None:
             "The in-process table sends one request at a time, so there every hit is a "
             "round trip of its own. Two workers share the machine's two cores with wrk, "
             "nginx and Redis, so the second core is far from a free one.",
-            "",
         ]
     )
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n\n"
-    start = text.find("## Gateway\n")
-    if start == -1:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + section + ("\n" + text[end + 1 :] if end != -1 else "")
-    DOCS.write_text(text)
+    write_section("Gateway", section)
 
 
 def main() -> None:

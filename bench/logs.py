@@ -34,6 +34,7 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+from _docs import write_section
 from sqlalchemy.engine import make_url
 
 from keelson.db import migrate
@@ -42,7 +43,6 @@ from keelson.logging import LogShipper, bind
 from logs_service.records import COLUMNS
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = ROOT / "docs" / "benchmarks.md"
 MIGRATIONS = ROOT / "services/logs/logs_service/migrations"
 SENDERS = 4
 COPY_BATCH = 1000
@@ -291,8 +291,6 @@ async def execute(dsn: str, sql: str) -> None:
 def write_docs(body: str, command: str, server: str) -> None:
     section = "\n".join(
         [
-            "## Logs",
-            "",
             "Log records from 4 sender processes through `keelson.logging`'s ZeroMQ shipper "
             "into the log service and Postgres, timed until every record is queryable, beside "
             "raw asyncpg `copy_records_to_table` of the same rows into the same table in the "
@@ -318,17 +316,9 @@ def write_docs(body: str, command: str, server: str) -> None:
             "come; nothing is dropped. On this shared machine figures vary by about 2x from run "
             "to run with the other work, so each run measures both paths back to back and "
             "the table keeps every run.",
-            "",
         ]
     )
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n\n"
-    start = text.find("## Logs\n")
-    if start == -1:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + section + ("\n" + text[end + 1 :] if end != -1 else "")
-    DOCS.write_text(text)
+    write_section("Logs", section)
 
 
 if __name__ == "__main__":

@@ -37,14 +37,13 @@ from pathlib import Path
 
 import httpx
 import psutil
+from _docs import write_section
 
 from keelson.embedded import free_port
 from keelson.suite import SERVICES, port_in_use
 from keelson.supervision import Supervisor
 
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 KEELSON = Path(sys.executable).parent / "keelson"
-TITLE = "## Startup and memory"
 MB = 1024 * 1024
 
 # Runs in a fresh interpreter: RSS charged to top-level packages, nested imports excluded.
@@ -246,8 +245,6 @@ def write_docs(body: str, command: str) -> None:
     load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
     section = "\n".join(
         [
-            TITLE,
-            "",
             "`keelson up` (what `make up` runs) with embedded PostgreSQL and Valkey, from "
             "starting the process to every `/health/ready` answering 200, and each "
             "service's memory after idling (see the docstring of `bench/up.py`).",
@@ -261,17 +258,9 @@ def write_docs(body: str, command: str) -> None:
             body,
             "",
             FINDINGS,
-            "",
         ]
     )
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    start = text.find(TITLE)
-    if start == -1:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(TITLE))
-        text = text[:start] + section + (text[end + 1 :] if end != -1 else "")
-    DOCS.write_text(text)
+    write_section("Startup and memory", section)
 
 
 def main() -> None:
