@@ -1,13 +1,10 @@
-"""Helpers for the logs service's tests: sender processes, polling, identities."""
+"""Helpers for the logs service's tests: sender and service processes, row counts, identities."""
 
-import asyncio
 import json
 import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +15,7 @@ from keelson.auth import Principal, identity_key, sign_identity
 from keelson.config import KeelsonSettings
 from keelson.embedded import free_port
 from keelson.keys import KeyManager
+from keelson.testing import eventually
 
 SENDER = Path(__file__).with_name("log_sender.py")
 
@@ -68,16 +66,6 @@ class SenderProcess:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
-
-
-async def wait_until(
-    condition: Callable[[], Awaitable[bool]], *, timeout: float = 30, interval: float = 0.05
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(interval)
 
 
 def operator_headers(settings: KeelsonSettings, *roles: str, user: str = "op-1") -> dict[str, str]:
@@ -134,7 +122,7 @@ class ServiceProcess:
                 except httpx.TransportError:
                     return False
 
-            await wait_until(live, timeout=timeout, interval=0.1)
+            await eventually(live, timeout=timeout, interval=0.1)
 
     def kill(self) -> None:
         """SIGKILL: no shutdown hook runs, nothing is flushed."""

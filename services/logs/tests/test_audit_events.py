@@ -4,12 +4,12 @@ import uuid
 from collections.abc import Callable
 
 import asyncpg
-from logs_testkit import count_of, wait_until
+from logs_testkit import count_of
 from redis.asyncio import Redis
 
 from keelson.bus import RedisBus
 from keelson.events import Envelope
-from keelson.testing import LiveServer
+from keelson.testing import LiveServer, eventually
 from logs_service.app import create_app
 from logs_service.settings import Settings
 
@@ -39,7 +39,7 @@ async def test_bus_events_published_as_logs_are_stored_once(
             async def stored() -> bool:
                 return await count_of(pool, service_name) >= 2
 
-            await wait_until(stored, timeout=20)
+            await eventually(stored, timeout=20)
             row = await pool.fetchrow(
                 "SELECT * FROM records WHERE service = $1 AND message <> 'logs.audit'", service_name
             )

@@ -10,13 +10,12 @@ from pathlib import Path
 import pytest
 from fastapi import FastAPI
 from jose import jwt
-from logs_testkit import wait_until
 
 from keelson.auth import DEFAULT_AUDIENCE, DEFAULT_ISSUER
 from keelson.cli import main
 from keelson.keys import SigningKey
 from keelson.logging import LogShipper
-from keelson.testing import LiveServer
+from keelson.testing import LiveServer, eventually
 from logs_service.app import create_app
 from logs_service.plugins import TAIL_HUB
 from logs_service.settings import Settings
@@ -77,7 +76,7 @@ async def test_tail_prints_new_records_in_colour(
     async def connected() -> bool:
         return hub.subscribers > 0
 
-    await wait_until(connected, timeout=10)
+    await eventually(connected, timeout=10)
     shipper = LogShipper(settings.logs.bind_endpoint, service=service_name, spill_dir=tmp_path)
     logger = logging.getLogger(f"cli.{service_name}")
     logger.handlers, logger.propagate = [shipper], False

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from logs_testkit import SenderProcess, ServiceProcess, count_of, wait_until
+from logs_testkit import SenderProcess, ServiceProcess, count_of
 
 from keelson.db import migrate
 from keelson.embedded import EmbeddedPostgres, free_port
+from keelson.testing import eventually
 from logs_service.ingest import Ingestor
 from logs_service.settings import IngestSettings
 from logs_service.store import LogStore, create_pool
@@ -43,7 +44,7 @@ async def test_a_consumer_killed_during_a_burst_loses_and_doubles_nothing(
         async def mid_burst() -> bool:
             return await count_of(pool, service_name) >= 5_000
 
-        await wait_until(mid_burst, timeout=60, interval=0.01)
+        await eventually(mid_burst, timeout=60, interval=0.01)
         consumer.kill()
         at_kill = await count_of(pool, service_name)
         assert at_kill < 50_000, "the burst was over before the kill"
@@ -91,7 +92,7 @@ async def test_postgres_stopped_for_ten_seconds_during_a_burst(
         async def mid_burst() -> bool:
             return await count_of(pool, service_name) >= 2_000
 
-        await wait_until(mid_burst, timeout=60, interval=0.01)
+        await eventually(mid_burst, timeout=60, interval=0.01)
         await asyncio.to_thread(own_postgres.stop)
         await asyncio.sleep(10)  # the outage itself, not a synchronisation
         assert ingestor.failing_for > 5

@@ -11,10 +11,10 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
-from logs_testkit import SenderProcess, operator_headers, wait_until
+from logs_testkit import SenderProcess, operator_headers
 
 from keelson.logging import LogShipper
-from keelson.testing import LiveServer
+from keelson.testing import LiveServer, eventually
 from logs_service.app import create_app
 from logs_service.settings import Settings
 
@@ -125,7 +125,7 @@ async def test_pages_have_no_duplicates_or_gaps_while_records_arrive(
             page = await client.get("/api/v1/logs/stats", params={"since": "2000-01-01"})
             return page.json()["by_service"][gamma] > PER_SERVICE + 200
 
-        await wait_until(arriving, timeout=20)
+        await eventually(arriving, timeout=20)
         # Everything committed before the walk starts must be walked over exactly once.
         before = {i["id"] for i in await fetch_all(client, service=gamma, limit=1000)}
         seen: list[str] = []
