@@ -28,7 +28,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +39,7 @@ from sqlalchemy.engine import make_url
 from keelson.db import migrate
 from keelson.embedded import free_port
 from keelson.logging import LogShipper, bind
+from keelson.testing import fresh_database
 from logs_service.records import COLUMNS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -214,19 +214,13 @@ class Round:
 
 def run_round(server: str, records: int) -> Round:
     """One round in a database of its own: end to end, then raw COPY of the same rows."""
-    server_dsn = make_url(server).set(drivername="postgresql")
-    name = f"keelson_bench_logs_{uuid.uuid4().hex[:8]}"
-    admin = server_dsn.render_as_string(hide_password=False)
-    dsn = server_dsn.set(database=name).render_as_string(hide_password=False)
-    asyncio.run(execute(admin, f'CREATE DATABASE "{name}"'))
-    try:
+    with fresh_database(server, prefix="keelson_bench_logs") as url:
+        dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
         migrate(MIGRATIONS, dsn)
         with tempfile.TemporaryDirectory(prefix="keelson-bench-logs-") as workdir:
             seconds, (rss, peak), dropped = end_to_end(dsn, records, Path(workdir))
         stored = asyncio.run(count_rows(dsn))
         copied, copy_seconds = asyncio.run(raw_copy(dsn))
-    finally:
-        asyncio.run(execute(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     return Round(seconds, rss, peak, dropped, stored, copied, copy_seconds)
 
 
@@ -278,14 +272,6 @@ def main() -> None:
             ["--database-url", server, "--records", str(args.records), "--runs", str(args.runs)]
         )
         write_docs(body, command, server)
-
-
-async def execute(dsn: str, sql: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 def write_docs(body: str, command: str, server: str) -> None:

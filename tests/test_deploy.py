@@ -21,7 +21,6 @@ import sys
 import threading
 import tomllib
 import typing
-import uuid
 from collections.abc import Iterator
 from fnmatch import fnmatch
 from pathlib import Path
@@ -36,6 +35,7 @@ from sqlalchemy.engine import make_url
 
 from keelson.config import KeelsonSettings
 from keelson.embedded import free_port
+from keelson.testing import fresh_database
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -593,22 +593,8 @@ def test_dockerfile_lints_clean() -> None:
 @pytest.fixture
 def roles_database(postgres_server_url: str) -> Iterator[str]:
     """An empty database of its own: the roles' schemas must not meet other tests' tables."""
-    server = make_url(postgres_server_url).set(drivername="postgresql")
-    name = f"keelson_deploy_{uuid.uuid4().hex[:8]}"
-    admin = server.render_as_string(hide_password=False)
-
-    async def run(sql: str) -> None:
-        conn = await asyncpg.connect(admin)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(run(f'CREATE DATABASE "{name}"'))
-    try:
-        yield server.set(database=name).render_as_string(hide_password=False)
-    finally:
-        asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with fresh_database(postgres_server_url, prefix="keelson_deploy") as url:
+        yield make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def test_each_service_migrates_as_its_own_role_into_its_own_schema(roles_database: str) -> None:
