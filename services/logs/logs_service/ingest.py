@@ -105,7 +105,6 @@ class Ingestor:
         self._committed: OrderedDict[bytes, None] = OrderedDict()
         self._tasks: list[asyncio.Task[None]] = []
         self._failing_since: float | None = None
-        self.committed_records = 0
 
     @property
     def endpoint(self) -> str:
@@ -272,7 +271,6 @@ class Ingestor:
             return outcome
 
     async def _settle(self, batch: _Batch, outcome: WriteOutcome) -> None:
-        self.committed_records += len(outcome.inserted)
         from_bus = sum(1 for row in outcome.inserted if row.id in batch.from_bus)
         INGESTED.labels("bus").inc(from_bus)
         INGESTED.labels("zmq").inc(len(outcome.inserted) - from_bus)

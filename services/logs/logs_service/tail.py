@@ -19,7 +19,6 @@ class TailSubscription:
         self.service = service
         self.min_level = min_level
         self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(size)
-        self.missed = 0
 
     def wants(self, row: LogRow) -> bool:
         if self.service is not None and row.service != self.service:
@@ -30,7 +29,6 @@ class TailSubscription:
         try:
             self.queue.put_nowait(record)
         except asyncio.QueueFull:
-            self.missed += 1
             TAIL_DROPPED.inc()
 
     async def next_records(self, timeout: float) -> list[dict[str, Any]]:
