@@ -19,6 +19,7 @@ __all__ = [
     "LEVEL_NAMES",
     "LogRow",
     "Rejection",
+    "level_name",
     "level_number",
     "parse_line",
     "row_from_envelope",
@@ -78,6 +79,10 @@ class LogRow(NamedTuple):
 
 def level_number(name: str) -> int | None:
     return LEVELS.get(name.upper())
+
+
+def level_name(number: int) -> str:
+    return LEVEL_NAMES.get(number, str(number))
 
 
 def parse_line(line: bytes, *, max_bytes: int, oldest: float, newest: float) -> LogRow | Rejection:
@@ -176,7 +181,7 @@ def row_to_dict(row: LogRow) -> dict[str, Any]:
         "id": row.id.hex,
         "ts": row.ts.isoformat(),
         "service": row.service,
-        "level": LEVEL_NAMES.get(row.level, str(row.level)),
+        "level": level_name(row.level),
         "logger": row.logger,
         "message": row.message,
         "request_id": row.request_id,

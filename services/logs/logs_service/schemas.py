@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from logs_service.records import LEVEL_NAMES, LEVELS, LogRow, row_to_dict
+from logs_service.records import LEVELS, LogRow, row_to_dict
 
 __all__ = ["Level", "LevelCountPublic", "LogPage", "LogRecordPublic", "LogStats"]
 
@@ -65,7 +65,3 @@ class LogStats(BaseModel):
     by_service: dict[str, int]
     by_level: dict[str, int]
     counts: list[LevelCountPublic]
-
-
-def level_name(number: int) -> str:
-    return LEVEL_NAMES.get(number, str(number))

@@ -13,13 +13,13 @@ from fastapi.responses import StreamingResponse
 
 from logs_service.deps import IngestSettingsDep, Operator, StoreDep, TailHubDep
 from logs_service.queries import Cursor, count_records, search_records
+from logs_service.records import level_name
 from logs_service.schemas import (
     Level,
     LevelCountPublic,
     LogPage,
     LogRecordPublic,
     LogStats,
-    level_name,
 )
 from logs_service.tail import TailHub
 
