@@ -615,13 +615,11 @@ def test_each_service_migrates_as_its_own_role_into_its_own_schema(roles_databas
         result = subprocess.run(["sh", script], env=pg_env, capture_output=True, text=True)
         assert result.returncode == 0, result.stderr
     from keelson.db import migrate
+    from keelson.suite import SERVICES as SUITE
 
-    for name, (package, _) in SERVICES.items():
-        spec = importlib.util.find_spec(package)
-        assert spec is not None and spec.submodule_search_locations
-        migrations_dir = Path(next(iter(spec.submodule_search_locations))) / "migrations"
-        role_url = url.set(username=f"keelson_{name}", password=f"keelson-{name}")
-        migrate(migrations_dir, role_url.render_as_string(hide_password=False))
+    for service in SUITE:
+        role_url = url.set(username=f"keelson_{service.name}", password=f"keelson-{service.name}")
+        migrate(service.migrations_dir(), role_url.render_as_string(hide_password=False))
 
     async def inspect() -> tuple[dict[str, str], str]:
         admin = await asyncpg.connect(url.render_as_string(hide_password=False))

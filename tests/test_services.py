@@ -10,19 +10,13 @@ import pytest
 from keelson.config import LogSettings
 from keelson.db import migrate
 from keelson.embedded import free_port
+from keelson.suite import SERVICES
 from keelson.testing import LiveServer
 
 ROOT = Path(__file__).resolve().parents[1]
-SERVICES = [
-    ("gateway", "gateway"),
-    ("auth", "auth_service"),
-    ("logs", "logs_service"),
-    ("notifications", "notifications_service"),
-    ("payments", "payments_service"),
-]
 
 
-@pytest.mark.parametrize(("service", "package"), SERVICES)
+@pytest.mark.parametrize(("service", "package"), [(s.name, s.package) for s in SERVICES])
 async def test_service_starts_ready_with_metrics(
     service: str, package: str, test_database_url: str, redis_url: str
 ) -> None:
