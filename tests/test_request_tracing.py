@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -55,16 +54,14 @@ class Service:
         )
 
     async def wait(self, client: httpx.AsyncClient, probe: str) -> None:
-        deadline = time.monotonic() + 60
-        while True:
+        async def up() -> bool:
             assert self.process.poll() is None, self.log.read_text()[-3000:]
             try:
-                if (await client.get(self.url + probe)).status_code == 200:
-                    return
+                return (await client.get(self.url + probe)).status_code == 200
             except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, f"{self.url}{probe} not up within 60s"
-            await asyncio.sleep(0.1)
+                return False
+
+        await eventually(up, timeout=60, interval=0.1)
 
     def stop(self) -> None:
         if self.process.poll() is None:
