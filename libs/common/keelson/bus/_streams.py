@@ -178,6 +178,7 @@ class GroupConsumer:
             try:
                 await self._tick()
                 backoff = 0.1
+                continue
             except ResponseError as exc:
                 if "NOGROUP" in str(exc):
                     # A stream or its group was deleted under us: create them again.
@@ -185,17 +186,13 @@ class GroupConsumer:
                     self._refresh_due = True
                     continue
                 _log.warning("bus consumer %s: %s", self.group.name, _short(exc))
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
             except (RedisError, OSError) as exc:
                 _log.warning("bus consumer %s lost Redis: %s", self.group.name, _short(exc))
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
             except Exception:
                 # Keep consuming: what was read and not acknowledged is claimed again later.
                 _log.exception("bus consumer %s failed; continuing", self.group.name)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
 
     async def _tick(self) -> None:
         now = time.monotonic()
@@ -225,7 +222,7 @@ class GroupConsumer:
         for stream, entries in _stream_replies(response):
             stream_name = _text(stream)
             batch = [_Entry(entry_id, fields, 1) for entry_id, fields in entries]
-            await self._handle(stream_name, self._streams[stream_name], batch)
+            await self._handle(stream_name, self._streams[stream_name], batch, {})
 
     async def _refresh(self) -> None:
         """Find the streams the group's patterns match; create the group on new ones."""
@@ -248,16 +245,14 @@ class GroupConsumer:
             self._streams[key] = topic
         self.ready.set()
 
-    async def _handle(self, stream: str, topic: str, entries: Sequence[_Entry]) -> None:
-        await self._handle_with_history(stream, topic, entries, {})
-
-    async def _handle_with_history(
+    async def _handle(
         self,
         stream: str,
         topic: str,
         entries: Sequence[_Entry],
         previous_errors: dict[str, str],
     ) -> None:
+        """Decode, deduplicate, dispatch and settle a batch; `previous_errors` by entry id."""
         outcome = _Settlement.empty()
         decoded = self._decode(entries, previous_errors, outcome)
         seen: set[str] = set()
@@ -426,7 +421,7 @@ class GroupConsumer:
             for (entry_id, _), error in zip(claimed, errors, strict=True)
             if error is not None
         }
-        await self._handle_with_history(stream, topic, entries, previous)
+        await self._handle(stream, topic, entries, previous)
 
     async def _maintain(self) -> None:
         """Publish the lag gauge; forget long-idle consumers that hold nothing."""
