@@ -36,6 +36,7 @@ __all__ = [
     "SecurityHeadersMiddleware",
     "UnhandledErrorMiddleware",
     "create_app",
+    "log_access",
     "problem_response",
 ]
 
@@ -159,24 +160,46 @@ class AccessLogMiddleware:
         try:
             await self.app(scope, receive, send_and_note)
         finally:
-            ms = (time.perf_counter() - started) * 1000
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
             client = scope.get("client")
             # request_id, trace_id and user_id come from the context the logger binds.
-            _access.info(
-                "%s %s %d %.1fms",
-                scope["method"],
-                route,
+            log_access(
+                _access,
+                scope,
                 status,
-                ms,
-                extra={
-                    "method": scope["method"],
-                    "route": route,
-                    "status": status,
-                    "duration_ms": round(ms, 3),
-                    "client_ip": client[0] if client else None,
-                },
+                time.perf_counter() - started,
+                client_ip=client[0] if client else None,
             )
+
+
+def log_access(
+    logger: logging.Logger,
+    scope: Scope,
+    status: int,
+    seconds: float,
+    *,
+    level: int = logging.INFO,
+    client_ip: str | None = None,
+    **fields: Any,
+) -> None:
+    """Emit the access record of one request: `METHOD route status duration`, plus `fields`."""
+    ms = seconds * 1000
+    route = getattr(scope.get("route"), "path", None) or "unmatched"
+    logger.log(
+        level,
+        "%s %s %d %.1fms",
+        scope["method"],
+        route,
+        status,
+        ms,
+        extra={
+            "method": scope["method"],
+            "route": route,
+            "status": status,
+            "duration_ms": round(ms, 3),
+            "client_ip": client_ip,
+            **fields,
+        },
+    )
 
 
 class SecurityHeadersMiddleware:

@@ -15,6 +15,7 @@ from gateway.openapi import OpenApiCatalog
 from gateway.pipeline import GatewayPlugin, plugin_config
 from gateway.plugins.routing import CATALOG
 from keelson.config import PluginSettings
+from keelson.http import log_access
 from keelson.logging import request_id_var
 from keelson.plugins import PluginMetadata, Priority
 
@@ -91,26 +92,17 @@ class _AccessLog:
             match = self.catalog.match(scope)
             if match is not None:
                 scope["route"] = match
-        route = getattr(scope.get("route"), "path", None) or "unmatched"
-        principal: Any = state(scope).get(PRINCIPAL)
-        user_id = principal.user_id if principal is not None else None
         level = logging.WARNING if seconds >= self.slow or status >= 500 else logging.INFO
         if not self.log.isEnabledFor(level):
             return
-        self.log.log(
-            level,
-            "%s %s %d %.1fms",
-            scope["method"],
-            route,
+        principal: Any = state(scope).get(PRINCIPAL)
+        log_access(
+            self.log,
+            scope,
             status,
-            seconds * 1000,
-            extra={
-                "method": scope["method"],
-                "route": route,
-                "status": status,
-                "duration_ms": round(seconds * 1000, 3),
-                "client_ip": client_ip(scope, self.hops),
-                "request_id": request_id_var.get(),
-                "user_id": user_id,
-            },
+            seconds,
+            level=level,
+            client_ip=client_ip(scope, self.hops),
+            request_id=request_id_var.get(),
+            user_id=principal.user_id if principal is not None else None,
         )
