@@ -22,7 +22,7 @@ QUICK = {
     "bus": ["--events", "5000", "--rounds", "1", "--no-docs"],
     "auth": ["--verifications", "2000", "--logins", "4", "--no-docs"],
     "logs": ["--records", "5000", "--runs", "1", "--no-docs"],
-    "logging_path": ["--no-docs"],
+    "logging_path": ["--calls", "2000", "--repeat", "1"],  # prints only, writes no docs
     "gateway": ["--duration", "3", "--no-docs"],
     "up": ["--runs", "1", "--idle", "2", "--no-docs"],
 }
