@@ -205,10 +205,6 @@ class PluginContainer:
         for name in reversed(order):
             for child in dependents[name]:
                 urgency[name] = min(urgency[name], urgency[child])
-        indegree = {
-            name: sum(1 for d in slot.plugin.metadata.depends_on if d in enabled)
-            for name, slot in enabled.items()
-        }
         return self._topological(
             indegree, dependents, lambda n: (urgency[n], self._slots[n].order, n)
         )
@@ -219,15 +215,17 @@ class PluginContainer:
         dependents: dict[str, list[str]],
         rank: Callable[[str], tuple[int, int, str]],
     ) -> list[str]:
-        ready = [rank(n) for n, deg in indegree.items() if deg == 0]
+        """Kahn's algorithm, lowest `rank` first among the ready; `indegree` is not changed."""
+        waiting = dict(indegree)
+        ready = [rank(n) for n, deg in waiting.items() if deg == 0]
         heapq.heapify(ready)
         order: list[str] = []
         while ready:
             *_, name = heapq.heappop(ready)
             order.append(name)
             for child in dependents[name]:
-                indegree[child] -= 1
-                if indegree[child] == 0:
+                waiting[child] -= 1
+                if waiting[child] == 0:
                     heapq.heappush(ready, rank(child))
         return order
 
