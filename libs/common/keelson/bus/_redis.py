@@ -34,13 +34,12 @@ class RedisBus:
         producer: str,
         settings: BusSettings | None = None,
         consumer: str | None = None,
-        dedupe_ttl_seconds: int = 7 * 24 * 3600,
     ) -> None:
         self.redis = redis
         self.producer = producer
         self.settings = settings or BusSettings()
         self.consumer = consumer or consumer_name()
-        self.processed = RedisProcessedIds(redis, ttl_seconds=dedupe_ttl_seconds)
+        self.processed = RedisProcessedIds(redis)
         self._subscriptions = Subscriptions()
         self._publisher = StreamPublisher(redis, maxlen=self.settings.stream_maxlen)
         self._broadcaster = RedisBroadcaster(redis, self._subscriptions)
