@@ -13,8 +13,11 @@ __all__ = [
     "PRINCIPAL",
     "ROUTE",
     "SESSION",
+    "BodyTooLarge",
+    "ClientGone",
     "client_ip",
     "header",
+    "read_body",
     "replay_body",
     "state",
 ]
@@ -58,6 +61,32 @@ def client_ip(scope: Scope, trusted_hops: int = 0) -> str:
             ip = hops[-trusted_hops] if len(hops) >= trusted_hops else hops[0]
     st[CLIENT_IP] = ip
     return ip
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request body arrived."""
+
+
+class BodyTooLarge(Exception):
+    """The request body grew past the reader's limit."""
+
+
+async def read_body(receive: Receive, limit: int | None = None) -> bytes:
+    """The whole request body; `BodyTooLarge` past `limit` bytes, `ClientGone` on disconnect."""
+    chunks: list[bytes] = []
+    size = 0
+    more = True
+    while more:
+        message: Message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if limit is not None and size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+        more = message.get("more_body", False)
+    return b"".join(chunks)
 
 
 def replay_body(body: bytes, receive: Receive) -> Receive:

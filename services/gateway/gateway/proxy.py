@@ -17,7 +17,7 @@ from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from yarl import URL
 
-from gateway.context import BODY, FORWARD_HEADERS, client_ip, state
+from gateway.context import BODY, FORWARD_HEADERS, ClientGone, client_ip, read_body, state
 from gateway.metrics import (
     CIRCUIT_REJECTIONS,
     UPSTREAM_REQUEST_SECONDS,
@@ -153,7 +153,7 @@ class ProxyApp:
             await problem_response(failure.status, _TITLES[failure.status], failure.detail)(
                 scope, receive, send
             )
-        except _ClientGone:
+        except ClientGone:
             return
         finally:
             upstream.breaker.release()
@@ -269,7 +269,7 @@ class ProxyApp:
         if not chunked and not length:
             return None, True
         if length is not None and length <= self.config.replayable_request_bytes:
-            return await _read_all(receive), True
+            return await read_body(receive), True
         return _stream(receive), False
 
     async def _relay(self, response: aiohttp.ClientResponse, scope: Scope, send: Send) -> None:
@@ -319,29 +319,13 @@ def _traceparent(headers: list[tuple[bytes, bytes]]) -> str:
     return f"00-{trace_id}-{os.urandom(8).hex()}-{flags}"
 
 
-async def _read_all(receive: Receive) -> bytes:
-    chunks: list[bytes] = []
-    more = True
-    while more:
-        message: Message = await receive()
-        if message["type"] == "http.disconnect":
-            raise _ClientGone
-        chunks.append(message.get("body", b""))
-        more = message.get("more_body", False)
-    return b"".join(chunks)
-
-
 async def _stream(receive: Receive) -> AsyncIterator[bytes]:
     more = True
     while more:
         message: Message = await receive()
         if message["type"] == "http.disconnect":
-            raise _ClientGone
+            raise ClientGone
         chunk: bytes = message.get("body", b"")
         if chunk:
             yield chunk
         more = message.get("more_body", False)
-
-
-class _ClientGone(Exception):
-    """The client disconnected before its request body arrived."""

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.context import SESSION, replay_body, state
+from gateway.context import SESSION, BodyTooLarge, ClientGone, read_body, replay_body, state
 from gateway.pipeline import GatewayPlugin, plugin_config
 from gateway.sessions import MemorySessions, RedisSessions, SecureSession, SessionStore
 from keelson.client import (
@@ -198,7 +198,13 @@ class _EnvelopeLayer:
             raise _Refusal(400, "The envelope has no valid sequence number.") from None
         if not 0 < seq < 2**63:
             raise _Refusal(400, "The envelope has no valid sequence number.")
-        sealed = await _read(receive, self.plugin.config.max_envelope_bytes)
+        limit = self.plugin.config.max_envelope_bytes
+        try:
+            sealed = await read_body(receive, limit)
+        except ClientGone:
+            raise _Refusal(400, "The client went away.") from None
+        except BodyTooLarge:
+            raise _Refusal(400, f"The envelope exceeds {limit} bytes.") from None
         target = scope["raw_path"].decode("latin-1")
         if scope["query_string"]:
             target += "?" + scope["query_string"].decode("latin-1")
@@ -270,20 +276,3 @@ def _inner_headers(
     if length:
         kept.append((b"content-length", str(length).encode()))
     return kept
-
-
-async def _read(receive: Receive, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    more = True
-    while more:
-        message: Message = await receive()
-        if message["type"] == "http.disconnect":
-            raise _Refusal(400, "The client went away.")
-        chunk: bytes = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise _Refusal(400, f"The envelope exceeds {limit} bytes.")
-        chunks.append(chunk)
-        more = message.get("more_body", False)
-    return b"".join(chunks)

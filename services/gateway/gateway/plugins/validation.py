@@ -9,9 +9,9 @@ import orjson
 from jsonschema.exceptions import ValidationError as SchemaError
 from jsonschema.exceptions import best_match
 from pydantic import BaseModel, Field
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.context import BODY, replay_body, state
+from gateway.context import BODY, BodyTooLarge, ClientGone, read_body, replay_body, state
 from gateway.metrics import VALIDATION_REJECTIONS
 from gateway.openapi import OpenApiCatalog
 from gateway.pipeline import GatewayPlugin, plugin_config
@@ -171,7 +171,12 @@ class _ValidationLayer:
             raise _Rejected(413, "size", f"The body may be at most {limit} bytes.")
         if not is_json and length is not None:
             return receive  # known to be within the limit: streamed through untouched
-        body = await _read_limited(receive, limit)
+        try:
+            body = await read_body(receive, limit)
+        except ClientGone:
+            raise _Rejected(400, "disconnect", "The client went away.") from None
+        except BodyTooLarge:
+            raise _Rejected(413, "size", f"The body may be at most {limit} bytes.") from None
         if is_json:
             document = self._parse_json(body)
             self._check_schema(scope, document, absent=False)
@@ -266,20 +271,3 @@ def _depth_exceeds(document: Any, limit: int) -> bool:
             return True
         stack.extend((child, depth + 1) for child in children)
     return False
-
-
-async def _read_limited(receive: Receive, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    more = True
-    while more:
-        message: Message = await receive()
-        if message["type"] == "http.disconnect":
-            raise _Rejected(400, "disconnect", "The client went away.")
-        chunk: bytes = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise _Rejected(413, "size", f"The body may be at most {limit} bytes.")
-        chunks.append(chunk)
-        more = message.get("more_body", False)
-    return b"".join(chunks)
