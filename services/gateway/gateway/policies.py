@@ -7,6 +7,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, field_validator
 
+from gateway.paths import PathPattern
 from keelson.auth import Principal
 
 __all__ = ["Access", "Policy", "PolicyTable", "RoutePolicy", "Verdict"]
@@ -88,21 +89,11 @@ class PolicyTable:
     """First matching rule wins; unmatched paths get the default policy."""
 
     def __init__(self, rules: list[RoutePolicy], default: str) -> None:
-        self._rules = [
-            (
-                r.path.rstrip("*"),
-                r.path.endswith("*"),
-                frozenset(m.upper() for m in r.methods),
-                Policy.parse(r.allow),
-            )
-            for r in rules
-        ]
+        self._rules = [(PathPattern.parse(r.path, r.methods), Policy.parse(r.allow)) for r in rules]
         self.default = Policy.parse(default)
 
     def for_request(self, method: str, path: str) -> Policy:
-        for prefix, is_prefix, methods, policy in self._rules:
-            if methods and method not in methods:
-                continue
-            if path.startswith(prefix) if is_prefix else path == prefix:
+        for pattern, policy in self._rules:
+            if pattern.matches(method, path):
                 return policy
         return self.default

@@ -27,6 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.context import PRINCIPAL, client_ip, state
 from gateway.metrics import RATE_LIMIT_REJECTIONS, RATE_LIMIT_STORAGE_ERRORS
+from gateway.paths import PathPattern
 from gateway.pipeline import GatewayPlugin, plugin_config
 from keelson.config import PluginSettings
 from keelson.http import problem_response
@@ -99,14 +100,7 @@ class RateLimitConfig(BaseModel):
 class _Rule:
     name: str
     item: RateLimitItem
-    path: str
-    prefix: bool
-    methods: frozenset[str]
-
-    def matches(self, method: str, path: str) -> bool:
-        if self.methods and method not in self.methods:
-            return False
-        return path.startswith(self.path) if self.prefix else path == self.path
+    pattern: PathPattern
 
 
 class _Rules:
@@ -114,17 +108,11 @@ class _Rules:
 
     def __init__(self, config: RateLimitConfig) -> None:
         self.rules = [
-            _Rule(
-                name=r.path,
-                item=parse(r.limit),
-                path=r.path.rstrip("*"),
-                prefix=r.path.endswith("*"),
-                methods=frozenset(r.methods),
-            )
+            _Rule(r.path, parse(r.limit), PathPattern.parse(r.path, r.methods))
             for r in config.rules
         ]
         self.default = (
-            _Rule("default", parse(config.default), "", True, frozenset())
+            _Rule("default", parse(config.default), PathPattern.parse("*"))
             if config.default
             else None
         )
@@ -134,7 +122,7 @@ class _Rules:
         if path.startswith(self.exempt):
             return None
         for rule in self.rules:
-            if rule.matches(method, path):
+            if rule.pattern.matches(method, path):
                 return rule
         return self.default
 
