@@ -174,13 +174,14 @@ def token(key: SigningKey) -> str:
     return str(jwt.encode(claims, key.private_pem, algorithm="ES256", headers={"kid": key.kid}))
 
 
-def gateway_config(directory: Path, upstream: str, redis_url: str | None) -> Path:
-    directory.mkdir(parents=True)
+def gateway_values(upstream: str, redis_url: str | None, key_prefix: str) -> dict[str, Any]:
+    """Settings both set-ups share: auth and logs at the bench upstream, the other
+    upstreams at a port nothing listens on, limits too high to refuse, no broker."""
     dead = f"http://127.0.0.1:{free_port()}"
-    config = {
+    names = {"auth": upstream, "logs": upstream, "notifications": dead, "payments": dead}
+    return {
         "env": "prod",
         "master_key": uuid.uuid4().hex + uuid.uuid4().hex,
-        "log": {"ship_endpoint": None, "level": "INFO"},
         "redis_url": redis_url,
         "bus": {
             "zmq_xsub_endpoint": f"tcp://127.0.0.1:{free_port()}",
@@ -188,18 +189,17 @@ def gateway_config(directory: Path, upstream: str, redis_url: str | None) -> Pat
         },
         "plugins": {
             "auth": {"jwks_url": upstream + "/.well-known/jwks.json"},
-            "routing": {
-                "upstreams": {
-                    "auth": {"url": upstream},
-                    "logs": {"url": upstream},
-                    "notifications": {"url": dead},
-                    "payments": {"url": dead},
-                }
-            },
-            "rate_limiting": {"default": "100000000/minute", "key_prefix": "bench-gateway"},
+            "routing": {"upstreams": {n: {"url": url} for n, url in names.items()}},
+            "rate_limiting": {"default": "100000000/minute", "key_prefix": key_prefix},
             "message_bus": {"mode": "never"},
         },
     }
+
+
+def gateway_config(directory: Path, upstream: str, redis_url: str | None) -> Path:
+    directory.mkdir(parents=True)
+    config = gateway_values(upstream, redis_url, "bench-gateway")
+    config["log"] = {"ship_endpoint": None, "level": "INFO"}
     (directory / "keelson.yaml").write_text(yaml.safe_dump(config))
     return directory
 
@@ -439,26 +439,10 @@ async def _cpu_per_request(upstream: str, key: SigningKey, redis_url: str | None
     for label, enabled, redis in steps:
         if redis is None and "Redis" in label:
             continue
-        plugins: dict[str, dict[str, object]] = {
-            name: {"enabled": i < enabled} for i, name in enumerate(CHAIN)
-        }
-        plugins["rate_limiting"].update(default="100000000/minute", key_prefix="bench-cpu")
-        plugins["auth"] = {"jwks_url": upstream + "/.well-known/jwks.json"}
-        plugins["message_bus"] = {"mode": "never"}
-        dead = f"http://127.0.0.1:{free_port()}"
-        names = {"auth": upstream, "logs": upstream, "notifications": dead, "payments": dead}
-        plugins["routing"] = {"upstreams": {n: {"url": url} for n, url in names.items()}}
-        settings = Settings(
-            env="prod",
-            master_key=uuid.uuid4().hex * 2,
-            redis_url=redis,
-            log=LogSettings(ship_endpoint=None),
-            bus={
-                "zmq_xsub_endpoint": f"tcp://127.0.0.1:{free_port()}",
-                "zmq_xpub_endpoint": f"tcp://127.0.0.1:{free_port()}",
-            },
-            plugins=plugins,
-        )
+        values = gateway_values(upstream, redis, "bench-cpu")
+        for i, name in enumerate(CHAIN):
+            values["plugins"].setdefault(name, {})["enabled"] = i < enabled
+        settings = Settings(**values, log=LogSettings(ship_endpoint=None))
         configure_logging(settings)
         for handler in logging.getLogger().handlers:
             if isinstance(handler, logging.StreamHandler):
