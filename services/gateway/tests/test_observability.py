@@ -7,13 +7,14 @@ from gateway_testkit import (
     GatewayProcess,
     ServerThread,
     catalog_ready,
-    eventually,
     gateway_settings,
     private_bus,
     running_gateway,
     upstreams_config,
     write_config,
 )
+
+from keelson.testing import eventually
 
 
 async def test_readiness_is_degraded_when_an_optional_upstream_is_out(

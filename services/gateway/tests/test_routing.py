@@ -4,7 +4,6 @@ import pytest
 from gateway_testkit import (
     ServerThread,
     call_raw,
-    eventually,
     gateway_settings,
     running_gateway,
     upstreams_config,
@@ -12,6 +11,7 @@ from gateway_testkit import (
 from gateway_upstream import create_upstream
 
 from keelson.embedded import free_port
+from keelson.testing import eventually
 
 
 def routing(**urls: str) -> dict:

@@ -2,12 +2,13 @@ import time
 
 from gateway_testkit import (
     ServerThread,
-    eventually,
     gateway_settings,
     running_gateway,
     upstreams_config,
 )
 from gateway_upstream import TokenMint
+
+from keelson.testing import eventually
 
 
 def secured(upstream: ServerThread, auth_upstream: ServerThread, **security: object):

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 from gateway_testkit import (
     ServerThread,
-    eventually,
     gateway_settings,
     running_gateway,
     upstreams_config,
@@ -18,7 +17,7 @@ from auth_service.app import create_app as create_auth_app
 from auth_service.settings import AuthSettings, PasswordHashSettings
 from auth_service.settings import Settings as AuthServiceSettings
 from keelson.db import migrate
-from keelson.testing import make_settings
+from keelson.testing import eventually, make_settings
 
 PASSWORD = "plum tractors sing quietly"
 
