@@ -41,6 +41,23 @@ __all__ = ["register"]
 _RUN_INFO = "up.json"
 _CONFIG = "supervisord.conf"
 _STOP_TIMEOUT = 120.0
+# (flag, environment variable, default, help) of each port `up` and `migrate` take.
+_PORTS = (
+    (
+        "--base-port",
+        "KEELSON_UP_BASE_PORT",
+        Layout.base_port,
+        "gateway port; auth, logs, notifications, payments follow",
+    ),
+    (
+        "--zmq-base-port",
+        "KEELSON_UP_ZMQ_BASE_PORT",
+        Layout.zmq_base_port,
+        "bus XSUB; XPUB is +1, the log service +2",
+    ),
+    ("--postgres-port", "KEELSON_UP_POSTGRES_PORT", Layout.postgres_port, "embedded PostgreSQL"),
+    ("--valkey-port", "KEELSON_UP_VALKEY_PORT", Layout.valkey_port, "embedded Valkey"),
+)
 
 
 class _Stop(Exception):
@@ -100,30 +117,10 @@ def _add_ports(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("KEELSON_UP_HOST", "127.0.0.1"),
         help="address the services bind (KEELSON_UP_HOST, 127.0.0.1)",
     )
-    parser.add_argument(
-        "--base-port",
-        type=int,
-        default=_env_int("KEELSON_UP_BASE_PORT", 8000),
-        help="gateway port; auth, logs, notifications, payments follow (KEELSON_UP_BASE_PORT)",
-    )
-    parser.add_argument(
-        "--zmq-base-port",
-        type=int,
-        default=_env_int("KEELSON_UP_ZMQ_BASE_PORT", 5555),
-        help="bus XSUB; XPUB is +1, the log service +2 (KEELSON_UP_ZMQ_BASE_PORT, 5555)",
-    )
-    parser.add_argument(
-        "--postgres-port",
-        type=int,
-        default=_env_int("KEELSON_UP_POSTGRES_PORT", 55432),
-        help="embedded PostgreSQL (KEELSON_UP_POSTGRES_PORT, 55432)",
-    )
-    parser.add_argument(
-        "--valkey-port",
-        type=int,
-        default=_env_int("KEELSON_UP_VALKEY_PORT", 56379),
-        help="embedded Valkey (KEELSON_UP_VALKEY_PORT, 56379)",
-    )
+    for flag, env, default, text in _PORTS:
+        parser.add_argument(
+            flag, type=int, default=_env_int(env, default), help=f"{text} ({env}, {default})"
+        )
 
 
 def _project_root(args: argparse.Namespace) -> Path:
@@ -392,11 +389,11 @@ def _running_layout(root: Path, state_dir: Path, info: dict[str, Any]) -> Layout
     return Layout(
         root=root,
         state_dir=state_dir,
-        host=info.get("host", "127.0.0.1"),
-        base_port=info.get("base_port", 8000),
-        zmq_base_port=info.get("zmq_base_port", 5555),
-        postgres_port=info.get("postgres_port") or 55432,
-        valkey_port=info.get("valkey_port") or 56379,
+        host=info.get("host", Layout.host),
+        base_port=info.get("base_port", Layout.base_port),
+        zmq_base_port=info.get("zmq_base_port", Layout.zmq_base_port),
+        postgres_port=info.get("postgres_port") or Layout.postgres_port,
+        valkey_port=info.get("valkey_port") or Layout.valkey_port,
         external_database_url=None if info.get("postgres_port") else "external",
         external_redis_url=None if info.get("valkey_port") else "external",
     )
