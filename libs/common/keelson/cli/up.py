@@ -140,8 +140,7 @@ def _state_dir(args: argparse.Namespace, root: Path) -> Path:
     return (root / state).resolve()
 
 
-def _layout(args: argparse.Namespace, settings: KeelsonSettings) -> Layout:
-    root = _project_root(args)
+def _layout(args: argparse.Namespace, root: Path, settings: KeelsonSettings) -> Layout:
     return Layout(
         root=root,
         state_dir=_state_dir(args, root),
@@ -188,7 +187,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
     console = _Console()
     root = _project_root(args)
     try:
-        layout = _layout(args, _settings(root))
+        layout = _layout(args, root, _settings(root))
     except ConfigError as exc:
         console.fail(str(exc))
         return 2
@@ -462,7 +461,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     if url is not None:
         _migrate(url, console)
         return 0
-    layout = _layout(args, settings)
+    layout = _layout(args, root, settings)
     info = _read_run_info(layout.state_dir)
     if (
         info.get("postgres_port")
