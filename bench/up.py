@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import platform
-import random
 import shutil
 import signal
 import subprocess
@@ -40,7 +39,7 @@ import psutil
 from _docs import write_section
 
 from keelson.embedded import free_port
-from keelson.suite import SERVICES, port_in_use
+from keelson.suite import SERVICES, free_port_block
 from keelson.supervision import Supervisor
 
 KEELSON = Path(sys.executable).parent / "keelson"
@@ -109,14 +108,6 @@ class Run:
     uss: dict[str, int] = field(default_factory=dict)
 
 
-def free_block(size: int) -> int:
-    for _ in range(200):
-        base = random.randint(20_000, 32_000)  # below the ephemeral range
-        if not any(port_in_use(base + offset) for offset in range(size)):
-            return base
-    raise RuntimeError("no block of free ports")
-
-
 def all_ready(client: httpx.Client, base_port: int) -> bool:
     for service in SERVICES:
         try:
@@ -129,7 +120,7 @@ def all_ready(client: httpx.Client, base_port: int) -> bool:
 
 
 def run_once(root: Path, kind: str, *, idle: float | None, timeout: float) -> Run:
-    base_port = free_block(len(SERVICES))
+    base_port = free_port_block(len(SERVICES))
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEELSON_")}
     env["NO_COLOR"] = "1"
     command = [
@@ -140,7 +131,7 @@ def run_once(root: Path, kind: str, *, idle: float | None, timeout: float) -> Ru
         "--base-port",
         str(base_port),
         "--zmq-base-port",
-        str(free_block(3)),
+        str(free_port_block(3)),
         "--postgres-port",
         str(free_port()),
         "--valkey-port",

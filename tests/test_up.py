@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import redis
 from sqlalchemy.engine import make_url
 
 from keelson.embedded import free_port
-from keelson.suite import SERVICES, port_in_use
+from keelson.suite import SERVICES, free_port_block, port_in_use
 from keelson.supervision import (
     ProcessState,
     Program,
@@ -36,15 +35,6 @@ KEELSON = Path(sys.executable).parent / "keelson"
 READY_TIMEOUT = 90.0
 
 pytestmark = pytest.mark.timeout(240)
-
-
-def _free_block(size: int) -> int:
-    """A base port with `size` consecutive free ports, below the kernel's ephemeral range."""
-    for _ in range(200):
-        base = random.randint(20_000, 32_000)
-        if not any(port_in_use(base + offset) for offset in range(size)):
-            return base
-    raise RuntimeError("no block of free ports")
 
 
 @dataclass
@@ -97,7 +87,7 @@ def start_suite(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], Suite]]:
     def start(extra_env: dict[str, str]) -> Suite:
         env = {k: v for k, v in os.environ.items() if not k.startswith("KEELSON_")}
         env.update(NO_COLOR="1", KEELSON_PG_FSYNC_OFF="1", **extra_env)
-        base_port = _free_block(len(SERVICES))
+        base_port = free_port_block(len(SERVICES))
         log = tmp_path / "up.log"
         command = [
             str(KEELSON),
@@ -107,7 +97,7 @@ def start_suite(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], Suite]]:
             "--base-port",
             str(base_port),
             "--zmq-base-port",
-            str(_free_block(3)),
+            str(free_port_block(3)),
             "--timeout",
             str(READY_TIMEOUT),
         ]

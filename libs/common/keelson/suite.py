@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import random
 import socket
 import sys
 import time
@@ -22,6 +23,7 @@ __all__ = [
     "Layout",
     "Service",
     "ensure_database",
+    "free_port_block",
     "migrate_all",
     "port_in_use",
     "postgres_answers",
@@ -215,6 +217,15 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
         except OSError:
             return True
     return False
+
+
+def free_port_block(size: int) -> int:
+    """A base port with `size` consecutive free ports, below the kernel's ephemeral range."""
+    for _ in range(200):
+        base = random.randint(20_000, 32_000)
+        if not any(port_in_use(base + offset) for offset in range(size)):
+            return base
+    raise RuntimeError("no block of free ports")
 
 
 def postgres_answers(url: str) -> bool:
