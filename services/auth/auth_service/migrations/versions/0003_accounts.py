@@ -27,6 +27,16 @@ def _timestamp(name: str, *, nullable: bool = True, default: bool = False) -> sa
     )
 
 
+def _parent(name: str, table: str) -> sa.Column:
+    """A required reference to a row of `table`, deleted with it."""
+    return sa.Column(
+        name,
+        sa.Uuid(),
+        sa.ForeignKey(f"{SCHEMA}.{table}.id", ondelete="CASCADE"),
+        nullable=False,
+    )
+
+
 def upgrade() -> None:
     op.create_table(
         "users",
@@ -45,12 +55,7 @@ def upgrade() -> None:
     op.create_table(
         "sessions",
         sa.Column("id", sa.Uuid(), primary_key=True),
-        sa.Column(
-            "user_id",
-            sa.Uuid(),
-            sa.ForeignKey(f"{SCHEMA}.users.id", ondelete="CASCADE"),
-            nullable=False,
-        ),
+        _parent("user_id", "users"),
         sa.Column("scopes", sa.ARRAY(sa.String(64)), nullable=False),
         sa.Column("access_jti", sa.String(64)),
         _timestamp("access_expires_at"),
@@ -65,12 +70,7 @@ def upgrade() -> None:
     op.create_table(
         "refresh_tokens",
         sa.Column("id", sa.Uuid(), primary_key=True),
-        sa.Column(
-            "session_id",
-            sa.Uuid(),
-            sa.ForeignKey(f"{SCHEMA}.sessions.id", ondelete="CASCADE"),
-            nullable=False,
-        ),
+        _parent("session_id", "sessions"),
         sa.Column("token_hash", sa.LargeBinary(32), nullable=False, unique=True),
         _timestamp("created_at", nullable=False, default=True),
         _timestamp("expires_at", nullable=False),
@@ -81,12 +81,7 @@ def upgrade() -> None:
     op.create_table(
         "action_tokens",
         sa.Column("id", sa.Uuid(), primary_key=True),
-        sa.Column(
-            "user_id",
-            sa.Uuid(),
-            sa.ForeignKey(f"{SCHEMA}.users.id", ondelete="CASCADE"),
-            nullable=False,
-        ),
+        _parent("user_id", "users"),
         sa.Column("purpose", sa.String(32), nullable=False),
         sa.Column("token_hash", sa.LargeBinary(32), nullable=False, unique=True),
         _timestamp("created_at", nullable=False, default=True),
