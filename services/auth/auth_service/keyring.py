@@ -33,6 +33,12 @@ KEY_CIPHER_PURPOSE = "auth-signing-keys"
 _log = logging.getLogger("auth_service.keyring")
 # Serialises key creation across replicas starting at once (an arbitrary constant).
 _KEY_LOCK_ID = 0x6B65_6C73
+# The keys in use, oldest first (`clock_timestamp()` creation times, then `kid`).
+_UNRETIRED = (
+    select(SigningKeyRecord)
+    .where(SigningKeyRecord.retired_at.is_(None))
+    .order_by(SigningKeyRecord.created_at, SigningKeyRecord.kid)
+)
 
 
 def key_cipher(keys: KeyManager) -> FieldCipher:
@@ -100,12 +106,7 @@ class KeyRing:
     async def reload(self) -> None:
         self._loaded_at = time.monotonic()
         async with self.sessions() as session:
-            records = await session.scalars(
-                select(SigningKeyRecord)
-                .where(SigningKeyRecord.retired_at.is_(None))
-                .order_by(SigningKeyRecord.created_at, SigningKeyRecord.kid)
-            )
-            loaded = [self._load(record) for record in records]
+            loaded = [self._load(record) for record in await session.scalars(_UNRETIRED)]
         self._keys = loaded
         self._by_kid = {key.kid: key for key in loaded}
 
@@ -159,13 +160,7 @@ async def rotate_signing_keys(
     """
     await session.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _KEY_LOCK_ID})
     now = datetime.now(UTC)
-    records = list(
-        await session.scalars(
-            select(SigningKeyRecord)
-            .where(SigningKeyRecord.retired_at.is_(None))
-            .order_by(SigningKeyRecord.created_at, SigningKeyRecord.kid)
-        )
-    )
+    records = list(await session.scalars(_UNRETIRED))
     retired = [
         older.kid for older, newer in itertools.pairwise(records) if newer.created_at < now - grace
     ]
