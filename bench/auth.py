@@ -33,13 +33,11 @@ import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import asyncpg
 import httpx
 from _docs import write_section
 from argon2 import PasswordHasher, Type
 from jose import jwk, jwt
 from redis.asyncio import Redis
-from sqlalchemy.engine import make_url
 
 from auth_service.app import create_app
 from auth_service.plugin import KEYRING
@@ -53,6 +51,7 @@ from keelson.auth import JwksClient, RevocationList, StaticKeys, TokenVerifier
 from keelson.config import Environment, LogSettings
 from keelson.db import migrate
 from keelson.keys import SigningKey
+from keelson.testing import fresh_database
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "services/auth/auth_service/migrations"
 PASSWORD = "bench pass phrase for logins"
@@ -162,21 +161,6 @@ def argon2_rate(settings: PasswordHashSettings, n: int) -> float:
     return n / (time.perf_counter() - started)
 
 
-async def with_database(server_url: str, run: Callable[[str], Awaitable[str]]) -> str:
-    server = make_url(server_url)
-    admin = server.set(drivername="postgresql").render_as_string(hide_password=False)
-    name = f"keelson_bench_{uuid.uuid4().hex[:8]}"
-    conn = await asyncpg.connect(admin)
-    await conn.execute(f'CREATE DATABASE "{name}"')
-    await conn.close()
-    try:
-        return await run(server.set(database=name).render_as_string(hide_password=False))
-    finally:
-        conn = await asyncpg.connect(admin)
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await conn.close()
-
-
 async def bench(args: argparse.Namespace, database_url: str) -> str:
     await asyncio.to_thread(migrate, MIGRATIONS, database_url)
     cost = PasswordHashSettings()
@@ -267,7 +251,8 @@ def main() -> None:
     parser.add_argument("--logins", type=int, default=40)
     parser.add_argument("--no-docs", action="store_true", help="print only")
     args = parser.parse_args()
-    body = asyncio.run(with_database(args.database_url, lambda url: bench(args, url)))
+    with fresh_database(args.database_url, prefix="keelson_bench") as url:
+        body = asyncio.run(bench(args, url))
     print(body)
     if not args.no_docs:
         command = ".venv/bin/python bench/auth.py " + shlex.join(sys.argv[1:])
