@@ -247,7 +247,7 @@ def _start_supervisord(layout: Layout, console: _Console) -> subprocess.Popen[by
     write_config(layout.config_path, layout.state_dir, layout.programs())
     env = dict(os.environ)
     env.update(layout.service_environment())
-    if sys.stdout.isatty() and not env.get("NO_COLOR"):
+    if console.colour:  # the services colour their output as this terminal allows
         env.setdefault("FORCE_COLOR", "1")
     process = spawn_supervisord(layout.config_path, env=env)
     _write_run_info(layout, process.pid)
