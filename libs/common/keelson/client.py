@@ -18,7 +18,6 @@ The protocol (the gateway's `encryption` plugin is the other side):
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Mapping
 from typing import Any, Self
 
@@ -29,6 +28,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from keelson.encoding import b64url_decode as b64decode
+from keelson.encoding import b64url_encode as b64encode
 
 __all__ = [
     "CONTENT_TYPE_HEADER",
@@ -63,14 +65,6 @@ _TO_CLIENT = b"s2c\x00"
 
 class SecureChannelError(RuntimeError):
     """The gateway's answer could not be opened: it was altered or the session is broken."""
-
-
-def b64encode(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def b64decode(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 def public_bytes(key: X25519PublicKey) -> bytes:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import os
@@ -14,6 +13,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from keelson.encoding import b64url_decode, b64url_encode
+
 if TYPE_CHECKING:
     from keelson.config import KeelsonSettings
 
@@ -22,10 +23,6 @@ __all__ = ["DecryptionError", "FieldCipher", "KeyManager", "SigningKey"]
 
 class DecryptionError(ValueError):
     """The ciphertext was tampered with, or no known key opens it."""
-
-
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 class KeyManager:
@@ -63,11 +60,11 @@ class FieldCipher:
     def encrypt(self, plaintext: str, *, associated: bytes = b"") -> str:
         nonce = os.urandom(12)
         sealed = self._by_id[self._current_id].encrypt(nonce, plaintext.encode(), associated)
-        return _b64url(self._current_id + nonce + sealed)
+        return b64url_encode(self._current_id + nonce + sealed)
 
     def decrypt(self, token: str, *, associated: bytes = b"") -> str:
         try:
-            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+            raw = b64url_decode(token)
             key_id, nonce, sealed = raw[:4], raw[4:16], raw[16:]
             return self._by_id[key_id].decrypt(nonce, sealed, associated).decode()
         except Exception as exc:
@@ -76,7 +73,7 @@ class FieldCipher:
     def needs_rotation(self, token: str) -> bool:
         """Whether `token` was sealed under an older key (or is not a token at all)."""
         try:
-            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+            raw = b64url_decode(token)
         except ValueError:
             return True
         return raw[:4] != self._current_id
@@ -117,8 +114,8 @@ def _public_numbers(private: ec.EllipticCurvePrivateKey) -> dict[str, str]:
     return {
         "kty": "EC",
         "crv": "P-256",
-        "x": _b64url(numbers.x.to_bytes(32, "big")),
-        "y": _b64url(numbers.y.to_bytes(32, "big")),
+        "x": b64url_encode(numbers.x.to_bytes(32, "big")),
+        "y": b64url_encode(numbers.y.to_bytes(32, "big")),
     }
 
 
@@ -126,4 +123,4 @@ def _thumbprint(jwk: dict[str, str]) -> str:
     canonical = json.dumps(
         {k: jwk[k] for k in ("crv", "kty", "x", "y")}, separators=(",", ":"), sort_keys=True
     )
-    return _b64url(hashlib.sha256(canonical.encode()).digest())
+    return b64url_encode(hashlib.sha256(canonical.encode()).digest())

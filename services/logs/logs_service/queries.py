@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import binascii
 import uuid
 from collections.abc import Iterator
@@ -13,6 +12,7 @@ from typing import Any
 
 import asyncpg
 
+from keelson.encoding import b64url_decode, b64url_encode
 from keelson.errors import BadRequest, ServiceUnavailable
 from logs_service.records import LogRow
 
@@ -55,12 +55,12 @@ class Cursor:
     def encode(self) -> str:
         micros = (self.ts - _EPOCH) // _ONE_MICROSECOND
         raw = f"{micros}.{self.id.hex}".encode()
-        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+        return b64url_encode(raw)
 
     @classmethod
     def decode(cls, text: str) -> Cursor:
         try:
-            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
+            raw = b64url_decode(text).decode()
             micros, hex_id = raw.split(".")
             return cls(_EPOCH + int(micros) * _ONE_MICROSECOND, uuid.UUID(hex=hex_id))
         except (ValueError, binascii.Error, OverflowError):

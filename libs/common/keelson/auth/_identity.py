@@ -8,7 +8,6 @@ be neither edited nor replayed after `max_age` seconds.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import json
@@ -16,6 +15,7 @@ import time
 from collections.abc import Mapping
 
 from keelson.auth._principal import Principal
+from keelson.encoding import b64url_encode
 from keelson.errors import Unauthorized
 from keelson.keys import KeyManager
 
@@ -103,4 +103,4 @@ def _signature(values: Mapping[str, str], key: bytes) -> str:
     # JSON framing keeps field boundaries unambiguous whatever the values contain.
     message = json.dumps([values.get(name, "") for name in IDENTITY_HEADERS[:-1]]).encode()
     digest = hmac.new(key, b"keelson-identity/v1\n" + message, hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+    return b64url_encode(digest)
