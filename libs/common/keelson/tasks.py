@@ -3,8 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from typing import Any
 
-__all__ = ["finish_or_cancel"]
+__all__ = ["cancel_and_wait", "finish_or_cancel"]
+
+
+async def cancel_and_wait(*tasks: asyncio.Task[Any] | None) -> None:
+    """Cancel each task (None is skipped) and wait for it to end, one after the other.
+
+    The task's own cancellation is swallowed; any other exception it ends with propagates.
+    """
+    for task in tasks:
+        if task is None:
+            continue
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def finish_or_cancel(task: asyncio.Task[None], timeout: float) -> bool:

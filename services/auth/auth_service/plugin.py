@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from auth_service.admin import bootstrap_admin
@@ -25,6 +24,7 @@ from keelson.db import DB_SESSIONS
 from keelson.keys import KeyManager
 from keelson.plugins import Health, Key, Plugin, PluginMetadata, Priority
 from keelson.redis_plugin import REDIS
+from keelson.tasks import cancel_and_wait
 
 __all__ = ["KEYRING", "LOGIN_THROTTLE", "PASSWORDS", "AuthServicePlugin"]
 
@@ -88,9 +88,7 @@ class AuthServicePlugin(Plugin):
         self._reloader = asyncio.create_task(self._reload_keys(), name="auth-key-reload")
 
     async def stop(self) -> None:
-        self._reloader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._reloader
+        await cancel_and_wait(self._reloader)
 
     async def health(self) -> Health:
         return Health(ok=True, detail=f"signing with {self.keyring.active.kid}")

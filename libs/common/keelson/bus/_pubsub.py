@@ -8,7 +8,6 @@ fails is not retried: use it for what is fine to miss or is also stored elsewher
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -19,6 +18,7 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from keelson.bus._base import Subscriptions
+from keelson.tasks import cancel_and_wait
 
 __all__ = ["RedisBroadcaster", "broadcast_key"]
 
@@ -81,11 +81,7 @@ class RedisBroadcaster:
             await self._confirmation.wait()
 
     async def stop(self) -> None:
-        for task in [*self._pending, self._task]:
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await cancel_and_wait(*self._pending, self._task)
         self._task = None
         if self._pubsub is not None:
             await self._pubsub.aclose()  # type: ignore[no-untyped-call]

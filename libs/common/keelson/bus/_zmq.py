@@ -40,6 +40,7 @@ from keelson.bus._base import (
 from keelson.bus._dedupe import MemoryProcessedIds
 from keelson.events import Envelope, Event
 from keelson.plugins import Health
+from keelson.tasks import cancel_and_wait
 
 __all__ = ["ZmqBroker", "ZmqBus"]
 
@@ -197,10 +198,7 @@ class ZmqBus:
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._tasks)
         self._tasks = []
         for sock in (self._pub, self._sub):
             if sock is not None:
