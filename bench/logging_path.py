@@ -11,7 +11,8 @@ Each case logs `--calls` records `--repeat` times inside a bound request context
 
 Cases: a handler that does nothing (the cost of `logging` itself), the JSON console
 formatter writing to /dev/null, the ZeroMQ shipper, each without and with `extra=` fields,
-and a gateway access record (seven extras, JSON console and shipper, as the gateway logs).
+and a gateway access record (seven extras, JSON console and shipper), through `logger.log`
+as the gateway used to log it and through `log_access_record` as it does now.
 """
 
 from __future__ import annotations
@@ -29,7 +30,14 @@ from tempfile import TemporaryDirectory
 import zmq
 
 from keelson.embedded import free_port
-from keelson.logging import WIRE_ACK, JsonFormatter, LogShipper, bind
+from keelson.logging import (
+    WIRE_ACK,
+    ConsoleHandler,
+    JsonFormatter,
+    LogShipper,
+    bind,
+    log_access_record,
+)
 
 Call = Callable[[logging.Logger, int], None]
 
@@ -74,8 +82,23 @@ def access_record(logger: logging.Logger, i: int) -> None:
     )
 
 
+def access_record_fields(logger: logging.Logger, i: int) -> None:
+    """The same record through `keelson.logging.log_access_record`."""
+    log_access_record(
+        logger,
+        logging.INFO,
+        "GET",
+        "/api/orders/{order_id}",
+        200,
+        0.001234,
+        "10.0.0.7",
+        request_id=f"req-{i}",
+        user_id="6f1c0b7e-1d2a-4c55-9a51-0b1f0d3c2e11",
+    )
+
+
 def json_console() -> logging.Handler:
-    handler = logging.StreamHandler(open(os.devnull, "w"))  # noqa: SIM115
+    handler = ConsoleHandler(open(os.devnull, "w"))  # noqa: SIM115
     handler.setFormatter(JsonFormatter("bench"))
     return handler
 
@@ -140,9 +163,14 @@ def main() -> None:
                 ("shipper, no extras", lambda: [shipper()], plain),
                 ("shipper, 2 extras", lambda: [shipper()], with_extras),
                 (
-                    "gateway access record (JSON console + shipper)",
+                    "gateway access record, logger.log (JSON console + shipper)",
                     lambda: [json_console(), shipper()],
                     access_record,
+                ),
+                (
+                    "gateway access record, log_access_record (JSON console + shipper)",
+                    lambda: [json_console(), shipper()],
+                    access_record_fields,
                 ),
             ]
             print(f"{args.calls:,} calls x {args.repeat}, best run")

@@ -6,6 +6,8 @@ import logging
 import sys
 
 from keelson.config import KeelsonSettings, LogFormat
+from keelson.logging._access import log_access_record
+from keelson.logging._console import ConsoleHandler
 from keelson.logging._context import (
     bind,
     current_context,
@@ -21,6 +23,7 @@ __all__ = [
     "REDACTED",
     "WIRE_ACK",
     "WIRE_VERSION",
+    "ConsoleHandler",
     "JsonFormatter",
     "LogShipper",
     "ShipperStats",
@@ -29,6 +32,7 @@ __all__ = [
     "configure_logging",
     "current_context",
     "get_logger",
+    "log_access_record",
     "record_to_dict",
     "redact_text",
     "redact_value",
@@ -50,7 +54,7 @@ def configure_logging(settings: KeelsonSettings, *, ship: bool = True) -> None:
     for handler in list(root.handlers):
         root.removeHandler(handler)
         handler.close()
-    console = logging.StreamHandler(sys.stderr)
+    console = ConsoleHandler(sys.stderr)
     if settings.log_format is LogFormat.JSON:
         console.setFormatter(JsonFormatter(settings.service))
     else:

@@ -14,10 +14,10 @@ import orjson
 from keelson.logging._context import request_id_var, trace_id_var, user_id_var
 from keelson.logging._redact import redact_text, redact_value
 
-__all__ = ["JsonFormatter", "TextFormatter", "record_to_dict"]
+__all__ = ["STANDARD_ATTRS", "JsonFormatter", "TextFormatter", "bound_fields", "record_to_dict"]
 
 # Attributes every LogRecord has; anything else came from `extra=` and goes to attrs.
-_STANDARD = frozenset(
+STANDARD_ATTRS = frozenset(
     vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys()
     | {"message", "asctime", "taskName", "keelson", "color_message"}
 )
@@ -59,23 +59,34 @@ def record_to_dict(record: logging.LogRecord, service: str) -> dict[str, Any]:
     cached: dict[str, Any] | None = fields.get("keelson")
     if cached is not None:
         return cached
-    if fields.keys() <= _STANDARD:
+    if fields.keys() <= STANDARD_ATTRS:
         attrs: dict[str, Any] = {}
     else:
         attrs = {
             key: redact_value(key, value)
             for key, value in fields.items()
-            if key not in _STANDARD and not key.startswith("_")
+            if key not in STANDARD_ATTRS and not key.startswith("_")
         }
     if record.exc_info:
         attrs["exception"] = redact_text(logging.Formatter().formatException(record.exc_info))
+    out = bound_fields(
+        record.created, service, record.levelname, record.name, record.getMessage(), attrs
+    )
+    record.keelson = out
+    return out
+
+
+def bound_fields(
+    ts: float, service: str, level: str, logger: str, message: str, attrs: dict[str, Any]
+) -> dict[str, Any]:
+    """A record's dict from its parts: `message` is redacted here, `attrs` must already be."""
     out: dict[str, Any] = {
         "id": _record_ids.new(),
-        "ts": record.created,
+        "ts": ts,
         "service": service,
-        "level": record.levelname,
-        "logger": record.name,
-        "message": redact_text(record.getMessage()),
+        "level": level,
+        "logger": logger,
+        "message": redact_text(message),
         "request_id": request_id_var.get(),
         "trace_id": trace_id_var.get(),
         "user_id": user_id_var.get(),
@@ -86,7 +97,6 @@ def record_to_dict(record: logging.LogRecord, service: str) -> dict[str, Any]:
             value = attrs.pop(name, None)
             if value:
                 out[name] = value
-    record.keelson = out
     return out
 
 
@@ -97,12 +107,16 @@ class JsonFormatter(logging.Formatter):
         self._stamp: tuple[int, str] = (-1, "")
 
     def format(self, record: logging.LogRecord) -> str:
-        data = dict(record_to_dict(record, self.service))
+        return self.format_fields(record_to_dict(record, self.service), record.msecs)
+
+    def format_fields(self, fields: dict[str, Any], msecs: float) -> str:
+        """The line of a record already in its `record_to_dict` form; `msecs` as on LogRecord."""
+        data = dict(fields)
         second = int(data["ts"])
         stamp = self._stamp
         if stamp[0] != second:  # one strftime a second, not one a record; one tuple, no race
             stamp = self._stamp = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
-        data["ts"] = f"{stamp[1]}.{int(record.msecs):03d}Z"
+        data["ts"] = f"{stamp[1]}.{int(msecs):03d}Z"
         return orjson.dumps(data, default=str).decode()
 
 
@@ -131,7 +145,10 @@ class TextFormatter(logging.Formatter):
         return f"{colour}{text}{_RESET}" if self.colour and colour else text
 
     def format(self, record: logging.LogRecord) -> str:
-        data = record_to_dict(record, self.service)
+        return self.format_fields(record_to_dict(record, self.service), record.msecs)
+
+    def format_fields(self, data: dict[str, Any], msecs: float = 0.0) -> str:
+        """The line of a record already in its `record_to_dict` form."""
         clock = time.strftime("%H:%M:%S", time.localtime(data["ts"]))
         level = self._paint(f"{data['level']:<7}", _LEVEL_COLOURS.get(data["level"]))
         extras = {k: data[k] for k in ("request_id", "user_id") if data[k]}

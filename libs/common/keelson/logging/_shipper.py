@@ -154,22 +154,36 @@ class LogShipper(logging.Handler):
         self._start()
 
     def emit(self, record: logging.LogRecord) -> None:
+        if record.name.startswith(_OWN_LOGGER) or threading.get_ident() == self._thread_id:
+            return
         try:
-            if record.name.startswith(_OWN_LOGGER) or threading.get_ident() == self._thread_id:
-                return
-            if self._pid != os.getpid():
-                self.after_fork_in_child()
-            data = record_to_dict(record, self.service)
-            if self._sender.stopped:
-                self._spill_after_stop([data])
-            elif len(self._buffer) < self.buffer_size:
-                self._buffer.append(data)
-                if self._sender.stopped:  # it stopped in between: nobody else takes these
-                    self._spill_after_stop([])
-            else:
-                self._spill_records([data])
+            self._ship(record_to_dict(record, self.service))
         except Exception:
             self._count_drop("error", 1)
+
+    def accepts_fields(self) -> bool:
+        return not self.filters
+
+    def emit_fields(self, data: dict[str, Any], msecs: float) -> None:
+        """`emit` for a record already in its `record_to_dict` form (`log_access_record`)."""
+        if data["logger"].startswith(_OWN_LOGGER) or threading.get_ident() == self._thread_id:
+            return
+        try:
+            self._ship(data)
+        except Exception:
+            self._count_drop("error", 1)
+
+    def _ship(self, data: dict[str, Any]) -> None:
+        if self._pid != os.getpid():
+            self.after_fork_in_child()
+        if self._sender.stopped:
+            self._spill_after_stop([data])
+        elif len(self._buffer) < self.buffer_size:
+            self._buffer.append(data)
+            if self._sender.stopped:  # it stopped in between: nobody else takes these
+                self._spill_after_stop([])
+        else:
+            self._spill_records([data])
 
     def flush(self) -> None:
         """Never waits: delivery is the sender thread's job (see `drain`)."""
