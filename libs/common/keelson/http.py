@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from http import HTTPStatus
+from random import getrandbits as _random_bits
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
@@ -22,22 +22,22 @@ from keelson.config import KeelsonSettings
 from keelson.errors import KeelsonError
 from keelson.health import health_router
 from keelson.logging import request_id_var, trace_id_var
-from keelson.metrics import MetricsMiddleware, metrics_router
+from keelson.metrics import HTTP_IN_FLIGHT, RequestMetrics, metrics_router
 from keelson.monitor import capture_exception
 from keelson.plugins import PluginContainer
 
 __all__ = [
     "PROBLEM_JSON",
-    "AccessLogMiddleware",
+    "Exchange",
     "Hook",
     "InFlight",
-    "InFlightMiddleware",
-    "RequestContextMiddleware",
-    "SecurityHeadersMiddleware",
-    "UnhandledErrorMiddleware",
+    "KeelsonApp",
+    "ServiceMiddleware",
     "create_app",
+    "exchange",
     "log_access",
     "problem_response",
+    "random_id",
 ]
 
 PROBLEM_JSON = "application/problem+json"
@@ -89,11 +89,82 @@ def problem_response(
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
 
 
-class RequestContextMiddleware:
-    """Takes `X-Request-ID` (or makes one) and W3C `traceparent`; binds both; echoes the id."""
+class Exchange:
+    """One HTTP request's response side, shared by the layers inside `ServiceMiddleware`.
 
-    def __init__(self, app: ASGIApp) -> None:
+    `ServiceMiddleware` puts one in `scope["keelson.exchange"]` and applies it when the
+    response starts: a layer adds response headers here instead of wrapping `send` (each
+    wrapper is one more call on every message of every request), and reads the status here.
+    """
+
+    __slots__ = ("enforced", "extra", "started", "status")
+
+    def __init__(self) -> None:
+        self.status = 500  # what the access record says if the app never answers
+        self.started = False
+        self.extra: list[tuple[bytes, bytes]] = []
+        self.enforced: dict[bytes, bytes] | None = None
+
+    def add_headers(self, headers: Iterable[tuple[bytes, bytes]]) -> None:
+        """Append `headers` (lower-case names) to the response, whatever the app sent."""
+        self.extra.extend(headers)
+
+    def enforce_headers(self, headers: dict[bytes, bytes]) -> None:
+        """Give the response these values (lower-case names), replacing any the app sent."""
+        self.enforced = headers if self.enforced is None else {**self.enforced, **headers}
+
+
+def exchange(scope: Scope) -> Exchange:
+    """The request's `Exchange`; only inside `ServiceMiddleware`."""
+    found: Exchange = scope["keelson.exchange"]
+    return found
+
+
+class ServiceMiddleware:
+    """Keelson's work around every HTTP request, as one layer with one `send` wrapper.
+
+    In order: counts the request in flight (shutdown drains them); takes `X-Request-ID`
+    (or makes one) and W3C `traceparent` and binds both to the logging context; records
+    RED metrics by route template; adds the API's security headers the response lacks and
+    echoes the request id; turns an exception raised before the response started into a
+    500 problem inside that context; writes one `keelson.access` record (unless
+    `access_log` is off; probes and `/metrics` are skipped).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        service: str,
+        tracker: InFlight,
+        access_log: bool = True,
+        hsts: bool = False,
+        docs_prefixes: Iterable[str] = ("/docs", "/redoc"),
+        quiet_prefixes: Iterable[str] = ("/health", "/metrics"),
+    ) -> None:
         self.app = app
+        self.tracker = tracker
+        self.metrics = RequestMetrics(service)
+        self.access_log = access_log
+        self.quiet = tuple(quiet_prefixes)
+        self.docs_prefixes = tuple(docs_prefixes)
+        headers = {
+            b"x-content-type-options": b"nosniff",
+            b"x-frame-options": b"DENY",
+            b"referrer-policy": b"no-referrer",
+            b"cross-origin-opener-policy": b"same-origin",
+            b"content-security-policy": b"default-src 'none'; frame-ancestors 'none'",
+        }
+        if hsts:
+            headers[b"strict-transport-security"] = b"max-age=63072000; includeSubDomains"
+        self.headers = headers
+        # Swagger UI loads its script and styles from a CDN; the API itself needs nothing.
+        self.docs_headers = {
+            **headers,
+            b"content-security-policy": b"default-src 'self'; img-src 'self' data: https:; "
+            b"script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
+            b"style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; frame-ancestors 'none'",
+        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -109,66 +180,90 @@ class RequestContextMiddleware:
                 match = _TRACEPARENT.match(value.decode("latin-1"))
                 if match:
                     trace_id = match.group(1)
-        # 128 random bits as 32 hex digits, like uuid4().hex at a fraction of its cost.
-        request_id = request_id or os.urandom(16).hex()
-        header = (b"x-request-id", request_id.encode())
+        request_id = request_id or random_id()
+        path: str = scope["path"]
+        defaults = self.docs_headers if path.startswith(self.docs_prefixes) else self.headers
+        request_id_header = (b"x-request-id", request_id.encode())
+        ex = Exchange()
+        scope["keelson.exchange"] = ex
+        scope.setdefault("state", {})["request_id"] = request_id
 
-        async def send_with_id(message: Message) -> None:
+        async def send_decorated(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), header]
+                ex.started = True
+                ex.status = message["status"]
+                headers: list[tuple[bytes, bytes]] = message.get("headers", [])
+                enforced = ex.enforced
+                if enforced:
+                    headers = [h for h in headers if h[0].lower() not in enforced]
+                    headers.extend(enforced.items())
+                present = {name.lower() for name, _ in headers}
+                message["headers"] = [
+                    *headers,
+                    *[h for h in defaults.items() if h[0] not in present],
+                    *ex.extra,
+                    request_id_header,
+                ]
             await send(message)
 
+        tracker = self.tracker
+        tracker.count += 1
+        tracker.idle.clear()
         rid_token = request_id_var.set(request_id)
-        tid_token = trace_id_var.set(trace_id or os.urandom(16).hex())
-        scope.setdefault("state", {})["request_id"] = request_id
+        tid_token = trace_id_var.set(trace_id or random_id())
+        started = time.perf_counter()
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive, send_decorated)
+        except Exception as exc:
+            if ex.started:
+                raise
+            await _internal_error(exc, method=scope["method"], path=path)(
+                scope, receive, send_decorated
+            )
         finally:
+            seconds = time.perf_counter() - started
+            if path != "/metrics":
+                self.metrics.observe(scope, ex.status, seconds)
+            if (
+                self.access_log
+                and not path.startswith(self.quiet)
+                and _access.isEnabledFor(logging.INFO)
+            ):
+                client = scope.get("client")
+                # request_id, trace_id and user_id come from the context the logger binds.
+                log_access(
+                    _access, scope, ex.status, seconds, client_ip=client[0] if client else None
+                )
             trace_id_var.reset(tid_token)
             request_id_var.reset(rid_token)
+            tracker.count -= 1
+            if tracker.count == 0:
+                tracker.idle.set()
 
 
-class AccessLogMiddleware:
-    """One `keelson.access` record per request, under the request context bound outside it.
+def random_id() -> str:
+    """128 random bits as 32 hex digits, like `uuid4().hex` at a fraction of its cost.
 
-    Probes (`/health/...`) and `/metrics` are skipped so that they do not flood the log.
+    Request and trace ids need to be unique, not secret: Mersenne Twister bits will do,
+    without a system call per id.
     """
+    return f"{_random_bits(128):032x}"
 
-    def __init__(
-        self, app: ASGIApp, *, skip_prefixes: Iterable[str] = ("/health", "/metrics")
-    ) -> None:
-        self.app = app
-        self.skip = tuple(skip_prefixes)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] != "http"
-            or scope["path"].startswith(self.skip)
-            or not _access.isEnabledFor(logging.INFO)
-        ):
-            await self.app(scope, receive, send)
-            return
-        status = 500
-        started = time.perf_counter()
+class InFlight:
+    """Counts in-flight requests so shutdown can wait for them to finish."""
 
-        async def send_and_note(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
+    def __init__(self) -> None:
+        self.count = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
 
+    async def drain(self, timeout: float) -> bool:
         try:
-            await self.app(scope, receive, send_and_note)
-        finally:
-            client = scope.get("client")
-            # request_id, trace_id and user_id come from the context the logger binds.
-            log_access(
-                _access,
-                scope,
-                status,
-                time.perf_counter() - started,
-                client_ip=client[0] if client else None,
-            )
+            await asyncio.wait_for(self.idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
 
 def log_access(
@@ -200,116 +295,6 @@ def log_access(
             **fields,
         },
     )
-
-
-class SecurityHeadersMiddleware:
-    """Adds the API's security headers to every response that lacks them."""
-
-    def __init__(
-        self, app: ASGIApp, *, hsts: bool = False, docs_prefixes: Iterable[str] = ()
-    ) -> None:
-        self.app = app
-        headers = {
-            b"x-content-type-options": b"nosniff",
-            b"x-frame-options": b"DENY",
-            b"referrer-policy": b"no-referrer",
-            b"cross-origin-opener-policy": b"same-origin",
-            b"content-security-policy": b"default-src 'none'; frame-ancestors 'none'",
-        }
-        if hsts:
-            headers[b"strict-transport-security"] = b"max-age=63072000; includeSubDomains"
-        self.headers = headers
-        # Swagger UI loads its script and styles from a CDN; the API itself needs nothing.
-        self.docs_headers = {
-            **headers,
-            b"content-security-policy": b"default-src 'self'; img-src 'self' data: https:; "
-            b"script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-            b"style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; frame-ancestors 'none'",
-        }
-        self.docs_prefixes = tuple(docs_prefixes)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        wanted = self.docs_headers if scope["path"].startswith(self.docs_prefixes) else self.headers
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                present = {name.lower() for name, _ in message.get("headers", [])}
-                extra = [(k, v) for k, v in wanted.items() if k not in present]
-                message["headers"] = [*message.get("headers", []), *extra]
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
-
-
-class InFlight:
-    """Counts in-flight requests so shutdown can wait for them to finish."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.idle = asyncio.Event()
-        self.idle.set()
-
-    async def drain(self, timeout: float) -> bool:
-        try:
-            await asyncio.wait_for(self.idle.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
-
-
-class InFlightMiddleware:
-    """Counts each HTTP request in `tracker` while the app handles it."""
-
-    def __init__(self, app: ASGIApp, *, tracker: InFlight) -> None:
-        self.app = app
-        self.tracker = tracker
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        tracker = self.tracker
-        tracker.count += 1
-        tracker.idle.clear()
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            tracker.count -= 1
-            if tracker.count == 0:
-                tracker.idle.set()
-
-
-class UnhandledErrorMiddleware:
-    """Turns an unexpected exception into a 500 problem inside the request context.
-
-    Starlette's own last-resort handler sits outside every middleware, where the request
-    id and security headers are gone; this one sits inside them.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def send_tracking(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_tracking)
-        except Exception as exc:
-            if started:
-                raise
-            response = _internal_error(exc, method=scope["method"], path=scope["path"])
-            await response(scope, receive, send)
 
 
 def _internal_error(exc: Exception, *, method: str, path: str) -> JSONResponse:
@@ -417,6 +402,29 @@ def _lifespan(
     return lifespan
 
 
+class KeelsonApp(FastAPI):
+    """FastAPI with an express lane beside its own stack of middleware and routing.
+
+    Requests the lane accepts go to its app under `ServiceMiddleware` alone: FastAPI's and
+    Starlette's layers (error, telemetry and body-limit middleware, exception handlers,
+    routing) would only pass them through. The gateway sends what it proxies this way.
+    """
+
+    _service_options: dict[str, Any]
+    _lane: tuple[Callable[[Scope], bool], ASGIApp] | None = None
+
+    def set_express_lane(self, accepts: Callable[[Scope], bool], app: ASGIApp) -> None:
+        """HTTP requests for which `accepts(scope)` is true go to `app` from now on."""
+        self._lane = (accepts, ServiceMiddleware(app, **self._service_options))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        lane = self._lane
+        if lane is not None and scope["type"] == "http" and lane[0](scope):
+            await lane[1](scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
 def create_app(
     settings: KeelsonSettings,
     *,
@@ -427,15 +435,15 @@ def create_app(
     version: str = "0.1.0",
     on_startup: Sequence[Hook] = (),
     on_shutdown: Sequence[Hook] = (),
-) -> FastAPI:
+) -> KeelsonApp:
     """A FastAPI app whose lifespan starts and stops `container`, with Keelson's middleware.
 
-    Middleware, outermost first: in-flight tracking, request context, access log (unless
-    `settings.access_log` is off), metrics, security headers, last-resort 500; routes added
-    by the caller's `routers` sit inside them all.
+    `ServiceMiddleware` is the outermost of the app's own middleware (the access record
+    unless `settings.access_log` is off); middleware the caller adds later sits inside it,
+    and the caller's `routers` inside them all.
     """
     in_flight = InFlight()
-    app = FastAPI(
+    app = KeelsonApp(
         title=title or f"Keelson {settings.service}",
         description=description,
         version=version,
@@ -454,12 +462,11 @@ def create_app(
     app.include_router(metrics_router())
     for router in routers:
         app.include_router(router)
-    # add_middleware wraps what is there already: the last added is the outermost.
-    app.add_middleware(UnhandledErrorMiddleware)
-    app.add_middleware(SecurityHeadersMiddleware, docs_prefixes=("/docs", "/redoc"))
-    app.add_middleware(MetricsMiddleware, service=settings.service)
-    if settings.access_log:
-        app.add_middleware(AccessLogMiddleware)
-    app.add_middleware(RequestContextMiddleware)
-    app.add_middleware(InFlightMiddleware, tracker=in_flight)
+    app._service_options = {
+        "service": settings.service,
+        "tracker": in_flight,
+        "access_log": settings.access_log,
+    }
+    app.add_middleware(ServiceMiddleware, **app._service_options)
+    HTTP_IN_FLIGHT.labels(settings.service).set_function(lambda: in_flight.count)
     return app

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import time
 import weakref
 from collections.abc import Iterator
 
@@ -22,7 +21,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import QueuePool
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 __all__ = [
     "BUSINESS_EVENTS",
@@ -35,7 +34,7 @@ __all__ = [
     "HTTP_REQUEST_SECONDS",
     "LOG_RECORDS_DROPPED",
     "LOG_RECORDS_SPILLED",
-    "MetricsMiddleware",
+    "RequestMetrics",
     "count_business_event",
     "metrics_router",
     "track_db_pool",
@@ -137,43 +136,24 @@ def track_db_pool(engine: Engine, service: str) -> None:
     _POOLS.track(engine, service)
 
 
-class MetricsMiddleware:
+class RequestMetrics:
     """RED metrics keyed by the route template, so `/users/42` and `/users/7` share a series."""
 
-    def __init__(self, app: ASGIApp, *, service: str) -> None:
-        self.app = app
+    def __init__(self, service: str) -> None:
         self.service = service
-        self.in_flight = HTTP_IN_FLIGHT.labels(service)
         # `labels()` takes a lock and builds a key on every call; routes are templates, so
         # the children are few: keep them.
         self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] == "/metrics":
-            await self.app(scope, receive, send)
-            return
-        status = 500
-        start = time.perf_counter()
-
-        async def send_and_record(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        self.in_flight.inc()
-        try:
-            await self.app(scope, receive, send_and_record)
-        finally:
-            self.in_flight.dec()
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
-            key = (scope["method"], template, status)
-            children = self._children.get(key)
-            if children is None:
-                children = self._child(*key)
-            children[0].inc()
-            children[1].observe(time.perf_counter() - start)
+    def observe(self, scope: Scope, status: int, seconds: float) -> None:
+        """Count one answered request of `scope` and its duration."""
+        template = getattr(scope.get("route"), "path", None) or "unmatched"
+        key = (scope["method"], template, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._child(*key)
+        children[0].inc()
+        children[1].observe(seconds)
 
     def _child(self, method: str, template: str, status: int) -> tuple[Counter, Histogram]:
         children = (

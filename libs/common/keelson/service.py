@@ -88,9 +88,17 @@ def create_service_app(
 
 
 def run_service(
-    package: str, settings_cls: type[KeelsonSettings], argv: Sequence[str] | None = None
+    package: str,
+    settings_cls: type[KeelsonSettings],
+    argv: Sequence[str] | None = None,
+    *,
+    proxy_headers: bool = True,
 ) -> None:
-    """`python -m <package> [--migrate]`: optionally migrate, then serve `create_app`."""
+    """`python -m <package> [--migrate]`: optionally migrate, then serve `create_app`.
+
+    With `proxy_headers`, uvicorn believes the client address and scheme in
+    X-Forwarded-For/-Proto from a proxy on 127.0.0.1 (the gateway, under `keelson up`).
+    """
     parser = argparse.ArgumentParser(prog=f"python -m {package}")
     parser.add_argument("--migrate", action="store_true", help="upgrade the schema first")
     parser.add_argument("--migrate-only", action="store_true", help="upgrade and exit")
@@ -119,5 +127,6 @@ def run_service(
         access_log=False,
         server_header=False,
         date_header=True,
+        proxy_headers=proxy_headers,
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
     )
