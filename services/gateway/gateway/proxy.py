@@ -6,10 +6,10 @@ import asyncio
 import functools
 import logging
 import math
-import os
 import random
 import time
 from collections.abc import AsyncIterator, Iterable
+from random import getrandbits as _random_bits
 
 import aiohttp
 from multidict import istr
@@ -26,7 +26,7 @@ from gateway.metrics import (
 )
 from gateway.openapi import OpenApiCatalog
 from gateway.upstreams import RoutingConfig, Upstream
-from keelson.http import problem_response
+from keelson.http import problem_response, random_id
 from keelson.logging import request_id_var, trace_id_var
 
 __all__ = ["ProxyApp", "new_session"]
@@ -213,28 +213,33 @@ class ProxyApp:
         await asyncio.sleep(base + random.uniform(0, base))
 
     def _request_headers(self, scope: Scope) -> list[tuple[str, str]]:
-        raw: list[tuple[bytes, bytes]] = scope["headers"]
-        drop = _DROP_REQUEST
-        for name, value in raw:
-            if name == b"connection":
-                # Headers the client named in Connection are hop-by-hop too.
-                extra = {t.strip().lower().encode() for t in value.decode("latin-1").split(",")}
-                drop = drop | extra
-        headers = [
-            (name.decode("latin-1"), value.decode("latin-1"))
-            for name, value in raw
-            if name not in drop and not name.startswith(_INTERNAL_PREFIX)
-        ]
-        host = next((v for n, v in raw if n == b"host"), None)
+        headers: list[tuple[str, str]] = []
+        host = connection = None
+        flags = "01"
+        for name, value in scope["headers"]:
+            if name in _DROP_REQUEST or name.startswith(_INTERNAL_PREFIX):
+                if name == b"host":
+                    host = value
+                elif name == b"connection":
+                    connection = value
+                elif name == b"traceparent" and len(value) == 55:
+                    flags = value[-2:].decode("latin-1")
+                continue
+            headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        if connection is not None:
+            # Headers the client named in Connection are hop-by-hop too.
+            named = {t.strip().lower() for t in connection.decode("latin-1").split(",")}
+            headers = [h for h in headers if h[0] not in named]
         if host is not None:
             headers.append(("x-forwarded-host", host.decode("latin-1")))
         headers.append(("x-forwarded-for", self._forwarded_for(scope)))
         headers.append(("x-forwarded-proto", scope.get("scheme", "http")))
-        headers.append(("traceparent", _traceparent(raw)))
+        # W3C trace context: the same trace, with the gateway's own span as the parent.
+        trace_id = trace_id_var.get() or random_id()
+        headers.append(("traceparent", f"00-{trace_id}-{_random_bits(64):016x}-{flags}"))
         if request_id := request_id_var.get():
             headers.append(("x-request-id", request_id))
-        st = state(scope)
-        forward: list[tuple[str, str]] | None = st.get(FORWARD_HEADERS)
+        forward: list[tuple[str, str]] | None = scope.get("state", {}).get(FORWARD_HEADERS)
         if forward:
             headers.extend(forward)
         return headers
@@ -273,15 +278,16 @@ class ProxyApp:
         return _stream(receive), False
 
     async def _relay(self, response: aiohttp.ClientResponse, scope: Scope, send: Send) -> None:
-        drop = _DROP_RESPONSE
+        headers = [
+            (name, value)
+            for name, value in ((n.lower(), v) for n, v in response.raw_headers)
+            if name not in _DROP_RESPONSE
+        ]
         connection = response.headers.get("Connection")
         if connection:
-            drop = drop | {t.strip().lower().encode() for t in connection.split(",")}
-        headers = [
-            (name.lower(), value)
-            for name, value in response.raw_headers
-            if name.lower() not in drop
-        ]
+            # Headers the upstream named in Connection are hop-by-hop too.
+            named = {t.strip().lower().encode() for t in connection.split(",")}
+            headers = [h for h in headers if h[0] not in named]
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         if scope["method"] == "HEAD":
             await send({"type": "http.response.body", "body": b""})
@@ -307,16 +313,6 @@ def _requests(upstream: str, method: str, status: int | str) -> Counter:
 @functools.lru_cache(maxsize=64)
 def _duration(upstream: str) -> Histogram:
     return UPSTREAM_REQUEST_SECONDS.labels(upstream)
-
-
-def _traceparent(headers: list[tuple[bytes, bytes]]) -> str:
-    """W3C trace context: the same trace, with the gateway's own span as the parent."""
-    flags = "01"
-    for name, value in headers:
-        if name == b"traceparent" and len(value) == 55:
-            flags = value[-2:].decode("latin-1")
-    trace_id = trace_id_var.get() or os.urandom(16).hex()
-    return f"00-{trace_id}-{os.urandom(8).hex()}-{flags}"
 
 
 async def _stream(receive: Receive) -> AsyncIterator[bytes]:

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 
 from pydantic import BaseModel, Field, field_validator
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.context import FORWARD_HEADERS, PRINCIPAL, state
 from gateway.pipeline import GatewayPlugin, plugin_config
@@ -30,7 +30,7 @@ from keelson.auth import (
 )
 from keelson.bus import BUS
 from keelson.config import PluginSettings
-from keelson.http import problem_response
+from keelson.http import exchange, problem_response
 from keelson.logging import user_id_var
 from keelson.plugins import PluginMetadata, Priority
 
@@ -200,38 +200,34 @@ class _SecurityLayer:
             kept.append((name, value))
         scope["headers"] = kept
         path: str = scope["path"]
-        extra = self.docs_headers if path.startswith(_DOCS_PREFIXES) else self.headers
-        cors_headers = self.cors.response_headers(origin) if origin else []
-
-        async def send_secured(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = [h for h in message.get("headers", ()) if h[0].lower() not in extra]
-                message["headers"] = [*headers, *extra.items(), *cors_headers]
-            await send(message)
-
-        if origin and scope["method"] == "OPTIONS" and self.cors.is_preflight(scope):
-            await self.cors.preflight(origin, scope, send_secured)
-            return
+        # The response gets these whatever the upstream said (the outermost layer applies them).
+        ex = exchange(scope)
+        ex.enforce_headers(self.docs_headers if path.startswith(_DOCS_PREFIXES) else self.headers)
+        if origin:
+            ex.add_headers(self.cors.response_headers(origin))
+            if scope["method"] == "OPTIONS" and self.cors.is_preflight(scope):
+                await self.cors.preflight(origin, scope, send)
+                return
         try:
             principal = await self._authorize(scope, token)
         except InvalidToken as exc:
             response = problem_response(
                 401, "Unauthorized", exc.detail, headers={"WWW-Authenticate": "Bearer"}
             )
-            await response(scope, receive, send_secured)
+            await response(scope, receive, send)
             return
         except _Refused as refused:
-            await refused.response(scope, receive, send_secured)
+            await refused.response(scope, receive, send)
             return
         if principal is None:
-            await self.app(scope, receive, send_secured)
+            await self.app(scope, receive, send)
             return
         st = state(scope)
         st[PRINCIPAL] = principal
         st.setdefault(FORWARD_HEADERS, []).extend(self.plugin.identity_headers(principal))
         user_token = user_id_var.set(principal.user_id)
         try:
-            await self.app(scope, receive, send_secured)
+            await self.app(scope, receive, send)
         finally:
             user_id_var.reset(user_token)
 
