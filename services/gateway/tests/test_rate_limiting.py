@@ -1,8 +1,11 @@
 import asyncio
+import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
 from gateway_testkit import (
     GatewayProcess,
     ServerThread,
@@ -12,8 +15,11 @@ from gateway_testkit import (
     upstreams_config,
     write_config,
 )
+from limits import parse
+from limits.aio.storage import MemoryStorage
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
-from gateway.plugins.rate_limiting import RateLimitingPlugin
+from gateway.plugins.rate_limiting import RateLimitingPlugin, _Call, _MemoryWindows
 from keelson.embedded import free_port
 
 
@@ -89,9 +95,10 @@ async def test_storage_down_fails_open_by_default_and_closed_when_asked(
             assert f'gateway_rate_limit_storage_errors_total{{outcome="{outcome}"}}' in metrics
 
 
-def test_two_gateway_processes_share_one_budget(
-    upstream: ServerThread, redis_url: str, tmp_path: Path
-) -> None:
+def gateway_pair(
+    tmp_path: Path, upstream: ServerThread, redis_url: str, limit: str
+) -> list[GatewayProcess]:
+    """Two `python -m gateway` processes on one Redis, one rule on /api/v1/logs/echo; ready."""
     config = {
         "log": {"ship_endpoint": None},
         "bus": private_bus(),
@@ -99,7 +106,7 @@ def test_two_gateway_processes_share_one_budget(
         "plugins": {
             "security": {"enabled": False},
             "routing": upstreams_config(logs=upstream.url),
-            "rate_limiting": limits(rules=[{"path": "/api/v1/logs/echo", "limit": "10/minute"}]),
+            "rate_limiting": limits(rules=[{"path": "/api/v1/logs/echo", "limit": limit}]),
         },
     }
     write_config(tmp_path, config)
@@ -107,6 +114,18 @@ def test_two_gateway_processes_share_one_budget(
     try:
         for gateway in gateways:
             gateway.wait_ready()
+    except Exception:
+        for gateway in gateways:
+            gateway.stop()
+        raise
+    return gateways
+
+
+def test_two_gateway_processes_share_one_budget(
+    upstream: ServerThread, redis_url: str, tmp_path: Path
+) -> None:
+    gateways = gateway_pair(tmp_path, upstream, redis_url, "10/minute")
+    try:
         statuses = []
         for i in range(16):
             gateway = gateways[i % 2]
@@ -117,6 +136,22 @@ def test_two_gateway_processes_share_one_budget(
     assert statuses.count(200) == 10
     assert statuses.count(429) == 6
     assert statuses[:10] == [200] * 10
+
+
+async def test_two_gateway_processes_under_concurrent_hits_share_one_budget(
+    upstream: ServerThread, redis_url: str, tmp_path: Path
+) -> None:
+    gateways = gateway_pair(tmp_path, upstream, redis_url, "25/minute")
+    try:
+        async with httpx.AsyncClient(timeout=10) as client:
+            responses = await asyncio.gather(
+                *(client.get(gateways[i % 2].url + "/api/v1/logs/echo") for i in range(64))
+            )
+    finally:
+        for gateway in gateways:
+            gateway.stop()
+    statuses = [r.status_code for r in responses]
+    assert statuses.count(200) == 25 and statuses.count(429) == 39
 
 
 async def test_remaining_counts_down_between_reads_and_shows_other_replicas(
@@ -161,3 +196,78 @@ async def test_concurrent_hits_share_round_trips_yet_count_exactly(
         assert other.status_code == 200 and other.headers["ratelimit-limit"] == "100"
         # Only redis-py is imported for the storage, not every client limits could use.
         assert set(plugin.storage.dependencies) == {"redis"}
+
+
+async def test_concurrent_hits_in_memory_count_exactly(upstream: ServerThread) -> None:
+    settings = gateway_settings(
+        routing=upstreams_config(logs=upstream.url),
+        rate_limiting=limits(
+            storage="memory", rules=[{"path": "/api/v1/logs/echo", "limit": "25/minute"}]
+        ),
+    )
+    async with running_gateway(settings) as (_, client):
+        responses = await asyncio.gather(*(client.get("/api/v1/logs/echo") for _ in range(40)))
+    statuses = [r.status_code for r in responses]
+    assert statuses.count(200) == 25 and statuses.count(429) == 15
+    assert sorted(int(r.headers["ratelimit-remaining"]) for r in responses)[-1] == 24
+
+
+async def test_memory_hits_answer_as_limits_own_memory_storage(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = [1_700_000_000.25]
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+    item = parse("5/second")  # short windows: the walk below crosses many of them
+    ours = _MemoryWindows()
+    theirs = SlidingWindowCounterRateLimiter(MemoryStorage())
+    seen = set()
+    for step in range(400):
+        clock[0] += (0.01, 0.05, 0.13, 0.31, 0.002)[step % 5]
+        got = ours.hit_now(item.key_for("rule", "c"), item.amount, item.get_expiry())
+        allowed = await theirs.hit(item, "rule", "c")
+        stats = await theirs.get_window_stats(item, "rule", "c")
+        assert got == (allowed, stats.remaining, stats.reset_time), step
+        seen.add(allowed)
+    assert seen == {True, False}
+    clock[0] += 60  # an idle minute: every counter expired, and the sweep drops them
+    ours.hit_now(item.key_for("rule", "other"), item.amount, item.get_expiry())
+    assert set(ours.storage) == {f"{item.key_for('rule', 'other')}/{int(clock[0])}"}
+
+
+async def test_one_keys_hits_in_a_batch_share_one_call_and_fall_back_in_order(
+    upstream: ServerThread, redis_url: str
+) -> None:
+    settings = gateway_settings(
+        redis_url=redis_url,
+        routing=upstreams_config(logs=upstream.url),
+        rate_limiting=limits(),
+    )
+    async with running_gateway(settings) as (app, _):
+        hits = app.state.container.get(RateLimitingPlugin)._hits
+        sent: list[list[_Call]] = []
+        send = hits._send
+
+        async def recording(calls: list[_Call]) -> list[Any]:
+            sent.append(calls)
+            return await send(calls)
+
+        hits._send = recording
+        busy, quiet = hits.window_keys("busy"), hits.window_keys("quiet")
+
+        async def hit(keys: tuple[str, str]) -> bool:
+            return await hits.hit(keys, 25, 60)
+
+        # 10 fit: one call with amount=10.
+        assert await asyncio.gather(*(hit(busy) for _ in range(10))) == [True] * 10
+        assert sent == [[(busy, 25, 60, 10)]]
+        # 20 more do not all fit: one call per hit, in arrival order, the first 15 allowed;
+        # the quiet key in the same batch still gets its 3 in one call.
+        sent.clear()
+        answers = await asyncio.gather(*(hit(k) for k in [busy] * 10 + [quiet] * 3 + [busy] * 10))
+        assert answers == [True] * 13 + [True] * 5 + [False] * 5
+        assert sent[0] == [(busy, 25, 60, 20), (quiet, 25, 60, 3)]
+        assert sent[1] == [(busy, 25, 60, 1)] * 20
+        # Refused lately: one call per hit straight away.
+        sent.clear()
+        assert await asyncio.gather(*(hit(busy) for _ in range(4))) == [False] * 4
+        assert sent == [[(busy, 25, 60, 1)] * 4]

@@ -7,7 +7,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -96,11 +96,38 @@ class RateLimitConfig(BaseModel):
         return value
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False, slots=True)
+class _Tally:
+    """One client under one rule: its keys in the store and the window last read."""
+
+    key: str  # limits' key for (rule, client)
+    window_keys: tuple[str, str] | None  # with Redis: the (previous, current) window keys
+    remaining: int = 0
+    reset_at: float = 0.0
+    read_at: float = -math.inf
+
+
+@dataclass(eq=False)
 class _Rule:
     name: str
     item: RateLimitItem
     pattern: PathPattern
+    tallies: dict[str, _Tally] = field(default_factory=dict)  # by client
+    limit_header: tuple[bytes, bytes] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.limit_header = (b"ratelimit-limit", b"%d" % self.item.amount)
+
+    def tally(self, client: str, window_keys: Callable[[str], tuple[str, str]] | None) -> _Tally:
+        """The client's tally, made on its first request (keys built once, not per hit)."""
+        found = self.tallies.get(client)
+        if found is None:
+            if len(self.tallies) >= 100_000:  # a bound on memory; a tally is only a cache
+                self.tallies.clear()
+            key = self.item.key_for(self.name, client)
+            found = _Tally(key, window_keys(key) if window_keys else None)
+            self.tallies[client] = found
+        return found
 
 
 class _Rules:
@@ -138,13 +165,90 @@ class _RedisOnlyStorage(RedisStorage):
     DEPENDENCIES = {"redis": None}
 
 
+class _MemoryWindows(MemoryStorage):
+    """limits' in-process storage, with the sliding-window hit and stats read as one call.
+
+    `hit_now` does what `SlidingWindowCounterRateLimiter.hit` then `get_window_stats`
+    do, on the same counters, with the same arithmetic, at one instant and without
+    awaiting anything. The async path costs ten awaited calls per hit, and each `incr`
+    schedules a task that scans every key for expiry: per hit, the cost grows with the
+    number of clients. Here expired keys are dropped on read (as limits does) and swept
+    at most every `_SWEEP_SECONDS`. No lock is needed: nothing yields in between.
+    """
+
+    _SWEEP_SECONDS = 10.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._sweep_at = 0.0
+
+    def hit_now(self, key: str, limit: int, expiry: int) -> tuple[bool, int, float]:
+        """Count one hit: (allowed, remaining, reset epoch seconds)."""
+        now = time.time()
+        if now >= self._sweep_at:
+            self._sweep(now)
+        previous_key, current_key = self.sliding_window_keys(key, expiry, now)
+        previous = self._count(previous_key, now)
+        current = self._count(current_key, now)
+        previous_ttl = (1 - (((now - expiry) / expiry) % 1)) * expiry if previous else 0.0
+        allowed = math.floor(previous * previous_ttl / expiry + current) + 1 <= limit
+        if allowed:
+            current += 1
+            self.storage[current_key] = current
+            if current == 1:
+                self.expirations[current_key] = now + 2 * expiry
+        current_ttl = (1 - ((now / expiry) % 1)) * expiry + expiry
+        return (
+            allowed,
+            *_window_stats(limit, expiry, previous, previous_ttl, current, current_ttl, now),
+        )
+
+    def _count(self, key: str, now: float) -> int:
+        if self.expirations.get(key, 0) <= now:
+            self.storage.pop(key, None)
+            self.expirations.pop(key, None)
+            self.locks.pop(key, None)
+        return self.storage.get(key, 0)
+
+    def _sweep(self, now: float) -> None:
+        self._sweep_at = now + self._SWEEP_SECONDS
+        for key in [k for k, at in self.expirations.items() if at <= now]:
+            self.storage.pop(key, None)
+            self.expirations.pop(key, None)
+            self.locks.pop(key, None)
+
+
+def _window_stats(
+    limit: int,
+    expiry: int,
+    previous: int,
+    previous_ttl: float,
+    current: int,
+    current_ttl: float,
+    now: float,
+) -> tuple[int, float]:
+    """(remaining, reset epoch seconds), as limits' `SlidingWindowCounterRateLimiter` says."""
+    remaining = max(0, limit - math.floor(previous * previous_ttl / expiry + current))
+    if not (previous or current):
+        return remaining, now
+    previous_reset_in = previous_ttl % (expiry / previous) if previous else math.inf
+    current_reset_in = current_ttl % expiry if current else math.inf
+    return remaining, now + min(previous_reset_in, current_reset_in)
+
+
+# One call of limits' sliding-window script: window keys, limit, expiry, amount.
+_Call = tuple[tuple[str, str], int, int, int]
+
+
 class _PipelinedHits:
     """Sliding-window hits in Redis, sent in pipelines: one round trip per batch.
 
     Hits that arrive while a round trip is under way wait for the next one and share it.
-    Each hit is still its own call of limits' atomic Lua script, in arrival order, so the
-    counts are exactly those of one call per hit; only the network round trips and the
-    client's per-call work are shared.
+    The hits of one batch on one key are one call of limits' atomic Lua script with
+    amount=n, which takes all n or none: when all fit, that is what n calls in a row
+    would have answered. When they do not, the key's hits go again as one call each, in
+    arrival order, so the counts and answers are exactly those of one call per hit; a
+    key refused lately goes as one call per hit straight away.
     """
 
     def __init__(self, storage: RedisStorage) -> None:
@@ -152,16 +256,22 @@ class _PipelinedHits:
         bridge: Any = storage.bridge
         self.client: Redis = bridge.get_connection()
         self.script = bridge.lua_acquire_sliding_window
-        self.queue: list[tuple[str, str, int, int, asyncio.Future[bool]]] = []
+        self.queue: list[tuple[tuple[str, str], int, int, asyncio.Future[bool]]] = []
         self.sender: asyncio.Task[None] | None = None
+        self.strained: set[tuple[str, str]] = set()  # keys with a refusal in their last batch
 
-    async def hit(self, item: RateLimitItem, *identifiers: str) -> bool:
-        key = item.key_for(*identifiers)
+    def window_keys(self, key: str) -> tuple[str, str]:
+        """The (previous, current) Redis keys of limits' key, as its storage names them."""
         storage: Any = self.storage
-        current = storage.bridge.prefixed_key(storage._current_window_key(key))
-        previous = storage.bridge.prefixed_key(storage._previous_window_key(key))
+        prefixed = storage.bridge.prefixed_key
+        return (
+            prefixed(storage._previous_window_key(key)),
+            prefixed(storage._current_window_key(key)),
+        )
+
+    async def hit(self, keys: tuple[str, str], limit: int, expiry: int) -> bool:
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self.queue.append((previous, current, item.amount, item.get_expiry(), future))
+        self.queue.append((keys, limit, expiry, future))
         if self.sender is None:
             self.sender = asyncio.create_task(self._send_all())
         return await future
@@ -171,7 +281,7 @@ class _PipelinedHits:
             while self.queue:
                 batch, self.queue = self.queue, []
                 try:
-                    results = await self._send(batch)
+                    results = await self._count(batch)
                 except (RedisError, OSError) as exc:
                     for *_, future in batch:
                         if not future.done():
@@ -179,41 +289,66 @@ class _PipelinedHits:
                     continue
                 for (*_, future), allowed in zip(batch, results, strict=True):
                     if not future.done():
-                        future.set_result(bool(allowed))
+                        future.set_result(allowed)
         finally:
             self.sender = None
             for *_, future in self.queue:
                 future.cancel()
             self.queue.clear()
 
-    async def _send(
-        self, batch: list[tuple[str, str, int, int, asyncio.Future[bool]]]
-    ) -> list[Any]:
-        if len(batch) == 1:  # a quiet moment: a plain call costs less than a pipeline
-            previous, current, limit, expiry, _ = batch[0]
-            sha = self.script.sha
+    async def _count(
+        self, batch: list[tuple[tuple[str, str], int, int, asyncio.Future[bool]]]
+    ) -> list[bool]:
+        by_key: dict[tuple[str, str], list[int]] = {}
+        for i, (keys, *_) in enumerate(batch):
+            by_key.setdefault(keys, []).append(i)
+        calls: list[tuple[_Call, list[int]]] = []
+        for keys, hits in by_key.items():
+            _, limit, expiry, _ = batch[hits[0]]
+            if len(hits) == 1 or keys not in self.strained:
+                calls.append(((keys, limit, expiry, len(hits)), hits))
+            else:
+                calls += [((keys, limit, expiry, 1), [i]) for i in hits]
+        allowed = [False] * len(batch)
+        again: list[tuple[_Call, list[int]]] = []
+        for (call, hits), reply in zip(calls, await self._send([c for c, _ in calls]), strict=True):
+            if reply:
+                for i in hits:
+                    allowed[i] = True
+            elif call[3] > 1:
+                again += [((*call[:3], 1), [i]) for i in hits]
+        if again:
+            replies = await self._send([c for c, _ in again])
+            for (_, [i]), reply in zip(again, replies, strict=True):
+                allowed[i] = bool(reply)
+        if len(self.strained) >= 10_000:
+            self.strained.clear()
+        for keys, hits in by_key.items():
+            if all(allowed[i] for i in hits):
+                self.strained.discard(keys)
+            else:
+                self.strained.add(keys)
+        return allowed
+
+    async def _send(self, calls: list[_Call]) -> list[Any]:
+        sha = self.script.sha
+        if len(calls) == 1:  # a quiet moment: a plain call costs less than a pipeline
+            (previous, current), limit, expiry, amount = calls[0]
             try:
-                return [await self.client.evalsha(sha, 2, previous, current, limit, expiry, 1)]
+                return [await self.client.evalsha(sha, 2, previous, current, limit, expiry, amount)]
             except NoScriptError:
                 await self.client.script_load(self.script.script)
-                return [await self.client.evalsha(sha, 2, previous, current, limit, expiry, 1)]
+                return [await self.client.evalsha(sha, 2, previous, current, limit, expiry, amount)]
         pipe = self.client.pipeline(transaction=False)
-        for previous, current, limit, expiry, _ in batch:
-            pipe.evalsha(self.script.sha, 2, previous, current, limit, expiry, 1)
+        for (previous, current), limit, expiry, amount in calls:
+            pipe.evalsha(sha, 2, previous, current, limit, expiry, amount)
         try:
             results: list[Any] = await pipe.execute()
         except NoScriptError:
             # A restarted or flushed Redis forgot the script: nothing ran, so send it all again.
             await self.client.script_load(self.script.script)
-            results = await self._send(batch)
+            results = await self._send(calls)
         return results
-
-
-@dataclass
-class _Window:
-    remaining: int
-    reset_at: float
-    read_at: float
 
 
 class RateLimitingPlugin(GatewayPlugin):
@@ -234,14 +369,17 @@ class RateLimitingPlugin(GatewayPlugin):
             if self.config.strategy is Strategy.MOVING_WINDOW
             else SlidingWindowCounterRateLimiter(self.storage)
         )
+        sliding = self.config.strategy is Strategy.SLIDING_WINDOW
+        self._memory = (
+            self.storage if sliding and isinstance(self.storage, _MemoryWindows) else None
+        )
         self._hits = (
             _PipelinedHits(self.storage)
-            if isinstance(self.storage, RedisStorage)
-            and self.config.strategy is Strategy.SLIDING_WINDOW
+            if sliding and isinstance(self.storage, RedisStorage)
             else None
         )
+        self._window_keys = self._hits.window_keys if self._hits is not None else None
         self._last_complaint = 0.0
-        self._windows: dict[tuple[str, str], _Window] = {}
         # In memory the stats cost no round trip: always exact.
         self._refresh = self.config.stats_refresh_seconds if self._pool is not None else 0.0
 
@@ -251,7 +389,7 @@ class RateLimitingPlugin(GatewayPlugin):
         if kind is StorageKind.REDIS and url is None:
             raise RuntimeError("rate_limiting storage is redis but KEELSON_REDIS_URL is not set")
         if kind is StorageKind.MEMORY or url is None:
-            return MemoryStorage()
+            return _MemoryWindows()
         timeout = self.config.storage_timeout_seconds
         self._pool = ConnectionPool.from_url(
             url, socket_timeout=timeout, socket_connect_timeout=timeout
@@ -296,8 +434,7 @@ class RateLimitingPlugin(GatewayPlugin):
                     "fail_open": config.fail_open,
                 }
             )
-            self.rules = rules
-            self._windows.clear()
+            self.rules = rules  # with fresh tallies: the limits may have changed
 
         return apply
 
@@ -306,30 +443,26 @@ class RateLimitingPlugin(GatewayPlugin):
 
     async def count(self, rule: _Rule, client: str) -> tuple[bool, int, float]:
         """Count one hit: (allowed, remaining, reset epoch seconds)."""
-        hits = self._hits
-        if hits is not None:
-            allowed = await hits.hit(rule.item, rule.name, client)
+        item = rule.item
+        tally = rule.tally(client, self._window_keys)
+        if self._memory is not None:
+            return self._memory.hit_now(tally.key, item.amount, item.get_expiry())
+        if tally.window_keys is not None:
+            assert self._hits is not None
+            allowed = await self._hits.hit(tally.window_keys, item.amount, item.get_expiry())
         else:
-            allowed = await self.limiter.hit(rule.item, rule.name, client)
-        key = (rule.name, client)
-        window = self._windows.get(key)
+            allowed = await self.limiter.hit(item, rule.name, client)
         now = time.monotonic()
-        stale = (
-            window is None
-            or not allowed
-            or now - window.read_at >= self._refresh
-            or window.remaining <= max(1, rule.item.amount // 10)
-        )
-        if stale:
-            stats = await self.limiter.get_window_stats(rule.item, rule.name, client)
-            if window is None and len(self._windows) >= 100_000:
-                self._windows.clear()
-            window = _Window(stats.remaining, stats.reset_time, now)
-            self._windows[key] = window
+        if (
+            not allowed
+            or now - tally.read_at >= self._refresh
+            or tally.remaining <= max(1, item.amount // 10)
+        ):
+            stats = await self.limiter.get_window_stats(item, rule.name, client)
+            tally.remaining, tally.reset_at, tally.read_at = stats.remaining, stats.reset_time, now
         else:
-            assert window is not None
-            window.remaining = max(0, window.remaining - 1)
-        return allowed, window.remaining, window.reset_at
+            tally.remaining = max(0, tally.remaining - 1)
+        return allowed, tally.remaining, tally.reset_at
 
     def storage_failed(self, exc: Exception) -> None:
         outcome = "allowed" if self.config.fail_open else "refused"
@@ -380,11 +513,11 @@ class _RateLimitLayer:
                 )(scope, receive, send)
             return
         reset = max(1, math.ceil(reset_at - time.time()))
-        headers = [
-            (b"ratelimit-limit", str(rule.item.amount).encode()),
-            (b"ratelimit-remaining", str(remaining).encode()),
-            (b"ratelimit-reset", str(reset).encode()),
-        ]
+        headers = (
+            rule.limit_header,
+            (b"ratelimit-remaining", b"%d" % remaining),
+            (b"ratelimit-reset", b"%d" % reset),
+        )
         if not allowed:
             RATE_LIMIT_REJECTIONS.labels(rule.name).inc()
             response = problem_response(
