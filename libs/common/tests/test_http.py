@@ -10,11 +10,12 @@ import httpx
 import pytest
 from fastapi import APIRouter, FastAPI
 from pydantic import BaseModel
+from starlette.types import Receive, Scope, Send
 
 from keelson.config import KeelsonSettings, LogSettings
 from keelson.embedded import free_port
 from keelson.errors import Conflict, TooManyRequests
-from keelson.http import create_app
+from keelson.http import KeelsonApp, create_app, exchange
 from keelson.metrics import count_business_event
 from keelson.plugins import Health, Plugin, PluginContainer, PluginMetadata, PluginState
 from keelson.redis_plugin import RedisPlugin
@@ -282,3 +283,39 @@ async def test_failure_text_stays_private_outside_dev(caplog: pytest.LogCaptureF
     assert "dependency down" not in ready.text
     assert "dependency down" not in summary.text
     assert "dependency down" in caplog.text
+
+
+async def _lane_app(scope: Scope, receive: Receive, send: Send) -> None:
+    """A raw ASGI app on the express lane: adds and enforces headers through the Exchange."""
+    ex = exchange(scope)
+    ex.add_headers([(b"x-lane", b"yes")])
+    ex.enforce_headers({b"x-frame-options": b"SAMEORIGIN"})
+    if scope["path"] == "/lane/boom":
+        raise RuntimeError("secret internals: password=hunter2")
+    headers = [(b"content-type", b"text/plain"), (b"x-frame-options", b"ALLOW")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": b"lane"})
+
+
+def test_express_lane_serves_under_keelson_middleware_only() -> None:
+    app = build_app()
+    assert isinstance(app, KeelsonApp)
+    app.set_express_lane(lambda scope: scope["path"].startswith("/lane"), _lane_app)
+    with LiveServer(app) as server:
+        lane = httpx.get(server.url + "/lane/x", headers={"X-Request-ID": "lane-1"})
+        assert lane.text == "lane"
+        assert lane.headers["x-request-id"] == "lane-1"
+        assert lane.headers["x-lane"] == "yes"
+        # Enforced: the app's own value is replaced, not doubled.
+        assert lane.headers.get_list("x-frame-options") == ["SAMEORIGIN"]
+        assert lane.headers["x-content-type-options"] == "nosniff"
+        boom = httpx.get(server.url + "/lane/boom", headers={"X-Request-ID": "lane-2"})
+        assert boom.status_code == 500
+        assert boom.headers["content-type"] == "application/problem+json"
+        assert boom.json()["request_id"] == "lane-2"
+        assert "hunter2" not in boom.text
+        assert boom.headers["x-lane"] == "yes"
+        # Everything else still takes FastAPI's routes.
+        assert httpx.get(server.url + "/health/live").status_code == 200
+        metrics = httpx.get(server.url + "/metrics").text
+        assert 'route="unmatched",service="demo",status="500"' in metrics
