@@ -16,6 +16,7 @@ from jsonschema.protocols import Validator
 from starlette.types import Scope
 
 from gateway.context import ROUTE, state
+from gateway.paths import Memo
 from gateway.upstreams import RouteTable, Upstream
 
 __all__ = ["OpenApiCatalog", "Operation", "RouteMatch"]
@@ -68,6 +69,8 @@ class OpenApiCatalog:
         self._last_attempt: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[None]] = set()
+        # Matching a path against a document's route patterns, once per method and path.
+        self._documented: Memo[tuple[str, str, str], RouteMatch] = Memo(self._in_document)
         self.version = 0
 
     async def refresh(self, names: list[str] | None = None) -> None:
@@ -91,6 +94,7 @@ class OpenApiCatalog:
         self._validators = {
             op: v for op, v in self._validators.items() if op.upstream != upstream.name
         }
+        self._documented.clear()
         self.version += 1
 
     def start(self) -> None:
@@ -135,10 +139,19 @@ class OpenApiCatalog:
         doc = self._docs.get(upstream.name)
         if doc is None:
             self._refresh_soon(upstream)
-        else:
-            for pattern, template, operations in doc.routes:
-                if pattern.fullmatch(path):
-                    return RouteMatch(upstream, template, operations.get(method.lower()))
+            return self._by_prefix(upstream, path)
+        return self._documented((upstream.name, method, path))
+
+    def _in_document(self, key: tuple[str, str, str]) -> RouteMatch:
+        name, method, path = key
+        upstream = self.table.upstreams[name]
+        for pattern, template, operations in self._docs[name].routes:
+            if pattern.fullmatch(path):
+                return RouteMatch(upstream, template, operations.get(method.lower()))
+        return self._by_prefix(upstream, path)
+
+    @staticmethod
+    def _by_prefix(upstream: Upstream, path: str) -> RouteMatch:
         prefix = next(p for p in upstream.config.prefixes if path.startswith(p))
         template = prefix if len(path) == len(prefix) else prefix + "/{path}"
         return RouteMatch(upstream, template, None)

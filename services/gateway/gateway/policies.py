@@ -7,7 +7,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, field_validator
 
-from gateway.paths import PathPattern
+from gateway.paths import Memo, PathPattern
 from keelson.auth import Principal
 
 __all__ = ["Access", "Policy", "PolicyTable", "RoutePolicy", "Verdict"]
@@ -91,8 +91,12 @@ class PolicyTable:
     def __init__(self, rules: list[RoutePolicy], default: str) -> None:
         self._rules = [(PathPattern.parse(r.path, r.methods), Policy.parse(r.allow)) for r in rules]
         self.default = Policy.parse(default)
+        self._lookup: Memo[tuple[str, str], Policy] = Memo(lambda key: self._first(*key))
 
     def for_request(self, method: str, path: str) -> Policy:
+        return self._lookup((method, path))
+
+    def _first(self, method: str, path: str) -> Policy:
         for pattern, policy in self._rules:
             if pattern.matches(method, path):
                 return policy

@@ -25,6 +25,7 @@ from gateway.metrics import (
     UPSTREAM_RETRIES,
 )
 from gateway.openapi import OpenApiCatalog
+from gateway.paths import Memo
 from gateway.upstreams import RoutingConfig, Upstream
 from keelson.http import problem_response, random_id
 from keelson.logging import request_id_var, trace_id_var
@@ -125,6 +126,7 @@ class ProxyApp:
             )
             for name, u in catalog.table.upstreams.items()
         }
+        self._urls: Memo[tuple[str, bytes, bytes], URL] = Memo(_upstream_url)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -162,11 +164,7 @@ class ProxyApp:
         self, upstream: Upstream, scope: Scope, receive: Receive, send: Send
     ) -> None:
         method: str = scope["method"]
-        query: bytes = scope["query_string"]
-        target = upstream.config.url + scope["raw_path"].decode("latin-1")
-        if query:
-            target += "?" + query.decode("latin-1")
-        url = URL(target, encoded=True)
+        url = self._urls((upstream.config.url, scope["raw_path"], scope["query_string"]))
         headers = self._request_headers(scope)
         body, replayable = await self._request_body(scope, receive)
         attempts = 1 + upstream.config.retries if replayable and method in _IDEMPOTENT else 1
@@ -313,6 +311,14 @@ def _requests(upstream: str, method: str, status: int | str) -> Counter:
 @functools.lru_cache(maxsize=64)
 def _duration(upstream: str) -> Histogram:
     return UPSTREAM_REQUEST_SECONDS.labels(upstream)
+
+
+def _upstream_url(key: tuple[str, bytes, bytes]) -> URL:
+    base, raw_path, query = key
+    target = base + raw_path.decode("latin-1")
+    if query:
+        target += "?" + query.decode("latin-1")
+    return URL(target, encoded=True)
 
 
 async def _stream(receive: Receive) -> AsyncIterator[bytes]:
