@@ -5,11 +5,13 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 from prometheus_client import REGISTRY
 from pydantic import SecretStr
 from sqlalchemy import Column, Integer, MetaData, Table, exc, insert, select, text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from keelson.config import DatabaseSettings, KeelsonSettings, LogSettings
 from keelson.db import (
@@ -17,6 +19,7 @@ from keelson.db import (
     DB_SESSIONS,
     DatabasePlugin,
     EncryptedString,
+    advisory_xact_lock,
     async_url,
     configure_field_encryption,
     create_engine,
@@ -222,3 +225,49 @@ async def test_the_plugin_configures_field_encryption_from_the_settings(
     cipher = KeyManager(NEW_MASTER).field_cipher("cards")
     token = (await stored(secrets_engine))[1]
     assert token is not None and cipher.decrypt(token) == "written by the plugin"
+
+
+def asyncpg_url(database_url: str) -> str:
+    return make_url(database_url).set(drivername="postgresql").render_as_string(False)
+
+
+async def held_elsewhere(database_url: str, lock: str | int) -> bool:
+    """Whether another connection is refused `lock` (named locks by `hashtext`, ids as is)."""
+    key = "hashtext($1)" if isinstance(lock, str) else "$1"
+    other = await asyncpg.connect(asyncpg_url(database_url))
+    try:
+        async with other.transaction():
+            return not await other.fetchval(f"SELECT pg_try_advisory_xact_lock({key})", lock)
+    finally:
+        await other.close()
+
+
+@pytest.mark.parametrize("lock", [f"keelson.test.{uuid.uuid4()}", uuid.uuid4().int >> 65])
+async def test_an_advisory_lock_taken_in_a_session_lasts_until_commit(
+    test_database_url: str, lock: str | int
+) -> None:
+    engine = create_engine(KeelsonSettings(database_url=test_database_url), schema="public")
+    try:
+        async with AsyncSession(engine) as session:
+            await advisory_xact_lock(session, lock)
+            assert await held_elsewhere(test_database_url, lock)
+            await session.commit()
+            assert not await held_elsewhere(test_database_url, lock)
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.parametrize("lock", [f"keelson.test.{uuid.uuid4()}", uuid.uuid4().int >> 65])
+async def test_an_advisory_lock_taken_on_an_asyncpg_connection_lasts_until_rollback(
+    test_database_url: str, lock: str | int
+) -> None:
+    conn = await asyncpg.connect(asyncpg_url(test_database_url))
+    try:
+        transaction = conn.transaction()
+        await transaction.start()
+        await advisory_xact_lock(conn, lock)
+        assert await held_elsewhere(test_database_url, lock)
+        await transaction.rollback()
+        assert not await held_elsewhere(test_database_url, lock)
+    finally:
+        await conn.close()

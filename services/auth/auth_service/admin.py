@@ -6,7 +6,6 @@ import logging
 import uuid
 from datetime import UTC, datetime
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from auth_service.accounts import create_account
@@ -26,6 +25,7 @@ from auth_service.users import (
     normalize_email,
 )
 from keelson.auth import Principal, RevocationList
+from keelson.db import advisory_xact_lock
 from keelson.errors import Conflict, NotFound, Unprocessable
 
 __all__ = ["bootstrap_admin", "existing_user", "make_admin", "remove_user", "update_user"]
@@ -131,7 +131,7 @@ async def bootstrap_admin(
     its sessions end: whoever registered the address before the operator named it (say,
     unverified, to wait for this moment) must not inherit an admin account.
     """
-    await db.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _ADMINS_LOCK_ID})
+    await advisory_xact_lock(db, _ADMINS_LOCK_ID)
     if await count_active_admins(db):
         await db.commit()
         return None
@@ -188,6 +188,6 @@ async def existing_user(db: AsyncSession, *, user_id: uuid.UUID, for_update: boo
 
 
 async def _keep_one_admin(db: AsyncSession, *, user_id: uuid.UUID) -> None:
-    await db.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _ADMINS_LOCK_ID})
+    await advisory_xact_lock(db, _ADMINS_LOCK_ID)
     if not await count_active_admins(db, excluding=user_id):
         raise Conflict("this is the last active admin")

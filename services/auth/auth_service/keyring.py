@@ -12,11 +12,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from jose import jwk, jwt
-from sqlalchemy import func, insert, select, text, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from auth_service.models import SigningKeyRecord
 from keelson.auth import ALGORITHM
+from keelson.db import advisory_xact_lock
 from keelson.keys import FieldCipher, KeyManager, SigningKey
 
 __all__ = [
@@ -140,7 +141,7 @@ class KeyRing:
 
 async def ensure_signing_key(session: AsyncSession, *, cipher: FieldCipher) -> str | None:
     """Create the first key when none is usable; the new `kid`, or None if one existed."""
-    await session.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _KEY_LOCK_ID})
+    await advisory_xact_lock(session, _KEY_LOCK_ID)
     existing = await session.scalar(
         select(SigningKeyRecord.kid).where(SigningKeyRecord.retired_at.is_(None)).limit(1)
     )
@@ -158,7 +159,7 @@ async def rotate_signing_keys(
     tokens signed by an older key are still live and must verify. Returns the new `kid`
     and the retired ones.
     """
-    await session.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _KEY_LOCK_ID})
+    await advisory_xact_lock(session, _KEY_LOCK_ID)
     now = datetime.now(UTC)
     records = list(await session.scalars(_UNRETIRED))
     retired = [

@@ -18,6 +18,7 @@ from datetime import UTC, date, datetime, time, timedelta
 
 import asyncpg
 
+from keelson.db import advisory_xact_lock
 from logs_service.records import COLUMNS, LogRow
 
 __all__ = [
@@ -112,7 +113,7 @@ class LogStore:
             return
         async with self._partition_lock, self.pool.acquire() as conn, conn.transaction():
             # Another instance of the service may be creating the same partition.
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", self._lock_name)
+            await advisory_xact_lock(conn, self._lock_name)
             for day in missing:
                 start = datetime.combine(day, time(), UTC)
                 await conn.execute(
@@ -129,7 +130,7 @@ class LogStore:
         if not dropped:
             return []
         async with self._partition_lock, self.pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", self._lock_name)
+            await advisory_xact_lock(conn, self._lock_name)
             for day in dropped:
                 await conn.execute(f'DROP TABLE IF EXISTS "{self.schema}"."{partition_name(day)}"')
         assert self._days is not None

@@ -10,6 +10,7 @@ from keelson.db._engine import (
     get_session,
     schema_for,
 )
+from keelson.db._locks import advisory_xact_lock
 from keelson.db._migrations import migrate, run_env, run_migrations_online
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "DB_SESSIONS",
     "DatabasePlugin",
     "EncryptedString",
+    "advisory_xact_lock",
     "async_url",
     "configure_field_encryption",
     "create_engine",
