@@ -15,8 +15,7 @@ from gateway.openapi import OpenApiCatalog
 from gateway.pipeline import GatewayPlugin, plugin_config
 from gateway.plugins.routing import CATALOG
 from keelson.config import PluginSettings
-from keelson.http import log_access
-from keelson.logging import request_id_var
+from keelson.logging import log_access_record, request_id_var
 from keelson.plugins import PluginMetadata, Priority
 
 __all__ = ["LogShippingConfig", "LogShippingPlugin"]
@@ -96,13 +95,14 @@ class _AccessLog:
         if not self.log.isEnabledFor(level):
             return
         principal: Any = state(scope).get(PRINCIPAL)
-        log_access(
+        log_access_record(
             self.log,
-            scope,
+            level,
+            scope["method"],
+            getattr(scope.get("route"), "path", None) or "unmatched",
             status,
             seconds,
-            level=level,
-            client_ip=client_ip(scope, self.hops),
+            client_ip(scope, self.hops),
             request_id=request_id_var.get(),
             user_id=principal.user_id if principal is not None else None,
         )
