@@ -271,3 +271,7 @@ async def test_one_keys_hits_in_a_batch_share_one_call_and_fall_back_in_order(
         sent.clear()
         assert await asyncio.gather(*(hit(busy) for _ in range(4))) == [False] * 4
         assert sent == [[(busy, 25, 60, 1)] * 4]
+        # Concurrent reads of one window share one call: limits' read of the counts.
+        windows = await asyncio.gather(*(hits.window(k, 60) for k in [busy] * 5 + [quiet]))
+        assert [w[2] for w in windows] == [25] * 5 + [3]
+        assert len(set(windows[:5])) == 1

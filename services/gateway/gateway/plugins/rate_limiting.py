@@ -6,7 +6,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -238,6 +238,8 @@ def _window_stats(
 
 # One call of limits' sliding-window script: window keys, limit, expiry, amount.
 _Call = tuple[tuple[str, str], int, int, int]
+# A window as limits' storage reads it: previous count, its TTL, current count, its TTL.
+_Window = tuple[int, float, int, float]
 
 
 class _PipelinedHits:
@@ -249,6 +251,10 @@ class _PipelinedHits:
     would have answered. When they do not, the key's hits go again as one call each, in
     arrival order, so the counts and answers are exactly those of one call per hit; a
     key refused lately goes as one call per hit straight away.
+
+    Window reads (for the RateLimit-* headers) are queued the same way, after the hits:
+    the reads of one key in one batch are one call of limits' read script, each read
+    having been asked for after its own hit was answered.
     """
 
     def __init__(self, storage: RedisStorage) -> None:
@@ -256,7 +262,9 @@ class _PipelinedHits:
         bridge: Any = storage.bridge
         self.client: Redis = bridge.get_connection()
         self.script = bridge.lua_acquire_sliding_window
+        self.read_script = bridge.lua_sliding_window
         self.queue: list[tuple[tuple[str, str], int, int, asyncio.Future[bool]]] = []
+        self.reads: dict[tuple[str, str], tuple[int, list[asyncio.Future[_Window]]]] = {}
         self.sender: asyncio.Task[None] | None = None
         self.strained: set[tuple[str, str]] = set()  # keys with a refusal in their last batch
 
@@ -276,25 +284,44 @@ class _PipelinedHits:
             self.sender = asyncio.create_task(self._send_all())
         return await future
 
+    async def window(self, keys: tuple[str, str], expiry: int) -> _Window:
+        """(previous count, its TTL, current count, its TTL), as limits' storage reads it."""
+        future: asyncio.Future[_Window] = asyncio.get_running_loop().create_future()
+        self.reads.setdefault(keys, (expiry, []))[1].append(future)
+        if self.sender is None:
+            self.sender = asyncio.create_task(self._send_all())
+        return await future
+
     async def _send_all(self) -> None:
         try:
-            while self.queue:
-                batch, self.queue = self.queue, []
-                try:
-                    results = await self._count(batch)
-                except (RedisError, OSError) as exc:
-                    for *_, future in batch:
-                        if not future.done():
-                            future.set_exception(StorageError(exc))
-                    continue
-                for (*_, future), allowed in zip(batch, results, strict=True):
-                    if not future.done():
-                        future.set_result(allowed)
+            while self.queue or self.reads:
+                if self.queue:
+                    batch, self.queue = self.queue, []
+                    hits = [future for *_, future in batch]
+                    try:
+                        _answer(hits, await self._count(batch))
+                    except (RedisError, OSError) as exc:
+                        _fail(hits, exc)
+                if self.reads:
+                    reads, self.reads = self.reads, {}
+                    waiting = [readers for _, readers in reads.values()]
+                    try:
+                        windows = await self._read(reads)
+                    except (RedisError, OSError) as exc:
+                        for readers in waiting:
+                            _fail(readers, exc)
+                    else:
+                        for readers, window in zip(waiting, windows, strict=True):
+                            _answer(readers, [window] * len(readers))
         finally:
             self.sender = None
             for *_, future in self.queue:
                 future.cancel()
+            for _, readers in self.reads.values():
+                for reader in readers:
+                    reader.cancel()
             self.queue.clear()
+            self.reads.clear()
 
     async def _count(
         self, batch: list[tuple[tuple[str, str], int, int, asyncio.Future[bool]]]
@@ -330,25 +357,57 @@ class _PipelinedHits:
                 self.strained.add(keys)
         return allowed
 
+    async def _read(self, reads: dict[tuple[str, str], tuple[int, list[Any]]]) -> list[_Window]:
+        calls = [(*keys, expiry) for keys, (expiry, _) in reads.items()]
+        windows = []
+        for reply in await self._eval(self.read_script, calls):
+            if reply:  # parsed as limits' redis-py bridge parses it
+                windows.append(
+                    (
+                        int(reply[0] or 0),
+                        max(0, float(reply[1] or 0)) / 1000,
+                        int(reply[2] or 0),
+                        max(0, float(reply[3] or 0)) / 1000,
+                    )
+                )
+            else:
+                windows.append((0, 0.0, 0, 0.0))
+        return windows
+
     async def _send(self, calls: list[_Call]) -> list[Any]:
-        sha = self.script.sha
+        rows = [(*keys, limit, expiry, amount) for keys, limit, expiry, amount in calls]
+        return await self._eval(self.script, rows)
+
+    async def _eval(self, script: Any, calls: Sequence[tuple[str | int, ...]]) -> list[Any]:
+        """Each call of `script` (two keys, then its arguments), in one round trip."""
         if len(calls) == 1:  # a quiet moment: a plain call costs less than a pipeline
-            (previous, current), limit, expiry, amount = calls[0]
             try:
-                return [await self.client.evalsha(sha, 2, previous, current, limit, expiry, amount)]
+                return [await self.client.evalsha(script.sha, 2, *calls[0])]
             except NoScriptError:
-                await self.client.script_load(self.script.script)
-                return [await self.client.evalsha(sha, 2, previous, current, limit, expiry, amount)]
+                await self.client.script_load(script.script)
+                return [await self.client.evalsha(script.sha, 2, *calls[0])]
         pipe = self.client.pipeline(transaction=False)
-        for (previous, current), limit, expiry, amount in calls:
-            pipe.evalsha(sha, 2, previous, current, limit, expiry, amount)
+        for call in calls:
+            pipe.evalsha(script.sha, 2, *call)
         try:
             results: list[Any] = await pipe.execute()
         except NoScriptError:
             # A restarted or flushed Redis forgot the script: nothing ran, so send it all again.
-            await self.client.script_load(self.script.script)
-            results = await self._send(calls)
+            await self.client.script_load(script.script)
+            results = await self._eval(script, calls)
         return results
+
+
+def _answer(futures: list[asyncio.Future[Any]], results: list[Any]) -> None:
+    for future, result in zip(futures, results, strict=True):
+        if not future.done():  # a caller that gave up (timeout, disconnect) is skipped
+            future.set_result(result)
+
+
+def _fail(futures: list[asyncio.Future[Any]], exc: Exception) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_exception(StorageError(exc))
 
 
 class RateLimitingPlugin(GatewayPlugin):
@@ -458,8 +517,15 @@ class RateLimitingPlugin(GatewayPlugin):
             or now - tally.read_at >= self._refresh
             or tally.remaining <= max(1, item.amount // 10)
         ):
-            stats = await self.limiter.get_window_stats(item, rule.name, client)
-            tally.remaining, tally.reset_at, tally.read_at = stats.remaining, stats.reset_time, now
+            if tally.window_keys is not None:
+                assert self._hits is not None
+                expiry = item.get_expiry()
+                window = await self._hits.window(tally.window_keys, expiry)
+                stats = _window_stats(item.amount, expiry, *window, time.time())
+            else:
+                limits_stats = await self.limiter.get_window_stats(item, rule.name, client)
+                stats = limits_stats.remaining, limits_stats.reset_time
+            (tally.remaining, tally.reset_at), tally.read_at = stats, now
         else:
             tally.remaining = max(0, tally.remaining - 1)
         return allowed, tally.remaining, tally.reset_at
