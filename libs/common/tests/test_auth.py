@@ -316,6 +316,34 @@ async def test_revocations_are_announced_and_remembered_from_announcements() -> 
     assert not await receiver.is_revoked("jti-2")
 
 
+class RecordingBus:
+    """The two broadcast methods of a bus, delivering to the handlers in this process."""
+
+    def __init__(self) -> None:
+        self.handlers: list[Any] = []
+        self.sent: list[str] = []
+
+    def on_broadcast(self, channel: str, handler: Any) -> None:
+        self.handlers.append(handler)
+
+    async def broadcast(self, channel: str, payload: dict[str, Any]) -> None:
+        self.sent.append(channel)
+        for handler in self.handlers:
+            await handler(payload)
+
+
+async def test_a_revocation_list_on_the_bus_listens_and_announces_only_when_asked() -> None:
+    bus = RecordingBus()
+    listener = RevocationList.on_bus(None, bus)
+    await listener.revoke("jti-quiet", time.time() + 60)
+    assert bus.sent == []
+    speaker = RevocationList.on_bus(None, bus, announce=True)
+    await speaker.revoke("jti-1", time.time() + 60)
+    assert bus.sent == ["auth.revocations"]
+    assert await listener.is_revoked("jti-1")
+    assert RevocationList.on_bus(None, None).announce is None
+
+
 async def test_without_redis_known_revocations_still_hold_and_revoking_is_503() -> None:
     from keelson.embedded import free_port
     from keelson.errors import ServiceUnavailable

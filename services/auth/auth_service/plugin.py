@@ -13,7 +13,6 @@ from auth_service.throttle import LoginThrottle, MemoryCounters, RedisCounters
 from keelson.auth import (
     IDENTITY_KEY,
     REVOCATIONS,
-    REVOCATIONS_CHANNEL,
     TOKEN_VERIFIER,
     RevocationList,
     TokenVerifier,
@@ -57,10 +56,9 @@ class AuthServicePlugin(Plugin):
         )
         self.passwords = await asyncio.to_thread(PasswordHashing, settings.auth.password)
         counters = RedisCounters(redis) if redis is not None else MemoryCounters()
-        bus = self.container.resolve_optional(BUS)
-        self.revocations = RevocationList(redis, announce=bus.broadcast if bus else None)
-        if bus is not None:
-            bus.on_broadcast(REVOCATIONS_CHANNEL, self.revocations.on_announcement)
+        self.revocations = RevocationList.on_bus(
+            redis, self.container.resolve_optional(BUS), announce=True
+        )
         self.container.provide(KEYRING, self.keyring)
         self.container.provide(PASSWORDS, self.passwords)
         self.container.provide(LOGIN_THROTTLE, LoginThrottle(counters, settings.auth.throttle))

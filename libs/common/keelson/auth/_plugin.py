@@ -7,7 +7,7 @@ from pydantic import BaseModel, Field
 
 from keelson.auth._identity import identity_key
 from keelson.auth._jwks import JwksClient
-from keelson.auth._revocation import REVOCATIONS_CHANNEL, RevocationList
+from keelson.auth._revocation import RevocationList
 from keelson.auth._verifier import DEFAULT_AUDIENCE, DEFAULT_ISSUER, TokenVerifier
 from keelson.bus import BUS
 from keelson.keys import KeyManager
@@ -58,11 +58,9 @@ class AuthPlugin(Plugin):
             min_refresh_interval=config.jwks_min_refresh_seconds,
             max_age=config.jwks_max_age_seconds,
         )
-        revocations = RevocationList(self.container.resolve_optional(REDIS))
-        bus = self.container.resolve_optional(BUS)
-        if bus is not None:
-            # Revocations announced by auth are then known here without a Redis round trip.
-            bus.on_broadcast(REVOCATIONS_CHANNEL, revocations.on_announcement)
+        revocations = RevocationList.on_bus(
+            self.container.resolve_optional(REDIS), self.container.resolve_optional(BUS)
+        )
         verifier = TokenVerifier(
             self.jwks,
             issuer=config.issuer,

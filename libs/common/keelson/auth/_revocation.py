@@ -6,12 +6,15 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from keelson.errors import ServiceUnavailable
+
+if TYPE_CHECKING:
+    from keelson.bus import Bus
 
 __all__ = ["REVOCATIONS_CHANNEL", "RevocationList"]
 
@@ -47,6 +50,20 @@ class RevocationList:
         self._local: dict[str, float] = {}
         self._prune_at = 1024
         self._warned_at = -math.inf
+
+    @classmethod
+    def on_bus(
+        cls, redis: Redis | None, bus: Bus | None, *, announce: bool = False
+    ) -> RevocationList:
+        """A list that remembers what is announced on `bus`; with `announce`, announces too.
+
+        Only the service that revokes (auth) announces; the others listen, and so know a
+        revocation without a Redis round trip.
+        """
+        revocations = cls(redis, announce=bus.broadcast if bus is not None and announce else None)
+        if bus is not None:
+            bus.on_broadcast(REVOCATIONS_CHANNEL, revocations.on_announcement)
+        return revocations
 
     async def revoke(self, jti: str, exp: float) -> None:
         """Refuse `jti` until `exp` (epoch seconds); past that the token is dead anyway."""
