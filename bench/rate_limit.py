@@ -39,6 +39,7 @@ from gateway.plugins.rate_limiting import RateLimitingPlugin  # noqa: E402
 from gateway.settings import Settings  # noqa: E402
 from keelson.config import LogSettings  # noqa: E402
 from keelson.embedded import free_port  # noqa: E402
+from keelson.http import Exchange  # noqa: E402
 from keelson.plugins import PluginContainer  # noqa: E402
 
 HUGE = "100000000/minute"
@@ -86,6 +87,9 @@ async def cpu_per_request(app: ASGIApp, clients: int, hits: int, concurrency: in
                 "path": "/api/v1/logs/bench",
                 "headers": [],
                 "client": (ip, 40000 + i),
+                # What Keelson's ServiceMiddleware gives every request; the layer adds its
+                # RateLimit-* headers there.
+                "keelson.exchange": Exchange(),
             }
             await app(scope, receive, send)
 

@@ -19,7 +19,8 @@ from limits import parse
 from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
-from gateway.plugins.rate_limiting import RateLimitingPlugin, _Call, _MemoryWindows
+from gateway.plugins._rate_windows import Call, MemoryWindows
+from gateway.plugins.rate_limiting import RateLimitingPlugin
 from keelson.embedded import free_port
 
 
@@ -218,7 +219,7 @@ async def test_memory_hits_answer_as_limits_own_memory_storage(
     clock = [1_700_000_000.25]
     monkeypatch.setattr(time, "time", lambda: clock[0])
     item = parse("5/second")  # short windows: the walk below crosses many of them
-    ours = _MemoryWindows()
+    ours = MemoryWindows()
     theirs = SlidingWindowCounterRateLimiter(MemoryStorage())
     seen = set()
     for step in range(400):
@@ -244,10 +245,10 @@ async def test_one_keys_hits_in_a_batch_share_one_call_and_fall_back_in_order(
     )
     async with running_gateway(settings) as (app, _):
         hits = app.state.container.get(RateLimitingPlugin)._hits
-        sent: list[list[_Call]] = []
+        sent: list[list[Call]] = []
         send = hits._send
 
-        async def recording(calls: list[_Call]) -> list[Any]:
+        async def recording(calls: list[Call]) -> list[Any]:
             sent.append(calls)
             return await send(calls)
 

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 from limits import RateLimitItem, parse
-from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from limits.aio.storage import RedisStorage, Storage
 from limits.aio.strategies import (
     MovingWindowRateLimiter,
     RateLimiter,
@@ -20,17 +19,21 @@ from limits.aio.strategies import (
 )
 from limits.errors import StorageError
 from pydantic import BaseModel, Field, field_validator
-from redis import RedisError
-from redis.asyncio import ConnectionPool, Redis
-from redis.exceptions import NoScriptError
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from redis.asyncio import ConnectionPool
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.context import PRINCIPAL, client_ip, state
 from gateway.metrics import RATE_LIMIT_REJECTIONS, RATE_LIMIT_STORAGE_ERRORS
 from gateway.paths import PathPattern
 from gateway.pipeline import GatewayPlugin, plugin_config
+from gateway.plugins._rate_windows import (
+    MemoryWindows,
+    RedisHits,
+    RedisOnlyStorage,
+    window_stats,
+)
 from keelson.config import PluginSettings
-from keelson.http import problem_response
+from keelson.http import exchange, problem_response
 from keelson.plugins import Health, PluginMetadata, Priority
 
 __all__ = ["RateLimitConfig", "RateLimitingPlugin", "RateRule"]
@@ -154,262 +157,6 @@ class _Rules:
         return self.default
 
 
-class _RedisOnlyStorage(RedisStorage):
-    """limits' async Redis storage, importing only redis-py.
-
-    The stock class imports every client it could use (redis-py, valkey, coredis) the
-    first time it looks for one: about a megabyte of resident memory for nothing.
-    """
-
-    # No minimum here: the workspace pins redis>=5.2, which limits needs.
-    DEPENDENCIES = {"redis": None}
-
-
-class _MemoryWindows(MemoryStorage):
-    """limits' in-process storage, with the sliding-window hit and stats read as one call.
-
-    `hit_now` does what `SlidingWindowCounterRateLimiter.hit` then `get_window_stats`
-    do, on the same counters, with the same arithmetic, at one instant and without
-    awaiting anything. The async path costs ten awaited calls per hit, and each `incr`
-    schedules a task that scans every key for expiry: per hit, the cost grows with the
-    number of clients. Here expired keys are dropped on read (as limits does) and swept
-    at most every `_SWEEP_SECONDS`. No lock is needed: nothing yields in between.
-    """
-
-    _SWEEP_SECONDS = 10.0
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._sweep_at = 0.0
-
-    def hit_now(self, key: str, limit: int, expiry: int) -> tuple[bool, int, float]:
-        """Count one hit: (allowed, remaining, reset epoch seconds)."""
-        now = time.time()
-        if now >= self._sweep_at:
-            self._sweep(now)
-        previous_key, current_key = self.sliding_window_keys(key, expiry, now)
-        previous = self._count(previous_key, now)
-        current = self._count(current_key, now)
-        previous_ttl = (1 - (((now - expiry) / expiry) % 1)) * expiry if previous else 0.0
-        allowed = math.floor(previous * previous_ttl / expiry + current) + 1 <= limit
-        if allowed:
-            current += 1
-            self.storage[current_key] = current
-            if current == 1:
-                self.expirations[current_key] = now + 2 * expiry
-        current_ttl = (1 - ((now / expiry) % 1)) * expiry + expiry
-        return (
-            allowed,
-            *_window_stats(limit, expiry, previous, previous_ttl, current, current_ttl, now),
-        )
-
-    def _count(self, key: str, now: float) -> int:
-        if self.expirations.get(key, 0) <= now:
-            self.storage.pop(key, None)
-            self.expirations.pop(key, None)
-            self.locks.pop(key, None)
-        return self.storage.get(key, 0)
-
-    def _sweep(self, now: float) -> None:
-        self._sweep_at = now + self._SWEEP_SECONDS
-        for key in [k for k, at in self.expirations.items() if at <= now]:
-            self.storage.pop(key, None)
-            self.expirations.pop(key, None)
-            self.locks.pop(key, None)
-
-
-def _window_stats(
-    limit: int,
-    expiry: int,
-    previous: int,
-    previous_ttl: float,
-    current: int,
-    current_ttl: float,
-    now: float,
-) -> tuple[int, float]:
-    """(remaining, reset epoch seconds), as limits' `SlidingWindowCounterRateLimiter` says."""
-    remaining = max(0, limit - math.floor(previous * previous_ttl / expiry + current))
-    if not (previous or current):
-        return remaining, now
-    previous_reset_in = previous_ttl % (expiry / previous) if previous else math.inf
-    current_reset_in = current_ttl % expiry if current else math.inf
-    return remaining, now + min(previous_reset_in, current_reset_in)
-
-
-# One call of limits' sliding-window script: window keys, limit, expiry, amount.
-_Call = tuple[tuple[str, str], int, int, int]
-# A window as limits' storage reads it: previous count, its TTL, current count, its TTL.
-_Window = tuple[int, float, int, float]
-
-
-class _PipelinedHits:
-    """Sliding-window hits in Redis, sent in pipelines: one round trip per batch.
-
-    Hits that arrive while a round trip is under way wait for the next one and share it.
-    The hits of one batch on one key are one call of limits' atomic Lua script with
-    amount=n, which takes all n or none: when all fit, that is what n calls in a row
-    would have answered. When they do not, the key's hits go again as one call each, in
-    arrival order, so the counts and answers are exactly those of one call per hit; a
-    key refused lately goes as one call per hit straight away.
-
-    Window reads (for the RateLimit-* headers) are queued the same way, after the hits:
-    the reads of one key in one batch are one call of limits' read script, each read
-    having been asked for after its own hit was answered.
-    """
-
-    def __init__(self, storage: RedisStorage) -> None:
-        self.storage = storage
-        bridge: Any = storage.bridge
-        self.client: Redis = bridge.get_connection()
-        self.script = bridge.lua_acquire_sliding_window
-        self.read_script = bridge.lua_sliding_window
-        self.queue: list[tuple[tuple[str, str], int, int, asyncio.Future[bool]]] = []
-        self.reads: dict[tuple[str, str], tuple[int, list[asyncio.Future[_Window]]]] = {}
-        self.sender: asyncio.Task[None] | None = None
-        self.strained: set[tuple[str, str]] = set()  # keys with a refusal in their last batch
-
-    def window_keys(self, key: str) -> tuple[str, str]:
-        """The (previous, current) Redis keys of limits' key, as its storage names them."""
-        storage: Any = self.storage
-        prefixed = storage.bridge.prefixed_key
-        return (
-            prefixed(storage._previous_window_key(key)),
-            prefixed(storage._current_window_key(key)),
-        )
-
-    async def hit(self, keys: tuple[str, str], limit: int, expiry: int) -> bool:
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self.queue.append((keys, limit, expiry, future))
-        if self.sender is None:
-            self.sender = asyncio.create_task(self._send_all())
-        return await future
-
-    async def window(self, keys: tuple[str, str], expiry: int) -> _Window:
-        """(previous count, its TTL, current count, its TTL), as limits' storage reads it."""
-        future: asyncio.Future[_Window] = asyncio.get_running_loop().create_future()
-        self.reads.setdefault(keys, (expiry, []))[1].append(future)
-        if self.sender is None:
-            self.sender = asyncio.create_task(self._send_all())
-        return await future
-
-    async def _send_all(self) -> None:
-        try:
-            while self.queue or self.reads:
-                if self.queue:
-                    batch, self.queue = self.queue, []
-                    hits = [future for *_, future in batch]
-                    try:
-                        _answer(hits, await self._count(batch))
-                    except (RedisError, OSError) as exc:
-                        _fail(hits, exc)
-                if self.reads:
-                    reads, self.reads = self.reads, {}
-                    waiting = [readers for _, readers in reads.values()]
-                    try:
-                        windows = await self._read(reads)
-                    except (RedisError, OSError) as exc:
-                        for readers in waiting:
-                            _fail(readers, exc)
-                    else:
-                        for readers, window in zip(waiting, windows, strict=True):
-                            _answer(readers, [window] * len(readers))
-        finally:
-            self.sender = None
-            for *_, future in self.queue:
-                future.cancel()
-            for _, readers in self.reads.values():
-                for reader in readers:
-                    reader.cancel()
-            self.queue.clear()
-            self.reads.clear()
-
-    async def _count(
-        self, batch: list[tuple[tuple[str, str], int, int, asyncio.Future[bool]]]
-    ) -> list[bool]:
-        by_key: dict[tuple[str, str], list[int]] = {}
-        for i, (keys, *_) in enumerate(batch):
-            by_key.setdefault(keys, []).append(i)
-        calls: list[tuple[_Call, list[int]]] = []
-        for keys, hits in by_key.items():
-            _, limit, expiry, _ = batch[hits[0]]
-            if len(hits) == 1 or keys not in self.strained:
-                calls.append(((keys, limit, expiry, len(hits)), hits))
-            else:
-                calls += [((keys, limit, expiry, 1), [i]) for i in hits]
-        allowed = [False] * len(batch)
-        again: list[tuple[_Call, list[int]]] = []
-        for (call, hits), reply in zip(calls, await self._send([c for c, _ in calls]), strict=True):
-            if reply:
-                for i in hits:
-                    allowed[i] = True
-            elif call[3] > 1:
-                again += [((*call[:3], 1), [i]) for i in hits]
-        if again:
-            replies = await self._send([c for c, _ in again])
-            for (_, [i]), reply in zip(again, replies, strict=True):
-                allowed[i] = bool(reply)
-        if len(self.strained) >= 10_000:
-            self.strained.clear()
-        for keys, hits in by_key.items():
-            if all(allowed[i] for i in hits):
-                self.strained.discard(keys)
-            else:
-                self.strained.add(keys)
-        return allowed
-
-    async def _read(self, reads: dict[tuple[str, str], tuple[int, list[Any]]]) -> list[_Window]:
-        calls = [(*keys, expiry) for keys, (expiry, _) in reads.items()]
-        windows = []
-        for reply in await self._eval(self.read_script, calls):
-            if reply:  # parsed as limits' redis-py bridge parses it
-                windows.append(
-                    (
-                        int(reply[0] or 0),
-                        max(0, float(reply[1] or 0)) / 1000,
-                        int(reply[2] or 0),
-                        max(0, float(reply[3] or 0)) / 1000,
-                    )
-                )
-            else:
-                windows.append((0, 0.0, 0, 0.0))
-        return windows
-
-    async def _send(self, calls: list[_Call]) -> list[Any]:
-        rows = [(*keys, limit, expiry, amount) for keys, limit, expiry, amount in calls]
-        return await self._eval(self.script, rows)
-
-    async def _eval(self, script: Any, calls: Sequence[tuple[str | int, ...]]) -> list[Any]:
-        """Each call of `script` (two keys, then its arguments), in one round trip."""
-        if len(calls) == 1:  # a quiet moment: a plain call costs less than a pipeline
-            try:
-                return [await self.client.evalsha(script.sha, 2, *calls[0])]
-            except NoScriptError:
-                await self.client.script_load(script.script)
-                return [await self.client.evalsha(script.sha, 2, *calls[0])]
-        pipe = self.client.pipeline(transaction=False)
-        for call in calls:
-            pipe.evalsha(script.sha, 2, *call)
-        try:
-            results: list[Any] = await pipe.execute()
-        except NoScriptError:
-            # A restarted or flushed Redis forgot the script: nothing ran, so send it all again.
-            await self.client.script_load(script.script)
-            results = await self._eval(script, calls)
-        return results
-
-
-def _answer(futures: list[asyncio.Future[Any]], results: list[Any]) -> None:
-    for future, result in zip(futures, results, strict=True):
-        if not future.done():  # a caller that gave up (timeout, disconnect) is skipped
-            future.set_result(result)
-
-
-def _fail(futures: list[asyncio.Future[Any]], exc: Exception) -> None:
-    for future in futures:
-        if not future.done():
-            future.set_exception(StorageError(exc))
-
-
 class RateLimitingPlugin(GatewayPlugin):
     metadata = PluginMetadata(
         name="rate_limiting",
@@ -429,13 +176,9 @@ class RateLimitingPlugin(GatewayPlugin):
             else SlidingWindowCounterRateLimiter(self.storage)
         )
         sliding = self.config.strategy is Strategy.SLIDING_WINDOW
-        self._memory = (
-            self.storage if sliding and isinstance(self.storage, _MemoryWindows) else None
-        )
+        self._memory = self.storage if sliding and isinstance(self.storage, MemoryWindows) else None
         self._hits = (
-            _PipelinedHits(self.storage)
-            if sliding and isinstance(self.storage, RedisStorage)
-            else None
+            RedisHits(self.storage) if sliding and isinstance(self.storage, RedisStorage) else None
         )
         self._window_keys = self._hits.window_keys if self._hits is not None else None
         self._last_complaint = 0.0
@@ -448,12 +191,12 @@ class RateLimitingPlugin(GatewayPlugin):
         if kind is StorageKind.REDIS and url is None:
             raise RuntimeError("rate_limiting storage is redis but KEELSON_REDIS_URL is not set")
         if kind is StorageKind.MEMORY or url is None:
-            return _MemoryWindows()
+            return MemoryWindows()
         timeout = self.config.storage_timeout_seconds
         self._pool = ConnectionPool.from_url(
             url, socket_timeout=timeout, socket_connect_timeout=timeout
         )
-        return _RedisOnlyStorage(
+        return RedisOnlyStorage(
             "async+" + url,
             implementation="redispy",
             wrap_exceptions=True,
@@ -521,7 +264,7 @@ class RateLimitingPlugin(GatewayPlugin):
                 assert self._hits is not None
                 expiry = item.get_expiry()
                 window = await self._hits.window(tally.window_keys, expiry)
-                stats = _window_stats(item.amount, expiry, *window, time.time())
+                stats = window_stats(item.amount, expiry, *window, time.time())
             else:
                 limits_stats = await self.limiter.get_window_stats(item, rule.name, client)
                 stats = limits_stats.remaining, limits_stats.reset_time
@@ -596,12 +339,8 @@ class _RateLimitLayer:
             await response(scope, receive, send)
             return
 
-        async def send_with_limits(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), *headers]
-            await send(message)
-
-        await self.app(scope, receive, send_with_limits)
+        exchange(scope).add_headers(headers)
+        await self.app(scope, receive, send)
 
 
 def _period(item: RateLimitItem) -> str:
