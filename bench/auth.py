@@ -35,11 +35,11 @@ from pathlib import Path
 
 import httpx
 from _docs import write_section
-from argon2 import PasswordHasher, Type
 from jose import jwk, jwt
 from redis.asyncio import Redis
 
 from auth_service.app import create_app
+from auth_service.passwords import password_hasher
 from auth_service.plugin import KEYRING
 from auth_service.settings import (
     AuthSettings,
@@ -146,14 +146,7 @@ async def login_rates(client: httpx.AsyncClient, n: int) -> dict[str, float]:
 
 
 def argon2_rate(settings: PasswordHashSettings, n: int) -> float:
-    hasher = PasswordHasher(
-        time_cost=settings.time_cost,
-        memory_cost=settings.memory_cost,
-        parallelism=settings.parallelism,
-        hash_len=settings.hash_len,
-        salt_len=settings.salt_len,
-        type=Type.ID,
-    )
+    hasher = password_hasher(settings)
     digest = hasher.hash(PASSWORD)
     started = time.perf_counter()
     for _ in range(n):

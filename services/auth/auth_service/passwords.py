@@ -13,23 +13,34 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from auth_service.settings import PasswordHashSettings
 from keelson.errors import Unprocessable
 
-__all__ = ["MAX_PASSWORD_LENGTH", "PasswordHashing", "check_password_policy", "common_passwords"]
+__all__ = [
+    "MAX_PASSWORD_LENGTH",
+    "PasswordHashing",
+    "check_password_policy",
+    "common_passwords",
+    "password_hasher",
+]
 
 MAX_PASSWORD_LENGTH = 1024
+
+
+def password_hasher(settings: PasswordHashSettings) -> PasswordHasher:
+    """argon2id at the configured cost."""
+    return PasswordHasher(
+        time_cost=settings.time_cost,
+        memory_cost=settings.memory_cost,
+        parallelism=settings.parallelism,
+        hash_len=settings.hash_len,
+        salt_len=settings.salt_len,
+        type=Type.ID,
+    )
 
 
 class PasswordHashing:
     """argon2id in a worker thread, so a login does not stall the event loop."""
 
     def __init__(self, settings: PasswordHashSettings) -> None:
-        self._hasher = PasswordHasher(
-            time_cost=settings.time_cost,
-            memory_cost=settings.memory_cost,
-            parallelism=settings.parallelism,
-            hash_len=settings.hash_len,
-            salt_len=settings.salt_len,
-            type=Type.ID,
-        )
+        self._hasher = password_hasher(settings)
         # Checked against when the email is unknown, so that answer takes as long as a
         # wrong password for a real account (no account enumeration by timing).
         self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(24))
