@@ -107,11 +107,14 @@ class RedisSessions:
         self._use_counter = redis.register_script(_USE_COUNTER)
 
     async def create(self, session: SecureSession, ttl: int) -> None:
-        await self.redis.hset(
-            self.prefix + session.session_id,
-            mapping={"to_gateway": session.to_gateway, "to_client": session.to_client},
-        )
-        await self.redis.expire(self.prefix + session.session_id, ttl)
+        key = self.prefix + session.session_id
+        # One MULTI: an interrupted create must not leave keys that never expire.
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(
+                key, mapping={"to_gateway": session.to_gateway, "to_client": session.to_client}
+            )
+            pipe.expire(key, ttl)
+            await pipe.execute()
 
     async def get(self, session_id: str) -> SecureSession | None:
         to_gateway, to_client = await self.redis.hmget(
