@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import yaml
 from _docs import write_section
 from jose import jwt
@@ -116,6 +117,20 @@ class Result:
     p50_ms: float
     p99_ms: float
     errors: int
+    cpu_us: float | None = None  # the proxy's CPU per request (its processes, user + system)
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds used so far by process `pid` and its live children (uvicorn's workers)."""
+    root = psutil.Process(pid)
+    total = 0.0
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
 
 
 def nginx_config(tmp: Path, upstream_port: int, proxy_port: int) -> Path:
@@ -239,6 +254,7 @@ def run_wrk(
     args: argparse.Namespace,
     *,
     rate: float | None = None,
+    pid: int | None = None,
 ) -> Result:
     """wrk's figures for `url`; with `rate`, each connection waits between its requests so
     that together they send about `rate` requests/s (wrk's Lua `delay()` hook)."""
@@ -247,16 +263,24 @@ def run_wrk(
         header_args += ["-s", str(_pace(url, header_args, args.connections, rate))]
     base = ["wrk", "-t1", f"-c{args.connections}", "--latency", *header_args, url]
     subprocess.run([*base[:2], "-d2s", *base[2:]], check=True, capture_output=True)  # warm-up
+    cpu_before = tree_cpu(pid) if pid is not None else 0.0
     output = subprocess.run(
         [*base[:2], f"-d{args.duration}s", *base[2:]], check=True, capture_output=True, text=True
     ).stdout
+    cpu = tree_cpu(pid) - cpu_before if pid is not None else None
+    count = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
     p50 = _latency(output, "50%")
     p99 = _latency(output, "99%")
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     socket_errors = re.search(r"Socket errors: (.*)", output)
-    result = Result(name, rps, p50, p99, int(errors.group(1)) if errors else 0)
-    print(f"{name:<32} {rps:>10,.0f} req/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms", flush=True)
+    cpu_us = cpu / count * 1e6 if cpu is not None and count else None
+    result = Result(name, rps, p50, p99, int(errors.group(1)) if errors else 0, cpu_us)
+    cpu_text = f"  {cpu_us:6.1f} us CPU/req" if cpu_us is not None else ""
+    print(
+        f"{name:<32} {rps:>10,.0f} req/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms{cpu_text}",
+        flush=True,
+    )
     if errors or socket_errors:
         print(f"   non-2xx: {result.errors}; {socket_errors.group(0) if socket_errors else ''}")
     return result
@@ -346,7 +370,7 @@ def measure(args: argparse.Namespace) -> tuple[list[Result], list[str]]:
             processes.append(proxy)
             url = f"http://127.0.0.1:{port}{PATH}"
             wait_ready(url, auth)
-            results.append(run_wrk(label, url, auth, args))
+            results.append(run_wrk(label, url, auth, args, pid=proxy.pid))
             stop(proxy)
 
         redis_dir = gateway_config(tmp / "redis", upstream, args.redis_url)
@@ -380,7 +404,7 @@ def measure(args: argparse.Namespace) -> tuple[list[Result], list[str]]:
             unauthenticated = httpx.get(url, timeout=5).status_code
             assert unauthenticated == 401, f"the chain is not on: {unauthenticated}"
             light = argparse.Namespace(**{**vars(args), "connections": connections})
-            results.append(run_wrk(label, url, auth, light))
+            results.append(run_wrk(label, url, auth, light, pid=gateway.pid))
             if label.endswith("1 worker"):
                 # Half of the load it just sustained, paced (the delay between one
                 # connection's requests stands for their arrivals), beside the upstream
@@ -501,12 +525,15 @@ def table(results: list[Result]) -> str:
     direct = next(r for r in results if r.name == "upstream direct")
     bare = next(r for r in results if r.name.startswith("bare"))
     lines = [
-        "| target | req/s | p50 ms | p99 ms | vs nginx proxy | vs naive proxy | vs bare proxy |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| target | req/s | p50 ms | p99 ms | CPU us/req | vs nginx proxy | vs naive proxy "
+        "| vs bare proxy |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results:
+        cpu = f"{r.cpu_us:.0f}" if r.cpu_us is not None else ""
         lines.append(
             f"| {r.name} | {r.requests_per_second:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | "
+            f"{cpu} | "
             f"{r.requests_per_second / nginx.requests_per_second:.3f}x | "
             f"{r.requests_per_second / naive.requests_per_second:.1f}x | "
             f"{r.requests_per_second / bare.requests_per_second:.2f}x |"
