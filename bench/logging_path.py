@@ -9,6 +9,10 @@ Each case logs `--calls` records `--repeat` times inside a bound request context
   plus the shipper thread's JSON encoding and sends, until every record is acknowledged by
   a receiver in another process (which acknowledges at once and is not counted).
 
+On an event loop (the last two cases), the calls run in a coroutine that yields to the loop
+every 8 records, as a loop ending several requests a tick would: the console handler then
+writes once a tick; the loop's own cost is in the caller's time.
+
 Cases: a handler that does nothing (the cost of `logging` itself), the JSON console
 formatter writing to /dev/null, the ZeroMQ shipper, each without and with `extra=` fields,
 and a gateway access record (seven extras, JSON console and shipper), through `logger.log`
@@ -18,6 +22,7 @@ as the gateway used to log it and through `log_access_record` as it does now.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import subprocess
@@ -103,8 +108,28 @@ def json_console() -> logging.Handler:
     return handler
 
 
+def run_calls(logger: logging.Logger, call: Call, calls: int, on_loop: bool) -> None:
+    if not on_loop:
+        for i in range(calls):
+            call(logger, i)
+        return
+
+    async def ticks() -> None:
+        for i in range(calls):
+            call(logger, i)
+            if i % 8 == 7:
+                await asyncio.sleep(0)
+
+    asyncio.run(ticks())
+
+
 def measure(
-    name: str, handlers: list[logging.Handler], call: Call, calls: int, repeat: int
+    name: str,
+    handlers: list[logging.Handler],
+    call: Call,
+    calls: int,
+    repeat: int,
+    on_loop: bool = False,
 ) -> tuple[float, float | None]:
     logger = logging.getLogger(f"bench.path.{name}")
     logger.handlers, logger.propagate = handlers, False
@@ -119,8 +144,7 @@ def measure(
             shipper.drain(30)
         for _ in range(repeat):
             cpu, thread = time.process_time(), time.thread_time()
-            for i in range(calls):
-                call(logger, i)
+            run_calls(logger, call, calls, on_loop)
             caller.append((time.thread_time() - thread) / calls * 1e6)
             for shipper in shippers:
                 if not shipper.drain(60):
@@ -156,28 +180,42 @@ def main() -> None:
                     endpoint, service="bench", spill_dir=Path(spill), buffer_size=args.calls + 1000
                 )
 
-            cases: list[tuple[str, Callable[[], list[logging.Handler]], Call]] = [
-                ("no-op handler, no extras", lambda: [logging.NullHandler()], plain),
-                ("JSON console, no extras", lambda: [json_console()], plain),
-                ("JSON console, 2 extras", lambda: [json_console()], with_extras),
-                ("shipper, no extras", lambda: [shipper()], plain),
-                ("shipper, 2 extras", lambda: [shipper()], with_extras),
+            cases: list[tuple[str, Callable[[], list[logging.Handler]], Call, bool]] = [
+                ("no-op handler, no extras", lambda: [logging.NullHandler()], plain, False),
+                ("JSON console, no extras", lambda: [json_console()], plain, False),
+                ("JSON console, 2 extras", lambda: [json_console()], with_extras, False),
+                ("shipper, no extras", lambda: [shipper()], plain, False),
+                ("shipper, 2 extras", lambda: [shipper()], with_extras, False),
                 (
                     "gateway access record, logger.log (JSON console + shipper)",
                     lambda: [json_console(), shipper()],
                     access_record,
+                    False,
                 ),
                 (
                     "gateway access record, log_access_record (JSON console + shipper)",
                     lambda: [json_console(), shipper()],
                     access_record_fields,
+                    False,
+                ),
+                (
+                    "same, logger.log, on an event loop",
+                    lambda: [json_console(), shipper()],
+                    access_record,
+                    True,
+                ),
+                (
+                    "same, log_access_record, on an event loop",
+                    lambda: [json_console(), shipper()],
+                    access_record_fields,
+                    True,
                 ),
             ]
             print(f"{args.calls:,} calls x {args.repeat}, best run")
             print("| case | caller us/call | process us/record |")
             print("| --- | ---: | ---: |")
-            for n, (name, make, call) in enumerate(cases):
-                caller, process = measure(f"{n}", make(), call, args.calls, args.repeat)
+            for n, (name, make, call, on_loop) in enumerate(cases):
+                caller, process = measure(f"{n}", make(), call, args.calls, args.repeat, on_loop)
                 shown = f"{process:.1f}" if process is not None else ""
                 print(f"| {name} | {caller:.1f} | {shown} |", flush=True)
     finally:

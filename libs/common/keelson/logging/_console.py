@@ -1,17 +1,36 @@
-"""The console handler: one JSON or text line per record on a stream (stderr)."""
+"""The console handler: JSON or text lines on stderr, written once per event-loop tick."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import weakref
 from typing import Any, TextIO
 
 from keelson.logging._format import JsonFormatter, TextFormatter
 
 __all__ = ["ConsoleHandler"]
 
+_MAX_PENDING = 512  # lines held before a write even inside a tick
+
 
 class ConsoleHandler(logging.StreamHandler[TextIO]):
-    """A `StreamHandler` that also writes records given as fields (`log_access_record`)."""
+    """A `StreamHandler` that batches writes and also takes records as fields.
+
+    On a thread running an event loop, lines wait for the end of the loop's current tick
+    and go out in one write: at saturation a tick ends many requests, and one write per
+    record was a system call each. Elsewhere, at ERROR and above, and past `_MAX_PENDING`
+    lines, they go out at once. Order is kept: every line passes through the same list.
+    `flush` and `close` (which `logging.shutdown` calls at exit) write what is pending,
+    and so does a fork, or the child would write its parent's lines again.
+    """
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        super().__init__(stream)
+        self._pending: list[str] = []
+        self._tick: asyncio.AbstractEventLoop | None = None  # its end-of-tick flush is due
+        _flush_before_fork(self)
 
     @property
     def service(self) -> str:
@@ -26,16 +45,77 @@ class ConsoleHandler(logging.StreamHandler[TextIO]):
     def emit_fields(self, data: dict[str, Any], msecs: float) -> None:
         formatter = self.formatter
         assert isinstance(formatter, JsonFormatter | TextFormatter)
-        self.write_line(formatter.format_fields(data, msecs))
+        level = logging.getLevelName(data["level"])  # a number, unless a level has no name
+        urgent = not isinstance(level, int) or level >= logging.ERROR
+        self.write_line(formatter.format_fields(data, msecs), urgent=urgent)
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self.write_line(self.format(record))
+            urgent = record.levelno >= logging.ERROR or record.exc_info is not None
+            self.write_line(self.format(record), urgent=urgent)
         except RecursionError:
             raise
         except Exception:
             self.handleError(record)
 
-    def write_line(self, line: str) -> None:
-        self.stream.write(line + self.terminator)
-        self.flush()
+    def write_line(self, line: str, *, urgent: bool = False) -> None:
+        """Write one line now or at the end of this tick; called with the handler's lock held."""
+        # None off a loop's thread (get_running_loop would raise, which costs a microsecond)
+        loop = None if urgent else asyncio._get_running_loop()
+        if loop is None:
+            if self._pending:
+                self._write_pending()
+            self.stream.write(line + self.terminator)
+            super().flush()
+            return
+        self._pending.append(line + self.terminator)
+        if len(self._pending) >= _MAX_PENDING:
+            self.flush()
+        elif self._tick is not loop:  # a loop that stopped with our flush due is not waited on
+            self._tick = loop
+            loop.call_soon(self._end_of_tick)
+
+    def _end_of_tick(self) -> None:
+        self.acquire()
+        try:
+            self._tick = None
+            self.flush()
+        except Exception:
+            self.handleError(logging.makeLogRecord({"msg": "console write failed"}))
+        finally:
+            self.release()
+
+    def flush(self) -> None:
+        self.acquire()
+        try:
+            if self._pending and self.stream:
+                self._write_pending()
+            super().flush()
+        finally:
+            self.release()
+
+    def _write_pending(self) -> None:
+        # Taken first: a stream that fails loses these lines, not every later one.
+        lines, self._pending = "".join(self._pending), []
+        self.stream.write(lines)
+
+    def setStream(self, stream: TextIO) -> TextIO | None:
+        self.flush()  # pending lines belong to the old stream
+        return super().setStream(stream)
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            super().close()
+
+
+def _flush_before_fork(handler: ConsoleHandler) -> None:
+    ref = weakref.ref(handler)
+
+    def flush() -> None:
+        alive = ref()
+        if alive is not None:
+            alive.flush()
+
+    os.register_at_fork(before=flush)
