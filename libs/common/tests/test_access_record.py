@@ -3,6 +3,7 @@
 import io
 import json
 import logging
+import random
 import re
 import threading
 from collections.abc import Callable, Iterator
@@ -23,9 +24,9 @@ from keelson.logging import (
     bind,
     log_access_record,
 )
-from keelson.logging._access import ACCESS_MESSAGE
+from keelson.logging._access import ACCESS_MESSAGE, _redacted_message
 from keelson.logging._format import STANDARD_ATTRS
-from keelson.logging._redact import _is_secret_key
+from keelson.logging._redact import _is_secret_key, is_quiet_head, redact_text
 from keelson.testing import eventually
 
 CLOCK = re.compile(r" \d\d:\d\d:\d\d ")
@@ -254,3 +255,29 @@ def test_the_fixed_field_names_are_not_secret_names() -> None:
     """Only free-form values need redaction: no fixed field is redacted by its name."""
     for name in ("method", "route", "status", "duration_ms", "client_ip", "request_id"):
         assert not _is_secret_key(name) and name not in STANDARD_ATTRS
+
+
+_ROUTE_PARTS = (
+    *("/api", "/v1", "/orders", "/{order_id}", "/token", "=", ":", "/bearer", " basic", "_"),
+    *("/4111", "1111", "-", " ", "12", "/eyJhbGciOi", ".eyJzdWIi", ".", "sk_live_", "abcdefgh"),
+    *("password", "Secret", "/\u212aey", "\u00e9", "unmatched", "9"),
+)
+
+
+def test_the_access_message_is_redacted_exactly_as_a_whole_message_would_be() -> None:
+    """Skipping the scan of a quiet method and route must never change the message."""
+    rng = random.Random(20261123)
+    quiet = scanned = changed = 0
+    for _ in range(20_000):
+        method = rng.choice(("GET", "POST", "eyJhbGciOi.x", "TOKEN=", "4111111111", "sk_x"))
+        route = "".join(rng.choices(_ROUTE_PARTS, k=rng.randint(1, 6)))
+        status = rng.choice((200, 404, 503, 12345678, -1))
+        ms = rng.choice((0.04, 1.234, 987.65, 1e6, 1.2345678e9, 1e12))
+        expected = redact_text(ACCESS_MESSAGE % (method, route, status, ms))
+        assert _redacted_message(method, route, status, ms) == expected, (method, route)
+        if is_quiet_head(f"{method} {route}"):
+            quiet += 1
+        else:
+            scanned += 1
+        changed += expected != ACCESS_MESSAGE % (method, route, status, ms)
+    assert min(quiet, scanned, changed) >= 1000, (quiet, scanned, changed)

@@ -17,7 +17,7 @@ from typing import Any
 
 from keelson.logging._console import ConsoleHandler
 from keelson.logging._format import STANDARD_ATTRS, bound_fields
-from keelson.logging._redact import redact_text, redact_value
+from keelson.logging._redact import is_quiet_head, redact_text, redact_value
 from keelson.logging._shipper import LogShipper
 
 __all__ = ["ACCESS_MESSAGE", "log_access_record"]
@@ -92,9 +92,15 @@ def log_access_record(
             raise KeyError(f"Attempt to overwrite {key!r} in LogRecord")
         if key not in STANDARD_ATTRS and not key.startswith("_"):
             attrs[key] = redact_value(key, value)
-    message = ACCESS_MESSAGE % (method, route, status, ms)
+    message = _redacted_message(method, route, status, ms)
     data = bound_fields(
-        ts, sinks[0].service, logging.getLevelName(level), logger.name, message, attrs
+        ts,
+        sinks[0].service,
+        logging.getLevelName(level),
+        logger.name,
+        message,
+        attrs,
+        message_redacted=True,
     )
     msecs = int((ts - int(ts)) * 1000) + 0.0  # as LogRecord computes it
     for sink in sinks:
@@ -105,6 +111,14 @@ def log_access_record(
             sink.handleError(logger.makeRecord(logger.name, level, "", 0, message, (), None))
         finally:
             sink.release()
+
+
+def _redacted_message(method: str, route: str, status: int, ms: float) -> str:
+    """`redact_text(ACCESS_MESSAGE % ...)`, scanning only when the method and route may need it."""
+    head, tail = f"{method} {route}", f"{status:d} {ms:.1f}ms"
+    if len(tail) < 13 and is_quiet_head(head):
+        return f"{head} {tail}"
+    return redact_text(f"{head} {tail}")
 
 
 def _field_sinks(logger: logging.Logger, level: int) -> list[_Sink] | None:

@@ -77,16 +77,24 @@ def record_to_dict(record: logging.LogRecord, service: str) -> dict[str, Any]:
 
 
 def bound_fields(
-    ts: float, service: str, level: str, logger: str, message: str, attrs: dict[str, Any]
+    ts: float,
+    service: str,
+    level: str,
+    logger: str,
+    message: str,
+    attrs: dict[str, Any],
+    *,
+    message_redacted: bool = False,
 ) -> dict[str, Any]:
-    """A record's dict from its parts: `message` is redacted here, `attrs` must already be."""
+    """A record's dict from its parts: `message` is redacted here unless it already is;
+    `attrs` must already be."""
     out: dict[str, Any] = {
         "id": _record_ids.new(),
         "ts": ts,
         "service": service,
         "level": level,
         "logger": logger,
-        "message": redact_text(message),
+        "message": message if message_redacted else redact_text(message),
         "request_id": request_id_var.get(),
         "trace_id": trace_id_var.get(),
         "user_id": user_id_var.get(),
