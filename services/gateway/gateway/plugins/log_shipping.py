@@ -8,13 +8,14 @@ from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.context import PRINCIPAL, client_ip, state
 from gateway.openapi import OpenApiCatalog
 from gateway.pipeline import GatewayPlugin, plugin_config
 from gateway.plugins.routing import CATALOG
 from keelson.config import PluginSettings
+from keelson.http import exchange
 from keelson.logging import log_access_record, request_id_var
 from keelson.plugins import PluginMetadata, Priority
 
@@ -71,19 +72,13 @@ class _AccessLog:
         if scope["type"] != "http" or scope["path"].startswith(self.skip):
             await self.app(scope, receive, send)
             return
-        status = 500
         started = time.perf_counter()
-
-        async def send_and_note(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
         try:
-            await self.app(scope, receive, send_and_note)
+            await self.app(scope, receive, send)
         finally:
-            self._record(scope, status, time.perf_counter() - started)
+            # The status as the response started; 500 if it never did (an exception is on
+            # its way to ServiceMiddleware, which answers 500).
+            self._record(scope, exchange(scope).status, time.perf_counter() - started)
 
     def _record(self, scope: Scope, status: int, seconds: float) -> None:
         if "route" not in scope and self.catalog is not None:
