@@ -1,4 +1,4 @@
-"""keelson.auth: token verification, JWKS caching, revocations, identity headers, deps."""
+"""keelson.auth: token verification, JWKS caching, revocations, identity header, deps."""
 
 import base64
 import hashlib
@@ -19,6 +19,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from keelson.auth import (
+    IDENTITY_HEADER,
     IDENTITY_KEY,
     TOKEN_VERIFIER,
     AuthPlugin,
@@ -371,7 +372,7 @@ async def test_the_verifier_refuses_revoked_tokens(redis: Redis) -> None:
         await verifier.verify(token)
 
 
-# --- identity headers -------------------------------------------------------------------
+# --- identity header --------------------------------------------------------------------
 
 IDENTITY = identity_key(KeyManager("k" * 40))
 ALICE = Principal(
@@ -384,38 +385,114 @@ ALICE = Principal(
 )
 
 
-def test_identity_headers_round_trip() -> None:
+def test_identity_header_round_trip() -> None:
     headers = sign_identity(ALICE, IDENTITY)
+    assert list(headers) == [IDENTITY_HEADER]
     assert verify_identity_headers(headers, IDENTITY) == ALICE
+    bare = Principal(user_id="bob")
+    assert verify_identity_headers(sign_identity(bare, IDENTITY), IDENTITY) == bare
+    odd = Principal(user_id="ünï.cøde,1", roles=frozenset({"a,b", "c d"}), scopes=frozenset({"x"}))
+    assert verify_identity_headers(sign_identity(odd, IDENTITY), IDENTITY) == odd
     assert verify_identity_headers({}, IDENTITY) is None
 
 
+def _signed(claims: Any) -> dict[str, str]:
+    """An identity header carrying `claims` as given, correctly signed."""
+    return _signed_payload(_b64(json.dumps(claims).encode()))
+
+
+def _signed_payload(payload: str) -> dict[str, str]:
+    mac = hmac.new(IDENTITY, b"keelson-identity/v2\n" + payload.encode(), hashlib.sha256)
+    return {IDENTITY_HEADER: payload + "." + _b64(mac.digest())}
+
+
+def _fields(**overrides: Any) -> dict[str, Any]:
+    return {"sub": "alice", "roles": ["admin"], "scp": [], "iat": int(time.time()), **overrides}
+
+
+def test_a_header_built_to_the_documented_format_verifies() -> None:
+    assert verify_identity_headers(_signed(_fields()), IDENTITY) == Principal(
+        user_id="alice", roles=frozenset({"admin"})
+    )
+
+
+def _edited_payload(token: str) -> str:
+    payload, signature = token.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=="))
+    claims["roles"] = ["admin", "superuser", "user"]
+    return _b64(json.dumps(claims).encode()) + "." + signature
+
+
+def _flipped_signature(token: str) -> str:
+    payload, signature = token.split(".")
+    return payload + "." + ("A" if signature[0] != "A" else "B") + signature[1:]
+
+
 @pytest.mark.parametrize(
-    "change",
+    "tamper",
     [
-        {"x-keelson-roles": "admin,superuser,user"},
-        {"x-keelson-user": "mallory"},
-        {"x-keelson-scopes": "users:read users:write"},
-        {"x-keelson-identity-signature": "AAAA"},
-        {"x-keelson-expires": ""},
+        _edited_payload,
+        _flipped_signature,
+        lambda token: token[:-1],
+        lambda token: token[: len(token) // 2],
+        lambda token: token.split(".")[0],
+        lambda token: token + ".x",
+        lambda token: "",
+        lambda token: ".",
+        lambda token: "é" + token,
+        lambda token: token.replace(".", ".é"),
+        lambda token: "{}.AAAA",
     ],
 )
-def test_edited_identity_headers_are_refused(change: dict[str, str]) -> None:
-    headers = {**sign_identity(ALICE, IDENTITY), **change}
-    with pytest.raises(InvalidIdentity):
-        verify_identity_headers(headers, IDENTITY)
+def test_tampered_identity_header_is_refused(tamper: Any) -> None:
+    token = sign_identity(ALICE, IDENTITY)[IDENTITY_HEADER]
+    with pytest.raises(InvalidIdentity, match="signature"):
+        verify_identity_headers({IDENTITY_HEADER: tamper(token)}, IDENTITY)
 
 
-def test_identity_headers_from_another_key_or_too_old_are_refused() -> None:
+@pytest.mark.parametrize(
+    "header",
+    [
+        _signed_payload("!!!"),
+        _signed_payload(_b64(b"\xff not json")),
+        _signed_payload(_b64(b"{")),
+        _signed("not an object"),
+        _signed(["alice"]),
+        _signed(_fields(sub="")),
+        _signed(_fields(sub=None)),
+        _signed(_fields(sub=7)),
+        _signed(_fields(roles="admin")),
+        _signed(_fields(roles=["admin", 1])),
+        _signed(_fields(scp=None)),
+        _signed(_fields(jti=5)),
+        _signed(_fields(sid=["s"])),
+        _signed(_fields(exp="soon")),
+        _signed(_fields(exp=True)),
+        _signed(_fields(exp=2.5e9)),
+        _signed(_fields(iat=None)),
+        _signed(_fields(iat=str(int(time.time())))),
+    ],
+)
+def test_signed_garbage_is_refused_not_a_crash(header: dict[str, str]) -> None:
+    with pytest.raises(InvalidIdentity, match="invalid identity header"):
+        verify_identity_headers(header, IDENTITY)
+
+
+def test_identity_header_from_another_key_or_too_old_is_refused() -> None:
     other = identity_key(KeyManager("z" * 40))
-    with pytest.raises(InvalidIdentity):
+    with pytest.raises(InvalidIdentity, match="signature"):
         verify_identity_headers(sign_identity(ALICE, other), IDENTITY)
-    old = sign_identity(ALICE, IDENTITY, now=time.time() - 120)
+    now = time.time()
+    old = sign_identity(ALICE, IDENTITY, now=now - 120)
     with pytest.raises(InvalidIdentity, match="expired"):
-        verify_identity_headers(old, IDENTITY, max_age=60)
-    expired = Principal(user_id="bob", expires_at=int(time.time()) - 1)
-    with pytest.raises(InvalidIdentity):
-        verify_identity_headers(sign_identity(expired, IDENTITY), IDENTITY)
+        verify_identity_headers(old, IDENTITY, max_age=60, now=now)
+    future = sign_identity(ALICE, IDENTITY, now=now + 120)
+    with pytest.raises(InvalidIdentity, match="expired"):
+        verify_identity_headers(future, IDENTITY, max_age=60, now=now)
+    assert verify_identity_headers(old, IDENTITY, max_age=180, now=now) == ALICE
+    expired = Principal(user_id="bob", expires_at=int(now) - 1)
+    with pytest.raises(InvalidIdentity, match="token expired"):
+        verify_identity_headers(sign_identity(expired, IDENTITY), IDENTITY, now=now)
 
 
 # --- FastAPI dependencies ---------------------------------------------------------------
@@ -485,10 +562,10 @@ async def test_role_and_scope_checks_are_403(api: httpx.AsyncClient) -> None:
     assert (await api.get("/admin")).status_code == 401
 
 
-async def test_signed_identity_headers_stand_in_for_the_token(api: httpx.AsyncClient) -> None:
+async def test_signed_identity_header_stands_in_for_the_token(api: httpx.AsyncClient) -> None:
     response = await api.get("/admin", headers=sign_identity(ALICE, IDENTITY))
     assert response.status_code == 200
-    forged = {**sign_identity(ALICE, IDENTITY), "x-keelson-user": "mallory"}
+    forged = {IDENTITY_HEADER: _edited_payload(sign_identity(ALICE, IDENTITY)[IDENTITY_HEADER])}
     assert (await api.get("/whoami", headers=forged)).status_code == 401
     # A forged identity is not rescued by also sending a valid token.
     assert (await api.get("/whoami", headers={**forged, **_bearer(sign())})).status_code == 401

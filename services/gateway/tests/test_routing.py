@@ -30,6 +30,7 @@ async def test_proxies_by_prefix_with_headers_rewritten(upstream: ServerThread) 
                 "X-Hop": "secret",
                 "Keep-Alive": "timeout=5",
                 "X-Keelson-User": "forged-admin",
+                "X-Keelson-Identity": "forged.identity",
                 "X-Forwarded-For": "6.6.6.6",
             },
         )
@@ -43,7 +44,7 @@ async def test_proxies_by_prefix_with_headers_rewritten(upstream: ServerThread) 
     assert trace_id == "0af7651916cd43dd8448eb211c80319c"
     assert span != "b7ad6b7169203331" and len(span) == 16 and flags == "01"
     assert "x-hop" not in seen and "keep-alive" not in seen
-    assert "x-keelson-user" not in seen
+    assert not [name for name in seen if name.startswith("x-keelson-")]
     assert (
         seen["x-forwarded-for"] == "127.0.0.1"
     )  # no trusted proxies: the client's XFF is not kept

@@ -1,13 +1,13 @@
 """Access-token verification and FastAPI auth dependencies shared by every service.
 
 TokenVerifier ── KeySource (JwksClient over HTTP, StaticKeys) + RevocationList (Redis)
-CurrentUser ──── gateway-signed identity headers, else a bearer token
+CurrentUser ──── gateway-signed identity header, else a bearer token
 require_role / require_scope ── 403 for a caller without them
 """
 
 from keelson.auth._deps import CurrentUser, get_current_user, require_role, require_scope
 from keelson.auth._identity import (
-    IDENTITY_HEADERS,
+    IDENTITY_HEADER,
     InvalidIdentity,
     identity_key,
     sign_identity,
@@ -29,7 +29,7 @@ __all__ = [
     "ALGORITHM",
     "DEFAULT_AUDIENCE",
     "DEFAULT_ISSUER",
-    "IDENTITY_HEADERS",
+    "IDENTITY_HEADER",
     "IDENTITY_KEY",
     "REVOCATIONS",
     "REVOCATIONS_CHANNEL",

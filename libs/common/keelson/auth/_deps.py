@@ -25,7 +25,7 @@ Guard = Callable[..., Awaitable[Principal]]
 async def get_current_user(
     request: Request, token: Annotated[str | None, Depends(_bearer)]
 ) -> Principal:
-    """The caller, from gateway-signed identity headers or else from a bearer token."""
+    """The caller, from the gateway-signed identity header or else from a bearer token."""
     container = request.app.state.container
     key = container.resolve_optional(IDENTITY_KEY)
     principal = None
