@@ -7,9 +7,6 @@ one request are then found through the log service's API, asked through the gate
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -21,56 +18,11 @@ from sqlalchemy.engine import make_url
 
 from keelson.db import migrate
 from keelson.embedded import free_port
-from keelson.testing import eventually, fresh_database
+from keelson.testing import ServiceProcess, eventually, fresh_database
 
 ROOT = Path(__file__).resolve().parents[1]
 ADMIN_EMAIL = "tracing-admin@example.com"
 PASSWORD = "plum tractors sing quietly"
-
-
-class Service:
-    """`python -m <package>` on a free port, with `env` over the test environment."""
-
-    def __init__(self, package: str, workdir: Path, env: dict[str, str]) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        base = {k: v for k, v in os.environ.items() if not k.startswith("KEELSON_")}
-        base.update(
-            KEELSON_ENV="test",
-            KEELSON_PORT=str(self.port),
-            KEELSON_LOG__SPILL_DIR=str(workdir / f"spill-{package}"),
-            # a private bus each: never the suite's 5555/5556
-            KEELSON_BUS__ZMQ_XSUB_ENDPOINT=f"tcp://127.0.0.1:{free_port()}",
-            KEELSON_BUS__ZMQ_XPUB_ENDPOINT=f"tcp://127.0.0.1:{free_port()}",
-            **env,
-        )
-        self.log = workdir / f"{package}.log"
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", package],
-            env=base,
-            cwd=workdir,
-            stdout=subprocess.DEVNULL,
-            stderr=self.log.open("wb"),
-        )
-
-    async def wait(self, client: httpx.AsyncClient, probe: str) -> None:
-        async def up() -> bool:
-            assert self.process.poll() is None, self.log.read_text()[-3000:]
-            try:
-                return (await client.get(self.url + probe)).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        await eventually(up, timeout=60, interval=0.1)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +35,7 @@ def tracing_database(postgres_server_url: str) -> Iterator[str]:
 @pytest.fixture(scope="module")
 async def services(
     tracing_database: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[dict[str, Service]]:
+) -> AsyncIterator[dict[str, ServiceProcess]]:
     for service, package in (("auth", "auth_service"), ("logs", "logs_service")):
         await asyncio.to_thread(
             migrate, ROOT / "services" / service / package / "migrations", tracing_database
@@ -91,7 +43,7 @@ async def services(
     workdir = tmp_path_factory.mktemp("tracing")
     ship = f"tcp://127.0.0.1:{free_port()}"
     dsn = make_url(tracing_database).set(drivername="postgresql")
-    logs = Service(
+    logs = ServiceProcess(
         "logs_service",
         workdir,
         {
@@ -102,7 +54,7 @@ async def services(
             "KEELSON_LOG__SHIP_ENDPOINT": ship,
         },
     )
-    auth = Service(
+    auth = ServiceProcess(
         "auth_service",
         workdir,
         {
@@ -122,7 +74,7 @@ async def services(
         "routing": {"upstreams": {name: {"url": url} for name, url in upstreams.items()}},
         "rate_limiting": {"key_prefix": f"tracing-{uuid.uuid4().hex[:6]}"},
     }
-    gateway = Service(
+    gateway = ServiceProcess(
         "gateway",
         workdir,
         {
@@ -133,10 +85,8 @@ async def services(
     )
     running = {"logs": logs, "auth": auth, "gateway": gateway}
     try:
-        async with httpx.AsyncClient(timeout=10) as client:
-            await logs.wait(client, "/health/ready")
-            await auth.wait(client, "/health/ready")
-            await gateway.wait(client, "/health/ready")
+        for process in running.values():
+            await process.wait_for("/health/ready")
         yield running
     finally:
         for process in running.values():
@@ -161,7 +111,7 @@ async def records_by_service(
 
 @pytest.mark.parametrize("client_sends_id", [True, False], ids=["client-id", "gateway-id"])
 async def test_a_request_is_followed_across_services_by_its_request_id(
-    services: dict[str, Service], client_sends_id: bool
+    services: dict[str, ServiceProcess], client_sends_id: bool
 ) -> None:
     sent = {"X-Request-ID": f"trace-{uuid.uuid4().hex}"} if client_sends_id else {}
     email = f"traced-{uuid.uuid4().hex[:8]}@example.com"

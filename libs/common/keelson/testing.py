@@ -11,15 +11,19 @@ import asyncio
 import inspect
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
@@ -28,6 +32,7 @@ from keelson.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
 
 __all__ = [
     "LiveServer",
+    "ServiceProcess",
     "eventually",
     "fresh_database",
     "make_settings",
@@ -95,6 +100,68 @@ class LiveServer:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(15)
+
+
+class ServiceProcess:
+    """`python -m <package>` on a free port, as the suite runs it; its stderr goes to `log`.
+
+    The environment is the test's own without `KEELSON_*`, a test environment with a
+    private bus (never the suite's 5555/5556) and a spill folder in `workdir`, then `env`.
+    """
+
+    def __init__(self, package: str, workdir: Path, env: Mapping[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("KEELSON_")}
+        environment.update(
+            KEELSON_ENV="test",
+            KEELSON_PORT=str(self.port),
+            KEELSON_LOG__SPILL_DIR=str(workdir / f"spill-{package}"),
+            KEELSON_BUS__ZMQ_XSUB_ENDPOINT=f"tcp://127.0.0.1:{free_port()}",
+            KEELSON_BUS__ZMQ_XPUB_ENDPOINT=f"tcp://127.0.0.1:{free_port()}",
+            **(env or {}),
+        )
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.log = workdir / f"{package}-{self.port}.log"
+        with self.log.open("wb") as stderr:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", package],
+                env=environment,
+                cwd=workdir,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )
+
+    async def wait_for(self, probe: str = "/health/ready", *, timeout: float = 60) -> None:
+        """Until `probe` answers 200; fails at once, with the log's tail, if the process ends."""
+        async with httpx.AsyncClient(base_url=self.url, timeout=10) as client:
+
+            async def answers() -> bool:
+                assert self.process.poll() is None, self.log.read_text()[-3000:]
+                try:
+                    return (await client.get(probe)).status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            # Annotated: mypy cannot infer eventually's type from a coroutine function.
+            answered: bool = await eventually(answers, timeout=timeout, interval=0.1)
+            assert answered
+
+    def stop(self, timeout: float = 10) -> None:
+        """SIGTERM, and SIGKILL if it has not ended within `timeout` seconds."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        self.process.wait()
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown hook runs, nothing is flushed."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
 
 
 @pytest.fixture(scope="session")

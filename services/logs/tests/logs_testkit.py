@@ -1,21 +1,18 @@
 """Helpers for the logs service's tests: sender and service processes, row counts, identities."""
 
 import json
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-import httpx
 
 from keelson.auth import Principal, identity_key, sign_identity
 from keelson.config import KeelsonSettings
 from keelson.embedded import free_port
 from keelson.keys import KeyManager
-from keelson.testing import eventually
+from keelson.testing import ServiceProcess
 
 SENDER = Path(__file__).with_name("log_sender.py")
 
@@ -86,46 +83,15 @@ async def distinct_count_of(pool: asyncpg.Pool, service: str) -> int:
     return value
 
 
-class ServiceProcess:
-    """`python -m logs_service` as the suite runs it, on free ports."""
-
-    def __init__(self, *, database_url: str, bind_endpoint: str, workdir: Path) -> None:
-        self.port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KEELSON_")}
-        env.update(
-            KEELSON_ENV="test",
-            KEELSON_PORT=str(self.port),
-            KEELSON_DATABASE_URL=database_url,
-            KEELSON_LOGS__BIND_ENDPOINT=bind_endpoint,
-            KEELSON_LOG__SHIP_ENDPOINT="",
-            KEELSON_BUS__ZMQ_XSUB_ENDPOINT=f"tcp://127.0.0.1:{free_port()}",
-            KEELSON_BUS__ZMQ_XPUB_ENDPOINT=f"tcp://127.0.0.1:{free_port()}",
-            KEELSON_PLUGINS__AUTH__JWKS_URL=f"http://127.0.0.1:{free_port()}/jwks.json",
-        )
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.log = workdir / f"logs-service-{self.port}.log"
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "logs_service"],
-            env=env,
-            cwd=workdir,
-            stdout=subprocess.DEVNULL,
-            stderr=self.log.open("wb"),
-        )
-
-    async def wait_live(self, timeout: float = 30) -> None:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.port}") as client:
-
-            async def live() -> bool:
-                assert self.process.poll() is None, self.log.read_text()[-2000:]
-                try:
-                    return (await client.get("/health/live")).status_code == 200
-                except httpx.TransportError:
-                    return False
-
-            await eventually(live, timeout=timeout, interval=0.1)
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown hook runs, nothing is flushed."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-        self.process.wait()
+def logs_service_process(*, database_url: str, bind_endpoint: str, workdir: Path) -> ServiceProcess:
+    """`python -m logs_service` as the suite runs it, shipping no records of its own."""
+    return ServiceProcess(
+        "logs_service",
+        workdir,
+        {
+            "KEELSON_DATABASE_URL": database_url,
+            "KEELSON_LOGS__BIND_ENDPOINT": bind_endpoint,
+            "KEELSON_LOG__SHIP_ENDPOINT": "",
+            "KEELSON_PLUGINS__AUTH__JWKS_URL": f"http://127.0.0.1:{free_port()}/jwks.json",
+        },
+    )

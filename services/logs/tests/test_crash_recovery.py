@@ -8,7 +8,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from logs_testkit import SenderProcess, ServiceProcess, count_of
+from logs_testkit import SenderProcess, count_of, logs_service_process
 
 from keelson.db import migrate
 from keelson.embedded import EmbeddedPostgres, free_port
@@ -34,10 +34,10 @@ async def test_a_consumer_killed_during_a_burst_loses_and_doubles_nothing(
     logs_database_url: str, pool: asyncpg.Pool, service_name: str, tmp_path: Path
 ) -> None:
     endpoint = f"tcp://127.0.0.1:{free_port()}"
-    consumer = ServiceProcess(
+    consumer = logs_service_process(
         database_url=logs_database_url, bind_endpoint=endpoint, workdir=tmp_path
     )
-    await consumer.wait_live()
+    await consumer.wait_for("/health/live", timeout=30)
     sender = SenderProcess(endpoint, service_name, 50_000, tmp_path / "spill", rate=25_000)
     try:
 
@@ -49,10 +49,10 @@ async def test_a_consumer_killed_during_a_burst_loses_and_doubles_nothing(
         at_kill = await count_of(pool, service_name)
         assert at_kill < 50_000, "the burst was over before the kill"
 
-        consumer = ServiceProcess(
+        consumer = logs_service_process(
             database_url=logs_database_url, bind_endpoint=endpoint, workdir=tmp_path
         )
-        await consumer.wait_live()
+        await consumer.wait_for("/health/live", timeout=30)
         result = await asyncio.to_thread(sender.result, 180)
     finally:
         sender.kill()
