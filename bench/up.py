@@ -34,12 +34,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import psutil
 from _docs import write_section
 
 from keelson.embedded import free_port
-from keelson.suite import SERVICES, free_port_block
+from keelson.suite import SERVICES, Layout, free_port_block, readiness
 from keelson.supervision import Supervisor
 
 KEELSON = Path(sys.executable).parent / "keelson"
@@ -108,17 +107,6 @@ class Run:
     uss: dict[str, int] = field(default_factory=dict)
 
 
-def all_ready(client: httpx.Client, base_port: int) -> bool:
-    for service in SERVICES:
-        try:
-            url = f"http://127.0.0.1:{base_port + service.port_offset}/health/ready"
-            if client.get(url).status_code != 200:
-                return False
-        except httpx.HTTPError:
-            return False
-    return True
-
-
 def run_once(root: Path, kind: str, *, idle: float | None, timeout: float) -> Run:
     base_port = free_port_block(len(SERVICES))
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEELSON_")}
@@ -140,12 +128,13 @@ def run_once(root: Path, kind: str, *, idle: float | None, timeout: float) -> Ru
         str(timeout),
     ]
     log = root / f"up-{kind}.log"
-    with log.open("ab") as out, httpx.Client(timeout=1.0) as client:
+    layout = Layout(root, root / ".keelson", base_port=base_port)
+    with log.open("ab") as out:
         started = time.perf_counter()
         process = subprocess.Popen(command, cwd=root, env=env, stdout=out, stderr=out)
         run = Run(kind, float("nan"), float("nan"))
         try:
-            while not all_ready(client, base_port):
+            while not all(code == 200 for code in readiness(layout, timeout=1.0).values()):
                 if process.poll() is not None or time.perf_counter() - started > timeout:
                     raise RuntimeError(f"keelson up did not get ready:\n{log.read_text()}")
                 time.sleep(0.05)

@@ -21,7 +21,7 @@ import redis
 from sqlalchemy.engine import make_url
 
 from keelson.embedded import free_port
-from keelson.suite import SERVICES, free_port_block, port_in_use
+from keelson.suite import SERVICES, Layout, free_port_block, port_in_use, readiness
 from keelson.supervision import (
     ProcessState,
     Program,
@@ -71,7 +71,8 @@ class Suite:
             return None
 
     def all_ready(self) -> bool:
-        return all(self.status(service.name, "/health/ready") == 200 for service in SERVICES)
+        layout = Layout(self.root, self.root / ".keelson", base_port=self.base_port)
+        return all(code == 200 for code in readiness(layout).values())
 
     def tree(self) -> dict[int, float]:
         """`keelson up` and every process under it, by pid, with its creation time."""
