@@ -29,8 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from keelson.encoding import b64url_decode as b64decode
-from keelson.encoding import b64url_encode as b64encode
+from keelson.encoding import b64url_decode, b64url_encode
 
 __all__ = [
     "CONTENT_TYPE_HEADER",
@@ -42,8 +41,6 @@ __all__ = [
     "SESSION_HEADER",
     "SecureChannelError",
     "SecureClient",
-    "b64decode",
-    "b64encode",
     "derive_session_keys",
     "public_bytes",
     "request_aad",
@@ -135,11 +132,11 @@ class SecureClient:
         """Agree on fresh keys with the gateway (done automatically before the first call)."""
         private = X25519PrivateKey.generate()
         response = await self._http.post(
-            HANDSHAKE_PATH, json={"public_key": b64encode(public_bytes(private.public_key()))}
+            HANDSHAKE_PATH, json={"public_key": b64url_encode(public_bytes(private.public_key()))}
         )
         response.raise_for_status()
         answer = response.json()
-        gateway_key = X25519PublicKey.from_public_bytes(b64decode(answer["public_key"]))
+        gateway_key = X25519PublicKey.from_public_bytes(b64url_decode(answer["public_key"]))
         to_gateway, to_client = derive_session_keys(
             private.exchange(gateway_key), answer["session_id"]
         )

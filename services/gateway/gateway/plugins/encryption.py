@@ -22,8 +22,6 @@ from keelson.client import (
     SEQ_HEADER,
     SESSION_EXPIRED,
     SESSION_HEADER,
-    b64decode,
-    b64encode,
     derive_session_keys,
     public_bytes,
     request_aad,
@@ -32,6 +30,7 @@ from keelson.client import (
     response_nonce,
 )
 from keelson.config import PluginSettings
+from keelson.encoding import b64url_decode, b64url_encode
 from keelson.http import problem_response
 from keelson.plugins import Health, PluginMetadata, Priority
 from keelson.redis_plugin import REDIS
@@ -111,7 +110,7 @@ class EncryptionPlugin(GatewayPlugin):
     async def handshake(self, client_public_key: str) -> Handshake:
         """A fresh gateway key per session: a leaked session never exposes another one."""
         try:
-            client_key = X25519PublicKey.from_public_bytes(b64decode(client_public_key))
+            client_key = X25519PublicKey.from_public_bytes(b64url_decode(client_public_key))
         except ValueError:
             raise HandshakeError("public_key must be 32 bytes of X25519, base64url") from None
         private = X25519PrivateKey.generate()
@@ -121,7 +120,7 @@ class EncryptionPlugin(GatewayPlugin):
         await self.sessions.create(SecureSession(session_id, to_gateway, to_client), ttl)
         return Handshake(
             session_id=session_id,
-            public_key=b64encode(public_bytes(private.public_key())),
+            public_key=b64url_encode(public_bytes(private.public_key())),
             expires_in=ttl,
         )
 
