@@ -24,7 +24,7 @@ from keelson.logging import (
     bind,
     log_access_record,
 )
-from keelson.logging._access import ACCESS_MESSAGE, _redacted_message
+from keelson.logging._access import ACCESS_MESSAGE, _request_line
 from keelson.logging._format import STANDARD_ATTRS
 from keelson.logging._redact import _is_secret_key, is_quiet_head, redact_text
 from keelson.testing import eventually
@@ -274,7 +274,7 @@ def test_the_access_message_is_redacted_exactly_as_a_whole_message_would_be() ->
         status = rng.choice((200, 404, 503, 12345678, -1))
         ms = rng.choice((0.04, 1.234, 987.65, 1e6, 1.2345678e9, 1e12))
         expected = redact_text(ACCESS_MESSAGE % (method, route, status, ms))
-        assert _redacted_message(method, route, status, ms) == expected, (method, route)
+        assert _request_line(method, route).message(status, ms) == expected, (method, route)
         if is_quiet_head(f"{method} {route}"):
             quiet += 1
         else:

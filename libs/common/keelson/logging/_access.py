@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from keelson.logging._console import ConsoleHandler
 from keelson.logging._format import STANDARD_ATTRS, bound_fields
@@ -34,8 +34,8 @@ _SINK_TYPES = (ConsoleHandler, LogShipper)
 
 
 @lru_cache(maxsize=1024)
-def _redact_repeated(text: str) -> str:
-    """The method, route template and client address repeat from one request to the next."""
+def _redact_address(text: str) -> str:
+    """Client addresses repeat from one request to the next."""
     return redact_text(text)
 
 
@@ -80,19 +80,20 @@ def log_access_record(
         )
         return
     ts = time.time()
+    line = _request_line(method, route)
     attrs = {
-        "method": _redact_repeated(method),
-        "route": _redact_repeated(route),
+        "method": line.method,
+        "route": line.route,
         "status": status,
         "duration_ms": round(ms, 3),
-        "client_ip": None if client_ip is None else _redact_repeated(client_ip),
+        "client_ip": None if client_ip is None else _redact_address(client_ip),
     }
     for key, value in fields.items():
         if key in _RESERVED:
             raise KeyError(f"Attempt to overwrite {key!r} in LogRecord")
         if key not in STANDARD_ATTRS and not key.startswith("_"):
             attrs[key] = redact_value(key, value)
-    message = _redacted_message(method, route, status, ms)
+    message = line.message(status, ms)
     data = bound_fields(
         ts,
         sinks[0].service,
@@ -113,12 +114,26 @@ def log_access_record(
             sink.release()
 
 
-def _redacted_message(method: str, route: str, status: int, ms: float) -> str:
-    """`redact_text(ACCESS_MESSAGE % ...)`, scanning only when the method and route may need it."""
-    head, tail = f"{method} {route}", f"{status:d} {ms:.1f}ms"
-    if len(tail) < 13 and is_quiet_head(head):
-        return f"{head} {tail}"
-    return redact_text(f"{head} {tail}")
+class _RequestLine(NamedTuple):
+    """What an access record needs of a method and route, redacted; they repeat."""
+
+    method: str
+    route: str
+    head: str  # the message's `METHOD route`, not redacted
+    quiet: bool  # `is_quiet_head(head)`
+
+    def message(self, status: int, ms: float) -> str:
+        """`redact_text(ACCESS_MESSAGE % ...)`, scanned only when the head may need it."""
+        tail = f"{status:d} {ms:.1f}ms"
+        if self.quiet and len(tail) < 13:
+            return f"{self.head} {tail}"
+        return redact_text(f"{self.head} {tail}")
+
+
+@lru_cache(maxsize=1024)
+def _request_line(method: str, route: str) -> _RequestLine:
+    head = f"{method} {route}"
+    return _RequestLine(redact_text(method), redact_text(route), head, is_quiet_head(head))
 
 
 def _field_sinks(logger: logging.Logger, level: int) -> list[_Sink] | None:
