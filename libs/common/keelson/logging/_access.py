@@ -2,7 +2,8 @@
 
 `log_access_record` produces the record `logger.log` would, field for field (the same
 `record_to_dict` form, JSON line and shipped dict), at a fraction of the cost: no
-LogRecord, no `%` message built twice, no redaction of values that repeat on every request.
+LogRecord, no `%` message built twice, and the method, route and client address (which repeat
+from request to request) redacted once and cached.
 It takes this path only when every handler that would see the record is one of
 keelson.logging's own (the console handler with our formatters, the shipper) and the logger
 has no filters; otherwise (pytest's caplog, a foreign handler) it calls `logger.log`.
