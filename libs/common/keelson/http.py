@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from keelson.config import KeelsonSettings
 from keelson.errors import KeelsonError
 from keelson.health import health_router
-from keelson.logging import request_id_var, trace_id_var
+from keelson.logging import log_access_record, request_id_var, trace_id_var
 from keelson.metrics import HTTP_IN_FLIGHT, RequestMetrics, metrics_router
 from keelson.monitor import capture_exception
 from keelson.plugins import PluginContainer
@@ -35,7 +35,6 @@ __all__ = [
     "ServiceMiddleware",
     "create_app",
     "exchange",
-    "log_access",
     "problem_response",
     "random_id",
 ]
@@ -231,8 +230,14 @@ class ServiceMiddleware:
             ):
                 client = scope.get("client")
                 # request_id, trace_id and user_id come from the context the logger binds.
-                log_access(
-                    _access, scope, ex.status, seconds, client_ip=client[0] if client else None
+                log_access_record(
+                    _access,
+                    logging.INFO,
+                    scope["method"],
+                    getattr(scope.get("route"), "path", None) or "unmatched",
+                    ex.status,
+                    seconds,
+                    client[0] if client else None,
                 )
             trace_id_var.reset(tid_token)
             request_id_var.reset(rid_token)
@@ -264,37 +269,6 @@ class InFlight:
         except TimeoutError:
             return False
         return True
-
-
-def log_access(
-    logger: logging.Logger,
-    scope: Scope,
-    status: int,
-    seconds: float,
-    *,
-    level: int = logging.INFO,
-    client_ip: str | None = None,
-    **fields: Any,
-) -> None:
-    """Emit the access record of one request: `METHOD route status duration`, plus `fields`."""
-    ms = seconds * 1000
-    route = getattr(scope.get("route"), "path", None) or "unmatched"
-    logger.log(
-        level,
-        "%s %s %d %.1fms",
-        scope["method"],
-        route,
-        status,
-        ms,
-        extra={
-            "method": scope["method"],
-            "route": route,
-            "status": status,
-            "duration_ms": round(ms, 3),
-            "client_ip": client_ip,
-            **fields,
-        },
-    )
 
 
 def _internal_error(exc: Exception, *, method: str, path: str) -> JSONResponse:

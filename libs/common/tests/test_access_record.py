@@ -43,7 +43,7 @@ CALLS: list[Call] = [
 
 
 def old_path(logger: logging.Logger, level: int, call: Call) -> None:
-    """What `keelson.http.log_access` did: one `logger.log` with the fields as extras."""
+    """What the access record used to be: one `logger.log` with the fields as extras."""
     method, route, status, seconds, client_ip, fields = call
     ms = seconds * 1000
     extra = {

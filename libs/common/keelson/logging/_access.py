@@ -17,6 +17,7 @@ from functools import lru_cache
 from typing import Any, NamedTuple
 
 from keelson.logging._console import ConsoleHandler
+from keelson.logging._context import current_context
 from keelson.logging._format import STANDARD_ATTRS, bound_fields
 from keelson.logging._redact import is_quiet_head, redact_text, redact_value
 from keelson.logging._shipper import LogShipper
@@ -70,6 +71,9 @@ def log_access_record(
             status,
             ms,
             extra={
+                # A foreign handler (pytest's caplog, say) sees the bound ids on the record
+                # itself, as keelson's own handlers see them on the line they write.
+                **{k: v for k, v in current_context().items() if v is not None},
                 "method": method,
                 "route": route,
                 "status": status,

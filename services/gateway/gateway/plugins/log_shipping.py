@@ -16,7 +16,7 @@ from gateway.pipeline import GatewayPlugin, plugin_config
 from gateway.plugins.routing import CATALOG
 from keelson.config import PluginSettings
 from keelson.http import exchange
-from keelson.logging import log_access_record, request_id_var
+from keelson.logging import log_access_record, user_id_var
 from keelson.plugins import PluginMetadata, Priority
 
 __all__ = ["LogShippingConfig", "LogShippingPlugin"]
@@ -90,14 +90,21 @@ class _AccessLog:
         if not self.log.isEnabledFor(level):
             return
         principal: Any = state(scope).get(PRINCIPAL)
-        log_access_record(
-            self.log,
-            level,
-            scope["method"],
-            getattr(scope.get("route"), "path", None) or "unmatched",
-            status,
-            seconds,
-            client_ip(scope, self.hops),
-            request_id=request_id_var.get(),
-            user_id=principal.user_id if principal is not None else None,
-        )
+        # The ids come from the logging context, as on every other line of the request: the
+        # request id was bound outside (and checked against its pattern when the client gave
+        # it), the user id is the verified token's subject, bound here because the security
+        # layer's binding ended with its call.
+        user = user_id_var.set(principal.user_id) if principal is not None else None
+        try:
+            log_access_record(
+                self.log,
+                level,
+                scope["method"],
+                getattr(scope.get("route"), "path", None) or "unmatched",
+                status,
+                seconds,
+                client_ip(scope, self.hops),
+            )
+        finally:
+            if user is not None:
+                user_id_var.reset(user)
