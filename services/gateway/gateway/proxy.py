@@ -8,14 +8,12 @@ import logging
 import math
 import random
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Mapping
 from random import getrandbits as _random_bits
 
 import aiohttp
-from multidict import istr
 from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from yarl import URL
 
 from gateway.context import BODY, FORWARD_HEADERS, ClientGone, client_ip, read_body, state
 from gateway.metrics import (
@@ -26,11 +24,12 @@ from gateway.metrics import (
 )
 from gateway.openapi import OpenApiCatalog
 from gateway.paths import Memo
+from gateway.upstream_pool import UpstreamPool, UpstreamResponse
 from gateway.upstreams import RoutingConfig, Upstream
 from keelson.http import problem_response, random_id
 from keelson.logging import request_id_var, trace_id_var
 
-__all__ = ["ProxyApp", "new_session"]
+__all__ = ["ProxyApp", "new_pools", "new_session"]
 
 _log = logging.getLogger("gateway.proxy")
 
@@ -65,33 +64,29 @@ _RETRY_STATUS = frozenset({502, 503})
 _FAILURE_STATUS = frozenset({502, 503, 504})
 
 
-class _ForwardedRequest(aiohttp.ClientRequest):
-    """A request that adds none of aiohttp's default headers: the client's go as they are.
-
-    Cheaper than `skip_auto_headers`, which builds and copies header maps on every request.
-    """
-
-    DEFAULT_HEADERS: dict[istr, str] = {}
-
-    def update_auto_headers(self, skip_auto_headers: Iterable[str] | None) -> None:
-        return
-
-
 def new_session(config: RoutingConfig) -> aiohttp.ClientSession:
-    """One pooled, keep-alive session for every upstream; it keeps no cookies between callers."""
-    connector = aiohttp.TCPConnector(
-        limit=config.pool_limit,
-        limit_per_host=0,
-        keepalive_timeout=config.keepalive_seconds,
-        ttl_dns_cache=300,
-    )
+    """The control plane's session (readiness probes, OpenAPI documents); it keeps no cookies."""
     return aiohttp.ClientSession(
-        connector=connector,
+        connector=aiohttp.TCPConnector(
+            limit=config.pool_limit, keepalive_timeout=config.keepalive_seconds
+        ),
         cookie_jar=aiohttp.DummyCookieJar(),
-        auto_decompress=False,
-        request_class=_ForwardedRequest,
         timeout=aiohttp.ClientTimeout(total=None),
     )
+
+
+def new_pools(upstreams: Mapping[str, Upstream], config: RoutingConfig) -> dict[str, UpstreamPool]:
+    """One pool of keep-alive connections per upstream: what proxied requests travel on."""
+    return {
+        name: UpstreamPool(
+            upstream.config.url,
+            limit=config.pool_limit,
+            keepalive_seconds=config.keepalive_seconds,
+            connect_timeout=upstream.config.connect_timeout_seconds,
+            read_timeout=upstream.config.timeout_seconds,
+        )
+        for name, upstream in upstreams.items()
+    }
 
 
 class _Failed(Exception):
@@ -108,25 +103,16 @@ class ProxyApp:
         fallback: ASGIApp,
         *,
         catalog: OpenApiCatalog,
-        session: aiohttp.ClientSession,
+        pools: Mapping[str, UpstreamPool],
         config: RoutingConfig,
         trusted_proxy_hops: int = 0,
     ) -> None:
         self.fallback = fallback
         self.catalog = catalog
-        self.session = session
+        self.pools = pools
         self.config = config
         self.trusted_proxy_hops = trusted_proxy_hops
-        self._timeouts = {
-            name: aiohttp.ClientTimeout(
-                total=None,
-                connect=u.config.connect_timeout_seconds,
-                sock_connect=u.config.connect_timeout_seconds,
-                sock_read=u.config.timeout_seconds,
-            )
-            for name, u in catalog.table.upstreams.items()
-        }
-        self._urls: Memo[tuple[str, bytes, bytes], URL] = Memo(_upstream_url)
+        self._targets: Memo[tuple[bytes, bytes], str] = Memo(_target)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -164,35 +150,16 @@ class ProxyApp:
         self, upstream: Upstream, scope: Scope, receive: Receive, send: Send
     ) -> None:
         method: str = scope["method"]
-        url = self._urls((upstream.config.url, scope["raw_path"], scope["query_string"]))
+        target = self._targets((scope["raw_path"], scope["query_string"]))
         headers = self._request_headers(scope)
         body, replayable = await self._request_body(scope, receive)
         attempts = 1 + upstream.config.retries if replayable and method in _IDEMPOTENT else 1
-        timeout = self._timeouts[upstream.name]
+        pool = self.pools[upstream.name]
         started = time.perf_counter()
         for attempt in range(attempts):
             try:
-                async with self.session.request(
-                    method,
-                    url,
-                    headers=headers,
-                    data=body,
-                    timeout=timeout,
-                    allow_redirects=False,
-                ) as response:
-                    status = response.status
-                    if status in _RETRY_STATUS and attempt + 1 < attempts:
-                        await self._backoff(upstream, attempt)
-                        continue
-                    _duration(upstream.name).observe(time.perf_counter() - started)
-                    _requests(upstream.name, method, status).inc()
-                    if status in _FAILURE_STATUS:
-                        upstream.breaker.record_failure()
-                    else:
-                        upstream.breaker.record_success()
-                    await self._relay(response, scope, send)
-                    return
-            except (TimeoutError, aiohttp.ServerTimeoutError):
+                response = await pool.request(method, target, headers, body)
+            except TimeoutError:
                 upstream.breaker.record_failure()
                 _requests(upstream.name, method, "timeout").inc()
                 raise _Failed(504, f"The {upstream.name} service did not answer in time.") from None
@@ -204,6 +171,21 @@ class ProxyApp:
                 _requests(upstream.name, method, "error").inc()
                 _log.warning("upstream %s failed: %s", upstream.name, type(exc).__name__)
                 raise _Failed(502, f"The {upstream.name} service could not be reached.") from None
+            try:
+                status = response.status
+                if status in _RETRY_STATUS and attempt + 1 < attempts:
+                    await self._backoff(upstream, attempt)
+                    continue
+                _duration(upstream.name).observe(time.perf_counter() - started)
+                _requests(upstream.name, method, status).inc()
+                if status in _FAILURE_STATUS:
+                    upstream.breaker.record_failure()
+                else:
+                    upstream.breaker.record_success()
+                await self._relay(response, scope, send)
+                return
+            finally:
+                response.release()
 
     async def _backoff(self, upstream: Upstream, attempt: int) -> None:
         UPSTREAM_RETRIES.labels(upstream.name).inc()
@@ -275,7 +257,7 @@ class ProxyApp:
             return await read_body(receive), True
         return _stream(receive), False
 
-    async def _relay(self, response: aiohttp.ClientResponse, scope: Scope, send: Send) -> None:
+    async def _relay(self, response: UpstreamResponse, scope: Scope, send: Send) -> None:
         headers = [
             (name, value)
             for name, value in ((n.lower(), v) for n, v in response.raw_headers)
@@ -294,7 +276,7 @@ class ProxyApp:
         if length is not None and length <= self.config.buffer_response_bytes:
             await send({"type": "http.response.body", "body": await response.read()})
             return
-        async for chunk in response.content.iter_any():
+        async for chunk in response.payload.iter_any():
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
 
@@ -313,12 +295,11 @@ def _duration(upstream: str) -> Histogram:
     return UPSTREAM_REQUEST_SECONDS.labels(upstream)
 
 
-def _upstream_url(key: tuple[str, bytes, bytes]) -> URL:
-    base, raw_path, query = key
-    target = base + raw_path.decode("latin-1")
-    if query:
-        target += "?" + query.decode("latin-1")
-    return URL(target, encoded=True)
+def _target(key: tuple[bytes, bytes]) -> str:
+    """The request target sent upstream: the client's path and query as they came."""
+    raw_path, query = key
+    target = raw_path.decode("latin-1")
+    return target + "?" + query.decode("latin-1") if query else target
 
 
 async def _stream(receive: Receive) -> AsyncIterator[bytes]:

@@ -56,7 +56,9 @@ class UpstreamConfig(BaseModel):
 class RoutingConfig(BaseModel):
     upstreams: dict[str, UpstreamConfig] = {}
     pool_limit: int = Field(1024, ge=1)
-    keepalive_seconds: float = Field(30.0, gt=0)
+    # Idle upstream connections are reused only this long: below the upstreams' own idle
+    # timeout (uvicorn's is 5 s), so that an upstream seldom closes one just as it is used.
+    keepalive_seconds: float = Field(4.0, gt=0)
     buffer_response_bytes: int = Field(256 * 1024, ge=0)
     replayable_request_bytes: int = Field(1024 * 1024, ge=0)
     openapi_refresh_seconds: float = Field(60.0, gt=0)

@@ -11,7 +11,7 @@ from starlette.types import ASGIApp
 
 from gateway.openapi import OpenApiCatalog
 from gateway.pipeline import GatewayPlugin, plugin_config
-from gateway.proxy import ProxyApp, new_session
+from gateway.proxy import ProxyApp, new_pools, new_session
 from gateway.upstreams import RouteTable, RoutingConfig, Upstream
 from keelson.plugins import Health, Key, PluginMetadata, Priority
 
@@ -33,6 +33,7 @@ class RoutingPlugin(GatewayPlugin):
         upstreams = {name: Upstream(name, cfg) for name, cfg in self.config.upstreams.items()}
         self.table = RouteTable(upstreams)
         self.session = new_session(self.config)
+        self.pools = new_pools(upstreams, self.config)
         self.catalog = OpenApiCatalog(
             self.table, self._fetch_openapi, refresh_seconds=self.config.openapi_refresh_seconds
         )
@@ -46,12 +47,14 @@ class RoutingPlugin(GatewayPlugin):
     async def stop(self) -> None:
         await self.catalog.stop()
         await self.session.close()
+        for pool in self.pools.values():
+            await pool.close()
 
     def wrap(self, app: ASGIApp) -> ASGIApp:
         return ProxyApp(
             app,
             catalog=self.catalog,
-            session=self.session,
+            pools=self.pools,
             config=self.config,
             trusted_proxy_hops=getattr(self.container.settings, "trusted_proxy_hops", 0),
         )

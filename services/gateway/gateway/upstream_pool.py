@@ -1,0 +1,219 @@
+"""Keep-alive HTTP/1.1 connections to one upstream, driven by aiohttp's client protocol.
+
+aiohttp does the wire work here as it does inside `ClientSession`: `ResponseHandler`, its
+client protocol (the C response parser, read timeouts, flow control), and `StreamWriter`
+(request framing, header checks against CR/LF injection, headers and body in one write).
+What is left out is `ClientSession`'s per-request machinery: the `ClientRequest` and
+`ClientResponse` objects, the cookie jar, redirects and tracing hooks. On the gateway's
+hot path that machinery cost about 40 us of CPU a request, three times the exchange itself
+(`bench/gateway.py`). The gateway's control-plane calls (readiness, OpenAPI documents) still
+go through its `ClientSession`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp.client_proto import ResponseHandler
+from aiohttp.http import StreamWriter
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+__all__ = ["UpstreamPool", "UpstreamResponse"]
+
+Body = bytes | AsyncIterator[bytes] | None
+
+
+class UpstreamResponse:
+    """An upstream's answer: status and headers at once, the body read by the caller.
+
+    `release()` must follow (the proxy does it in `finally`): a connection whose answer
+    was read to the end goes back to the pool, any other is closed.
+    """
+
+    __slots__ = (
+        "_pool",
+        "_protocol",
+        "headers",
+        "payload",
+        "raw_headers",
+        "should_close",
+        "status",
+    )
+
+    def __init__(
+        self,
+        pool: UpstreamPool,
+        protocol: ResponseHandler,
+        status: int,
+        headers: CIMultiDictProxy[str],
+        raw_headers: tuple[tuple[bytes, bytes], ...],
+        payload: aiohttp.StreamReader,
+        should_close: bool,
+    ) -> None:
+        self._pool = pool
+        self._protocol: ResponseHandler | None = protocol
+        self.status = status
+        self.headers = headers
+        self.raw_headers = raw_headers
+        self.payload = payload
+        self.should_close = should_close
+
+    @property
+    def content_length(self) -> int | None:
+        value = self.headers.get("Content-Length")
+        return int(value) if value is not None and value.isdigit() else None
+
+    async def read(self) -> bytes:
+        return await self.payload.read()
+
+    def release(self) -> None:
+        protocol, self._protocol = self._protocol, None
+        if protocol is None:
+            return
+        reusable = not self.should_close and self.payload.is_eof() and not protocol.should_close
+        self._pool.put_back(protocol, reusable=reusable)
+
+
+class UpstreamPool:
+    """Connections to the upstream at `url`: at most `limit` open, idle ones kept for reuse.
+
+    An idle connection is used again only while younger than `keepalive_seconds` (kept below
+    the upstream's own keep-alive timeout, so the upstream rarely closes one under a request).
+    A request waits at most `connect_timeout` for its connection, and at most `read_timeout`
+    between two reads of the answer (aiohttp's `SocketTimeoutError`, a `TimeoutError`).
+    Failures are aiohttp's: `ClientOSError` when the upstream cannot be reached,
+    `ServerDisconnectedError` when it closes the connection without answering.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        limit: int,
+        keepalive_seconds: float,
+        connect_timeout: float,
+        read_timeout: float,
+    ) -> None:
+        parsed = URL(url)
+        if parsed.scheme != "http" or parsed.host is None:
+            raise ValueError(f"upstream URL must be http://host[:port]: {url}")
+        self.host = parsed.host
+        self.port = parsed.port or 80
+        self.authority = parsed.raw_authority
+        self.keepalive_seconds = keepalive_seconds
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self._slots = asyncio.Semaphore(limit)
+        self._idle: collections.deque[tuple[float, ResponseHandler]] = collections.deque()
+        self._closed = False
+
+    async def request(
+        self,
+        method: str,
+        target: str,
+        headers: list[tuple[str, str]],
+        body: Body = None,
+    ) -> UpstreamResponse:
+        """Send one request (`target`: path and query, already encoded) and read its head."""
+        await self._slots.acquire()
+        loop = asyncio.get_running_loop()
+        protocol = None
+        try:
+            protocol, reused = await self._connection(loop)
+            try:
+                await self._send(loop, protocol, method, target, headers, body)
+            except aiohttp.ClientConnectionResetError:
+                if not reused or not isinstance(body, bytes | None):
+                    raise
+                # The upstream closed this idle connection before it could be used: nothing
+                # was sent, so any request may go again, on a new connection.
+                protocol.close()
+                protocol, _ = await self._connection(loop, fresh=True)
+                await self._send(loop, protocol, method, target, headers, body)
+            protocol.start_timeout()
+            message, payload = await protocol.read()
+        except BaseException:
+            if protocol is not None:
+                protocol.close()
+            self._slots.release()
+            raise
+        return UpstreamResponse(
+            self,
+            protocol,
+            message.code,
+            message.headers,
+            message.raw_headers,
+            payload,
+            message.should_close,
+        )
+
+    def put_back(self, protocol: ResponseHandler, *, reusable: bool) -> None:
+        if reusable and not self._closed and protocol.is_connected():
+            self._idle.append((time.monotonic(), protocol))
+        else:
+            protocol.close()
+        self._slots.release()
+
+    async def close(self) -> None:
+        self._closed = True
+        while self._idle:
+            self._idle.pop()[1].close()
+
+    async def _connection(
+        self, loop: asyncio.AbstractEventLoop, *, fresh: bool = False
+    ) -> tuple[ResponseHandler, bool]:
+        """An idle connection (and True), or a new one (and False)."""
+        idle = self._idle
+        oldest = time.monotonic() - self.keepalive_seconds
+        while idle and not fresh:
+            since, protocol = idle.pop()  # the most recent: the likeliest to be alive
+            if since > oldest and protocol.is_connected():
+                return protocol, True
+            protocol.close()
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                _, protocol = await loop.create_connection(
+                    lambda: ResponseHandler(loop), self.host, self.port
+                )
+        except OSError as exc:
+            raise aiohttp.ClientOSError(exc.errno, exc.strerror or str(exc)) from exc
+        return protocol, False
+
+    async def _send(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        protocol: ResponseHandler,
+        method: str,
+        target: str,
+        headers: list[tuple[str, str]],
+        body: Body,
+    ) -> None:
+        protocol.set_response_params(
+            read_timeout=self.read_timeout, auto_decompress=False, skip_payload=method == "HEAD"
+        )
+        fields: CIMultiDict[str] = CIMultiDict(headers)
+        fields["Host"] = self.authority
+        writer = StreamWriter(protocol, loop)
+        if isinstance(body, bytes):
+            fields.popall("Transfer-Encoding", None)
+            if body or method not in ("GET", "HEAD", "DELETE", "OPTIONS"):
+                fields["Content-Length"] = str(len(body))
+            await writer.write_headers(f"{method} {target} HTTP/1.1", fields)
+            await writer.write_eof(body)
+            return
+        if body is None:
+            await writer.write_headers(f"{method} {target} HTTP/1.1", fields)
+            await writer.write_eof()
+            return
+        if "Content-Length" not in fields:
+            writer.enable_chunking()
+            fields["Transfer-Encoding"] = "chunked"
+        await writer.write_headers(f"{method} {target} HTTP/1.1", fields)
+        async for chunk in body:
+            await writer.write(chunk)
+        await writer.write_eof()

@@ -1,0 +1,255 @@
+"""The proxy's upstream connections against a real socket server whose every move is seen."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import aiohttp
+import pytest
+
+from gateway.upstream_pool import UpstreamPool
+from keelson.embedded import free_port
+from keelson.testing import eventually
+
+
+@dataclass
+class Seen:
+    method: str
+    target: str
+    headers: dict[str, str]
+    body: bytes
+    connection: int
+
+
+@dataclass
+class Upstream:
+    """An HTTP/1.1 server on a socket: records requests; `answer` decides each response."""
+
+    answer: Callable[[Seen], Awaitable[bytes | None]]
+    requests: list[Seen] = field(default_factory=list)
+    connections: int = 0
+    open_now: int = 0
+    most_open: int = 0
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        number = self.connections
+        self.open_now += 1
+        self.most_open = max(self.most_open, self.open_now)
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except asyncio.IncompleteReadError:
+                    return
+                line, *lines = head.decode("latin-1").split("\r\n")[:-2]
+                method, target, _ = line.split(" ")
+                headers = {k.lower(): v.strip() for k, v in (x.split(":", 1) for x in lines)}
+                body = await self._body(reader, headers)
+                seen = Seen(method, target, headers, body, number)
+                self.requests.append(seen)
+                response = await self.answer(seen)
+                if response is None:  # hang up without answering
+                    return
+                writer.write(response)
+                await writer.drain()
+                if b"connection: close" in response.lower():
+                    return
+        finally:
+            self.open_now -= 1
+            writer.close()
+
+    @staticmethod
+    async def _body(reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes:
+        if headers.get("transfer-encoding") == "chunked":
+            chunks = []
+            while size := int((await reader.readline()).strip(), 16):
+                chunks.append(await reader.readexactly(size))
+                await reader.readexactly(2)
+            await reader.readexactly(2)
+            return b"".join(chunks)
+        return await reader.readexactly(int(headers.get("content-length", "0")))
+
+
+def ok(body: bytes = b'{"ok":true}', *extra: str) -> bytes:
+    lines = ["HTTP/1.1 200 OK", f"content-length: {len(body)}", *extra]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+async def answer_ok(seen: Seen) -> bytes:
+    return ok(b"HEAD" if seen.method != "HEAD" else b"")
+
+
+@asynccontextmanager
+async def running(
+    answer: Callable[[Seen], Awaitable[bytes | None]] = answer_ok, **options: float
+) -> AsyncIterator[tuple[Upstream, UpstreamPool]]:
+    upstream = Upstream(answer)
+    server = await asyncio.start_server(upstream.serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    settings: dict[str, float] = {
+        "limit": 8,
+        "keepalive_seconds": 30,
+        "connect_timeout": 2,
+        "read_timeout": 5,
+        **options,
+    }
+    pool = UpstreamPool(
+        f"http://127.0.0.1:{port}",
+        limit=int(settings["limit"]),
+        keepalive_seconds=settings["keepalive_seconds"],
+        connect_timeout=settings["connect_timeout"],
+        read_timeout=settings["read_timeout"],
+    )
+    try:
+        yield upstream, pool
+    finally:
+        await pool.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def fetch(pool: UpstreamPool, method: str = "GET", body: object = None) -> tuple[int, bytes]:
+    response = await pool.request(method, "/api/v1/x?q=1", [("accept", "*/*")], body)  # type: ignore[arg-type]
+    try:
+        return response.status, await response.read()
+    finally:
+        response.release()
+
+
+async def test_answers_come_back_and_the_connection_is_kept_alive() -> None:
+    async with running() as (upstream, pool):
+        assert await fetch(pool) == (200, b"HEAD")
+        assert await fetch(pool, "POST", b'{"a":1}') == (200, b"HEAD")
+        assert upstream.connections == 1
+        first, second = upstream.requests
+        assert (first.method, first.target) == ("GET", "/api/v1/x?q=1")
+        assert first.headers["host"] == f"127.0.0.1:{pool.port}"
+        assert "content-length" not in first.headers  # a GET without a body says nothing
+        assert second.body == b'{"a":1}' and second.headers["content-length"] == "7"
+
+
+async def test_a_streamed_body_without_length_goes_chunked() -> None:
+    async def parts() -> AsyncIterator[bytes]:
+        for part in (b"one,", b"two,", b"three"):
+            yield part
+
+    async with running() as (upstream, pool):
+        assert (await fetch(pool, "POST", parts()))[0] == 200
+        assert upstream.requests[0].headers["transfer-encoding"] == "chunked"
+        assert upstream.requests[0].body == b"one,two,three"
+
+
+async def test_head_answers_have_no_body_and_keep_the_connection() -> None:
+    async def head(seen: Seen) -> bytes:
+        return ok(b"x" * 10)[:-10] if seen.method == "HEAD" else ok()
+
+    async with running(head) as (upstream, pool):
+        assert await fetch(pool, "HEAD") == (200, b"")
+        assert await fetch(pool) == (200, b'{"ok":true}')
+        assert upstream.connections == 1
+
+
+async def test_connection_close_and_unread_bodies_are_not_reused() -> None:
+    async def closing(seen: Seen) -> bytes:
+        if seen.target.endswith("close"):
+            return ok(b"bye", "connection: close")
+        if seen.target.endswith("big"):  # half the body now, the rest never
+            return b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n" + b"x" * 50
+        return ok()
+
+    async with running(closing) as (upstream, pool):
+        response = await pool.request("GET", "/close", [], None)
+        response.release()
+        assert (await fetch(pool))[0] == 200
+        unread = await pool.request("GET", "/big", [], None)
+        unread.release()  # its body never read: the connection cannot carry another answer
+        assert (await fetch(pool))[0] == 200
+        assert upstream.connections == 3
+
+
+async def test_an_idle_connection_the_upstream_closed_is_replaced_for_any_method() -> None:
+    async def once(seen: Seen) -> bytes:
+        return ok(b"done", "connection: keep-alive")
+
+    async with running(once) as (upstream, pool):
+        assert (await fetch(pool))[0] == 200
+        # The upstream drops the idle connection, as uvicorn does after its keep-alive time.
+        assert pool._idle
+        pool._idle[0][1].transport.close()  # type: ignore[union-attr]
+        for method in ("POST", "GET"):
+            assert await fetch(pool, method, b"{}") == (200, b"done")
+        assert upstream.connections == 2
+
+
+async def test_idle_connections_older_than_keepalive_are_not_used() -> None:
+    async with running(keepalive_seconds=0.000_001) as (upstream, pool):
+        await fetch(pool)
+        await fetch(pool)
+        assert upstream.connections == 2
+
+
+async def test_a_silent_upstream_times_out_and_frees_its_slot() -> None:
+    release = asyncio.Event()
+
+    async def silent(seen: Seen) -> bytes | None:
+        if seen.target.startswith("/api"):
+            await release.wait()
+            return None
+        return ok()
+
+    async with running(silent, read_timeout=0.2, limit=1) as (_, pool):
+        with pytest.raises(TimeoutError):
+            await fetch(pool)
+        release.set()
+        # The one slot is free again, and the timed-out connection was not pooled.
+        response = await pool.request("GET", "/later", [], None)
+        assert response.status == 200
+        response.release()
+
+
+async def test_an_upstream_that_hangs_up_or_is_down_raises_aiohttp_errors() -> None:
+    async def hang_up(seen: Seen) -> None:
+        return None
+
+    async with running(hang_up) as (_, pool):
+        with pytest.raises(aiohttp.ServerDisconnectedError):
+            await fetch(pool)
+    down = UpstreamPool(
+        f"http://127.0.0.1:{free_port()}",
+        limit=1,
+        keepalive_seconds=1,
+        connect_timeout=2,
+        read_timeout=1,
+    )
+    with pytest.raises(aiohttp.ClientOSError):
+        await fetch(down)
+    with pytest.raises(aiohttp.ClientOSError):  # and its one slot was given back
+        await fetch(down)
+
+
+async def test_at_most_limit_connections_are_open() -> None:
+    gate = asyncio.Event()
+
+    async def slow(seen: Seen) -> bytes:
+        await gate.wait()
+        return ok()
+
+    async with running(slow, limit=2) as (upstream, pool):
+        calls = [asyncio.create_task(fetch(pool)) for _ in range(6)]
+        await eventually(lambda: len(upstream.requests) == 2)
+        assert len(upstream.requests) == 2  # the others wait for a slot
+        gate.set()
+        assert [status for status, _ in await asyncio.gather(*calls)] == [200] * 6
+        assert upstream.most_open == 2
+
+
+async def test_a_header_value_with_a_line_break_is_refused() -> None:
+    async with running() as (upstream, pool):
+        with pytest.raises(ValueError):
+            await pool.request("GET", "/x", [("x-evil", "a\r\nx-injected: 1")], None)
+        assert upstream.requests == []
+        assert await fetch(pool) == (200, b"HEAD")
