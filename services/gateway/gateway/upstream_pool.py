@@ -137,6 +137,9 @@ class UpstreamPool:
                 await self._send(loop, protocol, method, target, headers, body)
             protocol.start_timeout()
             message, payload = await protocol.read()
+            while 100 <= message.code < 200 and message.code != 101:
+                # An interim answer (100 Continue to a client's Expect): the real one follows.
+                message, payload = await protocol.read()
         except BaseException:
             if protocol is not None:
                 protocol.close()

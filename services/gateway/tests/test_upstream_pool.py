@@ -153,6 +153,16 @@ async def test_head_answers_have_no_body_and_keep_the_connection() -> None:
         assert upstream.connections == 1
 
 
+async def test_an_interim_100_continue_is_skipped() -> None:
+    async def continuing(seen: Seen) -> bytes:
+        return b"HTTP/1.1 100 Continue\r\n\r\n" + ok(b"final")
+
+    async with running(continuing) as (upstream, pool):
+        assert await fetch(pool, "POST", b"{}") == (200, b"final")
+        assert await fetch(pool) == (200, b"final")
+        assert upstream.connections == 1
+
+
 async def test_connection_close_and_unread_bodies_are_not_reused() -> None:
     async def closing(seen: Seen) -> bytes:
         if seen.target.endswith("close"):
