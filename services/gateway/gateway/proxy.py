@@ -49,6 +49,7 @@ _HOP_BY_HOP = frozenset(
 )
 _DROP_REQUEST = _HOP_BY_HOP | {
     b"host",
+    b"expect",  # met by the gateway, which reads or streams the body itself
     b"x-forwarded-for",
     b"x-forwarded-host",
     b"x-forwarded-proto",

@@ -19,13 +19,14 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp.client_proto import ResponseHandler
-from aiohttp.http import StreamWriter
+from aiohttp.http import RawResponseMessage, StreamWriter
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 __all__ = ["UpstreamPool", "UpstreamResponse"]
 
 Body = bytes | AsyncIterator[bytes] | None
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
 
 class UpstreamResponse:
@@ -119,27 +120,37 @@ class UpstreamPool:
         headers: list[tuple[str, str]],
         body: Body = None,
     ) -> UpstreamResponse:
-        """Send one request (`target`: path and query, already encoded) and read its head."""
-        await self._slots.acquire()
+        """Send one request (`target`: path and query, already encoded) and read its head.
+
+        An idle connection may have been closed by the upstream meanwhile. If it fails
+        before any answer, the request goes once more on a new connection when its body can
+        be sent again and either nothing was sent or the method is idempotent: a close that
+        crossed the request on the wire is not the upstream's answer.
+        """
         loop = asyncio.get_running_loop()
+        await self._acquire_slot()
         protocol = None
         try:
             protocol, reused = await self._connection(loop)
             try:
-                await self._send(loop, protocol, method, target, headers, body)
-            except aiohttp.ClientConnectionResetError:
-                if not reused or not isinstance(body, bytes | None):
+                message, payload = await self._exchange(
+                    loop, protocol, method, target, headers, body
+                )
+            except (
+                aiohttp.ClientConnectionResetError,
+                aiohttp.ServerDisconnectedError,
+                aiohttp.ClientOSError,
+            ) as exc:
+                unsent = isinstance(exc, aiohttp.ClientConnectionResetError)
+                if not (reused and isinstance(body, bytes | None)):
                     raise
-                # The upstream closed this idle connection before it could be used: nothing
-                # was sent, so any request may go again, on a new connection.
+                if not unsent and method not in _IDEMPOTENT:
+                    raise
                 protocol.close()
                 protocol, _ = await self._connection(loop, fresh=True)
-                await self._send(loop, protocol, method, target, headers, body)
-            protocol.start_timeout()
-            message, payload = await protocol.read()
-            while 100 <= message.code < 200 and message.code != 101:
-                # An interim answer (100 Continue to a client's Expect): the real one follows.
-                message, payload = await protocol.read()
+                message, payload = await self._exchange(
+                    loop, protocol, method, target, headers, body
+                )
         except BaseException:
             if protocol is not None:
                 protocol.close()
@@ -154,6 +165,38 @@ class UpstreamPool:
             payload,
             message.should_close,
         )
+
+    async def _acquire_slot(self) -> None:
+        """A slot under the limit, waited for no longer than a connection would be."""
+        if not self._slots.locked():
+            await self._slots.acquire()
+            return
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise aiohttp.ConnectionTimeoutError(
+                f"no free connection to {self.authority} in {self.connect_timeout}s"
+            ) from None
+
+    async def _exchange(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        protocol: ResponseHandler,
+        method: str,
+        target: str,
+        headers: list[tuple[str, str]],
+        body: Body,
+    ) -> tuple[RawResponseMessage, aiohttp.StreamReader]:
+        await self._send(loop, protocol, method, target, headers, body)
+        protocol.start_timeout()
+        message, payload = await protocol.read()
+        while 100 <= message.code < 200 and message.code != 101:
+            # An interim answer (100 Continue): the real one follows, under a timeout of
+            # its own (aiohttp stops the read timer when a message arrives).
+            protocol.start_timeout()
+            message, payload = await protocol.read()
+        return message, payload
 
     def put_back(self, protocol: ResponseHandler, *, reusable: bool) -> None:
         if reusable and not self._closed and protocol.is_connected():
@@ -183,6 +226,10 @@ class UpstreamPool:
                 _, protocol = await loop.create_connection(
                     lambda: ResponseHandler(loop), self.host, self.port
                 )
+        except TimeoutError:  # before OSError, of which it is a subclass
+            raise aiohttp.ConnectionTimeoutError(
+                f"no connection to {self.authority} in {self.connect_timeout}s"
+            ) from None
         except OSError as exc:
             raise aiohttp.ClientOSError(exc.errno, exc.strerror or str(exc)) from exc
         return protocol, False
@@ -197,7 +244,10 @@ class UpstreamPool:
         body: Body,
     ) -> None:
         protocol.set_response_params(
-            read_timeout=self.read_timeout, auto_decompress=False, skip_payload=method == "HEAD"
+            read_timeout=self.read_timeout,
+            auto_decompress=False,
+            skip_payload=method == "HEAD",
+            read_until_eof=True,  # an answer without length or chunks ends when the upstream closes
         )
         fields: CIMultiDict[str] = CIMultiDict(headers)
         fields["Host"] = self.authority

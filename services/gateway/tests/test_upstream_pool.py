@@ -163,6 +163,40 @@ async def test_an_interim_100_continue_is_skipped() -> None:
         assert upstream.connections == 1
 
 
+async def test_silence_after_100_continue_still_times_out() -> None:
+    async def stalls(seen: Seen) -> bytes | None:
+        return b"HTTP/1.1 100 Continue\r\n\r\n"  # and then nothing
+
+    async with running(stalls, read_timeout=0.2) as (_, pool):
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(fetch(pool, "POST", b"{}"), timeout=10)
+
+
+async def test_a_body_that_ends_when_the_upstream_closes_arrives_whole() -> None:
+    async def unframed(seen: Seen) -> bytes:
+        return b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nall of it"
+
+    async with running(unframed) as (_, pool):
+        assert await fetch(pool) == (200, b"all of it")
+
+
+async def test_a_close_crossing_a_request_on_a_reused_connection_is_retried_once() -> None:
+    async def drops_second(seen: Seen) -> bytes | None:
+        # The second request on a connection meets the upstream's idle close.
+        if sum(r.connection == seen.connection for r in upstream_ref[0].requests) == 2:
+            return None
+        return ok(b"fine")
+
+    upstream_ref: list[Upstream] = []
+    async with running(drops_second) as (upstream, pool):
+        upstream_ref.append(upstream)
+        assert await fetch(pool) == (200, b"fine")
+        assert await fetch(pool) == (200, b"fine")  # GET: sent again on a new connection
+        assert upstream.connections == 2
+        with pytest.raises(aiohttp.ServerDisconnectedError):
+            await fetch(pool, "POST", b"{}")  # not idempotent: the upstream may have acted
+
+
 async def test_connection_close_and_unread_bodies_are_not_reused() -> None:
     async def closing(seen: Seen) -> bytes:
         if seen.target.endswith("close"):
