@@ -220,30 +220,35 @@ class ServiceMiddleware:
                 scope, receive, send_decorated
             )
         finally:
-            seconds = time.perf_counter() - started
-            if path != "/metrics":
-                self.metrics.observe(scope, ex.status, seconds)
-            if (
-                self.access_log
-                and not path.startswith(self.quiet)
-                and _access.isEnabledFor(logging.INFO)
-            ):
-                client = scope.get("client")
-                # request_id, trace_id and user_id come from the context the logger binds.
-                log_access_record(
-                    _access,
-                    logging.INFO,
-                    scope["method"],
-                    getattr(scope.get("route"), "path", None) or "unmatched",
-                    ex.status,
-                    seconds,
-                    client[0] if client else None,
-                )
-            trace_id_var.reset(tid_token)
-            request_id_var.reset(rid_token)
-            tracker.count -= 1
-            if tracker.count == 0:
-                tracker.idle.set()
+            try:
+                self._record(scope, path, ex.status, time.perf_counter() - started)
+            finally:
+                trace_id_var.reset(tid_token)
+                request_id_var.reset(rid_token)
+                tracker.count -= 1
+                if tracker.count == 0:
+                    tracker.idle.set()
+
+    def _record(self, scope: Scope, path: str, status: int, seconds: float) -> None:
+        """The request's metrics and access record."""
+        if path != "/metrics":
+            self.metrics.observe(scope, status, seconds)
+        if (
+            self.access_log
+            and not path.startswith(self.quiet)
+            and _access.isEnabledFor(logging.INFO)
+        ):
+            client = scope.get("client")
+            # request_id, trace_id and user_id come from the context the logger binds.
+            log_access_record(
+                _access,
+                logging.INFO,
+                scope["method"],
+                getattr(scope.get("route"), "path", None) or "unmatched",
+                status,
+                seconds,
+                client[0] if client else None,
+            )
 
 
 def random_id() -> str:

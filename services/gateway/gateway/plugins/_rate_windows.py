@@ -7,6 +7,7 @@ Memory: one synchronous call per hit on limits' own counters (`MemoryWindows`).
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections.abc import Sequence
@@ -17,6 +18,8 @@ from limits.errors import StorageError
 from redis import RedisError
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
+
+_log = logging.getLogger("gateway.rate_limiting")
 
 
 class RedisOnlyStorage(RedisStorage):
@@ -165,26 +168,27 @@ class RedisHits:
                     hits = [future for *_, future in batch]
                     try:
                         _answer(hits, await self._count(batch))
-                    except (RedisError, OSError) as exc:
-                        _fail(hits, exc)
+                    except Exception as exc:
+                        _fail(hits, _logged(exc))
                 if self.reads:
                     reads, self.reads = self.reads, {}
                     waiting = [readers for _, readers in reads.values()]
                     try:
                         windows = await self._read(reads)
-                    except (RedisError, OSError) as exc:
+                    except Exception as exc:
                         for readers in waiting:
-                            _fail(readers, exc)
+                            _fail(readers, _logged(exc))
                     else:
                         for readers, window in zip(waiting, windows, strict=True):
                             _answer(readers, [window] * len(readers))
         finally:
+            # Stopped (cancelled at shutdown): whoever still waits gets the storage's error,
+            # which fails open or closed as configured, rather than a cancellation.
             self.sender = None
-            for *_, future in self.queue:
-                future.cancel()
+            stopped = RuntimeError("rate-limit sender stopped")
+            _fail([future for *_, future in self.queue], stopped)
             for _, readers in self.reads.values():
-                for reader in readers:
-                    reader.cancel()
+                _fail(readers, stopped)
             self.queue.clear()
             self.reads.clear()
 
@@ -267,6 +271,13 @@ def _answer(futures: list[asyncio.Future[Any]], results: list[Any]) -> None:
     for future, result in zip(futures, results, strict=True):
         if not future.done():  # a caller that gave up (timeout, disconnect) is skipped
             future.set_result(result)
+
+
+def _logged(exc: Exception) -> Exception:
+    """`exc`, logged unless it is the storage's expected kind of failure (Redis, network)."""
+    if not isinstance(exc, RedisError | OSError):
+        _log.error("rate-limit round trip failed", exc_info=exc)
+    return exc
 
 
 def _fail(futures: list[asyncio.Future[Any]], exc: Exception) -> None:
