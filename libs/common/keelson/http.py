@@ -393,7 +393,12 @@ class KeelsonApp(FastAPI):
     _lane: tuple[Callable[[Scope], bool], ASGIApp] | None = None
 
     def set_express_lane(self, accepts: Callable[[Scope], bool], app: ASGIApp) -> None:
-        """HTTP requests for which `accepts(scope)` is true go to `app` from now on."""
+        """HTTP requests for which `accepts(scope)` is true go to `app` from now on.
+
+        They see none of FastAPI's own machinery: no `scope["app"]` or `scope["router"]`
+        (so no `Request.app`), no `root_path` handling, and no middleware added to this app
+        with `add_middleware`; only `ServiceMiddleware`, then `app`.
+        """
         self._lane = (accepts, ServiceMiddleware(app, **self._service_options))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
