@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.types import Message, Receive, Scope
@@ -15,6 +16,7 @@ __all__ = [
     "SESSION",
     "BodyTooLarge",
     "ClientGone",
+    "body_chunks",
     "client_ip",
     "header",
     "read_body",
@@ -71,21 +73,28 @@ class BodyTooLarge(Exception):
     """The request body grew past the reader's limit."""
 
 
-async def read_body(receive: Receive, limit: int | None = None) -> bytes:
-    """The whole request body; `BodyTooLarge` past `limit` bytes, `ClientGone` on disconnect."""
-    chunks: list[bytes] = []
-    size = 0
+async def body_chunks(receive: Receive) -> AsyncIterator[bytes]:
+    """The request body's chunks as they arrive; `ClientGone` on disconnect."""
     more = True
     while more:
         message: Message = await receive()
         if message["type"] == "http.disconnect":
             raise ClientGone
         chunk: bytes = message.get("body", b"")
+        if chunk:
+            yield chunk
+        more = message.get("more_body", False)
+
+
+async def read_body(receive: Receive, limit: int | None = None) -> bytes:
+    """The whole request body; `BodyTooLarge` past `limit` bytes, `ClientGone` on disconnect."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in body_chunks(receive):
         size += len(chunk)
         if limit is not None and size > limit:
             raise BodyTooLarge
         chunks.append(chunk)
-        more = message.get("more_body", False)
     return b"".join(chunks)
 
 
