@@ -13,9 +13,17 @@ from random import getrandbits as _random_bits
 
 import aiohttp
 from prometheus_client import Counter, Histogram
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.context import BODY, FORWARD_HEADERS, ClientGone, client_ip, read_body, state
+from gateway.context import (
+    BODY,
+    FORWARD_HEADERS,
+    ClientGone,
+    body_chunks,
+    client_ip,
+    read_body,
+    state,
+)
 from gateway.metrics import (
     CIRCUIT_REJECTIONS,
     UPSTREAM_REQUEST_SECONDS,
@@ -23,8 +31,7 @@ from gateway.metrics import (
     UPSTREAM_RETRIES,
 )
 from gateway.openapi import OpenApiCatalog
-from gateway.paths import Memo
-from gateway.upstream_pool import UpstreamPool, UpstreamResponse
+from gateway.upstream_pool import IDEMPOTENT, UpstreamPool, UpstreamResponse
 from gateway.upstreams import RoutingConfig, Upstream
 from keelson.http import problem_response, random_id
 from keelson.logging import request_id_var, trace_id_var
@@ -60,7 +67,6 @@ _DROP_REQUEST = _HOP_BY_HOP | {
 # The gateway's server adds its own Date and X-Request-ID; second ones would be duplicates.
 _DROP_RESPONSE = _HOP_BY_HOP | {b"server", b"date", b"x-request-id"}
 _INTERNAL_PREFIX = b"x-keelson-"
-_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _RETRY_STATUS = frozenset({502, 503})
 _FAILURE_STATUS = frozenset({502, 503, 504})
 
@@ -113,7 +119,6 @@ class ProxyApp:
         self.pools = pools
         self.config = config
         self.trusted_proxy_hops = trusted_proxy_hops
-        self._targets: Memo[tuple[bytes, bytes], str] = Memo(_target)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -151,10 +156,10 @@ class ProxyApp:
         self, upstream: Upstream, scope: Scope, receive: Receive, send: Send
     ) -> None:
         method: str = scope["method"]
-        target = self._targets((scope["raw_path"], scope["query_string"]))
+        target = _target(scope["raw_path"], scope["query_string"])
         headers = self._request_headers(scope)
         body, replayable = await self._request_body(scope, receive)
-        attempts = 1 + upstream.config.retries if replayable and method in _IDEMPOTENT else 1
+        attempts = 1 + upstream.config.retries if replayable and method in IDEMPOTENT else 1
         pool = self.pools[upstream.name]
         started = time.perf_counter()
         for attempt in range(attempts):
@@ -256,7 +261,7 @@ class ProxyApp:
             return None, True
         if length is not None and length <= self.config.replayable_request_bytes:
             return await read_body(receive), True
-        return _stream(receive), False
+        return body_chunks(receive), False
 
     async def _relay(self, response: UpstreamResponse, scope: Scope, send: Send) -> None:
         headers = [
@@ -296,20 +301,7 @@ def _duration(upstream: str) -> Histogram:
     return UPSTREAM_REQUEST_SECONDS.labels(upstream)
 
 
-def _target(key: tuple[bytes, bytes]) -> str:
+def _target(raw_path: bytes, query: bytes) -> str:
     """The request target sent upstream: the client's path and query as they came."""
-    raw_path, query = key
     target = raw_path.decode("latin-1")
     return target + "?" + query.decode("latin-1") if query else target
-
-
-async def _stream(receive: Receive) -> AsyncIterator[bytes]:
-    more = True
-    while more:
-        message: Message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone
-        chunk: bytes = message.get("body", b"")
-        if chunk:
-            yield chunk
-        more = message.get("more_body", False)

@@ -23,10 +23,11 @@ from aiohttp.http import RawResponseMessage, StreamWriter
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-__all__ = ["UpstreamPool", "UpstreamResponse"]
+__all__ = ["IDEMPOTENT", "UpstreamPool", "UpstreamResponse"]
 
 Body = bytes | AsyncIterator[bytes] | None
-_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+# Methods a repeat leaves as one would (RFC 9110 9.2.2): safe to send again after a failure.
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
 
 class UpstreamResponse:
@@ -144,7 +145,7 @@ class UpstreamPool:
                 unsent = isinstance(exc, aiohttp.ClientConnectionResetError)
                 if not (reused and isinstance(body, bytes | None)):
                     raise
-                if not unsent and method not in _IDEMPOTENT:
+                if not unsent and method not in IDEMPOTENT:
                     raise
                 protocol.close()
                 protocol, _ = await self._connection(loop, fresh=True)
