@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import logging
 import re
 import time
@@ -16,7 +17,6 @@ from jsonschema.protocols import Validator
 from starlette.types import Scope
 
 from gateway.context import ROUTE, state
-from gateway.paths import Memo
 from gateway.upstreams import RouteTable, Upstream
 
 __all__ = ["OpenApiCatalog", "Operation", "RouteMatch"]
@@ -70,7 +70,7 @@ class OpenApiCatalog:
         self._task: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[None]] = set()
         # Matching a path against a document's route patterns, once per method and path.
-        self._documented: Memo[tuple[str, str, str], RouteMatch] = Memo(self._in_document)
+        self._documented = functools.lru_cache(maxsize=4096)(self._in_document)
         self.version = 0
 
     async def refresh(self, names: list[str] | None = None) -> None:
@@ -94,7 +94,7 @@ class OpenApiCatalog:
         self._validators = {
             op: v for op, v in self._validators.items() if op.upstream != upstream.name
         }
-        self._documented.clear()
+        self._documented.cache_clear()
         self.version += 1
 
     def start(self) -> None:
@@ -140,10 +140,9 @@ class OpenApiCatalog:
         if doc is None:
             self._refresh_soon(upstream)
             return self._by_prefix(upstream, path)
-        return self._documented((upstream.name, method, path))
+        return self._documented(upstream.name, method, path)
 
-    def _in_document(self, key: tuple[str, str, str]) -> RouteMatch:
-        name, method, path = key
+    def _in_document(self, name: str, method: str, path: str) -> RouteMatch:
         upstream = self.table.upstreams[name]
         for pattern, template, operations in self._docs[name].routes:
             if pattern.fullmatch(path):

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
 
-__all__ = ["Memo", "PathPattern"]
-
-K = TypeVar("K", bound=Hashable)
-V = TypeVar("V")
+__all__ = ["PathPattern"]
 
 
 @dataclass(frozen=True)
@@ -28,30 +24,3 @@ class PathPattern:
         if self.methods and method not in self.methods:
             return False
         return path.startswith(self.path) if self.prefix else path == self.path
-
-
-class Memo(Generic[K, V]):
-    """`compute(key)`, remembered: for lookups by path that every request repeats.
-
-    Bounded: when full it starts over, so paths that carry ids (`/users/42`) churn it
-    instead of growing it.
-    """
-
-    def __init__(self, compute: Callable[[K], V], size: int = 4096) -> None:
-        self._compute = compute
-        self._size = size
-        self._answers: dict[K, V] = {}
-
-    def __call__(self, key: K) -> V:
-        try:
-            return self._answers[key]
-        except KeyError:
-            pass
-        answer = self._compute(key)
-        if len(self._answers) >= self._size:
-            self._answers.clear()
-        self._answers[key] = answer
-        return answer
-
-    def clear(self) -> None:
-        self._answers.clear()

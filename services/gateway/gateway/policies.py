@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from enum import StrEnum
 
 from pydantic import BaseModel, field_validator
 
-from gateway.paths import Memo, PathPattern
+from gateway.paths import PathPattern
 from keelson.auth import Principal
 
 __all__ = ["Access", "Policy", "PolicyTable", "RoutePolicy", "Verdict"]
@@ -91,10 +92,11 @@ class PolicyTable:
     def __init__(self, rules: list[RoutePolicy], default: str) -> None:
         self._rules = [(PathPattern.parse(r.path, r.methods), Policy.parse(r.allow)) for r in rules]
         self.default = Policy.parse(default)
-        self._lookup: Memo[tuple[str, str], Policy] = Memo(lambda key: self._first(*key))
+        # Every request asks again for the same few paths.
+        self._lookup = functools.lru_cache(maxsize=4096)(self._first)
 
     def for_request(self, method: str, path: str) -> Policy:
-        return self._lookup((method, path))
+        return self._lookup(method, path)
 
     def _first(self, method: str, path: str) -> Policy:
         for pattern, policy in self._rules:
