@@ -73,17 +73,19 @@ class MemoryWindows(MemoryStorage):
 
     def _count(self, key: str, now: float) -> int:
         if self.expirations.get(key, 0) <= now:
-            self.storage.pop(key, None)
-            self.expirations.pop(key, None)
-            self.locks.pop(key, None)
+            self._forget(key)
         return self.storage.get(key, 0)
 
     def _sweep(self, now: float) -> None:
         self._sweep_at = now + self._SWEEP_SECONDS
         for key in [k for k, at in self.expirations.items() if at <= now]:
-            self.storage.pop(key, None)
-            self.expirations.pop(key, None)
-            self.locks.pop(key, None)
+            self._forget(key)
+
+    def _forget(self, key: str) -> None:
+        """Drop an expired window's counter, as limits' own expiry does."""
+        self.storage.pop(key, None)
+        self.expirations.pop(key, None)
+        self.locks.pop(key, None)
 
 
 def window_stats(

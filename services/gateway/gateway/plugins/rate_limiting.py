@@ -180,7 +180,6 @@ class RateLimitingPlugin(GatewayPlugin):
         self._hits = (
             RedisHits(self.storage) if sliding and isinstance(self.storage, RedisStorage) else None
         )
-        self._window_keys = self._hits.window_keys if self._hits is not None else None
         self._last_complaint = 0.0
         # In memory the stats cost no round trip: always exact.
         self._refresh = self.config.stats_refresh_seconds if self._pool is not None else 0.0
@@ -246,12 +245,12 @@ class RateLimitingPlugin(GatewayPlugin):
     async def count(self, rule: _Rule, client: str) -> tuple[bool, int, float]:
         """Count one hit: (allowed, remaining, reset epoch seconds)."""
         item = rule.item
-        tally = rule.tally(client, self._window_keys)
+        hits = self._hits
+        tally = rule.tally(client, hits.window_keys if hits is not None else None)
         if self._memory is not None:
             return self._memory.hit_now(tally.key, item.amount, item.get_expiry())
-        if tally.window_keys is not None:
-            assert self._hits is not None
-            allowed = await self._hits.hit(tally.window_keys, item.amount, item.get_expiry())
+        if hits is not None and tally.window_keys is not None:
+            allowed = await hits.hit(tally.window_keys, item.amount, item.get_expiry())
         else:
             allowed = await self.limiter.hit(item, rule.name, client)
         now = time.monotonic()
@@ -260,10 +259,9 @@ class RateLimitingPlugin(GatewayPlugin):
             or now - tally.read_at >= self._refresh
             or tally.remaining <= max(1, item.amount // 10)
         ):
-            if tally.window_keys is not None:
-                assert self._hits is not None
+            if hits is not None and tally.window_keys is not None:
                 expiry = item.get_expiry()
-                window = await self._hits.window(tally.window_keys, expiry)
+                window = await hits.window(tally.window_keys, expiry)
                 stats = window_stats(item.amount, expiry, *window, time.time())
             else:
                 limits_stats = await self.limiter.get_window_stats(item, rule.name, client)
