@@ -22,7 +22,7 @@ from keelson.config import KeelsonSettings
 from keelson.errors import KeelsonError
 from keelson.health import health_router
 from keelson.logging import log_access_record, request_id_var, trace_id_var
-from keelson.metrics import HTTP_IN_FLIGHT, RequestMetrics, metrics_router
+from keelson.metrics import HTTP_IN_FLIGHT, RequestMetrics, metrics_router, route_template
 from keelson.monitor import capture_exception
 from keelson.plugins import PluginContainer
 
@@ -244,7 +244,7 @@ class ServiceMiddleware:
                 _access,
                 logging.INFO,
                 scope["method"],
-                getattr(scope.get("route"), "path", None) or "unmatched",
+                route_template(scope),
                 status,
                 seconds,
                 client[0] if client else None,

@@ -37,6 +37,7 @@ __all__ = [
     "RequestMetrics",
     "count_business_event",
     "metrics_router",
+    "route_template",
     "track_db_pool",
 ]
 
@@ -136,6 +137,11 @@ def track_db_pool(engine: Engine, service: str) -> None:
     _POOLS.track(engine, service)
 
 
+def route_template(scope: Scope) -> str:
+    """The template of the route that served `scope` (`/users/{id}`), or "unmatched"."""
+    return getattr(scope.get("route"), "path", None) or "unmatched"
+
+
 class RequestMetrics:
     """RED metrics keyed by the route template, so `/users/42` and `/users/7` share a series."""
 
@@ -147,7 +153,7 @@ class RequestMetrics:
 
     def observe(self, scope: Scope, status: int, seconds: float) -> None:
         """Count one answered request of `scope` and its duration."""
-        template = getattr(scope.get("route"), "path", None) or "unmatched"
+        template = route_template(scope)
         key = (scope["method"], template, status)
         children = self._children.get(key)
         if children is None:

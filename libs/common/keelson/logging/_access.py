@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 from keelson.logging._console import ConsoleHandler
 from keelson.logging._context import current_context
-from keelson.logging._format import STANDARD_ATTRS, bound_fields
+from keelson.logging._format import LOGRECORD_ATTRS, STANDARD_ATTRS, bound_fields
 from keelson.logging._redact import is_quiet_head, redact_text, redact_value
 from keelson.logging._shipper import LogShipper
 
@@ -26,10 +26,7 @@ __all__ = ["ACCESS_MESSAGE", "log_access_record"]
 
 ACCESS_MESSAGE = "%s %s %d %.1fms"
 # `extra=` may not name these: `Logger.makeRecord` refuses them with KeyError.
-_RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
-    "message",
-    "asctime",
-}
+_RESERVED = LOGRECORD_ATTRS | {"message", "asctime"}
 _Sink = ConsoleHandler | LogShipper
 # Exact types: a subclass may override `emit`, which this path would bypass.
 _SINK_TYPES = (ConsoleHandler, LogShipper)

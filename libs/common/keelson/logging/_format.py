@@ -14,13 +14,18 @@ import orjson
 from keelson.logging._context import request_id_var, trace_id_var, user_id_var
 from keelson.logging._redact import redact_text, redact_value
 
-__all__ = ["STANDARD_ATTRS", "JsonFormatter", "TextFormatter", "bound_fields", "record_to_dict"]
+__all__ = [
+    "LOGRECORD_ATTRS",
+    "STANDARD_ATTRS",
+    "JsonFormatter",
+    "TextFormatter",
+    "bound_fields",
+    "record_to_dict",
+]
 
 # Attributes every LogRecord has; anything else came from `extra=` and goes to attrs.
-STANDARD_ATTRS = frozenset(
-    vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys()
-    | {"message", "asctime", "taskName", "keelson", "color_message"}
-)
+LOGRECORD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None)))
+STANDARD_ATTRS = LOGRECORD_ATTRS | {"message", "asctime", "taskName", "keelson", "color_message"}
 _COLOURS = ("\x1b[36m", "\x1b[32m", "\x1b[35m", "\x1b[33m", "\x1b[34m", "\x1b[96m", "\x1b[92m")
 _LEVEL_COLOURS = {
     "DEBUG": "\x1b[2m",

@@ -17,6 +17,7 @@ from gateway.plugins.routing import CATALOG
 from keelson.config import PluginSettings
 from keelson.http import exchange
 from keelson.logging import log_access_record, user_id_var
+from keelson.metrics import route_template
 from keelson.plugins import PluginMetadata, Priority
 
 __all__ = ["LogShippingConfig", "LogShippingPlugin"]
@@ -100,7 +101,7 @@ class _AccessLog:
                 self.log,
                 level,
                 scope["method"],
-                getattr(scope.get("route"), "path", None) or "unmatched",
+                route_template(scope),
                 status,
                 seconds,
                 client_ip(scope, self.hops),
