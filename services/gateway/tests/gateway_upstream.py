@@ -1,11 +1,13 @@
-"""A small real upstream for the gateway's tests: echoes, a schema, slowness, streaming."""
+"""Real upstreams for the gateway's tests: an app (echo, schema, slow, stream), a raw socket."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -88,6 +90,81 @@ def create_upstream(prefix: str = "/api/v1/logs") -> FastAPI:
         return {"received": total}
 
     return app
+
+
+@dataclass
+class Seen:
+    method: str
+    target: str
+    headers: dict[str, str]
+    body: bytes
+    connection: int
+
+
+@dataclass
+class SocketUpstream:
+    """An HTTP/1.1 server on a socket: records requests; `answer` decides each response."""
+
+    answer: Callable[[Seen], Awaitable[bytes | None]]
+    requests: list[Seen] = field(default_factory=list)
+    connections: int = 0
+    open_now: int = 0
+    most_open: int = 0
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        number = self.connections
+        self.open_now += 1
+        self.most_open = max(self.most_open, self.open_now)
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except asyncio.IncompleteReadError:
+                    return
+                line, *lines = head.decode("latin-1").split("\r\n")[:-2]
+                method, target, _ = line.split(" ")
+                headers = {k.lower(): v.strip() for k, v in (x.split(":", 1) for x in lines)}
+                body = await self._body(reader, headers)
+                seen = Seen(method, target, headers, body, number)
+                self.requests.append(seen)
+                response = await self.answer(seen)
+                if response is None:  # hang up without answering
+                    return
+                writer.write(response)
+                await writer.drain()
+                if b"connection: close" in response.lower():
+                    return
+        finally:
+            self.open_now -= 1
+            writer.close()
+
+    @staticmethod
+    async def _body(reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes:
+        if headers.get("transfer-encoding") == "chunked":
+            chunks = []
+            while size := int((await reader.readline()).strip(), 16):
+                chunks.append(await reader.readexactly(size))
+                await reader.readexactly(2)
+            await reader.readexactly(2)
+            return b"".join(chunks)
+        return await reader.readexactly(int(headers.get("content-length", "0")))
+
+
+def ok(body: bytes = b'{"ok":true}', *extra: str) -> bytes:
+    lines = ["HTTP/1.1 200 OK", f"content-length: {len(body)}", *extra]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+@asynccontextmanager
+async def serving(upstream: SocketUpstream) -> AsyncIterator[str]:
+    """`upstream` on a socket of its own, for as long as the block runs; yields its URL."""
+    server = await asyncio.start_server(upstream.serve, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 class TokenMint:

@@ -5,78 +5,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 
 import aiohttp
 import pytest
+from gateway_upstream import Seen, SocketUpstream, ok, serving
 
 from gateway.upstream_pool import UpstreamPool
 from keelson.embedded import free_port
 from keelson.testing import eventually
-
-
-@dataclass
-class Seen:
-    method: str
-    target: str
-    headers: dict[str, str]
-    body: bytes
-    connection: int
-
-
-@dataclass
-class Upstream:
-    """An HTTP/1.1 server on a socket: records requests; `answer` decides each response."""
-
-    answer: Callable[[Seen], Awaitable[bytes | None]]
-    requests: list[Seen] = field(default_factory=list)
-    connections: int = 0
-    open_now: int = 0
-    most_open: int = 0
-
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        number = self.connections
-        self.open_now += 1
-        self.most_open = max(self.most_open, self.open_now)
-        try:
-            while True:
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except asyncio.IncompleteReadError:
-                    return
-                line, *lines = head.decode("latin-1").split("\r\n")[:-2]
-                method, target, _ = line.split(" ")
-                headers = {k.lower(): v.strip() for k, v in (x.split(":", 1) for x in lines)}
-                body = await self._body(reader, headers)
-                seen = Seen(method, target, headers, body, number)
-                self.requests.append(seen)
-                response = await self.answer(seen)
-                if response is None:  # hang up without answering
-                    return
-                writer.write(response)
-                await writer.drain()
-                if b"connection: close" in response.lower():
-                    return
-        finally:
-            self.open_now -= 1
-            writer.close()
-
-    @staticmethod
-    async def _body(reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes:
-        if headers.get("transfer-encoding") == "chunked":
-            chunks = []
-            while size := int((await reader.readline()).strip(), 16):
-                chunks.append(await reader.readexactly(size))
-                await reader.readexactly(2)
-            await reader.readexactly(2)
-            return b"".join(chunks)
-        return await reader.readexactly(int(headers.get("content-length", "0")))
-
-
-def ok(body: bytes = b'{"ok":true}', *extra: str) -> bytes:
-    lines = ["HTTP/1.1 200 OK", f"content-length: {len(body)}", *extra]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
 async def answer_ok(seen: Seen) -> bytes:
@@ -86,10 +22,8 @@ async def answer_ok(seen: Seen) -> bytes:
 @asynccontextmanager
 async def running(
     answer: Callable[[Seen], Awaitable[bytes | None]] = answer_ok, **options: float
-) -> AsyncIterator[tuple[Upstream, UpstreamPool]]:
-    upstream = Upstream(answer)
-    server = await asyncio.start_server(upstream.serve, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
+) -> AsyncIterator[tuple[SocketUpstream, UpstreamPool]]:
+    upstream = SocketUpstream(answer)
     settings: dict[str, float] = {
         "limit": 8,
         "keepalive_seconds": 30,
@@ -97,19 +31,18 @@ async def running(
         "read_timeout": 5,
         **options,
     }
-    pool = UpstreamPool(
-        f"http://127.0.0.1:{port}",
-        limit=int(settings["limit"]),
-        keepalive_seconds=settings["keepalive_seconds"],
-        connect_timeout=settings["connect_timeout"],
-        read_timeout=settings["read_timeout"],
-    )
-    try:
-        yield upstream, pool
-    finally:
-        await pool.close()
-        server.close()
-        await server.wait_closed()
+    async with serving(upstream) as url:
+        pool = UpstreamPool(
+            url,
+            limit=int(settings["limit"]),
+            keepalive_seconds=settings["keepalive_seconds"],
+            connect_timeout=settings["connect_timeout"],
+            read_timeout=settings["read_timeout"],
+        )
+        try:
+            yield upstream, pool
+        finally:
+            await pool.close()
 
 
 async def fetch(pool: UpstreamPool, method: str = "GET", body: object = None) -> tuple[int, bytes]:
@@ -187,7 +120,7 @@ async def test_a_close_crossing_a_request_on_a_reused_connection_is_retried_once
             return None
         return ok(b"fine")
 
-    upstream_ref: list[Upstream] = []
+    upstream_ref: list[SocketUpstream] = []
     async with running(drops_second) as (upstream, pool):
         upstream_ref.append(upstream)
         assert await fetch(pool) == (200, b"fine")
