@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Mapping
 from random import getrandbits as _random_bits
 
 import aiohttp
+from aiohttp.http import HttpProcessingError
 from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -177,6 +178,17 @@ class ProxyApp:
                 _requests(upstream.name, method, "error").inc()
                 _log.warning("upstream %s failed: %s", upstream.name, type(exc).__name__)
                 raise _Failed(502, f"The {upstream.name} service could not be reached.") from None
+            except HttpProcessingError as exc:
+                # The request was delivered, so it is not sent again; and the upstream's bytes
+                # (which the error quotes) stay out of the log.
+                upstream.breaker.record_failure()
+                _requests(upstream.name, method, "error").inc()
+                _log.warning(
+                    "upstream %s sent an answer that cannot be parsed: %s",
+                    upstream.name,
+                    type(exc.__cause__ or exc).__name__,
+                )
+                raise _Failed(502, f"The {upstream.name} service sent an invalid answer.") from None
             try:
                 status = response.status
                 if status in _RETRY_STATUS and attempt + 1 < attempts:

@@ -89,7 +89,9 @@ class UpstreamPool:
     A request waits at most `connect_timeout` for its connection, and at most `read_timeout`
     between two reads of the answer (aiohttp's `SocketTimeoutError`, a `TimeoutError`).
     Failures are aiohttp's: `ClientOSError` when the upstream cannot be reached,
-    `ServerDisconnectedError` when it closes the connection without answering.
+    `ServerDisconnectedError` when it closes the connection without answering, and
+    `HttpProcessingError` when its answer's head cannot be parsed (its message quotes the
+    upstream's bytes).
     """
 
     def __init__(

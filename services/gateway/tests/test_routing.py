@@ -1,4 +1,5 @@
 import asyncio
+import logging
 
 import pytest
 from gateway_testkit import (
@@ -8,7 +9,8 @@ from gateway_testkit import (
     running_gateway,
     upstreams_config,
 )
-from gateway_upstream import create_upstream
+from gateway_upstream import Seen, SocketUpstream, create_upstream, serving
+from prometheus_client import REGISTRY
 
 from keelson.embedded import free_port
 from keelson.testing import eventually
@@ -158,3 +160,43 @@ async def test_malformed_content_length_is_400_even_without_validation(
             app, "POST", b"/api/v1/logs/echo", b"{}", headers=[(b"content-length", b"2x")]
         )
     assert status == 400, body
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"SMTP upstream-secret ready\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nx-big: upstream-secret" + b"s" * 9000 + b"\r\n\r\n",
+    ],
+    ids=["garbage-status-line", "header-over-8k"],
+)
+async def test_an_answer_the_parser_refuses_is_a_502_failure_not_retried(
+    answer: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def refused(seen: Seen) -> bytes:
+        return answer
+
+    upstream = SocketUpstream(refused)
+    errors = {"upstream": "logs", "method": "GET", "status": "error"}
+    before = REGISTRY.get_sample_value("gateway_upstream_requests_total", errors) or 0.0
+    caplog.set_level(logging.WARNING)
+    async with serving(upstream) as url:
+        config = upstreams_config(logs=url)
+        config["upstreams"]["logs"].update(failure_threshold=2, retries=2)
+        async with running_gateway(gateway_settings(routing=config)) as (_, client):
+            for _ in range(2):
+                response = await client.get("/api/v1/logs/echo")
+                assert response.status_code == 502
+                assert response.headers["content-type"] == "application/problem+json"
+                assert response.json()["title"] == "Bad Gateway"
+                assert "logs" in response.json()["detail"]
+                assert "upstream-secret" not in response.text
+            assert (await client.get("/api/v1/logs/echo")).status_code == 503  # circuit open
+    proxied = [seen for seen in upstream.requests if seen.target.startswith("/api/")]
+    assert len(proxied) == 2  # delivered: never sent again
+    after = REGISTRY.get_sample_value("gateway_upstream_requests_total", errors)
+    assert after == before + 2
+    warnings = [r for r in caplog.records if r.name == "gateway.proxy"]
+    assert [r.levelno for r in warnings] == [logging.WARNING] * 2
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "upstream-secret" not in caplog.text
