@@ -87,7 +87,8 @@ class UpstreamPool:
     An idle connection is used again only while younger than `keepalive_seconds` (kept below
     the upstream's own keep-alive timeout, so the upstream rarely closes one under a request).
     A request waits at most `connect_timeout` for its connection, and at most `read_timeout`
-    between two reads of the answer (aiohttp's `SocketTimeoutError`, a `TimeoutError`).
+    between two reads of the answer (aiohttp's `SocketTimeoutError`, a `TimeoutError`), and
+    as long for each write of a streamed body (a `TimeoutError` too).
     Failures are aiohttp's: `ClientOSError` when the upstream cannot be reached,
     `ServerDisconnectedError` when it closes the connection without answering, and
     `HttpProcessingError` when its answer's head cannot be parsed (its message quotes the
@@ -270,6 +271,10 @@ class UpstreamPool:
             writer.enable_chunking()
             fields["Transfer-Encoding"] = "chunked"
         await writer.write_headers(f"{method} {target} HTTP/1.1", fields)
+        # An upstream that stops reading would hold a write once the socket's buffers fill:
+        # each write waits no longer than a read would.
         async for chunk in body:
-            await writer.write(chunk)
-        await writer.write_eof()
+            async with asyncio.timeout(self.read_timeout):
+                await writer.write(chunk)
+        async with asyncio.timeout(self.read_timeout):
+            await writer.write_eof()

@@ -1,5 +1,7 @@
 import asyncio
 import logging
+import socket
+from collections.abc import AsyncIterator
 
 import pytest
 from gateway_testkit import (
@@ -96,6 +98,40 @@ async def test_slow_upstream_times_out_with_504(upstream: ServerThread) -> None:
         assert response.status_code == 504
         assert response.headers["content-type"] == "application/problem+json"
         assert "Traceback" not in response.text
+
+
+async def test_a_streamed_body_an_upstream_stops_reading_times_out_with_504() -> None:
+    loop = asyncio.get_running_loop()
+    listener = socket.socket()
+    # A small receive window (the accepted socket inherits it) fills after a few KB.
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.setblocking(False)
+    accepted: list[socket.socket] = []
+
+    async def accept_and_never_read() -> None:
+        while True:
+            accepted.append((await loop.sock_accept(listener))[0])
+
+    async def endless() -> AsyncIterator[bytes]:
+        for _ in range(1024):  # 64 MB: far past every buffer between gateway and upstream
+            yield b"x" * 65536
+
+    acceptor = asyncio.create_task(accept_and_never_read())
+    config = upstreams_config(logs=f"http://127.0.0.1:{listener.getsockname()[1]}")
+    config["upstreams"]["logs"]["timeout_seconds"] = 0.2
+    settings = gateway_settings(routing=config, validation={"enabled": False})
+    try:
+        async with running_gateway(settings) as (_, client):
+            upload = client.post("/api/v1/logs/upload", content=endless())
+            response = await asyncio.wait_for(upload, timeout=10)  # a guard against a hang
+        assert response.status_code == 504
+        assert response.headers["content-type"] == "application/problem+json"
+    finally:
+        acceptor.cancel()
+        for connection in (*accepted, listener):
+            connection.close()
 
 
 async def test_idempotent_requests_are_retried_others_are_not(upstream: ServerThread) -> None:
