@@ -163,6 +163,8 @@ async def test_security_headers_and_cors(
         )
         assert preflight.status_code == 204
         assert "POST" in preflight.headers["access-control-allow-methods"]
+        assert preflight.headers["access-control-allow-origin"] == "https://app.example"
+        assert preflight.headers["access-control-allow-credentials"] == "true"
         evil = await client.options(
             "/api/v1/logs/items",
             headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
@@ -172,6 +174,25 @@ async def test_security_headers_and_cors(
 
         docs = await client.get("/docs")
         assert "cdn.jsdelivr.net" in docs.headers["content-security-policy"]
+
+
+async def test_a_refused_preflight_from_an_allowed_origin_has_no_cors_headers(
+    upstream: ServerThread, auth_upstream: ServerThread
+) -> None:
+    cors = {"allow_origins": ["https://app.example"], "allow_credentials": True}
+    asks = [
+        {"Access-Control-Request-Method": "TRACE"},
+        {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "x-other"},
+    ]
+    async with running_gateway(secured(upstream, auth_upstream, cors=cors)) as (_, client):
+        for ask in asks:
+            refused = await client.options(
+                "/api/v1/logs/items", headers={"Origin": "https://app.example", **ask}
+            )
+            assert refused.status_code == 400
+            assert [n for n in refused.headers if n.startswith("access-control-")] == []
+            assert refused.headers["content-type"] == "application/problem+json"
+            assert refused.headers["vary"] == "Origin"
 
 
 async def test_revocation_in_redis_reaches_the_gateway(

@@ -204,10 +204,10 @@ class _SecurityLayer:
         ex = exchange(scope)
         ex.enforce_headers(self.docs_headers if path.startswith(_DOCS_PREFIXES) else self.headers)
         if origin:
-            ex.add_headers(self.cors.response_headers(origin))
             if scope["method"] == "OPTIONS" and self.cors.is_preflight(scope):
-                await self.cors.preflight(origin, scope, send)
+                await self.cors.preflight(origin, scope, receive, send)
                 return
+            ex.add_headers(self.cors.response_headers(origin))
         try:
             principal = await self._authorize(scope, token)
         except InvalidToken as exc:
@@ -297,7 +297,7 @@ class _Cors:
     def is_preflight(scope: Scope) -> bool:
         return any(name == b"access-control-request-method" for name, _ in scope["headers"])
 
-    async def preflight(self, origin: str, scope: Scope, send: Send) -> None:
+    async def preflight(self, origin: str, scope: Scope, receive: Receive, send: Send) -> None:
         method = b""
         requested: set[str] = set()
         for name, value in scope["headers"]:
@@ -310,9 +310,16 @@ class _Cors:
             and method.decode("latin-1") in self.methods
             and requested <= self.allow_headers
         )
-        # A refused preflight is a plain 400 without CORS headers: the browser blocks the call.
-        headers = self.preflight_headers if ok else []
-        await send(
-            {"type": "http.response.start", "status": 204 if ok else 400, "headers": headers}
-        )
+        if not ok:
+            # Not one CORS header, even for an allowed origin: the browser blocks the call.
+            refused = problem_response(
+                400,
+                "Bad Request",
+                "The origin, method or headers of this cross-origin request are not allowed.",
+                headers={"Vary": "Origin"},
+            )
+            await refused(scope, receive, send)
+            return
+        headers = [*self.response_headers(origin), *self.preflight_headers]
+        await send({"type": "http.response.start", "status": 204, "headers": headers})
         await send({"type": "http.response.body", "body": b""})
