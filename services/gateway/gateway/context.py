@@ -9,6 +9,7 @@ from starlette.types import Message, Receive, Scope
 
 __all__ = [
     "BODY",
+    "CLIENT_CLOSED_REQUEST",
     "CLIENT_IP",
     "FORWARD_HEADERS",
     "PRINCIPAL",
@@ -63,6 +64,11 @@ def client_ip(scope: Scope, trusted_hops: int = 0) -> str:
             ip = hops[-trusted_hops] if len(hops) >= trusted_hops else hops[0]
     st[CLIENT_IP] = ip
     return ip
+
+
+# nginx's status for a request whose client went away before the answer: the access record
+# and metrics say so, where the 500 an unanswered request gets would blame the server.
+CLIENT_CLOSED_REQUEST = 499
 
 
 class ClientGone(Exception):

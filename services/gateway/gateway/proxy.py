@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.context import (
     BODY,
+    CLIENT_CLOSED_REQUEST,
     FORWARD_HEADERS,
     ClientGone,
     body_chunks,
@@ -34,7 +35,7 @@ from gateway.metrics import (
 from gateway.openapi import OpenApiCatalog
 from gateway.upstream_pool import IDEMPOTENT, UpstreamPool, UpstreamResponse
 from gateway.upstreams import RoutingConfig, Upstream
-from keelson.http import problem_response, random_id
+from keelson.http import exchange, problem_response, random_id
 from keelson.logging import request_id_var, trace_id_var
 
 __all__ = ["ProxyApp", "new_pools", "new_session"]
@@ -149,7 +150,7 @@ class ProxyApp:
                 scope, receive, send
             )
         except ClientGone:
-            return
+            exchange(scope).status = CLIENT_CLOSED_REQUEST
         finally:
             upstream.breaker.release()
 

@@ -7,6 +7,7 @@ import pytest
 from gateway_testkit import (
     ServerThread,
     call_raw,
+    catalog_ready,
     gateway_settings,
     running_gateway,
     upstreams_config,
@@ -14,6 +15,7 @@ from gateway_testkit import (
 from gateway_upstream import Seen, SocketUpstream, create_upstream, serving
 from prometheus_client import REGISTRY
 
+from gateway.app import create_app
 from keelson.embedded import free_port
 from keelson.testing import eventually
 
@@ -236,3 +238,36 @@ async def test_an_answer_the_parser_refuses_is_a_502_failure_not_retried(
     assert [r.levelno for r in warnings] == [logging.WARNING] * 2
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert "upstream-secret" not in caplog.text
+
+
+async def test_a_client_gone_before_its_body_arrived_is_recorded_as_499(
+    upstream: ServerThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.access")
+    settings = gateway_settings(**routing(logs=upstream.url), validation={"enabled": False})
+    labels = {
+        "method": "POST",
+        "route": "/api/v1/logs/upload",
+        "service": "gateway",
+        "status": "499",
+    }
+    before = REGISTRY.get_sample_value("http_requests_total", labels) or 0.0
+    app = create_app(settings)
+    gateway = ServerThread(app, lifespan="on").start()
+    try:
+        await catalog_ready(app, "logs")  # so the route is named by its template
+        with socket.create_connection(("127.0.0.1", gateway.port)) as client:
+            client.sendall(
+                b"POST /api/v1/logs/upload HTTP/1.1\r\nHost: gateway.test\r\n"
+                b"Content-Type: application/octet-stream\r\nContent-Length: 100\r\n\r\n" + b"x" * 10
+            )
+
+        def access_record() -> logging.LogRecord | None:
+            posts = [r for r in caplog.records if r.name == "gateway.access" and r.method == "POST"]
+            return posts[0] if posts else None
+
+        record = await eventually(access_record)
+    finally:
+        gateway.stop()
+    assert (record.status, record.route) == (499, "/api/v1/logs/upload")
+    await eventually(lambda: REGISTRY.get_sample_value("http_requests_total", labels) == before + 1)
