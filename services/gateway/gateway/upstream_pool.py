@@ -28,6 +28,10 @@ __all__ = ["IDEMPOTENT", "UpstreamPool", "UpstreamResponse"]
 Body = bytes | AsyncIterator[bytes] | None
 # Methods a repeat leaves as one would (RFC 9110 9.2.2): safe to send again after a failure.
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+# A body up to asyncio's write-buffer high-water mark (64 KiB) cannot pause the transport
+# behind a socket emptied by the previous exchange, so its write never waits for the upstream
+# to read (the read timeout covers the rest): only a larger one pays for a timeout.
+_UNBOUNDED_BODY_BYTES = 64 * 1024
 
 
 class UpstreamResponse:
@@ -88,7 +92,7 @@ class UpstreamPool:
     the upstream's own keep-alive timeout, so the upstream rarely closes one under a request).
     A request waits at most `connect_timeout` for its connection, and at most `read_timeout`
     between two reads of the answer (aiohttp's `SocketTimeoutError`, a `TimeoutError`), and
-    as long for each write of a streamed body (a `TimeoutError` too).
+    as long for each write of a request body (a `TimeoutError` too).
     Failures are aiohttp's: `ClientOSError` when the upstream cannot be reached,
     `ServerDisconnectedError` when it closes the connection without answering, and
     `HttpProcessingError` when its answer's head cannot be parsed (its message quotes the
@@ -261,7 +265,11 @@ class UpstreamPool:
             if body or method not in ("GET", "HEAD", "DELETE", "OPTIONS"):
                 fields["Content-Length"] = str(len(body))
             await writer.write_headers(f"{method} {target} HTTP/1.1", fields)
-            await writer.write_eof(body)
+            if len(body) <= _UNBOUNDED_BODY_BYTES:
+                await writer.write_eof(body)
+            else:
+                async with asyncio.timeout(self.read_timeout):
+                    await writer.write_eof(body)
             return
         if body is None:
             await writer.write_headers(f"{method} {target} HTTP/1.1", fields)

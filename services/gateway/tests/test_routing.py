@@ -2,6 +2,7 @@ import asyncio
 import logging
 import socket
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 from gateway_testkit import (
@@ -102,11 +103,16 @@ async def test_slow_upstream_times_out_with_504(upstream: ServerThread) -> None:
         assert "Traceback" not in response.text
 
 
-async def test_a_streamed_body_an_upstream_stops_reading_times_out_with_504() -> None:
+@asynccontextmanager
+async def never_reading_upstream() -> AsyncIterator[str]:
+    """An upstream that accepts connections and never reads from them; yields its URL."""
     loop = asyncio.get_running_loop()
     listener = socket.socket()
-    # A small receive window (the accepted socket inherits it) fills after a few KB.
+    # A small receive window (the accepted socket inherits it) fills after a few KB, and an
+    # Ethernet MSS instead of loopback's 64 KB sizes the gateway's send buffer as on a real
+    # network (about 64 KB, not 4 MB), so a 1 MB body no longer fits in the kernel's buffers.
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 1460)
     listener.bind(("127.0.0.1", 0))
     listener.listen()
     listener.setblocking(False)
@@ -116,24 +122,42 @@ async def test_a_streamed_body_an_upstream_stops_reading_times_out_with_504() ->
         while True:
             accepted.append((await loop.sock_accept(listener))[0])
 
-    async def endless() -> AsyncIterator[bytes]:
-        for _ in range(1024):  # 64 MB: far past every buffer between gateway and upstream
-            yield b"x" * 65536
-
     acceptor = asyncio.create_task(accept_and_never_read())
-    config = upstreams_config(logs=f"http://127.0.0.1:{listener.getsockname()[1]}")
-    config["upstreams"]["logs"]["timeout_seconds"] = 0.2
-    settings = gateway_settings(routing=config, validation={"enabled": False})
     try:
-        async with running_gateway(settings) as (_, client):
-            upload = client.post("/api/v1/logs/upload", content=endless())
-            response = await asyncio.wait_for(upload, timeout=10)  # a guard against a hang
-        assert response.status_code == 504
-        assert response.headers["content-type"] == "application/problem+json"
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
     finally:
         acceptor.cancel()
         for connection in (*accepted, listener):
             connection.close()
+
+
+async def test_a_streamed_body_an_upstream_stops_reading_times_out_with_504() -> None:
+    async def endless() -> AsyncIterator[bytes]:
+        for _ in range(1024):  # 64 MB: far past every buffer between gateway and upstream
+            yield b"x" * 65536
+
+    async with never_reading_upstream() as url:
+        config = upstreams_config(logs=url)
+        config["upstreams"]["logs"]["timeout_seconds"] = 0.2
+        settings = gateway_settings(routing=config, validation={"enabled": False})
+        async with running_gateway(settings) as (_, client):
+            upload = client.post("/api/v1/logs/upload", content=endless())
+            response = await asyncio.wait_for(upload, timeout=10)  # a guard against a hang
+    assert response.status_code == 504
+    assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_a_whole_body_an_upstream_stops_reading_times_out_with_504() -> None:
+    body = b"x" * (1024 * 1024)  # the most sent in one piece: past the buffers on the way
+    async with never_reading_upstream() as url:
+        config = upstreams_config(logs=url)
+        config["upstreams"]["logs"]["timeout_seconds"] = 0.2
+        settings = gateway_settings(routing=config, validation={"enabled": False})
+        async with running_gateway(settings) as (_, client):
+            upload = client.post("/api/v1/logs/upload", content=body)
+            response = await asyncio.wait_for(upload, timeout=10)  # a guard against a hang
+    assert response.status_code == 504
+    assert response.headers["content-type"] == "application/problem+json"
 
 
 async def test_idempotent_requests_are_retried_others_are_not(upstream: ServerThread) -> None:
