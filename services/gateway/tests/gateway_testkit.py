@@ -214,3 +214,40 @@ async def call_raw(
     await app(scope, receive, send)
     status = next(m["status"] for m in sent if m["type"] == "http.response.start")
     return status, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+
+
+async def call_and_leave(
+    app: Any, path: str, part: bytes, headers: list[tuple[bytes, bytes]]
+) -> list[dict]:
+    """POST to the ASGI app as a client that sends `part` of its body and goes away.
+
+    Returns what the app sent back, all of it lost on a real connection.
+    """
+    messages = [
+        {"type": "http.request", "body": part, "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"gateway.test"), *headers],
+        "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 8000),
+    }
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return messages.pop(0) if len(messages) > 1 else messages[0]
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    return sent

@@ -12,7 +12,15 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.context import SESSION, BodyTooLarge, ClientGone, read_body, replay_body, state
+from gateway.context import (
+    CLIENT_CLOSED_REQUEST,
+    SESSION,
+    BodyTooLarge,
+    ClientGone,
+    read_body,
+    replay_body,
+    state,
+)
 from gateway.pipeline import GatewayPlugin, plugin_config
 from gateway.sessions import MemorySessions, RedisSessions, SecureSession, SessionStore
 from keelson.client import (
@@ -31,7 +39,7 @@ from keelson.client import (
 )
 from keelson.config import PluginSettings
 from keelson.encoding import b64url_decode, b64url_encode
-from keelson.http import problem_response
+from keelson.http import exchange, problem_response
 from keelson.plugins import Health, PluginMetadata, Priority
 from keelson.redis_plugin import REDIS
 
@@ -171,6 +179,9 @@ class _EnvelopeLayer:
                 headers=refusal.headers,
             )(scope, receive, send)
             return
+        except ClientGone:
+            exchange(scope).status = CLIENT_CLOSED_REQUEST  # and no answer: nobody would read it
+            return
         scope["headers"] = _inner_headers(scope["headers"], inner_type, len(plaintext))
         state(scope)[SESSION] = session.session_id
         await self.app(scope, replay_body(plaintext, receive), _Sealer(send, session, seq))
@@ -200,8 +211,6 @@ class _EnvelopeLayer:
         limit = self.plugin.config.max_envelope_bytes
         try:
             sealed = await read_body(receive, limit)
-        except ClientGone:
-            raise _Refusal(400, "The client went away.") from None
         except BodyTooLarge:
             raise _Refusal(400, f"The envelope exceeds {limit} bytes.") from None
         target = scope["raw_path"].decode("latin-1")

@@ -12,13 +12,21 @@ from jsonschema.exceptions import best_match
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.context import BODY, BodyTooLarge, ClientGone, read_body, replay_body, state
+from gateway.context import (
+    BODY,
+    CLIENT_CLOSED_REQUEST,
+    BodyTooLarge,
+    ClientGone,
+    read_body,
+    replay_body,
+    state,
+)
 from gateway.metrics import VALIDATION_REJECTIONS
 from gateway.openapi import OpenApiCatalog
 from gateway.pipeline import GatewayPlugin, plugin_config
 from gateway.plugins.routing import CATALOG
 from keelson.config import PluginSettings
-from keelson.http import problem_response
+from keelson.http import exchange, problem_response
 from keelson.plugins import PluginMetadata, Priority
 
 __all__ = ["ValidationConfig", "ValidationPlugin"]
@@ -117,6 +125,9 @@ class _ValidationLayer:
                 **rejected.extensions,
             )(scope, receive, send)
             return
+        except ClientGone:
+            exchange(scope).status = CLIENT_CLOSED_REQUEST  # and no answer: nobody would read it
+            return
         await self.app(scope, receive, send)
 
     def _check_path(self, scope: Scope) -> None:
@@ -174,8 +185,6 @@ class _ValidationLayer:
             return receive  # known to be within the limit: streamed through untouched
         try:
             body = await read_body(receive, limit)
-        except ClientGone:
-            raise _Rejected(400, "disconnect", "The client went away.") from None
         except BodyTooLarge:
             raise _Rejected(413, "size", f"The body may be at most {limit} bytes.") from None
         if is_json:
