@@ -1,12 +1,16 @@
 """The console handler: lines batched per event-loop tick, none lost, none reordered."""
 
 import asyncio
+import gc
 import io
 import json
 import logging
+import os
 import subprocess
 import sys
+import weakref
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -111,3 +115,40 @@ def test_a_process_that_stops_normally_has_written_every_line(ending: str) -> No
     lines = [json.loads(line)["message"] for line in done.stderr.splitlines()]
     expected = [m for i in range(3000) for m in (f"GET /items/{i} 200 1.0ms", f"line {i}")]
     assert lines == expected
+
+
+def test_a_fork_writes_what_is_pending_first_so_the_child_does_not_repeat_it(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "console.log"
+    with path.open("w") as stream:
+        handler = ConsoleHandler(stream)
+        handler.setFormatter(JsonFormatter("svc"))
+        logger = logging.getLogger("test.console.fork")
+        logger.handlers, logger.propagate = [handler], False
+        logger.setLevel(logging.INFO)
+
+        async def log_and_fork() -> int:
+            logger.info("before fork")  # pending: on a loop, until this tick ends
+            pid = os.fork()
+            if pid == 0:
+                handler.flush()  # what the child's exit would write
+                os._exit(0)
+            return os.waitpid(pid, 0)[1]
+
+        # asyncio.run returns once the tick has ended, with the handler's flush in it.
+        status = asyncio.run(log_and_fork())
+        logger.handlers = []
+        handler.close()
+    assert os.waitstatus_to_exitcode(status) == 0
+    lines = path.read_text().splitlines()
+    assert [json.loads(line)["message"] for line in lines] == ["before fork"]
+
+
+def test_a_handler_no_longer_used_is_not_kept_alive_by_its_fork_hook() -> None:
+    handler = ConsoleHandler(io.StringIO())
+    handler.close()
+    collected = weakref.ref(handler)
+    del handler
+    gc.collect()
+    assert collected() is None

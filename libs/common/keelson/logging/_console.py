@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import weakref
 from typing import Any, TextIO
 
+from keelson.logging._fork import register_at_fork
 from keelson.logging._format import JsonFormatter, TextFormatter
 
 __all__ = ["ConsoleHandler"]
@@ -30,7 +29,7 @@ class ConsoleHandler(logging.StreamHandler[TextIO]):
         super().__init__(stream)
         self._pending: list[str] = []
         self._tick: asyncio.AbstractEventLoop | None = None  # its end-of-tick flush is due
-        _flush_before_fork(self)
+        register_at_fork(before=self.flush)
 
     @property
     def service(self) -> str:
@@ -108,14 +107,3 @@ class ConsoleHandler(logging.StreamHandler[TextIO]):
             self.flush()
         finally:
             super().close()
-
-
-def _flush_before_fork(handler: ConsoleHandler) -> None:
-    ref = weakref.ref(handler)
-
-    def flush() -> None:
-        alive = ref()
-        if alive is not None:
-            alive.flush()
-
-    os.register_at_fork(before=flush)

@@ -38,7 +38,6 @@ import os
 import threading
 import time
 import uuid
-import weakref
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +48,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from keelson.config import KeelsonSettings
+from keelson.logging._fork import register_at_fork
 from keelson.logging._format import record_to_dict
 from keelson.logging._spill import SpillSegment, SpillStore
 from keelson.metrics import LOG_RECORDS_DROPPED, LOG_RECORDS_SPILLED
@@ -116,7 +116,7 @@ class LogShipper(logging.Handler):
         self._counts_lock = threading.Lock()
         self._closed = False
         self._start()
-        _reset_in_child(self)
+        register_at_fork(after_in_child=self.after_fork_in_child)
 
     @classmethod
     def from_settings(cls, settings: KeelsonSettings) -> LogShipper:
@@ -254,17 +254,6 @@ class LogShipper(logging.Handler):
             with self._counts_lock:
                 self._dropped[reason] = self._dropped.get(reason, 0) + count
             LOG_RECORDS_DROPPED.labels(reason).inc(count)
-
-
-def _reset_in_child(shipper: LogShipper) -> None:
-    ref = weakref.ref(shipper)
-
-    def reset() -> None:
-        alive = ref()
-        if alive is not None:
-            alive.after_fork_in_child()
-
-    os.register_at_fork(after_in_child=reset)
 
 
 class _Sender:
