@@ -227,7 +227,7 @@ class ProxyApp:
             headers.append((name.decode("latin-1"), value.decode("latin-1")))
         if connection is not None:
             # Headers the client named in Connection are hop-by-hop too.
-            named = {t.strip().lower() for t in connection.decode("latin-1").split(",")}
+            named = _connection_names(connection.decode("latin-1"))
             headers = [h for h in headers if h[0] not in named]
         if host is not None:
             headers.append(("x-forwarded-host", host.decode("latin-1")))
@@ -285,7 +285,7 @@ class ProxyApp:
         connection = response.headers.get("Connection")
         if connection:
             # Headers the upstream named in Connection are hop-by-hop too.
-            named = {t.strip().lower().encode() for t in connection.split(",")}
+            named = {name.encode() for name in _connection_names(connection)}
             headers = [h for h in headers if h[0] not in named]
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         if scope["method"] == "HEAD":
@@ -312,6 +312,11 @@ def _requests(upstream: str, method: str, status: int | str) -> Counter:
 @functools.lru_cache(maxsize=64)
 def _duration(upstream: str) -> Histogram:
     return UPSTREAM_REQUEST_SECONDS.labels(upstream)
+
+
+def _connection_names(value: str) -> set[str]:
+    """The header names a Connection value lists, lower-case."""
+    return {token.strip().lower() for token in value.split(",")}
 
 
 def _target(raw_path: bytes, query: bytes) -> str:

@@ -13,7 +13,7 @@ from gateway_testkit import (
     running_gateway,
     upstreams_config,
 )
-from gateway_upstream import Seen, SocketUpstream, create_upstream, serving
+from gateway_upstream import Seen, SocketUpstream, create_upstream, ok, serving
 from prometheus_client import REGISTRY
 
 from gateway.app import create_app
@@ -91,6 +91,21 @@ async def test_streams_large_bodies_both_ways(upstream: ServerThread) -> None:
             "/api/v1/logs/upload", content=body(), headers={"content-type": "text/plain"}
         )
         assert response.json() == {"received": 40 * 65536}
+
+
+async def test_headers_the_upstream_names_in_connection_are_not_relayed() -> None:
+    async def answer(seen: Seen) -> bytes:
+        hop = ("Connection: Keep-Alive, X-Hop", "X-Hop: secret", "Keep-Alive: timeout=5")
+        return ok(b"{}", *hop, "X-Kept: yes")
+
+    async with (
+        serving(SocketUpstream(answer)) as url,
+        running_gateway(gateway_settings(**routing(logs=url))) as (_, client),
+    ):
+        response = await client.get("/api/v1/logs/echo")
+    assert response.status_code == 200
+    assert response.headers["x-kept"] == "yes"
+    assert not {"connection", "x-hop", "keep-alive"} & set(response.headers)
 
 
 async def test_slow_upstream_times_out_with_504(upstream: ServerThread) -> None:
