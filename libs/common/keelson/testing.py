@@ -66,10 +66,16 @@ async def eventually(
 
 
 class LiveServer:
-    """An ASGI app served by uvicorn on a free port in a thread, lifespan included."""
+    """An ASGI app served by uvicorn on a free port in a thread, lifespan included.
 
-    def __init__(self, app: Any, *, graceful_seconds: int = 5) -> None:
+    The protocol is the one services run (`keelson.server.HttpProtocol`) unless `http`
+    names another (uvicorn's own, say, to compare).
+    """
+
+    def __init__(self, app: Any, *, graceful_seconds: int = 5, http: Any = None) -> None:
         import uvicorn
+
+        from keelson.server import HttpProtocol
 
         self.port = free_port()
         self.server = uvicorn.Server(
@@ -77,6 +83,8 @@ class LiveServer:
                 app,
                 host="127.0.0.1",
                 port=self.port,
+                loop="uvloop",
+                http=http or HttpProtocol,
                 log_config=None,
                 lifespan="on",
                 timeout_graceful_shutdown=graceful_seconds,

@@ -1,0 +1,124 @@
+"""keelson.server: a response's head and body leave in one write, streams are not held.
+
+Counted where it shows, in the kernel: the client socket's `tcp_info.tcpi_data_segs_in`
+is the number of data segments it received (each write by a server with TCP_NODELAY, as
+uvloop sets it, is one segment on loopback).
+"""
+
+import asyncio
+import socket
+import struct
+import threading
+from collections.abc import Iterator
+
+import pytest
+from starlette.types import Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from keelson.config import KeelsonSettings, LogSettings
+from keelson.http import KeelsonApp, create_app
+from keelson.plugins import PluginContainer
+from keelson.testing import LiveServer
+
+# struct tcp_info (linux/tcp.h): tcpi_data_segs_in is the u32 at byte 152.
+_DATA_SEGS_IN = 152
+streamed = threading.Event()
+
+
+async def _lane(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["path"] == "/lane/stream":
+        # A stream: the head must reach the client before any body exists.
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await asyncio.to_thread(streamed.wait, 10)
+        await send({"type": "http.response.body", "body": b"late", "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    body = b'{"ok":true}'
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _app() -> KeelsonApp:
+    settings = KeelsonSettings(service="demo", log=LogSettings(ship_endpoint=None))
+    app = create_app(settings, container=PluginContainer(settings))
+    app.set_express_lane(lambda scope: scope["path"].startswith("/lane"), _lane)
+    return app
+
+
+@pytest.fixture(scope="module")
+def keelson_server() -> Iterator[LiveServer]:
+    with LiveServer(_app()) as running:
+        yield running
+
+
+def _exchange(port: int, request: bytes) -> tuple[bytes, int]:
+    """Send `request` on a new connection; the answer (read to the server's close) and the
+    number of data segments it came in."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+        client.sendall(request)
+        answer = b""
+        while chunk := client.recv(65536):
+            answer += chunk
+        info = client.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    (segments,) = struct.unpack_from("I", info, _DATA_SEGS_IN)
+    return answer, segments
+
+
+def test_a_response_of_known_length_arrives_in_one_segment(keelson_server: LiveServer) -> None:
+    request = b"GET /lane/small HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    answer, segments = _exchange(keelson_server.port, request)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK")
+    assert b"x-request-id: " in head and b"x-content-type-options: nosniff" in head
+    assert body == b'{"ok":true}'
+    assert segments == 1
+
+
+def test_uvicorns_own_protocol_sends_the_head_apart() -> None:
+    """What `HttpProtocol` saves: the same answer from uvicorn's protocol is two segments."""
+    with LiveServer(_app(), http=HttpToolsProtocol) as stock:
+        request = b"GET /lane/small HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        answer, segments = _exchange(stock.port, request)
+    assert answer.endswith(b'{"ok":true}')
+    assert segments == 2
+
+
+def test_fastapi_routes_and_head_requests_are_whole(keelson_server: LiveServer) -> None:
+    answer, segments = _exchange(
+        keelson_server.port, b"GET /health/live HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    assert answer.startswith(b"HTTP/1.1 200 OK") and answer.endswith(b"}")
+    assert segments == 1
+    answer, _ = _exchange(
+        keelson_server.port, b"HEAD /lane/small HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    assert answer.startswith(b"HTTP/1.1 200 OK") and b"content-length: 11" in answer
+    assert answer.endswith(b"\r\n\r\n")  # the head only
+
+
+def test_a_streamed_response_sends_its_head_at_once(keelson_server: LiveServer) -> None:
+    streamed.clear()
+    with socket.create_connection(("127.0.0.1", keelson_server.port), timeout=10) as client:
+        client.sendall(b"GET /lane/stream HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        head = b""
+        while b"\r\n\r\n" not in head:  # arrives while the body does not exist yet
+            chunk = client.recv(65536)
+            assert chunk, "the server closed before sending the head"
+            head += chunk
+        assert head.startswith(b"HTTP/1.1 200 OK")
+        assert b"transfer-encoding: chunked" in head
+        streamed.set()
+        rest = b""
+        while chunk := client.recv(65536):
+            rest += chunk
+    assert (head + rest).endswith(b"4\r\nlate\r\n0\r\n\r\n")
+
+
+def test_pipelined_requests_are_answered_in_order(keelson_server: LiveServer) -> None:
+    one = b"GET /lane/small HTTP/1.1\r\nHost: t\r\n\r\n"
+    last = b"GET /health/live HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    answer, _ = _exchange(keelson_server.port, one + one + last)
+    assert answer.count(b"HTTP/1.1 200 OK") == 3
+    assert answer.count(b'{"ok":true}') == 2
+    assert answer.index(b'{"ok":true}') < answer.index(b'"status"')
