@@ -50,6 +50,7 @@ HEADERS = [
     ("x-request-id", "c" * 32),
     ("x-keelson-identity", "i" * 200),
 ]
+RAW_HEADERS = [(name.encode(), value.encode()) for name, value in HEADERS]  # as the proxy has them
 
 
 def start_nginx(directory: Path, port: int) -> subprocess.Popen[bytes]:
@@ -106,7 +107,7 @@ async def run(port: int, args: argparse.Namespace) -> None:
             await response.read()
 
     async def via_pool() -> None:
-        response = await pool.request("GET", PATH, HEADERS)
+        response = await pool.request("GET", PATH.encode(), RAW_HEADERS)
         try:
             await response.read()
         finally:

@@ -65,6 +65,7 @@ _DROP_REQUEST = _HOP_BY_HOP | {
     b"forwarded",
     b"traceparent",
     b"x-request-id",  # replaced by the id the gateway bound (the client's when valid)
+    b"content-length",  # the pool frames the body it sends
 }
 # The gateway's server adds its own Date and X-Request-ID; second ones would be duplicates.
 _DROP_RESPONSE = _HOP_BY_HOP | {b"server", b"date", b"x-request-id"}
@@ -158,15 +159,16 @@ class ProxyApp:
         self, upstream: Upstream, scope: Scope, receive: Receive, send: Send
     ) -> None:
         method: str = scope["method"]
-        target = _target(scope["raw_path"], scope["query_string"])
+        query: bytes = scope["query_string"]
+        target: bytes = scope["raw_path"] + b"?" + query if query else scope["raw_path"]
         headers = self._request_headers(scope)
-        body, replayable = await self._request_body(scope, receive)
+        body, replayable, length = await self._request_body(scope, receive)
         attempts = 1 + upstream.config.retries if replayable and method in IDEMPOTENT else 1
         pool = self.pools[upstream.name]
         started = time.perf_counter()
         for attempt in range(attempts):
             try:
-                response = await pool.request(method, target, headers, body)
+                response = await pool.request(method, target, headers, body, length=length)
             except TimeoutError:
                 upstream.breaker.record_failure()
                 _requests(upstream.name, method, "timeout").inc()
@@ -211,8 +213,12 @@ class ProxyApp:
         base = upstream.config.retry_backoff_seconds * (2**attempt)
         await asyncio.sleep(base + random.uniform(0, base))
 
-    def _request_headers(self, scope: Scope) -> list[tuple[str, str]]:
-        headers: list[tuple[str, str]] = []
+    def _request_headers(self, scope: Scope) -> list[tuple[bytes, bytes]]:
+        """The client's end-to-end headers as they came, then the gateway's own.
+
+        The body's framing is left to the pool, which writes it for what it sends.
+        """
+        headers: list[tuple[bytes, bytes]] = []
         host = connection = None
         flags = "01"
         for name, value in scope["headers"]:
@@ -224,21 +230,22 @@ class ProxyApp:
                 elif name == b"traceparent" and len(value) == 55:
                     flags = value[-2:].decode("latin-1")
                 continue
-            headers.append((name.decode("latin-1"), value.decode("latin-1")))
+            headers.append((name, value))
         if connection is not None:
             # Headers the client named in Connection are hop-by-hop too.
-            named = _connection_names(connection.decode("latin-1"))
+            named = _connection_names(connection)
             headers = [h for h in headers if h[0] not in named]
         if host is not None:
-            headers.append(("x-forwarded-host", host.decode("latin-1")))
-        headers.append(("x-forwarded-for", self._forwarded_for(scope)))
-        headers.append(("x-forwarded-proto", scope.get("scheme", "http")))
+            headers.append((b"x-forwarded-host", host))
+        headers.append((b"x-forwarded-for", self._forwarded_for(scope).encode("latin-1")))
+        headers.append((b"x-forwarded-proto", scope.get("scheme", "http").encode("latin-1")))
         # W3C trace context: the same trace, with the gateway's own span as the parent.
         trace_id = trace_id_var.get() or random_id()
-        headers.append(("traceparent", f"00-{trace_id}-{_random_bits(64):016x}-{flags}"))
+        traceparent = f"00-{trace_id}-{_random_bits(64):016x}-{flags}"
+        headers.append((b"traceparent", traceparent.encode("latin-1")))
         if request_id := request_id_var.get():
-            headers.append(("x-request-id", request_id))
-        forward: list[tuple[str, str]] | None = scope.get("state", {}).get(FORWARD_HEADERS)
+            headers.append((b"x-request-id", request_id.encode("latin-1")))
+        forward: list[tuple[bytes, bytes]] | None = scope.get("state", {}).get(FORWARD_HEADERS)
         if forward:
             headers.extend(forward)
         return headers
@@ -255,12 +262,13 @@ class ProxyApp:
 
     async def _request_body(
         self, scope: Scope, receive: Receive
-    ) -> tuple[bytes | AsyncIterator[bytes] | None, bool]:
-        """The body to send and whether it can be sent again (for a retry)."""
+    ) -> tuple[bytes | AsyncIterator[bytes] | None, bool, int | None]:
+        """The body to send, whether it can be sent again (for a retry), and the length of
+        a streamed one when the client gave it."""
         st = state(scope)
         buffered: bytes | None = st.get(BODY)
         if buffered is not None:
-            return buffered, True
+            return buffered, True, None
         length: int | None = None
         chunked = False
         for name, value in scope["headers"]:
@@ -271,21 +279,24 @@ class ProxyApp:
             elif name == b"transfer-encoding":
                 chunked = True
         if not chunked and not length:
-            return None, True
+            return None, True, None
         if length is not None and length <= self.config.replayable_request_bytes:
-            return await read_body(receive), True
-        return body_chunks(receive), False
+            return await read_body(receive), True, None
+        return body_chunks(receive), False, None if chunked else length
 
     async def _relay(self, response: UpstreamResponse, scope: Scope, send: Send) -> None:
-        headers = [
-            (name, value)
-            for name, value in ((n.lower(), v) for n, v in response.raw_headers)
-            if name not in _DROP_RESPONSE
-        ]
-        connection = response.headers.get("Connection")
-        if connection:
+        headers: list[tuple[bytes, bytes]] = []
+        connection = None
+        for raw_name, value in response.raw_headers:
+            name = raw_name.lower()
+            if name in _DROP_RESPONSE:
+                if name == b"connection":
+                    connection = value
+                continue
+            headers.append((name, value))
+        if connection is not None:
             # Headers the upstream named in Connection are hop-by-hop too.
-            named = {name.encode() for name in _connection_names(connection)}
+            named = _connection_names(connection)
             headers = [h for h in headers if h[0] not in named]
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         if scope["method"] == "HEAD":
@@ -314,12 +325,6 @@ def _duration(upstream: str) -> Histogram:
     return UPSTREAM_REQUEST_SECONDS.labels(upstream)
 
 
-def _connection_names(value: str) -> set[str]:
+def _connection_names(value: bytes) -> set[bytes]:
     """The header names a Connection value lists, lower-case."""
-    return {token.strip().lower() for token in value.split(",")}
-
-
-def _target(raw_path: bytes, query: bytes) -> str:
-    """The request target sent upstream: the client's path and query as they came."""
-    target = raw_path.decode("latin-1")
-    return target + "?" + query.decode("latin-1") if query else target
+    return {token.strip().lower() for token in value.split(b",")}

@@ -1,13 +1,15 @@
 """Keep-alive HTTP/1.1 connections to one upstream, driven by aiohttp's client protocol.
 
-aiohttp does the wire work here as it does inside `ClientSession`: `ResponseHandler`, its
-client protocol (the C response parser, read timeouts, flow control), and `StreamWriter`
-(request framing, header checks against CR/LF injection, headers and body in one write).
-What is left out is `ClientSession`'s per-request machinery: the `ClientRequest` and
-`ClientResponse` objects, the cookie jar, redirects and tracing hooks, which cost more CPU
-than the exchange itself: 50 against 21 us an exchange (`bench/upstream_hop.py`). The
-gateway's control-plane calls (readiness, OpenAPI documents) still go through its
-`ClientSession`.
+aiohttp reads the answers here as it does inside `ClientSession`: `ResponseHandler` is its
+client protocol (the C response parser, read timeouts, flow control), and its `StreamWriter`
+frames streamed bodies. The request head is written here, from the header lines the proxy
+already holds as bytes: one join and one write with the body, checked against CR/LF
+injection by counting line breaks, where `StreamWriter.write_headers` would take them as
+text, build a multidict and check each character. What is left out of `ClientSession` is its
+per-request machinery: the `ClientRequest` and `ClientResponse` objects, the cookie jar,
+redirects and tracing hooks, which cost more CPU than the exchange itself
+(`bench/upstream_hop.py`). The gateway's control-plane calls (readiness, OpenAPI documents)
+still go through its `ClientSession`.
 """
 
 from __future__ import annotations
@@ -15,23 +17,27 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import aiohttp
 from aiohttp.client_proto import ResponseHandler
 from aiohttp.http import RawResponseMessage, StreamWriter
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDictProxy
 from yarl import URL
 
 __all__ = ["IDEMPOTENT", "UpstreamPool", "UpstreamResponse"]
 
 Body = bytes | AsyncIterator[bytes] | None
+Headers = Sequence[tuple[bytes, bytes]]
 # Methods a repeat leaves as one would (RFC 9110 9.2.2): safe to send again after a failure.
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 # A body up to asyncio's write-buffer high-water mark (64 KiB) cannot pause the transport
 # behind a socket emptied by the previous exchange, so its write never waits for the upstream
 # to read (the read timeout covers the rest): only a larger one pays for a timeout.
 _UNBOUNDED_BODY_BYTES = 64 * 1024
+# Methods whose empty body goes without a Content-Length (RFC 9110 8.6: a user agent
+# should not send one when the method defines no meaning for a body).
+_NO_BODY = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
 
 
 class UpstreamResponse:
@@ -114,6 +120,7 @@ class UpstreamPool:
         self.host = parsed.host
         self.port = parsed.port or 80
         self.authority = parsed.raw_authority
+        self._host_line = f"host: {self.authority}\r\n".encode("latin-1")
         self.keepalive_seconds = keepalive_seconds
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
@@ -124,26 +131,33 @@ class UpstreamPool:
     async def request(
         self,
         method: str,
-        target: str,
-        headers: list[tuple[str, str]],
+        target: bytes,
+        headers: Headers,
         body: Body = None,
+        *,
+        length: int | None = None,
     ) -> UpstreamResponse:
-        """Send one request (`target`: path and query, already encoded) and read its head.
+        """Send one request and read its head.
+
+        `target` is the path and query, already encoded; `headers` are lower-case lines
+        without the body's framing, which is the pool's: `Content-Length` for a `bytes`
+        body (unless empty on a method that has none), for a streamed one when `length` is
+        given, else `Transfer-Encoding: chunked`. A line break inside the target or a header
+        raises `ValueError` before anything is sent.
 
         An idle connection may have been closed by the upstream meanwhile. If it fails
         before any answer, the request goes once more on a new connection when its body can
         be sent again and either nothing was sent or the method is idempotent: a close that
         crossed the request on the wire is not the upstream's answer.
         """
-        loop = asyncio.get_running_loop()
+        head = self._head(method, target, headers, body, length)
+        chunked = length is None and not (body is None or isinstance(body, bytes))
         await self._acquire_slot()
         protocol = None
         try:
-            protocol, reused = await self._connection(loop)
+            protocol, reused = await self._connection()
             try:
-                message, payload = await self._exchange(
-                    loop, protocol, method, target, headers, body
-                )
+                message, payload = await self._exchange(protocol, method, head, body, chunked)
             except (
                 aiohttp.ClientConnectionResetError,
                 aiohttp.ServerDisconnectedError,
@@ -155,10 +169,8 @@ class UpstreamPool:
                 if not unsent and method not in IDEMPOTENT:
                     raise
                 protocol.close()
-                protocol, _ = await self._connection(loop, fresh=True)
-                message, payload = await self._exchange(
-                    loop, protocol, method, target, headers, body
-                )
+                protocol, _ = await self._connection(fresh=True)
+                message, payload = await self._exchange(protocol, method, head, body, chunked)
         except BaseException:
             if protocol is not None:
                 protocol.close()
@@ -188,15 +200,15 @@ class UpstreamPool:
             ) from None
 
     async def _exchange(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        protocol: ResponseHandler,
-        method: str,
-        target: str,
-        headers: list[tuple[str, str]],
-        body: Body,
+        self, protocol: ResponseHandler, method: str, head: bytes, body: Body, chunked: bool
     ) -> tuple[RawResponseMessage, aiohttp.StreamReader]:
-        await self._send(loop, protocol, method, target, headers, body)
+        protocol.set_response_params(
+            read_timeout=self.read_timeout,
+            auto_decompress=False,
+            skip_payload=method == "HEAD",
+            read_until_eof=True,  # an answer without length or chunks ends when the upstream closes
+        )
+        await self._send(protocol, head, body, chunked)
         protocol.start_timeout()
         message, payload = await protocol.read()
         while 100 <= message.code < 200 and message.code != 101:
@@ -218,9 +230,7 @@ class UpstreamPool:
         while self._idle:
             self._idle.pop()[1].close()
 
-    async def _connection(
-        self, loop: asyncio.AbstractEventLoop, *, fresh: bool = False
-    ) -> tuple[ResponseHandler, bool]:
+    async def _connection(self, *, fresh: bool = False) -> tuple[ResponseHandler, bool]:
         """An idle connection (and True), or a new one (and False)."""
         idle = self._idle
         oldest = time.monotonic() - self.keepalive_seconds
@@ -229,6 +239,7 @@ class UpstreamPool:
             if since > oldest and protocol.is_connected():
                 return protocol, True
             protocol.close()
+        loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.connect_timeout):
                 _, protocol = await loop.create_connection(
@@ -242,43 +253,51 @@ class UpstreamPool:
             raise aiohttp.ClientOSError(exc.errno, exc.strerror or str(exc)) from exc
         return protocol, False
 
-    async def _send(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        protocol: ResponseHandler,
-        method: str,
-        target: str,
-        headers: list[tuple[str, str]],
-        body: Body,
-    ) -> None:
-        protocol.set_response_params(
-            read_timeout=self.read_timeout,
-            auto_decompress=False,
-            skip_payload=method == "HEAD",
-            read_until_eof=True,  # an answer without length or chunks ends when the upstream closes
-        )
-        fields: CIMultiDict[str] = CIMultiDict(headers)
-        fields["Host"] = self.authority
-        writer = StreamWriter(protocol, loop)
+    def _head(
+        self, method: str, target: bytes, headers: Headers, body: Body, length: int | None
+    ) -> bytes:
+        """The request line and headers, framing included, ending in the blank line."""
+        parts = [method.encode("latin-1"), b" ", target, b" HTTP/1.1\r\n", self._host_line]
+        for name, value in headers:
+            parts += (name, b": ", value, b"\r\n")
+        lines = len(headers) + 3  # the request line, host, the headers and the blank line
         if isinstance(body, bytes):
-            fields.popall("Transfer-Encoding", None)
-            if body or method not in ("GET", "HEAD", "DELETE", "OPTIONS"):
-                fields["Content-Length"] = str(len(body))
-            await writer.write_headers(f"{method} {target} HTTP/1.1", fields)
-            if len(body) <= _UNBOUNDED_BODY_BYTES:
-                await writer.write_eof(body)
+            if body or method not in _NO_BODY:
+                parts += (b"content-length: ", b"%d" % len(body), b"\r\n")
+                lines += 1
+        elif body is not None:
+            if length is None:
+                parts.append(b"transfer-encoding: chunked\r\n")
             else:
+                parts += (b"content-length: ", b"%d" % length, b"\r\n")
+            lines += 1
+        parts.append(b"\r\n")
+        head = b"".join(parts)
+        # Every CR and LF is one of the line ends written above, or the head is refused:
+        # a line break inside a value would let it add headers (or a request) of its own.
+        if head.count(b"\n") != lines or head.count(b"\r") != lines:
+            raise ValueError("a line break inside the request target or a header")
+        return head
+
+    async def _send(
+        self, protocol: ResponseHandler, head: bytes, body: Body, chunked: bool
+    ) -> None:
+        transport = protocol.transport
+        if transport is None or transport.is_closing():
+            # Nothing was sent: the caller may send again on another connection.
+            raise aiohttp.ClientConnectionResetError("Cannot write to closing transport")
+        if body is None or isinstance(body, bytes):
+            transport.write(head + body if body else head)
+            if body and len(body) > _UNBOUNDED_BODY_BYTES:
+                # Enough to pause the transport: wait for the upstream to take it, no
+                # longer than a read would wait. Smaller bodies cannot pause it.
                 async with asyncio.timeout(self.read_timeout):
-                    await writer.write_eof(body)
+                    await StreamWriter(protocol, asyncio.get_running_loop()).drain()
             return
-        if body is None:
-            await writer.write_headers(f"{method} {target} HTTP/1.1", fields)
-            await writer.write_eof()
-            return
-        if "Content-Length" not in fields:
+        writer = StreamWriter(protocol, asyncio.get_running_loop())
+        if chunked:
             writer.enable_chunking()
-            fields["Transfer-Encoding"] = "chunked"
-        await writer.write_headers(f"{method} {target} HTTP/1.1", fields)
+        transport.write(head)
         # An upstream that stops reading would hold a write once the socket's buffers fill:
         # each write waits no longer than a read would.
         async for chunk in body:

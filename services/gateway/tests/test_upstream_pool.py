@@ -46,7 +46,7 @@ async def running(
 
 
 async def fetch(pool: UpstreamPool, method: str = "GET", body: object = None) -> tuple[int, bytes]:
-    response = await pool.request(method, "/api/v1/x?q=1", [("accept", "*/*")], body)  # type: ignore[arg-type]
+    response = await pool.request(method, b"/api/v1/x?q=1", [(b"accept", b"*/*")], body)  # type: ignore[arg-type]
     try:
         return response.status, await response.read()
     finally:
@@ -139,10 +139,10 @@ async def test_connection_close_and_unread_bodies_are_not_reused() -> None:
         return ok()
 
     async with running(closing) as (upstream, pool):
-        response = await pool.request("GET", "/close", [], None)
+        response = await pool.request("GET", b"/close", [], None)
         response.release()
         assert (await fetch(pool))[0] == 200
-        unread = await pool.request("GET", "/big", [], None)
+        unread = await pool.request("GET", b"/big", [], None)
         unread.release()  # its body never read: the connection cannot carry another answer
         assert (await fetch(pool))[0] == 200
         assert upstream.connections == 3
@@ -183,7 +183,7 @@ async def test_a_silent_upstream_times_out_and_frees_its_slot() -> None:
             await fetch(pool)
         release.set()
         # The one slot is free again, and the timed-out connection was not pooled.
-        response = await pool.request("GET", "/later", [], None)
+        response = await pool.request("GET", b"/later", [], None)
         assert response.status == 200
         response.release()
 
@@ -224,9 +224,38 @@ async def test_at_most_limit_connections_are_open() -> None:
         assert upstream.most_open == 2
 
 
-async def test_a_header_value_with_a_line_break_is_refused() -> None:
+@pytest.mark.parametrize(
+    ("target", "headers"),
+    [
+        (b"/x", [(b"x-evil", b"a\r\nx-injected: 1")]),
+        (b"/x", [(b"x-evil", b"a\nx-injected: 1")]),
+        (b"/x", [(b"x-evil", b"a\rb")]),
+        (b"/x", [(b"x-evil\r\nx-injected", b"1")]),
+        (b"/x HTTP/1.1\r\nx-injected: 1\r\n\r\nGET /y", []),
+    ],
+)
+async def test_a_line_break_inside_the_target_or_a_header_is_refused(
+    target: bytes, headers: list[tuple[bytes, bytes]]
+) -> None:
     async with running() as (upstream, pool):
         with pytest.raises(ValueError):
-            await pool.request("GET", "/x", [("x-evil", "a\r\nx-injected: 1")], None)
+            await pool.request("GET", target, headers, None)
         assert upstream.requests == []
         assert await fetch(pool) == (200, b"HEAD")
+
+
+async def test_a_streamed_body_of_known_length_goes_with_content_length() -> None:
+    async def parts() -> AsyncIterator[bytes]:
+        for part in (b"one,", b"two,", b"three"):
+            yield part
+
+    async with running() as (upstream, pool):
+        response = await pool.request(
+            "PUT", b"/x", [(b"content-type", b"text/plain")], parts(), length=13
+        )
+        response.release()
+        assert response.status == 200
+        seen = upstream.requests[0]
+        assert seen.headers["content-length"] == "13"
+        assert "transfer-encoding" not in seen.headers
+        assert seen.body == b"one,two,three"

@@ -98,7 +98,7 @@ class SecurityPlugin(GatewayPlugin):
             if self.shared_revocations is not None:
                 bus.on_broadcast(REVOCATIONS_CHANNEL, self.shared_revocations.on_announcement)
         self._cache: dict[str, Principal] = {}
-        self._signed: dict[Principal, tuple[int, list[tuple[str, str]]]] = {}
+        self._signed: dict[Principal, tuple[int, list[tuple[bytes, bytes]]]] = {}
 
     def _adopt(self, config: SecurityConfig) -> None:
         self.config = config
@@ -142,13 +142,15 @@ class SecurityPlugin(GatewayPlugin):
         self._checked[jti] = now
         return await shared.is_revoked(jti)
 
-    def identity_headers(self, principal: Principal) -> list[tuple[str, str]]:
-        """The signed identity headers; signatures carry whole seconds, so one per second."""
+    def identity_headers(self, principal: Principal) -> list[tuple[bytes, bytes]]:
+        """The signed identity headers, as the proxy sends them; signatures carry whole
+        seconds, so one per second."""
         now = int(time.time())
         cached = self._signed.get(principal)
         if cached is not None and cached[0] == now:
             return cached[1]
-        headers = list(sign_identity(principal, self.identity_key, now=now).items())
+        signed = sign_identity(principal, self.identity_key, now=now)
+        headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in signed.items()]
         if len(self._signed) >= 10_000:
             self._signed.clear()
         self._signed[principal] = (now, headers)
