@@ -25,7 +25,6 @@ from keelson.logging import log_access_record, request_id_var, trace_id_var
 from keelson.metrics import HTTP_IN_FLIGHT, RequestMetrics, metrics_router, route_template
 from keelson.monitor import capture_exception
 from keelson.plugins import PluginContainer
-from keelson.server import COMBINER, WriteCombiner
 
 __all__ = [
     "PROBLEM_JSON",
@@ -187,11 +186,8 @@ class ServiceMiddleware:
         ex = Exchange()
         scope["keelson.exchange"] = ex
         scope.setdefault("state", {})["request_id"] = request_id
-        combiner: WriteCombiner | None = scope.get(COMBINER)
-        holding = False
 
         async def send_decorated(message: Message) -> None:
-            nonlocal holding
             if message["type"] == "http.response.start":
                 ex.started = True
                 ex.status = message["status"]
@@ -207,16 +203,7 @@ class ServiceMiddleware:
                     *ex.extra,
                     request_id_header,
                 ]
-                if combiner is not None and b"content-length" in present:
-                    # A body of known length is at hand: head and body leave in one write.
-                    combiner.hold()
-                    holding = True
-                await send(message)
-                return
             await send(message)
-            if holding:
-                holding = False
-                combiner.flush()  # type: ignore[union-attr]
 
         tracker = self.tracker
         tracker.count += 1
@@ -233,8 +220,6 @@ class ServiceMiddleware:
                 scope, receive, send_decorated
             )
         finally:
-            if holding:
-                combiner.flush()  # type: ignore[union-attr]  # a head whose body never came
             try:
                 self._record(scope, path, ex.status, time.perf_counter() - started)
             finally:

@@ -33,6 +33,16 @@ async def _lane(scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.body", "body": b"late", "more_body": True})
         await send({"type": "http.response.body", "body": b""})
         return
+    if scope["path"] == "/lane/bad-value":
+        bad = [(b"x-injected", b"1\r\nset-cookie: a=b"), (b"content-length", b"2")]
+        await send({"type": "http.response.start", "status": 200, "headers": bad})
+        await send({"type": "http.response.body", "body": b"no"})
+        return
+    if scope["path"] == "/lane/bad-name":
+        bad = [(b"x bad", b"1"), (b"content-length", b"2")]
+        await send({"type": "http.response.start", "status": 200, "headers": bad})
+        await send({"type": "http.response.body", "body": b"no"})
+        return
     body = b'{"ok":true}'
     headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -122,3 +132,12 @@ def test_pipelined_requests_are_answered_in_order(keelson_server: LiveServer) ->
     assert answer.count(b"HTTP/1.1 200 OK") == 3
     assert answer.count(b'{"ok":true}') == 2
     assert answer.index(b'{"ok":true}') < answer.index(b'"status"')
+
+
+@pytest.mark.parametrize("path", ["/lane/bad-value", "/lane/bad-name"])
+def test_a_header_uvicorn_would_refuse_is_never_written(
+    keelson_server: LiveServer, path: str
+) -> None:
+    request = f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode()
+    answer, _ = _exchange(keelson_server.port, request)
+    assert answer == b""  # the connection closes without a byte of the bad head
