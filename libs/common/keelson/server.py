@@ -3,9 +3,10 @@
 uvicorn writes a response's status line and headers as soon as the app sends
 `http.response.start`, and its body in a second write: two system calls, and two
 segments on the wire, for every small answer. `HttpProtocol`'s request cycle holds the
-head of a response that has a `Content-Length` (its body is at hand, not a stream) and
-sends it with the first body message, in one write; a response without one (a stream)
-sends its head at once, as uvicorn does.
+head of a response that has a `Content-Length` and sends it with the first body message,
+in one write; a response without one (a stream of unknown length) sends its head at once,
+as uvicorn does. If the client leaves in between, what was held is dropped, as uvicorn
+drops writes to a closed connection.
 
 The cycle also checks a head's header names and values in one pass each over all of
 them, where uvicorn runs two regular-expression searches per header; the rules (the bytes
@@ -55,8 +56,9 @@ class WriteCombiner:
             self._held = []
 
     def flush(self) -> None:
+        """Send what was held; nothing if the connection is closing (the client left)."""
         held, self._held = self._held, None
-        if held:
+        if held and not self.transport.is_closing():
             self.transport.write(held[0] if len(held) == 1 else b"".join(held))
 
     def write(self, data: bytes) -> None:

@@ -13,16 +13,18 @@ from collections.abc import Iterator
 
 import pytest
 from starlette.types import Receive, Scope, Send
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HEADER_RE, HEADER_VALUE_RE, HttpToolsProtocol
 
 from keelson.config import KeelsonSettings, LogSettings
 from keelson.http import KeelsonApp, create_app
 from keelson.plugins import PluginContainer
-from keelson.testing import LiveServer
+from keelson.server import _NAME_BYTES, _VALUE_BYTES
+from keelson.testing import LiveServer, eventually
 
 # struct tcp_info (linux/tcp.h): tcpi_data_segs_in is the u32 at byte 152.
 _DATA_SEGS_IN = 152
 streamed = threading.Event()
+left: dict[str, str] = {}  # what the app saw when its client had left
 
 
 async def _lane(scope: Scope, receive: Receive, send: Send) -> None:
@@ -32,6 +34,18 @@ async def _lane(scope: Scope, receive: Receive, send: Send) -> None:
         await asyncio.to_thread(streamed.wait, 10)
         await send({"type": "http.response.body", "body": b"late", "more_body": True})
         await send({"type": "http.response.body", "body": b""})
+        return
+    if scope["path"] == "/lane/leave":
+        head = [(b"content-length", b"4")]
+        await send({"type": "http.response.start", "status": 200, "headers": head})
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        try:
+            await send({"type": "http.response.body", "body": b"late"})
+        except Exception as exc:  # what stock uvicorn never raises here
+            left["outcome"] = repr(exc)
+        else:
+            left["outcome"] = "sent"
         return
     if scope["path"] == "/lane/bad-value":
         bad = [(b"x-injected", b"1\r\nset-cookie: a=b"), (b"content-length", b"2")]
@@ -141,3 +155,20 @@ def test_a_header_uvicorn_would_refuse_is_never_written(
     request = f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode()
     answer, _ = _exchange(keelson_server.port, request)
     assert answer == b""  # the connection closes without a byte of the bad head
+
+
+async def test_a_client_that_left_after_a_held_head_costs_the_app_nothing(
+    keelson_server: LiveServer,
+) -> None:
+    left.clear()
+    with socket.create_connection(("127.0.0.1", keelson_server.port), timeout=10) as client:
+        client.sendall(b"GET /lane/leave HTTP/1.1\r\nHost: t\r\n\r\n")
+    # The app sends its body after the disconnect; uvicorn drops it, and so do we.
+    assert await eventually(lambda: left.get("outcome"), timeout=10) == "sent"
+
+
+def test_the_header_checks_refuse_exactly_what_uvicorns_rules_refuse() -> None:
+    for byte in range(256):
+        one = bytes([byte])
+        assert (HEADER_RE.search(one) is None) == (byte in _NAME_BYTES), byte
+        assert (HEADER_VALUE_RE.search(one) is None) == (byte in _VALUE_BYTES), byte
