@@ -208,7 +208,14 @@ class UpstreamPool:
             skip_payload=method == "HEAD",
             read_until_eof=True,  # an answer without length or chunks ends when the upstream closes
         )
-        await self._send(protocol, head, body, chunked)
+        try:
+            await self._send(protocol, head, body, chunked)
+        except aiohttp.ClientError:
+            raise
+        except ConnectionError as exc:
+            # The upstream dropped the connection while taking the body (aiohttp's drain
+            # raises a bare ConnectionError): a failure of the upstream's, like any other.
+            raise aiohttp.ClientOSError(exc.errno or 0, "connection lost while sending") from exc
         protocol.start_timeout()
         message, payload = await protocol.read()
         while 100 <= message.code < 200 and message.code != 101:

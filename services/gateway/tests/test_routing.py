@@ -1,6 +1,7 @@
 import asyncio
 import logging
 import socket
+import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -119,8 +120,11 @@ async def test_slow_upstream_times_out_with_504(upstream: ServerThread) -> None:
 
 
 @asynccontextmanager
-async def never_reading_upstream() -> AsyncIterator[str]:
-    """An upstream that accepts connections and never reads from them; yields its URL."""
+async def never_reading_upstream(*, reset: bool = False) -> AsyncIterator[str]:
+    """An upstream that accepts connections and never reads from them; yields its URL.
+
+    With `reset`, it resets each connection (RST) as soon as the request starts arriving.
+    """
     loop = asyncio.get_running_loop()
     listener = socket.socket()
     # A small receive window (the accepted socket inherits it) fills after a few KB, and an
@@ -135,7 +139,12 @@ async def never_reading_upstream() -> AsyncIterator[str]:
 
     async def accept_and_never_read() -> None:
         while True:
-            accepted.append((await loop.sock_accept(listener))[0])
+            connection = (await loop.sock_accept(listener))[0]
+            accepted.append(connection)
+            if reset:
+                await loop.sock_recv(connection, 1)
+                connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                connection.close()
 
     acceptor = asyncio.create_task(accept_and_never_read())
     try:
@@ -172,6 +181,18 @@ async def test_a_whole_body_an_upstream_stops_reading_times_out_with_504() -> No
             upload = client.post("/api/v1/logs/upload", content=body)
             response = await asyncio.wait_for(upload, timeout=10)  # a guard against a hang
     assert response.status_code == 504
+    assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_an_upstream_that_resets_while_taking_a_body_is_a_502() -> None:
+    body = b"x" * (1024 * 1024)  # more than the buffers take: the gateway waits on a drain
+    async with never_reading_upstream(reset=True) as url:
+        config = upstreams_config(logs=url)
+        settings = gateway_settings(routing=config, validation={"enabled": False})
+        async with running_gateway(settings) as (_, client):
+            upload = client.post("/api/v1/logs/upload", content=body)
+            response = await asyncio.wait_for(upload, timeout=10)  # a guard against a hang
+    assert response.status_code == 502
     assert response.headers["content-type"] == "application/problem+json"
 
 

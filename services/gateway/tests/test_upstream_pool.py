@@ -259,3 +259,12 @@ async def test_a_streamed_body_of_known_length_goes_with_content_length() -> Non
         assert seen.headers["content-length"] == "13"
         assert "transfer-encoding" not in seen.headers
         assert seen.body == b"one,two,three"
+
+
+async def test_an_empty_body_is_framed_by_the_method() -> None:
+    async with running() as (upstream, pool):
+        assert await fetch(pool, "POST", b"") == (200, b"HEAD")
+        assert await fetch(pool, "DELETE", b"") == (200, b"HEAD")
+        post, delete = upstream.requests
+        assert post.headers["content-length"] == "0"  # a POST always says how long
+        assert "content-length" not in delete.headers  # a DELETE without a body says nothing
