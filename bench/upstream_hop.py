@@ -132,8 +132,8 @@ async def run(port: int, args: argparse.Namespace) -> None:
                     "CPU per upstream exchange, the same GET with the gateway's forwarded "
                     f"headers, {args.concurrency} at once, to nginx on 127.0.0.1: aiohttp's "
                     "ClientSession beside `gateway.upstream_pool.UpstreamPool` (aiohttp's "
-                    "client protocol and StreamWriter without ClientSession's per-request "
-                    "objects), the best of three rounds of "
+                    "client protocol reading the answer, the request head framed from bytes, "
+                    "without ClientSession's per-request objects), the best of three rounds of "
                     f"{args.requests:,} (see the docstring of `bench/upstream_hop.py`).",
                     "",
                     f"Command: `{command.strip()}`. Recorded {time.strftime('%Y-%m-%d %H:%M')}.",
