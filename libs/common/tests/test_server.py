@@ -47,6 +47,23 @@ async def _lane(scope: Scope, receive: Receive, send: Send) -> None:
         else:
             left["outcome"] = "sent"
         return
+    if scope["path"] == "/lane/as":
+        # An answer shaped by the query: status, Content-Length or none, Connection: close,
+        # the body in one part or several.
+        query = dict(p.split("=") for p in scope["query_string"].decode().split("&") if p)
+        status, parts = int(query.get("status", "200")), int(query.get("parts", "1"))
+        body = b"" if status in (204, 304) else b"part," * parts
+        shaped = [(b"content-type", b"text/plain")]
+        if query.get("length") != "none":
+            shaped.append((b"content-length", b"%d" % len(body)))
+        if query.get("close"):
+            shaped.append((b"connection", b"close"))
+        await send({"type": "http.response.start", "status": status, "headers": shaped})
+        for i in range(parts):
+            chunk = body[i * 5 : (i + 1) * 5]
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+        return
     if scope["path"] == "/lane/bad-value":
         bad = [(b"x-injected", b"1\r\nset-cookie: a=b"), (b"content-length", b"2")]
         await send({"type": "http.response.start", "status": 200, "headers": bad})
@@ -172,3 +189,42 @@ def test_the_header_checks_refuse_exactly_what_uvicorns_rules_refuse() -> None:
         one = bytes([byte])
         assert (HEADER_RE.search(one) is None) == (byte in _NAME_BYTES), byte
         assert (HEADER_VALUE_RE.search(one) is None) == (byte in _VALUE_BYTES), byte
+
+
+_SHAPES = [
+    b"GET /lane/as HTTP/1.1\r\nHost: t\r\n\r\n",
+    b"GET /lane/as?parts=3 HTTP/1.1\r\nHost: t\r\n\r\n",
+    b"GET /lane/as?parts=3&length=none HTTP/1.1\r\nHost: t\r\n\r\n",
+    b"HEAD /lane/as HTTP/1.1\r\nHost: t\r\n\r\n",
+    b"HEAD /lane/as?length=none HTTP/1.1\r\nHost: t\r\n\r\n",
+    b"GET /lane/as?status=204&length=none HTTP/1.1\r\nHost: t\r\n\r\n",
+    b"GET /lane/as?status=304 HTTP/1.1\r\nHost: t\r\n\r\n",
+    b"GET /lane/as?status=404 HTTP/1.1\r\nHost: t\r\n\r\n",
+    b"GET /lane/as HTTP/1.0\r\nHost: t\r\n\r\n",
+    b"GET /lane/as?parts=2&length=none HTTP/1.0\r\nHost: t\r\n\r\n",
+    b"GET /health/live HTTP/1.1\r\nHost: t\r\n\r\n",
+    b"GET /nowhere HTTP/1.1\r\nHost: t\r\n\r\n",
+]
+
+
+def _masked(answer: bytes) -> bytes:
+    """The answer without its Date lines, which may differ from one second to the next."""
+    return b"\r\n".join(line for line in answer.split(b"\r\n") if not line.startswith(b"date: "))
+
+
+def test_answers_are_byte_for_byte_uvicorns(keelson_server: LiveServer) -> None:
+    """Every shape of answer, keep-alive and closing, pipelined three at a time, is what
+    uvicorn's own protocol sends: a guard against drifting from it on an upgrade."""
+    requests = [
+        *_SHAPES,
+        b"GET /lane/as?close=1 HTTP/1.1\r\nHost: t\r\n\r\n",  # the app closes it
+    ]
+    last = b"GET /lane/as HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    with LiveServer(_app(), http=HttpToolsProtocol) as stock:
+        for shape in requests:
+            # One request id for all, so that problem bodies and headers compare too.
+            sent = (shape + shape + last).replace(b"Host: t\r\n", b"Host: t\r\nX-Request-ID: s\r\n")
+            ours, _ = _exchange(keelson_server.port, sent)
+            theirs, _ = _exchange(stock.port, sent)
+            assert ours.startswith(b"HTTP/1.")
+            assert _masked(ours) == _masked(theirs), shape
