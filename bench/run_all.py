@@ -17,7 +17,17 @@ from pathlib import Path
 from keelson.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
 
 BENCH = Path(__file__).resolve().parent
-ORDER = ("bus", "auth", "logs", "logging_path", "rate_limit", "upstream_hop", "gateway", "up")
+ORDER = (
+    "bus",
+    "auth",
+    "logs",
+    "logging_path",
+    "rate_limit",
+    "upstream_hop",
+    "gateway",
+    "gateway_instructions",
+    "up",
+)
 QUICK = {
     "bus": ["--events", "5000", "--rounds", "1", "--no-docs"],
     "auth": ["--verifications", "2000", "--logins", "4", "--no-docs"],
@@ -26,6 +36,7 @@ QUICK = {
     "rate_limit": ["--hits", "2000"],  # prints only, writes no docs
     "upstream_hop": ["--requests", "2000", "--no-docs"],
     "gateway": ["--duration", "3", "--no-docs"],
+    "gateway_instructions": ["--seconds", "5", "--no-docs"],
     "up": ["--runs", "1", "--idle", "2", "--no-docs"],
 }
 
@@ -36,6 +47,7 @@ def arguments(name: str, database_url: str, redis_url: str, quick: bool) -> list
         "auth": ["--database-url", database_url, "--redis-url", redis_url],
         "logs": ["--database-url", database_url],
         "gateway": ["--redis-url", redis_url],
+        "gateway_instructions": ["--redis-url", redis_url],
         "rate_limit": ["--redis-url", redis_url],
     }.get(name, [])
     return args + (QUICK[name] if quick else [])

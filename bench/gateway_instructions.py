@@ -1,0 +1,192 @@
+"""User-space instructions per request: the gateway's whole chain beside the bare proxy.
+
+    .venv/bin/python bench/gateway_instructions.py --redis-url redis://127.0.0.1:6379/5
+
+Timings on a shared two-core machine move by 15% from one run to the next; instruction
+counts do not. Each server (`python -m gateway`, one worker, its whole chain on as in
+`bench/gateway.py`; and that file's bare pure-ASGI aiohttp proxy) runs under valgrind's
+callgrind with instrumentation off, is warmed up, and counts instructions only while
+`wrk -t1 -c32` drives it (`callgrind_control -i on/off`); the count divided by wrk's
+requests is the figure. It covers the process's user space only: the kernel's work for its
+sockets is not in it. Under valgrind a server runs some 50 times slower, so Redis batches
+are smaller than at full speed and the gateway's figure leans high by a few percent.
+
+Needs valgrind, wrk and nginx (apt-get install valgrind wrk nginx). Results are printed and
+written to the "Gateway instructions per request" section of docs/benchmarks.md
+(`--no-docs` to skip that).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from _docs import write_section
+
+from gateway import (  # bench/gateway.py, beside this file
+    BARE_PROXY,
+    PATH,
+    gateway_config,
+    nginx_config,
+    spawn,
+    stop,
+    token,
+)
+from keelson.embedded import free_port, wait_for_port
+from keelson.keys import SigningKey
+
+
+def wait_ok(url: str, headers: dict[str, str], timeout: float = 300) -> None:
+    """Until `url` answers 200: a server under valgrind takes a minute or two to start."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(url, headers=headers, timeout=10).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} did not answer 200 in {timeout}s")
+        time.sleep(0.5)
+
+
+def wrk(url: str, headers: dict[str, str], seconds: int) -> tuple[int, int]:
+    """(requests, non-2xx answers) of one wrk -t1 -c32 run."""
+    args = [a for k, v in headers.items() for a in ("-H", f"{k}: {v}")]
+    out = subprocess.run(
+        ["wrk", "-t1", "-c32", f"-d{seconds}s", *args, url],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    count = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return count, int(bad.group(1)) if bad else 0
+
+
+def measure(
+    name: str,
+    argv: list[str],
+    env: dict[str, str],
+    cwd: Path,
+    headers: dict[str, str],
+    seconds: int,
+) -> int:
+    port = free_port()
+    out = cwd / f"callgrind.{name}.out"
+    server = subprocess.Popen(
+        [
+            "valgrind",
+            "--tool=callgrind",
+            "--instr-atstart=no",
+            f"--callgrind-out-file={out}",
+            *argv,
+            *(["--port", str(port)] if "uvicorn" in argv else []),
+        ],
+        env={**os.environ, **env, "KEELSON_PORT": str(port), "PYTHONHASHSEED": "0"},
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}{PATH}"
+        wait_ok(url, headers)
+        wrk(url, headers, 5)  # warm-up, uncounted
+        subprocess.run(["callgrind_control", "-i", "on", str(server.pid)], check=True)
+        count, bad = wrk(url, headers, seconds)
+        subprocess.run(["callgrind_control", "-i", "off", str(server.pid)], check=True)
+        if bad:
+            raise RuntimeError(f"{name}: {bad} of {count} answers were not 2xx")
+    finally:
+        stop(server)
+    totals = 0
+    for dump in cwd.glob(f"callgrind.{name}.out*"):
+        for line in dump.read_text().splitlines():
+            if line.startswith(("summary:", "totals:")):
+                totals += int(line.split()[1])
+    per_request = totals // count
+    print(f"{name:<34} {count:>6} requests  {per_request:>9,} instructions/request", flush=True)
+    return per_request
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--redis-url", default=os.environ.get("KEELSON_REDIS_URL"))
+    parser.add_argument("--seconds", type=int, default=20, help="of counted load per server")
+    parser.add_argument("--no-docs", action="store_true")
+    args = parser.parse_args()
+    for tool in ("valgrind", "callgrind_control", "wrk", "nginx"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is not installed (apt-get install valgrind wrk nginx)")
+    tmp = Path(tempfile.mkdtemp(prefix="keelson-bench-instr-"))
+    os.chmod(tmp, 0o755)
+    key = SigningKey.generate()
+    (tmp / "jwks.json").write_text(json.dumps({"keys": [key.public_jwk()]}))
+    os.chmod(tmp / "jwks.json", 0o644)
+    upstream_port = free_port()
+    upstream = f"http://127.0.0.1:{upstream_port}"
+    headers = {"Authorization": f"Bearer {token(key)}"}
+    nginx = spawn(["nginx", "-c", str(nginx_config(tmp, upstream_port, free_port()))], cpus=None)
+    try:
+        wait_for_port(upstream_port, timeout=10)
+        (tmp / "bare_proxy.py").write_text(BARE_PROXY)
+        uvicorn = [sys.executable, "-m", "uvicorn", "bare_proxy:app", "--loop", "uvloop"]
+        bare = measure(
+            "bare pure-ASGI aiohttp proxy",
+            [*uvicorn, "--http", "httptools", "--no-access-log", "--log-level", "warning"],
+            {"BENCH_UPSTREAM": upstream},
+            tmp,
+            headers,
+            args.seconds,
+        )
+        config = gateway_config(tmp / "gateway", upstream, args.redis_url)
+        chain = measure(
+            "gateway, full chain, 1 worker",
+            [sys.executable, "-m", "gateway", "--workers", "1"],
+            {"KEELSON_CONFIG_DIR": str(config), "KEELSON_ENV": "prod"},
+            config,
+            headers,
+            args.seconds,
+        )
+    finally:
+        stop(nginx)
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"gateway / bare: {chain / bare:.2f}")
+    if args.no_docs:
+        return
+    command = ".venv/bin/python bench/gateway_instructions.py " + shlex.join(sys.argv[1:])
+    write_section(
+        "Gateway instructions per request",
+        "\n".join(
+            [
+                "User-space instructions per request under valgrind's callgrind, counted only "
+                "while `wrk -t1 -c32` drives the server, for the authenticated GET of the "
+                "Gateway section: repeatable where that section's timings are not (see the "
+                "docstring of `bench/gateway_instructions.py`). The kernel's work for the "
+                "sockets is not counted.",
+                "",
+                f"Command: `{command.strip()}`. Recorded {time.strftime('%Y-%m-%d %H:%M')}.",
+                "",
+                "| server | instructions per request |",
+                "| --- | ---: |",
+                f"| bare pure-ASGI aiohttp proxy | {bare:,} |",
+                f"| gateway, full chain, 1 worker | {chain:,} |",
+                "",
+                f"The gateway runs {chain / bare:.2f}x the bare proxy's instructions.",
+            ]
+        ),
+    )
+
+
+if __name__ == "__main__":
+    main()
