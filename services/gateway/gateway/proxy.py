@@ -161,8 +161,8 @@ class ProxyApp:
         method: str = scope["method"]
         query: bytes = scope["query_string"]
         target: bytes = scope["raw_path"] + b"?" + query if query else scope["raw_path"]
-        headers = self._request_headers(scope)
-        body, replayable, length = await self._request_body(scope, receive)
+        headers, declared, chunked = self._request_head(scope)
+        body, replayable, length = await self._request_body(scope, receive, declared, chunked)
         attempts = 1 + upstream.config.retries if replayable and method in IDEMPOTENT else 1
         pool = self.pools[upstream.name]
         started = time.perf_counter()
@@ -213,13 +213,13 @@ class ProxyApp:
         base = upstream.config.retry_backoff_seconds * (2**attempt)
         await asyncio.sleep(base + random.uniform(0, base))
 
-    def _request_headers(self, scope: Scope) -> list[tuple[bytes, bytes]]:
-        """The client's end-to-end headers as they came, then the gateway's own.
-
-        The body's framing is left to the pool, which writes it for what it sends.
-        """
+    def _request_head(self, scope: Scope) -> tuple[list[tuple[bytes, bytes]], bytes | None, bool]:
+        """The headers to send: the client's end-to-end ones as they came, then the
+        gateway's own; and the client's body framing (its Content-Length, if any, and
+        whether it is chunked), which the pool writes anew for what it sends."""
         headers: list[tuple[bytes, bytes]] = []
-        host = connection = None
+        host = connection = declared = None
+        chunked = False
         flags = "01"
         for name, value in scope["headers"]:
             if name in _DROP_REQUEST or name.startswith(_INTERNAL_PREFIX):
@@ -227,6 +227,10 @@ class ProxyApp:
                     host = value
                 elif name == b"connection":
                     connection = value
+                elif name == b"content-length":
+                    declared = value
+                elif name == b"transfer-encoding":
+                    chunked = True
                 elif name == b"traceparent" and len(value) == 55:
                     flags = value[-2:].decode("latin-1")
                 continue
@@ -248,7 +252,7 @@ class ProxyApp:
         forward: list[tuple[bytes, bytes]] | None = scope.get("state", {}).get(FORWARD_HEADERS)
         if forward:
             headers.extend(forward)
-        return headers
+        return headers, declared, chunked
 
     def _forwarded_for(self, scope: Scope) -> str:
         ip = client_ip(scope, self.trusted_proxy_hops)
@@ -261,23 +265,18 @@ class ProxyApp:
         return f"{chain.decode('latin-1')}, {peer[0] if peer else ip}"
 
     async def _request_body(
-        self, scope: Scope, receive: Receive
+        self, scope: Scope, receive: Receive, declared: bytes | None, chunked: bool
     ) -> tuple[bytes | AsyncIterator[bytes] | None, bool, int | None]:
         """The body to send, whether it can be sent again (for a retry), and the length of
-        a streamed one when the client gave it."""
-        st = state(scope)
-        buffered: bytes | None = st.get(BODY)
+        a streamed one when the client gave it (`declared`)."""
+        buffered: bytes | None = state(scope).get(BODY)
         if buffered is not None:
             return buffered, True, None
         length: int | None = None
-        chunked = False
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                if not value.isdigit():
-                    raise _Failed(400, "Content-Length is not a number.")
-                length = int(value)
-            elif name == b"transfer-encoding":
-                chunked = True
+        if declared is not None:
+            if not declared.isdigit():
+                raise _Failed(400, "Content-Length is not a number.")
+            length = int(declared)
         if not chunked and not length:
             return None, True, None
         if length is not None and length <= self.config.replayable_request_bytes:

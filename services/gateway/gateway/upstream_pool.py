@@ -150,8 +150,8 @@ class UpstreamPool:
         be sent again and either nothing was sent or the method is idempotent: a close that
         crossed the request on the wire is not the upstream's answer.
         """
-        head = self._head(method, target, headers, body, length)
         chunked = length is None and not (body is None or isinstance(body, bytes))
+        head = self._head(method, target, headers, body, length, chunked)
         await self._acquire_slot()
         protocol = None
         try:
@@ -261,7 +261,13 @@ class UpstreamPool:
         return protocol, False
 
     def _head(
-        self, method: str, target: bytes, headers: Headers, body: Body, length: int | None
+        self,
+        method: str,
+        target: bytes,
+        headers: Headers,
+        body: Body,
+        length: int | None,
+        chunked: bool,
     ) -> bytes:
         """The request line and headers, framing included, ending in the blank line."""
         verb = method.encode("latin-1")
@@ -278,11 +284,10 @@ class UpstreamPool:
         if isinstance(body, bytes):
             if body or method not in _NO_BODY:
                 parts += (b"content-length: ", b"%d" % len(body), b"\r\n")
-        elif body is not None:
-            if length is None:
-                parts.append(b"transfer-encoding: chunked\r\n")
-            else:
-                parts += (b"content-length: ", b"%d" % length, b"\r\n")
+        elif chunked:
+            parts.append(b"transfer-encoding: chunked\r\n")
+        elif body is not None and length is not None:
+            parts += (b"content-length: ", b"%d" % length, b"\r\n")
         parts.append(b"\r\n")
         head = b"".join(parts)
         return head
