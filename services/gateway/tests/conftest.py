@@ -4,13 +4,15 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from gateway_testkit import ServerThread, gateway_settings
-from gateway_upstream import TokenMint, create_auth_upstream, create_upstream
-
 from keelson.auth import identity_key
 from keelson.keys import KeyManager
+
+sys.path.insert(0, str(Path(__file__).parent))
+# Checks shared from the testkit fail with pytest's explanation, as a test's own do.
+pytest.register_assert_rewrite("gateway_testkit")
+
+from gateway_testkit import ServerThread, gateway_settings  # noqa: E402
+from gateway_upstream import TokenMint, create_auth_upstream, create_upstream  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -1,20 +1,23 @@
 """Helpers for the gateway's tests: real servers in threads, the gateway in-process."""
 
 import asyncio
+import logging
 import os
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import uvicorn
 import yaml
 from fastapi import FastAPI
+from prometheus_client import REGISTRY
 
 from gateway.app import create_app
 from gateway.settings import Settings
@@ -251,3 +254,21 @@ async def call_and_leave(
 
     await app(scope, receive, send)
     return sent
+
+
+@contextmanager
+def recorded_as_499(caplog: pytest.LogCaptureFixture, route: str) -> Iterator[None]:
+    """Check that the block's one POST to `route` was logged and counted as a 499.
+
+    The counter is process-wide, so the check is on its growth, not its value.
+    """
+    caplog.set_level(logging.INFO, logger="gateway.access")
+    labels = {"method": "POST", "route": route, "service": "gateway"}
+    before = REGISTRY.get_sample_value("http_requests_total", {**labels, "status": "499"}) or 0.0
+    yield
+    [record] = [
+        r for r in caplog.records if r.name == "gateway.access" and r.route == labels["route"]
+    ]
+    assert record.status == 499
+    after = REGISTRY.get_sample_value("http_requests_total", {**labels, "status": "499"})
+    assert after == before + 1

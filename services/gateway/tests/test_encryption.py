@@ -1,5 +1,3 @@
-import logging
-
 import httpx
 import pytest
 from gateway_testkit import (
@@ -7,10 +5,10 @@ from gateway_testkit import (
     call_and_leave,
     catalog_ready,
     gateway_settings,
+    recorded_as_499,
     running_gateway,
     upstreams_config,
 )
-from prometheus_client import REGISTRY
 
 from gateway.plugins.encryption import EncryptionPlugin
 from keelson.client import (
@@ -201,26 +199,18 @@ async def test_a_forged_response_is_detected(upstream: ServerThread) -> None:
 async def test_a_client_gone_before_its_envelope_arrived_is_recorded_as_499_and_not_answered(
     upstream: ServerThread, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="gateway.access")
-    labels = {"method": "POST", "route": "/api/v1/logs/echo", "service": "gateway"}
-    before = REGISTRY.get_sample_value("http_requests_total", {**labels, "status": "499"}) or 0.0
-    async with running_gateway(settings_for(upstream)) as (app, _):
-        await catalog_ready(app, "logs")  # so the route is named by its template
-        async with secure_client(app) as client:
-            await client.handshake()
-        assert client.session_id is not None
-        headers = [
-            (SESSION_HEADER.encode(), client.session_id.encode()),
-            (SEQ_HEADER.encode(), b"1"),
-            (CONTENT_TYPE_HEADER.encode(), b"application/json"),
-            (b"content-type", ENCRYPTED_MEDIA_TYPE.encode()),
-            (b"content-length", b"100"),
-        ]
-        sent = await call_and_leave(app, "/api/v1/logs/echo", b"sealed-in-part", headers)
-    assert sent == []
-    [record] = [
-        r for r in caplog.records if r.name == "gateway.access" and r.route == labels["route"]
-    ]
-    assert record.status == 499
-    after = REGISTRY.get_sample_value("http_requests_total", {**labels, "status": "499"})
-    assert after == before + 1
+    with recorded_as_499(caplog, "/api/v1/logs/echo"):
+        async with running_gateway(settings_for(upstream)) as (app, _):
+            await catalog_ready(app, "logs")  # so the route is named by its template
+            async with secure_client(app) as client:
+                await client.handshake()
+            assert client.session_id is not None
+            headers = [
+                (SESSION_HEADER.encode(), client.session_id.encode()),
+                (SEQ_HEADER.encode(), b"1"),
+                (CONTENT_TYPE_HEADER.encode(), b"application/json"),
+                (b"content-type", ENCRYPTED_MEDIA_TYPE.encode()),
+                (b"content-length", b"100"),
+            ]
+            sent = await call_and_leave(app, "/api/v1/logs/echo", b"sealed-in-part", headers)
+        assert sent == []

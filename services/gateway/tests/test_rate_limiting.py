@@ -21,6 +21,7 @@ from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
 from gateway.plugins._rate_windows import Call, MemoryWindows
 from gateway.plugins.rate_limiting import RateLimitingPlugin
+from gateway.settings import Settings
 from keelson.embedded import free_port
 
 
@@ -33,12 +34,13 @@ def limits(**extra: object) -> dict:
     }
 
 
+def settings_for(upstream: ServerThread, **options: Any) -> Settings:
+    """Gateway settings with the logs upstream routed; `options` as gateway_settings takes them."""
+    return gateway_settings(routing=upstreams_config(logs=upstream.url), **options)
+
+
 async def test_route_limit_then_429_with_headers(upstream: ServerThread, redis_url: str) -> None:
-    settings = gateway_settings(
-        redis_url=redis_url,
-        routing=upstreams_config(logs=upstream.url),
-        rate_limiting=limits(),
-    )
+    settings = settings_for(upstream, redis_url=redis_url, rate_limiting=limits())
     async with running_gateway(settings) as (_, client):
         remaining = []
         for _ in range(3):
@@ -65,11 +67,7 @@ async def test_route_limit_then_429_with_headers(upstream: ServerThread, redis_u
 
 
 async def test_clients_are_keyed_by_forwarded_ip(upstream: ServerThread) -> None:
-    settings = gateway_settings(
-        trusted_proxy_hops=1,
-        routing=upstreams_config(logs=upstream.url),
-        rate_limiting=limits(storage="memory"),
-    )
+    settings = settings_for(upstream, trusted_proxy_hops=1, rate_limiting=limits(storage="memory"))
     async with running_gateway(settings) as (_, client):
         for _ in range(3):
             await client.get("/api/v1/logs/echo", headers={"X-Forwarded-For": "10.0.0.1"})
@@ -83,10 +81,8 @@ async def test_storage_down_fails_open_by_default_and_closed_when_asked(
 ) -> None:
     dead_redis = f"redis://127.0.0.1:{free_port()}/0"
     for fail_open, expected in ((True, 200), (False, 503)):
-        settings = gateway_settings(
-            redis_url=dead_redis,
-            routing=upstreams_config(logs=upstream.url),
-            rate_limiting=limits(fail_open=fail_open),
+        settings = settings_for(
+            upstream, redis_url=dead_redis, rate_limiting=limits(fail_open=fail_open)
         )
         async with running_gateway(settings) as (_, client):
             response = await client.get("/api/v1/logs/echo")
@@ -159,15 +155,11 @@ async def test_remaining_counts_down_between_reads_and_shows_other_replicas(
     upstream: ServerThread, redis_url: str
 ) -> None:
     config = limits(rules=[{"path": "/api/v1/logs/echo", "limit": "100/minute"}])
-    first = gateway_settings(
-        redis_url=redis_url,
-        routing=upstreams_config(logs=upstream.url),
-        rate_limiting={**config, "stats_refresh_seconds": 3600},
+    first = settings_for(
+        upstream, redis_url=redis_url, rate_limiting={**config, "stats_refresh_seconds": 3600}
     )
-    second = gateway_settings(
-        redis_url=redis_url,
-        routing=upstreams_config(logs=upstream.url),
-        rate_limiting={**config, "stats_refresh_seconds": 0},
+    second = settings_for(
+        upstream, redis_url=redis_url, rate_limiting={**config, "stats_refresh_seconds": 0}
     )
     async with running_gateway(first) as (_, a), running_gateway(second) as (_, b):
         seen = [
@@ -181,9 +173,9 @@ async def test_remaining_counts_down_between_reads_and_shows_other_replicas(
 async def test_concurrent_hits_share_round_trips_yet_count_exactly(
     upstream: ServerThread, redis_url: str
 ) -> None:
-    settings = gateway_settings(
+    settings = settings_for(
+        upstream,
         redis_url=redis_url,
-        routing=upstreams_config(logs=upstream.url),
         rate_limiting=limits(rules=[{"path": "/api/v1/logs/echo", "limit": "25/minute"}]),
     )
     async with running_gateway(settings) as (app, client):
@@ -200,8 +192,8 @@ async def test_concurrent_hits_share_round_trips_yet_count_exactly(
 
 
 async def test_concurrent_hits_in_memory_count_exactly(upstream: ServerThread) -> None:
-    settings = gateway_settings(
-        routing=upstreams_config(logs=upstream.url),
+    settings = settings_for(
+        upstream,
         rate_limiting=limits(
             storage="memory", rules=[{"path": "/api/v1/logs/echo", "limit": "25/minute"}]
         ),
@@ -238,11 +230,7 @@ async def test_memory_hits_answer_as_limits_own_memory_storage(
 async def test_one_keys_hits_in_a_batch_share_one_call_and_fall_back_in_order(
     upstream: ServerThread, redis_url: str
 ) -> None:
-    settings = gateway_settings(
-        redis_url=redis_url,
-        routing=upstreams_config(logs=upstream.url),
-        rate_limiting=limits(),
-    )
+    settings = settings_for(upstream, redis_url=redis_url, rate_limiting=limits())
     async with running_gateway(settings) as (app, _):
         hits = app.state.container.get(RateLimitingPlugin)._hits
         sent: list[list[Call]] = []

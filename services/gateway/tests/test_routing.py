@@ -5,6 +5,7 @@ import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import httpx
 import pytest
 from gateway_testkit import (
     ServerThread,
@@ -155,18 +156,25 @@ async def never_reading_upstream(*, reset: bool = False) -> AsyncIterator[str]:
             connection.close()
 
 
+async def upload_through_gateway(
+    url: str, content: bytes | AsyncIterator[bytes], **logs_upstream: object
+) -> httpx.Response:
+    """POST `content` through a gateway to a logs upstream at `url`, with its options given."""
+    config = upstreams_config(logs=url)
+    config["upstreams"]["logs"].update(logs_upstream)
+    settings = gateway_settings(routing=config, validation={"enabled": False})
+    async with running_gateway(settings) as (_, client):
+        upload = client.post("/api/v1/logs/upload", content=content)
+        return await asyncio.wait_for(upload, timeout=10)  # a guard against a hang
+
+
 async def test_a_streamed_body_an_upstream_stops_reading_times_out_with_504() -> None:
     async def endless() -> AsyncIterator[bytes]:
         for _ in range(1024):  # 64 MB: far past every buffer between gateway and upstream
             yield b"x" * 65536
 
     async with never_reading_upstream() as url:
-        config = upstreams_config(logs=url)
-        config["upstreams"]["logs"]["timeout_seconds"] = 0.2
-        settings = gateway_settings(routing=config, validation={"enabled": False})
-        async with running_gateway(settings) as (_, client):
-            upload = client.post("/api/v1/logs/upload", content=endless())
-            response = await asyncio.wait_for(upload, timeout=10)  # a guard against a hang
+        response = await upload_through_gateway(url, endless(), timeout_seconds=0.2)
     assert response.status_code == 504
     assert response.headers["content-type"] == "application/problem+json"
 
@@ -174,12 +182,7 @@ async def test_a_streamed_body_an_upstream_stops_reading_times_out_with_504() ->
 async def test_a_whole_body_an_upstream_stops_reading_times_out_with_504() -> None:
     body = b"x" * (1024 * 1024)  # the most sent in one piece: past the buffers on the way
     async with never_reading_upstream() as url:
-        config = upstreams_config(logs=url)
-        config["upstreams"]["logs"]["timeout_seconds"] = 0.2
-        settings = gateway_settings(routing=config, validation={"enabled": False})
-        async with running_gateway(settings) as (_, client):
-            upload = client.post("/api/v1/logs/upload", content=body)
-            response = await asyncio.wait_for(upload, timeout=10)  # a guard against a hang
+        response = await upload_through_gateway(url, body, timeout_seconds=0.2)
     assert response.status_code == 504
     assert response.headers["content-type"] == "application/problem+json"
 
@@ -187,11 +190,7 @@ async def test_a_whole_body_an_upstream_stops_reading_times_out_with_504() -> No
 async def test_an_upstream_that_resets_while_taking_a_body_is_a_502() -> None:
     body = b"x" * (1024 * 1024)  # more than the buffers take: the gateway waits on a drain
     async with never_reading_upstream(reset=True) as url:
-        config = upstreams_config(logs=url)
-        settings = gateway_settings(routing=config, validation={"enabled": False})
-        async with running_gateway(settings) as (_, client):
-            upload = client.post("/api/v1/logs/upload", content=body)
-            response = await asyncio.wait_for(upload, timeout=10)  # a guard against a hang
+        response = await upload_through_gateway(url, body)
     assert response.status_code == 502
     assert response.headers["content-type"] == "application/problem+json"
 

@@ -1,5 +1,4 @@
 import json
-import logging
 
 import pytest
 from gateway_testkit import (
@@ -8,10 +7,10 @@ from gateway_testkit import (
     call_raw,
     catalog_ready,
     gateway_settings,
+    recorded_as_499,
     running_gateway,
     upstreams_config,
 )
-from prometheus_client import REGISTRY
 
 
 def settings_for(upstream: ServerThread, **validation: object):
@@ -126,17 +125,9 @@ async def test_normal_encoded_path_passes(upstream: ServerThread) -> None:
 async def test_a_client_gone_before_its_body_arrived_is_recorded_as_499_and_not_answered(
     upstream: ServerThread, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="gateway.access")
-    labels = {"method": "POST", "route": "/api/v1/logs/items", "service": "gateway"}
-    before = REGISTRY.get_sample_value("http_requests_total", {**labels, "status": "499"}) or 0.0
-    async with running_gateway(settings_for(upstream)) as (app, _):
-        await catalog_ready(app, "logs")  # so the route is named by its template
-        headers = [(b"content-type", b"application/json"), (b"content-length", b"100")]
-        sent = await call_and_leave(app, "/api/v1/logs/items", b'{"name": ', headers)
-    assert sent == []
-    [record] = [
-        r for r in caplog.records if r.name == "gateway.access" and r.route == labels["route"]
-    ]
-    assert record.status == 499
-    after = REGISTRY.get_sample_value("http_requests_total", {**labels, "status": "499"})
-    assert after == before + 1
+    with recorded_as_499(caplog, "/api/v1/logs/items"):
+        async with running_gateway(settings_for(upstream)) as (app, _):
+            await catalog_ready(app, "logs")  # so the route is named by its template
+            headers = [(b"content-type", b"application/json"), (b"content-length", b"100")]
+            sent = await call_and_leave(app, "/api/v1/logs/items", b'{"name": ', headers)
+        assert sent == []
