@@ -30,7 +30,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
 from _docs import write_section
 
 from gateway import (  # bench/gateway.py, beside this file
@@ -41,23 +40,10 @@ from gateway import (  # bench/gateway.py, beside this file
     spawn,
     stop,
     token,
+    wait_ready,
 )
 from keelson.embedded import free_port, wait_for_port
 from keelson.keys import SigningKey
-
-
-def wait_ok(url: str, headers: dict[str, str], timeout: float = 300) -> None:
-    """Until `url` answers 200: a server under valgrind takes a minute or two to start."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if httpx.get(url, headers=headers, timeout=10).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{url} did not answer 200 in {timeout}s")
-        time.sleep(0.5)
 
 
 def wrk(url: str, headers: dict[str, str], seconds: int) -> tuple[int, int]:
@@ -100,7 +86,7 @@ def measure(
     )
     try:
         url = f"http://127.0.0.1:{port}{PATH}"
-        wait_ok(url, headers)
+        wait_ready(url, headers, timeout=300)  # under valgrind, start-up takes minutes
         wrk(url, headers, 5)  # warm-up, uncounted
         subprocess.run(["callgrind_control", "-i", "on", str(server.pid)], check=True)
         count, bad = wrk(url, headers, seconds)
