@@ -5,6 +5,7 @@ import orjson
 import pytest
 
 from logs_service.records import LogRow, Rejection, parse_line
+from logs_service.schemas import LogRecordPublic
 
 NOW = time.time()
 
@@ -66,3 +67,16 @@ def test_nul_characters_are_removed_since_postgres_cannot_store_them() -> None:
     row = parse(wire(message="a\x00b", attrs={"k\x00": "v\x00"}))
     assert isinstance(row, LogRow)
     assert row.message == "ab" and orjson.loads(row.attrs) == {"k": "v"}
+
+
+def test_timestamps_compare_as_strings_in_time_order() -> None:
+    """A whole second keeps its fraction: pydantic alone writes "...:05Z", after "...:05.5Z"."""
+    whole = int(NOW)
+    times = [whole - 0.5, whole, whole + 0.000001, whole + 0.5]
+    rendered = []
+    for ts in times:
+        row = parse(wire(ts=ts))
+        assert isinstance(row, LogRow)
+        rendered.append(orjson.loads(LogRecordPublic.from_row(row).model_dump_json())["ts"])
+    assert sorted(rendered) == rendered and len(set(map(len, rendered))) == 1
+    assert rendered[1].endswith(".000000Z")
