@@ -632,6 +632,44 @@ async def test_auth_plugin_verifies_against_a_live_jwks(redis_url: str) -> None:
             await container.stop()
 
 
+# Both ages lie on the other side of the 60 s default from the configured window.
+@pytest.mark.parametrize(
+    ("max_age", "age", "status"), [(300, 120, 200), (30, 45, 401)], ids=["longer", "shorter"]
+)
+async def test_identity_headers_are_accepted_for_the_configured_max_age(
+    max_age: int, age: int, status: int
+) -> None:
+    with LiveServer(JwksServer([KEY]).app) as jwks:
+        settings = KeelsonSettings(
+            service="demo",
+            log=LogSettings(ship_endpoint=None),
+            plugins={
+                "auth": PluginSettings.model_validate(
+                    {
+                        "jwks_url": f"{jwks.url}/.well-known/jwks.json",
+                        "identity_max_age_seconds": max_age,
+                    }
+                )
+            },
+        )
+        from keelson.service import build_container
+
+        container = build_container(settings, [AuthPlugin], database=False)
+        app = create_app(settings, container=container, routers=[router])
+        await container.start()
+        try:
+            key = container.resolve(IDENTITY_KEY)
+            headers = sign_identity(ALICE, key, now=time.time() - age)
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://demo.test") as api:
+                response = await api.get("/whoami", headers=headers)
+        finally:
+            await container.stop()
+    assert response.status_code == status
+    if status == 401:
+        assert response.json()["detail"] == "identity header expired"
+
+
 def test_principal_from_claims_tolerates_missing_optional_claims() -> None:
     principal = Principal.from_claims({"sub": "u", "jti": "j"})
     assert principal == Principal(user_id="u", jti="j")

@@ -7,6 +7,7 @@ require_role / require_scope ── 403 for a caller without them
 
 from keelson.auth._deps import CurrentUser, get_current_user, require_role, require_scope
 from keelson.auth._identity import (
+    DEFAULT_IDENTITY_MAX_AGE,
     IDENTITY_HEADER,
     InvalidIdentity,
     identity_key,
@@ -16,6 +17,7 @@ from keelson.auth._identity import (
 from keelson.auth._jwks import ALGORITHM, JwksClient, KeySource, StaticKeys, parse_jwks
 from keelson.auth._plugin import (
     IDENTITY_KEY,
+    IDENTITY_MAX_AGE,
     REVOCATIONS,
     TOKEN_VERIFIER,
     AuthPlugin,
@@ -28,9 +30,11 @@ from keelson.auth._verifier import DEFAULT_AUDIENCE, DEFAULT_ISSUER, InvalidToke
 __all__ = [
     "ALGORITHM",
     "DEFAULT_AUDIENCE",
+    "DEFAULT_IDENTITY_MAX_AGE",
     "DEFAULT_ISSUER",
     "IDENTITY_HEADER",
     "IDENTITY_KEY",
+    "IDENTITY_MAX_AGE",
     "REVOCATIONS",
     "REVOCATIONS_CHANNEL",
     "TOKEN_VERIFIER",

@@ -8,8 +8,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import OAuth2PasswordBearer
 
-from keelson.auth._identity import verify_identity_headers
-from keelson.auth._plugin import IDENTITY_KEY, TOKEN_VERIFIER
+from keelson.auth._identity import DEFAULT_IDENTITY_MAX_AGE, verify_identity_headers
+from keelson.auth._plugin import IDENTITY_KEY, IDENTITY_MAX_AGE, TOKEN_VERIFIER
 from keelson.auth._principal import Principal
 from keelson.errors import Forbidden, Unauthorized
 from keelson.logging import user_id_var
@@ -30,7 +30,8 @@ async def get_current_user(
     key = container.resolve_optional(IDENTITY_KEY)
     principal = None
     if key is not None:
-        principal = verify_identity_headers(request.headers, key)
+        max_age = container.resolve_optional(IDENTITY_MAX_AGE) or DEFAULT_IDENTITY_MAX_AGE
+        principal = verify_identity_headers(request.headers, key, max_age=max_age)
     if principal is None:
         if not token:
             raise Unauthorized("not authenticated")

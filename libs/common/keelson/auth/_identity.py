@@ -24,6 +24,7 @@ from keelson.errors import Unauthorized
 from keelson.keys import KeyManager
 
 __all__ = [
+    "DEFAULT_IDENTITY_MAX_AGE",
     "IDENTITY_HEADER",
     "IDENTITY_PURPOSE",
     "InvalidIdentity",
@@ -34,6 +35,7 @@ __all__ = [
 
 IDENTITY_PURPOSE = "internal-identity"
 IDENTITY_HEADER = "x-keelson-identity"
+DEFAULT_IDENTITY_MAX_AGE = 60
 # Domain separation: this key signs nothing else, but a MAC over v2 bytes never verifies as v1.
 _DOMAIN = b"keelson-identity/v2\n"
 _compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
@@ -63,7 +65,11 @@ def sign_identity(principal: Principal, key: bytes, *, now: float | None = None)
 
 
 def verify_identity_headers(
-    headers: Mapping[str, str], key: bytes, *, max_age: int = 60, now: float | None = None
+    headers: Mapping[str, str],
+    key: bytes,
+    *,
+    max_age: int = DEFAULT_IDENTITY_MAX_AGE,
+    now: float | None = None,
 ) -> Principal | None:
     """The forwarded principal; None when no identity was forwarded.
 

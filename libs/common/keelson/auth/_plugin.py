@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 from pydantic import BaseModel, Field
 
-from keelson.auth._identity import identity_key
+from keelson.auth._identity import DEFAULT_IDENTITY_MAX_AGE, identity_key
 from keelson.auth._jwks import JwksClient
 from keelson.auth._revocation import RevocationList
 from keelson.auth._verifier import DEFAULT_AUDIENCE, DEFAULT_ISSUER, TokenVerifier
@@ -16,6 +16,7 @@ from keelson.redis_plugin import REDIS
 
 __all__ = [
     "IDENTITY_KEY",
+    "IDENTITY_MAX_AGE",
     "REVOCATIONS",
     "TOKEN_VERIFIER",
     "AuthPlugin",
@@ -25,6 +26,7 @@ __all__ = [
 TOKEN_VERIFIER: Key[TokenVerifier] = Key("auth.verifier")
 REVOCATIONS: Key[RevocationList] = Key("auth.revocations")
 IDENTITY_KEY: Key[bytes] = Key("auth.identity_key")
+IDENTITY_MAX_AGE: Key[int] = Key("auth.identity_max_age")
 
 
 class AuthSettings(BaseModel):
@@ -37,7 +39,7 @@ class AuthSettings(BaseModel):
     jwks_min_refresh_seconds: float = Field(30.0, ge=0)
     jwks_max_age_seconds: float = Field(600.0, gt=0)
     jwks_timeout_seconds: float = Field(5.0, gt=0)
-    identity_max_age_seconds: int = Field(60, gt=0)
+    identity_max_age_seconds: int = Field(DEFAULT_IDENTITY_MAX_AGE, gt=0)
 
 
 class AuthPlugin(Plugin):
@@ -72,6 +74,7 @@ class AuthPlugin(Plugin):
         self.container.provide(TOKEN_VERIFIER, verifier)
         self.container.provide(REVOCATIONS, revocations)
         self.container.provide(IDENTITY_KEY, identity_key(KeyManager(master)))
+        self.container.provide(IDENTITY_MAX_AGE, config.identity_max_age_seconds)
 
     async def start(self) -> None:
         # An auth service that is not up yet is no reason to fail: keys are fetched on use.
