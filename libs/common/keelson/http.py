@@ -21,13 +21,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from keelson.config import KeelsonSettings
 from keelson.errors import KeelsonError
 from keelson.health import health_router
-from keelson.logging import log_access_record, request_id_var, trace_id_var
+from keelson.logging import log_access_record, request_id_var, trace_id_var, user_id_var
 from keelson.metrics import HTTP_IN_FLIGHT, RequestMetrics, metrics_router, route_template
 from keelson.monitor import capture_exception
 from keelson.plugins import PluginContainer
 
 __all__ = [
     "PROBLEM_JSON",
+    "AccessRecorder",
     "Exchange",
     "Hook",
     "InFlight",
@@ -40,6 +41,8 @@ __all__ = [
 ]
 
 PROBLEM_JSON = "application/problem+json"
+# Writes one request's access record: (scope, status, seconds).
+AccessRecorder = Callable[[Scope, int, float], None]
 _log = logging.getLogger("keelson.http")
 _access = logging.getLogger("keelson.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -94,15 +97,18 @@ class Exchange:
     `ServiceMiddleware` puts one in `scope["keelson.exchange"]` and applies it when the
     response starts: a layer adds response headers here instead of wrapping `send` (each
     wrapper is one more call on every message of every request), and reads the status here.
+    A layer that writes the request's access record its own way says so here too
+    (`record_with`), instead of timing the request again around the layers inside it.
     """
 
-    __slots__ = ("enforced", "extra", "started", "status")
+    __slots__ = ("enforced", "extra", "recorder", "started", "status")
 
     def __init__(self) -> None:
         self.status = 500  # what the access record says if the app never answers
         self.started = False
         self.extra: list[tuple[bytes, bytes]] = []
         self.enforced: dict[bytes, bytes] | None = None
+        self.recorder: AccessRecorder | None = None
 
     def add_headers(self, headers: Iterable[tuple[bytes, bytes]]) -> None:
         """Append `headers` (lower-case names) to the response, whatever the app sent."""
@@ -111,6 +117,15 @@ class Exchange:
     def enforce_headers(self, headers: dict[bytes, bytes]) -> None:
         """Give the response these values (lower-case names), replacing any the app sent."""
         self.enforced = headers if self.enforced is None else {**self.enforced, **headers}
+
+    def record_with(self, recorder: AccessRecorder) -> None:
+        """Have `recorder(scope, status, seconds)` write this request's access record, in
+        place of `ServiceMiddleware`'s own (which it replaces even when that one is off).
+
+        It is called when the request ends, before its metrics are recorded, with the
+        request's logging context (request, trace and user ids) still bound.
+        """
+        self.recorder = recorder
 
 
 def exchange(scope: Scope) -> Exchange:
@@ -127,7 +142,9 @@ class ServiceMiddleware:
     RED metrics by route template; adds the API's security headers the response lacks and
     echoes the request id; turns an exception raised before the response started into a
     500 problem inside that context; writes one `keelson.access` record (unless
-    `access_log` is off; probes and `/metrics` are skipped).
+    `access_log` is off; probes and `/metrics` are skipped) or has a layer's recorder write
+    it (`Exchange.record_with`); then restores the logging context as it found it, the
+    user id that route code or a layer bound included (so no layer need unbind it).
     """
 
     def __init__(
@@ -210,6 +227,7 @@ class ServiceMiddleware:
         tracker.idle.clear()
         rid_token = request_id_var.set(request_id)
         tid_token = trace_id_var.set(trace_id or random_id())
+        uid_token = user_id_var.set(None)
         started = time.perf_counter()
         try:
             await self.app(scope, receive, send_decorated)
@@ -221,19 +239,22 @@ class ServiceMiddleware:
             )
         finally:
             try:
-                self._record(scope, path, ex.status, time.perf_counter() - started)
+                self._record(scope, path, ex, time.perf_counter() - started)
             finally:
+                user_id_var.reset(uid_token)
                 trace_id_var.reset(tid_token)
                 request_id_var.reset(rid_token)
                 tracker.count -= 1
                 if tracker.count == 0:
                     tracker.idle.set()
 
-    def _record(self, scope: Scope, path: str, status: int, seconds: float) -> None:
-        """The request's metrics and access record."""
-        if path != "/metrics":
-            self.metrics.observe(scope, status, seconds)
-        if (
+    def _record(self, scope: Scope, path: str, ex: Exchange, seconds: float) -> None:
+        """The request's access record, then its metrics (the record's writer may name the
+        route they are counted under)."""
+        status = ex.status
+        if ex.recorder is not None:
+            ex.recorder(scope, status, seconds)
+        elif (
             self.access_log
             and not path.startswith(self.quiet)
             and _access.isEnabledFor(logging.INFO)
@@ -249,6 +270,8 @@ class ServiceMiddleware:
                 seconds,
                 client[0] if client else None,
             )
+        if path != "/metrics":
+            self.metrics.observe(scope, status, seconds)
 
 
 def random_id() -> str:
@@ -402,6 +425,7 @@ class KeelsonApp(FastAPI):
         self._lane = (accepts, ServiceMiddleware(app, **self._service_options))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # A coroutine function, as servers tell ASGI 3 apps from ASGI 2 ones by that.
         lane = self._lane
         if lane is not None and scope["type"] == "http" and lane[0](scope):
             await lane[1](scope, receive, send)
@@ -423,8 +447,10 @@ def create_app(
     """A FastAPI app whose lifespan starts and stops `container`, with Keelson's middleware.
 
     `ServiceMiddleware` is the outermost of the app's own middleware (the access record
-    unless `settings.access_log` is off); middleware the caller adds later sits inside it,
-    and the caller's `routers` inside them all.
+    unless `settings.access_log` is off); middleware the caller appends to
+    `app.user_middleware` sits inside it (Starlette's `add_middleware` would put it
+    outside, where no request id or `Exchange` exists yet), and the caller's `routers`
+    inside them all.
     """
     in_flight = InFlight()
     app = KeelsonApp(

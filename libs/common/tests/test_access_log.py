@@ -1,16 +1,18 @@
 """The access log every service writes: one `keelson.access` record per request."""
 
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import APIRouter
+from starlette.middleware import Middleware
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from keelson.config import KeelsonSettings
-from keelson.http import create_app
+from keelson.http import create_app, exchange
 from keelson.logging import record_to_dict, user_id_var
 from keelson.plugins import PluginContainer
 from keelson.testing import make_settings
@@ -82,4 +84,42 @@ async def test_one_record_per_request_with_route_status_and_context(
 async def test_switched_off_by_the_setting(shipped: list[dict[str, Any]]) -> None:
     async with client_for(make_settings(service="things", access_log=False)) as client:
         assert (await client.get("/things/1")).status_code == 200
+    assert shipped == []
+
+
+async def test_the_user_id_a_request_binds_ends_with_it(shipped: list[dict[str, Any]]) -> None:
+    # httpx's ASGI transport runs the app in this task: a binding left behind would show here.
+    async with client_for(make_settings(service="things")) as client:
+        assert (await client.get("/things/1")).status_code == 200
+        assert user_id_var.get() is None
+        assert (await client.get("/nowhere")).status_code == 404
+    assert [r["user_id"] for r in shipped] == ["user-7", None]
+
+
+async def test_a_layer_may_write_the_record_its_own_way(shipped: list[dict[str, Any]]) -> None:
+    written: list[tuple[str, int, str | None]] = []
+
+    def recorder(scope: Scope, status: int, seconds: float) -> None:
+        assert seconds >= 0
+        written.append((scope["path"], status, user_id_var.get()))
+
+    class Recording:
+        def __init__(self, app: ASGIApp) -> None:
+            self.app = app
+
+        def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+            if scope["type"] == "http":
+                exchange(scope).record_with(recorder)
+            return self.app(scope, receive, send)
+
+    settings = make_settings(service="things", access_log=False)
+    app = create_app(settings, container=PluginContainer(settings), routers=[router])
+    app.user_middleware.append(Middleware(Recording))  # inside ServiceMiddleware
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://svc.test") as client:
+            assert (await client.get("/things/3")).status_code == 200
+            assert (await client.get("/health/live")).status_code == 200
+    # Its record, even with the service's own off, probes included: the layer decides.
+    assert written == [("/things/3", 200, "user-7"), ("/health/live", 200, None)]
     assert shipped == []

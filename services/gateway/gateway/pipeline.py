@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -28,7 +28,15 @@ class GatewayPlugin(Plugin):
     """A plugin that may add one layer to the pipeline and re-read its config on reload."""
 
     def wrap(self, app: ASGIApp) -> ASGIApp:
-        """Return `app` wrapped in this plugin's layer (or `app` itself: no layer)."""
+        """Return `app` wrapped in this plugin's layer (or `app` itself: no layer).
+
+        A layer is an ASGI app. One that has nothing to wait for on a request may be a
+        plain function returning the next app's awaitable (`return self.app(scope,
+        receive, send)`) rather than a coroutine awaiting it: it then adds no frame that
+        every resumption of the request's task passes through. Work for the end of the
+        request goes to `ServiceMiddleware` through the request's `Exchange` (headers,
+        the access record), not into a `finally` around the next layer.
+        """
         return app
 
     def prepare_reload(self, section: PluginSettings) -> Callable[[], None]:
@@ -89,8 +97,8 @@ class PipelineMiddleware:
         self._version = -1
         self._chain: ASGIApp = app
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         if self._version != self.pipeline.version:
             self._version = self.pipeline.version
             self._chain = self.pipeline.compose(self.app) if self._version else self.app
-        await self._chain(scope, receive, send)
+        return self._chain(scope, receive, send)

@@ -85,12 +85,20 @@ class RevocationList:
                 # a round trip, so its failure must not fail the logout.
                 _log.warning("could not announce the revocation of %s", jti, exc_info=True)
 
-    async def is_revoked(self, jti: str) -> bool:
+    def revoked_here(self, jti: str) -> bool:
+        """Whether this process knows `jti` is revoked (it revoked it or heard it announced),
+        without asking Redis."""
         exp = self._local.get(jti)
-        if exp is not None:
-            if exp > time.time():
-                return True
-            del self._local[jti]
+        if exp is None:
+            return False
+        if exp > time.time():
+            return True
+        del self._local[jti]
+        return False
+
+    async def is_revoked(self, jti: str) -> bool:
+        if self.revoked_here(jti):
+            return True
         if self.redis is None:
             return False
         try:

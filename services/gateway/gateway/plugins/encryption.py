@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from enum import StrEnum
 
 from cryptography.exceptions import InvalidTag
@@ -142,6 +142,14 @@ class _Refusal(Exception):
         self.detail = detail
         self.headers = headers
 
+    def response(self) -> ASGIApp:
+        return problem_response(
+            self.status,
+            "Unauthorized" if self.status == 401 else "Bad Request",
+            self.detail,
+            headers=self.headers,
+        )
+
 
 class _EnvelopeLayer:
     def __init__(self, app: ASGIApp, plugin: EncryptionPlugin) -> None:
@@ -149,10 +157,11 @@ class _EnvelopeLayer:
         self.plugin = plugin
         self.required = tuple(plugin.config.require_for)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # A plain request has nothing to wait for here: the next layer's awaitable is
+        # returned, not awaited, so this layer adds no frame to the request's task.
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
         session_id = seq_text = None
         inner_type = b""
         for name, value in scope["headers"]:
@@ -162,22 +171,28 @@ class _EnvelopeLayer:
                 seq_text = value
             elif name == _INNER_TYPE:
                 inner_type = value
+        if session_id is not None:
+            return self._sealed(scope, receive, send, session_id, seq_text, inner_type)
+        if self.required and scope["path"].startswith(self.required):
+            refusal = _Refusal(400, "This path only accepts encrypted requests.")
+            return refusal.response()(scope, receive, send)
+        return self.app(scope, receive, send)
+
+    async def _sealed(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        session_id: str,
+        seq_text: bytes | None,
+        inner_type: bytes,
+    ) -> None:
         try:
-            if session_id is None:
-                if self.required and scope["path"].startswith(self.required):
-                    raise _Refusal(400, "This path only accepts encrypted requests.")
-                await self.app(scope, receive, send)
-                return
             session, seq, plaintext = await self._open(
                 scope, receive, session_id, seq_text, inner_type
             )
         except _Refusal as refusal:
-            await problem_response(
-                refusal.status,
-                "Unauthorized" if refusal.status == 401 else "Bad Request",
-                refusal.detail,
-                headers=refusal.headers,
-            )(scope, receive, send)
+            await refusal.response()(scope, receive, send)
             return
         except ClientGone:
             exchange(scope).status = CLIENT_CLOSED_REQUEST  # and no answer: nobody would read it

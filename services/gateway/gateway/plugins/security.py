@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from pydantic import BaseModel, Field, field_validator
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -116,8 +116,23 @@ class SecurityPlugin(GatewayPlugin):
     def wrap(self, app: ASGIApp) -> ASGIApp:
         return _SecurityLayer(app, self)
 
+    def cached(self, token: str) -> Principal | None:
+        """The token's principal if nothing needs asking: verified before, unexpired, not
+        announced revoked, and its shared revocation check still fresh; else None (then
+        `authenticate` decides)."""
+        cached = self._cache.get(token)
+        if cached is None or (cached.expires_at is not None and cached.expires_at <= time.time()):
+            return None
+        jti = cached.jti
+        if jti and (self.announced.revoked_here(jti) or self._recheck_due(jti)):
+            return None
+        return cached
+
     async def authenticate(self, token: str) -> Principal:
         """Verify once, then serve from cache until expiry; revocation is checked each time."""
+        found = self.cached(token)
+        if found is not None:
+            return found
         cached = self._cache.get(token)
         if cached is None or (cached.expires_at is not None and cached.expires_at <= time.time()):
             principal = await self.verifier.verify(token)
@@ -128,18 +143,24 @@ class SecurityPlugin(GatewayPlugin):
             raise InvalidToken("token revoked")
         return cached
 
+    def _recheck_due(self, jti: str) -> bool:
+        """Whether the shared list (Redis) must be asked about `jti` again."""
+        if self.shared_revocations is None:
+            return False
+        return (
+            time.monotonic() - self._checked.get(jti, -1e9)
+            >= self.config.revocation_recheck_seconds
+        )
+
     async def _revoked(self, jti: str) -> bool:
-        if await self.announced.is_revoked(jti):
+        if self.announced.revoked_here(jti):
             return True
         shared = self.shared_revocations
-        if shared is None:
-            return False
-        now = time.monotonic()
-        if now - self._checked.get(jti, -1e9) < self.config.revocation_recheck_seconds:
+        if shared is None or not self._recheck_due(jti):
             return False
         if len(self._checked) >= 100_000:
             self._checked.clear()
-        self._checked[jti] = now
+        self._checked[jti] = time.monotonic()
         return await shared.is_revoked(jti)
 
     def identity_headers(self, principal: Principal) -> list[tuple[bytes, bytes]]:
@@ -185,10 +206,11 @@ class _SecurityLayer:
         self.docs_headers = {k: v for k, v in headers.items() if k != b"content-security-policy"}
         self.cors = _Cors(config.cors)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # A token verified before needs no waiting: the next layer's awaitable is returned,
+        # not awaited, so this layer adds no frame to the request's task.
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
         origin = None
         token = None
         kept = []
@@ -207,55 +229,57 @@ class _SecurityLayer:
         ex.enforce_headers(self.docs_headers if path.startswith(_DOCS_PREFIXES) else self.headers)
         if origin:
             if scope["method"] == "OPTIONS" and self.cors.is_preflight(scope):
-                await self.cors.preflight(origin, scope, receive, send)
-                return
+                return self.cors.preflight(origin, scope, receive, send)
             ex.add_headers(self.cors.response_headers(origin))
-        try:
-            principal = await self._authorize(scope, token)
-        except InvalidToken as exc:
-            response = problem_response(
-                401, "Unauthorized", exc.detail, headers={"WWW-Authenticate": "Bearer"}
-            )
-            await response(scope, receive, send)
-            return
-        except _Refused as refused:
-            await refused.response(scope, receive, send)
-            return
-        if principal is None:
-            await self.app(scope, receive, send)
-            return
-        st = state(scope)
-        st[PRINCIPAL] = principal
-        st.setdefault(FORWARD_HEADERS, []).extend(self.plugin.identity_headers(principal))
-        user_token = user_id_var.set(principal.user_id)
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            user_id_var.reset(user_token)
-
-    async def _authorize(self, scope: Scope, token: str | None) -> Principal | None:
-        policy = self.plugin.policies.for_request(scope["method"], scope["path"])
+        policy = self.plugin.policies.for_request(scope["method"], path)
         principal = None
         if token:
-            try:
-                principal = await self.plugin.authenticate(token)
-            except InvalidToken:
-                # A public route serves a caller whose token is stale as anonymous.
-                if policy.access is not Access.PUBLIC:
-                    raise
+            principal = self.plugin.cached(token)
+            if principal is None:
+                return self._authenticate(scope, receive, send, policy, token)
+        return self._admit(scope, receive, send, policy, principal)
+
+    async def _authenticate(
+        self, scope: Scope, receive: Receive, send: Send, policy: Policy, token: str
+    ) -> None:
+        try:
+            principal: Principal | None = await self.plugin.authenticate(token)
+        except InvalidToken as exc:
+            # A public route serves a caller whose token is stale as anonymous.
+            if policy.access is not Access.PUBLIC:
+                response = problem_response(
+                    401, "Unauthorized", exc.detail, headers={"WWW-Authenticate": "Bearer"}
+                )
+                await response(scope, receive, send)
+                return
+            principal = None
+        await self._admit(scope, receive, send, policy, principal)
+
+    def _admit(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        policy: Policy,
+        principal: Principal | None,
+    ) -> Awaitable[None]:
         verdict = policy.judge(principal)
         if verdict is Verdict.UNAUTHENTICATED:
-            raise _Refused(
-                problem_response(
-                    401,
-                    "Unauthorized",
-                    "A valid bearer token is required.",
-                    headers={"WWW-Authenticate": "Bearer"},
-                )
-            )
+            return problem_response(
+                401,
+                "Unauthorized",
+                "A valid bearer token is required.",
+                headers={"WWW-Authenticate": "Bearer"},
+            )(scope, receive, send)
         if verdict is Verdict.FORBIDDEN:
-            raise _Refused(problem_response(403, "Forbidden", f"This needs {policy}."))
-        return principal
+            return problem_response(403, "Forbidden", f"This needs {policy}.")(scope, receive, send)
+        if principal is not None:
+            st = state(scope)
+            st[PRINCIPAL] = principal
+            st.setdefault(FORWARD_HEADERS, []).extend(self.plugin.identity_headers(principal))
+            # For the rest of the request's lines; ServiceMiddleware unbinds it at the end.
+            user_id_var.set(principal.user_id)
+        return self.app(scope, receive, send)
 
 
 class _Refused(Exception):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -103,32 +103,45 @@ class _ValidationLayer:
         self.catalog = catalog
         self.allowed = frozenset(t.lower() for t in config.allowed_content_types)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # Without a body there is nothing to wait for here: the next layer's awaitable is
+        # returned, not awaited, so this layer adds no frame to the request's task.
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
         try:
             self._check_path(scope)
             length, chunked, media_type = self._check_headers(scope)
-            has_body = chunked or bool(length)
-            if has_body:
-                receive = await self._check_body(scope, receive, length, media_type)
-            elif scope["method"] in _BODY_METHODS:
+            if chunked or length:
+                return self._with_body(scope, receive, send, length, media_type)
+            if scope["method"] in _BODY_METHODS:
                 self._check_schema(scope, None, absent=True)
         except _Rejected as rejected:
-            VALIDATION_REJECTIONS.labels(rejected.reason).inc()
-            await problem_response(
-                rejected.status,
-                _TITLES[rejected.status],
-                rejected.detail,
-                instance=scope["path"],
-                **rejected.extensions,
-            )(scope, receive, send)
+            return self._refuse(rejected, scope, receive, send)
+        return self.app(scope, receive, send)
+
+    async def _with_body(
+        self, scope: Scope, receive: Receive, send: Send, length: int | None, media_type: str
+    ) -> None:
+        try:
+            receive = await self._check_body(scope, receive, length, media_type)
+        except _Rejected as rejected:
+            await self._refuse(rejected, scope, receive, send)
             return
         except ClientGone:
             exchange(scope).status = CLIENT_CLOSED_REQUEST  # and no answer: nobody would read it
             return
         await self.app(scope, receive, send)
+
+    @staticmethod
+    def _refuse(rejected: _Rejected, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        VALIDATION_REJECTIONS.labels(rejected.reason).inc()
+        return problem_response(
+            rejected.status,
+            _TITLES[rejected.status],
+            rejected.detail,
+            instance=scope["path"],
+            **rejected.extensions,
+        )(scope, receive, send)
 
     def _check_path(self, scope: Scope) -> None:
         raw = scope.get("raw_path") or scope["path"].encode()
