@@ -11,12 +11,20 @@ drops writes to a closed connection.
 The cycle also checks a head's header names and values in one pass each over all of
 them, where uvicorn runs two regular-expression searches per header; the rules (the bytes
 its `HEADER_RE` and `HEADER_VALUE_RE` refuse), the framing and the errors are uvicorn's.
+
+An app that waits on something other than `receive()` (the gateway on an upstream) learns
+whether its client is still there from the scope: `scope["extensions"][CLIENT_GONE]` is a
+function of no arguments that returns True once the client's connection is lost (when
+`receive()` would answer `http.disconnect`). It is a flag read, with no task or system call;
+under another server the extension is absent.
+
 Everything else is uvicorn's own code.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import (
@@ -28,7 +36,9 @@ from uvicorn.protocols.http.httptools_impl import (
 )
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
-__all__ = ["HttpProtocol", "WriteCombiner"]
+__all__ = ["CLIENT_GONE", "HttpProtocol", "WriteCombiner"]
+
+CLIENT_GONE = "keelson.client_gone"
 
 # The bytes uvicorn's rules allow in header names and values: what `translate` deletes
 # from a head's names (values) leaves only bytes the rule refuses. One pass at C speed per
@@ -79,6 +89,9 @@ class _Cycle(RequestResponseCycle):
     """uvicorn's request cycle, writing through a `WriteCombiner` (see the module)."""
 
     transport: WriteCombiner  # type: ignore[assignment]
+
+    def client_gone(self) -> bool:
+        return self.disconnected
 
     async def send(self, message: Any) -> None:
         if (
@@ -160,3 +173,6 @@ class HttpProtocol(HttpToolsProtocol):
         if cycle is not None and cycle.scope is scope:  # not an upgrade to WebSocket
             cycle.__class__ = _Cycle
             cycle.transport = self.combiner  # type: ignore[assignment]
+            client_gone: Callable[[], bool] = cycle.client_gone  # type: ignore[attr-defined]
+            # ASGI's types have every extension a dict of details; this one is a function.
+            scope.setdefault("extensions", {})[CLIENT_GONE] = client_gone  # type: ignore[assignment]

@@ -18,13 +18,15 @@ from uvicorn.protocols.http.httptools_impl import HEADER_RE, HEADER_VALUE_RE, Ht
 from keelson.config import KeelsonSettings, LogSettings
 from keelson.http import KeelsonApp, create_app
 from keelson.plugins import PluginContainer
-from keelson.server import _NAME_BYTES, _VALUE_BYTES
+from keelson.server import _NAME_BYTES, _VALUE_BYTES, CLIENT_GONE
 from keelson.testing import LiveServer, eventually
 
 # struct tcp_info (linux/tcp.h): tcpi_data_segs_in is the u32 at byte 152.
 _DATA_SEGS_IN = 152
 streamed = threading.Event()
 left: dict[str, str] = {}  # what the app saw when its client had left
+client_closed = threading.Event()
+gone: dict[str, bool] = {}  # what the scope's CLIENT_GONE said before and after
 
 
 async def _lane(scope: Scope, receive: Receive, send: Send) -> None:
@@ -46,6 +48,13 @@ async def _lane(scope: Scope, receive: Receive, send: Send) -> None:
             left["outcome"] = repr(exc)
         else:
             left["outcome"] = "sent"
+        return
+    if scope["path"] == "/lane/gone":
+        # Waits on something other than `receive()`, as the gateway waits on an upstream.
+        client_gone = scope["extensions"][CLIENT_GONE]
+        gone["before"] = client_gone()
+        await asyncio.to_thread(client_closed.wait, 10)
+        gone["after"] = client_gone()
         return
     if scope["path"] == "/lane/as":
         # An answer shaped by the query: status, Content-Length or none, Connection: close,
@@ -182,6 +191,20 @@ async def test_a_client_that_left_after_a_held_head_costs_the_app_nothing(
         client.sendall(b"GET /lane/leave HTTP/1.1\r\nHost: t\r\n\r\n")
     # The app sends its body after the disconnect; uvicorn drops it, and so do we.
     assert await eventually(lambda: left.get("outcome"), timeout=10) == "sent"
+
+
+async def test_the_scope_tells_an_app_that_does_not_receive_that_its_client_left(
+    keelson_server: LiveServer,
+) -> None:
+    client_closed.clear()
+    gone.clear()
+    with socket.create_connection(("127.0.0.1", keelson_server.port), timeout=10) as client:
+        client.sendall(b"GET /lane/gone HTTP/1.1\r\nHost: t\r\n\r\n")
+        await eventually(lambda: "before" in gone, timeout=10)
+    await eventually(lambda: not keelson_server.server.server_state.connections, timeout=10)
+    client_closed.set()
+    await eventually(lambda: "after" in gone, timeout=10)
+    assert gone == {"before": False, "after": True}
 
 
 def test_the_header_checks_refuse_exactly_what_uvicorns_rules_refuse() -> None:

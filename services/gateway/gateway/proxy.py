@@ -37,6 +37,7 @@ from gateway.upstream_pool import IDEMPOTENT, UpstreamPool, UpstreamResponse
 from gateway.upstreams import RoutingConfig, Upstream
 from keelson.http import exchange, problem_response, random_id
 from keelson.logging import request_id_var, trace_id_var
+from keelson.server import CLIENT_GONE
 
 __all__ = ["ProxyApp", "new_pools", "new_session"]
 
@@ -203,6 +204,12 @@ class ProxyApp:
                     upstream.breaker.record_failure()
                 else:
                     upstream.breaker.record_success()
+                client_gone = scope.get("extensions", {}).get(CLIENT_GONE)
+                if client_gone is not None and client_gone():
+                    # Nobody is left to read the answer: it is dropped, and `release()`
+                    # closes the connection unless the answer has already been read to its end.
+                    exchange(scope).status = CLIENT_CLOSED_REQUEST
+                    return
                 await self._relay(response, scope, send)
                 return
             finally:

@@ -120,7 +120,8 @@ class SocketUpstream:
             while True:
                 try:
                     head = await reader.readuntil(b"\r\n\r\n")
-                except asyncio.IncompleteReadError:
+                except (asyncio.IncompleteReadError, ConnectionResetError):
+                    # A client that closes with part of an answer unread resets (RST).
                     return
                 line, *lines = head.decode("latin-1").split("\r\n")[:-2]
                 method, target, _ = line.split(" ")

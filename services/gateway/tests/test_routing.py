@@ -12,6 +12,7 @@ from gateway_testkit import (
     call_raw,
     catalog_ready,
     gateway_settings,
+    recorded_as_499,
     running_gateway,
     upstreams_config,
 )
@@ -20,7 +21,7 @@ from prometheus_client import REGISTRY
 
 from gateway.app import create_app
 from keelson.embedded import free_port
-from keelson.testing import eventually
+from keelson.testing import LiveServer, eventually
 
 
 def routing(**urls: str) -> dict:
@@ -330,3 +331,43 @@ async def test_a_client_gone_before_its_body_arrived_is_recorded_as_499(
         gateway.stop()
     assert (record.status, record.route) == (499, "/api/v1/logs/upload")
     await eventually(lambda: REGISTRY.get_sample_value("http_requests_total", labels) == before + 1)
+
+
+@pytest.mark.parametrize("size", [11, 1024 * 1024], ids=["answer-whole", "answer-half-read"])
+async def test_a_client_gone_while_the_upstream_answers_is_recorded_as_499(
+    size: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Under Keelson's server the proxy learns the client left once the upstream answers:
+    nothing is relayed, and the upstream connection goes back healthy or is closed (a
+    half-read one with the rest of its answer still on the wire must not be used again)."""
+    answer_now = asyncio.Event()
+
+    async def answer(seen: Seen) -> bytes:
+        if seen.target == "/api/v1/logs/held":
+            await answer_now.wait()
+            return ok(b"x" * size)
+        if seen.target == "/api/v1/logs/echo":
+            return ok()
+        return b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n"
+
+    upstream = SocketUpstream(answer)
+    async with serving(upstream) as url:
+        config = upstreams_config(logs=url)
+        config["pool_limit"] = 1  # a slot the dropped answer kept would stall the next request
+        settings = gateway_settings(routing=config, validation={"enabled": False})
+        with LiveServer(create_app(settings)) as gateway:
+            server = gateway.server
+            with recorded_as_499(caplog, "/api/v1/logs/{path}"):
+                with socket.create_connection(("127.0.0.1", gateway.port)) as client:
+                    client.sendall(
+                        b"POST /api/v1/logs/held HTTP/1.1\r\nHost: gateway.test\r\n"
+                        b"Content-Length: 2\r\n\r\n{}"
+                    )
+                    await eventually(lambda: [s for s in upstream.requests if "held" in s.target])
+                await eventually(lambda: not server.server_state.connections)  # it saw the close
+                answer_now.set()
+                await eventually(lambda: not server.server_state.tasks)  # recorded and counted
+            async with httpx.AsyncClient(base_url=gateway.url) as http:
+                response = await http.post("/api/v1/logs/echo", content=b"{}", timeout=10)
+        await eventually(lambda: upstream.open_now == 0)  # the stopped gateway closed its pool
+    assert (response.status_code, response.content) == (200, b'{"ok":true}')
