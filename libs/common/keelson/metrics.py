@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import functools
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 from fastapi import APIRouter
 from fastapi.responses import Response
@@ -35,6 +36,7 @@ __all__ = [
     "LOG_RECORDS_DROPPED",
     "LOG_RECORDS_SPILLED",
     "RequestMetrics",
+    "cached_labels",
     "count_business_event",
     "metrics_router",
     "route_template",
@@ -72,9 +74,25 @@ BUSINESS_EVENTS = Counter(
 )
 
 
-@functools.lru_cache(maxsize=1024)
-def _business_child(service: str, event: str, outcome: str) -> Counter:
-    return BUSINESS_EVENTS.labels(service, event, outcome)
+M = TypeVar("M", Counter, Gauge, Histogram)
+
+
+def cached_labels(metric: M, maxsize: int = 4096) -> Callable[..., M]:
+    """`metric.labels(*values)` with its children kept (values are turned into `str`).
+
+    `labels()` takes a lock and builds its key on every call, and a metric's label sets are
+    few (route templates, upstreams, statuses): the children are worth keeping, and
+    `maxsize` bounds them should a label ever take unbounded values.
+    """
+
+    @functools.lru_cache(maxsize=maxsize)
+    def child(*values: object) -> M:
+        return metric.labels(*(str(value) for value in values))
+
+    return child
+
+
+_business_child = cached_labels(BUSINESS_EVENTS, 1024)
 
 
 def count_business_event(service: str, event: str, *, outcome: str = "ok", n: int = 1) -> None:
@@ -147,29 +165,14 @@ class RequestMetrics:
 
     def __init__(self, service: str) -> None:
         self.service = service
-        # `labels()` takes a lock and builds a key on every call; routes are templates, so
-        # the children are few: keep them.
-        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self._requests = cached_labels(HTTP_REQUESTS)
+        self._seconds = cached_labels(HTTP_REQUEST_SECONDS)
 
     def observe(self, scope: Scope, status: int, seconds: float) -> None:
         """Count one answered request of `scope` and its duration."""
-        template = route_template(scope)
-        key = (scope["method"], template, status)
-        children = self._children.get(key)
-        if children is None:
-            children = self._child(*key)
-        children[0].inc()
-        children[1].observe(seconds)
-
-    def _child(self, method: str, template: str, status: int) -> tuple[Counter, Histogram]:
-        children = (
-            HTTP_REQUESTS.labels(self.service, method, template, str(status)),
-            HTTP_REQUEST_SECONDS.labels(self.service, method, template),
-        )
-        if len(self._children) >= 4096:
-            self._children.clear()
-        self._children[(method, template, status)] = children
-        return children
+        method, template = scope["method"], route_template(scope)
+        self._requests(self.service, method, template, status).inc()
+        self._seconds(self.service, method, template).observe(seconds)
 
 
 def metrics_router(registry: CollectorRegistry = REGISTRY) -> APIRouter:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import math
 import random
@@ -13,7 +12,6 @@ from random import getrandbits as _random_bits
 
 import aiohttp
 from aiohttp.http import HttpProcessingError
-from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.context import (
@@ -37,6 +35,7 @@ from gateway.upstream_pool import IDEMPOTENT, UpstreamPool, UpstreamResponse
 from gateway.upstreams import RoutingConfig, Upstream
 from keelson.http import exchange, problem_response, random_id
 from keelson.logging import request_id_var, trace_id_var
+from keelson.metrics import cached_labels
 from keelson.server import CLIENT_GONE
 
 __all__ = ["ProxyApp", "new_pools", "new_session"]
@@ -320,15 +319,8 @@ class ProxyApp:
 _TITLES = {400: "Bad Request", 502: "Bad Gateway", 504: "Gateway Timeout"}
 
 
-# `labels()` takes a lock and builds a key each call; the children are few, so keep them.
-@functools.lru_cache(maxsize=4096)
-def _requests(upstream: str, method: str, status: int | str) -> Counter:
-    return UPSTREAM_REQUESTS.labels(upstream, method, str(status))
-
-
-@functools.lru_cache(maxsize=64)
-def _duration(upstream: str) -> Histogram:
-    return UPSTREAM_REQUEST_SECONDS.labels(upstream)
+_requests = cached_labels(UPSTREAM_REQUESTS)
+_duration = cached_labels(UPSTREAM_REQUEST_SECONDS, 64)
 
 
 def _connection_names(value: bytes) -> set[bytes]:
