@@ -109,7 +109,7 @@ def log_access_record(
     for sink in sinks:
         sink.acquire()
         try:
-            sink.emit_fields(data, msecs)
+            sink.emit_fields(data, msecs, level)
         except Exception:
             sink.handleError(logger.makeRecord(logger.name, level, "", 0, message, (), None))
         finally:

@@ -41,11 +41,11 @@ class ConsoleHandler(logging.StreamHandler[TextIO]):
         """Whether `emit_fields` writes what `emit` would: only our own formatters know fields."""
         return type(self.formatter) in (JsonFormatter, TextFormatter) and not self.filters
 
-    def emit_fields(self, data: dict[str, Any], msecs: float) -> None:
+    def emit_fields(self, data: dict[str, Any], msecs: float, levelno: int) -> None:
+        """`emit` for a record already in its `record_to_dict` form, at level `levelno`."""
         formatter = self.formatter
         assert isinstance(formatter, JsonFormatter | TextFormatter)
-        level = logging.getLevelName(data["level"])  # a number, unless a level has no name
-        urgent = not isinstance(level, int) or level >= logging.ERROR
+        urgent = levelno >= logging.ERROR
         self.write_line(formatter.format_fields(data, msecs), urgent=urgent)
 
     def emit(self, record: logging.LogRecord) -> None:

@@ -164,8 +164,9 @@ class LogShipper(logging.Handler):
     def accepts_fields(self) -> bool:
         return not self.filters
 
-    def emit_fields(self, data: dict[str, Any], msecs: float) -> None:
-        """`emit` for a record already in its `record_to_dict` form (`log_access_record`)."""
+    def emit_fields(self, data: dict[str, Any], msecs: float, levelno: int) -> None:
+        """`emit` for a record already in its `record_to_dict` form (`log_access_record`);
+        `msecs` and `levelno` are for the console's sake."""
         if data["logger"].startswith(_OWN_LOGGER) or threading.get_ident() == self._thread_id:
             return
         try:
