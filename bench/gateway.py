@@ -247,6 +247,22 @@ def wait_ready(url: str, headers: dict[str, str], timeout: float = 60) -> None:
         time.sleep(0.1)
 
 
+def wrk(
+    url: str, headers: dict[str, str], connections: int, seconds: int, *extra: str
+) -> tuple[str, int, int]:
+    """One `wrk -t1` run: (its output, requests, non-2xx answers)."""
+    header_args = [a for k, v in headers.items() for a in ("-H", f"{k}: {v}")]
+    output = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", *header_args, *extra, url],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    count = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    return output, count, int(errors.group(1)) if errors else 0
+
+
 def run_wrk(
     name: str,
     url: str,
@@ -258,24 +274,17 @@ def run_wrk(
 ) -> Result:
     """wrk's figures for `url`; with `rate`, each connection waits between its requests so
     that together they send about `rate` requests/s (wrk's Lua `delay()` hook)."""
-    header_args = [a for k, v in headers.items() for a in ("-H", f"{k}: {v}")]
-    if rate is not None:
-        header_args += ["-s", str(_pace(url, header_args, args.connections, rate))]
-    base = ["wrk", "-t1", f"-c{args.connections}", "--latency", *header_args, url]
-    subprocess.run([*base[:2], "-d2s", *base[2:]], check=True, capture_output=True)  # warm-up
+    extra = [] if rate is None else ["-s", str(_pace(url, headers, args.connections, rate))]
+    wrk(url, headers, args.connections, 2, *extra)  # warm-up
     cpu_before = tree_cpu(pid) if pid is not None else 0.0
-    output = subprocess.run(
-        [*base[:2], f"-d{args.duration}s", *base[2:]], check=True, capture_output=True, text=True
-    ).stdout
+    output, count, errors = wrk(url, headers, args.connections, args.duration, *extra)
     cpu = tree_cpu(pid) - cpu_before if pid is not None else None
-    count = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
     p50 = _latency(output, "50%")
     p99 = _latency(output, "99%")
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     socket_errors = re.search(r"Socket errors: (.*)", output)
     cpu_us = cpu / count * 1e6 if cpu is not None and count else None
-    result = Result(name, rps, p50, p99, int(errors.group(1)) if errors else 0, cpu_us)
+    result = Result(name, rps, p50, p99, errors, cpu_us)
     cpu_text = f"  {cpu_us:6.1f} us CPU/req" if cpu_us is not None else ""
     print(
         f"{name:<32} {rps:>10,.0f} req/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms{cpu_text}",
@@ -286,7 +295,7 @@ def run_wrk(
     return result
 
 
-def _pace(url: str, header_args: list[str], connections: int, rate: float) -> Path:
+def _pace(url: str, headers: dict[str, str], connections: int, rate: float) -> Path:
     """A wrk script whose `delay()` makes `connections` send about `rate` requests/s.
 
     A connection waits for each answer before its delay starts, so one short calibration
@@ -297,12 +306,7 @@ def _pace(url: str, header_args: list[str], connections: int, rate: float) -> Pa
     delay_ms = round(interval_ms)  # wrk counts the delay in whole milliseconds
     for _ in range(2):
         script.write_text(f"function delay() return {delay_ms} end\n")
-        output = subprocess.run(
-            ["wrk", "-t1", f"-c{connections}", "-d3s", *header_args, "-s", str(script), url],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
+        output, _, _ = wrk(url, headers, connections, 3, "-s", str(script))
         sent = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
         wait_ms = 1000 * connections / sent - delay_ms
         delay_ms = max(0, round(interval_ms - wait_ms))

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shlex
 import shutil
 import subprocess
@@ -41,23 +40,10 @@ from gateway import (  # bench/gateway.py, beside this file
     stop,
     token,
     wait_ready,
+    wrk,
 )
 from keelson.embedded import free_port, wait_for_port
 from keelson.keys import SigningKey
-
-
-def wrk(url: str, headers: dict[str, str], seconds: int) -> tuple[int, int]:
-    """(requests, non-2xx answers) of one wrk -t1 -c32 run."""
-    args = [a for k, v in headers.items() for a in ("-H", f"{k}: {v}")]
-    out = subprocess.run(
-        ["wrk", "-t1", "-c32", f"-d{seconds}s", *args, url],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    count = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return count, int(bad.group(1)) if bad else 0
 
 
 def measure(
@@ -87,9 +73,9 @@ def measure(
     try:
         url = f"http://127.0.0.1:{port}{PATH}"
         wait_ready(url, headers, timeout=300)  # under valgrind, start-up takes minutes
-        wrk(url, headers, 5)  # warm-up, uncounted
+        wrk(url, headers, 32, 5)  # warm-up, uncounted
         subprocess.run(["callgrind_control", "-i", "on", str(server.pid)], check=True)
-        count, bad = wrk(url, headers, seconds)
+        _, count, bad = wrk(url, headers, 32, seconds)
         subprocess.run(["callgrind_control", "-i", "off", str(server.pid)], check=True)
         if bad:
             raise RuntimeError(f"{name}: {bad} of {count} answers were not 2xx")
