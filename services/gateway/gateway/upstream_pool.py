@@ -10,6 +10,14 @@ per-request machinery: the `ClientRequest` and `ClientResponse` objects, the coo
 redirects and tracing hooks, which cost more CPU than the exchange itself
 (`bench/upstream_hop.py`). The gateway's control-plane calls (readiness, OpenAPI documents)
 still go through its `ClientSession`.
+
+Two per-request costs of `ResponseHandler` are left out as well. Its read timeout arms a
+timer when the request is sent and again on every read (uvloop makes and frees a handle
+each time, some microseconds apiece); here each connection notes the time of its last read
+and one watchdog per pool looks at the connections with an answer outstanding, several
+times per timeout: a silent upstream times out between `read_timeout` and an eighth more.
+And aiohttp builds a new response parser for every request; here a kept connection keeps
+its parser, which is ready for the next answer once the last was read to its end.
 """
 
 from __future__ import annotations
@@ -40,6 +48,34 @@ _UNBOUNDED_BODY_BYTES = 64 * 1024
 _NO_BODY = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
 
 
+_TIMEOUT_MESSAGE = "Timeout on reading data from socket"  # aiohttp's own
+
+
+class _Connection(ResponseHandler):
+    """aiohttp's client protocol, noting when it last read instead of arming a timer."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self.clock = loop.time
+        self.last_read = self.clock()
+        self.paused = False  # by flow control: the reader is behind, not the upstream
+        self.skips_payload: bool | None = None  # how its parser was set up; None: not yet
+
+    def data_received(self, data: bytes) -> None:
+        self.last_read = self.clock()
+        super().data_received(data)
+
+    def pause_reading(self) -> None:
+        super().pause_reading()
+        self.paused = True
+
+    def resume_reading(self, resume_parser: bool = True) -> None:
+        super().resume_reading(resume_parser)
+        if self.paused:
+            self.paused = False
+            self.last_read = self.clock()  # the silence while paused was the reader's
+
+
 class UpstreamResponse:
     """An upstream's answer: status and headers at once, the body read by the caller.
 
@@ -60,7 +96,7 @@ class UpstreamResponse:
     def __init__(
         self,
         pool: UpstreamPool,
-        protocol: ResponseHandler,
+        protocol: _Connection,
         status: int,
         headers: CIMultiDictProxy[str],
         raw_headers: tuple[tuple[bytes, bytes], ...],
@@ -68,7 +104,7 @@ class UpstreamResponse:
         should_close: bool,
     ) -> None:
         self._pool = pool
-        self._protocol: ResponseHandler | None = protocol
+        self._protocol: _Connection | None = protocol
         self.status = status
         self.headers = headers
         self.raw_headers = raw_headers
@@ -96,9 +132,10 @@ class UpstreamPool:
 
     An idle connection is used again only while younger than `keepalive_seconds` (kept below
     the upstream's own keep-alive timeout, so the upstream rarely closes one under a request).
-    A request waits at most `connect_timeout` for its connection, and at most `read_timeout`
-    between two reads of the answer (aiohttp's `SocketTimeoutError`, a `TimeoutError`), and
-    as long for each write of a request body (a `TimeoutError` too).
+    A request waits at most `connect_timeout` for its connection, and `read_timeout` (up to
+    an eighth more: the watchdog's round, see the module) between two reads of the answer
+    (aiohttp's `SocketTimeoutError`, a `TimeoutError`), and `read_timeout` for each write of a
+    request body (a `TimeoutError` too).
     Failures are aiohttp's: `ClientOSError` when the upstream cannot be reached,
     `ServerDisconnectedError` when it closes the connection without answering, and
     `HttpProcessingError` when its answer's head cannot be parsed (its message quotes the
@@ -125,8 +162,11 @@ class UpstreamPool:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self._slots = asyncio.Semaphore(limit)
-        self._idle: collections.deque[tuple[float, ResponseHandler]] = collections.deque()
+        self._idle: collections.deque[tuple[float, _Connection]] = collections.deque()
         self._closed = False
+        # Connections with an answer outstanding, and its body once its head has come.
+        self._busy: dict[_Connection, aiohttp.StreamReader | None] = {}
+        self._watchdog: asyncio.TimerHandle | None = None
 
     async def request(
         self,
@@ -168,12 +208,12 @@ class UpstreamPool:
                     raise
                 if not unsent and method not in IDEMPOTENT:
                     raise
-                protocol.close()
+                self._discard(protocol)
                 protocol, _ = await self._connection(fresh=True)
                 message, payload = await self._exchange(protocol, method, head, body, chunked)
         except BaseException:
             if protocol is not None:
-                protocol.close()
+                self._discard(protocol)
             self._slots.release()
             raise
         return UpstreamResponse(
@@ -200,14 +240,19 @@ class UpstreamPool:
             ) from None
 
     async def _exchange(
-        self, protocol: ResponseHandler, method: str, head: bytes, body: Body, chunked: bool
+        self, protocol: _Connection, method: str, head: bytes, body: Body, chunked: bool
     ) -> tuple[RawResponseMessage, aiohttp.StreamReader]:
-        protocol.set_response_params(
-            read_timeout=self.read_timeout,
-            auto_decompress=False,
-            skip_payload=method == "HEAD",
-            read_until_eof=True,  # an answer without length or chunks ends when the upstream closes
-        )
+        skip_payload = method == "HEAD"
+        if protocol.skips_payload is not skip_payload:
+            # A new connection, or a HEAD after a GET (or back): a parser to match. A kept
+            # connection's parser read its last answer to the end and waits for the next.
+            protocol.set_response_params(
+                auto_decompress=False,
+                skip_payload=skip_payload,
+                # An answer without length or chunks ends when the upstream closes.
+                read_until_eof=True,
+            )
+            protocol.skips_payload = skip_payload
         try:
             await self._send(protocol, head, body, chunked)
         except aiohttp.ClientError:
@@ -216,16 +261,51 @@ class UpstreamPool:
             # The upstream dropped the connection while taking the body (aiohttp's drain
             # raises a bare ConnectionError): a failure of the upstream's, like any other.
             raise aiohttp.ClientOSError(exc.errno or 0, "connection lost while sending") from exc
-        protocol.start_timeout()
+        self._watch(protocol)
         message, payload = await protocol.read()
         while 100 <= message.code < 200 and message.code != 101:
-            # An interim answer (100 Continue): the real one follows, under a timeout of
-            # its own (aiohttp stops the read timer when a message arrives).
-            protocol.start_timeout()
+            # An interim answer (100 Continue): the real one follows, and the wait for it
+            # starts again (the interim answer was a read).
             message, payload = await protocol.read()
+        self._busy[protocol] = payload
         return message, payload
 
-    def put_back(self, protocol: ResponseHandler, *, reusable: bool) -> None:
+    def _watch(self, protocol: _Connection) -> None:
+        """Time `protocol`'s answer out once it has been silent for `read_timeout`."""
+        protocol.last_read = protocol.clock()
+        self._busy[protocol] = None
+        if self._watchdog is None:
+            loop = asyncio.get_running_loop()
+            self._watchdog = loop.call_later(self.read_timeout / 8, self._sweep)
+
+    def _sweep(self) -> None:
+        """The watchdog's round: fail the answers silent for `read_timeout`, as aiohttp's
+        own timer does (the request or its body's reader gets `SocketTimeoutError`)."""
+        self._watchdog = None
+        busy = self._busy
+        if not busy:
+            return
+        now = asyncio.get_running_loop().time()
+        for protocol, payload in list(busy.items()):
+            if protocol.paused or (payload is not None and payload.is_eof()):
+                continue
+            if now - protocol.last_read >= self.read_timeout:
+                exc = aiohttp.SocketTimeoutError(_TIMEOUT_MESSAGE)
+                protocol.set_exception(exc)  # and it will be closed, not pooled
+                if payload is not None:
+                    payload.set_exception(exc)
+                del busy[protocol]
+        if busy:
+            self._watchdog = asyncio.get_running_loop().call_later(
+                self.read_timeout / 8, self._sweep
+            )
+
+    def _discard(self, protocol: _Connection) -> None:
+        self._busy.pop(protocol, None)
+        protocol.close()
+
+    def put_back(self, protocol: _Connection, *, reusable: bool) -> None:
+        self._busy.pop(protocol, None)
         if reusable and not self._closed and protocol.is_connected():
             self._idle.append((time.monotonic(), protocol))
         else:
@@ -234,10 +314,13 @@ class UpstreamPool:
 
     async def close(self) -> None:
         self._closed = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         while self._idle:
             self._idle.pop()[1].close()
 
-    async def _connection(self, *, fresh: bool = False) -> tuple[ResponseHandler, bool]:
+    async def _connection(self, *, fresh: bool = False) -> tuple[_Connection, bool]:
         """An idle connection (and True), or a new one (and False)."""
         idle = self._idle
         oldest = time.monotonic() - self.keepalive_seconds
@@ -250,7 +333,7 @@ class UpstreamPool:
         try:
             async with asyncio.timeout(self.connect_timeout):
                 _, protocol = await loop.create_connection(
-                    lambda: ResponseHandler(loop), self.host, self.port
+                    lambda: _Connection(loop), self.host, self.port
                 )
         except TimeoutError:  # before OSError, of which it is a subclass
             raise aiohttp.ConnectionTimeoutError(
@@ -292,9 +375,7 @@ class UpstreamPool:
         head = b"".join(parts)
         return head
 
-    async def _send(
-        self, protocol: ResponseHandler, head: bytes, body: Body, chunked: bool
-    ) -> None:
+    async def _send(self, protocol: _Connection, head: bytes, body: Body, chunked: bool) -> None:
         transport = protocol.transport
         if transport is None or transport.is_closing():
             # Nothing was sent: the caller may send again on another connection.

@@ -101,7 +101,7 @@ async def test_silence_after_100_continue_still_times_out() -> None:
         return b"HTTP/1.1 100 Continue\r\n\r\n"  # and then nothing
 
     async with running(stalls, read_timeout=0.2) as (_, pool):
-        with pytest.raises(TimeoutError):
+        with pytest.raises(aiohttp.SocketTimeoutError):  # not the guard's TimeoutError
             await asyncio.wait_for(fetch(pool, "POST", b"{}"), timeout=10)
 
 
@@ -268,3 +268,54 @@ async def test_an_empty_body_is_framed_by_the_method() -> None:
         post, delete = upstream.requests
         assert post.headers["content-length"] == "0"  # a POST always says how long
         assert "content-length" not in delete.headers  # a DELETE without a body says nothing
+
+
+async def test_a_body_that_stalls_halfway_times_out_and_its_connection_is_dropped() -> None:
+    async def stalls(seen: Seen) -> bytes:
+        if seen.target.startswith("/api"):
+            return b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n" + b"x" * 10  # and no more
+        return ok()
+
+    async with running(stalls, read_timeout=0.2) as (upstream, pool):
+        response = await pool.request("GET", b"/api/v1/x", [], None)
+        assert response.status == 200
+        try:
+            # aiohttp's kind of TimeoutError: the read timed out, not the guard around it.
+            with pytest.raises(aiohttp.SocketTimeoutError):
+                await asyncio.wait_for(response.read(), timeout=10)
+        finally:
+            response.release()
+        later = await pool.request("GET", b"/later", [], None)
+        assert (later.status, await later.read()) == (200, b'{"ok":true}')
+        later.release()
+        assert upstream.connections == 2  # the stalled one was not used again
+
+
+async def test_an_answer_that_keeps_coming_is_not_cut_off_by_the_read_timeout() -> None:
+    """The timeout is on the silence between two reads, not on the whole answer."""
+    pieces = 30
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % pieces)
+        for _ in range(pieces):  # 1.5 s in all, three times the read timeout
+            writer.write(b"x")
+            await writer.drain()
+            await asyncio.sleep(0.05)
+        writer.close()
+
+    server = await asyncio.start_server(trickle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    pool = UpstreamPool(
+        f"http://127.0.0.1:{port}",
+        limit=1,
+        keepalive_seconds=30,
+        connect_timeout=2,
+        read_timeout=0.5,
+    )
+    try:
+        assert await fetch(pool) == (200, b"x" * pieces)
+    finally:
+        await pool.close()
+        server.close()
+        await server.wait_closed()
