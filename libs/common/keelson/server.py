@@ -18,6 +18,11 @@ function of no arguments that returns True once the client's connection is lost 
 `receive()` would answer `http.disconnect`). It is a flag read, with no task or system call;
 under another server the extension is absent.
 
+A kept-alive connection is closed after `timeout_keep_alive` seconds without a request, as
+uvicorn does, but its timer is not armed after every response and cancelled by the next
+request (uvloop makes and frees a handle each time): one timer per connection notes when
+the connection went idle and, when it fires early, waits for the rest.
+
 Everything else is uvicorn's own code.
 """
 
@@ -161,10 +166,47 @@ class HttpProtocol(HttpToolsProtocol):
     """uvicorn's `HttpToolsProtocol` whose request cycles are `_Cycle`s."""
 
     combiner: WriteCombiner
+    _idle_since: float | None = None  # when the last response completed; None: busy
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self.combiner = WriteCombiner(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self.timeout_keep_alive_task is not None:
+            self.timeout_keep_alive_task.cancel()
+            self.timeout_keep_alive_task = None
+
+    def _unset_keepalive_if_required(self) -> None:
+        """Data or a response: the connection is busy; a timer, if armed, finds it so."""
+        self._idle_since = None
+
+    def on_response_complete(self) -> None:
+        """uvicorn's, with the keep-alive timer armed only if none is."""
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+            return
+        self._idle_since = self.loop.time()
+        if self.timeout_keep_alive_task is None:
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self._keep_alive_expired
+            )
+
+    def _keep_alive_expired(self) -> None:
+        self.timeout_keep_alive_task = None
+        if self._idle_since is None:
+            return  # busy: the response's completion arms it again
+        left = self._idle_since + self.timeout_keep_alive - self.loop.time()
+        if left > 0:
+            self.timeout_keep_alive_task = self.loop.call_later(left, self._keep_alive_expired)
+        else:
+            self.timeout_keep_alive_handler()
 
     def on_headers_complete(self) -> None:
         scope = self.scope

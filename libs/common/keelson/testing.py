@@ -72,7 +72,9 @@ class LiveServer:
     names another (uvicorn's own, say, to compare).
     """
 
-    def __init__(self, app: Any, *, graceful_seconds: int = 5, http: Any = None) -> None:
+    def __init__(
+        self, app: Any, *, graceful_seconds: int = 5, http: Any = None, keep_alive_seconds: int = 5
+    ) -> None:
         import uvicorn
 
         from keelson.server import HttpProtocol
@@ -88,6 +90,7 @@ class LiveServer:
                 log_config=None,
                 lifespan="on",
                 timeout_graceful_shutdown=graceful_seconds,
+                timeout_keep_alive=keep_alive_seconds,
             )
         )
         self.thread = threading.Thread(target=self.server.run, daemon=True)

@@ -9,6 +9,7 @@ import asyncio
 import socket
 import struct
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -251,3 +252,37 @@ def test_answers_are_byte_for_byte_uvicorns(keelson_server: LiveServer) -> None:
             theirs, _ = _exchange(stock.port, sent)
             assert ours.startswith(b"HTTP/1.")
             assert _masked(ours) == _masked(theirs), shape
+
+
+def _answer(client: socket.socket) -> bytes:
+    """One answer with a Content-Length, read off a kept-alive connection."""
+
+    def more() -> bytes:
+        chunk = client.recv(65536)
+        if not chunk:
+            raise ConnectionError("the server closed the connection")
+        return chunk
+
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += more()
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    while len(body) < length:
+        body += more()
+    return body
+
+
+def test_an_idle_kept_alive_connection_is_closed_after_the_timeout() -> None:
+    request = b"GET /lane/small HTTP/1.1\r\nHost: t\r\n\r\n"
+    with (
+        LiveServer(_app(), keep_alive_seconds=1) as server,
+        socket.create_connection(("127.0.0.1", server.port), timeout=10) as client,
+    ):
+        # Busy for twice the timeout, a request every 0.2 s: the connection stays.
+        for _ in range(10):
+            client.sendall(request)
+            assert _answer(client) == b'{"ok":true}'
+            time.sleep(0.2)  # the client's pace, not a wait for the server
+        # Then idle: the server closes it (recv gives b"" well before the 10 s socket timeout).
+        assert client.recv(65536) == b""
