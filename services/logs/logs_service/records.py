@@ -24,6 +24,7 @@ __all__ = [
     "parse_line",
     "row_from_envelope",
     "row_to_dict",
+    "timestamp",
 ]
 
 LEVELS = {
@@ -175,11 +176,18 @@ def row_from_envelope(envelope: Envelope) -> LogRow:
     )
 
 
+def timestamp(ts: datetime) -> str:
+    """`ts` as the API and the live tail write it: UTC, always six fractional digits
+    ("2026-11-24T01:54:29.000000Z"), so that timestamps compare as strings in the order of
+    the times they name (`isoformat` and pydantic drop the fraction on a whole second)."""
+    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def row_to_dict(row: LogRow) -> dict[str, Any]:
     """The public form of a row (API and live tail)."""
     return {
         "id": row.id.hex,
-        "ts": row.ts.isoformat(),
+        "ts": timestamp(row.ts),
         "service": row.service,
         "level": level_name(row.level),
         "logger": row.logger,

@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
 from pydantic import BaseModel, PlainSerializer
 
-from logs_service.records import LEVELS, LogRow, row_to_dict
+from logs_service.records import LEVELS, LogRow, row_to_dict, timestamp
 
 __all__ = ["Level", "LevelCountPublic", "LogPage", "LogRecordPublic", "LogStats", "Timestamp"]
 
-# Always UTC with six fractional digits ("2026-11-24T01:54:29.000000Z"), so that timestamps
-# compare as strings in the order of the times they name. Pydantic's own form drops the
-# fraction on a whole second ("...:29Z"), which sorts after "...:29.5Z".
-Timestamp = Annotated[
-    datetime,
-    PlainSerializer(
-        lambda ts: ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-        return_type=str,
-        when_used="json",
-    ),
-]
+# Written as `timestamp` writes it, whatever pydantic would.
+Timestamp = Annotated[datetime, PlainSerializer(timestamp, return_type=str, when_used="json")]
 
 
 class Level(StrEnum):

@@ -4,7 +4,7 @@ import uuid
 import orjson
 import pytest
 
-from logs_service.records import LogRow, Rejection, parse_line
+from logs_service.records import LogRow, Rejection, parse_line, row_to_dict
 from logs_service.schemas import LogRecordPublic
 
 NOW = time.time()
@@ -70,13 +70,16 @@ def test_nul_characters_are_removed_since_postgres_cannot_store_them() -> None:
 
 
 def test_timestamps_compare_as_strings_in_time_order() -> None:
-    """A whole second keeps its fraction: pydantic alone writes "...:05Z", after "...:05.5Z"."""
+    """A whole second keeps its fraction: pydantic alone writes "...:05Z" (after "...:05.5Z"),
+    isoformat "...:05+00:00"."""
     whole = int(NOW)
     times = [whole - 0.5, whole, whole + 0.000001, whole + 0.5]
     rendered = []
     for ts in times:
         row = parse(wire(ts=ts))
         assert isinstance(row, LogRow)
-        rendered.append(orjson.loads(LogRecordPublic.from_row(row).model_dump_json())["ts"])
+        api = orjson.loads(LogRecordPublic.from_row(row).model_dump_json())["ts"]
+        assert row_to_dict(row)["ts"] == api  # the live tail writes what the API does
+        rendered.append(api)
     assert sorted(rendered) == rendered and len(set(map(len, rendered))) == 1
     assert rendered[1].endswith(".000000Z")
