@@ -14,9 +14,9 @@ its `HEADER_RE` and `HEADER_VALUE_RE` refuse), the framing and the errors are uv
 
 An app that waits on something other than `receive()` (the gateway on an upstream) learns
 whether its client is still there from the scope: `scope["extensions"][CLIENT_GONE]` is a
-function of no arguments that returns True once the client's connection is lost (when
-`receive()` would answer `http.disconnect`). It is a flag read, with no task or system call;
-under another server the extension is absent.
+function of no arguments that returns True once the client's connection is lost, for every
+request on that connection, a pipelined one included. It is a flag read, with no task or
+system call; under another server the extension is absent.
 
 A kept-alive connection is closed after `timeout_keep_alive` seconds without a request, as
 uvicorn does, but its timer is not armed after every response and cancelled by the next
@@ -29,7 +29,6 @@ Everything else is uvicorn's own code.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import (
@@ -90,13 +89,27 @@ class WriteCombiner:
         return self.transport.is_closing()
 
 
+class _Presence:
+    """Whether a connection's client is gone: `scope["extensions"][CLIENT_GONE]`.
+
+    One per connection, shared by its requests (a pipelined one included), and holding
+    nothing of theirs: a bound method of the request cycle would make the scope and the
+    cycle a reference cycle, left to the garbage collector after every request.
+    """
+
+    __slots__ = ("gone",)
+
+    def __init__(self) -> None:
+        self.gone = False
+
+    def __call__(self) -> bool:
+        return self.gone
+
+
 class _Cycle(RequestResponseCycle):
     """uvicorn's request cycle, writing through a `WriteCombiner` (see the module)."""
 
     transport: WriteCombiner  # type: ignore[assignment]
-
-    def client_gone(self) -> bool:
-        return self.disconnected
 
     async def send(self, message: Any) -> None:
         if (
@@ -171,15 +184,18 @@ class HttpProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self.combiner = WriteCombiner(transport)
+        self.presence = _Presence()
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
+        self.presence.gone = True
         if self.timeout_keep_alive_task is not None:
             self.timeout_keep_alive_task.cancel()
             self.timeout_keep_alive_task = None
 
     def _unset_keepalive_if_required(self) -> None:
-        """Data or a response: the connection is busy; a timer, if armed, finds it so."""
+        """A request's bytes came (or the connection was lost): not idle, as an armed timer
+        will find when it fires."""
         self._idle_since = None
 
     def on_response_complete(self) -> None:
@@ -215,6 +231,5 @@ class HttpProtocol(HttpToolsProtocol):
         if cycle is not None and cycle.scope is scope:  # not an upgrade to WebSocket
             cycle.__class__ = _Cycle
             cycle.transport = self.combiner  # type: ignore[assignment]
-            client_gone: Callable[[], bool] = cycle.client_gone  # type: ignore[attr-defined]
             # ASGI's types have every extension a dict of details; this one is a function.
-            scope.setdefault("extensions", {})[CLIENT_GONE] = client_gone  # type: ignore[assignment]
+            scope.setdefault("extensions", {})[CLIENT_GONE] = self.presence  # type: ignore[assignment]
