@@ -7,7 +7,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from random import getrandbits as _random_bits
 
 import aiohttp
@@ -194,7 +194,12 @@ class ProxyApp:
                 raise _Failed(502, f"The {upstream.name} service sent an invalid answer.") from None
             try:
                 status = response.status
-                if status in _RETRY_STATUS and attempt + 1 < attempts:
+                client_gone = scope.get("extensions", {}).get(CLIENT_GONE)
+                if (
+                    status in _RETRY_STATUS
+                    and attempt + 1 < attempts
+                    and not (client_gone is not None and client_gone())
+                ):
                     await self._backoff(upstream, attempt)
                     continue
                 _duration(upstream.name).observe(time.perf_counter() - started)
@@ -203,13 +208,12 @@ class ProxyApp:
                     upstream.breaker.record_failure()
                 else:
                     upstream.breaker.record_success()
-                client_gone = scope.get("extensions", {}).get(CLIENT_GONE)
                 if client_gone is not None and client_gone():
                     # Nobody is left to read the answer: it is dropped, and `release()`
-                    # closes the connection unless the answer has already been read to its end.
+                    # closes the connection unless all of the answer has already arrived.
                     exchange(scope).status = CLIENT_CLOSED_REQUEST
                     return
-                await self._relay(response, scope, send)
+                await self._relay(response, scope, send, client_gone)
                 return
             finally:
                 response.release()
@@ -289,7 +293,13 @@ class ProxyApp:
             return await read_body(receive), True, None
         return body_chunks(receive), False, None if chunked else length
 
-    async def _relay(self, response: UpstreamResponse, scope: Scope, send: Send) -> None:
+    async def _relay(
+        self,
+        response: UpstreamResponse,
+        scope: Scope,
+        send: Send,
+        client_gone: Callable[[], bool] | None,
+    ) -> None:
         headers: list[tuple[bytes, bytes]] = []
         connection = None
         for raw_name, value in response.raw_headers:
@@ -312,6 +322,10 @@ class ProxyApp:
             await send({"type": "http.response.body", "body": await response.read()})
             return
         async for chunk in response.payload.iter_any():
+            if client_gone is not None and client_gone():
+                # The rest would be read for nobody: `release()` closes the connection.
+                exchange(scope).status = CLIENT_CLOSED_REQUEST
+                return
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
 

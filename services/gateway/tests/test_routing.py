@@ -371,3 +371,61 @@ async def test_a_client_gone_while_the_upstream_answers_is_recorded_as_499(
                 response = await http.post("/api/v1/logs/echo", content=b"{}", timeout=10)
         await eventually(lambda: upstream.open_now == 0)  # the stopped gateway closed its pool
     assert (response.status_code, response.content) == (200, b'{"ok":true}')
+
+
+async def test_a_client_gone_during_a_streamed_answer_stops_the_relay(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The rest of a large answer is not read for nobody: the relay stops at the next part
+    and the request is recorded as 499."""
+    more = asyncio.Event()
+    sent_rest = asyncio.Event()
+    first = 64 * 1024
+    total = 4 * 1024 * 1024  # well over what the proxy buffers: it streams
+
+    async def streaming(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            while not head.startswith(b"POST /api/v1/logs/big "):  # the gateway's own probes
+                writer.write(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
+                head = await reader.readuntil(b"\r\n\r\n")
+            await reader.readexactly(2)  # the request's body, "{}"
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % total)
+            writer.write(b"x" * first)
+            await writer.drain()
+            await more.wait()
+            writer.write(b"y" * first)  # one more part: the relay's next look at the client
+            await writer.drain()
+            sent_rest.set()
+            await reader.read()  # until the gateway closes this connection
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(streaming, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        settings = gateway_settings(
+            routing=upstreams_config(logs=url), validation={"enabled": False}
+        )
+        with LiveServer(create_app(settings)) as gateway:
+            state = gateway.server.server_state
+            with recorded_as_499(caplog, "/api/v1/logs/{path}"):
+                # The client on this loop, which also serves the upstream: no blocking calls.
+                reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+                writer.write(
+                    b"POST /api/v1/logs/big HTTP/1.1\r\nHost: gateway.test\r\n"
+                    b"Content-Length: 2\r\n\r\n{}"
+                )
+                assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200 OK")
+                assert await reader.readexactly(first) == b"x" * first
+                writer.close()
+                await writer.wait_closed()
+                await eventually(lambda: not state.connections)  # it saw the close
+                more.set()
+                await eventually(sent_rest.is_set)
+                await eventually(lambda: not state.tasks)  # recorded and counted
+    finally:
+        server.close()
+        await server.wait_closed()
