@@ -120,7 +120,8 @@ class Exchange:
 
     def record_with(self, recorder: AccessRecorder) -> None:
         """Have `recorder(scope, status, seconds)` write this request's access record, in
-        place of `ServiceMiddleware`'s own (which it replaces even when that one is off).
+        place of `ServiceMiddleware`'s own: it runs whether or not the service's `access_log`
+        is on, and for any path (probes too; the layer decides what to skip).
 
         It is called when the request ends, before its metrics are recorded, with the
         request's logging context (request, trace and user ids) still bound.
@@ -253,8 +254,13 @@ class ServiceMiddleware:
         route they are counted under)."""
         status = ex.status
         if ex.recorder is not None:
-            ex.recorder(scope, status, seconds)
-        elif (
+            try:
+                ex.recorder(scope, status, seconds)
+            finally:
+                if path != "/metrics":
+                    self.metrics.observe(scope, status, seconds)
+            return
+        if (
             self.access_log
             and not path.startswith(self.quiet)
             and _access.isEnabledFor(logging.INFO)

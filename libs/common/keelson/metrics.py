@@ -85,7 +85,8 @@ def cached_labels(metric: M, maxsize: int = 4096) -> Callable[..., M]:
     `maxsize` bounds them should a label ever take unbounded values.
     """
 
-    @functools.lru_cache(maxsize=maxsize)
+    # typed: 1, 1.0 and True are one key to a dict but three labels ("1", "1.0", "True").
+    @functools.lru_cache(maxsize=maxsize, typed=True)
     def child(*values: object) -> M:
         return metric.labels(*(str(value) for value in values))
 

@@ -41,6 +41,7 @@ from keelson.config import KeelsonSettings, LogSettings, PluginSettings
 from keelson.http import create_app
 from keelson.keys import KeyManager, SigningKey
 from keelson.plugins import PluginContainer
+from keelson.service import build_container
 from keelson.testing import LiveServer
 
 KEY = SigningKey.generate()
@@ -615,7 +616,6 @@ async def test_auth_plugin_verifies_against_a_live_jwks(redis_url: str) -> None:
                 )
             },
         )
-        from keelson.service import build_container
 
         container = build_container(settings, [AuthPlugin], database=False)
         await container.start()
@@ -652,7 +652,6 @@ async def test_identity_headers_are_accepted_for_the_configured_max_age(
                 )
             },
         )
-        from keelson.service import build_container
 
         container = build_container(settings, [AuthPlugin], database=False)
         app = create_app(settings, container=container, routers=[router])

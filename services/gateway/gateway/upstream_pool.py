@@ -1,7 +1,7 @@
 """Keep-alive HTTP/1.1 connections to one upstream, driven by aiohttp's client protocol.
 
 aiohttp reads the answers here as it does inside `ClientSession`: `ResponseHandler` is its
-client protocol (the C response parser, read timeouts, flow control), and its `StreamWriter`
+client protocol (the C response parser, flow control), and its `StreamWriter`
 frames streamed bodies. The request head is written here, from the header lines the proxy
 already holds as bytes: one join and one write with the body, checked against CR/LF
 injection by counting line breaks, where `StreamWriter.write_headers` would take them as
@@ -46,8 +46,6 @@ _UNBOUNDED_BODY_BYTES = 64 * 1024
 # Methods whose empty body goes without a Content-Length (RFC 9110 8.6: a user agent
 # should not send one when the method defines no meaning for a body).
 _NO_BODY = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
-
-
 _TIMEOUT_MESSAGE = "Timeout on reading data from socket"  # aiohttp's own
 
 
@@ -313,10 +311,7 @@ class UpstreamPool:
         self._slots.release()
 
     async def close(self) -> None:
-        self._closed = True
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            self._watchdog = None
+        self._closed = True  # the watchdog stays while answers are outstanding, then stops
         while self._idle:
             self._idle.pop()[1].close()
 

@@ -133,7 +133,10 @@ class SocketUpstream:
                 if response is None:  # hang up without answering
                     return
                 writer.write(response)
-                await writer.drain()
+                try:
+                    await writer.drain()
+                except ConnectionError:  # the client left with the answer unread
+                    return
                 if b"connection: close" in response.lower():
                     return
         finally:

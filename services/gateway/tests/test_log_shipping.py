@@ -54,10 +54,15 @@ async def test_every_outcome_is_one_json_line_with_route_status_and_ids(
         ok = await client.get(
             "/api/v1/logs/echo", headers={**bearer(token), "X-Request-ID": "req-abc"}
         )
+        again = await client.get("/api/v1/logs/echo", headers=bearer(token))  # cached token
+        # The transport runs the app in this task: a user id left bound would show here.
+        anonymous = await client.get("/api/v1/logs/echo")
         assert (await client.get("/health/live")).status_code == 200
     assert refused.status_code == 401 and ok.status_code == 200
+    assert again.status_code == 200 and anonymous.status_code == 401
 
-    first, second = records(access_lines)  # /health is not logged
+    first, second, third, fourth = records(access_lines)  # /health is not logged
+    assert third["user_id"] == "user-7" and fourth["user_id"] is None
     assert first["logger"] == "gateway.access" and first["level"] == "INFO"
     assert first["message"].startswith("GET /api/v1/logs/echo 401 ")
     assert first["attrs"]["route"] == "/api/v1/logs/echo" and first["attrs"]["status"] == 401

@@ -293,12 +293,12 @@ async def test_a_body_that_stalls_halfway_times_out_and_its_connection_is_droppe
 
 async def test_an_answer_that_keeps_coming_is_not_cut_off_by_the_read_timeout() -> None:
     """The timeout is on the silence between two reads, not on the whole answer."""
-    pieces = 30
+    pieces = 40
 
     async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % pieces)
-        for _ in range(pieces):  # 1.5 s in all, three times the read timeout
+        for _ in range(pieces):  # 2 s in all, more than the read timeout, 50 ms apart
             writer.write(b"x")
             await writer.drain()
             await asyncio.sleep(0.05)
@@ -311,10 +311,48 @@ async def test_an_answer_that_keeps_coming_is_not_cut_off_by_the_read_timeout() 
         limit=1,
         keepalive_seconds=30,
         connect_timeout=2,
-        read_timeout=0.5,
+        read_timeout=1.5,
     )
     try:
         assert await fetch(pool) == (200, b"x" * pieces)
+    finally:
+        await pool.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_reader_slower_than_the_timeout_is_not_taken_for_a_silent_upstream() -> None:
+    """While flow control holds the upstream back, the silence is the reader's."""
+    size = 4 * 1024 * 1024  # more than the read buffers hold: reading pauses
+
+    async def flood(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % size + b"x" * size)
+        try:
+            await writer.drain()
+            await reader.read()  # until the pool closes the connection
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(flood, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    pool = UpstreamPool(
+        f"http://127.0.0.1:{port}",
+        limit=1,
+        keepalive_seconds=30,
+        connect_timeout=2,
+        read_timeout=0.3,
+    )
+    try:
+        response = await pool.request("GET", b"/big", [], None)
+        try:
+            await asyncio.sleep(1.0)  # the reader's own pace: three read timeouts
+            received = 0
+            async for chunk in response.payload.iter_any():
+                received += len(chunk)
+            assert received == size
+        finally:
+            response.release()
     finally:
         await pool.close()
         server.close()

@@ -143,12 +143,12 @@ class _Refusal(Exception):
         self.headers = headers
 
     def response(self) -> ASGIApp:
-        return problem_response(
-            self.status,
-            "Unauthorized" if self.status == 401 else "Bad Request",
-            self.detail,
-            headers=self.headers,
-        )
+        return _refusal(self.status, self.detail, self.headers)
+
+
+def _refusal(status: int, detail: str, headers: dict[str, str] | None = None) -> ASGIApp:
+    title = "Unauthorized" if status == 401 else "Bad Request"
+    return problem_response(status, title, detail, headers=headers)
 
 
 class _EnvelopeLayer:
@@ -158,8 +158,7 @@ class _EnvelopeLayer:
         self.required = tuple(plugin.config.require_for)
 
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
-        # A plain request has nothing to wait for here: the next layer's awaitable is
-        # returned, not awaited, so this layer adds no frame to the request's task.
+        # A plain function (see GatewayPlugin.wrap) unless the request is sealed.
         if scope["type"] != "http":
             return self.app(scope, receive, send)
         session_id = seq_text = None
@@ -174,8 +173,8 @@ class _EnvelopeLayer:
         if session_id is not None:
             return self._sealed(scope, receive, send, session_id, seq_text, inner_type)
         if self.required and scope["path"].startswith(self.required):
-            refusal = _Refusal(400, "This path only accepts encrypted requests.")
-            return refusal.response()(scope, receive, send)
+            refused = _refusal(400, "This path only accepts encrypted requests.")
+            return refused(scope, receive, send)
         return self.app(scope, receive, send)
 
     async def _sealed(

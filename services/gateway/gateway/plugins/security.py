@@ -120,8 +120,8 @@ class SecurityPlugin(GatewayPlugin):
         """The token's principal if nothing needs asking: verified before, unexpired, not
         announced revoked, and its shared revocation check still fresh; else None (then
         `authenticate` decides)."""
-        cached = self._cache.get(token)
-        if cached is None or (cached.expires_at is not None and cached.expires_at <= time.time()):
+        cached = self._unexpired(token)
+        if cached is None:
             return None
         jti = cached.jti
         if jti and (self.announced.revoked_here(jti) or self._recheck_due(jti)):
@@ -130,17 +130,20 @@ class SecurityPlugin(GatewayPlugin):
 
     async def authenticate(self, token: str) -> Principal:
         """Verify once, then serve from cache until expiry; revocation is checked each time."""
-        found = self.cached(token)
-        if found is not None:
-            return found
-        cached = self._cache.get(token)
-        if cached is None or (cached.expires_at is not None and cached.expires_at <= time.time()):
+        cached = self._unexpired(token)
+        if cached is None:
             principal = await self.verifier.verify(token)
             self._remember(token, principal)
             return principal
         if cached.jti and await self._revoked(cached.jti):
             self._cache.pop(token, None)
             raise InvalidToken("token revoked")
+        return cached
+
+    def _unexpired(self, token: str) -> Principal | None:
+        cached = self._cache.get(token)
+        if cached is None or (cached.expires_at is not None and cached.expires_at <= time.time()):
+            return None
         return cached
 
     def _recheck_due(self, jti: str) -> bool:
@@ -207,8 +210,7 @@ class _SecurityLayer:
         self.cors = _Cors(config.cors)
 
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
-        # A token verified before needs no waiting: the next layer's awaitable is returned,
-        # not awaited, so this layer adds no frame to the request's task.
+        # A plain function (see GatewayPlugin.wrap) unless the token needs verifying.
         if scope["type"] != "http":
             return self.app(scope, receive, send)
         origin = None
@@ -280,11 +282,6 @@ class _SecurityLayer:
             # For the rest of the request's lines; ServiceMiddleware unbinds it at the end.
             user_id_var.set(principal.user_id)
         return self.app(scope, receive, send)
-
-
-class _Refused(Exception):
-    def __init__(self, response: ASGIApp) -> None:
-        self.response = response
 
 
 class _Cors:

@@ -104,8 +104,7 @@ class _ValidationLayer:
         self.allowed = frozenset(t.lower() for t in config.allowed_content_types)
 
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
-        # Without a body there is nothing to wait for here: the next layer's awaitable is
-        # returned, not awaited, so this layer adds no frame to the request's task.
+        # A plain function (see GatewayPlugin.wrap) unless there is a body to read.
         if scope["type"] != "http":
             return self.app(scope, receive, send)
         try:
