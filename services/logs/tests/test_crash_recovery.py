@@ -4,6 +4,7 @@ import asyncio
 import shutil
 import tempfile
 from collections.abc import AsyncIterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import asyncpg
@@ -19,6 +20,10 @@ from logs_service.store import LogStore, create_pool
 from logs_service.tail import TailHub
 
 MIGRATIONS = Path(__file__).parents[1] / "logs_service" / "migrations"
+# `python -m logs_service` spends seconds of CPU importing before it answers: on a loaded
+# two-core machine its start took over 30 s. The deadline only ends a stuck start (a process
+# that dies fails at once).
+SERVICE_START_SECONDS = 120
 
 
 async def assert_exactly_once(pool: asyncpg.Pool, service: str, count: int) -> None:
@@ -30,16 +35,21 @@ async def assert_exactly_once(pool: asyncpg.Pool, service: str, count: int) -> N
     assert (row["n"], row["ids"], row["records"]) == (count, count, count)
 
 
+# Above the sum of the waits inside (2 starts, 60, 180), so the one that names the stuck step
+# fails the test rather than the suite's 120 s.
+@pytest.mark.timeout(600)
 async def test_a_consumer_killed_during_a_burst_loses_and_doubles_nothing(
     logs_database_url: str, pool: asyncpg.Pool, service_name: str, tmp_path: Path
 ) -> None:
     endpoint = f"tcp://127.0.0.1:{free_port()}"
-    consumer = logs_service_process(
-        database_url=logs_database_url, bind_endpoint=endpoint, workdir=tmp_path
-    )
-    await consumer.wait_for("/health/live", timeout=30)
-    sender = SenderProcess(endpoint, service_name, 50_000, tmp_path / "spill", rate=25_000)
-    try:
+    with ExitStack() as running:  # every process started is killed, whichever step fails
+        consumer = logs_service_process(
+            database_url=logs_database_url, bind_endpoint=endpoint, workdir=tmp_path
+        )
+        running.callback(consumer.kill)
+        await consumer.wait_for("/health/live", timeout=SERVICE_START_SECONDS)
+        sender = SenderProcess(endpoint, service_name, 50_000, tmp_path / "spill", rate=25_000)
+        running.callback(sender.kill)
 
         async def mid_burst() -> bool:
             return await count_of(pool, service_name) >= 5_000
@@ -52,11 +62,9 @@ async def test_a_consumer_killed_during_a_burst_loses_and_doubles_nothing(
         consumer = logs_service_process(
             database_url=logs_database_url, bind_endpoint=endpoint, workdir=tmp_path
         )
-        await consumer.wait_for("/health/live", timeout=30)
+        running.callback(consumer.kill)
+        await consumer.wait_for("/health/live", timeout=SERVICE_START_SECONDS)
         result = await asyncio.to_thread(sender.result, 180)
-    finally:
-        sender.kill()
-        consumer.kill()
     assert result["drained"] and result["dropped"] == {}
     assert result["acknowledged"] == 50_000
     await assert_exactly_once(pool, service_name, 50_000)
