@@ -253,31 +253,28 @@ class ServiceMiddleware:
         """The request's access record, then its metrics (the record's writer may name the
         route they are counted under)."""
         status = ex.status
-        if ex.recorder is not None:
-            try:
+        try:
+            if ex.recorder is not None:
                 ex.recorder(scope, status, seconds)
-            finally:
-                if path != "/metrics":
-                    self.metrics.observe(scope, status, seconds)
-            return
-        if (
-            self.access_log
-            and not path.startswith(self.quiet)
-            and _access.isEnabledFor(logging.INFO)
-        ):
-            client = scope.get("client")
-            # request_id, trace_id and user_id come from the context the logger binds.
-            log_access_record(
-                _access,
-                logging.INFO,
-                scope["method"],
-                route_template(scope),
-                status,
-                seconds,
-                client[0] if client else None,
-            )
-        if path != "/metrics":
-            self.metrics.observe(scope, status, seconds)
+            elif (
+                self.access_log
+                and not path.startswith(self.quiet)
+                and _access.isEnabledFor(logging.INFO)
+            ):
+                client = scope.get("client")
+                # request_id, trace_id and user_id come from the context the logger binds.
+                log_access_record(
+                    _access,
+                    logging.INFO,
+                    scope["method"],
+                    route_template(scope),
+                    status,
+                    seconds,
+                    client[0] if client else None,
+                )
+        finally:
+            if path != "/metrics":
+                self.metrics.observe(scope, status, seconds)
 
 
 def random_id() -> str:

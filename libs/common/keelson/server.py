@@ -29,6 +29,7 @@ Everything else is uvicorn's own code.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import (
@@ -40,7 +41,7 @@ from uvicorn.protocols.http.httptools_impl import (
 )
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
-__all__ = ["CLIENT_GONE", "HttpProtocol", "WriteCombiner"]
+__all__ = ["CLIENT_GONE", "HttpProtocol", "WriteCombiner", "client_gone"]
 
 CLIENT_GONE = "keelson.client_gone"
 
@@ -87,6 +88,16 @@ class WriteCombiner:
 
     def is_closing(self) -> bool:
         return self.transport.is_closing()
+
+
+def client_gone(scope: Any) -> Callable[[], bool]:
+    """The scope's CLIENT_GONE function; under another server, one that always says no."""
+    found: Callable[[], bool] | None = scope.get("extensions", {}).get(CLIENT_GONE)
+    return found or _never
+
+
+def _never() -> bool:
+    return False
 
 
 class _Presence:

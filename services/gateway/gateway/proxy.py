@@ -36,7 +36,7 @@ from gateway.upstreams import RoutingConfig, Upstream
 from keelson.http import exchange, problem_response, random_id
 from keelson.logging import request_id_var, trace_id_var
 from keelson.metrics import cached_labels
-from keelson.server import CLIENT_GONE
+from keelson.server import client_gone
 
 __all__ = ["ProxyApp", "new_pools", "new_session"]
 
@@ -165,6 +165,7 @@ class ProxyApp:
         body, replayable, length = await self._request_body(scope, receive, declared, chunked)
         attempts = 1 + upstream.config.retries if replayable and method in IDEMPOTENT else 1
         pool = self.pools[upstream.name]
+        gone = client_gone(scope)
         started = time.perf_counter()
         for attempt in range(attempts):
             try:
@@ -194,12 +195,7 @@ class ProxyApp:
                 raise _Failed(502, f"The {upstream.name} service sent an invalid answer.") from None
             try:
                 status = response.status
-                client_gone = scope.get("extensions", {}).get(CLIENT_GONE)
-                if (
-                    status in _RETRY_STATUS
-                    and attempt + 1 < attempts
-                    and not (client_gone is not None and client_gone())
-                ):
+                if status in _RETRY_STATUS and attempt + 1 < attempts and not gone():
                     await self._backoff(upstream, attempt)
                     continue
                 _duration(upstream.name).observe(time.perf_counter() - started)
@@ -208,12 +204,12 @@ class ProxyApp:
                     upstream.breaker.record_failure()
                 else:
                     upstream.breaker.record_success()
-                if client_gone is not None and client_gone():
+                if gone():
                     # Nobody is left to read the answer: it is dropped, and `release()`
                     # closes the connection unless all of the answer has already arrived.
                     exchange(scope).status = CLIENT_CLOSED_REQUEST
                     return
-                await self._relay(response, scope, send, client_gone)
+                await self._relay(response, scope, send, gone)
                 return
             finally:
                 response.release()
@@ -298,7 +294,7 @@ class ProxyApp:
         response: UpstreamResponse,
         scope: Scope,
         send: Send,
-        client_gone: Callable[[], bool] | None,
+        gone: Callable[[], bool],
     ) -> None:
         headers: list[tuple[bytes, bytes]] = []
         connection = None
@@ -322,7 +318,7 @@ class ProxyApp:
             await send({"type": "http.response.body", "body": await response.read()})
             return
         async for chunk in response.payload.iter_any():
-            if client_gone is not None and client_gone():
+            if gone():
                 # The rest would be read for nobody: `release()` closes the connection.
                 exchange(scope).status = CLIENT_CLOSED_REQUEST
                 return

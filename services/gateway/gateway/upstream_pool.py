@@ -273,8 +273,11 @@ class UpstreamPool:
         protocol.last_read = protocol.clock()
         self._busy[protocol] = None
         if self._watchdog is None:
-            loop = asyncio.get_running_loop()
-            self._watchdog = loop.call_later(self.read_timeout / 8, self._sweep)
+            self._arm_watchdog()
+
+    def _arm_watchdog(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._watchdog = loop.call_later(self.read_timeout / 8, self._sweep)
 
     def _sweep(self) -> None:
         """The watchdog's round: fail the answers silent for `read_timeout`, as aiohttp's
@@ -294,9 +297,7 @@ class UpstreamPool:
                     payload.set_exception(exc)
                 del busy[protocol]
         if busy:
-            self._watchdog = asyncio.get_running_loop().call_later(
-                self.read_timeout / 8, self._sweep
-            )
+            self._arm_watchdog()
 
     def _discard(self, protocol: _Connection) -> None:
         self._busy.pop(protocol, None)

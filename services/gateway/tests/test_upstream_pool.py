@@ -45,6 +45,30 @@ async def running(
             await pool.close()
 
 
+@asynccontextmanager
+async def pool_on(
+    serve: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+    *,
+    read_timeout: float,
+) -> AsyncIterator[UpstreamPool]:
+    """A one-connection pool to an upstream that `serve` plays by hand, on this loop."""
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    pool = UpstreamPool(
+        f"http://127.0.0.1:{port}",
+        limit=1,
+        keepalive_seconds=30,
+        connect_timeout=2,
+        read_timeout=read_timeout,
+    )
+    try:
+        yield pool
+    finally:
+        await pool.close()
+        server.close()
+        await server.wait_closed()
+
+
 async def fetch(pool: UpstreamPool, method: str = "GET", body: object = None) -> tuple[int, bytes]:
     response = await pool.request(method, b"/api/v1/x?q=1", [(b"accept", b"*/*")], body)  # type: ignore[arg-type]
     try:
@@ -304,21 +328,8 @@ async def test_an_answer_that_keeps_coming_is_not_cut_off_by_the_read_timeout() 
             await asyncio.sleep(0.05)
         writer.close()
 
-    server = await asyncio.start_server(trickle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    pool = UpstreamPool(
-        f"http://127.0.0.1:{port}",
-        limit=1,
-        keepalive_seconds=30,
-        connect_timeout=2,
-        read_timeout=1.5,
-    )
-    try:
+    async with pool_on(trickle, read_timeout=1.5) as pool:
         assert await fetch(pool) == (200, b"x" * pieces)
-    finally:
-        await pool.close()
-        server.close()
-        await server.wait_closed()
 
 
 async def test_a_reader_slower_than_the_timeout_is_not_taken_for_a_silent_upstream() -> None:
@@ -334,16 +345,7 @@ async def test_a_reader_slower_than_the_timeout_is_not_taken_for_a_silent_upstre
         finally:
             writer.close()
 
-    server = await asyncio.start_server(flood, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    pool = UpstreamPool(
-        f"http://127.0.0.1:{port}",
-        limit=1,
-        keepalive_seconds=30,
-        connect_timeout=2,
-        read_timeout=0.3,
-    )
-    try:
+    async with pool_on(flood, read_timeout=0.3) as pool:
         response = await pool.request("GET", b"/big", [], None)
         try:
             await asyncio.sleep(1.0)  # the reader's own pace: three read timeouts
@@ -353,7 +355,3 @@ async def test_a_reader_slower_than_the_timeout_is_not_taken_for_a_silent_upstre
             assert received == size
         finally:
             response.release()
-    finally:
-        await pool.close()
-        server.close()
-        await server.wait_closed()

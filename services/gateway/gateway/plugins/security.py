@@ -249,10 +249,7 @@ class _SecurityLayer:
         except InvalidToken as exc:
             # A public route serves a caller whose token is stale as anonymous.
             if policy.access is not Access.PUBLIC:
-                response = problem_response(
-                    401, "Unauthorized", exc.detail, headers={"WWW-Authenticate": "Bearer"}
-                )
-                await response(scope, receive, send)
+                await _unauthorized(exc.detail)(scope, receive, send)
                 return
             principal = None
         await self._admit(scope, receive, send, policy, principal)
@@ -267,12 +264,7 @@ class _SecurityLayer:
     ) -> Awaitable[None]:
         verdict = policy.judge(principal)
         if verdict is Verdict.UNAUTHENTICATED:
-            return problem_response(
-                401,
-                "Unauthorized",
-                "A valid bearer token is required.",
-                headers={"WWW-Authenticate": "Bearer"},
-            )(scope, receive, send)
+            return _unauthorized("A valid bearer token is required.")(scope, receive, send)
         if verdict is Verdict.FORBIDDEN:
             return problem_response(403, "Forbidden", f"This needs {policy}.")(scope, receive, send)
         if principal is not None:
@@ -282,6 +274,10 @@ class _SecurityLayer:
             # For the rest of the request's lines; ServiceMiddleware unbinds it at the end.
             user_id_var.set(principal.user_id)
         return self.app(scope, receive, send)
+
+
+def _unauthorized(detail: str) -> ASGIApp:
+    return problem_response(401, "Unauthorized", detail, headers={"WWW-Authenticate": "Bearer"})
 
 
 class _Cors:
