@@ -16,7 +16,7 @@ import pytest
 import zmq
 
 from keelson.embedded import free_port
-from keelson.logging import WIRE_ACK, WIRE_VERSION, LogShipper
+from keelson.logging import WIRE_ACK, WIRE_VERSION, LogShipper, _shipper
 from keelson.metrics import LOG_RECORDS_DROPPED
 
 
@@ -184,6 +184,42 @@ def test_an_unencodable_record_is_counted_and_its_batch_still_ships(
         assert receiver.messages() == {"before", "after"}
         assert shipper.stats().dropped == {"unencodable": 1}
     finally:
+        receiver.stop()
+
+
+def test_drain_does_not_report_idle_while_a_batch_is_between_buffer_and_pending(
+    port: int, make_shipper, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sender takes lines from the buffer, then pends them: drain must not look between."""
+    taken, release = threading.Event(), threading.Event()
+    take = _shipper._Sender._next_lines
+
+    def held_take(sender: Any) -> Any:
+        lines = take(sender)
+        if lines is not None and not release.is_set():
+            taken.set()
+            release.wait(10)
+        return lines
+
+    monkeypatch.setattr(_shipper._Sender, "_next_lines", held_take)
+    receiver = Receiver(port).start()
+    logger, shipper = make_shipper(port)
+    try:
+        logger.info("in between")
+        assert taken.wait(5)
+        answers: list[tuple[bool, bool]] = []  # (drained, while still held)
+        drainer = threading.Thread(
+            target=lambda: answers.append((shipper.drain(0.3), not release.is_set()))
+        )
+        drainer.start()
+        drainer.join(1.0)  # long enough for an early answer to arrive
+        release.set()
+        drainer.join(5)
+        assert answers and answers[0] != (True, True)
+        assert shipper.drain(5)
+        assert receiver.messages() == {"in between"}
+    finally:
+        release.set()
         receiver.stop()
 
 

@@ -266,6 +266,9 @@ class _Sender:
         self.closing = shipper._closing
         self.spill = shipper._spill
         self.pending: dict[bytes, _Batch] = {}
+        # Held while lines are taken from the buffer or spill and put in `pending`, so
+        # `idle` never looks in between, when they are in neither.
+        self._handoff = threading.Lock()
         self.in_flight_records = 0
         self.in_flight_from_spill = 0
         self.acknowledged = 0
@@ -276,7 +279,8 @@ class _Sender:
         self._warned_counts = (0, 0)
 
     def idle(self) -> bool:
-        return not self.buffer and not self.pending and not self.spill.has_data()
+        with self._handoff:
+            return not self.buffer and not self.pending and not self.spill.has_data()
 
     def run(self) -> None:
         context = zmq.Context()
@@ -379,12 +383,13 @@ class _Sender:
 
     def _fill_window(self, socket: zmq.Socket[bytes], now: float) -> None:
         while self._window_open():
-            taken = self._next_lines()
-            if taken is None:
-                return
-            segment, lines = taken
-            batch = _Batch(uuid.uuid4().hex.encode(), lines, segment)
-            self.pending[batch.id] = batch
+            with self._handoff:
+                taken = self._next_lines()
+                if taken is None:
+                    return
+                segment, lines = taken
+                batch = _Batch(uuid.uuid4().hex.encode(), lines, segment)
+                self.pending[batch.id] = batch
             self.in_flight_records += len(lines)
             if segment is not None:
                 self.in_flight_from_spill += len(lines)
