@@ -68,6 +68,10 @@ class _Connection(ResponseHandler):
         self.paused = True
 
     def resume_reading(self, resume_parser: bool = True) -> None:
+        # aiohttp's StreamReader calls this after every read of a body below its low-water
+        # mark, paused or not; unpaused, there is nothing held to parse or resume.
+        if not self._reading_paused:
+            return
         super().resume_reading(resume_parser)
         if self.paused:
             self.paused = False
