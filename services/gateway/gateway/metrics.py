@@ -7,6 +7,7 @@ from prometheus_client import Counter, Gauge, Histogram
 __all__ = [
     "CIRCUIT_REJECTIONS",
     "CIRCUIT_STATE",
+    "RATE_LIMIT_OVERSHOOT",
     "RATE_LIMIT_REJECTIONS",
     "RATE_LIMIT_STORAGE_ERRORS",
     "UPSTREAM_REQUESTS",
@@ -41,6 +42,11 @@ CIRCUIT_REJECTIONS = Counter(
 )
 RATE_LIMIT_REJECTIONS = Counter(
     "gateway_rate_limit_rejections_total", "Requests refused with 429", ["rule"]
+)
+RATE_LIMIT_OVERSHOOT = Counter(
+    "gateway_rate_limit_overshoot_total",
+    "Requests admitted ahead of the store's answer that the store then refused",
+    ["rule"],
 )
 RATE_LIMIT_STORAGE_ERRORS = Counter(
     "gateway_rate_limit_storage_errors_total",

@@ -1,6 +1,8 @@
 import asyncio
+import contextlib
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +20,14 @@ from gateway_testkit import (
 from limits import parse
 from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
+from redis.asyncio import Redis
 
+from gateway.metrics import RATE_LIMIT_OVERSHOOT, RATE_LIMIT_STORAGE_ERRORS
 from gateway.plugins._rate_windows import Call, MemoryWindows
 from gateway.plugins.rate_limiting import RateLimitingPlugin
 from gateway.settings import Settings
 from keelson.embedded import free_port
+from keelson.testing import eventually
 
 
 def limits(**extra: object) -> dict:
@@ -155,8 +160,12 @@ async def test_remaining_counts_down_between_reads_and_shows_other_replicas(
     upstream: ServerThread, redis_url: str
 ) -> None:
     config = limits(rules=[{"path": "/api/v1/logs/echo", "limit": "100/minute"}])
+    # Every hit waits for the store here (none admitted ahead of it), so the other replica's
+    # read below sees them all at once.
     first = settings_for(
-        upstream, redis_url=redis_url, rate_limiting={**config, "stats_refresh_seconds": 3600}
+        upstream,
+        redis_url=redis_url,
+        rate_limiting={**config, "stats_refresh_seconds": 3600, "admit_ahead_above": 1000},
     )
     second = settings_for(
         upstream, redis_url=redis_url, rate_limiting={**config, "stats_refresh_seconds": 0}
@@ -168,6 +177,97 @@ async def test_remaining_counts_down_between_reads_and_shows_other_replicas(
         assert seen == [99, 98, 97, 96, 95]
         # the other replica reads the shared count: both budgets are one
         assert (await b.get("/api/v1/logs/echo")).headers["ratelimit-remaining"] == "94"
+
+
+ECHO = "/api/v1/logs/echo"
+
+
+@contextlib.asynccontextmanager
+async def writes_paused(redis_url: str) -> AsyncIterator[Redis]:
+    """Redis takes no write (nor script) from anyone while inside; reads still answer."""
+    store = Redis.from_url(redis_url)
+    await store.execute_command("CLIENT", "PAUSE", 30_000, "WRITE")
+    try:
+        yield store
+    finally:
+        await store.execute_command("CLIENT", "UNPAUSE")
+        await store.aclose()
+
+
+def ahead(limit: str, **extra: object) -> dict:
+    """One rule on ECHO whose hits are admitted ahead of the store while far from the limit."""
+    return limits(rules=[{"path": ECHO, "limit": limit}], stats_refresh_seconds=3600, **extra)
+
+
+async def test_hits_far_from_the_limit_are_admitted_ahead_of_the_store(
+    upstream: ServerThread, redis_url: str
+) -> None:
+    settings = settings_for(
+        upstream,
+        redis_url=redis_url,
+        rate_limiting=ahead("1000/minute", storage_timeout_seconds=30),
+    )
+    async with running_gateway(settings) as (app, client):
+        first = await client.get(ECHO)  # the client's first hit waits, and its window is read
+        assert first.headers["ratelimit-remaining"] == "999"
+        rule = app.state.container.get(RateLimitingPlugin).rules.rules[0]
+        (tally,) = rule.tallies.values()
+        current = tally.window_keys[1]
+        async with writes_paused(redis_url) as store:
+            # Redis runs no script now: a hit that waited for it would not be answered.
+            response = await client.get(ECHO)
+            assert response.status_code == 200
+            assert response.headers["ratelimit-remaining"] == "998"
+            assert int(await store.get(current)) == 1
+        async with Redis.from_url(redis_url) as store:
+            # ...and once Redis takes scripts again, the hit is counted there.
+            await eventually(lambda: _count_is(store, current, 2))
+
+
+async def _count_is(store: Redis, key: str, count: int) -> bool:
+    return int(await store.get(key) or 0) == count
+
+
+async def test_a_hit_admitted_ahead_that_the_store_refuses_is_counted_and_the_next_waits(
+    upstream: ServerThread, redis_url: str
+) -> None:
+    settings = settings_for(
+        upstream, redis_url=redis_url, rate_limiting=ahead("100/minute", admit_ahead_above=10)
+    )
+    async with running_gateway(settings) as (app, client):
+        assert (await client.get(ECHO)).headers["ratelimit-remaining"] == "99"
+        (tally,) = app.state.container.get(RateLimitingPlugin).rules.rules[0].tallies.values()
+        overshoot = RATE_LIMIT_OVERSHOOT.labels(ECHO)
+        before = overshoot._value.get()
+        async with Redis.from_url(redis_url) as store:
+            # Another replica spends the rest of the budget (the window as limits keeps it).
+            await store.set(tally.window_keys[1], 100, px=120_000)
+        response = await client.get(ECHO)  # admitted on the 98 it believes are left
+        assert response.status_code == 200 and response.headers["ratelimit-remaining"] == "98"
+        await eventually(lambda: overshoot._value.get() == before + 1)
+        refused = await client.get(ECHO)  # this one waits for the store, which refuses it
+        assert refused.status_code == 429 and refused.headers["ratelimit-remaining"] == "0"
+
+
+async def test_a_store_failing_hits_admitted_ahead_makes_the_next_hits_wait(
+    upstream: ServerThread, redis_url: str
+) -> None:
+    settings = settings_for(
+        upstream,
+        redis_url=redis_url,
+        rate_limiting=ahead("1000/minute", fail_open=False, storage_timeout_seconds=0.2),
+    )
+    allowed = RATE_LIMIT_STORAGE_ERRORS.labels("allowed")
+    async with running_gateway(settings) as (_, client):
+        assert (await client.get(ECHO)).status_code == 200
+        before = allowed._value.get()
+        async with writes_paused(redis_url):
+            assert (await client.get(ECHO)).status_code == 200  # admitted ahead
+            # Its hit times out in the store: counted as allowed, since it was.
+            await eventually(lambda: allowed._value.get() == before + 1)
+            # From now on hits wait for the store, and this gateway fails closed.
+            refused = await client.get(ECHO)
+            assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
 
 
 async def test_concurrent_hits_share_round_trips_yet_count_exactly(

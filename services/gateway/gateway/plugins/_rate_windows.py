@@ -11,7 +11,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from limits.aio.storage import MemoryStorage, RedisStorage
 from limits.errors import StorageError
@@ -106,6 +106,14 @@ def window_stats(
     return remaining, now + min(previous_reset_in, current_reset_in)
 
 
+class Answer(Protocol):
+    """Where a queued hit's answer goes: an awaited future, or a hit admitted without one."""
+
+    def done(self) -> bool: ...
+    def set_result(self, result: bool) -> None: ...
+    def set_exception(self, exception: BaseException) -> None: ...
+
+
 # One call of limits' sliding-window script: window keys, limit, expiry, amount.
 Call = tuple[tuple[str, str], int, int, int]
 # A window as limits' storage reads it: previous count, its TTL, current count, its TTL.
@@ -122,20 +130,29 @@ class RedisHits:
     arrival order, so the counts and answers are exactly those of one call per hit; a
     key refused lately goes as one call per hit straight away.
 
+    A hit is either awaited (`hit`: it goes in the next round trip) or sent later
+    (`hit_later`, for a request already admitted): those wait up to `linger` seconds for
+    the next round trip, so that many share one call, and a round trip with only them
+    left does not start another at once.
+
     Window reads (for the RateLimit-* headers) are queued the same way, after the hits:
     the reads of one key in one batch are one call of limits' read script, each read
     having been asked for after its own hit was answered.
     """
 
-    def __init__(self, storage: RedisStorage) -> None:
+    def __init__(self, storage: RedisStorage, *, linger: float = 0.005) -> None:
         self.storage = storage
         bridge: Any = storage.bridge
         self.client: Redis = bridge.get_connection()
         self.script = bridge.lua_acquire_sliding_window
         self.read_script = bridge.lua_sliding_window
-        self.queue: list[tuple[tuple[str, str], int, int, asyncio.Future[bool]]] = []
+        self.linger = linger
+        self.loop = asyncio.get_running_loop()
+        self.queue: list[tuple[tuple[str, str], int, int, Answer]] = []
+        self.awaited = 0  # hits in `queue` whose callers wait for their answer
         self.reads: dict[tuple[str, str], tuple[int, list[asyncio.Future[_Window]]]] = {}
         self.sender: asyncio.Task[None] | None = None
+        self.lingering: asyncio.TimerHandle | None = None
         self.strained: set[tuple[str, str]] = set()  # keys with a refusal in their last batch
 
     def window_keys(self, key: str) -> tuple[str, str]:
@@ -148,26 +165,45 @@ class RedisHits:
         )
 
     async def hit(self, keys: tuple[str, str], limit: int, expiry: int) -> bool:
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[bool] = self.loop.create_future()
         self.queue.append((keys, limit, expiry, future))
-        if self.sender is None:
-            self.sender = asyncio.create_task(self._send_all())
+        self.awaited += 1
+        self._send_now()
         return await future
+
+    def hit_later(self, keys: tuple[str, str], limit: int, expiry: int, answer: Answer) -> None:
+        """Count a hit within `linger` seconds; its answer goes to `answer`."""
+        self.queue.append((keys, limit, expiry, answer))
+        if self.sender is None and self.lingering is None:
+            self.lingering = self.loop.call_later(self.linger, self._send_now)
 
     async def window(self, keys: tuple[str, str], expiry: int) -> _Window:
         """(previous count, its TTL, current count, its TTL), as limits' storage reads it."""
-        future: asyncio.Future[_Window] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[_Window] = self.loop.create_future()
         self.reads.setdefault(keys, (expiry, []))[1].append(future)
-        if self.sender is None:
-            self.sender = asyncio.create_task(self._send_all())
+        self._send_now()
         return await future
+
+    async def close(self) -> None:
+        """Send everything queued, the lingering hits included, and wait for it."""
+        while self.queue or self.reads or self.sender is not None:
+            self._send_now()
+            if self.sender is not None:
+                await asyncio.shield(self.sender)
+
+    def _send_now(self) -> None:
+        if self.lingering is not None:
+            self.lingering.cancel()
+            self.lingering = None
+        if self.sender is None and (self.queue or self.reads):
+            self.sender = self.loop.create_task(self._send_all())
 
     async def _send_all(self) -> None:
         try:
-            while self.queue or self.reads:
+            while True:
                 if self.queue:
-                    batch, self.queue = self.queue, []
-                    hits = [future for *_, future in batch]
+                    batch, self.queue, self.awaited = self.queue, [], 0
+                    hits = [answer for *_, answer in batch]
                     try:
                         _answer(hits, await self._count(batch))
                     except Exception as exc:
@@ -183,20 +219,25 @@ class RedisHits:
                     else:
                         for readers, window in zip(waiting, windows, strict=True):
                             _answer(readers, [window] * len(readers))
-        finally:
+                if not (self.awaited or self.reads):
+                    break
+        except BaseException:
             # Stopped (cancelled at shutdown): whoever still waits gets the storage's error,
             # which fails open or closed as configured, rather than a cancellation.
-            self.sender = None
             stopped = RuntimeError("rate-limit sender stopped")
-            _fail([future for *_, future in self.queue], stopped)
+            _fail([answer for *_, answer in self.queue], stopped)
             for _, readers in self.reads.values():
                 _fail(readers, stopped)
             self.queue.clear()
             self.reads.clear()
+            self.awaited = 0
+            raise
+        finally:
+            self.sender = None
+        if self.queue:  # only hits sent later are left: they linger for the next round
+            self.lingering = self.loop.call_later(self.linger, self._send_now)
 
-    async def _count(
-        self, batch: list[tuple[tuple[str, str], int, int, asyncio.Future[bool]]]
-    ) -> list[bool]:
+    async def _count(self, batch: list[tuple[tuple[str, str], int, int, Answer]]) -> list[bool]:
         by_key: dict[tuple[str, str], list[int]] = {}
         for i, (keys, *_) in enumerate(batch):
             by_key.setdefault(keys, []).append(i)
@@ -269,7 +310,7 @@ class RedisHits:
         return results
 
 
-def _answer(futures: list[asyncio.Future[Any]], results: list[Any]) -> None:
+def _answer(futures: Sequence[Answer | asyncio.Future[Any]], results: list[Any]) -> None:
     for future, result in zip(futures, results, strict=True):
         if not future.done():  # a caller that gave up (timeout, disconnect) is skipped
             future.set_result(result)
@@ -282,7 +323,7 @@ def _logged(exc: Exception) -> Exception:
     return exc
 
 
-def _fail(futures: list[asyncio.Future[Any]], exc: Exception) -> None:
+def _fail(futures: Sequence[Answer | asyncio.Future[Any]], exc: Exception) -> None:
     for future in futures:
         if not future.done():
             future.set_exception(StorageError(exc))

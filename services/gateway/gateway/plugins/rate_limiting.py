@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -23,7 +23,11 @@ from redis.asyncio import ConnectionPool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.context import PRINCIPAL, client_ip, state
-from gateway.metrics import RATE_LIMIT_REJECTIONS, RATE_LIMIT_STORAGE_ERRORS
+from gateway.metrics import (
+    RATE_LIMIT_OVERSHOOT,
+    RATE_LIMIT_REJECTIONS,
+    RATE_LIMIT_STORAGE_ERRORS,
+)
 from gateway.paths import PathPattern
 from gateway.pipeline import GatewayPlugin, plugin_config
 from gateway.plugins._rate_windows import (
@@ -89,6 +93,16 @@ class RateLimitConfig(BaseModel):
     # request once it is within 10% of the limit), and counted down locally in between:
     # one round trip per request instead of two. 0: re-read every time.
     stats_refresh_seconds: float = Field(1.0, ge=0)
+    # With Redis, a hit is admitted without waiting for the store while the client's budget,
+    # as last read (within stats_refresh_seconds) and counted down since, has more than
+    # this many hits (and 10% of the limit) left; the hit is counted in the store within
+    # linger_seconds, sharing one call with the others. A hit the store then refuses
+    # (another replica spent the budget meanwhile) is counted in
+    # gateway_rate_limit_overshoot_total, and the client's next hits wait for the store.
+    # Below this margin, and for limits smaller than it, every hit waits: counting and
+    # refusing are exact. A very large value makes every hit wait.
+    admit_ahead_above: int = Field(50, ge=0)
+    linger_seconds: float = Field(0.005, gt=0, le=1)
     key_prefix: str = "keelson-gateway"
 
     @field_validator("default")
@@ -108,6 +122,31 @@ class _Tally:
     remaining: int = 0
     reset_at: float = 0.0
     read_at: float = -math.inf
+    answer: _AdmittedAhead | None = None  # where the store answers hits admitted ahead
+
+
+class _AdmittedAhead:
+    """The store's answer to a tally's hits admitted ahead of it (`RedisHits.Answer`)."""
+
+    __slots__ = ("plugin", "rule", "tally")
+
+    def __init__(self, plugin: RateLimitingPlugin, rule: str, tally: _Tally) -> None:
+        self.plugin = plugin
+        self.rule = rule
+        self.tally = tally
+
+    def done(self) -> bool:
+        return False  # answered once per hit
+
+    def set_result(self, allowed: bool) -> None:
+        if not allowed:
+            # Another replica spent the budget meanwhile: this hit went through uncounted.
+            # The client's next hits wait for the store, which re-reads its window.
+            RATE_LIMIT_OVERSHOOT.labels(self.rule).inc()
+            self.tally.remaining, self.tally.read_at = 0, -math.inf
+
+    def set_exception(self, exception: BaseException) -> None:
+        self.plugin.storage_failed(exception, admitted=True)
 
 
 @dataclass(eq=False)
@@ -115,11 +154,15 @@ class _Rule:
     name: str
     item: RateLimitItem
     pattern: PathPattern
+    margin: int = 0  # admitted ahead of the store only while more than this many are left
     tallies: dict[str, _Tally] = field(default_factory=dict)  # by client
     limit_header: tuple[bytes, bytes] = field(init=False)
+    expiry: int = field(init=False)
 
     def __post_init__(self) -> None:
         self.limit_header = (b"ratelimit-limit", b"%d" % self.item.amount)
+        self.expiry = self.item.get_expiry()
+        self.margin = max(self.margin, self.item.amount // 10)
 
     def tally(self, client: str, window_keys: Callable[[str], tuple[str, str]] | None) -> _Tally:
         """The client's tally, made on its first request (keys built once, not per hit)."""
@@ -137,12 +180,13 @@ class _Rules:
     """The rules compiled once per config; `for_request` is the hot path."""
 
     def __init__(self, config: RateLimitConfig) -> None:
+        margin = config.admit_ahead_above
         self.rules = [
-            _Rule(r.path, parse(r.limit), PathPattern.parse(r.path, r.methods))
+            _Rule(r.path, parse(r.limit), PathPattern.parse(r.path, r.methods), margin)
             for r in config.rules
         ]
         self.default = (
-            _Rule("default", parse(config.default), PathPattern.parse("*"))
+            _Rule("default", parse(config.default), PathPattern.parse("*"), margin)
             if config.default
             else None
         )
@@ -178,8 +222,11 @@ class RateLimitingPlugin(GatewayPlugin):
         sliding = self.config.strategy is Strategy.SLIDING_WINDOW
         self._memory = self.storage if sliding and isinstance(self.storage, MemoryWindows) else None
         self._hits = (
-            RedisHits(self.storage) if sliding and isinstance(self.storage, RedisStorage) else None
+            RedisHits(self.storage, linger=self.config.linger_seconds)
+            if sliding and isinstance(self.storage, RedisStorage)
+            else None
         )
+        self._store_failed = False  # since the last hit it answered: every hit waits for it
         self._last_complaint = 0.0
         # In memory the stats cost no round trip: always exact.
         self._refresh = self.config.stats_refresh_seconds if self._pool is not None else 0.0
@@ -208,6 +255,8 @@ class RateLimitingPlugin(GatewayPlugin):
         return "redis" if self._pool is not None else "memory"
 
     async def stop(self) -> None:
+        if self._hits is not None:
+            await self._hits.close()  # the hits admitted ahead of the store, counted
         if self._pool is not None:
             await self._pool.disconnect()
 
@@ -233,6 +282,7 @@ class RateLimitingPlugin(GatewayPlugin):
                     "rules": config.rules,
                     "exempt": config.exempt,
                     "fail_open": config.fail_open,
+                    "admit_ahead_above": config.admit_ahead_above,
                 }
             )
             self.rules = rules  # with fresh tallies: the limits may have changed
@@ -242,17 +292,45 @@ class RateLimitingPlugin(GatewayPlugin):
     def wrap(self, app: ASGIApp) -> ASGIApp:
         return _RateLimitLayer(app, self)
 
+    def count_now(self, rule: _Rule, client: str) -> tuple[bool, int, float] | None:
+        """Count one hit without waiting, as `count` answers; None when it must wait.
+
+        In memory every hit is answered at once. With Redis, a hit is admitted ahead of the
+        store's answer while the client's tally, read lately, is above the rule's margin; the
+        store counts it within `linger_seconds` (see `RateLimitConfig.admit_ahead_above`).
+        """
+        if self._memory is not None:
+            tally = rule.tally(client, None)
+            return self._memory.hit_now(tally.key, rule.item.amount, rule.expiry)
+        hits = self._hits
+        if hits is None or self._store_failed:
+            return None
+        tally = rule.tally(client, hits.window_keys)
+        keys = tally.window_keys
+        if (
+            keys is None
+            or tally.remaining <= rule.margin
+            or time.monotonic() - tally.read_at >= self._refresh
+        ):
+            return None
+        tally.remaining -= 1
+        if tally.answer is None:
+            tally.answer = _AdmittedAhead(self, rule.name, tally)
+        hits.hit_later(keys, rule.item.amount, rule.expiry, tally.answer)
+        return True, tally.remaining, tally.reset_at
+
     async def count(self, rule: _Rule, client: str) -> tuple[bool, int, float]:
-        """Count one hit: (allowed, remaining, reset epoch seconds)."""
+        """Count one hit, waiting for the store: (allowed, remaining, reset epoch seconds)."""
         item = rule.item
         hits = self._hits
         tally = rule.tally(client, hits.window_keys if hits is not None else None)
         if self._memory is not None:
-            return self._memory.hit_now(tally.key, item.amount, item.get_expiry())
+            return self._memory.hit_now(tally.key, item.amount, rule.expiry)
         if hits is not None and tally.window_keys is not None:
-            allowed = await hits.hit(tally.window_keys, item.amount, item.get_expiry())
+            allowed = await hits.hit(tally.window_keys, item.amount, rule.expiry)
         else:
             allowed = await self.limiter.hit(item, rule.name, client)
+        self._store_failed = False
         now = time.monotonic()
         if (
             not allowed
@@ -271,8 +349,10 @@ class RateLimitingPlugin(GatewayPlugin):
             tally.remaining = max(0, tally.remaining - 1)
         return allowed, tally.remaining, tally.reset_at
 
-    def storage_failed(self, exc: Exception) -> None:
-        outcome = "allowed" if self.config.fail_open else "refused"
+    def storage_failed(self, exc: BaseException, *, admitted: bool = False) -> None:
+        """The store failed a hit; `admitted`: one admitted ahead of its answer."""
+        self._store_failed = True
+        outcome = "allowed" if admitted or self.config.fail_open else "refused"
         RATE_LIMIT_STORAGE_ERRORS.labels(outcome).inc()
         now = time.monotonic()
         if now - self._last_complaint > 10.0:
@@ -290,21 +370,29 @@ class _RateLimitLayer:
         self.plugin = plugin
         self.hops: int = getattr(plugin.container.settings, "trusted_proxy_hops", 0)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # A plain function while the hit is answered at once (see GatewayPlugin.wrap).
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
         plugin = self.plugin
         rule = plugin.rules.for_request(scope["method"], scope["path"])
         if rule is None:
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
         principal: Any = state(scope).get(PRINCIPAL)
         client = (
             f"user:{principal.user_id}"
             if principal is not None
             else ("ip:" + client_ip(scope, self.hops))
         )
+        answer = plugin.count_now(rule, client)
+        if answer is None:
+            return self._counted(rule, client, scope, receive, send)
+        return self._answered(rule, *answer, scope, receive, send)
+
+    async def _counted(
+        self, rule: _Rule, client: str, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        plugin = self.plugin
         try:
             allowed, remaining, reset_at = await plugin.count(rule, client)
         except StorageError as exc:
@@ -319,6 +407,18 @@ class _RateLimitLayer:
                     headers={"Retry-After": "1"},
                 )(scope, receive, send)
             return
+        await self._answered(rule, allowed, remaining, reset_at, scope, receive, send)
+
+    def _answered(
+        self,
+        rule: _Rule,
+        allowed: bool,
+        remaining: int,
+        reset_at: float,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+    ) -> Awaitable[None]:
         reset = max(1, math.ceil(reset_at - time.time()))
         headers = (
             rule.limit_header,
@@ -334,11 +434,9 @@ class _RateLimitLayer:
                 headers={"Retry-After": str(reset)},
             )
             response.raw_headers.extend(headers)
-            await response(scope, receive, send)
-            return
-
+            return response(scope, receive, send)
         exchange(scope).add_headers(headers)
-        await self.app(scope, receive, send)
+        return self.app(scope, receive, send)
 
 
 def _period(item: RateLimitItem) -> str:
