@@ -283,7 +283,7 @@ def random_id() -> str:
     Request and trace ids need to be unique, not secret: Mersenne Twister bits will do,
     without a system call per id.
     """
-    return f"{_random_bits(128):032x}"
+    return _random_bits(128).to_bytes(16).hex()  # twice as fast as f"{...:032x}"
 
 
 class InFlight:

@@ -251,7 +251,7 @@ class ProxyApp:
         headers.append((b"x-forwarded-proto", scope.get("scheme", "http").encode("latin-1")))
         # W3C trace context: the same trace, with the gateway's own span as the parent.
         trace_id = trace_id_var.get() or random_id()
-        traceparent = f"00-{trace_id}-{_random_bits(64):016x}-{flags}"
+        traceparent = f"00-{trace_id}-{_random_bits(64).to_bytes(8).hex()}-{flags}"
         headers.append((b"traceparent", traceparent.encode("latin-1")))
         if request_id := request_id_var.get():
             headers.append((b"x-request-id", request_id.encode("latin-1")))

@@ -51,7 +51,7 @@ class _RecordIds:
         self.counter = itertools.count()
 
     def new(self) -> str:
-        return f"{self.prefix}{next(self.counter):016x}"
+        return self.prefix + next(self.counter).to_bytes(8).hex()
 
 
 _record_ids = _RecordIds()
