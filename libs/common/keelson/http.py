@@ -205,23 +205,32 @@ class ServiceMiddleware:
         scope["keelson.exchange"] = ex
         scope.setdefault("state", {})["request_id"] = request_id
 
-        async def send_decorated(message: Message) -> None:
+        def send_decorated(message: Message) -> Awaitable[None]:
+            # A plain function: the server's `send` is the only coroutine frame per message.
             if message["type"] == "http.response.start":
                 ex.started = True
                 ex.status = message["status"]
                 headers: list[tuple[bytes, bytes]] = message.get("headers", [])
+                names = b"".join([name for name, _ in headers])
+                lower = names.islower() or not names  # the usual case: no lower() per name
                 enforced = ex.enforced
                 if enforced:
-                    headers = [h for h in headers if h[0].lower() not in enforced]
+                    headers = [
+                        h for h in headers if (h[0] if lower else h[0].lower()) not in enforced
+                    ]
                     headers.extend(enforced.items())
-                present = {name.lower() for name, _ in headers}
+                present = (
+                    {name for name, _ in headers}
+                    if lower
+                    else {name.lower() for name, _ in headers}
+                )
                 message["headers"] = [
                     *headers,
                     *[h for h in defaults.items() if h[0] not in present],
                     *ex.extra,
                     request_id_header,
                 ]
-            await send(message)
+            return send(message)
 
         tracker = self.tracker
         tracker.count += 1

@@ -293,14 +293,16 @@ class _Cycle:
                 self.scope["http_version"],
                 status_code,
             )
-        if b"".join([name for name, _ in headers]).translate(None, _NAME_BYTES):
+        names = b"".join([name for name, _ in headers])
+        if names.translate(None, _NAME_BYTES):
             raise RuntimeError("Invalid HTTP header name.")
         if b"".join([value for _, value in headers]).translate(None, _VALUE_BYTES):
             raise RuntimeError("Invalid HTTP header value.")
+        lower = names.islower()  # the usual case: no lower() per name
         content = [STATUS_LINE[status_code]]
         has_connection_close = False
         for raw_name, value in headers:
-            name = raw_name.lower()
+            name = raw_name if lower else raw_name.lower()
             if name == b"content-length" and self.chunked_encoding is None:
                 self.expected_content_length = int(value.decode())
                 self.chunked_encoding = False

@@ -87,6 +87,13 @@ async def _lane(scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": [length]})
         await send({"type": "http.response.body", "body": received})
         return
+    if scope["path"] == "/lane/mixed":
+        # Header names in mixed case: written lower-case, and the app's own X-Frame-Options
+        # stands in for the default one.
+        mixed = [(b"X-Mixed-Case", b"1"), (b"X-Frame-Options", b"SAMEORIGIN")]
+        await send({"type": "http.response.start", "status": 200, "headers": mixed})
+        await send({"type": "http.response.body", "body": b"ok", "more_body": False})
+        return
     if scope["path"] == "/lane/raise":
         raise RuntimeError("an app that fails before answering")
     if scope["path"] == "/lane/silent":
@@ -262,6 +269,7 @@ _REQUESTS_WITH_BODIES = [
     b"POST /lane/echo HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nok",
     b"POST /lane/echo HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n%s" % (len(_BIG), _BIG),
     b"POST /lane/echo HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n",
+    b"GET /lane/mixed HTTP/1.1\r\nHost: t\r\n\r\n",
     b"GET /lane/raise HTTP/1.1\r\nHost: t\r\n\r\n",
     b"GET /lane/silent HTTP/1.1\r\nHost: t\r\n\r\n",
     b"GET /lane/short HTTP/1.1\r\nHost: t\r\n\r\n",
@@ -269,6 +277,18 @@ _REQUESTS_WITH_BODIES = [
     b"GET http://t/lane/as?absolute=form HTTP/1.1\r\nHost: t\r\n\r\n",
     b"NOT HTTP AT ALL\r\n\r\n",
 ]
+
+
+def test_header_names_in_mixed_case_are_written_lower_case_once(
+    keelson_server: LiveServer,
+) -> None:
+    request = b"GET /lane/mixed HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    answer, _ = _exchange(keelson_server.port, request)
+    head = answer.split(b"\r\n\r\n")[0].split(b"\r\n")
+    assert b"x-mixed-case: 1" in head
+    assert [line for line in head if line.lower().startswith(b"x-frame-options")] == [
+        b"x-frame-options: SAMEORIGIN"
+    ]
 
 
 def test_request_bodies_reach_the_app_whole(keelson_server: LiveServer) -> None:
