@@ -315,7 +315,10 @@ class ProxyApp:
             return
         length = response.content_length
         if length is not None and length <= self.config.buffer_response_bytes:
-            await send({"type": "http.response.body", "body": await response.read()})
+            body = response.read_now()  # a small answer has usually come whole with its head
+            if body is None:
+                body = await response.read()
+            await send({"type": "http.response.body", "body": body})
             return
         async for chunk in response.payload.iter_any():
             if gone():

@@ -121,6 +121,13 @@ class UpstreamResponse:
     async def read(self) -> bytes:
         return await self.payload.read()
 
+    def read_now(self) -> bytes | None:
+        """The whole body if all of it has arrived, without a wait; else None (`read`)."""
+        payload = self.payload
+        if payload.is_eof() and payload.exception() is None:
+            return payload.read_nowait()
+        return None
+
     def release(self) -> None:
         protocol, self._protocol = self._protocol, None
         if protocol is None:
@@ -163,7 +170,8 @@ class UpstreamPool:
         self.keepalive_seconds = keepalive_seconds
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
-        self._slots = asyncio.Semaphore(limit)
+        self._free = limit  # slots under the limit; a request takes one until released
+        self._slot_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._idle: collections.deque[tuple[float, _Connection]] = collections.deque()
         self._closed = False
         # Connections with an answer outstanding, and its body once its head has come.
@@ -194,10 +202,17 @@ class UpstreamPool:
         """
         chunked = length is None and not (body is None or isinstance(body, bytes))
         head = self._head(method, target, headers, body, length, chunked)
-        await self._acquire_slot()
+        # The usual case needs no wait: a free slot and an idle connection, taken at once.
+        if self._free and not self._slot_waiters:
+            self._free -= 1
+        else:
+            await self._wait_for_slot()
         protocol = None
         try:
-            protocol, reused = await self._connection()
+            protocol = self._idle_connection()
+            reused = protocol is not None
+            if protocol is None:
+                protocol = await self._new_connection()
             try:
                 message, payload = await self._exchange(protocol, method, head, body, chunked)
             except (
@@ -211,12 +226,12 @@ class UpstreamPool:
                 if not unsent and method not in IDEMPOTENT:
                     raise
                 self._discard(protocol)
-                protocol, _ = await self._connection(fresh=True)
+                protocol = await self._new_connection()
                 message, payload = await self._exchange(protocol, method, head, body, chunked)
         except BaseException:
             if protocol is not None:
                 self._discard(protocol)
-            self._slots.release()
+            self._release_slot()
             raise
         return UpstreamResponse(
             self,
@@ -228,18 +243,31 @@ class UpstreamPool:
             message.should_close,
         )
 
-    async def _acquire_slot(self) -> None:
+    async def _wait_for_slot(self) -> None:
         """A slot under the limit, waited for no longer than a connection would be."""
-        if not self._slots.locked():
-            await self._slots.acquire()
-            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._slot_waiters.append(waiter)
         try:
             async with asyncio.timeout(self.connect_timeout):
-                await self._slots.acquire()
-        except TimeoutError:
-            raise aiohttp.ConnectionTimeoutError(
-                f"no free connection to {self.authority} in {self.connect_timeout}s"
-            ) from None
+                await waiter
+        except BaseException as exc:
+            if waiter.done() and not waiter.cancelled():
+                self._release_slot()  # handed a slot as it gave up: pass it on
+            if isinstance(exc, TimeoutError):
+                raise aiohttp.ConnectionTimeoutError(
+                    f"no free connection to {self.authority} in {self.connect_timeout}s"
+                ) from None
+            raise
+
+    def _release_slot(self) -> None:
+        """The slot goes to the longest waiter still waiting, else back to the free count."""
+        waiters = self._slot_waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._free += 1
 
     async def _exchange(
         self, protocol: _Connection, method: str, head: bytes, body: Body, chunked: bool
@@ -256,7 +284,14 @@ class UpstreamPool:
             )
             protocol.skips_payload = skip_payload
         try:
-            await self._send(protocol, head, body, chunked)
+            transport = protocol.transport
+            if transport is None or transport.is_closing():
+                # Nothing was sent: the caller may send again on another connection.
+                raise aiohttp.ClientConnectionResetError("Cannot write to closing transport")
+            if body is None or (isinstance(body, bytes) and len(body) <= _UNBOUNDED_BODY_BYTES):
+                transport.write(head + body if body else head)  # cannot pause: no wait
+            else:
+                await self._send(protocol, transport, head, body, chunked)
         except aiohttp.ClientError:
             raise
         except ConnectionError as exc:
@@ -313,22 +348,26 @@ class UpstreamPool:
             self._idle.append((time.monotonic(), protocol))
         else:
             protocol.close()
-        self._slots.release()
+        self._release_slot()
 
     async def close(self) -> None:
         self._closed = True  # the watchdog stays while answers are outstanding, then stops
         while self._idle:
             self._idle.pop()[1].close()
 
-    async def _connection(self, *, fresh: bool = False) -> tuple[_Connection, bool]:
-        """An idle connection (and True), or a new one (and False)."""
+    def _idle_connection(self) -> _Connection | None:
+        """The most recent idle connection still young and open (the likeliest to be
+        alive), closing those that are not; None when there is none."""
         idle = self._idle
         oldest = time.monotonic() - self.keepalive_seconds
-        while idle and not fresh:
-            since, protocol = idle.pop()  # the most recent: the likeliest to be alive
+        while idle:
+            since, protocol = idle.pop()
             if since > oldest and protocol.is_connected():
-                return protocol, True
+                return protocol
             protocol.close()
+        return None
+
+    async def _new_connection(self) -> _Connection:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.connect_timeout):
@@ -341,7 +380,7 @@ class UpstreamPool:
             ) from None
         except OSError as exc:
             raise aiohttp.ClientOSError(exc.errno, exc.strerror or str(exc)) from exc
-        return protocol, False
+        return protocol
 
     def _head(
         self,
@@ -375,19 +414,22 @@ class UpstreamPool:
         head = b"".join(parts)
         return head
 
-    async def _send(self, protocol: _Connection, head: bytes, body: Body, chunked: bool) -> None:
-        transport = protocol.transport
-        if transport is None or transport.is_closing():
-            # Nothing was sent: the caller may send again on another connection.
-            raise aiohttp.ClientConnectionResetError("Cannot write to closing transport")
-        if body is None or isinstance(body, bytes):
-            transport.write(head + body if body else head)
-            if body and len(body) > _UNBOUNDED_BODY_BYTES:
-                # Enough to pause the transport: wait for the upstream to take it, no
-                # longer than a read would wait. Smaller bodies cannot pause it.
-                async with asyncio.timeout(self.read_timeout):
-                    await StreamWriter(protocol, asyncio.get_running_loop()).drain()
+    async def _send(
+        self,
+        protocol: _Connection,
+        transport: asyncio.Transport,
+        head: bytes,
+        body: Body,
+        chunked: bool,
+    ) -> None:
+        """A body that can pause the transport: sent with waits, none longer than a read."""
+        if isinstance(body, bytes):
+            transport.write(head + body)
+            # Enough to pause the transport: wait for the upstream to take it.
+            async with asyncio.timeout(self.read_timeout):
+                await StreamWriter(protocol, asyncio.get_running_loop()).drain()
             return
+        assert body is not None
         writer = StreamWriter(protocol, asyncio.get_running_loop())
         if chunked:
             writer.enable_chunking()

@@ -248,6 +248,30 @@ async def test_at_most_limit_connections_are_open() -> None:
         assert upstream.most_open == 2
 
 
+async def test_a_wait_for_a_slot_ends_at_connect_timeout_and_no_slot_is_lost() -> None:
+    gate = asyncio.Event()
+
+    async def slow(seen: Seen) -> bytes:
+        await gate.wait()
+        return ok()
+
+    async with running(slow, limit=1, connect_timeout=0.3) as (upstream, pool):
+        first = asyncio.create_task(fetch(pool))
+        await eventually(lambda: len(upstream.requests) == 1)
+        with pytest.raises(aiohttp.ConnectionTimeoutError):
+            await fetch(pool)  # the one slot stays taken past connect_timeout
+        abandoned = asyncio.create_task(fetch(pool))
+        await eventually(lambda: len(pool._slot_waiters) == 2)  # it waits, behind the first
+        abandoned.cancel()
+        queued = asyncio.create_task(fetch(pool))
+        gate.set()
+        assert await first == (200, b'{"ok":true}')
+        assert (await queued)[0] == 200  # the slot went past the one that gave up
+        with pytest.raises(asyncio.CancelledError):
+            await abandoned
+        assert pool._free == 1 and not [w for w in pool._slot_waiters if not w.done()]
+
+
 @pytest.mark.parametrize(
     ("target", "headers"),
     [
