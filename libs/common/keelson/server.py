@@ -148,7 +148,9 @@ class _Cycle:
     """One request and its response: uvicorn's `RequestResponseCycle`, leaner.
 
     `receive()` waits on a future made only when nothing is there yet; the parser's
-    callbacks and the connection's loss `wake()` it.
+    callbacks and the connection's loss `wake()` every such waiter (an app may wait in two
+    places at once: a streaming response listening for the disconnect while its generator
+    polls for it).
     """
 
     __slots__ = (
@@ -168,7 +170,7 @@ class _Cycle:
         "response_started",
         "scope",
         "transport",
-        "waiter",
+        "waiters",
         "waiting_for_100_continue",
     )
 
@@ -185,22 +187,34 @@ class _Cycle:
         self.keep_alive = keep_alive
         self.waiting_for_100_continue = expect_100_continue
         self.disconnected = False
-        self.body = b""
+        self.body: bytes | bytearray = b""  # a bytearray once a second part is added
         self.more_body = True
         self.received_all = False  # the last http.request went out: next comes the disconnect
         self.response_started = False
         self.response_complete = False
         self.chunked_encoding: bool | None = None
         self.expected_content_length = 0
-        self.waiter: asyncio.Future[None] | None = None
+        self.waiters: list[asyncio.Future[None]] | None = None
 
     def wake(self) -> None:
         """Something for `receive()`: a body part, the end of the request, the client gone."""
-        waiter = self.waiter
-        if waiter is not None:
-            self.waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
+        waiters = self.waiters
+        if waiters:
+            self.waiters = None
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    def add_body(self, part: bytes) -> int:
+        """Keep a part of the request's body for `receive()`; returns how much is kept."""
+        body = self.body
+        if not body:
+            self.body = part
+        elif isinstance(body, bytearray):
+            body += part
+        else:
+            self.body = bytearray(body) + part  # in place from now on, not copied each time
+        return len(self.body)
 
     async def run_asgi(self, app: Any) -> None:
         try:
@@ -337,11 +351,19 @@ class _Cycle:
         if not self.disconnected and not self.response_complete:
             self.flow.resume_reading()
             if self.received_all or (self.more_body and not self.body):
-                self.waiter = self.loop.create_future()
-                await self.waiter
+                waiter: asyncio.Future[None] = self.loop.create_future()
+                if self.waiters is None:
+                    self.waiters = [waiter]
+                else:
+                    self.waiters.append(waiter)
+                try:
+                    await waiter
+                finally:
+                    if waiter.cancelled() and self.waiters and waiter in self.waiters:
+                        self.waiters.remove(waiter)  # a poll that gave up leaves nothing
         if self.disconnected or self.response_complete:
             return {"type": "http.disconnect"}
-        message = {"type": "http.request", "body": self.body, "more_body": self.more_body}
+        message = {"type": "http.request", "body": bytes(self.body), "more_body": self.more_body}
         self.body = b""
         self.received_all = not self.more_body
         return message
@@ -362,7 +384,6 @@ class HttpProtocol(HttpToolsProtocol):
         # What every request's scope starts from; the rest is set per request.
         self._scope_base: dict[str, Any] = {
             "type": "http",
-            "asgi": {"version": self.asgi_version, "spec_version": "2.3"},
             "http_version": "1.1",
             "server": self.server,
             "client": self.client,
@@ -401,6 +422,7 @@ class HttpProtocol(HttpToolsProtocol):
         self.expect_100_continue = False
         self.headers = []
         scope = self._scope_base.copy()
+        scope["asgi"] = {"version": self.asgi_version, "spec_version": "2.3"}
         scope["headers"] = self.headers
         scope["state"] = self.app_state.copy()
         # ASGI's types have every extension a dict of details; this one is a function.
@@ -451,19 +473,20 @@ class HttpProtocol(HttpToolsProtocol):
         self.tasks.add(task)
 
     def on_body(self, body: bytes) -> None:
-        cycle = self.cycle
-        assert cycle is not None
-        if (self.parser.should_upgrade() and self._should_upgrade()) or cycle.response_complete:
+        if self.parser.should_upgrade() and self._should_upgrade():
             return
-        cycle.body += body
-        if len(cycle.body) > HIGH_WATER_LIMIT:
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete:
+            return
+        if cycle.add_body(body) > HIGH_WATER_LIMIT:
             self.flow.pause_reading()
         cycle.wake()
 
     def on_message_complete(self) -> None:
+        if self.parser.should_upgrade() and self._should_upgrade():
+            return  # a WebSocket handshake: the upgrade takes the connection over
         cycle = self.cycle
-        assert cycle is not None
-        if (self.parser.should_upgrade() and self._should_upgrade()) or cycle.response_complete:
+        if cycle is None or cycle.response_complete:
             return
         cycle.more_body = False
         cycle.wake()

@@ -6,6 +6,7 @@ uvloop sets it, is one segment on loopback).
 """
 
 import asyncio
+import contextlib
 import gc
 import socket
 import struct
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket
 from uvicorn.protocols.http.httptools_impl import HEADER_RE, HEADER_VALUE_RE, HttpToolsProtocol
 
 from keelson.config import KeelsonSettings, LogSettings
@@ -29,6 +31,7 @@ streamed = threading.Event()
 left: dict[str, str] = {}  # what the app saw when its client had left
 client_closed = threading.Event()
 gone: dict[str, bool] = {}  # what the scope's CLIENT_GONE said before and after
+waited: dict[str, object] = {}  # what two receive() calls at once got
 
 
 async def _lane(scope: Scope, receive: Receive, send: Send) -> None:
@@ -94,6 +97,18 @@ async def _lane(scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": mixed})
         await send({"type": "http.response.body", "body": b"ok", "more_body": False})
         return
+    if scope["path"] == "/lane/two":
+        await receive()  # the request, whole; what follows waits for the disconnect
+
+        async def poll() -> None:  # asks and gives up at once, as is_disconnected() does
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(receive(), 0.01)
+
+        await poll()
+        waited["ready"] = True
+        both = await asyncio.gather(receive(), receive())
+        waited["two"] = [message["type"] for message in both]
+        return
     if scope["path"] == "/lane/raise":
         raise RuntimeError("an app that fails before answering")
     if scope["path"] == "/lane/silent":
@@ -120,10 +135,17 @@ async def _lane(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+async def _hello_socket(websocket: WebSocket) -> None:
+    await websocket.accept()
+    await websocket.send_text("hello")
+    await websocket.close()
+
+
 def _app() -> KeelsonApp:
     settings = KeelsonSettings(service="demo", log=LogSettings(ship_endpoint=None))
     app = create_app(settings, container=PluginContainer(settings))
     app.set_express_lane(lambda scope: scope["path"].startswith("/lane"), _lane)
+    app.add_api_websocket_route("/ws", _hello_socket)
     return app
 
 
@@ -277,6 +299,32 @@ _REQUESTS_WITH_BODIES = [
     b"GET http://t/lane/as?absolute=form HTTP/1.1\r\nHost: t\r\n\r\n",
     b"NOT HTTP AT ALL\r\n\r\n",
 ]
+
+
+def test_a_websocket_handshake_on_a_new_connection_is_upgraded(keelson_server: LiveServer) -> None:
+    handshake = (
+        b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", keelson_server.port), timeout=10) as client:
+        client.sendall(handshake)
+        answer = b""
+        while b"hello" not in answer:
+            chunk = client.recv(65536)
+            assert chunk, answer
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 101 ")
+    assert b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n" in answer  # RFC 6455 1.3's own example
+
+
+async def test_every_receive_waiting_at_once_learns_of_the_disconnect(
+    keelson_server: LiveServer,
+) -> None:
+    waited.clear()
+    with socket.create_connection(("127.0.0.1", keelson_server.port), timeout=10) as client:
+        client.sendall(b"GET /lane/two HTTP/1.1\r\nHost: t\r\n\r\n")
+        await eventually(lambda: waited.get("ready"), timeout=10)
+    assert await eventually(lambda: waited.get("two"), timeout=10) == ["http.disconnect"] * 2
 
 
 def test_header_names_in_mixed_case_are_written_lower_case_once(
