@@ -57,6 +57,7 @@ class _Connection(ResponseHandler):
         self.clock = loop.time
         self.last_read = self.clock()
         self.paused = False  # by flow control: the reader is behind, not the upstream
+        self.was_paused = False  # since its parser was made (see resume_reading)
         self.skips_payload: bool | None = None  # how its parser was set up; None: not yet
 
     def data_received(self, data: bytes) -> None:
@@ -65,12 +66,14 @@ class _Connection(ResponseHandler):
 
     def pause_reading(self) -> None:
         super().pause_reading()
-        self.paused = True
+        self.paused = self.was_paused = True
 
     def resume_reading(self, resume_parser: bool = True) -> None:
         # aiohttp's StreamReader calls this after every read of a body below its low-water
-        # mark, paused or not; unpaused, there is nothing held to parse or resume.
-        if not self._reading_paused:
+        # mark, paused or not. A connection never paused has nothing held back to parse or
+        # resume: skipped. Once paused (its parser may hold bytes back even after the
+        # transport resumes: many small chunks unread pause it too), aiohttp's runs each time.
+        if not self.was_paused:
             return
         super().resume_reading(resume_parser)
         if self.paused:
@@ -273,7 +276,7 @@ class UpstreamPool:
         self, protocol: _Connection, method: str, head: bytes, body: Body, chunked: bool
     ) -> tuple[RawResponseMessage, aiohttp.StreamReader]:
         skip_payload = method == "HEAD"
-        if protocol.skips_payload is not skip_payload:
+        if protocol.skips_payload is not skip_payload or protocol.was_paused:
             # A new connection, or a HEAD after a GET (or back): a parser to match. A kept
             # connection's parser read its last answer to the end and waits for the next.
             protocol.set_response_params(
@@ -283,6 +286,7 @@ class UpstreamPool:
                 read_until_eof=True,
             )
             protocol.skips_payload = skip_payload
+            protocol.was_paused = False  # a new parser holds nothing back
         try:
             transport = protocol.transport
             if transport is None or transport.is_closing():

@@ -110,6 +110,31 @@ async def test_head_answers_have_no_body_and_keep_the_connection() -> None:
         assert upstream.connections == 1
 
 
+async def test_a_stream_of_many_tiny_chunks_read_late_leaves_the_connection_usable() -> None:
+    """Over 16,384 chunks buffered unread pause aiohttp's parser; what it held back is
+    parsed when reading resumes, in that answer and in the next one on the connection."""
+    tiny = b"".join(b"1\r\nx\r\n" for _ in range(16_385)) + b"0\r\n\r\n"
+
+    async def chunky(seen: Seen) -> bytes:
+        if seen.target == "/many":
+            return b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + tiny
+        return ok(b"ok")
+
+    async with running(chunky, read_timeout=2) as (upstream, pool):
+        response = await pool.request("GET", b"/many", [], None)
+        try:
+            await eventually(lambda: response.payload.is_eof() or pool._busy == {})
+            assert await response.read() == b"x" * 16_385
+        finally:
+            response.release()
+        after = await pool.request("GET", b"/after", [], None)
+        try:
+            assert await after.read() == b"ok"
+        finally:
+            after.release()
+        assert upstream.connections == 1
+
+
 async def test_an_interim_100_continue_is_skipped() -> None:
     async def continuing(seen: Seen) -> bytes:
         return b"HTTP/1.1 100 Continue\r\n\r\n" + ok(b"final")
