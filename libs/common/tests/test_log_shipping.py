@@ -17,6 +17,7 @@ import zmq
 
 from keelson.embedded import free_port
 from keelson.logging import WIRE_ACK, WIRE_VERSION, LogShipper, _shipper
+from keelson.logging._spill import SpillStore
 from keelson.metrics import LOG_RECORDS_DROPPED
 
 
@@ -364,3 +365,29 @@ def test_a_receiver_that_goes_away_gets_every_line_once_it_is_back(
     assert receiver.deliveries >= len(receiver.records)
     assert stats["spilled"] > 0 and stats["dropped"] == {}
     assert not list(spill_dir.glob("*.jsonl"))
+
+
+def test_spilled_lines_on_their_way_to_disk_still_count_as_held(tmp_path: Path) -> None:
+    """Between leaving the in-memory chunk and landing in a segment, lines are still held:
+    a drain that looked then would report everything delivered."""
+    store = SpillStore(tmp_path, max_bytes=1_000_000, prefix="t")
+    store.write([b'{"line":1}'])
+    entered, release = threading.Event(), threading.Event()
+    open_segment = store._open_segment
+
+    def held_open() -> Any:
+        entered.set()
+        release.wait(10)
+        return open_segment()
+
+    store._open_segment = held_open  # type: ignore[method-assign]
+    writer = threading.Thread(target=store.write_pending)
+    writer.start()
+    try:
+        assert entered.wait(5)
+        assert store.has_data()  # in neither the chunk nor a segment right now
+    finally:
+        release.set()
+        writer.join(5)
+    assert store.has_data() and store.size > 0
+    store.close()

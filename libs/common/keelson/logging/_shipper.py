@@ -192,11 +192,11 @@ class LogShipper(logging.Handler):
     def drain(self, timeout: float) -> bool:
         """Wait until everything buffered, in flight or spilled is acknowledged."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._sender.idle():
+        while (left := deadline - time.monotonic()) > 0:
+            if self._sender.idle(left):
                 return True
             time.sleep(0.01)
-        return self._sender.idle()
+        return self._sender.idle(0)
 
     def close(self) -> None:
         """Flush with a bounded wait, spill what is still unacknowledged, stop the thread."""
@@ -278,9 +278,15 @@ class _Sender:
         self._warned_at = 0.0
         self._warned_counts = (0, 0)
 
-    def idle(self) -> bool:
-        with self._handoff:
+    def idle(self, timeout: float = -1) -> bool:
+        """Nothing buffered, in flight or spilled; False if that cannot be seen in `timeout`
+        seconds (the sender holds the hand-off while it reads a batch)."""
+        if not self._handoff.acquire(timeout=timeout):
+            return False
+        try:
             return not self.buffer and not self.pending and not self.spill.has_data()
+        finally:
+            self._handoff.release()
 
     def run(self) -> None:
         context = zmq.Context()

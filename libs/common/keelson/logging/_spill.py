@@ -64,6 +64,7 @@ class SpillStore:
         self._owned: set[SpillSegment] = set()
         self._chunk: list[bytes] = []
         self._chunk_bytes = 0
+        self._writing = 0  # chunks taken for writing and not yet on disk
         self._bytes = 0
         self._sequence = 0
         self._failed = 0
@@ -74,7 +75,7 @@ class SpillStore:
 
     def has_data(self) -> bool:
         current = self._current is not None and self._current.size > 0
-        return bool(self._readable) or current or bool(self._chunk)
+        return bool(self._readable) or current or bool(self._chunk) or self._writing > 0
 
     @property
     def pending(self) -> bool:
@@ -111,24 +112,30 @@ class SpillStore:
             return failed
 
     def _write_chunk(self) -> None:
-        """Called with `_io_lock` held."""
+        """Called with `_io_lock` held. Until the lines are on disk, `_writing` counts them
+        as held (`has_data`), so nobody sees the store empty while they are in transit."""
         with self._lock:
             if not self._chunk:
                 return
             chunk, self._chunk, self._chunk_bytes = self._chunk, [], 0
-        data = b"\n".join(chunk) + b"\n"
+            self._writing += 1
         try:
-            if self._current is None:
-                self._current = self._open_segment()
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self._current.fd, view) :]
-        except OSError:
+            data = b"\n".join(chunk) + b"\n"
+            try:
+                if self._current is None:
+                    self._current = self._open_segment()
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(self._current.fd, view) :]
+            except OSError:
+                with self._lock:
+                    self._failed += len(chunk)
+                    self._bytes -= len(data)
+                return
+            self._current.size += len(data)
+        finally:
             with self._lock:
-                self._failed += len(chunk)
-                self._bytes -= len(data)
-            return
-        self._current.size += len(data)
+                self._writing -= 1
 
     def read_batch(self, max_lines: int) -> tuple[SpillSegment, list[bytes]] | None:
         """Up to `max_lines` records from the oldest segment, or None when nothing is spilled."""
@@ -197,6 +204,7 @@ class SpillStore:
         self._owned = set()
         self._chunk = []
         self._chunk_bytes = 0
+        self._writing = 0
         self._current = None
         self._bytes = 0
 
