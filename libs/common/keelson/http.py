@@ -233,8 +233,9 @@ class ServiceMiddleware:
             return send(message)
 
         tracker = self.tracker
+        if not tracker.count:
+            tracker.idle.clear()
         tracker.count += 1
-        tracker.idle.clear()
         rid_token = request_id_var.set(request_id)
         tid_token = trace_id_var.set(trace_id or random_id())
         uid_token = user_id_var.set(None)

@@ -69,8 +69,8 @@ class OpenApiCatalog:
         self._last_attempt: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[None]] = set()
-        # Matching a path against a document's route patterns, once per method and path.
-        self._documented = functools.lru_cache(maxsize=4096)(self._in_document)
+        # Matching a path against the routes and documents, once per method and path.
+        self._matched = functools.lru_cache(maxsize=4096)(self._match)
         self.version = 0
 
     async def refresh(self, names: list[str] | None = None) -> None:
@@ -94,7 +94,7 @@ class OpenApiCatalog:
         self._validators = {
             op: v for op, v in self._validators.items() if op.upstream != upstream.name
         }
-        self._documented.cache_clear()
+        self._matched.cache_clear()
         self.version += 1
 
     def start(self) -> None:
@@ -127,20 +127,19 @@ class OpenApiCatalog:
         if ROUTE in st:
             found: RouteMatch | None = st[ROUTE]
             return found
-        path = scope["path"]
-        upstream = self.table.match(path)
-        match = None
-        if upstream is not None:
-            match = self._operation(upstream, scope["method"], path)
+        match = self._matched(scope["method"], scope["path"])
+        if match is not None and match.upstream.name not in self._docs:
+            self._refresh_soon(match.upstream)  # asked for its document while traffic comes
         st[ROUTE] = match
         return match
 
-    def _operation(self, upstream: Upstream, method: str, path: str) -> RouteMatch:
-        doc = self._docs.get(upstream.name)
-        if doc is None:
-            self._refresh_soon(upstream)
+    def _match(self, method: str, path: str) -> RouteMatch | None:
+        upstream = self.table.match(path)
+        if upstream is None:
+            return None
+        if upstream.name not in self._docs:
             return self._by_prefix(upstream, path)
-        return self._documented(upstream.name, method, path)
+        return self._in_document(upstream.name, method, path)
 
     def _in_document(self, name: str, method: str, path: str) -> RouteMatch:
         upstream = self.table.upstreams[name]

@@ -162,7 +162,11 @@ class ProxyApp:
         query: bytes = scope["query_string"]
         target: bytes = scope["raw_path"] + b"?" + query if query else scope["raw_path"]
         headers, declared, chunked = self._request_head(scope)
-        body, replayable, length = await self._request_body(scope, receive, declared, chunked)
+        body: bytes | AsyncIterator[bytes] | None
+        if declared is None and not chunked:  # no body (a GET, say): nothing to wait for
+            body, replayable, length = state(scope).get(BODY), True, None
+        else:
+            body, replayable, length = await self._request_body(scope, receive, declared, chunked)
         attempts = 1 + upstream.config.retries if replayable and method in IDEMPOTENT else 1
         pool = self.pools[upstream.name]
         gone = client_gone(scope)

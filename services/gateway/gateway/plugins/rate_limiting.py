@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -191,8 +192,10 @@ class _Rules:
             else None
         )
         self.exempt = tuple(config.exempt)
+        # The rule of a method and path, looked up once per pair (paths repeat).
+        self.for_request = functools.lru_cache(maxsize=4096)(self._first)
 
-    def for_request(self, method: str, path: str) -> _Rule | None:
+    def _first(self, method: str, path: str) -> _Rule | None:
         if path.startswith(self.exempt):
             return None
         for rule in self.rules:
