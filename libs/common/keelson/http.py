@@ -211,6 +211,8 @@ class ServiceMiddleware:
                 ex.started = True
                 ex.status = message["status"]
                 headers: list[tuple[bytes, bytes]] = message.get("headers", [])
+                if type(headers) is not list:
+                    headers = list(headers)  # any iterable, read once
                 names = b"".join([name for name, _ in headers])
                 lower = names.islower() or not names  # the usual case: no lower() per name
                 enforced = ex.enforced

@@ -57,6 +57,9 @@ class _Document:
     routes: list[tuple[re.Pattern[str], str, dict[str, Operation]]] = field(default_factory=list)
 
 
+_CACHED_PATH = 512  # longest path whose match is cached
+
+
 class OpenApiCatalog:
     """Fetched from each upstream, kept when a later fetch fails, refreshed in the background."""
 
@@ -127,7 +130,11 @@ class OpenApiCatalog:
         if ROUTE in st:
             found: RouteMatch | None = st[ROUTE]
             return found
-        match = self._matched(scope["method"], scope["path"])
+        method, path = scope["method"], scope["path"]
+        # Cached per method and path; a very long path (rare, and big to keep) is matched anew.
+        match = (
+            self._matched(method, path) if len(path) <= _CACHED_PATH else self._match(method, path)
+        )
         if match is not None and match.upstream.name not in self._docs:
             self._refresh_soon(match.upstream)  # asked for its document while traffic comes
         st[ROUTE] = match

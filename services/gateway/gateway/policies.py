@@ -96,7 +96,8 @@ class PolicyTable:
         self._lookup = functools.lru_cache(maxsize=4096)(self._first)
 
     def for_request(self, method: str, path: str) -> Policy:
-        return self._lookup(method, path)
+        # A very long path (rare, and big to keep) is looked up anew.
+        return self._lookup(method, path) if len(path) <= 512 else self._first(method, path)
 
     def _first(self, method: str, path: str) -> Policy:
         for pattern, policy in self._rules:

@@ -75,9 +75,11 @@ class _Connection(ResponseHandler):
         # transport resumes: many small chunks unread pause it too), aiohttp's runs each time.
         if not self.was_paused:
             return
+        was = self.paused
         super().resume_reading(resume_parser)
-        if self.paused:
-            self.paused = False
+        # Parsing what was held back may have paused it again: then it is still paused.
+        self.paused = self._reading_paused
+        if was and not self.paused:
             self.last_read = self.clock()  # the silence while paused was the reader's
 
 
@@ -256,6 +258,8 @@ class UpstreamPool:
         except BaseException as exc:
             if waiter.done() and not waiter.cancelled():
                 self._release_slot()  # handed a slot as it gave up: pass it on
+            else:
+                self._slot_waiters.remove(waiter)  # no dead entries left behind
             if isinstance(exc, TimeoutError):
                 raise aiohttp.ConnectionTimeoutError(
                     f"no free connection to {self.authority} in {self.connect_timeout}s"

@@ -285,16 +285,19 @@ async def test_a_wait_for_a_slot_ends_at_connect_timeout_and_no_slot_is_lost() -
         await eventually(lambda: len(upstream.requests) == 1)
         with pytest.raises(aiohttp.ConnectionTimeoutError):
             await fetch(pool)  # the one slot stays taken past connect_timeout
+        assert not pool._slot_waiters  # the one that gave up left nothing behind
         abandoned = asyncio.create_task(fetch(pool))
-        await eventually(lambda: len(pool._slot_waiters) == 2)  # it waits, behind the first
+        await eventually(lambda: len(pool._slot_waiters) == 1)  # it waits
         abandoned.cancel()
-        queued = asyncio.create_task(fetch(pool))
-        gate.set()
-        assert await first == (200, b'{"ok":true}')
-        assert (await queued)[0] == 200  # the slot went past the one that gave up
         with pytest.raises(asyncio.CancelledError):
             await abandoned
-        assert pool._free == 1 and not [w for w in pool._slot_waiters if not w.done()]
+        assert not pool._slot_waiters
+        queued = asyncio.create_task(fetch(pool))
+        await eventually(lambda: len(pool._slot_waiters) == 1)
+        gate.set()
+        assert await first == (200, b'{"ok":true}')
+        assert (await queued)[0] == 200
+        assert pool._free == 1 and not pool._slot_waiters
 
 
 @pytest.mark.parametrize(
@@ -402,5 +405,34 @@ async def test_a_reader_slower_than_the_timeout_is_not_taken_for_a_silent_upstre
             async for chunk in response.payload.iter_any():
                 received += len(chunk)
             assert received == size
+        finally:
+            response.release()
+
+
+async def test_a_slow_reader_of_many_small_chunks_is_not_taken_for_a_silent_upstream() -> None:
+    """Resuming a paused parser can pause it again at once: still the reader's silence."""
+    count = 100_000
+    answer = b"".join(b"a\r\n0123456789\r\n" for _ in range(count)) + b"0\r\n\r\n"
+
+    async def chunky(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + answer)
+        try:
+            await writer.drain()
+            await reader.read()  # until the pool closes the connection
+        finally:
+            writer.close()
+
+    async with pool_on(chunky, read_timeout=0.3) as pool:
+        response = await pool.request("GET", b"/many", [], None)
+        connection = response._protocol
+        assert connection is not None
+        try:
+            await eventually(lambda: connection.paused)  # the reader is behind: held back
+            received = len(await response.payload.readany())  # and paused again at once
+            await asyncio.sleep(1.0)  # the reader's own pace: three read timeouts
+            async for chunk in response.payload.iter_any():
+                received += len(chunk)
+            assert received == 10 * count
         finally:
             response.release()

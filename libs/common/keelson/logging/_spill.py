@@ -74,8 +74,9 @@ class SpillStore:
         return self._bytes
 
     def has_data(self) -> bool:
-        current = self._current is not None and self._current.size > 0
-        return bool(self._readable) or current or bool(self._chunk) or self._writing > 0
+        with self._lock:  # one consistent look: a write in transit moves between these
+            current = self._current is not None and self._current.size > 0
+            return bool(self._readable) or current or bool(self._chunk) or self._writing > 0
 
     @property
     def pending(self) -> bool:
@@ -119,22 +120,23 @@ class SpillStore:
                 return
             chunk, self._chunk, self._chunk_bytes = self._chunk, [], 0
             self._writing += 1
+        data = b"\n".join(chunk) + b"\n"
+        written = 0
         try:
-            data = b"\n".join(chunk) + b"\n"
-            try:
-                if self._current is None:
-                    self._current = self._open_segment()
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(self._current.fd, view) :]
-            except OSError:
-                with self._lock:
-                    self._failed += len(chunk)
-                    self._bytes -= len(data)
-                return
-            self._current.size += len(data)
-        finally:
+            if self._current is None:
+                self._current = self._open_segment()
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._current.fd, view) :]
+            written = len(data)
+        except OSError:
             with self._lock:
+                self._failed += len(chunk)
+                self._bytes -= len(data)
+        finally:
+            with self._lock:  # on disk and no longer in transit, as one step
+                if written and self._current is not None:
+                    self._current.size += written
                 self._writing -= 1
 
     def read_batch(self, max_lines: int) -> tuple[SpillSegment, list[bytes]] | None:

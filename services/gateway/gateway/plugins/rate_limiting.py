@@ -193,7 +193,11 @@ class _Rules:
         )
         self.exempt = tuple(config.exempt)
         # The rule of a method and path, looked up once per pair (paths repeat).
-        self.for_request = functools.lru_cache(maxsize=4096)(self._first)
+        self._cached = functools.lru_cache(maxsize=4096)(self._first)
+
+    def for_request(self, method: str, path: str) -> _Rule | None:
+        # A very long path (rare, and big to keep) is looked up anew.
+        return self._cached(method, path) if len(path) <= 512 else self._first(method, path)
 
     def _first(self, method: str, path: str) -> _Rule | None:
         if path.startswith(self.exempt):
