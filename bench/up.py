@@ -108,7 +108,9 @@ class Run:
 
 
 def run_once(root: Path, kind: str, *, idle: float | None, timeout: float) -> Run:
-    base_port = free_port_block(len(SERVICES))
+    # One block for the HTTP ports and the three ZeroMQ ports after them: two blocks drawn
+    # apart could overlap, and a service would find its port taken.
+    base_port = free_port_block(len(SERVICES) + 3)
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEELSON_")}
     env["NO_COLOR"] = "1"
     command = [
@@ -119,7 +121,7 @@ def run_once(root: Path, kind: str, *, idle: float | None, timeout: float) -> Ru
         "--base-port",
         str(base_port),
         "--zmq-base-port",
-        str(free_port_block(3)),
+        str(base_port + len(SERVICES)),
         "--postgres-port",
         str(free_port()),
         "--valkey-port",

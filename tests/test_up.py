@@ -88,7 +88,9 @@ def start_suite(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], Suite]]:
     def start(extra_env: dict[str, str]) -> Suite:
         env = {k: v for k, v in os.environ.items() if not k.startswith("KEELSON_")}
         env.update(NO_COLOR="1", KEELSON_PG_FSYNC_OFF="1", **extra_env)
-        base_port = free_port_block(len(SERVICES))
+        # One block for the HTTP ports and the three ZeroMQ ports after them: two blocks
+        # drawn apart could overlap, and a service would find its port taken.
+        base_port = free_port_block(len(SERVICES) + 3)
         log = tmp_path / "up.log"
         command = [
             str(KEELSON),
@@ -98,7 +100,7 @@ def start_suite(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], Suite]]:
             "--base-port",
             str(base_port),
             "--zmq-base-port",
-            str(free_port_block(3)),
+            str(base_port + len(SERVICES)),
             "--timeout",
             str(READY_TIMEOUT),
         ]
