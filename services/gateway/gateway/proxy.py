@@ -31,7 +31,7 @@ from gateway.metrics import (
     UPSTREAM_RETRIES,
 )
 from gateway.openapi import OpenApiCatalog
-from gateway.upstream_pool import IDEMPOTENT, UpstreamPool, UpstreamResponse
+from gateway.upstream_pool import IDEMPOTENT, RequestBodyStalled, UpstreamPool, UpstreamResponse
 from gateway.upstreams import RoutingConfig, Upstream
 from keelson.http import exchange, problem_response, random_id
 from keelson.logging import request_id_var, trace_id_var
@@ -174,6 +174,9 @@ class ProxyApp:
         for attempt in range(attempts):
             try:
                 response = await pool.request(method, target, headers, body, length=length)
+            except RequestBodyStalled:
+                # The client's silence: nothing against the upstream.
+                raise _Failed(408, "The request body stopped arriving.") from None
             except TimeoutError:
                 upstream.breaker.record_failure()
                 _requests(upstream.name, method, "timeout").inc()
@@ -333,7 +336,7 @@ class ProxyApp:
         await send({"type": "http.response.body", "body": b""})
 
 
-_TITLES = {400: "Bad Request", 502: "Bad Gateway", 504: "Gateway Timeout"}
+_TITLES = {400: "Bad Request", 408: "Request Timeout", 502: "Bad Gateway", 504: "Gateway Timeout"}
 
 
 _requests = cached_labels(UPSTREAM_REQUESTS)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import time
 from collections.abc import AsyncIterator, Sequence
 
@@ -33,7 +34,7 @@ from aiohttp.http import RawResponseMessage, StreamWriter
 from multidict import CIMultiDictProxy
 from yarl import URL
 
-__all__ = ["IDEMPOTENT", "UpstreamPool", "UpstreamResponse"]
+__all__ = ["IDEMPOTENT", "RequestBodyStalled", "UpstreamPool", "UpstreamResponse"]
 
 Body = bytes | AsyncIterator[bytes] | None
 Headers = Sequence[tuple[bytes, bytes]]
@@ -47,6 +48,11 @@ _UNBOUNDED_BODY_BYTES = 64 * 1024
 # should not send one when the method defines no meaning for a body).
 _NO_BODY = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
 _TIMEOUT_MESSAGE = "Timeout on reading data from socket"  # aiohttp's own
+
+
+class RequestBodyStalled(Exception):
+    """A streamed request body's next part did not come within `read_timeout`: the client's
+    silence, not the upstream's (the connection is closed, its slot freed)."""
 
 
 class _Connection(ResponseHandler):
@@ -259,7 +265,9 @@ class UpstreamPool:
             if waiter.done() and not waiter.cancelled():
                 self._release_slot()  # handed a slot as it gave up: pass it on
             else:
-                self._slot_waiters.remove(waiter)  # no dead entries left behind
+                # No dead entries left behind (a release may have dropped it already).
+                with contextlib.suppress(ValueError):
+                    self._slot_waiters.remove(waiter)
             if isinstance(exc, TimeoutError):
                 raise aiohttp.ConnectionTimeoutError(
                     f"no free connection to {self.authority} in {self.connect_timeout}s"
@@ -442,9 +450,20 @@ class UpstreamPool:
         if chunked:
             writer.enable_chunking()
         transport.write(head)
-        # An upstream that stops reading would hold a write once the socket's buffers fill:
-        # each write waits no longer than a read would.
-        async for chunk in body:
+        # A client that stops sending would hold the slot and the connection, and an upstream
+        # that stops reading would hold a write once the socket's buffers fill: each wait, for
+        # the next part and for its write, is no longer than a read's.
+        parts = aiter(body)
+        while True:
+            try:
+                async with asyncio.timeout(self.read_timeout):
+                    chunk = await anext(parts)
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                raise RequestBodyStalled(
+                    f"no part of the request body in {self.read_timeout}s"
+                ) from None
             async with asyncio.timeout(self.read_timeout):
                 await writer.write(chunk)
         async with asyncio.timeout(self.read_timeout):

@@ -20,6 +20,7 @@ from gateway_testkit import (
 from limits import parse
 from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
+from limits.errors import StorageError
 from redis.asyncio import Redis
 
 from gateway.metrics import RATE_LIMIT_OVERSHOOT, RATE_LIMIT_STORAGE_ERRORS
@@ -364,3 +365,21 @@ async def test_one_keys_hits_in_a_batch_share_one_call_and_fall_back_in_order(
         windows = await asyncio.gather(*(hits.window(k, 60) for k in [busy] * 5 + [quiet]))
         assert [w[2] for w in windows] == [25] * 5 + [3]
         assert len(set(windows[:5])) == 1
+
+
+async def test_hits_in_a_round_trip_that_is_cancelled_get_the_storage_error(
+    upstream: ServerThread, redis_url: str
+) -> None:
+    settings = settings_for(
+        upstream, redis_url=redis_url, rate_limiting=limits(storage_timeout_seconds=30)
+    )
+    async with running_gateway(settings) as (app, _):
+        hits = app.state.container.get(RateLimitingPlugin)._hits
+        keys = hits.window_keys("cancelled")
+        async with writes_paused(redis_url):
+            waiting = asyncio.create_task(hits.hit(keys, 25, 60))
+            # Taken off the queue into a round trip that Redis holds up.
+            await eventually(lambda: hits.sender is not None and not hits.queue)
+            hits.sender.cancel()  # as at shutdown
+            with pytest.raises(StorageError):
+                await asyncio.wait_for(waiting, 10)

@@ -180,6 +180,22 @@ async def test_a_streamed_body_an_upstream_stops_reading_times_out_with_504() ->
     assert response.headers["content-type"] == "application/problem+json"
 
 
+async def test_a_streamed_body_the_client_stops_sending_gets_408(upstream: ServerThread) -> None:
+    quiet = asyncio.Event()
+
+    async def stalls() -> AsyncIterator[bytes]:
+        yield b"x" * 65536
+        await quiet.wait()  # the client goes quiet with its request half sent
+        yield b"never"
+
+    try:
+        response = await upload_through_gateway(upstream.url, stalls(), timeout_seconds=0.2)
+    finally:
+        quiet.set()
+    assert response.status_code == 408  # the client's silence: no 504, nothing against the upstream
+    assert response.headers["content-type"] == "application/problem+json"
+
+
 async def test_a_whole_body_an_upstream_stops_reading_times_out_with_504() -> None:
     body = b"x" * (1024 * 1024)  # the most sent in one piece: past the buffers on the way
     async with never_reading_upstream() as url:

@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 from gateway_upstream import Seen, SocketUpstream, ok, serving
 
-from gateway.upstream_pool import UpstreamPool
+from gateway.upstream_pool import RequestBodyStalled, UpstreamPool
 from keelson.embedded import free_port
 from keelson.testing import eventually
 
@@ -436,3 +436,31 @@ async def test_a_slow_reader_of_many_small_chunks_is_not_taken_for_a_silent_upst
             assert received == 10 * count
         finally:
             response.release()
+
+
+async def test_a_request_body_that_stops_coming_frees_its_slot() -> None:
+    stalled = asyncio.Event()
+
+    async def stalls() -> AsyncIterator[bytes]:
+        yield b"first part,"
+        await stalled.wait()  # the client goes quiet, its connection still open
+        yield b"never"
+
+    async with running(limit=1, read_timeout=0.3) as (_, pool):
+        with pytest.raises(RequestBodyStalled):
+            await pool.request("POST", b"/upload", [], stalls())
+        assert await fetch(pool) == (200, b"HEAD")  # the one slot is free again
+    stalled.set()
+
+
+async def test_a_slot_wait_cancelled_as_the_slot_is_released_ends_cleanly() -> None:
+    async with running(limit=1) as (_, pool):
+        first = await pool.request("GET", b"/a", [], None)  # holds the one slot
+        waiting = asyncio.create_task(pool.request("GET", b"/b", [], None))
+        await eventually(lambda: len(pool._slot_waiters) == 1)
+        waiting.cancel()
+        await first.read()
+        first.release()  # in the same turn: the release passes over the cancelled waiter
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert pool._free == 1 and not pool._slot_waiters

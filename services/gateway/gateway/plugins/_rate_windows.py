@@ -199,6 +199,8 @@ class RedisHits:
             self.sender = self.loop.create_task(self._send_all())
 
     async def _send_all(self) -> None:
+        hits: list[Answer] = []  # the round trip under way, failed too if it is cancelled
+        waiting: list[list[asyncio.Future[_Window]]] = []
         try:
             while True:
                 if self.queue:
@@ -208,6 +210,7 @@ class RedisHits:
                         _answer(hits, await self._count(batch))
                     except Exception as exc:
                         _fail(hits, _logged(exc))
+                    hits = []
                 if self.reads:
                     reads, self.reads = self.reads, {}
                     waiting = [readers for _, readers in reads.values()]
@@ -219,13 +222,16 @@ class RedisHits:
                     else:
                         for readers, window in zip(waiting, windows, strict=True):
                             _answer(readers, [window] * len(readers))
+                    waiting = []
                 if not (self.awaited or self.reads):
                     break
         except BaseException:
             # Stopped (cancelled at shutdown): whoever still waits gets the storage's error,
             # which fails open or closed as configured, rather than a cancellation.
             stopped = RuntimeError("rate-limit sender stopped")
-            _fail([answer for *_, answer in self.queue], stopped)
+            _fail([*hits, *(answer for *_, answer in self.queue)], stopped)
+            for readers in waiting:
+                _fail(readers, stopped)
             for _, readers in self.reads.values():
                 _fail(readers, stopped)
             self.queue.clear()
