@@ -214,18 +214,13 @@ class ServiceMiddleware:
                 if type(headers) is not list:
                     headers = list(headers)  # any iterable, read once
                 names = b"".join([name for name, _ in headers])
-                lower = names.islower() or not names  # the usual case: no lower() per name
+                if names and not names.islower():  # the usual case needs no lower() per name
+                    headers = [(name.lower(), value) for name, value in headers]
                 enforced = ex.enforced
                 if enforced:
-                    headers = [
-                        h for h in headers if (h[0] if lower else h[0].lower()) not in enforced
-                    ]
+                    headers = [h for h in headers if h[0] not in enforced]
                     headers.extend(enforced.items())
-                present = (
-                    {name for name, _ in headers}
-                    if lower
-                    else {name.lower() for name, _ in headers}
-                )
+                present = {name for name, _ in headers}
                 message["headers"] = [
                     *headers,
                     *[h for h in defaults.items() if h[0] not in present],

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import functools
 import logging
 import re
 import time
@@ -17,6 +16,7 @@ from jsonschema.protocols import Validator
 from starlette.types import Scope
 
 from gateway.context import ROUTE, state
+from gateway.paths import PerPath
 from gateway.upstreams import RouteTable, Upstream
 
 __all__ = ["OpenApiCatalog", "Operation", "RouteMatch"]
@@ -57,9 +57,6 @@ class _Document:
     routes: list[tuple[re.Pattern[str], str, dict[str, Operation]]] = field(default_factory=list)
 
 
-_CACHED_PATH = 512  # longest path whose match is cached
-
-
 class OpenApiCatalog:
     """Fetched from each upstream, kept when a later fetch fails, refreshed in the background."""
 
@@ -73,7 +70,7 @@ class OpenApiCatalog:
         self._task: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[None]] = set()
         # Matching a path against the routes and documents, once per method and path.
-        self._matched = functools.lru_cache(maxsize=4096)(self._match)
+        self._matched = PerPath(self._match)
         self.version = 0
 
     async def refresh(self, names: list[str] | None = None) -> None:
@@ -130,11 +127,7 @@ class OpenApiCatalog:
         if ROUTE in st:
             found: RouteMatch | None = st[ROUTE]
             return found
-        method, path = scope["method"], scope["path"]
-        # Cached per method and path; a very long path (rare, and big to keep) is matched anew.
-        match = (
-            self._matched(method, path) if len(path) <= _CACHED_PATH else self._match(method, path)
-        )
+        match = self._matched(scope["method"], scope["path"])
         if match is not None and match.upstream.name not in self._docs:
             self._refresh_soon(match.upstream)  # asked for its document while traffic comes
         st[ROUTE] = match

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from enum import StrEnum
 
 from pydantic import BaseModel, field_validator
 
-from gateway.paths import PathPattern
+from gateway.paths import PathPattern, PerPath
 from keelson.auth import Principal
 
 __all__ = ["Access", "Policy", "PolicyTable", "RoutePolicy", "Verdict"]
@@ -93,11 +92,7 @@ class PolicyTable:
         self._rules = [(PathPattern.parse(r.path, r.methods), Policy.parse(r.allow)) for r in rules]
         self.default = Policy.parse(default)
         # Every request asks again for the same few paths.
-        self._lookup = functools.lru_cache(maxsize=4096)(self._first)
-
-    def for_request(self, method: str, path: str) -> Policy:
-        # A very long path (rare, and big to keep) is looked up anew.
-        return self._lookup(method, path) if len(path) <= 512 else self._first(method, path)
+        self.for_request: PerPath[Policy] = PerPath(self._first)
 
     def _first(self, method: str, path: str) -> Policy:
         for pattern, policy in self._rules:

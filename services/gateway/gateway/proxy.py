@@ -162,11 +162,10 @@ class ProxyApp:
         query: bytes = scope["query_string"]
         target: bytes = scope["raw_path"] + b"?" + query if query else scope["raw_path"]
         headers, declared, chunked = self._request_head(scope)
-        body: bytes | AsyncIterator[bytes] | None
-        if declared is None and not chunked:  # no body (a GET, say): nothing to wait for
-            body, replayable, length = state(scope).get(BODY), True, None
-        else:
-            body, replayable, length = await self._request_body(scope, receive, declared, chunked)
+        found = self._request_body(scope, receive, declared, chunked)
+        if found is None:  # small: read whole, so that a retry can send it again
+            found = (await read_body(receive), True, None)
+        body, replayable, length = found
         attempts = 1 + upstream.config.retries if replayable and method in IDEMPOTENT else 1
         pool = self.pools[upstream.name]
         gone = client_gone(scope)
@@ -277,11 +276,12 @@ class ProxyApp:
         peer = scope.get("client")
         return f"{chain.decode('latin-1')}, {peer[0] if peer else ip}"
 
-    async def _request_body(
+    def _request_body(
         self, scope: Scope, receive: Receive, declared: bytes | None, chunked: bool
-    ) -> tuple[bytes | AsyncIterator[bytes] | None, bool, int | None]:
+    ) -> tuple[bytes | AsyncIterator[bytes] | None, bool, int | None] | None:
         """The body to send, whether it can be sent again (for a retry), and the length of
-        a streamed one when the client gave it (`declared`)."""
+        a streamed one when the client gave it (`declared`); None for a body small enough
+        to be read whole first (`read_body`), which is then sent again as it is."""
         buffered: bytes | None = state(scope).get(BODY)
         if buffered is not None:
             return buffered, True, None
@@ -293,7 +293,7 @@ class ProxyApp:
         if not chunked and not length:
             return None, True, None
         if length is not None and length <= self.config.replayable_request_bytes:
-            return await read_body(receive), True, None
+            return None
         return body_chunks(receive), False, None if chunked else length
 
     async def _relay(

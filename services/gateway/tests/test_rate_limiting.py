@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from gateway_testkit import (
     GatewayProcess,
     ServerThread,
@@ -25,7 +26,7 @@ from redis.asyncio import Redis
 
 from gateway.metrics import RATE_LIMIT_OVERSHOOT, RATE_LIMIT_STORAGE_ERRORS
 from gateway.plugins._rate_windows import Call, MemoryWindows
-from gateway.plugins.rate_limiting import RateLimitingPlugin
+from gateway.plugins.rate_limiting import RateLimitingPlugin, _Tally
 from gateway.settings import Settings
 from keelson.embedded import free_port
 from keelson.testing import eventually
@@ -195,25 +196,27 @@ async def writes_paused(redis_url: str) -> AsyncIterator[Redis]:
         await store.aclose()
 
 
-def ahead(limit: str, **extra: object) -> dict:
-    """One rule on ECHO whose hits are admitted ahead of the store while far from the limit."""
-    return limits(rules=[{"path": ECHO, "limit": limit}], stats_refresh_seconds=3600, **extra)
+def ahead(upstream: ServerThread, redis_url: str, limit: str, **extra: object) -> Settings:
+    """Gateway settings with one rule on ECHO whose hits are admitted ahead of the store
+    while far from the limit."""
+    config = limits(rules=[{"path": ECHO, "limit": limit}], stats_refresh_seconds=3600, **extra)
+    return settings_for(upstream, redis_url=redis_url, rate_limiting=config)
+
+
+def only_tally(app: FastAPI) -> _Tally:
+    """The one client's tally under the one rule."""
+    (tally,) = app.state.container.get(RateLimitingPlugin).rules.rules[0].tallies.values()
+    return tally
 
 
 async def test_hits_far_from_the_limit_are_admitted_ahead_of_the_store(
     upstream: ServerThread, redis_url: str
 ) -> None:
-    settings = settings_for(
-        upstream,
-        redis_url=redis_url,
-        rate_limiting=ahead("1000/minute", storage_timeout_seconds=30),
-    )
+    settings = ahead(upstream, redis_url, "1000/minute", storage_timeout_seconds=30)
     async with running_gateway(settings) as (app, client):
         first = await client.get(ECHO)  # the client's first hit waits, and its window is read
         assert first.headers["ratelimit-remaining"] == "999"
-        rule = app.state.container.get(RateLimitingPlugin).rules.rules[0]
-        (tally,) = rule.tallies.values()
-        current = tally.window_keys[1]
+        current = only_tally(app).window_keys[1]
         async with writes_paused(redis_url) as store:
             # Redis runs no script now: a hit that waited for it would not be answered.
             response = await client.get(ECHO)
@@ -232,12 +235,10 @@ async def _count_is(store: Redis, key: str, count: int) -> bool:
 async def test_a_hit_admitted_ahead_that_the_store_refuses_is_counted_and_the_next_waits(
     upstream: ServerThread, redis_url: str
 ) -> None:
-    settings = settings_for(
-        upstream, redis_url=redis_url, rate_limiting=ahead("100/minute", admit_ahead_above=10)
-    )
+    settings = ahead(upstream, redis_url, "100/minute", admit_ahead_above=10)
     async with running_gateway(settings) as (app, client):
         assert (await client.get(ECHO)).headers["ratelimit-remaining"] == "99"
-        (tally,) = app.state.container.get(RateLimitingPlugin).rules.rules[0].tallies.values()
+        tally = only_tally(app)
         overshoot = RATE_LIMIT_OVERSHOOT.labels(ECHO)
         before = overshoot._value.get()
         async with Redis.from_url(redis_url) as store:
@@ -253,10 +254,8 @@ async def test_a_hit_admitted_ahead_that_the_store_refuses_is_counted_and_the_ne
 async def test_a_store_failing_hits_admitted_ahead_makes_the_next_hits_wait(
     upstream: ServerThread, redis_url: str
 ) -> None:
-    settings = settings_for(
-        upstream,
-        redis_url=redis_url,
-        rate_limiting=ahead("1000/minute", fail_open=False, storage_timeout_seconds=0.2),
+    settings = ahead(
+        upstream, redis_url, "1000/minute", fail_open=False, storage_timeout_seconds=0.2
     )
     allowed = RATE_LIMIT_STORAGE_ERRORS.labels("allowed")
     async with running_gateway(settings) as (_, client):

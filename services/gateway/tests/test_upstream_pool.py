@@ -69,6 +69,24 @@ async def pool_on(
         await server.wait_closed()
 
 
+def answering(
+    answer: bytes,
+) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+    """An upstream played by hand for `pool_on`: `answer` to the first request, whole, then
+    the connection held until the pool closes it."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        try:
+            await writer.drain()
+            await reader.read()  # until the pool closes the connection
+        finally:
+            writer.close()
+
+    return serve
+
+
 async def fetch(pool: UpstreamPool, method: str = "GET", body: object = None) -> tuple[int, bytes]:
     response = await pool.request(method, b"/api/v1/x?q=1", [(b"accept", b"*/*")], body)  # type: ignore[arg-type]
     try:
@@ -388,16 +406,8 @@ async def test_a_reader_slower_than_the_timeout_is_not_taken_for_a_silent_upstre
     """While flow control holds the upstream back, the silence is the reader's."""
     size = 4 * 1024 * 1024  # more than the read buffers hold: reading pauses
 
-    async def flood(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % size + b"x" * size)
-        try:
-            await writer.drain()
-            await reader.read()  # until the pool closes the connection
-        finally:
-            writer.close()
-
-    async with pool_on(flood, read_timeout=0.3) as pool:
+    flood = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % size + b"x" * size
+    async with pool_on(answering(flood), read_timeout=0.3) as pool:
         response = await pool.request("GET", b"/big", [], None)
         try:
             await asyncio.sleep(1.0)  # the reader's own pace: three read timeouts
@@ -412,18 +422,9 @@ async def test_a_reader_slower_than_the_timeout_is_not_taken_for_a_silent_upstre
 async def test_a_slow_reader_of_many_small_chunks_is_not_taken_for_a_silent_upstream() -> None:
     """Resuming a paused parser can pause it again at once: still the reader's silence."""
     count = 100_000
-    answer = b"".join(b"a\r\n0123456789\r\n" for _ in range(count)) + b"0\r\n\r\n"
-
-    async def chunky(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + answer)
-        try:
-            await writer.drain()
-            await reader.read()  # until the pool closes the connection
-        finally:
-            writer.close()
-
-    async with pool_on(chunky, read_timeout=0.3) as pool:
+    chunks = b"".join(b"a\r\n0123456789\r\n" for _ in range(count)) + b"0\r\n\r\n"
+    chunky = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + chunks
+    async with pool_on(answering(chunky), read_timeout=0.3) as pool:
         response = await pool.request("GET", b"/many", [], None)
         connection = response._protocol
         assert connection is not None

@@ -174,8 +174,8 @@ class RedisHits:
     def hit_later(self, keys: tuple[str, str], limit: int, expiry: int, answer: Answer) -> None:
         """Count a hit within `linger` seconds; its answer goes to `answer`."""
         self.queue.append((keys, limit, expiry, answer))
-        if self.sender is None and self.lingering is None:
-            self.lingering = self.loop.call_later(self.linger, self._send_now)
+        if self.sender is None:
+            self._send_later()
 
     async def window(self, keys: tuple[str, str], expiry: int) -> _Window:
         """(previous count, its TTL, current count, its TTL), as limits' storage reads it."""
@@ -190,6 +190,10 @@ class RedisHits:
             self._send_now()
             if self.sender is not None:
                 await asyncio.shield(self.sender)
+
+    def _send_later(self) -> None:
+        if self.lingering is None:
+            self.lingering = self.loop.call_later(self.linger, self._send_now)
 
     def _send_now(self) -> None:
         if self.lingering is not None:
@@ -241,7 +245,7 @@ class RedisHits:
         finally:
             self.sender = None
         if self.queue:  # only hits sent later are left: they linger for the next round
-            self.lingering = self.loop.call_later(self.linger, self._send_now)
+            self._send_later()
 
     async def _count(self, batch: list[tuple[tuple[str, str], int, int, Answer]]) -> list[bool]:
         by_key: dict[tuple[str, str], list[int]] = {}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import time
@@ -29,7 +28,7 @@ from gateway.metrics import (
     RATE_LIMIT_REJECTIONS,
     RATE_LIMIT_STORAGE_ERRORS,
 )
-from gateway.paths import PathPattern
+from gateway.paths import PathPattern, PerPath
 from gateway.pipeline import GatewayPlugin, plugin_config
 from gateway.plugins._rate_windows import (
     MemoryWindows,
@@ -192,12 +191,7 @@ class _Rules:
             else None
         )
         self.exempt = tuple(config.exempt)
-        # The rule of a method and path, looked up once per pair (paths repeat).
-        self._cached = functools.lru_cache(maxsize=4096)(self._first)
-
-    def for_request(self, method: str, path: str) -> _Rule | None:
-        # A very long path (rare, and big to keep) is looked up anew.
-        return self._cached(method, path) if len(path) <= 512 else self._first(method, path)
+        self.for_request: PerPath[_Rule | None] = PerPath(self._first)
 
     def _first(self, method: str, path: str) -> _Rule | None:
         if path.startswith(self.exempt):
@@ -327,12 +321,11 @@ class RateLimitingPlugin(GatewayPlugin):
         return True, tally.remaining, tally.reset_at
 
     async def count(self, rule: _Rule, client: str) -> tuple[bool, int, float]:
-        """Count one hit, waiting for the store: (allowed, remaining, reset epoch seconds)."""
+        """Count one hit, waiting for the store: (allowed, remaining, reset epoch seconds).
+        For the hits `count_now` does not answer (in memory it answers every one)."""
         item = rule.item
         hits = self._hits
         tally = rule.tally(client, hits.window_keys if hits is not None else None)
-        if self._memory is not None:
-            return self._memory.hit_now(tally.key, item.amount, rule.expiry)
         if hits is not None and tally.window_keys is not None:
             allowed = await hits.hit(tally.window_keys, item.amount, rule.expiry)
         else:
