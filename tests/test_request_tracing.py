@@ -43,17 +43,6 @@ async def services(
     workdir = tmp_path_factory.mktemp("tracing")
     ship = f"tcp://127.0.0.1:{free_port()}"
     dsn = make_url(tracing_database).set(drivername="postgresql")
-    logs = ServiceProcess(
-        "logs_service",
-        workdir,
-        {
-            "KEELSON_DATABASE_URL": dsn.render_as_string(hide_password=False),
-            "KEELSON_REDIS_URL": redis_url,
-            "KEELSON_LOGS__BIND_ENDPOINT": ship,
-            "KEELSON_LOGS__BATCH_MAX_SECONDS": "0.05",
-            "KEELSON_LOG__SHIP_ENDPOINT": ship,
-        },
-    )
     auth = ServiceProcess(
         "auth_service",
         workdir,
@@ -66,6 +55,18 @@ async def services(
             "KEELSON_AUTH__PASSWORD__TIME_COST": "1",
             "KEELSON_AUTH__PASSWORD__MEMORY_COST": "1024",
             "KEELSON_AUTH__PASSWORD__PARALLELISM": "1",
+        },
+    )
+    logs = ServiceProcess(
+        "logs_service",
+        workdir,
+        {
+            "KEELSON_DATABASE_URL": dsn.render_as_string(hide_password=False),
+            "KEELSON_REDIS_URL": redis_url,
+            "KEELSON_LOGS__BIND_ENDPOINT": ship,
+            "KEELSON_LOGS__BATCH_MAX_SECONDS": "0.05",
+            "KEELSON_LOG__SHIP_ENDPOINT": ship,
+            "KEELSON_PLUGINS__AUTH__JWKS_URL": f"{auth.url}/.well-known/jwks.json",
         },
     )
     dead = f"http://127.0.0.1:{free_port()}"

@@ -212,11 +212,37 @@ def given_redis(redis_url: str) -> Iterator[str]:
         client.close()
 
 
+def assert_first_token_is_accepted_everywhere(suite: Suite) -> None:
+    """The first token minted once the suite is ready verifies in every service that checks.
+
+    A service that reported ready before it held auth's signing keys refused such a token
+    with 401 "unknown signing key" for up to its refetch interval.
+    """
+    email = f"first-{uuid.uuid4().hex[:8]}@example.com"
+    password = "plum tractors sing quietly"
+    with httpx.Client(base_url=suite.url("gateway"), timeout=10) as client:
+        registered = client.post(
+            "/api/v1/auth/register", json={"email": email, "password": password}
+        )
+        assert registered.status_code == 201, registered.text
+        login = client.post("/api/v1/auth/login", json={"email": email, "password": password})
+        assert login.status_code == 200, login.text
+        bearer = {"Authorization": f"Bearer {login.json()['access_token']}"}
+        me = client.get("/api/v1/auth/me", headers=bearer)
+        assert me.status_code == 200, me.text
+        # Through the gateway (which verifies) and straight to the log service (which
+        # verifies again): a user who is not an admin is refused for the role, not the key.
+        for url in (f"{suite.url('gateway')}/api/v1/logs", f"{suite.url('logs')}/api/v1/logs"):
+            refused = client.get(url, headers=bearer)
+            assert refused.status_code == 403, (url, refused.text)
+
+
 def test_given_servers_are_used_and_down_stops_everything(
     start_suite: Callable[[dict[str, str]], Suite], given_database: str, given_redis: str
 ) -> None:
     suite = start_suite({"KEELSON_DATABASE_URL": given_database, "KEELSON_REDIS_URL": given_redis})
     suite.poll("all five ready", suite.all_ready, READY_TIMEOUT)
+    assert_first_token_is_accepted_everywhere(suite)
     names = {p.name for p in suite.supervisor.processes()}
     assert names == {service.name for service in SERVICES}
     assert not (suite.root / ".keelson" / "postgres").exists()

@@ -1,5 +1,6 @@
 """keelson.auth: token verification, JWKS caching, revocations, identity header, deps."""
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -38,11 +39,12 @@ from keelson.auth import (
     verify_identity_headers,
 )
 from keelson.config import KeelsonSettings, LogSettings, PluginSettings
+from keelson.health import readiness
 from keelson.http import create_app
 from keelson.keys import KeyManager, SigningKey
 from keelson.plugins import PluginContainer
 from keelson.service import build_container
-from keelson.testing import LiveServer
+from keelson.testing import LiveServer, eventually
 
 KEY = SigningKey.generate()
 OTHER_KEY = SigningKey.generate()
@@ -239,6 +241,58 @@ async def test_made_up_kids_cannot_hammer_the_auth_service(
         with pytest.raises(InvalidToken, match="unknown signing key"):
             await verifier.verify(sign(stranger))
     # Within the refresh interval of the first fetch nothing more is asked for.
+    assert server.requests == 1
+
+
+async def test_a_key_published_after_the_first_fetch_verifies_at_once(
+    jwks_server: tuple[JwksServer, httpx.AsyncClient],
+) -> None:
+    # Cold start: this service fetched before auth had published anything.
+    server, http = jwks_server
+    server.keys = []
+    keys = JwksClient(http, JWKS_URL)  # the default interval, as services run
+    await keys.refresh()
+    assert keys.kids == frozenset()
+    server.keys = [KEY]
+
+    async def verified() -> bool:
+        try:
+            await TokenVerifier(keys).verify(sign())
+        except InvalidToken as exc:
+            assert str(exc) == "unknown signing key"
+            return False
+        return True
+
+    await eventually(verified, timeout=5, interval=0.01)
+    assert server.requests == 2  # one refetch, however many refused tokens before it
+
+
+async def test_concurrent_tokens_with_a_new_kid_share_one_refetch(
+    jwks_server: tuple[JwksServer, httpx.AsyncClient],
+) -> None:
+    server, http = jwks_server
+    keys = JwksClient(http, JWKS_URL, min_refresh_interval=0)
+    verifier = TokenVerifier(keys)
+    await verifier.verify(sign())
+    server.keys = [KEY, OTHER_KEY]
+    token = sign(OTHER_KEY)
+    principals = await asyncio.gather(*(verifier.verify(token) for _ in range(20)))
+    assert {p.user_id for p in principals} == {"user-1"}
+    assert server.requests == 2
+
+
+async def test_unknown_kids_refetch_at_most_once_per_interval_by_default(
+    jwks_server: tuple[JwksServer, httpx.AsyncClient],
+) -> None:
+    server, http = jwks_server
+    verifier = TokenVerifier(JwksClient(http, JWKS_URL))
+    await verifier.verify(sign())
+    made_up = [SigningKey.generate() for _ in range(5)]
+    for stranger in made_up:
+        for _ in range(20):
+            with pytest.raises(InvalidToken, match="unknown signing key"):
+                await verifier.verify(sign(stranger))
+    # 100 forged tokens, in far less than the 1 s default interval: no refetch at all.
     assert server.requests == 1
 
 
@@ -628,6 +682,42 @@ async def test_auth_plugin_verifies_against_a_live_jwks(redis_url: str) -> None:
             assert container.resolve(IDENTITY_KEY) == identity_key(
                 KeyManager(settings.master_key.get_secret_value())
             )
+        finally:
+            await container.stop()
+
+
+async def test_a_service_without_signing_keys_is_not_ready_until_auth_publishes(
+    redis_url: str,
+) -> None:
+    server = JwksServer([])
+    with LiveServer(server.app) as live:
+        settings = KeelsonSettings(
+            service="demo",
+            redis_url=redis_url,
+            log=LogSettings(ship_endpoint=None),
+            plugins={
+                "auth": PluginSettings.model_validate(
+                    {
+                        "jwks_url": f"{live.url}/.well-known/jwks.json",
+                        "jwks_min_refresh_seconds": 0.05,
+                    }
+                )
+            },
+        )
+        container = build_container(settings, [AuthPlugin], database=False)
+        await container.start()
+        try:
+            status, report = await readiness(container)
+            assert status == "unavailable", report
+            server.keys = [KEY]
+
+            async def ready() -> bool:
+                return (await readiness(container))[0] == "ready"
+
+            await eventually(ready, timeout=5, interval=0.02)
+            # Ready means keys: the first token signed with them is accepted.
+            verifier = container.resolve(TOKEN_VERIFIER)
+            assert (await verifier.verify(sign())).user_id == "user-1"
         finally:
             await container.stop()
 

@@ -56,9 +56,11 @@ class StaticKeys:
 class JwksClient:
     """The auth service's JWKS, cached; refetched when stale or when a `kid` is unknown.
 
-    Unknown-`kid` refetches are at most one per `min_refresh_interval`, so a stream of
-    tokens with made-up `kid`s costs the auth service one request per interval. When a
-    refetch fails the keys already known keep working.
+    A token signed with a key this cache has not seen (auth rotated, or published its
+    first key after this service fetched) triggers one refetch at once, shared by every
+    request that waits on it. Refetches are at most one per `min_refresh_interval`, so a
+    stream of tokens with made-up `kid`s costs the auth service one request per interval.
+    When a refetch fails the keys already known keep working.
     """
 
     def __init__(
@@ -66,7 +68,7 @@ class JwksClient:
         http: httpx.AsyncClient,
         url: str,
         *,
-        min_refresh_interval: float = 30.0,
+        min_refresh_interval: float = 1.0,
         max_age: float = 600.0,
     ) -> None:
         self.http = http
@@ -94,6 +96,14 @@ class JwksClient:
             if (kid not in self._keys and self._may_refresh()) or self._stale():
                 await self.refresh()
         return self._keys.get(kid)
+
+    async def ensure_keys(self) -> bool:
+        """True when keys are known, fetching them first if none are and a fetch is due."""
+        if not self._keys and self._may_refresh():
+            async with self._lock:
+                if not self._keys and self._may_refresh():
+                    await self.refresh()
+        return bool(self._keys)
 
     async def refresh(self) -> bool:
         """Fetch the document now; False (keys unchanged) if the fetch fails."""

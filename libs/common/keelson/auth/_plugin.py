@@ -36,7 +36,7 @@ class AuthSettings(BaseModel):
     issuer: str = DEFAULT_ISSUER
     audience: str = DEFAULT_AUDIENCE
     leeway_seconds: int = Field(10, ge=0)
-    jwks_min_refresh_seconds: float = Field(30.0, ge=0)
+    jwks_min_refresh_seconds: float = Field(1.0, ge=0)
     jwks_max_age_seconds: float = Field(600.0, gt=0)
     jwks_timeout_seconds: float = Field(5.0, gt=0)
     identity_max_age_seconds: int = Field(DEFAULT_IDENTITY_MAX_AGE, gt=0)
@@ -77,13 +77,17 @@ class AuthPlugin(Plugin):
         self.container.provide(IDENTITY_MAX_AGE, config.identity_max_age_seconds)
 
     async def start(self) -> None:
-        # An auth service that is not up yet is no reason to fail: keys are fetched on use.
+        # An auth service that is not up yet is no reason to fail to start; readiness
+        # waits for the keys instead (see health).
         await self.jwks.refresh()
 
     async def stop(self) -> None:
         await self.http.aclose()
 
     async def health(self) -> Health:
-        if self.jwks.kids:
+        # Without keys every token would be refused with "unknown signing key": such a
+        # service is not ready. Each probe fetches again (at most once per refresh
+        # interval), so readiness follows the auth service as soon as it publishes a key.
+        if await self.jwks.ensure_keys():
             return Health(ok=True, detail=f"{len(self.jwks.kids)} signing keys")
-        return Health(ok=False, detail="no signing keys from the auth service", critical=False)
+        return Health(ok=False, detail="no signing keys from the auth service yet")
