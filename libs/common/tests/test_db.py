@@ -271,3 +271,43 @@ async def test_an_advisory_lock_taken_on_an_asyncpg_connection_lasts_until_rollb
         assert not await held_elsewhere(test_database_url, lock)
     finally:
         await conn.close()
+
+
+async def test_database_errors_reach_the_log_without_the_values_they_refused(
+    test_database_url: str,
+) -> None:
+    """A unique violation and a type error, as the unhandled-error path logs them."""
+    import logging
+    import sys
+
+    from keelson.logging import record_to_dict
+
+    email, password_hash = "victim@example.com", "$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$aGFzaA"
+    table = f"leaky_{uuid.uuid4().hex[:8]}"
+    engine = create_engine(KeelsonSettings(database_url=test_database_url), schema="public")
+    failures: list[str] = []
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text(f"CREATE TABLE {table} (email text UNIQUE, hash text)"))
+        for statement, params in (
+            (f"INSERT INTO {table} VALUES (:email, :hash)", {"email": email, "hash": password_hash}),
+            (f"INSERT INTO {table} VALUES (:email, :hash)", {"email": email, "hash": password_hash}),
+            (f"SELECT 1 FROM {table} WHERE length(email) = :n", {"n": email}),
+        ):
+            try:
+                async with engine.begin() as conn:
+                    await conn.execute(text(statement), params)
+            except exc.DBAPIError:
+                record = logging.LogRecord(
+                    "x", logging.ERROR, __file__, 1, "unhandled error", None, sys.exc_info()
+                )
+                failures.append(record_to_dict(record, "svc")["attrs"]["exception"])
+        async with engine.begin() as conn:
+            await conn.execute(text(f"DROP TABLE {table}"))
+    finally:
+        await engine.dispose()
+    assert len(failures) == 2  # the duplicate and the text compared to an integer
+    assert "UniqueViolationError" in failures[0] and "DataError" in failures[1]
+    for logged in failures:
+        assert email not in logged and "victim" not in logged
+        assert "argon2" not in logged and "aGFzaA" not in logged

@@ -150,6 +150,8 @@ _SEPARATORS = ("=", ":", ": ", " = '", '": "', "'='", " ", "=\u00e9")
 _SCHEMES = ("bearer ", "Basic ", "BEARER\t", "basic  ", "bearer")
 _VALUES = ("abcdefgh", "XyZ12345678", "a", "hunter2", "s3cr3t!", "t0k-\u00e9n", "\u0664" * 9)
 _STRIPE = ("sk_", "rk_", "whsec_", "sk_live_", "rk_test_", "sk")
+_DB_HEADS = ("DETAIL:  Key (email)=(", "query argument $2: ", "[parameters: (", "DETAIL:")
+_ARGON2_HEADS = ("$argon2id$v=19$m=65536,t=3,p=4$", "$argon2i$", "$argon2$", "$argon2d$x")
 
 
 def _secret_shaped(rng: random.Random) -> str:
@@ -164,6 +166,8 @@ def _secret_shaped(rng: random.Random) -> str:
         f"eyJ{value}.{rng.choice(_VALUES)}.{rng.choice(_VALUES)}",
         rng.choice(("", " ", "-")).join(digit_groups),
         f"{rng.choice(_STRIPE)}{value}",
+        f"{rng.choice(_DB_HEADS)}{value}",
+        f"{rng.choice(_ARGON2_HEADS)}{value}",
     )
     return rng.choice(shapes)
 

@@ -54,6 +54,8 @@ def create_engine(settings: KeelsonSettings, *, schema: str) -> AsyncEngine:
         pool_recycle=settings.db.pool_recycle,
         pool_pre_ping=settings.db.pool_pre_ping,
         echo=settings.db.echo,
+        # Statement parameters (emails, hashes) never reach an exception's text, hence no log.
+        hide_parameters=True,
         connect_args={
             "server_settings": {
                 "search_path": f"{schema},public",

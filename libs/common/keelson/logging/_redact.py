@@ -31,6 +31,12 @@ _CARD = re.compile(r"\b(?:\d[ -]?){12,18}\d\b")
 _CARD_RUN = re.compile(r"[0-9 -]{13}")
 # Stripe-style secret keys
 _STRIPE_KEY = re.compile(r"\b(sk|rk|whsec)_(live|test)?_?[A-Za-z0-9]{8,}")
+# Database errors quote the values they refused: PostgreSQL's DETAIL line ("Key (email)=(...)
+# already exists"), asyncpg's "invalid input for query argument $1: ...", and SQLAlchemy's
+# "[parameters: ...]" where an engine does not hide them. Each is cut to the end of the line.
+_DB_VALUES = re.compile(r"(DETAIL:|query argument \$\d+:|\[parameters:)[^\n]*")
+# argon2 password hashes in PHC form
+_ARGON2 = re.compile(r"\$argon2(?:id|i|d)\$[^\s'\",)\]]*")
 
 _KEEP_SCHEME = r"\1 " + REDACTED
 _KEEP_KEY = r"\1" + REDACTED
@@ -41,6 +47,8 @@ _PATTERNS = (
     (_KEY_VALUE, _KEEP_KEY),
     (_CARD, _CARD_MARK),
     (_STRIPE_KEY, REDACTED),
+    (_DB_VALUES, r"\1 " + REDACTED),
+    (_ARGON2, REDACTED),
 )
 
 
@@ -67,6 +75,10 @@ def redact_text(text: str) -> str:
         text = _CARD.sub(_CARD_MARK, text)
     if "_" in text and ("sk_" in text or "rk_" in text or "whsec_" in text):
         text = _STRIPE_KEY.sub(REDACTED, text)
+    if ":" in text and ("DETAIL:" in text or "query argument $" in text or "[parameters:" in text):
+        text = _DB_VALUES.sub(r"\1 " + REDACTED, text)
+    if "$argon2" in text:
+        text = _ARGON2.sub(REDACTED, text)
     return text
 
 
@@ -79,7 +91,8 @@ def is_quiet_head(head: str) -> bool:
     the space: the key-value one needs ':' or '=' (the head has none either), the bearer
     one a scheme word (neither has one), the JWT and Stripe ones stay within one word,
     and a card number needs 13 digits, spaces or dashes in a row, which the head's last
-    character breaks. Revisit this with every pattern added to `_PATTERNS`.
+    character breaks; the database-value ones need ':' and the argon2 one '$argon2' in one
+    word. Revisit this with every pattern added to `_PATTERNS`.
     """
     return (
         head.isascii()
