@@ -289,9 +289,11 @@ async def test_database_errors_reach_the_log_without_the_values_they_refused(
     try:
         async with engine.begin() as conn:
             await conn.execute(text(f"CREATE TABLE {table} (email text UNIQUE, hash text)"))
+        row = {"email": email, "hash": password_hash}
+        insert_row = f"INSERT INTO {table} VALUES (:email, :hash)"
         for statement, params in (
-            (f"INSERT INTO {table} VALUES (:email, :hash)", {"email": email, "hash": password_hash}),
-            (f"INSERT INTO {table} VALUES (:email, :hash)", {"email": email, "hash": password_hash}),
+            (insert_row, row),
+            (insert_row, row),
             (f"SELECT 1 FROM {table} WHERE length(email) = :n", {"n": email}),
         ):
             try:
