@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from auth_service.models import User
 from auth_service.passwords import MAX_PASSWORD_LENGTH
+from keelson.fields import SingleLine
 
 __all__ = [
     "EmailRequest",
@@ -33,32 +34,32 @@ _NewPassword = Field(max_length=4 * MAX_PASSWORD_LENGTH)
 
 
 class RegisterRequest(BaseModel):
-    email: str = Field(max_length=320)
+    email: SingleLine = Field(max_length=320)
     password: str = _NewPassword
-    name: str | None = Field(None, max_length=200)
+    name: SingleLine | None = Field(None, max_length=200)
 
 
 class LoginRequest(BaseModel):
-    email: str = Field(max_length=320)
+    email: SingleLine = Field(max_length=320)
     password: str = _Password
-    scope: str | None = Field(None, max_length=1000, description="space-separated subset")
+    scope: SingleLine | None = Field(None, max_length=1000, description="space-separated subset")
 
 
 class RefreshRequest(BaseModel):
-    refresh_token: str = Field(min_length=1, max_length=200)
+    refresh_token: SingleLine = Field(min_length=1, max_length=200)
 
 
 class EmailRequest(BaseModel):
-    email: str = Field(max_length=320)
+    email: SingleLine = Field(max_length=320)
 
 
 class PasswordResetConfirm(BaseModel):
-    token: str = Field(min_length=1, max_length=200)
+    token: SingleLine = Field(min_length=1, max_length=200)
     new_password: str = _NewPassword
 
 
 class VerifyEmailConfirm(BaseModel):
-    token: str = Field(min_length=1, max_length=200)
+    token: SingleLine = Field(min_length=1, max_length=200)
 
 
 class UserSelfUpdate(BaseModel):
@@ -66,7 +67,7 @@ class UserSelfUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str | None = Field(None, max_length=200)
+    name: SingleLine | None = Field(None, max_length=200)
     password: str | None = Field(None, max_length=4 * MAX_PASSWORD_LENGTH)
     current_password: str | None = Field(None, max_length=MAX_PASSWORD_LENGTH)
 
@@ -74,8 +75,8 @@ class UserSelfUpdate(BaseModel):
 class UserUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str | None = Field(None, max_length=200)
-    roles: list[str] | None = Field(None, max_length=20)
+    name: SingleLine | None = Field(None, max_length=200)
+    roles: list[Annotated[SingleLine, Field(max_length=64)]] | None = Field(None, max_length=20)
     is_active: bool | None = None
 
 

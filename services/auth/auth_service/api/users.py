@@ -11,6 +11,7 @@ from auth_service.admin import existing_user, remove_user, update_user
 from auth_service.deps import AdminUser, AuthConfig, Revocations, SessionDep
 from auth_service.schemas import UserAdminView, UserPage, UserUpdate
 from auth_service.users import list_users
+from keelson.fields import MAX_OFFSET, SingleLine
 
 __all__ = ["router"]
 
@@ -21,9 +22,9 @@ router = APIRouter(prefix="/api/v1/auth/users", tags=["users"])
 async def read_users(
     admin: AdminUser,
     db: SessionDep,
-    email: Annotated[str | None, Query(max_length=320)] = None,
+    email: Annotated[SingleLine | None, Query(max_length=320)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> UserPage:
     users, total = await list_users(db, email=email, limit=limit, offset=offset)
     return UserPage(

@@ -11,6 +11,7 @@ import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
+from keelson.fields import BoundedDatetime, SingleLine
 from logs_service.deps import IngestSettingsDep, Operator, StoreDep, TailHubDep
 from logs_service.queries import Cursor, count_records, search_records
 from logs_service.records import level_name
@@ -27,7 +28,7 @@ __all__ = ["router"]
 
 router = APIRouter(prefix="/api/v1/logs", tags=["logs"])
 
-_SHORT = Annotated[str | None, Query(max_length=128)]
+_SHORT = Annotated[SingleLine | None, Query(max_length=128)]
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -42,13 +43,15 @@ async def list_logs(
     store: StoreDep,
     service: _SHORT = None,
     level: Annotated[Level | None, Query(description="this level and above")] = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: BoundedDatetime | None = None,
+    until: BoundedDatetime | None = None,
     request_id: _SHORT = None,
     user_id: _SHORT = None,
-    q: Annotated[str | None, Query(max_length=256, description="full text in message")] = None,
+    q: Annotated[
+        SingleLine | None, Query(max_length=256, description="full text in message")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    cursor: Annotated[str | None, Query(max_length=128)] = None,
+    cursor: Annotated[SingleLine | None, Query(max_length=128)] = None,
 ) -> LogPage:
     rows, next_cursor = await search_records(
         store.pool,
@@ -125,8 +128,8 @@ def _event(record: dict[str, Any]) -> bytes:
 async def get_log_stats(
     _: Operator,
     store: StoreDep,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: BoundedDatetime | None = None,
+    until: BoundedDatetime | None = None,
 ) -> LogStats:
     start = _utc(since) or datetime.now(UTC) - timedelta(days=1)
     counts = await count_records(store.pool, since=start, until=_utc(until))

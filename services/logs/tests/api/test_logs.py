@@ -203,3 +203,32 @@ async def test_a_tail_client_receives_new_records_within_a_second(
     assert record is not None and record["message"] == "disk almost full"
     assert record["service"] == service and record["level"] == "ERROR"
     print(f"tail latency {elapsed * 1000:.0f} ms")
+
+
+@pytest.mark.parametrize(
+    ("path", "params"),
+    [
+        ("/api/v1/logs", {"service": "a\x00b"}),
+        ("/api/v1/logs", {"q": "x\x00"}),
+        ("/api/v1/logs", {"request_id": "r\x1b[2J"}),
+        ("/api/v1/logs", {"until": "0001-01-01T00:00:00+14:00"}),
+        ("/api/v1/logs", {"since": "9999-12-31T23:59:59-14:00"}),
+        ("/api/v1/logs", {"cursor": "\x00"}),
+        ("/api/v1/logs/stats", {"until": "0001-01-01T00:00:00+14:00"}),
+        ("/api/v1/logs/stats", {"since": "1969-12-31T23:59:59Z"}),
+    ],
+)
+async def test_filters_out_of_bounds_are_refused_with_422(
+    client: httpx.AsyncClient, path: str, params: dict[str, str]
+) -> None:
+    response = await client.get(path, params=params)
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_an_offset_time_is_read_as_the_same_instant(client: httpx.AsyncClient) -> None:
+    # +14:00 and UTC name the same instant: both windows find the same records.
+    utc = await client.get("/api/v1/logs/stats", params={"since": "2000-01-01T00:00:00Z"})
+    kiribati = await client.get("/api/v1/logs/stats", params={"since": "2000-01-01T14:00:00+14:00"})
+    assert utc.status_code == kiribati.status_code == 200
+    assert utc.json() == kiribati.json()
