@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import platform
@@ -36,9 +37,11 @@ import httpx
 from _docs import write_section
 from sqlalchemy.engine import make_url
 
+from keelson.config import KeelsonSettings
 from keelson.db import migrate
 from keelson.embedded import free_port
-from keelson.logging import LogShipper, bind
+from keelson.keys import KeyManager
+from keelson.logging import LogShipper, SenderCredentials, bind
 from keelson.testing import fresh_database
 from logs_service.records import COLUMNS
 
@@ -50,7 +53,14 @@ COPY_BATCH = 1000
 
 def run_sender(endpoint: str, service: str, count: int, spill_dir: str) -> None:
     """One sender process: wait for `go` on stdin, log `count` records, wait for acks."""
-    shipper = LogShipper(endpoint, service=service, spill_dir=Path(spill_dir), close_timeout=30)
+    credentials = SenderCredentials.derive(KeyManager.from_settings(KeelsonSettings()), service)
+    shipper = LogShipper(
+        endpoint,
+        service=service,
+        spill_dir=Path(spill_dir),
+        close_timeout=30,
+        credentials=credentials,
+    )
     logger = logging.getLogger(f"bench.{service}")
     logger.handlers, logger.propagate = [shipper], False
     logger.setLevel(logging.INFO)
@@ -74,6 +84,7 @@ class LogService:
             KEELSON_PORT=str(self.port),
             KEELSON_DATABASE_URL=database_url,
             KEELSON_LOGS__BIND_ENDPOINT=endpoint,
+            KEELSON_LOGS__SENDERS=json.dumps([f"bench-{n}" for n in range(SENDERS)]),
             KEELSON_LOG__SHIP_ENDPOINT="",
             KEELSON_LOG__LEVEL="WARNING",
             KEELSON_BUS__ZMQ_XSUB_ENDPOINT=f"tcp://127.0.0.1:{free_port()}",

@@ -65,6 +65,9 @@ class LogSettings(BaseModel):
     spill_max_bytes: int = Field(64 * 1024 * 1024, gt=0)
     batch_size: int = Field(500, gt=0)
     ack_timeout_seconds: float = Field(2.0, gt=0)
+    # Authenticate to the log intake with CURVE keys derived from the master key; off only
+    # to ship to a receiver of one's own that speaks plain ZMTP.
+    ship_curve: bool = True
 
     @model_validator(mode="after")
     def _known_level(self) -> Self:

@@ -292,7 +292,7 @@ from keelson.logging import LogShipper, configure_logging
 
 endpoint, spill_dir = sys.argv[1], Path(sys.argv[2])
 log = LogSettings(ship_endpoint=endpoint, buffer_size=200, batch_size=100, spill_dir=spill_dir,
-                  ack_timeout_seconds=0.3)
+                  ack_timeout_seconds=0.3, ship_curve=False)  # the test's receiver is plain
 configure_logging(KeelsonSettings(env=Environment.TEST, service="svc-under-test", log=log))
 logger = logging.getLogger("service.work")
 shipper = next(h for h in logging.getLogger().handlers if isinstance(h, LogShipper))

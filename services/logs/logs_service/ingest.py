@@ -16,14 +16,23 @@ import contextlib
 import logging
 import time
 from collections import Counter, OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 import zmq
 import zmq.asyncio
+from zmq.auth.asyncio import AsyncioAuthenticator
 
-from keelson.logging import WIRE_ACK, WIRE_VERSION
+from keelson.keys import KeyManager
+from keelson.logging import (
+    WIRE_ACK,
+    WIRE_VERSION,
+    CurveKeyPair,
+    intake_server_keys,
+    senders_by_public_key,
+)
 from logs_service.metrics import (
     BATCH_SECONDS,
     DUPLICATES,
@@ -37,12 +46,29 @@ from logs_service.settings import IngestSettings
 from logs_service.store import LogStore, WriteOutcome
 from logs_service.tail import TailHub
 
-__all__ = ["Ingestor", "RejectionLog"]
+__all__ = ["Ingestor", "IntakeAuth", "RejectionLog"]
 
 _log = logging.getLogger("logs_service.ingest")
 _REMEMBERED_BATCHES = 20_000
 _MAX_BATCH_ID = 64
 _READ_BURST = 64
+_ZAP_DOMAIN = "keelson-logs"
+
+
+@dataclass(frozen=True)
+class IntakeAuth:
+    """The intake's CURVE key pair and the senders it admits, by their public keys."""
+
+    server: CurveKeyPair
+    senders: dict[bytes, str]
+
+    @classmethod
+    def derive(cls, keys: KeyManager, senders: Iterable[str]) -> IntakeAuth:
+        return cls(intake_server_keys(keys), senders_by_public_key(keys, senders))
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        """pyzmq's CURVE credentials provider: admit only known senders' keys."""
+        return key in self.senders
 
 
 class RejectionLog:
@@ -91,13 +117,20 @@ class Ingestor:
         store: LogStore,
         hub: TailHub,
         *,
+        curve: IntakeAuth | None = None,
         context: zmq.asyncio.Context | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.hub = hub
+        self.curve = curve
         self.rejections = RejectionLog(settings.reject_log_interval_seconds)
-        self._context = context or zmq.asyncio.Context.instance()
+        # A context holds at most one ZAP handler: an authenticating intake gets its own.
+        self._own_context = context is None and curve is not None
+        self._context = context or (
+            zmq.asyncio.Context() if curve is not None else zmq.asyncio.Context.instance()
+        )
+        self._authenticator: AsyncioAuthenticator | None = None
         self._socket: zmq.asyncio.Socket | None = None
         self._queue: asyncio.Queue[_Batch] = asyncio.Queue(settings.queued_batches)
         self._current: _Batch | None = None
@@ -126,6 +159,14 @@ class Ingestor:
         socket.setsockopt(zmq.SNDHWM, 100_000)  # acknowledgements are tiny
         socket.setsockopt(zmq.LINGER, 0)
         socket.setsockopt(zmq.MAXMSGSIZE, self.settings.max_message_bytes)
+        if self.curve is not None:
+            self._authenticator = AsyncioAuthenticator(self._context, log=_log)
+            self._authenticator.start()
+            self._authenticator.configure_curve_callback(_ZAP_DOMAIN, self.curve)
+            socket.zap_domain = _ZAP_DOMAIN.encode()
+            socket.curve_server = True
+            socket.curve_secretkey = self.curve.server.secret
+            socket.curve_publickey = self.curve.server.public
         socket.bind(self.settings.bind_endpoint)
         self._socket = socket
         self._tasks = [asyncio.create_task(self._read(), name="logs-ingest-reader")]
@@ -154,6 +195,11 @@ class Ingestor:
         if self._socket is not None:
             self._socket.close(0)
             self._socket = None
+        if self._authenticator is not None:
+            self._authenticator.stop()
+            self._authenticator = None
+        if self._own_context:
+            self._context.destroy(0)
 
     async def submit(self, rows: list[LogRow]) -> None:
         """Add rows from elsewhere (the bus) and wait until they are committed."""
@@ -182,10 +228,10 @@ class Ingestor:
             if await socket.poll(timeout):
                 for _ in range(_READ_BURST):
                     try:
-                        frames = await socket.recv_multipart(zmq.NOBLOCK)
+                        received = await socket.recv_multipart(zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
-                    await self._accept(frames)
+                    await self._accept([frame.bytes for frame in received], self._sender(received))
                     if self._full(self._current):
                         break
             batch = self._current
@@ -201,7 +247,14 @@ class Ingestor:
     def _due(self, batch: _Batch) -> bool:
         return time.monotonic() - batch.started >= self.settings.batch_max_seconds
 
-    async def _accept(self, frames: list[bytes]) -> None:
+    def _sender(self, frames: list[zmq.Frame]) -> str | None:
+        """The service whose key the intake authenticated (None without CURVE)."""
+        if self.curve is None or not frames:
+            return None
+        user_id = frames[-1].get("User-Id")  # the Z85 public key the ZAP handler admitted
+        return self.curve.senders.get(user_id.encode()) if isinstance(user_id, str) else None
+
+    async def _accept(self, frames: list[bytes], sender: str | None = None) -> None:
         if len(frames) != 4 or frames[1] != WIRE_VERSION or len(frames[2]) > _MAX_BATCH_ID:
             self.rejections.add(Rejection.BAD_FRAMES)
             return
@@ -221,10 +274,14 @@ class Ingestor:
         oldest = datetime.combine(
             now.date() - timedelta(days=self.settings.retention_days), datetime.min.time(), UTC
         ).timestamp()
-        newest = (now + timedelta(days=1)).timestamp()
+        newest = (now + timedelta(seconds=self.settings.max_clock_skew_seconds)).timestamp()
         for line in payload.split(b"\n"):
             parsed = parse_line(
-                line, max_bytes=self.settings.max_record_bytes, oldest=oldest, newest=newest
+                line,
+                max_bytes=self.settings.max_record_bytes,
+                oldest=oldest,
+                newest=newest,
+                sender=sender,
             )
             if isinstance(parsed, Rejection):
                 self.rejections.add(parsed)

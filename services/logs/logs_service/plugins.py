@@ -10,8 +10,9 @@ from sqlalchemy.engine import make_url
 
 from keelson.bus import BUS
 from keelson.events import Envelope
+from keelson.keys import KeyManager
 from keelson.plugins import Health, Key, Plugin, PluginMetadata, Priority
-from logs_service.ingest import Ingestor
+from logs_service.ingest import Ingestor, IntakeAuth
 from logs_service.models import SCHEMA
 from logs_service.records import row_from_envelope
 from logs_service.settings import IngestSettings
@@ -83,7 +84,12 @@ class IngestPlugin(Plugin):
     async def initialize(self) -> None:
         settings = _ingest_settings(self)
         self.hub = TailHub(queue_size=settings.tail_queue_size)
-        self.ingestor = Ingestor(settings, self.container.resolve(LOG_STORE), self.hub)
+        curve = (
+            IntakeAuth.derive(KeyManager.from_settings(self.container.settings), settings.senders)
+            if settings.curve
+            else None
+        )
+        self.ingestor = Ingestor(settings, self.container.resolve(LOG_STORE), self.hub, curve=curve)
         self.container.provide(TAIL_HUB, self.hub)
         self.container.provide(INGESTOR, self.ingestor)
 

@@ -12,6 +12,7 @@ import orjson
 from asyncpg.pgproto.pgproto import UUID as FastUUID
 
 from keelson.events import Envelope
+from keelson.logging import redact_text, redact_value
 
 __all__ = [
     "COLUMNS",
@@ -86,11 +87,15 @@ def level_name(number: int) -> str:
     return LEVEL_NAMES.get(number, str(number))
 
 
-def parse_line(line: bytes, *, max_bytes: int, oldest: float, newest: float) -> LogRow | Rejection:
+def parse_line(
+    line: bytes, *, max_bytes: int, oldest: float, newest: float, sender: str | None = None
+) -> LogRow | Rejection:
     """A wire record (see keelson.logging._shipper) as a row, or why it was refused.
 
-    `oldest`/`newest` bound `ts` (epoch seconds): older records are past retention, and
-    newer ones would need partitions far ahead.
+    `oldest`/`newest` bound `ts` (epoch seconds): older records are past retention and
+    refused; newer ones are stored at `newest` (a sender's clock ahead, or a forgery).
+    `sender` is the authenticated service: it replaces the name the record claims. The
+    message and attributes are redacted again here: a sender's redaction is not trusted.
     """
     if len(line) > max_bytes:
         return Rejection.OVERSIZED
@@ -103,10 +108,12 @@ def parse_line(line: bytes, *, max_bytes: int, oldest: float, newest: float) -> 
     if b"\\u0000" in line:
         # PostgreSQL text and jsonb cannot hold NUL characters.
         data = _without_nul(data)
-    return _row(data, oldest=oldest, newest=newest)
+    return _row(data, oldest=oldest, newest=newest, sender=sender)
 
 
-def _row(data: dict[str, Any], *, oldest: float, newest: float) -> LogRow | Rejection:
+def _row(
+    data: dict[str, Any], *, oldest: float, newest: float, sender: str | None
+) -> LogRow | Rejection:
     record_id = _uuid(data.get("id"))
     ts, level, attrs = data.get("ts"), data.get("level"), data.get("attrs", {})
     service, logger, message = data.get("service"), data.get("logger"), data.get("message")
@@ -132,19 +139,25 @@ def _row(data: dict[str, Any], *, oldest: float, newest: float) -> LogRow | Reje
     number = level_number(level)
     if number is None:
         return Rejection.INVALID
-    if not math.isfinite(ts) or not oldest <= ts <= newest:
+    if not math.isfinite(ts) or ts < oldest:
         return Rejection.OUT_OF_RANGE
+    if ts > newest:
+        attrs = {**attrs, "claimed_ts": ts}
+        ts = newest
+    if sender is not None and sender != service:
+        attrs = {**attrs, "claimed_service": service[:_MAX_NAME]}
+        service = sender
     return LogRow(
         record_id,
         datetime.fromtimestamp(ts, UTC),
         service,
         number,
         logger,
-        message,
+        redact_text(message),
         request_id,
         trace_id,
         user_id,
-        orjson.dumps(attrs).decode(),
+        orjson.dumps({key: redact_value(key, value) for key, value in attrs.items()}).decode(),
     )
 
 

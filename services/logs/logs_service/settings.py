@@ -28,6 +28,15 @@ class IngestSettings(BaseModel):
     tail_queue_size: int = Field(1000, ge=1)
     tail_keepalive_seconds: float = Field(15.0, gt=0)
     audit_topics: str = "logs.*"
+    # Senders authenticate with CURVE keys derived from the master key and their service
+    # name; records are stored under the name whose key was authenticated.
+    curve: bool = True
+    senders: list[str] = Field(
+        default_factory=lambda: ["gateway", "auth", "logs", "notifications", "payments"],
+        max_length=1000,
+    )
+    # Records stamped later than this ahead of the intake's clock are stored at that bound.
+    max_clock_skew_seconds: float = Field(300.0, ge=0)
 
 
 class Settings(KeelsonSettings):

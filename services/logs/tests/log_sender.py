@@ -11,7 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-from keelson.logging import LogShipper, bind
+from keelson.config import KeelsonSettings
+from keelson.keys import KeyManager
+from keelson.logging import LogShipper, SenderCredentials, bind
 
 endpoint, service, count, spill_dir = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 buffer_size = int(sys.argv[5]) if len(sys.argv) > 5 else 10_000
@@ -23,6 +25,7 @@ shipper = LogShipper(
     spill_dir=Path(spill_dir),
     ack_timeout=0.5,
     close_timeout=10,
+    credentials=SenderCredentials.derive(KeyManager.from_settings(KeelsonSettings()), service),
 )
 logger = logging.getLogger(f"{service}.work")
 logger.handlers = [shipper]

@@ -12,9 +12,17 @@ from keelson.auth import Principal, identity_key, sign_identity
 from keelson.config import KeelsonSettings
 from keelson.embedded import free_port
 from keelson.keys import KeyManager
+from keelson.logging import SenderCredentials
 from keelson.testing import ServiceProcess
 
 SENDER = Path(__file__).with_name("log_sender.py")
+# The master key every test process has (none is set in the tests' environment).
+TEST_KEYS = KeyManager.from_settings(KeelsonSettings())
+
+
+def sender_credentials(service: str) -> SenderCredentials:
+    """What a shipper named `service` needs to pass the intake's CURVE authentication."""
+    return SenderCredentials.derive(TEST_KEYS, service)
 
 
 class SenderProcess:
@@ -83,7 +91,9 @@ async def distinct_count_of(pool: asyncpg.Pool, service: str) -> int:
     return value
 
 
-def logs_service_process(*, database_url: str, bind_endpoint: str, workdir: Path) -> ServiceProcess:
+def logs_service_process(
+    *, database_url: str, bind_endpoint: str, workdir: Path, senders: list[str]
+) -> ServiceProcess:
     """`python -m logs_service` as the suite runs it, shipping no records of its own."""
     return ServiceProcess(
         "logs_service",
@@ -91,6 +101,7 @@ def logs_service_process(*, database_url: str, bind_endpoint: str, workdir: Path
         {
             "KEELSON_DATABASE_URL": database_url,
             "KEELSON_LOGS__BIND_ENDPOINT": bind_endpoint,
+            "KEELSON_LOGS__SENDERS": json.dumps(senders),
             "KEELSON_LOG__SHIP_ENDPOINT": "",
             "KEELSON_PLUGINS__AUTH__JWKS_URL": f"http://127.0.0.1:{free_port()}/jwks.json",
         },

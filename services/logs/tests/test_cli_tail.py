@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from fastapi import FastAPI
 from jose import jwt
+from logs_testkit import sender_credentials
 
 from keelson.auth import DEFAULT_AUDIENCE, DEFAULT_ISSUER
 from keelson.cli import main
@@ -21,6 +22,8 @@ from logs_service.plugins import TAIL_HUB
 from logs_service.settings import Settings
 
 KEY = SigningKey.generate()
+# The one sender the module's log service admits (records of each test need a name of their own).
+CLI_SERVICE = f"cli-{uuid.uuid4().hex[:8]}"
 
 
 def access_token(*roles: str) -> str:
@@ -55,7 +58,7 @@ def jwks_url() -> Iterator[str]:
 def log_service(
     make_logs_settings: Callable[..., Settings], jwks_url: str
 ) -> Iterator[tuple[LiveServer, Settings]]:
-    settings = make_logs_settings()
+    settings = make_logs_settings(senders=[CLI_SERVICE])
     settings.plugins["auth"] = settings.plugins["auth"].model_copy(update={"jwks_url": jwks_url})
     with LiveServer(create_app(settings)) as server:
         yield server, settings
@@ -63,11 +66,11 @@ def log_service(
 
 async def test_tail_prints_new_records_in_colour(
     log_service: tuple[LiveServer, Settings],
-    service_name: str,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     server, settings = log_service
+    service_name = CLI_SERVICE
     hub = server.server.config.app.state.container.resolve(TAIL_HUB)
     argv = ["logs", "tail", "--url", server.url, "--service", service_name]
     argv += ["--level", "warning", "--max", "2", "--colour", "--token", access_token("ops")]
@@ -77,7 +80,12 @@ async def test_tail_prints_new_records_in_colour(
         return hub.subscribers > 0
 
     await eventually(connected, timeout=10)
-    shipper = LogShipper(settings.logs.bind_endpoint, service=service_name, spill_dir=tmp_path)
+    shipper = LogShipper(
+        settings.logs.bind_endpoint,
+        service=service_name,
+        spill_dir=tmp_path,
+        credentials=sender_credentials(service_name),
+    )
     logger = logging.getLogger(f"cli.{service_name}")
     logger.handlers, logger.propagate = [shipper], False
     try:

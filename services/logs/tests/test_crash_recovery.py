@@ -9,12 +9,12 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from logs_testkit import SenderProcess, count_of, logs_service_process
+from logs_testkit import TEST_KEYS, SenderProcess, count_of, logs_service_process
 
 from keelson.db import migrate
 from keelson.embedded import EmbeddedPostgres, free_port
 from keelson.testing import eventually
-from logs_service.ingest import Ingestor
+from logs_service.ingest import Ingestor, IntakeAuth
 from logs_service.settings import IngestSettings
 from logs_service.store import LogStore, create_pool
 from logs_service.tail import TailHub
@@ -44,7 +44,10 @@ async def test_a_consumer_killed_during_a_burst_loses_and_doubles_nothing(
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     with ExitStack() as running:  # every process started is killed, whichever step fails
         consumer = logs_service_process(
-            database_url=logs_database_url, bind_endpoint=endpoint, workdir=tmp_path
+            database_url=logs_database_url,
+            bind_endpoint=endpoint,
+            workdir=tmp_path,
+            senders=[service_name],
         )
         running.callback(consumer.kill)
         await consumer.wait_for("/health/live", timeout=SERVICE_START_SECONDS)
@@ -60,7 +63,10 @@ async def test_a_consumer_killed_during_a_burst_loses_and_doubles_nothing(
         assert at_kill < 50_000, "the burst was over before the kill"
 
         consumer = logs_service_process(
-            database_url=logs_database_url, bind_endpoint=endpoint, workdir=tmp_path
+            database_url=logs_database_url,
+            bind_endpoint=endpoint,
+            workdir=tmp_path,
+            senders=[service_name],
         )
         running.callback(consumer.kill)
         await consumer.wait_for("/health/live", timeout=SERVICE_START_SECONDS)
@@ -90,7 +96,8 @@ async def test_postgres_stopped_for_ten_seconds_during_a_burst(
 ) -> None:
     pool = await create_pool(own_postgres.url, schema="logs", max_size=4)
     settings = IngestSettings(bind_endpoint=f"tcp://127.0.0.1:{free_port()}", retry_max_seconds=1)
-    ingestor = Ingestor(settings, LogStore(pool), TailHub())
+    curve = IntakeAuth.derive(TEST_KEYS, [service_name])
+    ingestor = Ingestor(settings, LogStore(pool), TailHub(), curve=curve)
     await ingestor.start()
     sender = SenderProcess(
         settings.bind_endpoint, service_name, 20_000, tmp_path / "spill", rate=5_000

@@ -55,7 +55,6 @@ def test_a_valid_record_becomes_a_row() -> None:
         (wire(attrs=[1]), Rejection.INVALID),
         (wire(request_id=12), Rejection.INVALID),
         (wire(ts=NOW - 10 * 86400), Rejection.OUT_OF_RANGE),
-        (wire(ts=NOW + 10 * 86400), Rejection.OUT_OF_RANGE),
         (wire(message="x" * 5000), Rejection.OVERSIZED),
     ],
 )
@@ -83,3 +82,10 @@ def test_timestamps_compare_as_strings_in_time_order() -> None:
         rendered.append(api)
     assert sorted(rendered) == rendered and len(set(map(len, rendered))) == 1
     assert rendered[1].endswith(".000000Z")
+
+
+def test_a_record_from_the_future_is_stored_at_the_bound_with_its_claim() -> None:
+    row = parse(wire(ts=NOW + 10 * 86400))
+    assert isinstance(row, LogRow)
+    assert row.ts.timestamp() == pytest.approx(NOW + 86400, abs=1e-5)
+    assert orjson.loads(row.attrs)["claimed_ts"] == NOW + 10 * 86400

@@ -16,6 +16,13 @@ from keelson.logging._context import (
     user_id_var,
 )
 from keelson.logging._format import JsonFormatter, TextFormatter, record_to_dict
+from keelson.logging._intake import (
+    CurveKeyPair,
+    SenderCredentials,
+    intake_server_keys,
+    sender_keys,
+    senders_by_public_key,
+)
 from keelson.logging._redact import REDACTED, redact_text, redact_value
 from keelson.logging._shipper import WIRE_ACK, WIRE_VERSION, LogShipper, ShipperStats
 
@@ -24,19 +31,24 @@ __all__ = [
     "WIRE_ACK",
     "WIRE_VERSION",
     "ConsoleHandler",
+    "CurveKeyPair",
     "JsonFormatter",
     "LogShipper",
+    "SenderCredentials",
     "ShipperStats",
     "TextFormatter",
     "bind",
     "configure_logging",
     "current_context",
     "get_logger",
+    "intake_server_keys",
     "log_access_record",
     "record_to_dict",
     "redact_text",
     "redact_value",
     "request_id_var",
+    "sender_keys",
+    "senders_by_public_key",
     "trace_id_var",
     "user_id_var",
 ]

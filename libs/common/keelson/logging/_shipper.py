@@ -48,8 +48,10 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from keelson.config import KeelsonSettings
+from keelson.keys import KeyManager
 from keelson.logging._fork import register_at_fork
 from keelson.logging._format import record_to_dict
+from keelson.logging._intake import SenderCredentials
 from keelson.logging._spill import SpillSegment, SpillStore
 from keelson.metrics import LOG_RECORDS_DROPPED, LOG_RECORDS_SPILLED
 
@@ -101,10 +103,12 @@ class LogShipper(logging.Handler):
         ack_timeout: float = 2.0,
         max_in_flight: int = 8,
         close_timeout: float = 5.0,
+        credentials: SenderCredentials | None = None,
     ) -> None:
         super().__init__()
         self.endpoint = endpoint
         self.service = service
+        self.credentials = credentials
         self.buffer_size = buffer_size
         self.batch_size = batch_size
         self.ack_timeout = ack_timeout
@@ -131,6 +135,11 @@ class LogShipper(logging.Handler):
             spill_max_bytes=log.spill_max_bytes,
             batch_size=log.batch_size,
             ack_timeout=log.ack_timeout_seconds,
+            credentials=SenderCredentials.derive(
+                KeyManager.from_settings(settings), settings.service
+            )
+            if log.ship_curve
+            else None,
         )
 
     def _start(self) -> None:
@@ -298,6 +307,8 @@ class _Sender:
         socket.setsockopt(zmq.SNDHWM, self.shipper.max_in_flight * 2)
         socket.setsockopt(zmq.RECONNECT_IVL, 100)
         socket.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+        if self.shipper.credentials is not None:
+            self.shipper.credentials.apply(socket)
         monitor = socket.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
         socket.connect(self.shipper.endpoint)
         try:

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
-from logs_testkit import SenderProcess, operator_headers
+from logs_testkit import SenderProcess, operator_headers, sender_credentials
 
 from keelson.logging import LogShipper
 from keelson.testing import LiveServer, eventually
@@ -19,6 +19,7 @@ from logs_service.app import create_app
 from logs_service.settings import Settings
 
 PER_SERVICE = 400
+TAIL_SERVICE = f"tail-{uuid.uuid4().hex[:8]}"
 
 
 @dataclass
@@ -39,6 +40,7 @@ def suite(
     settings = make_logs_settings()
     suffix = uuid.uuid4().hex[:8]
     services = [f"{name}-{suffix}" for name in ("alpha", "beta", "gamma")]
+    settings.logs.senders = [*services, TAIL_SERVICE]
     spill = tmp_path_factory.mktemp("spill")
     with LiveServer(create_app(settings)) as server:
         senders = [
@@ -176,9 +178,13 @@ async def test_a_bad_cursor_is_a_problem_not_a_crash(client: httpx.AsyncClient) 
 async def test_a_tail_client_receives_new_records_within_a_second(
     suite: Suite, client: httpx.AsyncClient, tmp_path: Path
 ) -> None:
-    service = f"tail-{uuid.uuid4().hex[:8]}"
+    service = TAIL_SERVICE
     shipper = LogShipper(
-        suite.settings.logs.bind_endpoint, service=service, spill_dir=tmp_path, ack_timeout=0.5
+        suite.settings.logs.bind_endpoint,
+        service=service,
+        spill_dir=tmp_path,
+        ack_timeout=0.5,
+        credentials=sender_credentials(service),
     )
     logger = logging.getLogger(f"tail.{service}")
     logger.handlers, logger.propagate = [shipper], False
