@@ -19,7 +19,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from keelson.config import KeelsonSettings
-from keelson.errors import KeelsonError
+from keelson.db import DATABASE_RETRY_AFTER, database_unavailable
+from keelson.errors import KeelsonError, ServiceUnavailable
 from keelson.health import health_router
 from keelson.logging import log_access_record, request_id_var, trace_id_var, user_id_var
 from keelson.metrics import HTTP_IN_FLIGHT, RequestMetrics, metrics_router, route_template
@@ -310,7 +311,24 @@ class InFlight:
 
 
 def _internal_error(exc: Exception, *, method: str, path: str) -> JSONResponse:
-    """Log and report `exc` in full; the client learns only that it failed."""
+    """Log and report `exc` in full; the client learns only that it failed.
+
+    A database that cannot be reached is no bug: 503 with Retry-After, so that callers
+    (the gateway retries idempotent requests) try again rather than give up.
+    """
+    if database_unavailable(exc):
+        _log.warning("database unavailable on %s %s: %s", method, path, type(exc).__name__)
+        unavailable = ServiceUnavailable(
+            "The database is unavailable; try again shortly.", retry_after=DATABASE_RETRY_AFTER
+        )
+        return problem_response(
+            unavailable.status,
+            unavailable.title,
+            unavailable.detail,
+            type_uri=unavailable.type_uri,
+            instance=path,
+            headers=unavailable.headers,
+        )
     _log.exception("unhandled error on %s %s", method, path, exc_info=exc)
     capture_exception(exc, context={"path": path, "method": method})
     return problem_response(

@@ -12,8 +12,10 @@ from keelson.db._engine import (
 )
 from keelson.db._locks import advisory_xact_lock
 from keelson.db._migrations import migrate, run_env, run_migrations_online
+from keelson.db._outage import DATABASE_RETRY_AFTER, database_unavailable
 
 __all__ = [
+    "DATABASE_RETRY_AFTER",
     "DB_ENGINE",
     "DB_SESSIONS",
     "DatabasePlugin",
@@ -22,6 +24,7 @@ __all__ = [
     "async_url",
     "configure_field_encryption",
     "create_engine",
+    "database_unavailable",
     "get_session",
     "migrate",
     "reencrypt_column",
