@@ -22,7 +22,13 @@ from keelson.config import KeelsonSettings
 from keelson.db import DATABASE_RETRY_AFTER, database_unavailable
 from keelson.errors import KeelsonError, ServiceUnavailable
 from keelson.health import health_router
-from keelson.logging import log_access_record, request_id_var, trace_id_var, user_id_var
+from keelson.logging import (
+    close_shippers,
+    log_access_record,
+    request_id_var,
+    trace_id_var,
+    user_id_var,
+)
 from keelson.metrics import HTTP_IN_FLIGHT, RequestMetrics, metrics_router, route_template
 from keelson.monitor import capture_exception
 from keelson.plugins import PluginContainer
@@ -425,9 +431,12 @@ def _lifespan(
             app.state.draining = True
             if not await in_flight.drain(settings.shutdown_grace_seconds):
                 _log.warning("shutdown grace elapsed with %d requests in flight", in_flight.count)
-            for hook in reversed(on_shutdown):
-                await hook(app)
-            await container.stop()
+            try:
+                for hook in reversed(on_shutdown):
+                    await hook(app)
+                await container.stop()
+            finally:
+                await asyncio.to_thread(close_shippers)
 
     return lifespan
 

@@ -38,6 +38,7 @@ __all__ = [
     "ShipperStats",
     "TextFormatter",
     "bind",
+    "close_shippers",
     "configure_logging",
     "current_context",
     "get_logger",
@@ -80,3 +81,15 @@ def configure_logging(settings: KeelsonSettings, *, ship: bool = True) -> None:
         logging.getLogger(name).propagate = True
     for name in _QUIET:
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def close_shippers() -> None:
+    """Close the root logger's shippers: deliver within their close timeout, spill the rest.
+
+    Called by the app's lifespan at shutdown, while the process still runs: uvicorn
+    re-raises SIGTERM once it has shut down, and a process ended by a signal runs no
+    interpreter-exit cleanup. Records logged afterwards go straight to the spill.
+    """
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, LogShipper):
+            handler.close()
