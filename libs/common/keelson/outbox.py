@@ -1,9 +1,10 @@
 """Transactional outbox: events written with the caller's data, relayed to the bus later.
 
 `add_to_outbox(session, event)` inserts the event in the caller's transaction, so the
-event exists if and only if the business change committed. The relay publishes unpublished
-rows and only then marks them published: a crash in between publishes a row twice, never
-zero times, which is why consumers deduplicate by envelope id (`mark_processed`).
+event exists if and only if the business change committed. The relay publishes an
+unpublished row and only then marks it published, one row per transaction: a crash or a
+failed commit in between publishes that one row twice, never zero times (and never the
+rows already marked), which is why consumers deduplicate by envelope id (`mark_processed`).
 Tables are unqualified at run time and found through the service's search path.
 The relay polls, and is woken at once when a session that wrote to the outbox commits
 in this process.
@@ -191,7 +192,7 @@ event.listen(Session, "after_rollback", _WAKERS.after_rollback)
 
 
 class OutboxRelay:
-    """Publishes unpublished outbox rows in id order, then marks them published.
+    """Publishes unpublished outbox rows in id order, marking each as it goes.
 
     Rows are locked with `FOR UPDATE SKIP LOCKED`, so several relays (replicas) share
     the work without publishing a row twice while they are healthy.
@@ -240,27 +241,36 @@ class OutboxRelay:
         self._task = None
 
     async def relay_once(self) -> int:
-        """Publish and mark one batch; returns how many rows it published."""
+        """Publish and mark up to `batch_size` rows; returns how many it published."""
+        published = 0
+        while published < self.batch_size and await self._relay_next():
+            published += 1
+        return published
+
+    async def _relay_next(self) -> bool:
+        """Publish the oldest unclaimed row and mark it, in a transaction of its own.
+
+        One row per transaction: when a commit fails (the database went away), only the row
+        it was about is published again, never rows whose marks had already committed.
+        """
         table = _RUNTIME.outbox
         async with self.engine.begin() as conn:
-            rows = (
+            row = (
                 await conn.execute(
                     select(table.c.id, table.c.payload)
                     .where(table.c.published_at.is_(None))
                     .order_by(table.c.id)
-                    .limit(self.batch_size)
+                    .limit(1)
                     .with_for_update(skip_locked=True)
                 )
-            ).all()
-            for row in rows:
-                await self.bus.publish(self._envelope(row.payload))
-            if rows:
-                await conn.execute(
-                    update(table)
-                    .where(table.c.id.in_([row.id for row in rows]))
-                    .values(published_at=func.now())
-                )
-        return len(rows)
+            ).first()
+            if row is None:
+                return False
+            await self.bus.publish(self._envelope(row.payload))
+            await conn.execute(
+                update(table).where(table.c.id == row.id).values(published_at=func.now())
+            )
+        return True
 
     async def purge(self) -> int:
         """Delete rows published longer ago than `retention`."""
