@@ -400,20 +400,67 @@ async def test_a_revocation_list_on_the_bus_listens_and_announces_only_when_aske
     assert RevocationList.on_bus(None, None).announce is None
 
 
-async def test_without_redis_known_revocations_still_hold_and_revoking_is_503() -> None:
+def unreachable_redis() -> Redis:
     from keelson.embedded import free_port
+
+    return Redis(port=free_port(), retry=Retry(NoBackoff(), 0))
+
+
+async def test_without_redis_known_revocations_still_hold_and_revoking_is_503() -> None:
     from keelson.errors import ServiceUnavailable
 
-    gone = Redis(port=free_port(), retry=Retry(NoBackoff(), 0))
+    gone = unreachable_redis()
     revocations = RevocationList(gone)
     revocations.remember("announced", time.time() + 60)
     try:
         assert await revocations.is_revoked("announced")
-        assert not await revocations.is_revoked("never-revoked")
+        # Never synced: whether another token was revoked cannot be known, so no answer.
+        with pytest.raises(ServiceUnavailable):
+            await revocations.is_revoked("never-revoked")
         with pytest.raises(ServiceUnavailable):
             await revocations.revoke("logged-out", time.time() + 60)
+        assert not revocations.revoked_here("logged-out")  # a failed revoke changes nothing
     finally:
         await gone.aclose()
+
+
+async def test_a_process_started_before_an_outage_refuses_tokens_revoked_before_it(
+    redis: Redis,
+) -> None:
+    from keelson.errors import ServiceUnavailable
+
+    auth = RevocationList(redis)
+    revoked = uuid.uuid4().hex
+    await auth.revoke(revoked, time.time() + 120)
+    # A replica (re)started after that revocation, which it never heard announced.
+    replica = RevocationList(redis)
+    assert await replica.sync()
+    gone = unreachable_redis()
+    replica.redis = gone  # Redis stops
+    try:
+        assert await replica.is_revoked(revoked)
+        assert not await replica.is_revoked(uuid.uuid4().hex)
+        with pytest.raises(ServiceUnavailable):
+            await replica.revoke(uuid.uuid4().hex, time.time() + 60)
+    finally:
+        await gone.aclose()
+
+
+async def test_when_redis_answers_again_the_mirror_catches_up(redis: Redis) -> None:
+    replica = RevocationList(redis)
+    assert await replica.sync()
+    gone = unreachable_redis()
+    replica.redis = gone
+    try:
+        assert not await replica.is_revoked("anything")  # answered from the mirror
+    finally:
+        await gone.aclose()
+    # Meanwhile (Redis back, its announcement missed), auth revoked a token.
+    missed = uuid.uuid4().hex
+    await RevocationList(redis).revoke(missed, time.time() + 120)
+    replica.redis = redis
+    assert not await replica.is_revoked(uuid.uuid4().hex)  # Redis answers: a sync starts
+    await eventually(lambda: replica.revoked_here(missed))
 
 
 async def test_the_verifier_refuses_revoked_tokens(redis: Redis) -> None:

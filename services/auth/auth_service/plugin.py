@@ -75,6 +75,9 @@ class AuthServicePlugin(Plugin):
         )
 
     async def start(self) -> None:
+        # Mirror the current revocations, so an outage of Redis never lets one through;
+        # if Redis is away now, the first answer from it loads them.
+        await self.revocations.sync()
         sessions = self.container.resolve(DB_SESSIONS)
         async with sessions() as db:
             kid = await ensure_signing_key(db, cipher=self.keyring.cipher)

@@ -60,7 +60,7 @@ class AuthPlugin(Plugin):
             min_refresh_interval=config.jwks_min_refresh_seconds,
             max_age=config.jwks_max_age_seconds,
         )
-        revocations = RevocationList.on_bus(
+        self.revocations = revocations = RevocationList.on_bus(
             self.container.resolve_optional(REDIS), self.container.resolve_optional(BUS)
         )
         verifier = TokenVerifier(
@@ -80,6 +80,9 @@ class AuthPlugin(Plugin):
         # An auth service that is not up yet is no reason to fail to start; readiness
         # waits for the keys instead (see health).
         await self.jwks.refresh()
+        # Mirror the current revocations, so an outage of Redis never lets one through;
+        # if Redis is away now, the first answer from it loads them.
+        await self.revocations.sync()
 
     async def stop(self) -> None:
         await self.http.aclose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -29,11 +30,15 @@ class RevocationList:
     """`revoke(jti, exp)` and `is_revoked(jti)`.
 
     With Redis every replica reads the same keys (`SET ... EX` until the token's own
-    expiry), so a revocation holds everywhere as soon as `revoke` returns. Revocations
-    announced on the bus are also remembered locally, which answers without a round trip.
-    While Redis is away `is_revoked` answers from that local set alone (and says so in
-    the log) rather than failing every request, and `revoke` raises `ServiceUnavailable`
-    (503): a revocation that only this process knows must not be reported as done.
+    expiry), so a revocation holds everywhere as soon as `revoke` returns; `revoke` raises
+    `ServiceUnavailable` (503) and remembers nothing when Redis cannot store it, so a
+    revocation is never reported done, nor half done, while only this process knows it.
+
+    Each process also keeps a mirror of every current revocation: loaded by `sync` (at
+    start and whenever Redis answers again after failing) and kept current by the
+    announcements on the bus. While Redis is away `is_revoked` answers from that mirror,
+    which is complete (no revocation can be stored during the outage); a process that has
+    never synced cannot know, and refuses with 503 rather than accept a revoked token.
     Without Redis the list is in-process only.
     """
 
@@ -50,6 +55,9 @@ class RevocationList:
         self._local: dict[str, float] = {}
         self._prune_at = 1024
         self._warned_at = -math.inf
+        self.synced = redis is None  # the mirror holds every current revocation
+        self._resync = False
+        self._syncing: asyncio.Task[bool] | None = None
 
     @classmethod
     def on_bus(
@@ -70,13 +78,14 @@ class RevocationList:
         ttl = int(exp - time.time()) + 1
         if ttl <= 0:
             return
-        self.remember(jti, exp)
         if self.redis is not None:
             try:
                 await self.redis.set(self.prefix + jti, b"1", ex=ttl)
             except RedisError:
                 _log.error("cannot store the revocation of %s: Redis is unavailable", jti)
+                self._resync = True
                 raise ServiceUnavailable("revocation store unavailable", retry_after=5) from None
+        self.remember(jti, exp)
         if self.announce is not None:
             try:
                 await self.announce(REVOCATIONS_CHANNEL, {"jti": jti, "exp": exp})
@@ -102,13 +111,49 @@ class RevocationList:
         if self.redis is None:
             return False
         try:
-            return bool(await self.redis.exists(self.prefix + jti))
+            revoked = bool(await self.redis.exists(self.prefix + jti))
         except RedisError:
+            self._resync = True
+            if not self.synced:
+                raise ServiceUnavailable("revocation list unavailable", retry_after=5) from None
             now = time.monotonic()
             if now - self._warned_at > _WARN_EVERY:
                 self._warned_at = now
-                _log.warning("Redis is unavailable: revocations known to this process only")
+                _log.warning("Redis is unavailable: answering from the revocations mirrored")
             return False
+        if self._resync and self._syncing is None:
+            # Redis is back: announcements may have been missed while it was away.
+            self._syncing = asyncio.create_task(self._sync_in_background(), name="revocations-sync")
+        return revoked
+
+    async def sync(self) -> bool:
+        """Load every current revocation from Redis into the mirror; False if Redis fails."""
+        if self.redis is None:
+            return True
+        now = time.time()
+        try:
+            keys = [key async for key in self.redis.scan_iter(match=self.prefix + "*", count=1000)]
+            ttls: list[int] = []
+            for start in range(0, len(keys), 1000):
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for key in keys[start : start + 1000]:
+                        pipe.pttl(key)
+                    ttls += await pipe.execute()
+        except RedisError:
+            self._resync = True
+            return False
+        for key, ttl in zip(keys, ttls, strict=True):
+            if ttl > 0:
+                name = key.decode() if isinstance(key, bytes) else str(key)
+                self.remember(name.removeprefix(self.prefix), now + ttl / 1000)
+        self.synced, self._resync = True, False
+        return True
+
+    async def _sync_in_background(self) -> bool:
+        try:
+            return await self.sync()
+        finally:
+            self._syncing = None
 
     def remember(self, jti: str, exp: float) -> None:
         """Record a revocation locally (own or announced by another replica)."""

@@ -30,6 +30,7 @@ from keelson.auth import (
 )
 from keelson.bus import BUS
 from keelson.config import PluginSettings
+from keelson.errors import ServiceUnavailable
 from keelson.http import exchange, problem_response
 from keelson.logging import user_id_var
 from keelson.plugins import PluginMetadata, Priority
@@ -252,6 +253,12 @@ class _SecurityLayer:
                 await _unauthorized(exc.detail)(scope, receive, send)
                 return
             principal = None
+        except ServiceUnavailable as exc:
+            # Whether the token was revoked cannot be known now (Redis away, no mirror yet).
+            await problem_response(exc.status, exc.title, exc.detail, headers=exc.headers)(
+                scope, receive, send
+            )
+            return
         await self._admit(scope, receive, send, policy, principal)
 
     def _admit(
