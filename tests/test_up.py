@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -20,7 +21,10 @@ import pytest
 import redis
 from sqlalchemy.engine import make_url
 
+from keelson.auth import Principal, identity_key, sign_identity
+from keelson.config import KeelsonSettings
 from keelson.embedded import free_port
+from keelson.keys import KeyManager
 from keelson.suite import SERVICES, Layout, free_port_block, port_in_use, readiness
 from keelson.supervision import (
     ProcessState,
@@ -237,12 +241,29 @@ def assert_first_token_is_accepted_everywhere(suite: Suite) -> None:
             assert refused.status_code == 403, (url, refused.text)
 
 
+def assert_the_development_key_forges_nothing(suite: Suite) -> None:
+    """The suite runs on a master key of its own, so the public development constant signs
+    no identity the services believe."""
+    key_file = suite.root / ".keelson" / "master.key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    development = KeelsonSettings().master_key.get_secret_value()
+    assert key_file.read_text().strip() != development
+    forged = sign_identity(
+        Principal(user_id="attacker", roles=frozenset({"admin"})),
+        identity_key(KeyManager(development)),
+    )
+    for name, path in (("auth", "/api/v1/auth/users"), ("logs", "/api/v1/logs")):
+        response = httpx.get(f"{suite.url(name)}{path}", headers=forged, timeout=10)
+        assert response.status_code == 401, (name, response.text)
+
+
 def test_given_servers_are_used_and_down_stops_everything(
     start_suite: Callable[[dict[str, str]], Suite], given_database: str, given_redis: str
 ) -> None:
     suite = start_suite({"KEELSON_DATABASE_URL": given_database, "KEELSON_REDIS_URL": given_redis})
     suite.poll("all five ready", suite.all_ready, READY_TIMEOUT)
     assert_first_token_is_accepted_everywhere(suite)
+    assert_the_development_key_forges_nothing(suite)
     names = {p.name for p in suite.supervisor.processes()}
     assert names == {service.name for service in SERVICES}
     assert not (suite.root / ".keelson" / "postgres").exists()

@@ -150,6 +150,11 @@ class KeelsonSettings(BaseSettings):
             raise ValueError(f"the development key must not be used in {env}")
         return value
 
+    @property
+    def uses_development_master_key(self) -> bool:
+        """Whether no master key was configured (the public development constant is used)."""
+        return self.master_key.get_secret_value() == _DEV_MASTER_KEY
+
     @field_validator("database_url")
     @classmethod
     def _postgres_url(cls, value: str | None) -> str | None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import os
 import random
+import secrets
 import socket
 import sys
 import time
@@ -70,6 +72,8 @@ class Layout:
     valkey_port: int = 56379
     external_database_url: str | None = None
     external_redis_url: str | None = None
+    # No master key configured: the services get this state folder's own (`master_key`).
+    own_master_key: bool = False
 
     @property
     def embedded_postgres(self) -> EmbeddedPostgres | None:
@@ -102,6 +106,27 @@ class Layout:
     @property
     def config_path(self) -> Path:
         return self.state_dir / "supervisord.conf"
+
+    @property
+    def master_key_path(self) -> Path:
+        return self.state_dir / "master.key"
+
+    def master_key(self) -> str:
+        """This state folder's own master key, made at random on first use (mode 0600).
+
+        Every deployment `keelson up` runs has a key of its own: with the development
+        constant, anyone who read the source could sign identity headers or log batches
+        for it.
+        """
+        path = self.master_key_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return path.read_text().strip()
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_urlsafe(48) + "\n")
+        return path.read_text().strip()
 
     @property
     def socket(self) -> Path:

@@ -22,6 +22,7 @@ from redis.backoff import NoBackoff
 from keelson.auth import (
     IDENTITY_HEADER,
     IDENTITY_KEY,
+    REVOCATIONS,
     TOKEN_VERIFIER,
     AuthPlugin,
     CurrentUser,
@@ -636,13 +637,20 @@ async def users(
 
 
 @pytest.fixture
-async def api(redis: Redis) -> AsyncIterator[httpx.AsyncClient]:
+def service_revocations(redis: Redis) -> RevocationList:
+    """The revocation list of the service under test (the `api` fixture's)."""
+    return RevocationList(redis)
+
+
+@pytest.fixture
+async def api(service_revocations: RevocationList) -> AsyncIterator[httpx.AsyncClient]:
     settings = KeelsonSettings(service="demo", log=LogSettings(ship_endpoint=None))
     container = PluginContainer(settings)
+    revocations = service_revocations
     container.provide(
-        TOKEN_VERIFIER,
-        TokenVerifier(StaticKeys([KEY.public_jwk()]), revocations=RevocationList(redis)),
+        TOKEN_VERIFIER, TokenVerifier(StaticKeys([KEY.public_jwk()]), revocations=revocations)
     )
+    container.provide(REVOCATIONS, revocations)
     container.provide(IDENTITY_KEY, IDENTITY)
     app = create_app(settings, container=container, routers=[router])
     transport = httpx.ASGITransport(app=app)
@@ -699,6 +707,26 @@ async def test_a_revoked_token_is_refused_by_the_dependency(
     assert (await api.get("/whoami", headers=_bearer(token))).status_code == 200
     await RevocationList(redis).revoke(jwt.get_unverified_claims(token)["jti"], time.time() + 60)
     assert (await api.get("/whoami", headers=_bearer(token))).status_code == 401
+
+
+async def test_an_identity_header_of_a_revoked_token_is_refused(
+    api: httpx.AsyncClient, redis: Redis, service_revocations: RevocationList
+) -> None:
+    principal = Principal(user_id="alice", roles=frozenset({"admin"}), jti=uuid.uuid4().hex)
+    captured = sign_identity(principal, IDENTITY)
+    assert (await api.get("/admin", headers=captured)).status_code == 200
+    # Logged out: auth revokes and announces; this service hears it on the bus.
+    announced: list[dict[str, Any]] = []
+
+    async def announce(channel: str, payload: dict[str, Any]) -> None:
+        announced.append(payload)
+
+    await RevocationList(redis, announce=announce).revoke(principal.jti, time.time() + 60)
+    for payload in announced:
+        await service_revocations.on_announcement(payload)
+    replayed = await api.get("/admin", headers=captured)
+    assert replayed.status_code == 401
+    assert replayed.json()["detail"] == "token revoked"
 
 
 # --- the plugin, against a JWKS served over real HTTP ------------------------------------

@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 from fastapi.security import OAuth2PasswordBearer
 
 from keelson.auth._identity import DEFAULT_IDENTITY_MAX_AGE, verify_identity_headers
-from keelson.auth._plugin import IDENTITY_KEY, IDENTITY_MAX_AGE, TOKEN_VERIFIER
+from keelson.auth._plugin import IDENTITY_KEY, IDENTITY_MAX_AGE, REVOCATIONS, TOKEN_VERIFIER
 from keelson.auth._principal import Principal
 from keelson.errors import Forbidden, Unauthorized
 from keelson.logging import user_id_var
@@ -32,6 +32,16 @@ async def get_current_user(
     if key is not None:
         max_age = container.resolve_optional(IDENTITY_MAX_AGE) or DEFAULT_IDENTITY_MAX_AGE
         principal = verify_identity_headers(request.headers, key, max_age=max_age)
+        revocations = container.resolve_optional(REVOCATIONS)
+        # The gateway checked the token; a header captured before a logout and replayed
+        # within its max age is caught here, from this process's mirror (no round trip).
+        if (
+            principal is not None
+            and principal.jti
+            and revocations is not None
+            and revocations.revoked_here(principal.jti)
+        ):
+            raise Unauthorized("token revoked")
     if principal is None:
         if not token:
             raise Unauthorized("not authenticated")

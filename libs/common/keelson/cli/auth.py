@@ -7,7 +7,10 @@ import asyncio
 import getpass
 import os
 import sys
+from pathlib import Path
 from typing import Any
+
+from pydantic import SecretStr
 
 from keelson.config import ConfigError, load_settings
 from keelson.errors import KeelsonError
@@ -47,6 +50,11 @@ def _commands() -> tuple[Any, Any]:
     settings = load_settings(Settings)
     if settings.database_url is None:
         raise ConfigError("KEELSON_DATABASE_URL is not set")
+    key_file = Path(".keelson") / "master.key"
+    if settings.uses_development_master_key and key_file.exists():
+        # The key `keelson up` made for the services it runs from this folder.
+        key = SecretStr(key_file.read_text().strip())
+        settings = settings.model_copy(update={"master_key": key})
     return commands, settings
 
 

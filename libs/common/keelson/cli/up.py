@@ -151,6 +151,7 @@ def _layout(args: argparse.Namespace, root: Path, settings: KeelsonSettings) -> 
         valkey_port=args.valkey_port,
         external_database_url=settings.database_url,
         external_redis_url=settings.redis_url,
+        own_master_key=settings.uses_development_master_key,
     )
 
 
@@ -247,6 +248,8 @@ def _start_supervisord(layout: Layout, console: _Console) -> subprocess.Popen[by
     write_config(layout.config_path, layout.state_dir, layout.programs())
     env = dict(os.environ)
     env.update(layout.service_environment())
+    if layout.own_master_key:
+        env["KEELSON_MASTER_KEY"] = layout.master_key()
     if console.colour:  # the services colour their output as this terminal allows
         env.setdefault("FORCE_COLOR", "1")
     process = spawn_supervisord(layout.config_path, env=env)
