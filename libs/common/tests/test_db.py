@@ -313,3 +313,26 @@ async def test_database_errors_reach_the_log_without_the_values_they_refused(
     for logged in failures:
         assert email not in logged and "victim" not in logged
         assert "argon2" not in logged and "aGFzaA" not in logged
+
+
+async def test_readiness_answers_while_requests_hold_every_pooled_connection(
+    test_database_url: str,
+) -> None:
+    from keelson.health import readiness
+
+    settings = KeelsonSettings(
+        service=f"busy{uuid.uuid4().hex[:6]}",
+        database_url=test_database_url,
+        log=LogSettings(ship_endpoint=None),
+        db=DatabaseSettings(pool_size=1, max_overflow=0, pool_timeout=10),
+    )
+    container = PluginContainer(settings)
+    container.register(DatabasePlugin)
+    await container.start()
+    try:
+        engine = container.resolve(DB_ENGINE)
+        async with engine.connect():  # request traffic holds the whole pool
+            status, report = await readiness(container)
+        assert status == "ready", report
+    finally:
+        await container.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -31,6 +32,8 @@ __all__ = [
     "get_session",
     "schema_for",
 ]
+
+_PROBE_SECONDS = 1.5  # readiness: connect and query within this, inside the 2 s health timeout
 
 DB_ENGINE: Key[AsyncEngine] = Key("db.engine")
 DB_SESSIONS: Key[async_sessionmaker[AsyncSession]] = Key("db.sessions")
@@ -107,11 +110,24 @@ class DatabasePlugin(Plugin):
         self.container.provide(DB_ENGINE, self.engine)
         self.container.provide(DB_SESSIONS, async_sessionmaker(self.engine, expire_on_commit=False))
 
+        # Readiness has a connection of its own: behind a pool that request traffic has
+        # exhausted it would wait and fail, and the service would flap out of rotation
+        # exactly when it is busy. Pre-ping replaces a connection a restart left stale.
+        self.probe = create_async_engine(
+            async_url(settings.database_url or ""),
+            pool_size=1,
+            max_overflow=0,
+            pool_timeout=_PROBE_SECONDS,
+            pool_pre_ping=True,
+            connect_args={"timeout": _PROBE_SECONDS},
+        )
+
     async def stop(self) -> None:
         await self.engine.dispose()
+        await self.probe.dispose()
 
     async def health(self) -> Health:
-        async with self.engine.connect() as conn:
+        async with asyncio.timeout(_PROBE_SECONDS), self.probe.connect() as conn:
             await conn.execute(text("SELECT 1"))
         return Health(ok=True)
 
