@@ -80,7 +80,9 @@ class LogSettings(BaseModel):
 class DatabaseSettings(BaseModel):
     pool_size: int = Field(5, ge=1)
     max_overflow: int = Field(10, ge=0)
-    pool_timeout: float = Field(10.0, gt=0)
+    # Under the gateway's 10 s upstream timeout: a request that waited this long for a
+    # connection answers 503 before the gateway gives up on it, never commits after.
+    pool_timeout: float = Field(3.0, gt=0)
     pool_recycle: int = Field(1800, gt=0)
     pool_pre_ping: bool = True
     echo: bool = False
