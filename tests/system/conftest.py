@@ -1,0 +1,143 @@
+"""The whole suite, started the `keelson up` way on the test PostgreSQL and Redis, once per
+session of `tests/system/`, for tests that attack or disturb it from outside."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+import redis
+from sqlalchemy.engine import make_url
+
+from keelson.embedded import free_port
+from keelson.suite import SERVICES, Layout, free_port_block, readiness
+
+KEELSON = Path(sys.executable).parent / "keelson"
+READY_TIMEOUT = 120.0
+ADMIN_EMAIL = "system-admin@example.com"
+ADMIN_PASSWORD = "granite otters whistle slowly"
+
+
+@dataclass
+class RunningSuite:
+    root: Path
+    base_port: int
+    zmq_base_port: int
+    output: Path
+    process: subprocess.Popen[bytes]
+
+    def url(self, name: str) -> str:
+        offset = next(s.port_offset for s in SERVICES if s.name == name)
+        return f"http://127.0.0.1:{self.base_port + offset}"
+
+    @property
+    def gateway(self) -> str:
+        return self.url("gateway")
+
+    @property
+    def log_intake(self) -> str:
+        return f"tcp://127.0.0.1:{self.zmq_base_port + 2}"
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.gateway, timeout=15)
+
+    def login(self, email: str, password: str) -> dict[str, str]:
+        with self.client() as client:
+            response = client.post(
+                "/api/v1/auth/login", json={"email": email, "password": password}
+            )
+        assert response.status_code == 200, response.text
+        return {"Authorization": f"Bearer {response.json()['access_token']}"}
+
+    def new_user(self) -> tuple[str, dict[str, str]]:
+        """A registered user's id and bearer header."""
+        email = f"user-{uuid.uuid4().hex[:10]}@example.com"
+        with self.client() as client:
+            registered = client.post(
+                "/api/v1/auth/register", json={"email": email, "password": ADMIN_PASSWORD}
+            )
+        assert registered.status_code == 201, registered.text
+        return registered.json()["id"], self.login(email, ADMIN_PASSWORD)
+
+    def admin(self) -> dict[str, str]:
+        return self.login(ADMIN_EMAIL, ADMIN_PASSWORD)
+
+
+def _ready(layout: Layout) -> bool:
+    return all(code == 200 for code in readiness(layout).values())
+
+
+@pytest.fixture(scope="session")
+def system_database(postgres_server_url: str) -> Iterator[str]:
+    server = make_url(postgres_server_url).set(drivername="postgresql")
+    name = f"keelson_system_{uuid.uuid4().hex[:10]}"
+
+    async def run(sql: str) -> None:
+        conn = await asyncpg.connect(server.render_as_string(hide_password=False))
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run(f'CREATE DATABASE "{name}"'))
+    try:
+        yield server.set(database=name).render_as_string(hide_password=False)
+    finally:
+        asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def suite(
+    system_database: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningSuite]:
+    root = tmp_path_factory.mktemp("system")
+    client = redis.Redis.from_url(redis_url)
+    before = set(client.scan_iter(count=1000))
+    base_port = free_port_block(len(SERVICES) + 3)
+    zmq_base_port = base_port + len(SERVICES)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEELSON_")}
+    env.update(
+        NO_COLOR="1",
+        KEELSON_DATABASE_URL=system_database,
+        KEELSON_REDIS_URL=redis_url,
+        KEELSON_ADMIN_EMAIL=ADMIN_EMAIL,
+        KEELSON_ADMIN_PASSWORD=ADMIN_PASSWORD,
+        KEELSON_UP_POSTGRES_PORT=str(free_port()),
+        KEELSON_UP_VALKEY_PORT=str(free_port()),
+    )
+    output = root / "up.log"
+    command = [str(KEELSON), "up", "--root", str(root), "--base-port", str(base_port)]
+    command += ["--zmq-base-port", str(zmq_base_port), "--timeout", str(READY_TIMEOUT)]
+    with output.open("ab") as out:
+        process = subprocess.Popen(command, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
+    running = RunningSuite(root, base_port, zmq_base_port, output, process)
+    layout = Layout(root, root / ".keelson", base_port=base_port, zmq_base_port=zmq_base_port)
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while not _ready(layout):
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the suite did not become ready:\n{output.read_text()[-4000:]}")
+            time.sleep(0.2)
+        yield running
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(90)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        left = set(client.scan_iter(count=1000)) - before
+        if left:
+            client.delete(*left)
+        client.close()
