@@ -251,6 +251,26 @@ async def test_unreachable_upstream_is_502_then_circuit_opens_and_recovers() -> 
             server.stop()
 
 
+async def test_an_open_circuit_closes_once_the_upstream_is_back_not_after_its_period() -> None:
+    port = free_port()
+    config = upstreams_config(logs=f"http://127.0.0.1:{port}")
+    # An open period far longer than the poll below: only the health check can end it.
+    config["upstreams"]["logs"].update(failure_threshold=2, reset_timeout_seconds=30, retries=0)
+    async with running_gateway(gateway_settings(routing=config)) as (_, client):
+        for _ in range(2):
+            assert (await client.get("/api/v1/logs/echo")).status_code == 502
+        assert (await client.get("/api/v1/logs/echo")).status_code == 503  # open
+        server = ServerThread(create_upstream(), port=port).start()
+        try:
+
+            async def recovered() -> bool:
+                return (await client.get("/api/v1/logs/echo")).status_code == 200
+
+            await eventually(recovered, timeout=10, interval=0.1)
+        finally:
+            server.stop()
+
+
 async def test_concurrent_requests_share_the_pool(upstream: ServerThread) -> None:
     async with running_gateway(gateway_settings(**routing(logs=upstream.url))) as (_, client):
         responses = await asyncio.gather(

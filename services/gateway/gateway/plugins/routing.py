@@ -9,6 +9,7 @@ from typing import Any
 import aiohttp
 from starlette.types import ASGIApp
 
+from gateway.circuit import CircuitState
 from gateway.openapi import OpenApiCatalog
 from gateway.pipeline import GatewayPlugin, plugin_config
 from gateway.proxy import ProxyApp, new_pools, new_session
@@ -19,6 +20,7 @@ __all__ = ["CATALOG", "ROUTE_TABLE", "RoutingPlugin"]
 
 CATALOG: Key[OpenApiCatalog] = Key("gateway.openapi_catalog")
 ROUTE_TABLE: Key[RouteTable] = Key("gateway.route_table")
+CIRCUIT_WATCH_SECONDS = 0.5
 
 
 class RoutingPlugin(GatewayPlugin):
@@ -43,8 +45,11 @@ class RoutingPlugin(GatewayPlugin):
 
     async def start(self) -> None:
         self.catalog.start()
+        self._watcher = asyncio.create_task(self._watch_open_circuits(), name="circuit-watch")
 
     async def stop(self) -> None:
+        self._watcher.cancel()
+        await asyncio.gather(self._watcher, return_exceptions=True)
         await self.catalog.stop()
         await self.session.close()
         for pool in self.pools.values():
@@ -105,6 +110,20 @@ class RoutingPlugin(GatewayPlugin):
                 return f"unready ({response.status})"
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             return f"unreachable ({type(exc).__name__})"
+
+    async def _watch_open_circuits(self) -> None:
+        """Ask each upstream whose circuit is open for its readiness, twice a second: the
+        circuit lets a request probe as soon as the upstream answers, not after its whole
+        open period."""
+        while True:
+            await asyncio.sleep(CIRCUIT_WATCH_SECONDS)
+            upstreams = [
+                u for u in self.table.upstreams.values() if u.breaker.state is CircuitState.OPEN
+            ]
+            statuses = await asyncio.gather(*(self._probe(u) for u in upstreams))
+            for upstream, status in zip(upstreams, statuses, strict=True):
+                if status in ("ready", "degraded"):
+                    upstream.breaker.upstream_ready()
 
     async def _fetch_openapi(self, upstream: Upstream) -> dict[str, Any]:
         timeout = aiohttp.ClientTimeout(total=min(5.0, upstream.config.timeout_seconds))
