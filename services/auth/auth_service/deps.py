@@ -11,11 +11,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from auth_service.keyring import KeyRing
 from auth_service.login import LoginContext
 from auth_service.passwords import PasswordHashing
-from auth_service.plugin import KEYRING, LOGIN_THROTTLE, PASSWORDS
+from auth_service.plugin import KEYRING, LOGIN_THROTTLE, PASSWORDS, REFRESH_SUCCESSORS
 from auth_service.settings import AuthSettings
 from auth_service.throttle import LoginThrottle
 from keelson.auth import REVOCATIONS, CurrentUser, Principal, RevocationList, require_role
 from keelson.db import get_session
+from keelson.keys import FieldCipher
 from keelson.plugins import Key, PluginContainer
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "Passwords",
     "Revocations",
     "SessionDep",
+    "Successors",
     "Throttle",
     "UserAgent",
     "no_store",
@@ -72,6 +74,7 @@ Keys = Annotated[KeyRing, Depends(_provided(KEYRING))]
 Passwords = Annotated[PasswordHashing, Depends(_provided(PASSWORDS))]
 Throttle = Annotated[LoginThrottle, Depends(_provided(LOGIN_THROTTLE))]
 Revocations = Annotated[RevocationList, Depends(_provided(REVOCATIONS))]
+Successors = Annotated[FieldCipher, Depends(_provided(REFRESH_SUCCESSORS))]
 AuthConfig = Annotated[AuthSettings, Depends(_auth_settings)]
 ClientIP = Annotated[str, Depends(_client_ip)]
 UserAgent = Annotated[str | None, Depends(_user_agent)]

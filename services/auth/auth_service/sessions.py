@@ -17,7 +17,9 @@ __all__ = [
     "SpentToken",
     "add_refresh_token",
     "find_refresh_token",
+    "forget_successors",
     "get_session_row",
+    "keep_successor",
     "record_access_token",
     "revoke_sessions",
     "spend_refresh_token",
@@ -109,6 +111,30 @@ async def spend_refresh_token(db: AsyncSession, *, token_hash: bytes) -> SpentTo
     return None if row is None else SpentToken(row.session_id, row.expires_at)
 
 
+async def keep_successor(db: AsyncSession, *, token_hash: bytes, sealed: str) -> None:
+    """Remember, sealed, the pair the spent token `token_hash` was exchanged for."""
+    await db.execute(
+        update(RefreshToken)
+        .where(RefreshToken.token_hash == token_hash)
+        .values(successor_sealed=sealed)
+    )
+
+
+async def forget_successors(
+    db: AsyncSession, *, session_id: uuid.UUID, older_than: timedelta
+) -> None:
+    """Drop the sealed successors of tokens spent longer ago than the grace window."""
+    await db.execute(
+        update(RefreshToken)
+        .where(
+            RefreshToken.session_id == session_id,
+            RefreshToken.successor_sealed.is_not(None),
+            RefreshToken.used_at < func.now() - older_than,
+        )
+        .values(successor_sealed=None)
+    )
+
+
 async def find_refresh_token(db: AsyncSession, *, token_hash: bytes) -> RefreshToken | None:
     return await db.scalar(select(RefreshToken).where(RefreshToken.token_hash == token_hash))
 
@@ -142,6 +168,11 @@ async def revoke_sessions(
     ended = list((await db.scalars(statement)).all())
     if not ended:
         return []
+    await db.execute(
+        update(RefreshToken)
+        .where(RefreshToken.session_id.in_(ended), RefreshToken.successor_sealed.is_not(None))
+        .values(successor_sealed=None)
+    )
     # Once refused through the revocation list these rows are no longer needed.
     issued = await db.execute(
         delete(IssuedAccessToken)

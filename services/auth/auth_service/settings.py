@@ -51,6 +51,10 @@ class AuthSettings(BaseModel):
     audience: str = DEFAULT_AUDIENCE
     access_token_ttl_seconds: int = Field(900, ge=10)
     refresh_token_ttl_seconds: int = Field(30 * 24 * 3600, ge=60)
+    # A spent refresh token presented again this soon (two tabs, a retry after a timeout)
+    # gets the pair its first presentation got, while that pair's refresh token is unused;
+    # later, or once that one is spent, it is reuse and revokes the family. 0: no grace.
+    refresh_reuse_grace_seconds: float = Field(10.0, ge=0, le=60)
     password_reset_ttl_seconds: int = Field(3600, ge=60)
     email_verification_ttl_seconds: int = Field(48 * 3600, ge=60)
     # At most one emailed token per account and purpose in this period (0: no limit).

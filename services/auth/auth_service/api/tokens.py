@@ -14,6 +14,7 @@ from auth_service.deps import (
     Login,
     Revocations,
     SessionDep,
+    Successors,
     no_store,
 )
 from auth_service.login import log_in, log_out, refresh_session
@@ -44,6 +45,7 @@ async def create_refresh(
     keys: Keys,
     revocations: Revocations,
     settings: AuthConfig,
+    successors: Successors,
 ) -> TokenPair:
     return await refresh_session(
         db,
@@ -51,6 +53,7 @@ async def create_refresh(
         keyring=keys,
         revocations=revocations,
         settings=settings,
+        successors=successors,
     )
 
 
