@@ -12,6 +12,7 @@ import csv
 import http.server
 import importlib
 import importlib.util
+import ipaddress
 import json
 import os
 import re
@@ -311,6 +312,18 @@ def test_compose_wires_services_to_each_other(
     del expected["gateway"]
     assert upstreams == expected
     assert services["gateway"]["ports"] == ["8000:8000"]
+
+
+def test_compose_services_trust_forwarded_addresses_from_the_gateway_only(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    gateway_ip = services["gateway"]["networks"]["default"]["ipv4_address"]
+    subnet = compose["networks"]["default"]["ipam"]["config"][0]["subnet"]
+    assert ipaddress.ip_address(gateway_ip) in ipaddress.ip_network(subnet)
+    for name in SERVICES:
+        trusted = json.loads(services[name]["environment"]["KEELSON_TRUSTED_PROXIES"])
+        assert trusted == [gateway_ip], name
 
 
 def test_prometheus_scrapes_every_service(compose: dict[str, Any]) -> None:

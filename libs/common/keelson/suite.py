@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import random
 import socket
 import sys
@@ -11,6 +12,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 from sqlalchemy.engine import make_url
@@ -151,6 +153,8 @@ class Layout:
             "KEELSON_LOGS__BIND_ENDPOINT": self.log_endpoint,
             "KEELSON_LOG__SPILL_DIR": str(self.state_dir / "spill"),
             "KEELSON_PLUGINS__AUTH__JWKS_URL": f"{self.url(auth)}/.well-known/jwks.json",
+            # The gateway reaches the services from the address it calls them on.
+            "KEELSON_TRUSTED_PROXIES": json.dumps([urlsplit(self.url(auth)).hostname]),
             "PYTHONUNBUFFERED": "1",
         }
         for service in SERVICES[1:]:

@@ -170,3 +170,15 @@ def test_subclass_adds_its_section(clean_env: Path, monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setenv("KEELSON_RETENTION_DAYS", "3")
     assert load_settings(ServiceSettings).retention_days == 3
+
+
+def test_trusted_proxies_are_addresses_or_networks_and_none_by_default(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert load_settings().trusted_proxies == []
+    monkeypatch.setenv("KEELSON_TRUSTED_PROXIES", '["172.30.57.10", "10.0.0.0/8", "::1"]')
+    assert load_settings().trusted_proxies == ["172.30.57.10/32", "10.0.0.0/8", "::1/128"]
+    for bad in ('["*"]', '["gateway"]', '["10.0.0.0/33"]'):
+        monkeypatch.setenv("KEELSON_TRUSTED_PROXIES", bad)
+        with pytest.raises(ConfigError, match="KEELSON_TRUSTED_PROXIES"):
+            load_settings()

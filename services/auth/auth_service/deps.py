@@ -54,8 +54,8 @@ def _auth_settings(request: Request) -> AuthSettings:
 
 
 def _client_ip(request: Request) -> str:
-    # uvicorn has already replaced this with X-Forwarded-For when the peer is a trusted
-    # proxy (--forwarded-allow-ips), so behind the gateway it is the real client.
+    # uvicorn has already replaced this with X-Forwarded-For when the peer is one of
+    # `trusted_proxies` (the gateway), so behind the gateway it is the real client.
     return request.client.host if request.client else "unknown"
 
 
