@@ -57,7 +57,8 @@ class AuthServicePlugin(Plugin):
         settings = self.container.settings
         assert isinstance(settings, Settings)
         self.config = settings
-        master = KeyManager(settings.master_key.get_secret_value())
+        # Previous master keys still unseal what they sealed, so auth starts after a rotation.
+        master = KeyManager.from_settings(settings)
         redis = self.container.resolve_optional(REDIS)
         self.keyring = KeyRing(
             self.container.resolve(DB_SESSIONS),

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from auth_service.models import IssuedAccessToken, RefreshToken, RevokeReason, Session
 from auth_service.tokens import AccessToken, new_opaque_token
+from keelson.keys import FieldCipher
 
 __all__ = [
     "RevokedAccess",
@@ -21,6 +22,7 @@ __all__ = [
     "get_session_row",
     "keep_successor",
     "record_access_token",
+    "reseal_successors",
     "revoke_sessions",
     "spend_refresh_token",
     "start_session",
@@ -133,6 +135,23 @@ async def forget_successors(
         )
         .values(successor_sealed=None)
     )
+
+
+async def reseal_successors(db: AsyncSession, *, cipher: FieldCipher) -> int:
+    """Seal again, under the current master key, the kept successors sealed under an older."""
+    rows = await db.scalars(
+        select(RefreshToken).where(RefreshToken.successor_sealed.is_not(None)).with_for_update()
+    )
+    resealed = 0
+    for row in rows:
+        sealed = row.successor_sealed
+        if sealed is None or not cipher.needs_rotation(sealed):
+            continue
+        plain = cipher.decrypt(sealed, associated=row.token_hash)
+        row.successor_sealed = cipher.encrypt(plain, associated=row.token_hash)
+        resealed += 1
+    await db.flush()
+    return resealed
 
 
 async def find_refresh_token(db: AsyncSession, *, token_hash: bytes) -> RefreshToken | None:
