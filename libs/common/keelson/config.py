@@ -205,7 +205,11 @@ class KeelsonSettings(BaseSettings):
             file_secret_settings,
         ]
         if yaml_files:
-            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_files))
+            # The environment's file is merged into the base one key by key (lists replace),
+            # so setting `plugins.security` there keeps the base file's other plugins.
+            sources.append(
+                YamlConfigSettingsSource(settings_cls, yaml_file=yaml_files, deep_merge=True)
+            )
         return tuple(sources)
 
 
