@@ -33,7 +33,7 @@ from auth_service.throttle import LoginThrottle
 from auth_service.tokens import hash_token, issue_access_token
 from auth_service.users import get_user, get_user_by_email, normalize_email, parse_uuid
 from keelson.auth import Principal, RevocationList
-from keelson.errors import TooManyRequests, Unauthorized
+from keelson.errors import Forbidden, TooManyRequests, Unauthorized
 from keelson.events import UserLoggedIn
 from keelson.keys import FieldCipher
 
@@ -90,6 +90,13 @@ async def log_in(
         await record_failure(db, throttle=throttle, email=email, client_ip=ctx.client_ip, user=user)
         raise Unauthorized(_BAD_CREDENTIALS)
     await throttle.record_success(email=email)
+    if ctx.settings.require_verified_email and user.email_verified_at is None:
+        # Said only to whoever knows the password, so it reveals nothing to others.
+        raise Forbidden(
+            "the email address is not verified yet: follow the link we mailed, "
+            "or ask for a new one at /api/v1/auth/verify-email/request",
+            rule="email_unverified",
+        )
     if passwords.needs_rehash(user.password_hash):
         user.password_hash = await passwords.hash(password)
     scopes = granted_scopes(ctx.settings, user.roles, requested_scope)
@@ -232,7 +239,13 @@ async def _issue_pair(
     scopes: list[str],
 ) -> TokenPair:
     access = issue_access_token(
-        keyring, settings, user_id=user.id, roles=user.roles, scopes=scopes, session_id=session_id
+        keyring,
+        settings,
+        user_id=user.id,
+        roles=user.roles,
+        scopes=scopes,
+        session_id=session_id,
+        email_verified=user.email_verified_at is not None,
     )
     await record_access_token(db, session_id=session_id, access=access)
     refresh = await add_refresh_token(

@@ -28,13 +28,20 @@ DEFAULT_ROLE_SCOPES: dict[str, list[str]] = {
 
 
 class PasswordHashSettings(BaseModel):
-    """argon2id cost; hashes made with other values are redone at the next login."""
+    """argon2id cost; hashes made with other values are redone at the next login.
 
-    time_cost: int = Field(3, ge=1)
-    memory_cost: int = Field(65_536, ge=8, description="KiB")
-    parallelism: int = Field(4, ge=1)
-    hash_len: int = Field(32, ge=16)
-    salt_len: int = Field(16, ge=16)
+    The default is OWASP's first argon2id recommendation (m=19 MiB, t=2, p=1).
+    """
+
+    time_cost: int = Field(2, ge=1, le=20)
+    memory_cost: int = Field(19_456, ge=8, le=4 * 1024 * 1024, description="KiB")
+    parallelism: int = Field(1, ge=1, le=64)
+    hash_len: int = Field(32, ge=16, le=128)
+    salt_len: int = Field(16, ge=16, le=64)
+    # Hashes running at once per process (unset: one per core), and how many may wait
+    # for one (unset: four per slot); beyond that a login is answered 503.
+    concurrency: int | None = Field(None, ge=1, le=256)
+    max_waiting: int | None = Field(None, ge=0, le=10_000)
 
 
 class LoginThrottleSettings(BaseModel):
@@ -64,6 +71,9 @@ class AuthSettings(BaseModel):
     # any replica signs with it.
     key_activation_seconds: float = Field(120.0, ge=0)
     min_password_length: int = Field(12, ge=8)
+    # Refuse logins until the address is verified (403, `rule: email_unverified`); when
+    # false, logins work and the access token says `email_verified: false`.
+    require_verified_email: bool = False
     default_roles: list[str] = ["user"]
     role_scopes: dict[str, list[str]] = DEFAULT_ROLE_SCOPES
     password: PasswordHashSettings = PasswordHashSettings()

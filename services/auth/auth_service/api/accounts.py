@@ -14,26 +14,35 @@ from auth_service.deps import (
     SessionDep,
     Throttle,
 )
-from auth_service.schemas import RegisterRequest, UserPublic, UserSelfUpdate
+from auth_service.schemas import RegisterRequest, SignUpAccepted, UserPublic, UserSelfUpdate
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/api/v1/auth", tags=["accounts"])
 
 
-@router.post("/register", status_code=status.HTTP_201_CREATED)
+@router.post(
+    "/register",
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Sign up; the same answer whether or not the address has an account",
+)
 async def register_account(
-    body: RegisterRequest, db: SessionDep, passwords: Passwords, settings: AuthConfig
-) -> UserPublic:
-    user = await register_user(
+    body: RegisterRequest,
+    db: SessionDep,
+    passwords: Passwords,
+    throttle: Throttle,
+    settings: AuthConfig,
+) -> SignUpAccepted:
+    await register_user(
         db,
         email=body.email,
         password=body.password,
         name=body.name,
         passwords=passwords,
+        throttle=throttle,
         settings=settings,
     )
-    return UserPublic.of(user)
+    return SignUpAccepted()
 
 
 @router.get("/me")

@@ -352,3 +352,56 @@ async def test_logout_refuses_every_live_access_token_of_the_session(
     ).status_code == 204
     # ...and ending the session refuses it too, not only the one that logged out.
     assert (await client.get("/api/v1/auth/me", headers=auth_header(first))).status_code == 401
+
+
+async def test_the_access_token_says_whether_the_email_is_verified(
+    client: httpx.AsyncClient,
+    register: Callable[..., Awaitable[dict[str, Any]]],
+    login: Callable[..., Awaitable[dict[str, Any]]],
+    auth_engine: Any,
+) -> None:
+    from sqlalchemy import text
+
+    user = await register(client)
+    unverified = await login(client, user["email"])
+    assert jwt.get_unverified_claims(unverified["access_token"])["email_verified"] is False
+    async with auth_engine.begin() as conn:
+        await conn.execute(
+            text("UPDATE auth.users SET email_verified_at = now() WHERE id = :id"),
+            {"id": user["id"]},
+        )
+    verified = await login(client, user["email"])
+    assert jwt.get_unverified_claims(verified["access_token"])["email_verified"] is True
+
+
+async def test_an_unverified_account_cannot_log_in_when_verification_is_required(
+    auth_settings_factory: Callable[..., Any],
+    serve: Callable[..., Any],
+    register: Callable[..., Awaitable[dict[str, Any]]],
+    auth_engine: Any,
+) -> None:
+    from sqlalchemy import text
+
+    async with serve(create_app(auth_settings_factory(require_verified_email=True))) as client:
+        user = await register(client)
+        refused = await client.post(
+            "/api/v1/auth/login", json={"email": user["email"], "password": user["password"]}
+        )
+        assert refused.status_code == 403
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert refused.json()["rule"] == "email_unverified"
+        assert "refresh_token" not in refused.text
+        # Only the right password learns that the address is unverified.
+        wrong = await client.post(
+            "/api/v1/auth/login", json={"email": user["email"], "password": "not it at all"}
+        )
+        assert wrong.status_code == 401
+        async with auth_engine.begin() as conn:
+            await conn.execute(
+                text("UPDATE auth.users SET email_verified_at = now() WHERE id = :id"),
+                {"id": user["id"]},
+            )
+        allowed = await client.post(
+            "/api/v1/auth/login", json={"email": user["email"], "password": user["password"]}
+        )
+        assert allowed.status_code == 200
