@@ -14,24 +14,27 @@ from auth_service.passwords import PasswordHashing
 from auth_service.plugin import KEYRING, LOGIN_THROTTLE, PASSWORDS, REFRESH_SUCCESSORS
 from auth_service.settings import AuthSettings
 from auth_service.throttle import LoginThrottle
-from keelson.auth import REVOCATIONS, CurrentUser, Principal, RevocationList, require_role
+from keelson.auth import REVOCATIONS, CurrentUser, Principal, RevocationList, require_scope
 from keelson.db import get_session
 from keelson.keys import FieldCipher
 from keelson.plugins import Key, PluginContainer
 
 __all__ = [
-    "AdminUser",
     "AuthConfig",
     "ClientIP",
     "CurrentUser",
     "Keys",
     "Login",
     "Passwords",
+    "ProfileReader",
+    "ProfileWriter",
     "Revocations",
     "SessionDep",
     "Successors",
     "Throttle",
     "UserAgent",
+    "UsersReader",
+    "UsersWriter",
     "no_store",
 ]
 
@@ -78,7 +81,10 @@ Successors = Annotated[FieldCipher, Depends(_provided(REFRESH_SUCCESSORS))]
 AuthConfig = Annotated[AuthSettings, Depends(_auth_settings)]
 ClientIP = Annotated[str, Depends(_client_ip)]
 UserAgent = Annotated[str | None, Depends(_user_agent)]
-AdminUser = Annotated[Principal, Depends(require_role("admin"))]
+ProfileReader = Annotated[Principal, Depends(require_scope("profile:read"))]
+ProfileWriter = Annotated[Principal, Depends(require_scope("profile:write"))]
+UsersReader = Annotated[Principal, Depends(require_scope("users:read"))]
+UsersWriter = Annotated[Principal, Depends(require_scope("users:write"))]
 
 
 def _login_context(

@@ -24,6 +24,8 @@ DEFAULT_ROLE_SCOPES: dict[str, list[str]] = {
         "payments:write",
         "plugins:read",
     ],
+    # Operators: read the logs and the gateway's plugin states, nothing about users.
+    "ops": ["profile:read", "profile:write", "logs:read", "plugins:read"],
 }
 
 

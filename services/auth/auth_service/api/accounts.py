@@ -8,13 +8,15 @@ from auth_service.accounts import current_account, register_user, update_account
 from auth_service.deps import (
     AuthConfig,
     ClientIP,
-    CurrentUser,
     Passwords,
+    ProfileReader,
+    ProfileWriter,
     Revocations,
     SessionDep,
     Throttle,
 )
 from auth_service.schemas import RegisterRequest, SignUpAccepted, UserPublic, UserSelfUpdate
+from keelson.auth import PUBLIC
 
 __all__ = ["router"]
 
@@ -25,6 +27,7 @@ router = APIRouter(prefix="/api/v1/auth", tags=["accounts"])
     "/register",
     status_code=status.HTTP_202_ACCEPTED,
     summary="Sign up; the same answer whether or not the address has an account",
+    openapi_extra=PUBLIC,
 )
 async def register_account(
     body: RegisterRequest,
@@ -46,14 +49,14 @@ async def register_account(
 
 
 @router.get("/me")
-async def read_me(principal: CurrentUser, db: SessionDep) -> UserPublic:
+async def read_me(principal: ProfileReader, db: SessionDep) -> UserPublic:
     return UserPublic.of(await current_account(db, principal=principal))
 
 
 @router.patch("/me")
 async def update_me(
     body: UserSelfUpdate,
-    principal: CurrentUser,
+    principal: ProfileWriter,
     db: SessionDep,
     passwords: Passwords,
     throttle: Throttle,

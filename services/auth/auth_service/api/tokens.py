@@ -19,18 +19,23 @@ from auth_service.deps import (
 )
 from auth_service.login import log_in, log_out, refresh_session
 from auth_service.schemas import LoginRequest, RefreshRequest, TokenPair
+from keelson.auth import PUBLIC
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/api/v1/auth", tags=["tokens"], dependencies=[Depends(no_store)])
 
 
-@router.post("/login")
+@router.post("/login", openapi_extra=PUBLIC)
 async def create_login(body: LoginRequest, login: Login) -> TokenPair:
     return await log_in(login, email=body.email, password=body.password, requested_scope=body.scope)
 
 
-@router.post("/token", summary="Log in with the OAuth2 password form (Swagger's Authorize)")
+@router.post(
+    "/token",
+    summary="Log in with the OAuth2 password form (Swagger's Authorize)",
+    openapi_extra=PUBLIC,
+)
 async def create_token(
     form: Annotated[OAuth2PasswordRequestForm, Depends()], login: Login
 ) -> TokenPair:
@@ -38,7 +43,7 @@ async def create_token(
     return await log_in(login, email=form.username, password=form.password, requested_scope=scope)
 
 
-@router.post("/refresh")
+@router.post("/refresh", openapi_extra=PUBLIC)
 async def create_refresh(
     body: RefreshRequest,
     db: SessionDep,
