@@ -162,3 +162,12 @@ async def test_two_replicas_share_the_failure_counts_and_the_lockout(
             )
             assert right.status_code == 429
             assert int(right.headers["retry-after"]) > 0
+
+
+async def test_the_oauth_metadata_is_public_at_the_gateway(
+    services: dict[str, ServiceProcess],
+) -> None:
+    async with httpx.AsyncClient(base_url=services["gateway"].url, timeout=10) as client:
+        response = await client.get("/.well-known/oauth-authorization-server")
+    assert response.status_code == 200, response.text
+    assert response.json()["token_endpoint"].endswith("/api/v1/auth/token")

@@ -57,6 +57,9 @@ class LoginThrottleSettings(BaseModel):
 
 class AuthSettings(BaseModel):
     issuer: str = DEFAULT_ISSUER
+    # Where clients reach auth (the gateway's public URL), for the absolute URLs of the
+    # RFC 8414 metadata; unset: the URL the request came in on.
+    public_url: str | None = Field(None, max_length=300, pattern=r"^https?://[^\s]+$")
     audience: str = DEFAULT_AUDIENCE
     access_token_ttl_seconds: int = Field(900, ge=10)
     refresh_token_ttl_seconds: int = Field(30 * 24 * 3600, ge=60)
