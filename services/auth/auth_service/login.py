@@ -35,7 +35,7 @@ from auth_service.users import get_user, get_user_by_email, normalize_email, par
 from keelson.auth import Principal, RevocationList
 from keelson.errors import Forbidden, TooManyRequests, Unauthorized
 from keelson.events import UserLoggedIn
-from keelson.keys import FieldCipher
+from keelson.keys import DecryptionError, FieldCipher
 
 __all__ = [
     "LoginContext",
@@ -199,9 +199,11 @@ async def _successor_in_grace(
     row = await get_session_row(db, session_id=known.session_id)
     if row is None or row.revoked_at is not None:
         return None
-    kept = _Successor.model_validate_json(
-        successors.decrypt(known.successor_sealed, associated=token_hash)
-    )
+    try:
+        sealed = successors.decrypt(known.successor_sealed, associated=token_hash)
+    except DecryptionError:  # sealed under a master key since dropped: no replay
+        return None
+    kept = _Successor.model_validate_json(sealed)
     # Once the successor is spent the client plainly got it: a presentation of its
     # parent now is not a retry.
     successor = await find_refresh_token(db, token_hash=hash_token(kept.pair.refresh_token))
