@@ -291,3 +291,4 @@ def test_services_believe_forwarded_addresses_from_the_gateway_only(
 ) -> None:
     environment = Layout(tmp_path, tmp_path / ".keelson", host=host).service_environment()
     assert json.loads(environment["KEELSON_TRUSTED_PROXIES"]) == [trusted]
+    assert environment["KEELSON_AUTH__PUBLIC_URL"] == f"http://{trusted}:8000"  # the gateway

@@ -155,6 +155,8 @@ class Layout:
             "KEELSON_PLUGINS__AUTH__JWKS_URL": f"{self.url(auth)}/.well-known/jwks.json",
             # The gateway reaches the services from the address it calls them on.
             "KEELSON_TRUSTED_PROXIES": json.dumps([urlsplit(self.url(auth)).hostname]),
+            # Auth's OAuth2 metadata links to the gateway, where clients reach it.
+            "KEELSON_AUTH__PUBLIC_URL": self.url(SERVICES[0]),
             "PYTHONUNBUFFERED": "1",
         }
         for service in SERVICES[1:]:
