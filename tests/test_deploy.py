@@ -12,6 +12,7 @@ import csv
 import http.server
 import importlib
 import importlib.util
+import ipaddress
 import json
 import os
 import re
@@ -149,6 +150,10 @@ def _upstream_urls(environment: dict[str, str], monkeypatch: pytest.MonkeyPatch)
     return {name: upstream.url for name, upstream in routing.upstreams.items()}
 
 
+# URLs handed to clients outside the containers (a browser on the host), never called.
+_CLIENT_FACING = {"auth.public_url"}
+
+
 def _loopback_addresses(
     service: str, environment: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> list[str]:
@@ -177,6 +182,8 @@ def _loopback_addresses(
         elif isinstance(value, list):
             for index, item in enumerate(value):
                 walk(f"{path}[{index}]", item)
+        elif path in _CLIENT_FACING:
+            return
         elif isinstance(value, str) and re.search(r"://(127\.|localhost\b|\[::1\])", value):
             found.append(f"{path}={value}")
 
@@ -311,6 +318,20 @@ def test_compose_wires_services_to_each_other(
     del expected["gateway"]
     assert upstreams == expected
     assert services["gateway"]["ports"] == ["8000:8000"]
+
+
+def test_compose_services_trust_forwarded_addresses_from_the_gateway_only(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    gateway_ip = services["gateway"]["networks"]["default"]["ipv4_address"]
+    subnet = compose["networks"]["default"]["ipam"]["config"][0]["subnet"]
+    assert ipaddress.ip_address(gateway_ip) in ipaddress.ip_network(subnet)
+    for name in SERVICES:
+        trusted = json.loads(services[name]["environment"]["KEELSON_TRUSTED_PROXIES"])
+        assert trusted == [gateway_ip], name
+    public_url = services["auth"]["environment"]["KEELSON_AUTH__PUBLIC_URL"]
+    assert public_url == f"http://localhost:{services['gateway']['ports'][0].split(':')[0]}"
 
 
 def test_prometheus_scrapes_every_service(compose: dict[str, Any]) -> None:

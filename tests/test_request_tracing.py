@@ -120,7 +120,7 @@ async def test_a_request_is_followed_across_services_by_its_request_id(
         registered = await client.post(
             "/api/v1/auth/register", json={"email": email, "password": PASSWORD}, headers=sent
         )
-        assert registered.status_code == 201, registered.text
+        assert registered.status_code == 202, registered.text
         (request_id,) = registered.headers.get_list("x-request-id")
         if client_sends_id:
             assert request_id == sent["X-Request-ID"]
@@ -142,6 +142,6 @@ async def test_a_request_is_followed_across_services_by_its_request_id(
     for access in (gateway_access, auth_access):
         assert access["attrs"]["method"] == "POST"
         assert access["attrs"]["route"] == "/api/v1/auth/register"
-        assert access["attrs"]["status"] == 201
+        assert access["attrs"]["status"] == 202
     assert not [r for r in by_service["gateway"] if r["logger"] == "keelson.access"]
     assert auth_access["attrs"]["client_ip"] == "127.0.0.1"  # the gateway's connection

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import stat
@@ -327,3 +328,14 @@ def test_config_escapes_percent_and_moves_a_long_socket(tmp_path: Path) -> None:
     assert len(str(sock)) <= 100
     assert sock == socket_path(deep)
     assert f"file={sock}" in text
+
+
+@pytest.mark.parametrize(
+    ("host", "trusted"), [("127.0.0.1", "127.0.0.1"), ("0.0.0.0", "127.0.0.1")]
+)
+def test_services_believe_forwarded_addresses_from_the_gateway_only(
+    tmp_path: Path, host: str, trusted: str
+) -> None:
+    environment = Layout(tmp_path, tmp_path / ".keelson", host=host).service_environment()
+    assert json.loads(environment["KEELSON_TRUSTED_PROXIES"]) == [trusted]
+    assert environment["KEELSON_AUTH__PUBLIC_URL"] == f"http://{trusted}:8000"  # the gateway

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from enum import StrEnum
 from pathlib import Path
@@ -123,6 +124,9 @@ class KeelsonSettings(BaseSettings):
     redis_url: str | None = Field(None, repr=False)
     master_key: SecretStr = SecretStr(_DEV_MASTER_KEY)
     previous_master_keys: list[SecretStr] = []  # still decrypt, never encrypt (rotation)
+    # Addresses or CIDRs (the gateway's) whose X-Forwarded-For/-Proto a service believes;
+    # from anyone else those headers are ignored. Empty: the socket peer is the client.
+    trusted_proxies: list[str] = Field([], max_length=64)
     sentry_dsn: SecretStr | None = Field(
         None, validation_alias=AliasChoices("KEELSON_SENTRY_DSN", "SENTRY_DSN")
     )
@@ -140,6 +144,12 @@ class KeelsonSettings(BaseSettings):
     def _empty_is_unset(cls, value: object) -> object:
         # `KEELSON_REDIS_URL=` (as compose writes `${KEELSON_REDIS_URL:-}`) means "off".
         return None if value == "" else value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_networks(cls, value: list[str]) -> list[str]:
+        # ip_network raises ValueError naming the entry; "*" (trust anyone) is refused.
+        return [str(ipaddress.ip_network(entry.strip(), strict=False)) for entry in value]
 
     @field_validator("master_key")
     @classmethod
@@ -205,7 +215,11 @@ class KeelsonSettings(BaseSettings):
             file_secret_settings,
         ]
         if yaml_files:
-            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_files))
+            # The environment's file is merged into the base one key by key (lists replace),
+            # so setting `plugins.security` there keeps the base file's other plugins.
+            sources.append(
+                YamlConfigSettingsSource(settings_cls, yaml_file=yaml_files, deep_merge=True)
+            )
         return tuple(sources)
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "PaymentFailed",
     "PaymentSucceeded",
     "RefundSucceeded",
+    "SignUpForExistingAccount",
     "UnknownEventError",
     "UserLoggedIn",
     "UserRegistered",
@@ -163,6 +164,16 @@ class EmailVerificationRequested(Event):
     email: str
     token: str
     expires_at: datetime
+
+
+class SignUpForExistingAccount(Event):
+    """Someone signed up with the address of an existing account; its owner is told so
+    (with a way to reset the password), since the sign-up answer says nothing either way."""
+
+    type = "auth.signup_for_existing_account"
+
+    user_id: str
+    email: str
 
 
 class UserLoggedIn(Event):

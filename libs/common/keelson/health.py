@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from keelson.auth import PUBLIC
 from keelson.config import Environment
 from keelson.plugins import PluginContainer, PluginState
 
@@ -63,11 +64,11 @@ def health_router(container: PluginContainer) -> APIRouter:
                 _log.info("readiness recovered")
             last_failing = failing
 
-    @router.get("/health/live")
+    @router.get("/health/live", openapi_extra=PUBLIC)
     async def live() -> dict[str, str]:
         return {"status": "alive"}
 
-    @router.get("/health/ready")
+    @router.get("/health/ready", openapi_extra=PUBLIC)
     async def ready(request: Request) -> JSONResponse:
         if getattr(request.app.state, "draining", False):
             return JSONResponse({"status": "draining"}, status_code=503)
@@ -82,7 +83,7 @@ def health_router(container: PluginContainer) -> APIRouter:
         body = {"status": status, "failing": _public(failing, env)}
         return JSONResponse(body, status_code=code)
 
-    @router.get("/health")
+    @router.get("/health", openapi_extra=PUBLIC)
     async def summary(request: Request) -> JSONResponse:
         status, report = await readiness(container)
         settings = request.app.state.settings

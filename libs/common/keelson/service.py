@@ -98,7 +98,8 @@ def run_service(
     """`python -m <package> [--migrate]`: optionally migrate, then serve `create_app`.
 
     With `proxy_headers`, uvicorn believes the client address and scheme in
-    X-Forwarded-For/-Proto from a proxy on 127.0.0.1 (the gateway, under `keelson up`).
+    X-Forwarded-For/-Proto from the `trusted_proxies` only (the gateway); with none
+    configured, from no one.
     """
     parser = argparse.ArgumentParser(prog=f"python -m {package}")
     parser.add_argument("--migrate", action="store_true", help="upgrade the schema first")
@@ -128,6 +129,7 @@ def run_service(
         access_log=False,
         server_header=False,
         date_header=True,
-        proxy_headers=proxy_headers,
+        proxy_headers=proxy_headers and bool(settings.trusted_proxies),
+        forwarded_allow_ips=settings.trusted_proxies,
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
     )

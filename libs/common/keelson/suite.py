@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import os
 import random
 import secrets
@@ -13,6 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 from sqlalchemy.engine import make_url
@@ -176,6 +178,10 @@ class Layout:
             "KEELSON_LOGS__BIND_ENDPOINT": self.log_endpoint,
             "KEELSON_LOG__SPILL_DIR": str(self.state_dir / "spill"),
             "KEELSON_PLUGINS__AUTH__JWKS_URL": f"{self.url(auth)}/.well-known/jwks.json",
+            # The gateway reaches the services from the address it calls them on.
+            "KEELSON_TRUSTED_PROXIES": json.dumps([urlsplit(self.url(auth)).hostname]),
+            # Auth's OAuth2 metadata links to the gateway, where clients reach it.
+            "KEELSON_AUTH__PUBLIC_URL": self.url(SERVICES[0]),
             "PYTHONUNBUFFERED": "1",
         }
         for service in SERVICES[1:]:

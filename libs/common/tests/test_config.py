@@ -170,3 +170,59 @@ def test_subclass_adds_its_section(clean_env: Path, monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setenv("KEELSON_RETENTION_DAYS", "3")
     assert load_settings(ServiceSettings).retention_days == 3
+
+
+def test_trusted_proxies_are_addresses_or_networks_and_none_by_default(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert load_settings().trusted_proxies == []
+    monkeypatch.setenv("KEELSON_TRUSTED_PROXIES", '["172.30.57.10", "10.0.0.0/8", "::1"]')
+    assert load_settings().trusted_proxies == ["172.30.57.10/32", "10.0.0.0/8", "::1/128"]
+    for bad in ('["*"]', '["gateway"]', '["10.0.0.0/33"]'):
+        monkeypatch.setenv("KEELSON_TRUSTED_PROXIES", bad)
+        with pytest.raises(ConfigError, match="KEELSON_TRUSTED_PROXIES"):
+            load_settings()
+
+
+def test_nested_mappings_merge_at_every_layer_and_lists_replace(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (clean_env / "config").mkdir()
+    (clean_env / "config" / "keelson.yaml").write_text(
+        "log:\n  level: WARNING\n  batch_size: 7\n"
+        "plugins:\n"
+        "  rate_limiting:\n    enabled: false\n    default: 10/second\n"
+        "  security:\n    leeway_seconds: 5\n    origins: [https://a.example, https://b.example]\n"
+        "  routing:\n    upstreams:\n      auth: {url: 'http://auth:8001', timeout: 3}\n"
+    )
+    (clean_env / "config" / "keelson.staging.yaml").write_text(
+        "log:\n  batch_size: 9\n"
+        "plugins:\n"
+        "  security:\n    origins: [https://c.example]\n    jwks_url: http://auth/jwks\n"
+        "  routing:\n    upstreams:\n      auth: {timeout: 5}\n"
+    )
+    (clean_env / ".env.staging").write_text(
+        "KEELSON_MASTER_KEY=staging-key-0123456789abcdef0123456789\n"
+        "KEELSON_PLUGINS__SECURITY__AUDIENCE=from-dotenv\n"
+    )
+    monkeypatch.setenv("KEELSON_ENV", "staging")
+    monkeypatch.setenv("KEELSON_PLUGINS__ROUTING__UPSTREAMS__AUTH__RETRIES", "2")
+    settings = load_settings()
+    assert settings.log.level == "WARNING"  # base only
+    assert settings.log.batch_size == 9  # environment file over base
+    limits = settings.plugin("rate_limiting").model_dump()
+    assert limits == {"enabled": False, "default": "10/second"}  # untouched by the env file
+    security = settings.plugin("security").model_dump()
+    assert security == {
+        "enabled": True,
+        "leeway_seconds": 5,  # base
+        "origins": ["https://c.example"],  # a list is replaced, not merged
+        "jwks_url": "http://auth/jwks",  # environment file
+        "audience": "from-dotenv",  # .env file
+    }
+    routing = settings.plugin("routing").model_dump()
+    assert routing["upstreams"]["auth"] == {
+        "url": "http://auth:8001",  # base
+        "timeout": 5,  # environment file
+        "retries": 2,  # environment variable
+    }

@@ -24,8 +24,13 @@ from auth_service.users import (
     parse_uuid,
 )
 from keelson.auth import Principal, RevocationList
-from keelson.errors import BadRequest, Forbidden, Unauthorized, Unprocessable
-from keelson.events import EmailVerificationRequested, PasswordResetRequested, UserRegistered
+from keelson.errors import BadRequest, Conflict, Forbidden, Unauthorized, Unprocessable
+from keelson.events import (
+    EmailVerificationRequested,
+    PasswordResetRequested,
+    SignUpForExistingAccount,
+    UserRegistered,
+)
 
 __all__ = [
     "confirm_password_reset",
@@ -52,23 +57,45 @@ async def register_user(
     password: str,
     name: str | None,
     passwords: PasswordHashing,
+    throttle: LoginThrottle,
     settings: AuthSettings,
-) -> User:
-    """A new account with the default roles; asks for its email to be verified."""
-    user = await create_account(
-        db,
-        email=email,
-        password=password,
-        name=name,
-        roles=settings.default_roles,
-        passwords=passwords,
-        settings=settings,
-    )
-    await emit(db, UserRegistered(user_id=str(user.id), email=user.email, name=user.name))
-    await audit(db, AuditAction.REGISTERED, actor=str(user.id))
-    await _send_token(db, user=user, purpose=TokenPurpose.EMAIL_VERIFICATION, settings=settings)
-    await db.commit()
-    return user
+) -> None:
+    """Sign up `email`; the caller answers the same whether or not it was taken.
+
+    A new address gets an unverified account with the default roles and a verification
+    mail. A taken one changes nothing; its owner is mailed that someone tried (at most
+    once per cooldown). The password is hashed either way, so both take as long.
+    """
+    email = normalize_email(email)
+    check_password_policy(password, email=email, min_length=settings.min_password_length)
+    password_hash = await passwords.hash(password)
+    existing = await get_user_by_email(db, email=email)
+    if existing is None:
+        try:
+            user = await create_user(
+                db,
+                email=email,
+                password_hash=password_hash,
+                name=name,
+                roles=settings.default_roles,
+            )
+        except Conflict:  # a concurrent sign-up took the address first
+            existing = await get_user_by_email(db, email=email)
+        else:
+            await emit(db, UserRegistered(user_id=str(user.id), email=user.email, name=user.name))
+            await audit(db, AuditAction.REGISTERED, actor=str(user.id))
+            await _send_token(
+                db, user=user, purpose=TokenPurpose.EMAIL_VERIFICATION, settings=settings
+            )
+            await db.commit()
+            return
+    if existing is None or not existing.is_active:
+        return
+    cooldown = settings.email_token_cooldown_seconds
+    if await throttle.first_within("signup:existing", email, seconds=cooldown):
+        await emit(db, SignUpForExistingAccount(user_id=str(existing.id), email=existing.email))
+        await audit(db, AuditAction.SIGNUP_FOR_EXISTING, actor=None, target=str(existing.id))
+        await db.commit()
 
 
 async def create_account(

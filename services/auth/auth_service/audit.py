@@ -17,6 +17,7 @@ PRODUCER = "auth"
 
 class AuditAction(StrEnum):
     REGISTERED = "registered"
+    SIGNUP_FOR_EXISTING = "signup_for_existing_account"
     LOGIN_SUCCEEDED = "login_succeeded"
     LOGIN_FAILED = "login_failed"
     LOGIN_LOCKED = "login_locked"

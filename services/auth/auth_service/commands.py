@@ -12,14 +12,29 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from auth_service.admin import make_admin
-from auth_service.keyring import key_cipher, rotate_signing_keys, signing_index
+from auth_service.keyring import (
+    key_cipher,
+    reseal_signing_keys,
+    rotate_signing_keys,
+    signing_index,
+)
 from auth_service.models import SCHEMA, SigningKeyRecord
 from auth_service.passwords import PasswordHashing
+from auth_service.plugin import SUCCESSOR_CIPHER_PURPOSE
+from auth_service.sessions import reseal_successors
 from auth_service.settings import Settings
 from keelson.db import create_engine
 from keelson.keys import KeyManager
 
-__all__ = ["KeyInfo", "KeyState", "create_admin", "list_keys", "rotate_keys"]
+__all__ = [
+    "KeyInfo",
+    "KeyState",
+    "Resealed",
+    "create_admin",
+    "list_keys",
+    "reencrypt",
+    "rotate_keys",
+]
 
 # Beyond the access-token lifetime, so no live token loses its key; covers clock skew.
 _RETIRE_MARGIN = timedelta(minutes=5)
@@ -61,11 +76,32 @@ async def rotate_keys(settings: Settings) -> tuple[str, list[str]]:
         timedelta(seconds=auth.key_activation_seconds + auth.access_token_ttl_seconds)
         + _RETIRE_MARGIN
     )
-    cipher = key_cipher(KeyManager(settings.master_key.get_secret_value()))
+    cipher = key_cipher(KeyManager.from_settings(settings))
     async with _session(settings) as db:
         kid, retired = await rotate_signing_keys(db, cipher=cipher, grace=grace)
         await db.commit()
     return kid, retired
+
+
+@dataclass(frozen=True)
+class Resealed:
+    signing_keys: list[str]
+    refresh_successors: int
+
+
+async def reencrypt(settings: Settings) -> Resealed:
+    """After a master-key rotation: seal under the new master key what older ones sealed.
+
+    Afterwards `previous_master_keys` can be emptied. Decrypting needs the old key there.
+    """
+    master = KeyManager.from_settings(settings)
+    async with _session(settings) as db:
+        kids = await reseal_signing_keys(db, cipher=key_cipher(master))
+        successors = await reseal_successors(
+            db, cipher=master.field_cipher(SUCCESSOR_CIPHER_PURPOSE)
+        )
+        await db.commit()
+    return Resealed(kids, successors)
 
 
 async def list_keys(settings: Settings) -> list[KeyInfo]:

@@ -11,25 +11,30 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from auth_service.keyring import KeyRing
 from auth_service.login import LoginContext
 from auth_service.passwords import PasswordHashing
-from auth_service.plugin import KEYRING, LOGIN_THROTTLE, PASSWORDS
+from auth_service.plugin import KEYRING, LOGIN_THROTTLE, PASSWORDS, REFRESH_SUCCESSORS
 from auth_service.settings import AuthSettings
 from auth_service.throttle import LoginThrottle
-from keelson.auth import REVOCATIONS, CurrentUser, Principal, RevocationList, require_role
+from keelson.auth import REVOCATIONS, CurrentUser, Principal, RevocationList, require_scope
 from keelson.db import get_session
+from keelson.keys import FieldCipher
 from keelson.plugins import Key, PluginContainer
 
 __all__ = [
-    "AdminUser",
     "AuthConfig",
     "ClientIP",
     "CurrentUser",
     "Keys",
     "Login",
     "Passwords",
+    "ProfileReader",
+    "ProfileWriter",
     "Revocations",
     "SessionDep",
+    "Successors",
     "Throttle",
     "UserAgent",
+    "UsersReader",
+    "UsersWriter",
     "no_store",
 ]
 
@@ -52,8 +57,8 @@ def _auth_settings(request: Request) -> AuthSettings:
 
 
 def _client_ip(request: Request) -> str:
-    # uvicorn has already replaced this with X-Forwarded-For when the peer is a trusted
-    # proxy (--forwarded-allow-ips), so behind the gateway it is the real client.
+    # uvicorn has already replaced this with X-Forwarded-For when the peer is one of
+    # `trusted_proxies` (the gateway), so behind the gateway it is the real client.
     return request.client.host if request.client else "unknown"
 
 
@@ -72,10 +77,14 @@ Keys = Annotated[KeyRing, Depends(_provided(KEYRING))]
 Passwords = Annotated[PasswordHashing, Depends(_provided(PASSWORDS))]
 Throttle = Annotated[LoginThrottle, Depends(_provided(LOGIN_THROTTLE))]
 Revocations = Annotated[RevocationList, Depends(_provided(REVOCATIONS))]
+Successors = Annotated[FieldCipher, Depends(_provided(REFRESH_SUCCESSORS))]
 AuthConfig = Annotated[AuthSettings, Depends(_auth_settings)]
 ClientIP = Annotated[str, Depends(_client_ip)]
 UserAgent = Annotated[str | None, Depends(_user_agent)]
-AdminUser = Annotated[Principal, Depends(require_role("admin"))]
+ProfileReader = Annotated[Principal, Depends(require_scope("profile:read"))]
+ProfileWriter = Annotated[Principal, Depends(require_scope("profile:write"))]
+UsersReader = Annotated[Principal, Depends(require_scope("users:read"))]
+UsersWriter = Annotated[Principal, Depends(require_scope("users:write"))]
 
 
 def _login_context(

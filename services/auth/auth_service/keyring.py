@@ -26,6 +26,7 @@ __all__ = [
     "LoadedKey",
     "ensure_signing_key",
     "key_cipher",
+    "reseal_signing_keys",
     "rotate_signing_keys",
     "signing_index",
 ]
@@ -171,6 +172,21 @@ async def rotate_signing_keys(
         )
     kid = await _add_key(session, cipher=cipher)
     return kid, retired
+
+
+async def reseal_signing_keys(session: AsyncSession, *, cipher: FieldCipher) -> list[str]:
+    """Seal again, under the current master key, every key sealed under an older one."""
+    await advisory_xact_lock(session, _KEY_LOCK_ID)
+    resealed: list[str] = []
+    for record in await session.scalars(select(SigningKeyRecord).with_for_update()):
+        if not cipher.needs_rotation(record.private_pem_sealed):
+            continue
+        associated = record.kid.encode()
+        pem = cipher.decrypt(record.private_pem_sealed, associated=associated)
+        record.private_pem_sealed = cipher.encrypt(pem, associated=associated)
+        resealed.append(record.kid)
+    await session.flush()
+    return resealed
 
 
 async def _add_key(session: AsyncSession, *, cipher: FieldCipher) -> str:

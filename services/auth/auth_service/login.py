@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from auth_service.audit import AuditAction, audit, emit
 from auth_service.keyring import KeyRing
-from auth_service.models import RevokeReason, User
+from auth_service.models import RefreshToken, RevokeReason, User
 from auth_service.passwords import PasswordHashing
 from auth_service.schemas import TokenPair
 from auth_service.sessions import (
     RevokedAccess,
     add_refresh_token,
     find_refresh_token,
+    forget_successors,
     get_session_row,
+    keep_successor,
     record_access_token,
     revoke_sessions,
     spend_refresh_token,
@@ -29,8 +33,9 @@ from auth_service.throttle import LoginThrottle
 from auth_service.tokens import hash_token, issue_access_token
 from auth_service.users import get_user, get_user_by_email, normalize_email, parse_uuid
 from keelson.auth import Principal, RevocationList
-from keelson.errors import TooManyRequests, Unauthorized
+from keelson.errors import Forbidden, TooManyRequests, Unauthorized
 from keelson.events import UserLoggedIn
+from keelson.keys import DecryptionError, FieldCipher
 
 __all__ = [
     "LoginContext",
@@ -85,6 +90,13 @@ async def log_in(
         await record_failure(db, throttle=throttle, email=email, client_ip=ctx.client_ip, user=user)
         raise Unauthorized(_BAD_CREDENTIALS)
     await throttle.record_success(email=email)
+    if ctx.settings.require_verified_email and user.email_verified_at is None:
+        # Said only to whoever knows the password, so it reveals nothing to others.
+        raise Forbidden(
+            "the email address is not verified yet: follow the link we mailed, "
+            "or ask for a new one at /api/v1/auth/verify-email/request",
+            rule="email_unverified",
+        )
     if passwords.needs_rehash(user.password_hash):
         user.password_hash = await passwords.hash(password)
     scopes = granted_scopes(ctx.settings, user.roles, requested_scope)
@@ -107,13 +119,19 @@ async def refresh_session(
     keyring: KeyRing,
     revocations: RevocationList,
     settings: AuthSettings,
+    successors: FieldCipher,
 ) -> TokenPair:
-    """Spend `refresh_token` for a new pair; a spent one revokes its whole family (401)."""
+    """Spend `refresh_token` for a new pair.
+
+    A spent one presented again within the grace window, while its successor is unused,
+    gets that successor again; otherwise it revokes its whole family (401).
+    """
     digest = hash_token(refresh_token)
     spent = await spend_refresh_token(db, token_hash=digest)
     if spent is None:
-        await _handle_reuse(db, token_hash=digest, revocations=revocations)
-        raise Unauthorized(_BAD_REFRESH)
+        return await _answer_spent(
+            db, token_hash=digest, revocations=revocations, settings=settings, successors=successors
+        )
     row = await get_session_row(db, session_id=spent.session_id)
     user = None if row is None else await get_user(db, user_id=row.user_id)
     if (
@@ -129,8 +147,70 @@ async def refresh_session(
     # current roles still allow.
     scopes = sorted(set(row.scopes) & set(granted_scopes(settings, user.roles, None)))
     pair = await _issue_pair(db, keyring, settings, user=user, session_id=row.id, scopes=scopes)
+    grace = timedelta(seconds=settings.refresh_reuse_grace_seconds)
+    if grace:
+        kept = _Successor(pair=pair, access_expires_at=int(time.time()) + pair.expires_in)
+        sealed = successors.encrypt(kept.model_dump_json(), associated=digest)
+        await keep_successor(db, token_hash=digest, sealed=sealed)
+        await forget_successors(db, session_id=row.id, older_than=grace)
     await db.commit()
     return pair
+
+
+class _Successor(BaseModel):
+    pair: TokenPair
+    access_expires_at: int
+
+
+async def _answer_spent(
+    db: AsyncSession,
+    *,
+    token_hash: bytes,
+    revocations: RevocationList,
+    settings: AuthSettings,
+    successors: FieldCipher,
+) -> TokenPair:
+    known = await find_refresh_token(db, token_hash=token_hash)
+    if known is None:
+        raise Unauthorized(_BAD_REFRESH)
+    replay = await _successor_in_grace(
+        db, known=known, token_hash=token_hash, settings=settings, successors=successors
+    )
+    if replay is not None:
+        return replay
+    await _revoke_reused(db, known=known, revocations=revocations)
+    raise Unauthorized(_BAD_REFRESH)
+
+
+async def _successor_in_grace(
+    db: AsyncSession,
+    *,
+    known: RefreshToken,
+    token_hash: bytes,
+    settings: AuthSettings,
+    successors: FieldCipher,
+) -> TokenPair | None:
+    """The pair `known` was exchanged for, if it may be handed out again; else None."""
+    if known.used_at is None or known.successor_sealed is None:
+        return None
+    window_start = datetime.now(UTC) - timedelta(seconds=settings.refresh_reuse_grace_seconds)
+    if known.used_at < window_start:
+        return None
+    row = await get_session_row(db, session_id=known.session_id)
+    if row is None or row.revoked_at is not None:
+        return None
+    try:
+        sealed = successors.decrypt(known.successor_sealed, associated=token_hash)
+    except DecryptionError:  # sealed under a master key since dropped: no replay
+        return None
+    kept = _Successor.model_validate_json(sealed)
+    # Once the successor is spent the client plainly got it: a presentation of its
+    # parent now is not a retry.
+    successor = await find_refresh_token(db, token_hash=hash_token(kept.pair.refresh_token))
+    if successor is None or successor.used_at is not None:
+        return None
+    expires_in = max(0, kept.access_expires_at - int(time.time()))
+    return kept.pair.model_copy(update={"expires_in": expires_in})
 
 
 async def log_out(db: AsyncSession, *, principal: Principal, revocations: RevocationList) -> None:
@@ -161,7 +241,13 @@ async def _issue_pair(
     scopes: list[str],
 ) -> TokenPair:
     access = issue_access_token(
-        keyring, settings, user_id=user.id, roles=user.roles, scopes=scopes, session_id=session_id
+        keyring,
+        settings,
+        user_id=user.id,
+        roles=user.roles,
+        scopes=scopes,
+        session_id=session_id,
+        email_verified=user.email_verified_at is not None,
     )
     await record_access_token(db, session_id=session_id, access=access)
     refresh = await add_refresh_token(
@@ -175,12 +261,9 @@ async def _issue_pair(
     )
 
 
-async def _handle_reuse(
-    db: AsyncSession, *, token_hash: bytes, revocations: RevocationList
+async def _revoke_reused(
+    db: AsyncSession, *, known: RefreshToken, revocations: RevocationList
 ) -> None:
-    known = await find_refresh_token(db, token_hash=token_hash)
-    if known is None:
-        return
     # A spent token came back: it was stolen, or the client is confused. Either way
     # nothing descended from that login can be trusted any more.
     revoked = await revoke_sessions(db, reason=RevokeReason.REUSE, session_id=known.session_id)

@@ -118,6 +118,8 @@ class RefreshToken(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The pair this token was exchanged for, sealed, kept for the reuse grace window only.
+    successor_sealed: Mapped[str | None] = mapped_column(Text)
 
 
 class ActionToken(Base):

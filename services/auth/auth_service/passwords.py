@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
+from collections.abc import Callable
 from functools import cache
 from importlib import resources
+from typing import TypeVar
 
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError
+from prometheus_client import Counter, Histogram
 
 from auth_service.settings import PasswordHashSettings
-from keelson.errors import Unprocessable
+from keelson.errors import ServiceUnavailable, Unprocessable
 
 __all__ = [
+    "HASHING_REFUSED",
+    "HASHING_SECONDS",
     "MAX_PASSWORD_LENGTH",
     "PasswordHashing",
     "check_password_policy",
@@ -22,6 +28,18 @@ __all__ = [
 ]
 
 MAX_PASSWORD_LENGTH = 1024
+_RETRY_AFTER_SECONDS = 1
+_T = TypeVar("_T")
+
+HASHING_SECONDS = Histogram(
+    "auth_password_hashing_seconds",
+    "argon2id runs (hash or verify), from taking a slot to the answer",
+    ["operation"],
+    buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2),
+)
+HASHING_REFUSED = Counter(
+    "auth_password_hashing_refused_total", "Password checks refused (503): every slot busy"
+)
 
 
 def password_hasher(settings: PasswordHashSettings) -> PasswordHasher:
@@ -37,22 +55,33 @@ def password_hasher(settings: PasswordHashSettings) -> PasswordHasher:
 
 
 class PasswordHashing:
-    """argon2id in a worker thread, so a login does not stall the event loop."""
+    """argon2id in worker threads, at most `concurrency` at once.
+
+    A hash holds a core for its whole run, so more at once only makes each slower and
+    starves everything else in the process. Beyond `max_waiting` queued behind them, a
+    request is refused at once (503 with Retry-After) instead of waiting without limit.
+    """
 
     def __init__(self, settings: PasswordHashSettings) -> None:
         self._hasher = password_hasher(settings)
+        self.concurrency = settings.concurrency or os.cpu_count() or 1
+        self.max_waiting = (
+            settings.max_waiting if settings.max_waiting is not None else 4 * self.concurrency
+        )
+        self._slots = asyncio.Semaphore(self.concurrency)
+        self._waiting = 0
         # Checked against when the email is unknown, so that answer takes as long as a
         # wrong password for a real account (no account enumeration by timing).
         self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(24))
 
     async def hash(self, password: str) -> str:
-        return await asyncio.to_thread(self._hasher.hash, password)
+        return await self._run("hash", self._hasher.hash, password)
 
     async def verify(self, password_hash: str, password: str) -> bool:
-        return await asyncio.to_thread(self._verify, password_hash, password)
+        return await self._run("verify", self._verify, password_hash, password)
 
     async def verify_dummy(self, password: str) -> bool:
-        await asyncio.to_thread(self._verify, self._dummy_hash, password)
+        await self._run("verify", self._verify, self._dummy_hash, password)
         return False
 
     def needs_rehash(self, password_hash: str) -> bool:
@@ -60,6 +89,24 @@ class PasswordHashing:
             return self._hasher.check_needs_rehash(password_hash)
         except InvalidHashError:
             return True
+
+    async def _run(self, operation: str, work: Callable[..., _T], *args: str) -> _T:
+        if self._slots.locked() and self._waiting >= self.max_waiting:
+            HASHING_REFUSED.inc()
+            raise ServiceUnavailable(
+                "too many sign-ins at once; try again in a moment",
+                retry_after=_RETRY_AFTER_SECONDS,
+            )
+        self._waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self._waiting -= 1
+        try:
+            with HASHING_SECONDS.labels(operation).time():
+                return await asyncio.to_thread(work, *args)
+        finally:
+            self._slots.release()
 
     def _verify(self, password_hash: str, password: str) -> bool:
         try:

@@ -20,16 +20,26 @@ from keelson.auth import (
 )
 from keelson.bus import BUS
 from keelson.db import DB_SESSIONS
-from keelson.keys import KeyManager
+from keelson.keys import FieldCipher, KeyManager
 from keelson.plugins import Health, Key, Plugin, PluginMetadata, Priority
 from keelson.redis_plugin import REDIS
 from keelson.tasks import cancel_and_wait
 
-__all__ = ["KEYRING", "LOGIN_THROTTLE", "PASSWORDS", "AuthServicePlugin"]
+__all__ = [
+    "KEYRING",
+    "LOGIN_THROTTLE",
+    "PASSWORDS",
+    "REFRESH_SUCCESSORS",
+    "SUCCESSOR_CIPHER_PURPOSE",
+    "AuthServicePlugin",
+]
 
 KEYRING: Key[KeyRing] = Key("auth_service.keyring")
 PASSWORDS: Key[PasswordHashing] = Key("auth_service.passwords")
 LOGIN_THROTTLE: Key[LoginThrottle] = Key("auth_service.throttle")
+# Seals the pair a spent refresh token was exchanged for, kept for the reuse grace window.
+REFRESH_SUCCESSORS: Key[FieldCipher] = Key("auth_service.refresh_successors")
+SUCCESSOR_CIPHER_PURPOSE = "auth-refresh-successors"
 _log = logging.getLogger("auth_service.plugin")
 
 
@@ -47,7 +57,8 @@ class AuthServicePlugin(Plugin):
         settings = self.container.settings
         assert isinstance(settings, Settings)
         self.config = settings
-        master = KeyManager(settings.master_key.get_secret_value())
+        # Previous master keys still unseal what they sealed, so auth starts after a rotation.
+        master = KeyManager.from_settings(settings)
         redis = self.container.resolve_optional(REDIS)
         self.keyring = KeyRing(
             self.container.resolve(DB_SESSIONS),
@@ -61,6 +72,7 @@ class AuthServicePlugin(Plugin):
         )
         self.container.provide(KEYRING, self.keyring)
         self.container.provide(PASSWORDS, self.passwords)
+        self.container.provide(REFRESH_SUCCESSORS, master.field_cipher(SUCCESSOR_CIPHER_PURPOSE))
         self.container.provide(LOGIN_THROTTLE, LoginThrottle(counters, settings.auth.throttle))
         self.container.provide(REVOCATIONS, self.revocations)
         self.container.provide(IDENTITY_KEY, identity_key(master))

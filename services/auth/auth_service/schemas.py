@@ -18,6 +18,7 @@ __all__ = [
     "PasswordResetConfirm",
     "RefreshRequest",
     "RegisterRequest",
+    "SignUpAccepted",
     "TokenPair",
     "UserAdminView",
     "UserPage",
@@ -37,6 +38,12 @@ class RegisterRequest(BaseModel):
     email: SingleLine = Field(max_length=320)
     password: str = _NewPassword
     name: SingleLine | None = Field(None, max_length=200)
+
+
+class SignUpAccepted(BaseModel):
+    """The one answer to a sign-up, whether the address was new or taken."""
+
+    detail: str = "check your inbox: we sent a link to confirm the address"
 
 
 class LoginRequest(BaseModel):

@@ -11,14 +11,18 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from auth_service.models import IssuedAccessToken, RefreshToken, RevokeReason, Session
 from auth_service.tokens import AccessToken, new_opaque_token
+from keelson.keys import FieldCipher
 
 __all__ = [
     "RevokedAccess",
     "SpentToken",
     "add_refresh_token",
     "find_refresh_token",
+    "forget_successors",
     "get_session_row",
+    "keep_successor",
     "record_access_token",
+    "reseal_successors",
     "revoke_sessions",
     "spend_refresh_token",
     "start_session",
@@ -109,6 +113,47 @@ async def spend_refresh_token(db: AsyncSession, *, token_hash: bytes) -> SpentTo
     return None if row is None else SpentToken(row.session_id, row.expires_at)
 
 
+async def keep_successor(db: AsyncSession, *, token_hash: bytes, sealed: str) -> None:
+    """Remember, sealed, the pair the spent token `token_hash` was exchanged for."""
+    await db.execute(
+        update(RefreshToken)
+        .where(RefreshToken.token_hash == token_hash)
+        .values(successor_sealed=sealed)
+    )
+
+
+async def forget_successors(
+    db: AsyncSession, *, session_id: uuid.UUID, older_than: timedelta
+) -> None:
+    """Drop the sealed successors of tokens spent longer ago than the grace window."""
+    await db.execute(
+        update(RefreshToken)
+        .where(
+            RefreshToken.session_id == session_id,
+            RefreshToken.successor_sealed.is_not(None),
+            RefreshToken.used_at < func.now() - older_than,
+        )
+        .values(successor_sealed=None)
+    )
+
+
+async def reseal_successors(db: AsyncSession, *, cipher: FieldCipher) -> int:
+    """Seal again, under the current master key, the kept successors sealed under an older."""
+    rows = await db.scalars(
+        select(RefreshToken).where(RefreshToken.successor_sealed.is_not(None)).with_for_update()
+    )
+    resealed = 0
+    for row in rows:
+        sealed = row.successor_sealed
+        if sealed is None or not cipher.needs_rotation(sealed):
+            continue
+        plain = cipher.decrypt(sealed, associated=row.token_hash)
+        row.successor_sealed = cipher.encrypt(plain, associated=row.token_hash)
+        resealed += 1
+    await db.flush()
+    return resealed
+
+
 async def find_refresh_token(db: AsyncSession, *, token_hash: bytes) -> RefreshToken | None:
     return await db.scalar(select(RefreshToken).where(RefreshToken.token_hash == token_hash))
 
@@ -142,6 +187,11 @@ async def revoke_sessions(
     ended = list((await db.scalars(statement)).all())
     if not ended:
         return []
+    await db.execute(
+        update(RefreshToken)
+        .where(RefreshToken.session_id.in_(ended), RefreshToken.successor_sealed.is_not(None))
+        .values(successor_sealed=None)
+    )
     # Once refused through the revocation list these rows are no longer needed.
     issued = await db.execute(
         delete(IssuedAccessToken)

@@ -24,17 +24,26 @@ DEFAULT_ROLE_SCOPES: dict[str, list[str]] = {
         "payments:write",
         "plugins:read",
     ],
+    # Operators: read the logs and the gateway's plugin states, nothing about users.
+    "ops": ["profile:read", "profile:write", "logs:read", "plugins:read"],
 }
 
 
 class PasswordHashSettings(BaseModel):
-    """argon2id cost; hashes made with other values are redone at the next login."""
+    """argon2id cost; hashes made with other values are redone at the next login.
 
-    time_cost: int = Field(3, ge=1)
-    memory_cost: int = Field(65_536, ge=8, description="KiB")
-    parallelism: int = Field(4, ge=1)
-    hash_len: int = Field(32, ge=16)
-    salt_len: int = Field(16, ge=16)
+    The default is OWASP's first argon2id recommendation (m=19 MiB, t=2, p=1).
+    """
+
+    time_cost: int = Field(2, ge=1, le=20)
+    memory_cost: int = Field(19_456, ge=8, le=4 * 1024 * 1024, description="KiB")
+    parallelism: int = Field(1, ge=1, le=64)
+    hash_len: int = Field(32, ge=16, le=128)
+    salt_len: int = Field(16, ge=16, le=64)
+    # Hashes running at once per process (unset: one per core), and how many may wait
+    # for one (unset: four per slot); beyond that a login is answered 503.
+    concurrency: int | None = Field(None, ge=1, le=256)
+    max_waiting: int | None = Field(None, ge=0, le=10_000)
 
 
 class LoginThrottleSettings(BaseModel):
@@ -48,9 +57,16 @@ class LoginThrottleSettings(BaseModel):
 
 class AuthSettings(BaseModel):
     issuer: str = DEFAULT_ISSUER
+    # Where clients reach auth (the gateway's public URL), for the absolute URLs of the
+    # RFC 8414 metadata; unset: the URL the request came in on.
+    public_url: str | None = Field(None, max_length=300, pattern=r"^https?://[^\s]+$")
     audience: str = DEFAULT_AUDIENCE
     access_token_ttl_seconds: int = Field(900, ge=10)
     refresh_token_ttl_seconds: int = Field(30 * 24 * 3600, ge=60)
+    # A spent refresh token presented again this soon (two tabs, a retry after a timeout)
+    # gets the pair its first presentation got, while that pair's refresh token is unused;
+    # later, or once that one is spent, it is reuse and revokes the family. 0: no grace.
+    refresh_reuse_grace_seconds: float = Field(10.0, ge=0, le=60)
     password_reset_ttl_seconds: int = Field(3600, ge=60)
     email_verification_ttl_seconds: int = Field(48 * 3600, ge=60)
     # At most one emailed token per account and purpose in this period (0: no limit).
@@ -60,6 +76,9 @@ class AuthSettings(BaseModel):
     # any replica signs with it.
     key_activation_seconds: float = Field(120.0, ge=0)
     min_password_length: int = Field(12, ge=8)
+    # Refuse logins until the address is verified (403, `rule: email_unverified`); when
+    # false, logins work and the access token says `email_verified: false`.
+    require_verified_email: bool = False
     default_roles: list[str] = ["user"]
     role_scopes: dict[str, list[str]] = DEFAULT_ROLE_SCOPES
     password: PasswordHashSettings = PasswordHashSettings()

@@ -124,6 +124,12 @@ class LoginThrottle:
         if locked:
             raise _locked(self.settings.lockout_seconds)
 
+    async def first_within(self, kind: str, subject: str, *, seconds: int) -> bool:
+        """Whether this is the first `kind` event for `subject` in `seconds` (0: always)."""
+        if seconds <= 0:
+            return True
+        return await self.counters.hit(self._key(kind, subject), window=seconds) == 1
+
     async def record_success(self, *, email: str) -> None:
         await self.counters.clear(self._key("fail:acct", email))
 

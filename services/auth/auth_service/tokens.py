@@ -42,6 +42,7 @@ def issue_access_token(
     roles: Iterable[str],
     scopes: Iterable[str],
     session_id: uuid.UUID,
+    email_verified: bool,
 ) -> AccessToken:
     now = int(time.time())
     jti = uuid.uuid4().hex
@@ -54,6 +55,7 @@ def issue_access_token(
         "roles": sorted(set(roles)),
         "scope": scope,
         "sid": str(session_id),
+        "email_verified": email_verified,
         "jti": jti,
         "iat": now,
         "nbf": now,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +102,9 @@ def new_email() -> Callable[..., str]:
 
 
 @pytest.fixture
-def register() -> Callable[..., Awaitable[dict[str, Any]]]:
+def register(auth_engine: AsyncEngine) -> Callable[..., Awaitable[dict[str, Any]]]:
+    """Sign up through the API (202, which says nothing), then read the account back."""
+
     async def register(
         client: httpx.AsyncClient, email: str | None = None, password: str = PASSWORD
     ) -> dict[str, Any]:
@@ -109,10 +112,47 @@ def register() -> Callable[..., Awaitable[dict[str, Any]]]:
         response = await client.post(
             "/api/v1/auth/register", json={"email": email, "password": password, "name": "Ada"}
         )
-        assert response.status_code == 201, response.text
-        return {**response.json(), "password": password}
+        assert response.status_code == 202, response.text
+        account = await find_account(auth_engine, email)
+        assert account is not None
+        return {**account, "password": password}
 
     return register
+
+
+@pytest.fixture
+def stored_account(auth_engine: AsyncEngine) -> Callable[[str], Awaitable[dict[str, Any] | None]]:
+    """The stored account of an email as the API shows it, or None."""
+
+    async def stored_account(email: str) -> dict[str, Any] | None:
+        return await find_account(auth_engine, email)
+
+    return stored_account
+
+
+async def find_account(engine: AsyncEngine, email: str) -> dict[str, Any] | None:
+    """The stored account of `email` as the API shows it, or None."""
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(
+                text(
+                    "SELECT id, email, name, roles, created_at,"
+                    " email_verified_at IS NOT NULL AS verified"
+                    " FROM auth.users WHERE email = :email"
+                ),
+                {"email": email.strip().lower()},
+            )
+        ).first()
+    if row is None:
+        return None
+    return {
+        "id": str(row.id),
+        "email": row.email,
+        "name": row.name,
+        "roles": list(row.roles),
+        "email_verified": row.verified,
+        "created_at": row.created_at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+    }
 
 
 @pytest.fixture

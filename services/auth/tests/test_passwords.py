@@ -79,3 +79,60 @@ def test_length_limits() -> None:
         with pytest.raises(Unprocessable) as refused:
             check_password_policy(password, email="x@example.com", min_length=10)
         assert refused.value.extensions["rule"] == rule
+
+
+async def test_the_default_cost_is_owasps_argon2id_recommendation() -> None:
+    hashing = PasswordHashing(PasswordHashSettings())
+    assert (await hashing.hash("violet kettles hum at dawn")).startswith(
+        "$argon2id$v=19$m=19456,t=2,p=1$"
+    )
+
+
+async def test_hashing_runs_at_most_concurrency_at_once_and_refuses_beyond_the_queue() -> None:
+    import asyncio
+
+    from keelson.errors import ServiceUnavailable
+
+    hashing = PasswordHashing(
+        PasswordHashSettings(time_cost=1, memory_cost=1024, parallelism=1, concurrency=1)
+    )
+    assert hashing.max_waiting == 4  # four waiting per slot unless configured
+    bounded = PasswordHashing(
+        PasswordHashSettings(
+            time_cost=1, memory_cost=1024, parallelism=1, concurrency=1, max_waiting=1
+        )
+    )
+    # Started together: one runs, one waits for its slot, the third is refused at once.
+    results = await asyncio.gather(
+        *(bounded.hash(f"pass phrase number {i}") for i in range(3)), return_exceptions=True
+    )
+    assert [type(r).__name__ for r in results] == ["str", "str", "ServiceUnavailable"]
+    refused = results[2]
+    assert isinstance(refused, ServiceUnavailable)
+    assert refused.status == 503 and refused.headers["Retry-After"] == "1"
+    # Once the burst is over, the slot serves again.
+    assert await bounded.verify(str(results[0]), "pass phrase number 0")
+
+
+async def test_a_login_refused_for_busy_hashing_is_503_with_retry_after(
+    auth_settings_factory: Callable[..., Any],
+    serve: Callable[..., Any],
+    register: Register,
+) -> None:
+    import asyncio
+
+    cost = PasswordHashSettings(
+        time_cost=1, memory_cost=1024, parallelism=1, concurrency=1, max_waiting=0
+    )
+    async with serve(create_app(auth_settings_factory(password=cost))) as client:
+        user = await register(client)
+        body = {"email": user["email"], "password": user["password"]}
+        responses = await asyncio.gather(
+            *(client.post("/api/v1/auth/login", json=body) for _ in range(6))
+        )
+    codes = {response.status_code for response in responses}
+    assert codes <= {200, 503} and 200 in codes
+    for response in responses:
+        if response.status_code == 503:
+            assert response.headers["retry-after"] == "1"
+            assert response.headers["content-type"] == "application/problem+json"

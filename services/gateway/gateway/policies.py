@@ -76,6 +76,7 @@ DEFAULT_POLICIES = [
     RoutePolicy(path="/redoc*", allow="public"),
     RoutePolicy(path="/openapi.json", allow="public"),
     RoutePolicy(path="/.well-known/jwks.json", allow="public"),
+    RoutePolicy(path="/.well-known/oauth-authorization-server", allow="public"),
     RoutePolicy(path="/api/v1/handshake", allow="public"),
     RoutePolicy(path="/api/v1/admin*", allow="role:admin"),
     # Auth guards its own routes (login and register are public, /me is not).

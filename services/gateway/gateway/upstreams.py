@@ -15,7 +15,11 @@ __all__ = ["RouteTable", "RoutingConfig", "Upstream", "UpstreamConfig"]
 _DEFAULT_UPSTREAMS: dict[str, dict[str, Any]] = {
     "auth": {
         "url": "http://127.0.0.1:8001",
-        "prefixes": ["/api/v1/auth", "/.well-known/jwks.json"],
+        "prefixes": [
+            "/api/v1/auth",
+            "/.well-known/jwks.json",
+            "/.well-known/oauth-authorization-server",
+        ],
         "required": True,
     },
     "logs": {"url": "http://127.0.0.1:8002"},

@@ -54,7 +54,7 @@ async def test_login_me_and_logout_through_the_gateway(
         registered = await client.post(
             "/api/v1/auth/register", json={"email": email, "password": PASSWORD}
         )
-        assert registered.status_code == 201, registered.text
+        assert registered.status_code == 202, registered.text
         login = await client.post("/api/v1/auth/login", json={"email": email, "password": PASSWORD})
         assert login.status_code == 200, login.text
         assert login.headers["ratelimit-limit"] == "10"

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from keelson.auth import Principal, require_role
+from keelson.auth import Principal, require_scope
 from logs_service.plugins import LOG_STORE, TAIL_HUB
 from logs_service.settings import IngestSettings
 from logs_service.store import LogStore
@@ -34,4 +34,5 @@ StoreDep = Annotated[LogStore, Depends(get_store)]
 TailHubDep = Annotated[TailHub, Depends(get_tail_hub)]
 IngestSettingsDep = Annotated[IngestSettings, Depends(get_ingest_settings)]
 # Logs hold every service's internals: only operators read them.
-Operator = Annotated[Principal, Depends(require_role("admin", "ops"))]
+# The admin and ops roles grant `logs:read`.
+Operator = Annotated[Principal, Depends(require_scope("logs:read"))]

@@ -74,9 +74,12 @@ class SenderProcess:
 
 
 def operator_headers(settings: KeelsonSettings, *roles: str, user: str = "op-1") -> dict[str, str]:
-    """Identity headers as the gateway signs them, for a user holding `roles`."""
+    """Identity headers as the gateway signs them, for a user holding `roles` and the
+    scopes auth's default role table grants them (`logs:read` for admin and ops)."""
     key = identity_key(KeyManager(settings.master_key.get_secret_value()))
-    return sign_identity(Principal(user_id=user, roles=frozenset(roles)), key)
+    scopes = {"logs:read"} if {"admin", "ops"} & set(roles) else {"profile:read"}
+    principal = Principal(user_id=user, roles=frozenset(roles), scopes=frozenset(scopes))
+    return sign_identity(principal, key)
 
 
 async def count_of(pool: asyncpg.Pool, service: str) -> int:

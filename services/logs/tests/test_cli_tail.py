@@ -33,6 +33,8 @@ def access_token(*roles: str) -> str:
         "aud": DEFAULT_AUDIENCE,
         "sub": "operator-1",
         "roles": list(roles),
+        # What auth's default role table grants: the log routes need `logs:read`.
+        "scope": "logs:read" if {"admin", "ops"} & set(roles) else "profile:read",
         "iat": now,
         "nbf": now,
         "exp": now + 300,

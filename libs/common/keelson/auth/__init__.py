@@ -2,10 +2,17 @@
 
 TokenVerifier ── KeySource (JwksClient over HTTP, StaticKeys) + RevocationList (Redis)
 CurrentUser ──── gateway-signed identity header, else a bearer token
-require_role / require_scope ── 403 for a caller without them
+require_role / require_scope ── 403 for a caller without them; PUBLIC marks an open route
 """
 
-from keelson.auth._deps import CurrentUser, get_current_user, require_role, require_scope
+from keelson.auth._deps import (
+    PUBLIC,
+    PUBLIC_ACCESS_KEY,
+    CurrentUser,
+    get_current_user,
+    require_role,
+    require_scope,
+)
 from keelson.auth._identity import (
     DEFAULT_IDENTITY_MAX_AGE,
     IDENTITY_HEADER,
@@ -35,6 +42,8 @@ __all__ = [
     "IDENTITY_HEADER",
     "IDENTITY_KEY",
     "IDENTITY_MAX_AGE",
+    "PUBLIC",
+    "PUBLIC_ACCESS_KEY",
     "REVOCATIONS",
     "REVOCATIONS_CHANNEL",
     "TOKEN_VERIFIER",

@@ -1,11 +1,16 @@
-"""FastAPI dependencies: `CurrentUser`, `require_role(...)`, `require_scope(...)`."""
+"""FastAPI dependencies: `CurrentUser`, `require_role(...)`, `require_scope(...)`, `PUBLIC`.
+
+Every route declares who may call it, and the OpenAPI document shows it: a guarded route
+lists its security requirement (with the scopes `require_scope` asks for), a public one
+carries `PUBLIC` (`openapi_extra=PUBLIC`).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
 from fastapi.security import OAuth2PasswordBearer
 
 from keelson.auth._identity import DEFAULT_IDENTITY_MAX_AGE, verify_identity_headers
@@ -14,7 +19,18 @@ from keelson.auth._principal import Principal
 from keelson.errors import Forbidden, Unauthorized
 from keelson.logging import user_id_var
 
-__all__ = ["CurrentUser", "get_current_user", "require_role", "require_scope"]
+__all__ = [
+    "PUBLIC",
+    "PUBLIC_ACCESS_KEY",
+    "CurrentUser",
+    "get_current_user",
+    "require_role",
+    "require_scope",
+]
+
+PUBLIC_ACCESS_KEY = "x-keelson-access"
+# `openapi_extra` of a route anyone may call: it says so in the OpenAPI document.
+PUBLIC: dict[str, Any] = {PUBLIC_ACCESS_KEY: "public"}
 
 # Declared as OAuth2 password flow so Swagger's Authorize button logs in through auth.
 _bearer = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/token", auto_error=False)
@@ -68,8 +84,12 @@ def require_role(*roles: str) -> Guard:
 def require_scope(*scopes: str) -> Guard:
     """A dependency that admits a caller holding every one of `scopes`; 403 otherwise."""
     wanted = frozenset(scopes)
+    # Security() rather than Depends(): the scopes then appear in the route's OpenAPI
+    # security requirement, where clients and the route-policy test read them. A default
+    # value, not a local Annotated alias, which postponed annotations could not resolve.
+    scoped = Security(get_current_user, scopes=sorted(wanted))
 
-    async def check_scope(principal: CurrentUser) -> Principal:
+    async def check_scope(principal: Principal = scoped) -> Principal:
         missing = wanted - principal.scopes
         if missing:
             raise Forbidden("this needs the scope " + " ".join(sorted(missing)))

@@ -1,4 +1,4 @@
-"""`keelson create-admin EMAIL` and `keelson auth rotate-keys | list-keys`."""
+"""`keelson create-admin EMAIL` and `keelson auth rotate-keys | list-keys | reencrypt`."""
 
 from __future__ import annotations
 
@@ -40,6 +40,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     rotate.set_defaults(func=_rotate_keys)
     listing = commands.add_parser("list-keys", help="show the signing keys and their state")
     listing.set_defaults(func=_list_keys)
+    reencrypt = commands.add_parser(
+        "reencrypt",
+        help="after a master-key rotation, seal again under KEELSON_MASTER_KEY what "
+        "KEELSON_PREVIOUS_MASTER_KEYS sealed",
+    )
+    reencrypt.set_defaults(func=_reencrypt)
 
 
 def _commands() -> tuple[Any, Any]:
@@ -96,6 +102,22 @@ def _list_keys(args: argparse.Namespace) -> int:
         return 1
     for key in asyncio.run(commands.list_keys(settings)):
         print(f"{key.kid}  {key.created_at.isoformat(timespec='seconds')}  {key.state}")
+    return 0
+
+
+def _reencrypt(args: argparse.Namespace) -> int:
+    from keelson.keys import DecryptionError
+
+    try:
+        commands, settings = _commands()
+        resealed = asyncio.run(commands.reencrypt(settings))
+    except (ConfigError, DecryptionError) as exc:
+        hint = "; is the old key in KEELSON_PREVIOUS_MASTER_KEYS?"
+        extra = hint if isinstance(exc, DecryptionError) else ""
+        print(f"keelson auth reencrypt: {exc}{extra}", file=sys.stderr)
+        return 1
+    print(f"resealed {len(resealed.signing_keys)} signing keys", end="")
+    print(f" and {resealed.refresh_successors} kept refresh successors under the current key")
     return 0
 
 

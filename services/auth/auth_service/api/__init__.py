@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from auth_service.api import accounts, jwks, passwords, tokens, users, verification
+from auth_service.api import accounts, discovery, jwks, passwords, tokens, users, verification
 
 __all__ = ["routers"]
 
@@ -16,4 +16,5 @@ routers: list[APIRouter] = [
     users.router,
     jwks.router,
     jwks.public_router,
+    discovery.router,
 ]

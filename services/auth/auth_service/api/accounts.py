@@ -8,43 +8,55 @@ from auth_service.accounts import current_account, register_user, update_account
 from auth_service.deps import (
     AuthConfig,
     ClientIP,
-    CurrentUser,
     Passwords,
+    ProfileReader,
+    ProfileWriter,
     Revocations,
     SessionDep,
     Throttle,
 )
-from auth_service.schemas import RegisterRequest, UserPublic, UserSelfUpdate
+from auth_service.schemas import RegisterRequest, SignUpAccepted, UserPublic, UserSelfUpdate
+from keelson.auth import PUBLIC
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/api/v1/auth", tags=["accounts"])
 
 
-@router.post("/register", status_code=status.HTTP_201_CREATED)
+@router.post(
+    "/register",
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Sign up; the same answer whether or not the address has an account",
+    openapi_extra=PUBLIC,
+)
 async def register_account(
-    body: RegisterRequest, db: SessionDep, passwords: Passwords, settings: AuthConfig
-) -> UserPublic:
-    user = await register_user(
+    body: RegisterRequest,
+    db: SessionDep,
+    passwords: Passwords,
+    throttle: Throttle,
+    settings: AuthConfig,
+) -> SignUpAccepted:
+    await register_user(
         db,
         email=body.email,
         password=body.password,
         name=body.name,
         passwords=passwords,
+        throttle=throttle,
         settings=settings,
     )
-    return UserPublic.of(user)
+    return SignUpAccepted()
 
 
 @router.get("/me")
-async def read_me(principal: CurrentUser, db: SessionDep) -> UserPublic:
+async def read_me(principal: ProfileReader, db: SessionDep) -> UserPublic:
     return UserPublic.of(await current_account(db, principal=principal))
 
 
 @router.patch("/me")
 async def update_me(
     body: UserSelfUpdate,
-    principal: CurrentUser,
+    principal: ProfileWriter,
     db: SessionDep,
     passwords: Passwords,
     throttle: Throttle,

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Response
 
 from auth_service.deps import Keys
+from keelson.auth import PUBLIC
 
 __all__ = ["public_router", "router"]
 
@@ -18,8 +19,8 @@ public_router = APIRouter(tags=["keys"])
 _CACHE_CONTROL = "public, max-age=300"
 
 
-@router.get("/.well-known/jwks.json")
-@public_router.get("/.well-known/jwks.json")
+@router.get("/.well-known/jwks.json", openapi_extra=PUBLIC)
+@public_router.get("/.well-known/jwks.json", openapi_extra=PUBLIC)
 async def read_jwks(keys: Keys, response: Response) -> dict[str, Any]:
     response.headers["Cache-Control"] = _CACHE_CONTROL
     return keys.jwks()

@@ -7,18 +7,19 @@ from fastapi import APIRouter, status
 from auth_service.accounts import confirm_password_reset, request_password_reset
 from auth_service.deps import AuthConfig, Passwords, Revocations, SessionDep, Throttle
 from auth_service.schemas import EmailRequest, PasswordResetConfirm
+from keelson.auth import PUBLIC
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/api/v1/auth/password-reset", tags=["passwords"])
 
 
-@router.post("/request", status_code=status.HTTP_202_ACCEPTED)
+@router.post("/request", status_code=status.HTTP_202_ACCEPTED, openapi_extra=PUBLIC)
 async def create_password_reset(body: EmailRequest, db: SessionDep, settings: AuthConfig) -> None:
     await request_password_reset(db, email=body.email, settings=settings)
 
 
-@router.post("/confirm", status_code=status.HTTP_204_NO_CONTENT)
+@router.post("/confirm", status_code=status.HTTP_204_NO_CONTENT, openapi_extra=PUBLIC)
 async def confirm_reset(
     body: PasswordResetConfirm,
     db: SessionDep,

@@ -1,11 +1,11 @@
-"""Tokens: login (JSON and OAuth2 form), refresh, logout."""
+"""Tokens: login (JSON), the OAuth2 token endpoint, refresh, logout."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, status
-from fastapi.security import OAuth2PasswordRequestForm
+from fastapi import APIRouter, Depends, Form, status
+from fastapi.responses import JSONResponse
 
 from auth_service.deps import (
     AuthConfig,
@@ -14,36 +14,57 @@ from auth_service.deps import (
     Login,
     Revocations,
     SessionDep,
+    Successors,
     no_store,
 )
 from auth_service.login import log_in, log_out, refresh_session
+from auth_service.oauth import OAuthError, TokenRequest, exchange_grant
 from auth_service.schemas import LoginRequest, RefreshRequest, TokenPair
+from keelson.auth import PUBLIC
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/api/v1/auth", tags=["tokens"], dependencies=[Depends(no_store)])
 
 
-@router.post("/login")
+@router.post("/login", openapi_extra=PUBLIC)
 async def create_login(body: LoginRequest, login: Login) -> TokenPair:
     return await log_in(login, email=body.email, password=body.password, requested_scope=body.scope)
 
 
-@router.post("/token", summary="Log in with the OAuth2 password form (Swagger's Authorize)")
+@router.post(
+    "/token",
+    summary="OAuth2 token endpoint (RFC 6749): the password and refresh_token grants",
+    description="Errors here are RFC 6749 §5.2 bodies (`error`, `error_description`).",
+    response_model=TokenPair,
+    openapi_extra=PUBLIC,
+)
 async def create_token(
-    form: Annotated[OAuth2PasswordRequestForm, Depends()], login: Login
-) -> TokenPair:
-    scope = " ".join(form.scopes) if form.scopes else None
-    return await log_in(login, email=form.username, password=form.password, requested_scope=scope)
+    login: Login,
+    revocations: Revocations,
+    successors: Successors,
+    grant_type: Annotated[str | None, Form()] = None,
+    username: Annotated[str | None, Form()] = None,
+    password: Annotated[str | None, Form()] = None,
+    refresh_token: Annotated[str | None, Form()] = None,
+    scope: Annotated[str | None, Form()] = None,
+    client_id: Annotated[str | None, Form()] = None,
+) -> TokenPair | JSONResponse:
+    request = TokenRequest(grant_type, username, password, refresh_token, scope, client_id)
+    try:
+        return await exchange_grant(login, request, revocations=revocations, successors=successors)
+    except OAuthError as exc:
+        return exc.response()
 
 
-@router.post("/refresh")
+@router.post("/refresh", openapi_extra=PUBLIC)
 async def create_refresh(
     body: RefreshRequest,
     db: SessionDep,
     keys: Keys,
     revocations: Revocations,
     settings: AuthConfig,
+    successors: Successors,
 ) -> TokenPair:
     return await refresh_session(
         db,
@@ -51,6 +72,7 @@ async def create_refresh(
         keyring=keys,
         revocations=revocations,
         settings=settings,
+        successors=successors,
     )
 
 

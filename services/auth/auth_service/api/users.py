@@ -1,4 +1,4 @@
-"""User administration (role `admin`)."""
+"""User administration (scopes `users:read` and `users:write`, which the admin role grants)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, status
 
 from auth_service.admin import existing_user, remove_user, update_user
-from auth_service.deps import AdminUser, AuthConfig, Revocations, SessionDep
+from auth_service.deps import AuthConfig, Revocations, SessionDep, UsersReader, UsersWriter
 from auth_service.schemas import UserAdminView, UserPage, UserUpdate
 from auth_service.users import list_users
 from keelson.fields import MAX_OFFSET, SingleLine
@@ -20,7 +20,7 @@ router = APIRouter(prefix="/api/v1/auth/users", tags=["users"])
 
 @router.get("")
 async def read_users(
-    admin: AdminUser,
+    admin: UsersReader,
     db: SessionDep,
     email: Annotated[SingleLine | None, Query(max_length=320)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
@@ -33,7 +33,7 @@ async def read_users(
 
 
 @router.get("/{user_id}")
-async def read_user(user_id: uuid.UUID, admin: AdminUser, db: SessionDep) -> UserAdminView:
+async def read_user(user_id: uuid.UUID, admin: UsersReader, db: SessionDep) -> UserAdminView:
     return UserAdminView.of(await existing_user(db, user_id=user_id))
 
 
@@ -41,7 +41,7 @@ async def read_user(user_id: uuid.UUID, admin: AdminUser, db: SessionDep) -> Use
 async def patch_user(
     user_id: uuid.UUID,
     body: UserUpdate,
-    admin: AdminUser,
+    admin: UsersWriter,
     db: SessionDep,
     revocations: Revocations,
     settings: AuthConfig,
@@ -59,6 +59,6 @@ async def patch_user(
 
 @router.delete("/{user_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_user(
-    user_id: uuid.UUID, admin: AdminUser, db: SessionDep, revocations: Revocations
+    user_id: uuid.UUID, admin: UsersWriter, db: SessionDep, revocations: Revocations
 ) -> None:
     await remove_user(db, actor=admin, user_id=user_id, revocations=revocations)

@@ -5,45 +5,103 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
+
+from auth_service.app import create_app
 
 Outbox = Callable[..., Awaitable[list[dict[str, Any]]]]
+Stored = Callable[[str], Awaitable[dict[str, Any] | None]]
 
 
-async def test_register_returns_the_account_and_publishes_events(
-    client: httpx.AsyncClient, new_email: Callable[..., str], password: str, outbox: Outbox
+async def test_sign_up_creates_an_unverified_account_and_publishes_events(
+    client: httpx.AsyncClient,
+    new_email: Callable[..., str],
+    password: str,
+    outbox: Outbox,
+    stored_account: Stored,
 ) -> None:
     email = new_email()
     response = await client.post(
         "/api/v1/auth/register",
         json={"email": f"  {email.upper()} ", "password": password, "name": "Ada"},
     )
-    assert response.status_code == 201
-    body = response.json()
-    assert set(body) == {"id", "email", "name", "roles", "email_verified", "created_at"}
-    assert body["email"] == email
-    assert body["roles"] == ["user"]
-    assert body["email_verified"] is False
-    [registered] = await outbox("auth.user_registered", user_id=body["id"])
-    assert registered["data"] == {"user_id": body["id"], "email": email, "name": "Ada"}
+    assert response.status_code == 202
+    assert set(response.json()) == {"detail"}
+    account = await stored_account(email)
+    assert account is not None
+    assert account["roles"] == ["user"] and account["email_verified"] is False
+    [registered] = await outbox("auth.user_registered", user_id=account["id"])
+    assert registered["data"] == {"user_id": account["id"], "email": email, "name": "Ada"}
     assert registered["producer"] == "auth"
-    [verification] = await outbox("auth.email_verification_requested", user_id=body["id"])
+    [verification] = await outbox("auth.email_verification_requested", user_id=account["id"])
     assert verification["data"]["token"]
 
 
-async def test_taken_email_is_409_and_says_nothing_more(
-    client: httpx.AsyncClient, new_email: Callable[..., str], password: str
+def _comparable(response: httpx.Response) -> tuple[int, bytes, dict[str, str]]:
+    headers = {k: v for k, v in response.headers.items() if k not in {"x-request-id", "date"}}
+    return response.status_code, response.content, headers
+
+
+async def test_a_taken_email_gets_the_same_answer_and_its_owner_is_told(
+    client: httpx.AsyncClient,
+    new_email: Callable[..., str],
+    password: str,
+    outbox: Outbox,
+    stored_account: Stored,
+    login: Callable[..., Awaitable[dict[str, Any]]],
 ) -> None:
-    email = new_email()
+    email, fresh = new_email(), new_email()
     first = await client.post("/api/v1/auth/register", json={"email": email, "password": password})
-    assert first.status_code == 201
     again = await client.post(
         "/api/v1/auth/register", json={"email": email.upper(), "password": password + " x"}
     )
-    assert again.status_code == 409
-    assert again.headers["content-type"] == "application/problem+json"
-    problem = again.json()
-    assert problem["detail"] == "an account with this email already exists"
-    assert first.json()["id"] not in again.text
+    other = await client.post("/api/v1/auth/register", json={"email": fresh, "password": password})
+    assert _comparable(again) == _comparable(first) == _comparable(other)
+    account = await stored_account(email)
+    assert account is not None
+    # Nothing about the account changed: the first password still works.
+    await login(client, email, password)
+    assert len(await outbox("auth.user_registered", user_id=account["id"])) == 1
+    [told] = await outbox("auth.signup_for_existing_account", user_id=account["id"])
+    assert told["data"] == {"user_id": account["id"], "email": email}
+    assert len(await outbox("auth.email_verification_requested", user_id=account["id"])) == 1
+
+
+async def test_the_password_is_hashed_whether_or_not_the_email_is_taken(
+    client: httpx.AsyncClient, new_email: Callable[..., str], password: str
+) -> None:
+    def hashes() -> float:
+        return (
+            REGISTRY.get_sample_value("auth_password_hashing_seconds_count", {"operation": "hash"})
+            or 0.0
+        )
+
+    email = new_email()
+    before = hashes()
+    await client.post("/api/v1/auth/register", json={"email": email, "password": password})
+    assert hashes() == before + 1
+    await client.post("/api/v1/auth/register", json={"email": email, "password": password})
+    assert hashes() == before + 2
+
+
+async def test_the_owner_is_told_at_most_once_per_cooldown(
+    auth_settings_factory: Callable[..., Any],
+    serve: Callable[..., Any],
+    new_email: Callable[..., str],
+    password: str,
+    outbox: Outbox,
+    stored_account: Stored,
+) -> None:
+    async with serve(create_app(auth_settings_factory(email_token_cooldown_seconds=600))) as c:
+        email = new_email()
+        for _ in range(3):
+            response = await c.post(
+                "/api/v1/auth/register", json={"email": email, "password": password}
+            )
+            assert response.status_code == 202
+    account = await stored_account(email)
+    assert account is not None
+    assert len(await outbox("auth.signup_for_existing_account", user_id=account["id"])) == 1
 
 
 @pytest.mark.parametrize(
@@ -87,7 +145,7 @@ async def test_a_pass_phrase_is_welcome(
         "/api/v1/auth/register",
         json={"email": new_email(), "password": "violet kettles hum at dawn"},
     )
-    assert response.status_code == 201
+    assert response.status_code == 202
 
 
 @pytest.mark.parametrize("email", ["not-an-email", "two@@example.com", "x@", ""])

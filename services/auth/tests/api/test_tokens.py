@@ -152,13 +152,95 @@ async def test_unknown_refresh_token_is_401(client: httpx.AsyncClient) -> None:
     assert response.status_code == 401
 
 
-async def test_concurrent_refresh_of_one_token_lets_exactly_one_through(
-    client: httpx.AsyncClient, signed_in: SignedIn
+async def test_concurrent_refresh_of_one_token_rotates_once_and_the_winner_survives(
+    client: httpx.AsyncClient, signed_in: SignedIn, auth_header: Bearer
 ) -> None:
     _, tokens = await signed_in()
     responses = await asyncio.gather(*(_refresh(client, tokens) for _ in range(8)))
-    codes = sorted(response.status_code for response in responses)
-    assert codes == [200] + [401] * 7
+    assert [response.status_code for response in responses] == [200] * 8
+    # One rotation: every presentation got the same successor pair.
+    assert len({response.json()["refresh_token"] for response in responses}) == 1
+    assert len({response.json()["access_token"] for response in responses}) == 1
+    winner = responses[0].json()
+    assert (await client.get("/api/v1/auth/me", headers=auth_header(winner))).status_code == 200
+    assert (await _refresh(client, winner)).status_code == 200
+
+
+async def test_a_retried_refresh_within_the_grace_window_gets_the_same_pair(
+    client: httpx.AsyncClient, signed_in: SignedIn, auth_header: Bearer
+) -> None:
+    _, first = await signed_in()
+    second = (await _refresh(client, first)).json()
+    retry = await _refresh(client, first)
+    assert retry.status_code == 200
+    again = retry.json()
+    assert again["refresh_token"] == second["refresh_token"]
+    assert again["access_token"] == second["access_token"]
+    assert 0 < again["expires_in"] <= 900
+    assert (await client.get("/api/v1/auth/me", headers=auth_header(second))).status_code == 200
+    assert (await _refresh(client, second)).status_code == 200
+
+
+async def test_reuse_after_the_grace_window_revokes_the_family(
+    client: httpx.AsyncClient, signed_in: SignedIn, auth_header: Bearer, auth_engine: Any
+) -> None:
+    from sqlalchemy import text
+
+    _, first = await signed_in()
+    second = (await _refresh(client, first)).json()
+    async with auth_engine.begin() as conn:
+        await conn.execute(
+            text(
+                "UPDATE auth.refresh_tokens SET used_at = now() - interval '11 seconds'"
+                " WHERE token_hash = :digest"
+            ),
+            {"digest": hashlib.sha256(first["refresh_token"].encode()).digest()},
+        )
+    assert (await _refresh(client, first)).status_code == 401
+    assert (await _refresh(client, second)).status_code == 401
+    assert (await client.get("/api/v1/auth/me", headers=auth_header(second))).status_code == 401
+
+
+async def test_without_a_grace_window_a_second_presentation_revokes_the_family(
+    auth_settings_factory: Callable[..., Any],
+    serve: Callable[..., Any],
+    register: Callable[..., Awaitable[dict[str, Any]]],
+    login: Callable[..., Awaitable[dict[str, Any]]],
+    auth_engine: Any,
+) -> None:
+    from sqlalchemy import text
+
+    settings = auth_settings_factory(refresh_reuse_grace_seconds=0)
+    async with serve(create_app(settings)) as client:
+        user = await register(client)
+        tokens = await login(client, user["email"])
+        responses = await asyncio.gather(*(_refresh(client, tokens) for _ in range(4)))
+        assert sorted(response.status_code for response in responses) == [200] + [401] * 3
+        async with auth_engine.connect() as conn:
+            kept = await conn.scalar(
+                text("SELECT successor_sealed FROM auth.refresh_tokens WHERE token_hash = :d"),
+                {"d": hashlib.sha256(tokens["refresh_token"].encode()).digest()},
+            )
+        assert kept is None
+
+
+async def test_the_kept_successor_is_sealed_and_dropped_when_the_family_ends(
+    client: httpx.AsyncClient, signed_in: SignedIn, auth_header: Bearer, auth_engine: Any
+) -> None:
+    from sqlalchemy import text
+
+    _, first = await signed_in()
+    second = (await _refresh(client, first)).json()
+    query = text("SELECT successor_sealed FROM auth.refresh_tokens WHERE token_hash = :d")
+    digest = {"d": hashlib.sha256(first["refresh_token"].encode()).digest()}
+    async with auth_engine.connect() as conn:
+        sealed = await conn.scalar(query, digest)
+    assert sealed
+    assert second["refresh_token"] not in sealed and second["access_token"] not in sealed
+    await client.post("/api/v1/auth/logout", headers=auth_header(second))
+    async with auth_engine.connect() as conn:
+        assert await conn.scalar(query, digest) is None
+    assert (await _refresh(client, first)).status_code == 401
 
 
 async def test_logout_refuses_the_access_token_at_once_and_ends_the_family(
@@ -270,3 +352,56 @@ async def test_logout_refuses_every_live_access_token_of_the_session(
     ).status_code == 204
     # ...and ending the session refuses it too, not only the one that logged out.
     assert (await client.get("/api/v1/auth/me", headers=auth_header(first))).status_code == 401
+
+
+async def test_the_access_token_says_whether_the_email_is_verified(
+    client: httpx.AsyncClient,
+    register: Callable[..., Awaitable[dict[str, Any]]],
+    login: Callable[..., Awaitable[dict[str, Any]]],
+    auth_engine: Any,
+) -> None:
+    from sqlalchemy import text
+
+    user = await register(client)
+    unverified = await login(client, user["email"])
+    assert jwt.get_unverified_claims(unverified["access_token"])["email_verified"] is False
+    async with auth_engine.begin() as conn:
+        await conn.execute(
+            text("UPDATE auth.users SET email_verified_at = now() WHERE id = :id"),
+            {"id": user["id"]},
+        )
+    verified = await login(client, user["email"])
+    assert jwt.get_unverified_claims(verified["access_token"])["email_verified"] is True
+
+
+async def test_an_unverified_account_cannot_log_in_when_verification_is_required(
+    auth_settings_factory: Callable[..., Any],
+    serve: Callable[..., Any],
+    register: Callable[..., Awaitable[dict[str, Any]]],
+    auth_engine: Any,
+) -> None:
+    from sqlalchemy import text
+
+    async with serve(create_app(auth_settings_factory(require_verified_email=True))) as client:
+        user = await register(client)
+        refused = await client.post(
+            "/api/v1/auth/login", json={"email": user["email"], "password": user["password"]}
+        )
+        assert refused.status_code == 403
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert refused.json()["rule"] == "email_unverified"
+        assert "refresh_token" not in refused.text
+        # Only the right password learns that the address is unverified.
+        wrong = await client.post(
+            "/api/v1/auth/login", json={"email": user["email"], "password": "not it at all"}
+        )
+        assert wrong.status_code == 401
+        async with auth_engine.begin() as conn:
+            await conn.execute(
+                text("UPDATE auth.users SET email_verified_at = now() WHERE id = :id"),
+                {"id": user["id"]},
+            )
+        allowed = await client.post(
+            "/api/v1/auth/login", json={"email": user["email"], "password": user["password"]}
+        )
+        assert allowed.status_code == 200

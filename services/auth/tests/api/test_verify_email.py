@@ -61,3 +61,84 @@ async def test_a_reset_token_does_not_verify_an_email(
         "/api/v1/auth/verify-email/confirm", json={"token": reset["data"]["token"]}
     )
     assert response.status_code == 400
+
+
+async def test_an_expired_verification_token_is_refused(
+    client: httpx.AsyncClient, signed_in: SignedIn, outbox: Outbox, auth_engine: Any
+) -> None:
+    from sqlalchemy import text
+
+    user, _ = await signed_in()
+    [event] = await outbox("auth.email_verification_requested", user_id=user["id"])
+    async with auth_engine.begin() as conn:
+        await conn.execute(
+            text(
+                "UPDATE auth.action_tokens SET expires_at = now() - interval '1 second'"
+                " WHERE user_id = :id"
+            ),
+            {"id": user["id"]},
+        )
+    response = await client.post(
+        "/api/v1/auth/verify-email/confirm", json={"token": event["data"]["token"]}
+    )
+    assert response.status_code == 400
+
+
+async def test_the_mailed_link_opens_login_when_verification_is_required(
+    auth_settings_factory: Callable[..., Any],
+    serve: Callable[..., Any],
+    register: Callable[..., Awaitable[dict[str, Any]]],
+    outbox: Outbox,
+) -> None:
+    from jose import jwt
+
+    from auth_service.app import create_app
+
+    async with serve(create_app(auth_settings_factory(require_verified_email=True))) as client:
+        user = await register(client)
+        body = {"email": user["email"], "password": user["password"]}
+        assert (await client.post("/api/v1/auth/login", json=body)).status_code == 403
+        [event] = await outbox("auth.email_verification_requested", user_id=user["id"])
+        confirm = await client.post(
+            "/api/v1/auth/verify-email/confirm", json={"token": event["data"]["token"]}
+        )
+        assert confirm.status_code == 204
+        login = await client.post("/api/v1/auth/login", json=body)
+        assert login.status_code == 200
+        assert jwt.get_unverified_claims(login.json()["access_token"])["email_verified"] is True
+
+
+async def test_no_token_or_password_reaches_the_logs(
+    client: httpx.AsyncClient,
+    register: Callable[..., Awaitable[dict[str, Any]]],
+    outbox: Outbox,
+    caplog: Any,
+) -> None:
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    user = await register(client)
+    body = {"email": user["email"], "password": user["password"]}
+    tokens = (await client.post("/api/v1/auth/login", json=body)).json()
+    await client.post("/api/v1/auth/login", json={**body, "password": "a wrong one here"})
+    await client.post("/api/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
+    [verify] = await outbox("auth.email_verification_requested", user_id=user["id"])
+    await client.post("/api/v1/auth/verify-email/confirm", json={"token": verify["data"]["token"]})
+    await client.post("/api/v1/auth/password-reset/request", json={"email": user["email"]})
+    [reset] = await outbox("auth.password_reset_requested", user_id=user["id"])
+    new_password = "seven amber lanterns glow"
+    await client.post(
+        "/api/v1/auth/password-reset/confirm",
+        json={"token": reset["data"]["token"], "new_password": new_password},
+    )
+    secrets = [
+        user["password"],
+        new_password,
+        tokens["refresh_token"],
+        tokens["access_token"],
+        verify["data"]["token"],
+        reset["data"]["token"],
+    ]
+    logged = "\n".join(record.getMessage() + repr(record.__dict__) for record in caplog.records)
+    assert caplog.records
+    assert not [secret for secret in secrets if secret in logged]
