@@ -229,7 +229,7 @@ def assert_first_token_is_accepted_everywhere(suite: Suite) -> None:
         registered = client.post(
             "/api/v1/auth/register", json={"email": email, "password": password}
         )
-        assert registered.status_code == 201, registered.text
+        assert registered.status_code == 202, registered.text
         login = client.post("/api/v1/auth/login", json={"email": email, "password": password})
         assert login.status_code == 200, login.text
         bearer = {"Authorization": f"Bearer {login.json()['access_token']}"}

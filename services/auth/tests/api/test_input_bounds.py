@@ -38,7 +38,7 @@ async def test_a_name_on_one_line_is_still_welcome(
 ) -> None:
     body = {"email": new_email(), "password": PASSWORD, "name": "Zoë O'Brien-Łukasz 山田"}
     response = await client.post("/api/v1/auth/register", json=body)
-    assert response.status_code == 201, response.text
+    assert response.status_code == 202, response.text
 
 
 @pytest.mark.parametrize(
