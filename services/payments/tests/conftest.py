@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -17,11 +17,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 sys.path.insert(0, str(Path(__file__).parent))
 
 from payments_testkit import caller
+from pydantic import SecretStr
+from stripe_peers import API_KEY, FaultProxy, LocalStripe, local_stripe
 
 import payments_service
 from keelson.db import create_engine, migrate
 from keelson.embedded import free_port
-from keelson.testing import make_settings
+from keelson.payment import PaymentSettings
+from keelson.testing import LiveServer, make_settings
 from payments_service.app import create_app
 from payments_service.settings import PaymentsSettings, Settings
 
@@ -111,3 +114,55 @@ def outbox(payments_engine: AsyncEngine) -> Callable[..., Any]:
             return [row.payload for row in rows]
 
     return read
+
+
+WEBHOOK_SECRET = "whsec_keelson_localstripe_test"
+
+
+@pytest.fixture(scope="session")
+def localstripe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStripe]:
+    with local_stripe(tmp_path_factory.mktemp("localstripe")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+async def fault_proxy(localstripe: LocalStripe) -> AsyncIterator[FaultProxy]:
+    proxy = FaultProxy(localstripe.url)
+    await proxy.start()
+    yield proxy
+    await proxy.stop()
+
+
+@pytest.fixture
+def proxy(fault_proxy: FaultProxy) -> FaultProxy:
+    """The session's fault proxy, with no fault pending and its counters at zero."""
+    fault_proxy.fail.clear()
+    fault_proxy.hang = 0
+    fault_proxy.received = fault_proxy.forwarded = 0
+    return fault_proxy
+
+
+@pytest.fixture(scope="session")
+def stripe_payment_settings(fault_proxy: FaultProxy) -> PaymentSettings:
+    return PaymentSettings(
+        stripe_api_key=SecretStr(API_KEY),
+        stripe_webhook_secret=SecretStr(WEBHOOK_SECRET),
+        stripe_api_base=fault_proxy.url,
+        timeout_seconds=1.0,
+        max_network_retries=2,
+    )
+
+
+@pytest.fixture(scope="session")
+def stripe_service(
+    payments_settings_factory: Callable[..., Settings],
+    stripe_payment_settings: PaymentSettings,
+    localstripe: LocalStripe,
+) -> Iterator[LiveServer]:
+    """The service in Stripe mode on a real port, where localstripe delivers its webhooks."""
+    settings = payments_settings_factory(payment=stripe_payment_settings)
+    with LiveServer(create_app(settings)) as server:
+        localstripe.register_webhook(
+            f"{server.url}/api/v1/payments/webhooks/stripe", WEBHOOK_SECRET
+        )
+        yield server
