@@ -12,6 +12,7 @@ import httpx
 import pytest
 import stripe
 from payments_testkit import caller
+from prometheus_client import REGISTRY
 from stripe_peers import API_KEY, FaultProxy, LocalStripe
 
 from keelson.errors import (
@@ -130,6 +131,12 @@ async def test_a_replayed_key_gets_the_first_answer(
 async def test_provider_down_and_timeouts_are_unavailable(
     provider: StripeProvider, proxy: FaultProxy
 ) -> None:
+    labels = {
+        "provider": "stripe",
+        "operation": "create_intent",
+        "kind": "payment-provider-unavailable",
+    }
+    errors = REGISTRY.get_sample_value("payment_provider_errors_total", labels) or 0.0
     proxy.fail.extend([503, 503, 503])
     with pytest.raises(PaymentProviderUnavailable) as down:
         await make_intent(provider)
@@ -138,6 +145,7 @@ async def test_provider_down_and_timeouts_are_unavailable(
     with pytest.raises(PaymentProviderUnavailable):
         await make_intent(provider)
     assert proxy.received == 6
+    assert REGISTRY.get_sample_value("payment_provider_errors_total", labels) == errors + 2
 
 
 async def test_invalid_requests_and_declines_map_to_keelson_errors(
