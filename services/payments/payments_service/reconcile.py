@@ -96,7 +96,9 @@ class Reconciler:
             self._task = None
 
     async def _run(self) -> None:
-        while not self._stopping.is_set():
+        # The first pass, too, comes one interval after start: a rolling deploy restarts
+        # replicas often, and each restart is no reason to list the provider's intents.
+        while not await self._wait_interval():
             try:
                 repaired = await self.reconcile_once()
                 self.last_error = None
@@ -106,6 +108,10 @@ class Reconciler:
                 self.last_error = f"{type(exc).__name__}: {exc}"[:300]
                 _log.warning("reconciliation failed: %s", self.last_error)
             self.passes += 1
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.settings.reconcile_interval_seconds):
-                    await self._stopping.wait()
+
+    async def _wait_interval(self) -> bool:
+        """Wait one interval; True when asked to stop meanwhile."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.settings.reconcile_interval_seconds):
+                await self._stopping.wait()
+        return self._stopping.is_set()

@@ -10,8 +10,11 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from keelson.payment import SandboxProvider
+from keelson.testing import eventually
+from payments_service.app import create_app
 from payments_service.plugin import PAYMENT_PROVIDER, RECONCILER
 from payments_service.reconcile import RECONCILE_LOCK
+from payments_service.settings import PaymentsSettings
 
 
 async def test_a_missed_webhook_is_repaired(
@@ -46,3 +49,14 @@ async def test_only_the_lock_holder_reconciles(
         )
         assert await reconciler.reconcile_once() is None
     assert await reconciler.reconcile_once() is not None
+
+
+async def test_the_service_runs_passes_in_the_background(
+    payments_settings_factory: Callable,
+) -> None:
+    settings = payments_settings_factory(payments=PaymentsSettings(reconcile_interval_seconds=0.05))
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        reconciler = app.state.container.resolve(RECONCILER)
+        await eventually(lambda: reconciler.passes >= 2)
+        assert reconciler.last_error is None
