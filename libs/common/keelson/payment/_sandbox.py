@@ -343,7 +343,7 @@ class SandboxProvider:
             await self._save(conn, body)
             # The event's time is the database's, as every replica's clock may differ.
             created = (
-                await conn.execute(text("SELECT extract(epoch FROM now())::bigint"))
+                await conn.execute(text("SELECT floor(extract(epoch FROM now()))::bigint"))
             ).scalar_one()
         kind = "succeeded" if succeed else "payment_failed"
         return ProviderEvent(
