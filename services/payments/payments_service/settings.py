@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Self
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 
 from keelson.config import KeelsonSettings
 from keelson.payment import PaymentSettings
@@ -40,6 +40,12 @@ class Settings(KeelsonSettings):
     stripe_webhook_secret: SecretStr | None = None
     payment: PaymentSettings = PaymentSettings()
     payments: PaymentsSettings = PaymentsSettings()
+
+    @field_validator("stripe_api_key", "stripe_webhook_secret", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # Compose writes `${KEELSON_STRIPE_API_KEY:-}`: empty means the sandbox.
+        return None if value == "" else value
 
     @model_validator(mode="after")
     def _stripe_keys_into_payment(self) -> Self:
