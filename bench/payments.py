@@ -50,12 +50,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from keelson.config import Environment, LogSettings
 from keelson.db import DB_ENGINE, create_engine, migrate
 from keelson.embedded import free_port
+from keelson.payment import PaymentSettings
 from keelson.testing import ServiceProcess, fresh_database
 from payments_service.app import create_app
 from payments_service.settings import PaymentsSettings, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
-SECRET = "whsec_sandbox_keelson_test_mode"
+SECRET = "whsec_sandbox_keelson_bench"
 PASSWORD = "bench pass phrase for payments"
 
 
@@ -283,12 +284,16 @@ async def bench(args: argparse.Namespace, database_url: str) -> str:
         log=LogSettings(ship_endpoint=None),
         access_log=False,
         payments=PaymentsSettings(reconcile_interval_seconds=3600),
+        payment=PaymentSettings(sandbox_webhook_secret=SECRET),
         plugins={"auth": {"jwks_url": f"http://127.0.0.1:{free_port()}/jwks.json"}},
     )
     webhooks = await webhook_rates(settings, database_url, args.webhooks, args.rounds)
     intents = await intent_rate(database_url, args.redis_url, args.intents)
     per_event, _ = webhooks.pop("statements")
     bare_wall, bare_cpu = webhooks.pop("bare")
+    fastest = max(wall for wall, _ in webhooks.values())
+    verdict = "met" if fastest >= 1000 and fastest >= bare_wall / 2 else "not met"
+    _, single_cpu = webhooks["payments service, 1 in flight"]
     lines = [
         "| webhooks (`payment_intent.succeeded`, signed) | events/s | vs bare | "
         "events per CPU-second | vs bare (CPU) |",
@@ -307,10 +312,14 @@ async def bench(args: argparse.Namespace, database_url: str) -> str:
         f"| `POST /api/v1/payments/intents` | {intents:,.0f} |",
         "",
         f"Statements per webhook event on the service's engine, its outbox relay"
-        f" included: {per_event:.1f} (plus BEGIN,"
-        " COMMIT and the pool's pre-ping), against one for the bare loop. Goal: >= 1,000"
-        " webhooks/s and >= 50% of the bare loop. Best of"
-        f" {args.rounds} alternating rounds; load average at the end of the run:"
+        f" included: {per_event:.1f} (plus BEGIN, COMMIT and the pool's pre-ping), against"
+        " one for the bare loop.",
+        "",
+        f"Goal (>= 1,000 webhooks/s and >= 50% of the bare loop): {verdict}. One at a time,"
+        f" an event costs this process {1000 / single_cpu:.1f} ms of CPU (the ASGI client and"
+        " app, FastAPI, the SQLAlchemy ORM's five statements in one transaction, the outbox"
+        f" relay's publish to Redis) against {1000 / bare_cpu:.2f} ms for the bare loop. Best"
+        f" of {args.rounds} alternating rounds; load average at the end of the run:"
         f" {os.getloadavg()[0]:.1f}.",
     ]
     return "\n".join(lines)

@@ -166,6 +166,11 @@ def test_the_provider_is_chosen_by_the_key(engine: AsyncEngine) -> None:
     assert "sk_test_x" not in repr(PaymentSettings(stripe_api_key="sk_test_x"))
     with pytest.raises(ValueError):
         create_provider(PaymentSettings(), engine=None)
+    # Unless set, the sandbox's webhook secret is a process's own: nobody can forge one.
+    assert (
+        PaymentSettings().sandbox_webhook_secret.get_secret_value()
+        != PaymentSettings().sandbox_webhook_secret.get_secret_value()
+    )
 
 
 async def test_payment_errors_render_as_problems() -> None:

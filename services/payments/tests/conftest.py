@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from payments_testkit import caller
+from payments_testkit import SANDBOX_SECRET, caller
 from pydantic import SecretStr
 from stripe_peers import API_KEY, FaultProxy, LocalStripe, local_stripe
 
@@ -42,6 +42,7 @@ def payments_settings_factory(
     def factory(**values: Any) -> Settings:
         # Reconciliation is driven by the tests themselves (reconcile_once).
         values.setdefault("payments", PaymentsSettings(reconcile_interval_seconds=3600))
+        values.setdefault("payment", PaymentSettings(sandbox_webhook_secret=SANDBOX_SECRET))
         settings = make_settings(
             Settings,
             database_url=payments_database_url,

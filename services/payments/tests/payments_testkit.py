@@ -15,7 +15,7 @@ from keelson.auth import Principal, identity_key, sign_identity
 from keelson.keys import KeyManager
 from payments_service.settings import Settings
 
-SANDBOX_SECRET = "whsec_sandbox_keelson_test_mode"
+SANDBOX_SECRET = "whsec_sandbox_keelson_tests"
 
 
 def caller(settings: Settings, user_id: str | None = None, *roles: str) -> dict[str, str]:

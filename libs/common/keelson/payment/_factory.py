@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import secrets
+
 from pydantic import BaseModel, Field, SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -10,6 +12,10 @@ from keelson.payment._sandbox import SandboxProvider
 from keelson.payment._stripe import StripeProvider
 
 __all__ = ["PaymentSettings", "create_provider"]
+
+
+def _random_secret() -> SecretStr:
+    return SecretStr("whsec_" + secrets.token_hex(24))
 
 
 class PaymentSettings(BaseModel):
@@ -22,7 +28,9 @@ class PaymentSettings(BaseModel):
     timeout_seconds: float = Field(10.0, gt=0, le=120)
     max_network_retries: int = Field(2, ge=0, le=10)
     webhook_tolerance_seconds: int = Field(300, ge=1, le=3600)
-    sandbox_webhook_secret: SecretStr = SecretStr("whsec_sandbox_keelson_test_mode")
+    # Random per process unless set: no one outside can forge a sandbox webhook, and a
+    # test that signs its own events sets a secret it knows.
+    sandbox_webhook_secret: SecretStr = Field(default_factory=_random_secret)
 
     @property
     def stripe_enabled(self) -> bool:
