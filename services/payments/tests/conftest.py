@@ -138,7 +138,7 @@ async def fault_proxy(localstripe: LocalStripe) -> AsyncIterator[FaultProxy]:
 def proxy(fault_proxy: FaultProxy) -> FaultProxy:
     """The session's fault proxy, with no fault pending and its counters at zero."""
     fault_proxy.fail.clear()
-    fault_proxy.hang = 0
+    fault_proxy.hang = fault_proxy.lose = 0
     fault_proxy.received = fault_proxy.forwarded = 0
     return fault_proxy
 

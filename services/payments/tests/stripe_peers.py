@@ -1,7 +1,8 @@
 """Real peers for StripeProvider: localstripe in a process, and a fault proxy before it.
 
 localstripe is a stateful Stripe emulator; what it lacks the proxy adds: answers with a
-given status (500s), requests that hang past the client's timeout, and Stripe's
+given status (500s), answers lost after the work was done, requests that hang past the
+client's timeout, and Stripe's
 idempotency (a repeated Idempotency-Key gets the first answer; another body, a 400
 `idempotency_error`).
 """
@@ -82,6 +83,7 @@ class FaultProxy:
     port: int = field(default_factory=free_port)
     fail: list[int] = field(default_factory=list)  # statuses for the next requests
     hang: int = 0  # how many of the next requests hang until the proxy stops
+    lose: int = 0  # how many of the next answers are replaced by a 500 after the work is done
     received: int = 0
     forwarded: int = 0
     _remembered: dict[str, _Remembered] = field(default_factory=dict)
@@ -153,6 +155,11 @@ class FaultProxy:
             if key and request.method == "POST" and answer.status < 500:
                 self._remembered[remembered_key] = _Remembered(
                     body, answer.status, payload, content_type
+                )
+            if self.lose:
+                self.lose -= 1
+                return web.json_response(
+                    {"error": {"type": "api_error", "message": "answer lost"}}, status=500
                 )
             return web.Response(
                 body=payload, status=answer.status, headers={"Content-Type": content_type}

@@ -116,6 +116,25 @@ async def test_a_500_is_retried_with_the_same_key(
     assert (proxy.received, proxy.forwarded) == (2, 1)
 
 
+async def test_a_lost_answer_is_retried_without_a_second_intent(
+    provider: StripeProvider, proxy: FaultProxy, localstripe: LocalStripe
+) -> None:
+    before = len(
+        httpx.get(
+            f"{localstripe.url}/v1/payment_intents", params={"limit": 100}, auth=(API_KEY, "")
+        ).json()["data"]
+    )
+    assert before < 99  # the count below is of one page
+    proxy.lose = 1  # Stripe made the intent, but the answer never arrived
+    intent = await make_intent(provider)
+    assert intent.id.startswith("pi_")
+    assert (proxy.received, proxy.forwarded) == (2, 1)
+    after = httpx.get(
+        f"{localstripe.url}/v1/payment_intents", params={"limit": 100}, auth=(API_KEY, "")
+    ).json()["data"]
+    assert len(after) == before + 1
+
+
 async def test_a_replayed_key_gets_the_first_answer(
     provider: StripeProvider, proxy: FaultProxy
 ) -> None:
