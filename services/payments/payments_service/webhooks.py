@@ -100,24 +100,15 @@ async def _intent_event(
     db: AsyncSession, intent: Intent, event: ProviderEvent, *, source: str
 ) -> Outcome:
     target = _INTENT_EVENTS[event.type]
-    obj = event.object
-    if target is IntentStatus.SUCCEEDED and intent.status == target:
-        return Outcome.RECORDED
-    if target is IntentStatus.SUCCEEDED:
-        received = int(obj.get("amount_received") or obj.get("amount") or intent.amount)
-        # Captured amount first: the refund bound reads it under the same row lock.
-        previous = intent.amount_received
-        intent.amount_received = min(received, intent.amount)
-        if not await move(
-            db, intent, target, source=source, event_at=event.created, provider_event_id=event.id
-        ):
-            intent.amount_received = previous
-            return Outcome.STALE
-        return Outcome.APPLIED
-    error: dict[str, Any] = obj.get("last_payment_error") or {}
-    reason = error.get("decline_code") or error.get("code")
     if intent.status == target:
         return Outcome.RECORDED
+    obj = event.object
+    previous = intent.amount_received
+    if target is IntentStatus.SUCCEEDED:
+        # The captured amount is what refunds are bounded by (read under the same row lock).
+        received = int(obj.get("amount_received") or obj.get("amount") or intent.amount)
+        intent.amount_received = min(received, intent.amount)
+    error: dict[str, Any] = obj.get("last_payment_error") or {}
     moved = await move(
         db,
         intent,
@@ -125,9 +116,12 @@ async def _intent_event(
         source=source,
         event_at=event.created,
         provider_event_id=event.id,
-        reason=reason,
+        reason=error.get("decline_code") or error.get("code"),
     )
-    return Outcome.APPLIED if moved else Outcome.STALE
+    if not moved:
+        intent.amount_received = previous
+        return Outcome.STALE
+    return Outcome.APPLIED
 
 
 async def _charge_refunded(
