@@ -16,7 +16,7 @@ from enum import StrEnum
 
 from keelson.payment import ProviderIntent
 
-__all__ = ["FINAL", "IntentStatus", "can_move", "refund_status", "status_of"]
+__all__ = ["REFUNDABLE", "IntentStatus", "can_move", "refund_status", "status_of"]
 
 
 class IntentStatus(StrEnum):
@@ -39,7 +39,6 @@ _MOVES: dict[IntentStatus, frozenset[IntentStatus]] = {
     _S.CANCELED: frozenset(),
     _S.REFUNDED: frozenset(),
 }
-FINAL = frozenset({_S.CANCELED, _S.REFUNDED})
 REFUNDABLE = frozenset({_S.SUCCEEDED, _S.PARTIALLY_REFUNDED})
 
 # Stripe's statuses of a payment intent, as ours.

@@ -22,7 +22,7 @@ from payments_service.ledger import record
 from payments_service.lifecycle import move
 from payments_service.metrics import WEBHOOK_EVENTS, WEBHOOK_LAG
 from payments_service.models import Intent
-from payments_service.states import IntentStatus, refund_status
+from payments_service.states import REFUNDABLE, IntentStatus, refund_status
 
 __all__ = ["HANDLED_EVENTS", "Outcome", "handle_event"]
 
@@ -129,10 +129,7 @@ async def _charge_refunded(
 ) -> Outcome:
     """A refund seen by the provider; one made through this API is already counted."""
     total = int(event.object.get("amount_refunded") or 0)
-    if total <= intent.amount_refunded or IntentStatus(intent.status) not in (
-        IntentStatus.SUCCEEDED,
-        IntentStatus.PARTIALLY_REFUNDED,
-    ):
+    if total <= intent.amount_refunded or IntentStatus(intent.status) not in REFUNDABLE:
         return Outcome.RECORDED
     extra = min(total, intent.amount_received) - intent.amount_refunded
     intent.amount_refunded += extra
