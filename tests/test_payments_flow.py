@@ -4,8 +4,11 @@ auth, payments and the gateway run as real processes (`python -m <pkg>`) on free
 over a database of their own.
 """
 
+import csv
 import json
 import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -223,3 +226,20 @@ async def test_an_event_committed_before_a_crash_reaches_the_bus(
         await redis.aclose()
     [envelope] = [e for e in received if e.data.get("payment_id") == payment_id]
     assert envelope.producer == "payments" and envelope.data["amount"] == 4100
+
+
+def test_the_locust_payment_scenario_runs_clean(suite: str, tmp_path: Path) -> None:
+    locust = Path(sys.executable).parent / "locust"
+    result = subprocess.run(
+        [
+            str(locust), "-f", str(ROOT / "loadtests" / "locustfile.py"), "--headless",
+            "-u", "2", "-r", "2", "-t", "15s", "--host", suite, "--csv", str(tmp_path / "run"),
+            "--only-summary", "--exit-code-on-error", "1", "PaymentUser",
+        ],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    with (tmp_path / "run_stats.csv").open() as stats:
+        rows = {row["Name"]: row for row in csv.DictReader(stats)}
+    assert rows["Aggregated"]["Failure Count"] == "0"
+    assert int(rows["/api/v1/payments/intents (create)"]["Request Count"]) > 0
