@@ -27,6 +27,7 @@ ORDER = (
     "gateway",
     "gateway_instructions",
     "up",
+    "payments",
 )
 QUICK = {
     "bus": ["--events", "5000", "--rounds", "1", "--no-docs"],
@@ -38,6 +39,7 @@ QUICK = {
     "gateway": ["--duration", "3", "--no-docs"],
     "gateway_instructions": ["--seconds", "5", "--no-docs"],
     "up": ["--runs", "1", "--idle", "2", "--no-docs"],
+    "payments": ["--webhooks", "200", "--intents", "100", "--no-docs"],
 }
 
 
@@ -49,6 +51,7 @@ def arguments(name: str, database_url: str, redis_url: str, quick: bool) -> list
         "gateway": ["--redis-url", redis_url],
         "gateway_instructions": ["--redis-url", redis_url],
         "rate_limit": ["--redis-url", redis_url],
+        "payments": ["--database-url", database_url, "--redis-url", redis_url],
     }.get(name, [])
     return args + (QUICK[name] if quick else [])
 

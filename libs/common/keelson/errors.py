@@ -2,16 +2,21 @@
 
 KeelsonError (500)
 ├── BadRequest (400)
+│   └── PaymentInvalid (400, a payment provider refused the request)
 ├── Unauthorized (401)
+├── PaymentDeclined (402, decline_code)
 ├── Forbidden (403)
 ├── NotFound (404)
 ├── Conflict (409)
+│   └── IdempotencyConflict (409, an Idempotency-Key reused with another request)
 ├── PayloadTooLarge (413)
 ├── UnsupportedMediaType (415)
 ├── Unprocessable (422)
+├── PreconditionRequired (428)
 ├── TooManyRequests (429, Retry-After)
 ├── BadGateway (502)
 ├── ServiceUnavailable (503, Retry-After)
+│   └── PaymentProviderUnavailable (503, Retry-After)
 └── GatewayTimeout (504)
 """
 
@@ -25,9 +30,14 @@ __all__ = [
     "Conflict",
     "Forbidden",
     "GatewayTimeout",
+    "IdempotencyConflict",
     "KeelsonError",
     "NotFound",
     "PayloadTooLarge",
+    "PaymentDeclined",
+    "PaymentInvalid",
+    "PaymentProviderUnavailable",
+    "PreconditionRequired",
     "ServiceUnavailable",
     "TooManyRequests",
     "Unauthorized",
@@ -131,3 +141,35 @@ class ServiceUnavailable(_RetryAfter):
 
 class GatewayTimeout(KeelsonError):
     status, title, slug = 504, "Gateway Timeout", "gateway-timeout"
+
+
+class PreconditionRequired(KeelsonError):
+    status, title, slug = 428, "Precondition Required", "precondition-required"
+
+
+class IdempotencyConflict(Conflict):
+    """The Idempotency-Key was already used for a request with another body."""
+
+    title, slug = "Idempotency Key Reused", "idempotency-conflict"
+
+
+class PaymentDeclined(KeelsonError):
+    """The card or payment method was declined; `decline_code` says why (issuer's code)."""
+
+    status, title, slug = 402, "Payment Declined", "payment-declined"
+
+    def __init__(self, detail: str | None = None, *, decline_code: str | None = None) -> None:
+        super().__init__(detail, decline_code=decline_code or "generic_decline")
+        self.decline_code = decline_code or "generic_decline"
+
+
+class PaymentInvalid(BadRequest):
+    """The payment provider refused the request as invalid."""
+
+    title, slug = "Invalid Payment Request", "payment-invalid"
+
+
+class PaymentProviderUnavailable(ServiceUnavailable):
+    """The payment provider did not answer, or answered with a server error."""
+
+    title, slug = "Payment Provider Unavailable", "payment-provider-unavailable"

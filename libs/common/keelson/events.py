@@ -19,12 +19,14 @@ from keelson.logging import trace_id_var
 
 __all__ = [
     "AuditRecorded",
+    "DisputeOpened",
     "EmailVerificationRequested",
     "Envelope",
     "Event",
     "NotificationDeliveryFailed",
     "NotificationSendRequested",
     "PasswordResetRequested",
+    "PaymentCanceled",
     "PaymentFailed",
     "PaymentSucceeded",
     "RefundSucceeded",
@@ -220,6 +222,24 @@ class RefundSucceeded(_Money):
     payment_id: str
     user_id: str | None = None
     email: str | None = None
+
+
+class PaymentCanceled(_Money):
+    type = "payments.payment_canceled"
+
+    payment_id: str
+    user_id: str | None = None
+
+
+class DisputeOpened(_Money):
+    """A cardholder disputed a payment (a chargeback): the amount is held by the bank."""
+
+    type = "payments.dispute_opened"
+
+    dispute_id: str
+    payment_id: str
+    user_id: str | None = None
+    reason: str | None = None
 
 
 class NotificationDeliveryFailed(Event):

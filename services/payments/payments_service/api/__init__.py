@@ -4,6 +4,14 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from payments_service.api import customers, intents, refunds, sandbox, webhooks
+
 __all__ = ["routers"]
 
-routers: list[APIRouter] = []
+routers: list[APIRouter] = [
+    customers.router,
+    intents.router,
+    refunds.router,
+    webhooks.router,
+    sandbox.router,
+]

@@ -1,0 +1,51 @@
+"""The Stripe webhook endpoint: public, verified by signature, applied once."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Header, Request
+from pydantic import BaseModel
+
+from keelson.errors import BadRequest, PayloadTooLarge
+from payments_service.deps import Config, Provider, SessionDep
+from payments_service.metrics import WEBHOOK_EVENTS
+from payments_service.webhooks import handle_event
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/api/v1/payments/webhooks", tags=["webhooks"])
+
+
+class WebhookAnswer(BaseModel):
+    received: bool
+    outcome: str
+
+
+async def _raw_body(request: Request, limit: int) -> bytes:
+    """The body exactly as sent (the signature covers its bytes), at most `limit` of them."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"a webhook body is at most {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@router.post("/stripe")
+async def receive_stripe_webhook(
+    request: Request,
+    db: SessionDep,
+    provider: Provider,
+    config: Config,
+    stripe_signature: str | None = Header(None, alias="Stripe-Signature"),
+) -> WebhookAnswer:
+    """400 for a bad or stale signature; 200 for an event applied now or before."""
+    payload = await _raw_body(request, config.max_webhook_bytes)
+    try:
+        event = provider.verify_webhook(payload, stripe_signature)
+    except BadRequest:
+        WEBHOOK_EVENTS.labels("unverified", "rejected").inc()
+        raise
+    outcome = await handle_event(db, event, source="webhook")
+    return WebhookAnswer(received=True, outcome=outcome.value)

@@ -1,0 +1,58 @@
+"""FastAPI dependencies of the payments service, each declared once as an `Annotated` alias."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from keelson.auth import CurrentUser, Principal, require_role
+from keelson.db import get_session
+from keelson.errors import NotFound
+from keelson.payment import PaymentProvider, SandboxProvider
+from keelson.plugins import PluginContainer
+from payments_service.idempotency import require_key
+from payments_service.plugin import PAYMENT_PROVIDER
+from payments_service.settings import PaymentsSettings
+
+__all__ = [
+    "AdminUser",
+    "Config",
+    "CurrentUser",
+    "IdempotencyKey",
+    "Provider",
+    "Sandbox",
+    "SessionDep",
+]
+
+
+def _provider(request: Request) -> PaymentProvider:
+    container: PluginContainer = request.app.state.container
+    return container.resolve(PAYMENT_PROVIDER)
+
+
+def _sandbox(provider: Annotated[PaymentProvider, Depends(_provider)]) -> SandboxProvider:
+    # With Stripe configured the sandbox routes do not exist, as far as a client can tell.
+    if not isinstance(provider, SandboxProvider):
+        raise NotFound("the sandbox is off: a Stripe key is configured")
+    return provider
+
+
+def _config(request: Request) -> PaymentsSettings:
+    settings: PaymentsSettings = request.app.state.settings.payments
+    return settings
+
+
+def _idempotency_key(
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> str:
+    return require_key(idempotency_key)
+
+
+SessionDep = Annotated[AsyncSession, Depends(get_session)]
+Provider = Annotated[PaymentProvider, Depends(_provider)]
+Sandbox = Annotated[SandboxProvider, Depends(_sandbox)]
+Config = Annotated[PaymentsSettings, Depends(_config)]
+IdempotencyKey = Annotated[str, Depends(_idempotency_key)]
+AdminUser = Annotated[Principal, Depends(require_role("admin"))]

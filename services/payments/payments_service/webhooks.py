@@ -1,0 +1,182 @@
+"""Provider events (Stripe webhooks, sandbox completions, reconciliation) applied to intents.
+
+Each event is recorded as processed in the same transaction as its effect, so a replay
+or a concurrent second delivery finds the record (the second waits on the first's
+uncommitted row) and changes nothing. Events may arrive in any order: `move` refuses
+news older than what was applied and any move the state machine does not allow.
+"""
+
+from __future__ import annotations
+
+import time
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from keelson.events import DisputeOpened, RefundSucceeded
+from keelson.outbox import add_to_outbox, mark_processed
+from keelson.payment import ProviderEvent
+from payments_service.ledger import record
+from payments_service.lifecycle import move
+from payments_service.metrics import WEBHOOK_EVENTS, WEBHOOK_LAG
+from payments_service.models import Intent
+from payments_service.states import REFUNDABLE, IntentStatus, refund_status
+
+__all__ = ["HANDLED_EVENTS", "Outcome", "handle_event"]
+
+WEBHOOK_GROUP = "payments.provider_events"
+_INTENT_EVENTS = {
+    "payment_intent.succeeded": IntentStatus.SUCCEEDED,
+    "payment_intent.payment_failed": IntentStatus.FAILED,
+    "payment_intent.canceled": IntentStatus.CANCELED,
+    "payment_intent.processing": IntentStatus.PROCESSING,
+}
+HANDLED_EVENTS = frozenset({*_INTENT_EVENTS, "charge.refunded", "charge.dispute.created"})
+
+
+class Outcome(StrEnum):
+    APPLIED = "applied"  # the state moved
+    RECORDED = "recorded"  # in the ledger, the state unchanged (already there)
+    STALE = "stale"  # older than the state, or a move the machine refuses
+    DUPLICATE = "duplicate"
+    UNKNOWN_INTENT = "unknown_intent"
+    IGNORED = "ignored"  # a type this service does not handle
+
+
+def _intent_ref(event: ProviderEvent) -> str | None:
+    obj = event.object
+    if event.type.startswith("payment_intent."):
+        return str(obj.get("id")) if obj.get("id") else None
+    ref = obj.get("payment_intent")
+    return ref if isinstance(ref, str) else None
+
+
+async def handle_event(db: AsyncSession, event: ProviderEvent, *, source: str) -> Outcome:
+    """Apply `event` in one transaction of `db` (which must not be in one yet)."""
+    async with db.begin():
+        outcome = await _apply(db, event, source=source)
+    WEBHOOK_EVENTS.labels(event.type if event.type in HANDLED_EVENTS else "other", outcome).inc()
+    WEBHOOK_LAG.observe(max(0.0, time.time() - event.created))
+    return outcome
+
+
+async def _apply(db: AsyncSession, event: ProviderEvent, *, source: str) -> Outcome:
+    if event.type not in HANDLED_EVENTS:
+        return Outcome.IGNORED
+    if not await mark_processed(db, event_id=event.id, group=WEBHOOK_GROUP):
+        return Outcome.DUPLICATE
+    ref = _intent_ref(event)
+    intent = None
+    if ref is not None:
+        intent = await db.scalar(select(Intent).where(Intent.provider_id == ref).with_for_update())
+    if intent is None:
+        return Outcome.UNKNOWN_INTENT
+    before = intent.status
+    # The outbox row goes in at once; the intent's update and both ledger rows then go
+    # in one flush at the commit (one round trip fewer than flushing before the outbox).
+    with db.no_autoflush:
+        if event.type in _INTENT_EVENTS:
+            moved = await _intent_event(db, intent, event, source=source)
+        elif event.type == "charge.refunded":
+            moved = await _charge_refunded(db, intent, event, source=source)
+        else:
+            moved = await _dispute_created(db, intent, event, source=source)
+    record(
+        db,
+        intent_id=intent.id,
+        kind="provider_event",
+        source=source,
+        from_status=before,
+        to_status=intent.status,
+        provider_event_id=event.id,
+        data={"type": event.type, "created": event.created, "outcome": moved.value},
+    )
+    return moved
+
+
+async def _intent_event(
+    db: AsyncSession, intent: Intent, event: ProviderEvent, *, source: str
+) -> Outcome:
+    target = _INTENT_EVENTS[event.type]
+    if intent.status == target:
+        return Outcome.RECORDED
+    obj = event.object
+    previous = intent.amount_received
+    if target is IntentStatus.SUCCEEDED:
+        # The captured amount is what refunds are bounded by (read under the same row lock).
+        received = int(obj.get("amount_received") or obj.get("amount") or intent.amount)
+        intent.amount_received = min(received, intent.amount)
+    error: dict[str, Any] = obj.get("last_payment_error") or {}
+    moved = await move(
+        db,
+        intent,
+        target,
+        source=source,
+        event_at=event.created,
+        provider_event_id=event.id,
+        reason=error.get("decline_code") or error.get("code"),
+    )
+    if not moved:
+        intent.amount_received = previous
+        return Outcome.STALE
+    return Outcome.APPLIED
+
+
+async def _charge_refunded(
+    db: AsyncSession, intent: Intent, event: ProviderEvent, *, source: str
+) -> Outcome:
+    """A refund seen by the provider; one made through this API is already counted."""
+    total = int(event.object.get("amount_refunded") or 0)
+    if total <= intent.amount_refunded or IntentStatus(intent.status) not in REFUNDABLE:
+        return Outcome.RECORDED
+    extra = min(total, intent.amount_received) - intent.amount_refunded
+    intent.amount_refunded += extra
+    # No `event_at`: the refunded total only grows, so the status it gives is never out
+    # of date, even when the event is older than the last one applied.
+    await move(
+        db,
+        intent,
+        refund_status(received=intent.amount_received, refunded=intent.amount_refunded),
+        source=source,
+        provider_event_id=event.id,
+    )
+    await add_to_outbox(
+        db,
+        RefundSucceeded(
+            refund_id=str(event.object.get("id")),
+            payment_id=str(intent.id),
+            user_id=intent.user_id,
+            amount=extra,
+            currency=intent.currency,
+        ),
+    )
+    return Outcome.APPLIED
+
+
+async def _dispute_created(
+    db: AsyncSession, intent: Intent, event: ProviderEvent, *, source: str
+) -> Outcome:
+    obj = event.object
+    record(
+        db,
+        intent_id=intent.id,
+        kind="dispute_opened",
+        source=source,
+        amount=int(obj.get("amount") or 0),
+        provider_event_id=event.id,
+        data={"dispute_id": str(obj.get("id")), "reason": obj.get("reason")},
+    )
+    await add_to_outbox(
+        db,
+        DisputeOpened(
+            dispute_id=str(obj.get("id")),
+            payment_id=str(intent.id),
+            user_id=intent.user_id,
+            amount=int(obj.get("amount") or 0),
+            currency=str(obj.get("currency") or intent.currency),
+            reason=obj.get("reason"),
+        ),
+    )
+    return Outcome.RECORDED

@@ -1,0 +1,245 @@
+"""Payments end to end: the sandbox flow through the gateway, and the outbox across a crash.
+
+auth, payments and the gateway run as real processes (`python -m <pkg>`) on free ports
+over a database of their own.
+"""
+
+import csv
+import json
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from keelson.auth import Principal, identity_key, sign_identity
+from keelson.bus import RedisBus
+from keelson.db import migrate
+from keelson.embedded import free_port
+from keelson.events import Envelope
+from keelson.keys import KeyManager
+from keelson.testing import ServiceProcess, eventually, fresh_database
+from payments_service.settings import Settings as PaymentsSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+ADMIN_EMAIL = "payments-admin@example.com"
+PASSWORD = "plum tractors sing quietly"
+
+
+@pytest.fixture(scope="module")
+def flow_database(postgres_server_url: str) -> Iterator[str]:
+    with fresh_database(postgres_server_url, prefix="keelson_payflow") as url:
+        for service, package in (("auth", "auth_service"), ("payments", "payments_service")):
+            migrate(ROOT / "services" / service / package / "migrations", url)
+        yield url
+
+
+def payments_process(
+    workdir: Path, database: str, redis_url: str, **plugins: Any
+) -> ServiceProcess:
+    plugins.setdefault("auth", {"jwks_url": f"http://127.0.0.1:{free_port()}/jwks.json"})
+    return ServiceProcess(
+        "payments_service",
+        workdir,
+        {
+            "KEELSON_DATABASE_URL": database,
+            "KEELSON_REDIS_URL": redis_url,
+            "KEELSON_LOG__SHIP_ENDPOINT": "",
+            "KEELSON_PLUGINS": json.dumps(plugins),
+        },
+    )
+
+
+@pytest.fixture(scope="module")
+async def suite(
+    flow_database: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[str]:
+    workdir = tmp_path_factory.mktemp("payflow")
+    auth = ServiceProcess(
+        "auth_service",
+        workdir,
+        {
+            "KEELSON_DATABASE_URL": flow_database,
+            "KEELSON_REDIS_URL": redis_url,
+            "KEELSON_LOG__SHIP_ENDPOINT": "",
+            "KEELSON_ADMIN_EMAIL": ADMIN_EMAIL,
+            "KEELSON_ADMIN_PASSWORD": PASSWORD,
+            "KEELSON_AUTH__PASSWORD__TIME_COST": "1",
+            "KEELSON_AUTH__PASSWORD__MEMORY_COST": "1024",
+            "KEELSON_AUTH__PASSWORD__PARALLELISM": "1",
+        },
+    )
+    payments = payments_process(
+        workdir, flow_database, redis_url, auth={"jwks_url": f"{auth.url}/.well-known/jwks.json"}
+    )
+    dead = f"http://127.0.0.1:{free_port()}"
+    upstreams = {"auth": auth.url, "payments": payments.url, "logs": dead, "notifications": dead}
+    gateway = ServiceProcess(
+        "gateway",
+        workdir,
+        {
+            "KEELSON_REDIS_URL": redis_url,
+            "KEELSON_LOG__SHIP_ENDPOINT": "",
+            "KEELSON_PLUGINS": json.dumps(
+                {
+                    "routing": {"upstreams": {n: {"url": u} for n, u in upstreams.items()}},
+                    "rate_limiting": {"key_prefix": f"payflow-{uuid.uuid4().hex[:6]}"},
+                }
+            ),
+        },
+    )
+    running = [auth, payments, gateway]
+    try:
+        for process in running:
+            await process.wait_for("/health/live")
+        yield gateway.url
+    finally:
+        for process in running:
+            process.stop()
+
+
+async def bearer(client: httpx.AsyncClient, email: str) -> dict[str, str]:
+    if email != ADMIN_EMAIL:
+        registered = await client.post(
+            "/api/v1/auth/register", json={"email": email, "password": PASSWORD}
+        )
+        assert registered.status_code == 201, registered.text
+    login = await client.post("/api/v1/auth/login", json={"email": email, "password": PASSWORD})
+    assert login.status_code == 200, login.text
+    return {"Authorization": f"Bearer {login.json()['access_token']}"}
+
+
+async def test_the_sandbox_flow_through_the_gateway(suite: str) -> None:
+    async with httpx.AsyncClient(base_url=suite, timeout=60) as client:
+        me = await bearer(client, f"payer-{uuid.uuid4().hex[:8]}@example.com")
+        stranger = await bearer(client, f"other-{uuid.uuid4().hex[:8]}@example.com")
+        admin = await bearer(client, ADMIN_EMAIL)
+        anonymous = await client.post(
+            "/api/v1/payments/intents", json={"amount": 100, "currency": "usd"}
+        )
+        assert anonymous.status_code == 401
+        created = await client.post(
+            "/api/v1/payments/intents",
+            json={"amount": 2500, "currency": "usd", "description": "Receipt test"},
+            headers={**me, "Idempotency-Key": "order-1"},
+        )
+        assert created.status_code == 201, created.text
+        intent = created.json()
+        assert intent["sandbox"] is True and intent["livemode"] is False
+        paid = await client.post(
+            f"/api/v1/payments/sandbox/intents/{intent['id']}/succeed", headers=admin
+        )
+        assert paid.status_code == 200 and paid.json()["status"] == "succeeded", paid.text
+        refund = await client.post(
+            f"/api/v1/payments/intents/{intent['id']}/refunds",
+            json={"amount": 500},
+            headers={**me, "Idempotency-Key": "refund-1"},
+        )
+        assert refund.status_code == 201, refund.text
+        mine = await client.get(f"/api/v1/payments/intents/{intent['id']}", headers=me)
+        assert (mine.json()["status"], mine.json()["amount_refunded"]) == (
+            "partially_refunded",
+            500,
+        )
+        theirs = await client.get(f"/api/v1/payments/intents/{intent['id']}", headers=stranger)
+        assert theirs.status_code == 404
+        # The webhook path is public at the gateway: a bad signature is the service's 400.
+        webhook = await client.post(
+            "/api/v1/payments/webhooks/stripe",
+            content=b'{"id": "evt_1"}',
+            headers={"Content-Type": "application/json", "Stripe-Signature": "t=1,v1=00"},
+        )
+        assert webhook.status_code == 400, webhook.text
+        assert webhook.headers["content-type"] == "application/problem+json"
+
+
+def admin_identity() -> dict[str, str]:
+    settings = PaymentsSettings()
+    key = identity_key(KeyManager(settings.master_key.get_secret_value()))
+    return sign_identity(Principal(user_id="ops", roles=frozenset({"admin", "user"})), key)
+
+
+async def test_an_event_committed_before_a_crash_reaches_the_bus(
+    flow_database: str, redis_url: str, tmp_path: Path
+) -> None:
+    # The first process commits the payment but never relays (its relay is off, as if it
+    # died right after the commit), and is then killed.
+    first = payments_process(tmp_path, flow_database, redis_url, outbox_relay={"enabled": False})
+    try:
+        await first.wait_for("/health/live")
+        async with httpx.AsyncClient(base_url=first.url, timeout=60) as client:
+            headers = admin_identity()
+            created = await client.post(
+                "/api/v1/payments/intents",
+                json={"amount": 4100, "currency": "eur"},
+                headers={**headers, "Idempotency-Key": uuid.uuid4().hex},
+            )
+            assert created.status_code == 201, created.text
+            payment_id = created.json()["id"]
+            paid = await client.post(
+                f"/api/v1/payments/sandbox/intents/{payment_id}/succeed", headers=headers
+            )
+            assert paid.status_code == 200, paid.text
+    finally:
+        first.process.send_signal(signal.SIGKILL)
+        first.process.wait()
+
+    engine = create_async_engine(flow_database)
+    async with engine.connect() as conn:
+        unpublished = await conn.scalar(
+            text(
+                "SELECT count(*) FROM payments.outbox WHERE published_at IS NULL"
+                " AND payload->'data'->>'payment_id' = :id"
+            ),
+            {"id": payment_id},
+        )
+    await engine.dispose()
+    assert unpublished == 1
+
+    redis = Redis.from_url(redis_url)
+    bus = RedisBus(redis, producer="test-listener")
+    received: list[Envelope] = []
+
+    async def collect(envelope: Envelope) -> None:
+        received.append(envelope)
+
+    bus.subscribe("payments.payment_succeeded", collect, group=f"t-{uuid.uuid4().hex[:8]}")
+    await bus.start()
+    await bus.wait_ready()
+    second = payments_process(tmp_path, flow_database, redis_url)
+    try:
+        await second.wait_for("/health/live")
+        await eventually(
+            lambda: [e for e in received if e.data.get("payment_id") == payment_id], timeout=60
+        )
+    finally:
+        second.stop()
+        await bus.stop()
+        await redis.aclose()
+    [envelope] = [e for e in received if e.data.get("payment_id") == payment_id]
+    assert envelope.producer == "payments" and envelope.data["amount"] == 4100
+
+
+def test_the_locust_payment_scenario_runs_clean(suite: str, tmp_path: Path) -> None:
+    locust = Path(sys.executable).parent / "locust"
+    result = subprocess.run(
+        [
+            str(locust), "-f", str(ROOT / "loadtests" / "locustfile.py"), "--headless",
+            "-u", "2", "-r", "2", "-t", "15s", "--host", suite, "--csv", str(tmp_path / "run"),
+            "--only-summary", "--exit-code-on-error", "1", "PaymentUser",
+        ],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    with (tmp_path / "run_stats.csv").open() as stats:
+        rows = {row["Name"]: row for row in csv.DictReader(stats)}
+    assert rows["Aggregated"]["Failure Count"] == "0"
+    assert int(rows["/api/v1/payments/intents (create)"]["Request Count"]) > 0
