@@ -111,7 +111,7 @@ async def bearer(client: httpx.AsyncClient, email: str) -> dict[str, str]:
         registered = await client.post(
             "/api/v1/auth/register", json={"email": email, "password": PASSWORD}
         )
-        assert registered.status_code == 201, registered.text
+        assert registered.status_code == 202, registered.text
     login = await client.post("/api/v1/auth/login", json={"email": email, "password": PASSWORD})
     assert login.status_code == 200, login.text
     return {"Authorization": f"Bearer {login.json()['access_token']}"}
