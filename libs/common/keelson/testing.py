@@ -66,18 +66,13 @@ async def eventually(
 
 
 class LiveServer:
-    """An ASGI app served by uvicorn on a free port in a thread, lifespan included.
-
-    The protocol is the one services run (`keelson.server.HttpProtocol`) unless `http`
-    names another (uvicorn's own, say, to compare).
-    """
+    """An ASGI app served by uvicorn on a free port in a thread, lifespan included, with
+    the protocol and loop services run (httptools, uvloop)."""
 
     def __init__(
-        self, app: Any, *, graceful_seconds: int = 5, http: Any = None, keep_alive_seconds: int = 5
+        self, app: Any, *, graceful_seconds: int = 5, keep_alive_seconds: int = 5
     ) -> None:
         import uvicorn
-
-        from keelson.server import HttpProtocol
 
         self.port = free_port()
         self.server = uvicorn.Server(
@@ -86,7 +81,7 @@ class LiveServer:
                 host="127.0.0.1",
                 port=self.port,
                 loop="uvloop",
-                http=http or HttpProtocol,
+                http="httptools",
                 log_config=None,
                 lifespan="on",
                 timeout_graceful_shutdown=graceful_seconds,

@@ -7,7 +7,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from random import getrandbits as _random_bits
 
 import aiohttp
@@ -36,7 +36,6 @@ from gateway.upstreams import RoutingConfig, Upstream
 from keelson.http import exchange, problem_response, random_id
 from keelson.logging import request_id_var, trace_id_var
 from keelson.metrics import cached_labels
-from keelson.server import client_gone
 
 __all__ = ["ProxyApp", "new_pools", "new_session"]
 
@@ -168,7 +167,30 @@ class ProxyApp:
         body, replayable, length = found
         attempts = 1 + upstream.config.retries if replayable and method in IDEMPOTENT else 1
         pool = self.pools[upstream.name]
-        gone = client_gone(scope)
+        # A body read whole leaves `receive` free: from now on it answers only the client's
+        # disconnect. A streamed one is the pool's until its request is sent.
+        gone = _Disconnect(receive, watch=isinstance(body, bytes))
+        try:
+            await self._exchange(
+                upstream, pool, method, target, headers, body, length, attempts, scope, send, gone
+            )
+        finally:
+            gone.close()
+
+    async def _exchange(
+        self,
+        upstream: Upstream,
+        pool: UpstreamPool,
+        method: str,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes | AsyncIterator[bytes] | None,
+        length: int | None,
+        attempts: int,
+        scope: Scope,
+        send: Send,
+        gone: _Disconnect,
+    ) -> None:
         started = time.perf_counter()
         for attempt in range(attempts):
             try:
@@ -199,6 +221,7 @@ class ProxyApp:
                     type(exc.__cause__ or exc).__name__,
                 )
                 raise _Failed(502, f"The {upstream.name} service sent an invalid answer.") from None
+            gone.watch()
             try:
                 status = response.status
                 if status in _RETRY_STATUS and attempt + 1 < attempts and not gone():
@@ -301,7 +324,7 @@ class ProxyApp:
         response: UpstreamResponse,
         scope: Scope,
         send: Send,
-        gone: Callable[[], bool],
+        gone: _Disconnect,
     ) -> None:
         headers: list[tuple[bytes, bytes]] = []
         connection = None
@@ -334,6 +357,39 @@ class ProxyApp:
                 return
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
+
+
+class _Disconnect:
+    """Whether the client has left, learned from `receive`'s `http.disconnect` by a task
+    that waits on it once the request body has been read (the server answers nothing else
+    then); calling it is a flag read."""
+
+    __slots__ = ("receive", "task")
+
+    def __init__(self, receive: Receive, *, watch: bool) -> None:
+        self.receive = receive
+        self.task: asyncio.Task[None] | None = None
+        if watch:
+            self.watch()
+
+    def watch(self) -> None:
+        if self.task is None:
+            self.task = asyncio.get_running_loop().create_task(self._wait(), name="disconnect")
+
+    async def _wait(self) -> None:
+        try:
+            while (await self.receive())["type"] != "http.disconnect":
+                pass
+        except Exception:  # a server that fails `receive` has lost its client too
+            return
+
+    def __call__(self) -> bool:
+        task = self.task
+        return task is not None and task.done() and not task.cancelled()
+
+    def close(self) -> None:
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
 
 
 _TITLES = {400: "Bad Request", 408: "Request Timeout", 502: "Bad Gateway", 504: "Gateway Timeout"}
