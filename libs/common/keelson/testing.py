@@ -69,9 +69,7 @@ class LiveServer:
     """An ASGI app served by uvicorn on a free port in a thread, lifespan included, with
     the protocol and loop services run (httptools, uvloop)."""
 
-    def __init__(
-        self, app: Any, *, graceful_seconds: int = 5, keep_alive_seconds: int = 5
-    ) -> None:
+    def __init__(self, app: Any, *, graceful_seconds: int = 5, keep_alive_seconds: int = 5) -> None:
         import uvicorn
 
         self.port = free_port()
