@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
+from prometheus_client import Counter
 from sqlalchemy.engine import make_url
 
 from keelson.config import Environment, KeelsonSettings, LogSettings
@@ -33,6 +34,7 @@ from keelson.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
 __all__ = [
     "LiveServer",
     "ServiceProcess",
+    "counted",
     "eventually",
     "fresh_database",
     "make_settings",
@@ -63,6 +65,16 @@ async def eventually(
             name = getattr(check, "__name__", "condition")
             raise AssertionError(f"{name} not met within {timeout}s (last: {result!r})")
         await asyncio.sleep(interval)
+
+
+def counted(counter: Counter, *labels: str) -> float:
+    """What `counter` has counted for `labels` (0 before its first count), read through
+    prometheus_client's public `collect()`."""
+    for metric in counter.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_total") and tuple(sample.labels.values()) == labels:
+                return float(sample.value)
+    return 0.0
 
 
 class LiveServer:

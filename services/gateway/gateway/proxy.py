@@ -1,4 +1,4 @@
-"""The reverse proxy: forwards a matched request to its upstream over one aiohttp session."""
+"""The reverse proxy: forwards a matched request to its upstream's transport."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator, Mapping
 from random import getrandbits as _random_bits
 
 import aiohttp
-from aiohttp.http import HttpProcessingError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.context import (
@@ -31,7 +30,15 @@ from gateway.metrics import (
     UPSTREAM_RETRIES,
 )
 from gateway.openapi import OpenApiCatalog
-from gateway.upstream_pool import IDEMPOTENT, RequestBodyStalled, UpstreamPool, UpstreamResponse
+from gateway.transport import (
+    IDEMPOTENT,
+    InvalidAnswer,
+    RequestBodyStalled,
+    UpstreamConnectionError,
+    UpstreamResponse,
+    UpstreamTransport,
+)
+from gateway.upstream_pool import UpstreamPool
 from gateway.upstreams import RoutingConfig, Upstream
 from keelson.http import exchange, problem_response, random_id
 from keelson.logging import request_id_var, trace_id_var
@@ -84,10 +91,17 @@ def new_session(config: RoutingConfig) -> aiohttp.ClientSession:
     )
 
 
-def new_pools(upstreams: Mapping[str, Upstream], config: RoutingConfig) -> dict[str, UpstreamPool]:
-    """One pool of keep-alive connections per upstream: what proxied requests travel on."""
+def new_pools(
+    upstreams: Mapping[str, Upstream],
+    config: RoutingConfig,
+    transports: Mapping[str, UpstreamTransport] | None = None,
+) -> dict[str, UpstreamTransport]:
+    """What proxied requests travel on: the given transport for an upstream named in
+    `transports` (an in-process app, in tests), else a pool of keep-alive connections."""
+    given = transports or {}
     return {
-        name: UpstreamPool(
+        name: given.get(name)
+        or UpstreamPool(
             upstream.config.url,
             limit=config.pool_limit,
             keepalive_seconds=config.keepalive_seconds,
@@ -112,7 +126,7 @@ class ProxyApp:
         fallback: ASGIApp,
         *,
         catalog: OpenApiCatalog,
-        pools: Mapping[str, UpstreamPool],
+        pools: Mapping[str, UpstreamTransport],
         config: RoutingConfig,
         trusted_proxy_hops: int = 0,
     ) -> None:
@@ -180,7 +194,7 @@ class ProxyApp:
     async def _exchange(
         self,
         upstream: Upstream,
-        pool: UpstreamPool,
+        pool: UpstreamTransport,
         method: str,
         target: bytes,
         headers: list[tuple[bytes, bytes]],
@@ -202,7 +216,7 @@ class ProxyApp:
                 upstream.breaker.record_failure()
                 _requests(upstream.name, method, "timeout").inc()
                 raise _Failed(504, f"The {upstream.name} service did not answer in time.") from None
-            except aiohttp.ClientConnectionError as exc:
+            except UpstreamConnectionError as exc:
                 if attempt + 1 < attempts:
                     await self._backoff(upstream, attempt)
                     continue
@@ -210,15 +224,12 @@ class ProxyApp:
                 _requests(upstream.name, method, "error").inc()
                 _log.warning("upstream %s failed: %s", upstream.name, type(exc).__name__)
                 raise _Failed(502, f"The {upstream.name} service could not be reached.") from None
-            except HttpProcessingError as exc:
-                # The request was delivered, so it is not sent again; and the upstream's bytes
-                # (which the error quotes) stay out of the log.
+            except InvalidAnswer as exc:
+                # The request was delivered, so it is not sent again.
                 upstream.breaker.record_failure()
                 _requests(upstream.name, method, "error").inc()
                 _log.warning(
-                    "upstream %s sent an answer that cannot be parsed: %s",
-                    upstream.name,
-                    type(exc.__cause__ or exc).__name__,
+                    "upstream %s sent an answer that cannot be parsed: %s", upstream.name, exc
                 )
                 raise _Failed(502, f"The {upstream.name} service sent an invalid answer.") from None
             gone.watch()
@@ -350,7 +361,7 @@ class ProxyApp:
                 body = await response.read()
             await send({"type": "http.response.body", "body": body})
             return
-        async for chunk in response.payload.iter_any():
+        async for chunk in response.iter_chunks():
             if gone():
                 # The rest would be read for nobody: `release()` closes the connection.
                 exchange(scope).status = CLIENT_CLOSED_REQUEST

@@ -29,7 +29,7 @@ from gateway.plugins._rate_windows import Call, MemoryWindows
 from gateway.plugins.rate_limiting import RateLimitingPlugin, _Tally
 from gateway.settings import Settings
 from keelson.embedded import free_port
-from keelson.testing import eventually
+from keelson.testing import counted, eventually
 
 
 def limits(**extra: object) -> dict:
@@ -258,14 +258,13 @@ async def test_a_hit_admitted_ahead_that_the_store_refuses_is_counted_and_the_ne
     async with running_gateway(settings) as (app, client):
         assert (await client.get(ECHO)).headers["ratelimit-remaining"] == "99"
         tally = only_tally(app)
-        overshoot = RATE_LIMIT_OVERSHOOT.labels(ECHO)
-        before = overshoot._value.get()
+        before = counted(RATE_LIMIT_OVERSHOOT, ECHO)
         async with Redis.from_url(redis_url) as store:
             # Another replica spends the rest of the budget (the window as limits keeps it).
             await store.set(tally.window_keys[1], 100, px=120_000)
         response = await client.get(ECHO)  # admitted on the 98 it believes are left
         assert response.status_code == 200 and response.headers["ratelimit-remaining"] == "98"
-        await eventually(lambda: overshoot._value.get() == before + 1)
+        await eventually(lambda: counted(RATE_LIMIT_OVERSHOOT, ECHO) == before + 1)
         refused = await client.get(ECHO)  # this one waits for the store, which refuses it
         assert refused.status_code == 429 and refused.headers["ratelimit-remaining"] == "0"
 
@@ -276,14 +275,13 @@ async def test_a_store_failing_hits_admitted_ahead_makes_the_next_hits_wait(
     settings = ahead(
         upstream, redis_url, "1000/minute", fail_open=False, storage_timeout_seconds=0.2
     )
-    allowed = RATE_LIMIT_STORAGE_ERRORS.labels("allowed")
     async with running_gateway(settings) as (_, client):
         assert (await client.get(ECHO)).status_code == 200
-        before = allowed._value.get()
+        before = counted(RATE_LIMIT_STORAGE_ERRORS, "allowed")
         async with writes_paused(redis_url):
             assert (await client.get(ECHO)).status_code == 200  # admitted ahead
             # Its hit times out in the store: counted as allowed, since it was.
-            await eventually(lambda: allowed._value.get() == before + 1)
+            await eventually(lambda: counted(RATE_LIMIT_STORAGE_ERRORS, "allowed") == before + 1)
             # From now on hits wait for the store, and this gateway fails closed.
             refused = await client.get(ECHO)
             assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
