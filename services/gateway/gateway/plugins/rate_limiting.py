@@ -198,7 +198,7 @@ class RateLimitingPlugin(GatewayPlugin):
         name="rate_limiting",
         priority=Priority.MIDDLEWARE,
         required=False,  # without it the gateway still serves, degraded
-        description="Per-client, per-route limits (limits library; Redis shared by replicas)",
+        description="Per-client, per-route limits (Redis shared by replicas, or in-process)",
     )
 
     async def initialize(self) -> None:
