@@ -6,13 +6,14 @@ VENV := $(CURDIR)/.venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: help install deploy-tools up down migrate test lint format bench load clean
+.PHONY: help install deploy-tools up down migrate test test-lowest lint format bench load clean
 
 help:
 	@echo "make install   create .venv with every package (uv sync)"
 	@echo "make up        run the whole suite (embedded Postgres/Redis unless KEELSON_*_URL set)"
 	@echo "make down      stop what 'make up' started"
 	@echo "make test      lint, type-check and run every test"
+	@echo "make test-lowest  every test against each direct dependency's lowest allowed version"
 	@echo "make lint      ruff + mypy"
 	@echo "make bench     run the benchmarks (figures in docs/benchmarks.md)"
 	@echo "make load      headless Locust load test against a running suite"
@@ -56,6 +57,17 @@ format: install
 
 test: lint deploy-tools
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The suite against the floors of the version bounds (uv's lowest-direct resolution: each
+# direct dependency at its lowest allowed version), in a copy of the tree with a lock and a
+# virtualenv of its own, so uv.lock and .venv stay as they are.
+LOWEST := $(CURDIR)/.keelson/lowest
+test-lowest: deploy-tools | $(UV)
+	rm -rf $(LOWEST) && mkdir -p $(LOWEST)
+	tar -c --exclude=./.venv --exclude=./.keelson --exclude=./.git --exclude=./.mypy_cache \
+		--exclude=./.ruff_cache --exclude=./.pytest_cache . | tar -x -C $(LOWEST)
+	cd $(LOWEST) && $(UV) lock --resolution lowest-direct && $(UV) sync --frozen
+	cd $(LOWEST) && KEELSON_DEPLOY_TOOLS=$(DEPLOY_TOOLS) .venv/bin/pytest $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python bench/run_all.py

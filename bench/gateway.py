@@ -28,6 +28,11 @@ plugins switched on one after another, measuring this process's CPU time per req
 
 Results are printed and written to the "Gateway" section of docs/benchmarks.md
 (`--no-docs` to skip that).
+
+`--servers` measures only the choice of HTTP server: the gateway's whole chain, 1 worker,
+under stock uvicorn (`python -m gateway`: httptools, uvloop) and under granian (when
+installed: `uv pip install granian`; not a dependency), in alternating rounds, each row its
+requests/s and the server's CPU per request; written to the "Gateway servers" section.
 """
 
 from __future__ import annotations
@@ -612,21 +617,20 @@ def write_docs(body: str, command: str, args: argparse.Namespace) -> None:
             "",
             "Where a saturated worker's CPU goes (valgrind's callgrind, user-space "
             "instructions per request, in the next section; py-spy and cProfile for "
-            "shares): the bare proxy runs about 395,000 instructions a request, the "
-            "gateway's whole chain about 530,000, and its kernel time (four socket "
-            "operations a request, as the bare proxy's) is about a quarter of its CPU. "
-            "Of the rest no single part dominates: Keelson's HTTP protocol and request "
-            "cycle, aiohttp's response parser, the proxy and pool, `ServiceMiddleware` "
-            "(ids, RED metrics, headers), the access record, the rate limit, security and "
-            "validation each take a few percent. What changed since the previous "
-            "recording: Keelson's own request cycle in `keelson.server` in place of "
-            "uvicorn's (about 30,000 instructions a request less), rate-limit hits far from "
-            "the limit admitted ahead of Redis and counted there in batches (one Lua call "
-            "per some 80 requests at full load), the pool taking a free slot, an idle "
-            "connection and a whole small answer without a coroutine, route and rule "
-            "lookups cached per method and path. Earlier: one write per answer, the "
-            "express lane past FastAPI's stack, aiohttp's protocol without ClientSession "
-            "(`bench/upstream_hop.py`), the young-generation GC every 50,000 allocations, "
+            "shares; see the next sections): the bare proxy runs about 400,000 "
+            "instructions a request, the gateway's whole chain about 1.4-1.5 times that, "
+            "and its kernel time (four socket operations a request, as the bare proxy's) "
+            "is about a quarter of its CPU. Of the rest no single part dominates: "
+            "uvicorn's request cycle, the upstream pool (an asyncio protocol of ours on "
+            "httptools' parser), `ServiceMiddleware` (ids, RED metrics, headers), the "
+            "access record, the rate limit, security and validation each take a few "
+            "percent. Every layer uses its dependencies' public API only (stock uvicorn, "
+            "no subclass of aiohttp's or limits' internals; `tests/test_public_api.py`). "
+            "Rate-limit hits far from the limit are admitted ahead of Redis and counted "
+            "there in batches (one Lua call per some 80 requests at full load); route and "
+            "rule lookups are cached per method and path. Earlier: one write per answer, "
+            "the express lane past FastAPI's stack, the young-generation GC every 50,000 "
+            "allocations, "
             "access records without a LogRecord, one signed identity header a second. "
             "The in-process table sends one request at a time (no batching of Redis "
             "calls, console writes or event-loop wake-ups), and on a shared machine its "
@@ -638,16 +642,105 @@ def write_docs(body: str, command: str, args: argparse.Namespace) -> None:
     write_section("Gateway", section)
 
 
+def gateway_argv(server: str, port: int) -> list[str]:
+    """The gateway on one worker under `server` (uvicorn or granian)."""
+    if server == "granian":
+        return [
+            str(Path(sys.executable).with_name("granian")),
+            *("--interface", "asgi", "--factory", "--loop", "uvloop", "--workers", "1"),
+            *("--host", "127.0.0.1", "--port", str(port), "--no-ws", "--log-level", "warning"),
+            "gateway.app:create_app",
+        ]
+    return [sys.executable, "-m", "gateway", "--workers", "1"]
+
+
+def measure_servers(args: argparse.Namespace) -> list[Result]:
+    """The gateway under each server, `args.rounds` alternating rounds."""
+    tmp = Path(tempfile.mkdtemp(prefix="keelson-bench-srv-"))
+    os.chmod(tmp, 0o755)
+    key = SigningKey.generate()
+    (tmp / "jwks.json").write_text(json.dumps({"keys": [key.public_jwk()]}))
+    os.chmod(tmp / "jwks.json", 0o644)
+    upstream_port, nginx_proxy_port = free_port(), free_port()
+    upstream = f"http://127.0.0.1:{upstream_port}"
+    auth = {"Authorization": f"Bearer {token(key)}"}
+    nginx = spawn(
+        ["nginx", "-c", str(nginx_config(tmp, upstream_port, nginx_proxy_port))], cpus=None
+    )
+    results: list[Result] = []
+    try:
+        wait_for_port(upstream_port, timeout=10)
+        config_dir = gateway_config(tmp / "redis", upstream, args.redis_url)
+        servers = (
+            ["uvicorn", "granian"]
+            if shutil.which("granian", path=str(Path(sys.executable).parent))
+            else ["uvicorn"]
+        )
+        for round_ in range(args.rounds):
+            for server in servers:
+                port = free_port()
+                gateway = spawn(
+                    gateway_argv(server, port),
+                    cpus="0",
+                    env={
+                        "KEELSON_CONFIG_DIR": str(config_dir),
+                        "KEELSON_ENV": "prod",
+                        "KEELSON_PORT": str(port),
+                    },
+                    cwd=config_dir,
+                )
+                try:
+                    url = f"http://127.0.0.1:{port}{PATH}"
+                    wait_ready(url, auth)
+                    label = f"gateway under {server}, round {round_ + 1}"
+                    results.append(run_wrk(label, url, auth, args, pid=gateway.pid))
+                finally:
+                    stop(gateway)
+    finally:
+        stop(nginx)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--redis-url", default=os.environ.get("KEELSON_REDIS_URL"))
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--no-docs", action="store_true")
+    parser.add_argument("--servers", action="store_true", help="only uvicorn beside granian")
+    parser.add_argument("--rounds", type=int, default=3, help="with --servers")
     args = parser.parse_args()
     for tool in ("wrk", "nginx"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is not installed (apt-get install wrk nginx)")
+    if args.servers:
+        rows = ["| server | requests/s | CPU us per request |", "| --- | ---: | ---: |"]
+        for result in measure_servers(args):
+            rows.append(
+                f"| {result.name} | {result.requests_per_second:,.0f} | {result.cpu_us or 0:.0f} |"
+            )
+        print("\n".join(rows))
+        if not args.no_docs:
+            command = ".venv/bin/python bench/gateway.py " + shlex.join(sys.argv[1:])
+            write_section(
+                "Gateway servers",
+                "\n".join(
+                    [
+                        "The gateway's whole chain on one worker (pinned to CPU 0) under stock "
+                        "uvicorn and under granian, alternating rounds of wrk -t1 "
+                        f"-c{args.connections}, {args.duration}s each; CPU is the server's "
+                        "processes' user + system time per request (see the docstring of "
+                        "`bench/gateway.py`).",
+                        "",
+                        f"Command: `{command.strip()}`. "
+                        f"Recorded {time.strftime('%Y-%m-%d %H:%M')}.",
+                        "",
+                        *rows,
+                    ]
+                ),
+            )
+        return
     args.load_before = os.getloadavg()[0]
     results, cpu_lines = measure(args)
     body = table(results) + "\n\nIn-process CPU per request, plugins switched on in turn:\n\n"

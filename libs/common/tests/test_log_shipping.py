@@ -19,6 +19,7 @@ from keelson.embedded import free_port
 from keelson.logging import WIRE_ACK, WIRE_VERSION, LogShipper, _shipper
 from keelson.logging._spill import SpillStore
 from keelson.metrics import LOG_RECORDS_DROPPED
+from keelson.testing import counted
 
 
 class Receiver:
@@ -158,17 +159,14 @@ def test_logging_with_nobody_listening_never_blocks_or_raises(port: int, make_sh
 
 
 def test_drops_beyond_the_spill_limit_are_counted(port: int, make_shipper) -> None:
-    before = LOG_RECORDS_DROPPED.labels("spill_full")._value.get()
+    before = counted(LOG_RECORDS_DROPPED, "spill_full")
     logger, shipper = make_shipper(port, buffer_size=10, spill_max_bytes=5_000, batch_size=5)
     for i in range(1000):
         logger.warning("overflow %d", i)
     stats = shipper.stats()
     assert 0 < stats.spill_bytes <= 5_000
     assert stats.dropped["spill_full"] > 900
-    assert (
-        LOG_RECORDS_DROPPED.labels("spill_full")._value.get() - before
-        == stats.dropped["spill_full"]
-    )
+    assert counted(LOG_RECORDS_DROPPED, "spill_full") - before == stats.dropped["spill_full"]
 
 
 def test_an_unencodable_record_is_counted_and_its_batch_still_ships(

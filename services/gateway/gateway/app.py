@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI
@@ -13,9 +14,10 @@ from starlette.types import Receive, Scope, Send
 from gateway.api import routers
 from gateway.pipeline import Pipeline, PipelineMiddleware
 from gateway.plugins import GATEWAY_PLUGINS
-from gateway.plugins.routing import CATALOG
+from gateway.plugins.routing import CATALOG, UPSTREAM_TRANSPORTS
 from gateway.reload import install_sighup
 from gateway.settings import Settings
+from gateway.transport import UpstreamTransport
 from gateway.upstreams import RoutingConfig
 from keelson.auth import AuthPlugin
 from keelson.config import PluginSettings, load_settings
@@ -27,12 +29,20 @@ from keelson.service import build_container
 __all__ = ["create_app"]
 
 
-def create_app(settings: Settings | None = None) -> KeelsonApp:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    transports: Mapping[str, UpstreamTransport] | None = None,
+) -> KeelsonApp:
+    """The gateway; `transports` replace the named upstreams' connection pools (tests hand
+    in `gateway.asgi_upstream.ASGIUpstream` to reach an upstream app in process)."""
     if settings is None:
         settings = load_settings(Settings)
         configure_logging(settings)
     _point_auth_at_upstream(settings)
     container = build_container(settings, [AuthPlugin, *GATEWAY_PLUGINS], database=False)
+    if transports:
+        container.provide(UPSTREAM_TRANSPORTS, transports)
     pipeline = Pipeline(container, GATEWAY_PLUGINS)
 
     async def compose_pipeline(_: FastAPI) -> None:

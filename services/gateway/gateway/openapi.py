@@ -36,6 +36,17 @@ class Operation:
     template: str
     body_schema: dict[str, Any] | None
     body_required: bool
+    # The media types (or ranges: text/*, */*) its request body may have, lower-case; None
+    # when its document declares no request body.
+    media_types: frozenset[str] | None = None
+
+    def accepts(self, media_type: str) -> bool:
+        """Whether a body of `media_type` (lower-case, no parameters) is one this takes."""
+        types = self.media_types
+        if types is None:
+            return True
+        major = media_type.split("/", 1)[0]
+        return media_type in types or f"{major}/*" in types or "*/*" in types
 
 
 @dataclass(frozen=True)
@@ -234,6 +245,11 @@ def _operation(upstream: str, method: str, template: str, op: dict[str, Any]) ->
         template=template,
         body_schema=schema if isinstance(schema, dict) else None,
         body_required=bool(body.get("required")),
+        media_types=(
+            frozenset(t.split(";", 1)[0].strip().lower() for t in content if isinstance(t, str))
+            if isinstance(content, dict) and content
+            else None
+        ),
     )
 
 

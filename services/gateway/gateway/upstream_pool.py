@@ -1,23 +1,18 @@
-"""Keep-alive HTTP/1.1 connections to one upstream, driven by aiohttp's client protocol.
+"""Keep-alive HTTP/1.1 connections to one upstream: an `asyncio.Protocol` of ours whose
+answers `httptools.HttpResponseParser` (the parser uvicorn uses) reads.
 
-aiohttp reads the answers here as it does inside `ClientSession`: `ResponseHandler` is its
-client protocol (the C response parser, flow control), and its `StreamWriter`
-frames streamed bodies. The request head is written here, from the header lines the proxy
-already holds as bytes: one join and one write with the body, checked against CR/LF
-injection by counting line breaks, where `StreamWriter.write_headers` would take them as
-text, build a multidict and check each character. What is left out of `ClientSession` is its
-per-request machinery: the `ClientRequest` and `ClientResponse` objects, the cookie jar,
-redirects and tracing hooks, which cost more CPU than the exchange itself
+The request head is written from the header lines the proxy already holds as bytes: one
+join and one write with the body, checked against CR/LF injection by counting line breaks.
+A general client (aiohttp's `ClientSession`) builds request and response objects, a cookie
+jar and tracing hooks per request, which cost more CPU than the exchange itself
 (`bench/upstream_hop.py`). The gateway's control-plane calls (readiness, OpenAPI documents)
-still go through its `ClientSession`.
+still go through a `ClientSession`.
 
-Two per-request costs of `ResponseHandler` are left out as well. Its read timeout arms a
-timer when the request is sent and again on every read (uvloop makes and frees a handle
-each time, some microseconds apiece); here each connection notes the time of its last read
-and one watchdog per pool looks at the connections with an answer outstanding, several
-times per timeout: a silent upstream times out between `read_timeout` and an eighth more.
-And aiohttp builds a new response parser for every request; here a kept connection keeps
-its parser, which is ready for the next answer once the last was read to its end.
+Each connection notes the time of its last read instead of arming a timer per read; one
+watchdog per pool looks at the connections with an answer outstanding several times per
+timeout: a silent upstream times out between `read_timeout` and an eighth more. A
+connection whose reader is behind (flow control paused it) is not timed out: the silence
+is the reader's.
 """
 
 from __future__ import annotations
@@ -26,125 +21,318 @@ import asyncio
 import collections
 import contextlib
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
+from typing import cast
 
-import aiohttp
-from aiohttp.client_proto import ResponseHandler
-from aiohttp.http import RawResponseMessage, StreamWriter
-from multidict import CIMultiDictProxy
+import httptools
 from yarl import URL
 
-__all__ = ["IDEMPOTENT", "RequestBodyStalled", "UpstreamPool", "UpstreamResponse"]
+from gateway.transport import (
+    IDEMPOTENT,
+    Body,
+    ConnectTimeout,
+    Headers,
+    InvalidAnswer,
+    ReadTimeout,
+    RequestBodyStalled,
+    UpstreamDisconnected,
+    UpstreamUnreachable,
+)
 
-Body = bytes | AsyncIterator[bytes] | None
-Headers = Sequence[tuple[bytes, bytes]]
-# Methods a repeat leaves as one would (RFC 9110 9.2.2): safe to send again after a failure.
-IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+__all__ = ["PooledResponse", "UpstreamPool"]
+
 # A body up to asyncio's write-buffer high-water mark (64 KiB) cannot pause the transport
 # behind a socket emptied by the previous exchange, so its write never waits for the upstream
 # to read (the read timeout covers the rest): only a larger one pays for a timeout.
 _UNBOUNDED_BODY_BYTES = 64 * 1024
+# An answer's body buffered unread past this pauses reading from the upstream.
+_HIGH_WATER = 256 * 1024
+_LOW_WATER = 64 * 1024
 # Methods whose empty body goes without a Content-Length (RFC 9110 8.6: a user agent
 # should not send one when the method defines no meaning for a body).
 _NO_BODY = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
-_TIMEOUT_MESSAGE = "Timeout on reading data from socket"  # aiohttp's own
+_NO_CONTENT = frozenset({204, 304})
+_MAX_FIELD_BYTES = 8190
+_MAX_HEAD_BYTES = 32768
 
 
-class RequestBodyStalled(Exception):
-    """A streamed request body's next part did not come within `read_timeout`: the client's
-    silence, not the upstream's (the connection is closed, its slot freed)."""
+class _NotSent(UpstreamDisconnected):
+    """The connection was closed before the request went out: it may go on another."""
 
 
-class _Connection(ResponseHandler):
-    """aiohttp's client protocol, noting when it last read instead of arming a timer."""
+class PooledResponse:
+    """An upstream's answer on a pooled connection (`gateway.transport.UpstreamResponse`).
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(loop)
-        self.clock = loop.time
-        self.last_read = self.clock()
-        self.paused = False  # by flow control: the reader is behind, not the upstream
-        self.was_paused = False  # since its parser was made (see resume_reading)
-        self.skips_payload: bool | None = None  # how its parser was set up; None: not yet
-
-    def data_received(self, data: bytes) -> None:
-        self.last_read = self.clock()
-        super().data_received(data)
-
-    def pause_reading(self) -> None:
-        super().pause_reading()
-        self.paused = self.was_paused = True
-
-    def resume_reading(self, resume_parser: bool = True) -> None:
-        # aiohttp's StreamReader calls this after every read of a body below its low-water
-        # mark, paused or not. A connection never paused has nothing held back to parse or
-        # resume: skipped. Once paused (its parser may hold bytes back even after the
-        # transport resumes: many small chunks unread pause it too), aiohttp's runs each time.
-        if not self.was_paused:
-            return
-        was = self.paused
-        super().resume_reading(resume_parser)
-        # Parsing what was held back may have paused it again: then it is still paused.
-        self.paused = self._reading_paused
-        if was and not self.paused:
-            self.last_read = self.clock()  # the silence while paused was the reader's
-
-
-class UpstreamResponse:
-    """An upstream's answer: status and headers at once, the body read by the caller.
-
-    `release()` must follow (the proxy does it in `finally`): a connection whose answer
-    was read to the end goes back to the pool, any other is closed.
+    `release()` puts a connection whose answer was read to its end back in the pool, and
+    closes any other.
     """
 
     __slots__ = (
+        "_chunks",
+        "_connection",
+        "_exc",
         "_pool",
-        "_protocol",
-        "headers",
-        "payload",
+        "_size",
+        "_waiter",
+        "content_length",
+        "eof",
         "raw_headers",
-        "should_close",
         "status",
+        "until_eof",
     )
 
     def __init__(
         self,
-        pool: UpstreamPool,
-        protocol: _Connection,
+        connection: _Connection,
         status: int,
-        headers: CIMultiDictProxy[str],
-        raw_headers: tuple[tuple[bytes, bytes], ...],
-        payload: aiohttp.StreamReader,
-        should_close: bool,
+        raw_headers: list[tuple[bytes, bytes]],
+        content_length: int | None,
+        until_eof: bool,
     ) -> None:
-        self._pool = pool
-        self._protocol: _Connection | None = protocol
+        self._connection: _Connection | None = connection
+        self._pool: UpstreamPool | None = None
         self.status = status
-        self.headers = headers
         self.raw_headers = raw_headers
-        self.payload = payload
-        self.should_close = should_close
+        self.content_length = content_length
+        self.until_eof = until_eof  # no length, no chunks: the body ends when the upstream closes
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._size = 0
+        self.eof = False
+        self._exc: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
 
-    @property
-    def content_length(self) -> int | None:
-        value = self.headers.get("Content-Length")
-        return int(value) if value is not None and value.isdigit() else None
+    # Fed by the connection.
+    def feed(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._size += len(data)
+        if self._size > _HIGH_WATER and self._connection is not None:
+            self._connection.pause()
+        self._wake()
+
+    def finish(self) -> None:
+        self.eof = True
+        self._wake()
+
+    def fail(self, exc: BaseException) -> None:
+        if not self.eof and self._exc is None:
+            self._exc = exc
+            self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # Read by the proxy.
+    def read_now(self) -> bytes | None:
+        if not self.eof:
+            return None
+        return self._take()
 
     async def read(self) -> bytes:
-        return await self.payload.read()
+        while not self.eof:
+            await self._wait()
+        return self._take()
 
-    def read_now(self) -> bytes | None:
-        """The whole body if all of it has arrived, without a wait; else None (`read`)."""
-        payload = self.payload
-        if payload.is_eof() and payload.exception() is None:
-            return payload.read_nowait()
-        return None
+    async def iter_chunks(self) -> AsyncIterator[bytes]:
+        while True:
+            if self._chunks:
+                yield self._take()
+            elif self.eof:
+                return
+            else:
+                await self._wait()
+
+    def _take(self) -> bytes:
+        chunks = self._chunks
+        data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._size = 0
+        connection = self._connection
+        if connection is not None and connection.paused:
+            connection.resume()
+        return data
+
+    async def _wait(self) -> None:
+        if self._exc is not None:
+            raise self._exc
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+        if self._exc is not None and not self._chunks:
+            raise self._exc
 
     def release(self) -> None:
-        protocol, self._protocol = self._protocol, None
-        if protocol is None:
+        connection, self._connection = self._connection, None
+        if connection is None or self._pool is None:
             return
-        reusable = not self.should_close and self.payload.is_eof() and not protocol.should_close
-        self._pool.put_back(protocol, reusable=reusable)
+        self._pool.put_back(connection, reusable=self.eof and not connection.should_close)
+
+
+class _Connection(asyncio.Protocol):
+    """One HTTP/1.1 connection: writes go straight to its transport, answers through
+    httptools' parser into a `PooledResponse`."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.clock = loop.time
+        self.last_read = self.clock()
+        self.transport: asyncio.Transport | None = None
+        self.parser: httptools.HttpResponseParser | None = None
+        self.head: asyncio.Future[PooledResponse] | None = None  # until the answer's head
+        self.response: PooledResponse | None = None  # the answer being read
+        self.head_only = False  # a HEAD: the answer ends with its head
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head_bytes = 0
+        self.should_close = False
+        self.lost = False
+        self.paused = False  # by flow control: the reader is behind, not the upstream
+        self.write_paused = False
+        self.drained: asyncio.Future[None] | None = None
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        self.last_read = self.clock()
+        parser = self.parser
+        if parser is None or self.head is None:
+            # Bytes nobody asked for (after a HEAD's answer, or on an idle connection): what
+            # comes next on this connection cannot be trusted.
+            self.close()
+            return
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            # The upstream's bytes (which the parser's message may quote) stay out of it.
+            self.fail(InvalidAnswer(f"an answer that cannot be parsed ({type(exc).__name__})"))
+            self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.should_close = True
+        response = self.response
+        if response is not None and response.until_eof and not response.eof:
+            response.finish()  # its end is the close
+            self.response = None
+        self.fail(UpstreamDisconnected("the upstream closed the connection"))
+        drained = self.drained
+        if drained is not None and not drained.done():
+            drained.set_exception(UpstreamDisconnected("connection lost while sending"))
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        drained = self.drained
+        if drained is not None and not drained.done():
+            drained.set_result(None)
+
+    # httptools.HttpResponseParser callbacks
+    def on_message_begin(self) -> None:
+        self.headers = []
+        self.head_bytes = 0
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # httptools sets no bound of its own: these are aiohttp's (a line, the whole head).
+        size = len(name) + len(value)
+        self.head_bytes += size
+        if size > _MAX_FIELD_BYTES or self.head_bytes > _MAX_HEAD_BYTES:
+            raise InvalidAnswer("an answer's header too large")
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        assert parser is not None
+        status = parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            return  # an interim answer (100 Continue): the real one follows
+        length = chunked = None
+        for name, value in self.headers:
+            lower = name.lower()
+            if lower == b"content-length":
+                length = int(value) if value.isdigit() else None
+            elif lower == b"transfer-encoding":
+                chunked = True
+        no_body = self.head_only or status in _NO_CONTENT
+        until_eof = not (no_body or chunked or length is not None)
+        self.should_close = not parser.should_keep_alive() or until_eof
+        response = PooledResponse(self, status, self.headers, length, until_eof)
+        if no_body:
+            response.finish()
+            if self.head_only:
+                # httptools cannot be told an answer has no body: the next exchange on this
+                # connection gets a fresh parser (`start`).
+                self.parser = None
+        else:
+            self.response = response
+        head = self.head
+        if head is not None and not head.done():
+            head.set_result(response)
+
+    def on_body(self, body: bytes) -> None:
+        if self.response is not None:
+            self.response.feed(body)
+
+    def on_message_complete(self) -> None:
+        response = self.response
+        if response is not None:
+            self.response = None
+            response.finish()
+
+    # Used by the pool.
+    def start(self, head_only: bool) -> asyncio.Future[PooledResponse]:
+        """Ready for the next answer: a future for its head."""
+        if self.parser is None or head_only:
+            self.parser = httptools.HttpResponseParser(self)
+        self.head_only = head_only
+        self.head = self.loop.create_future()
+        self.last_read = self.clock()
+        return self.head
+
+    def fail(self, exc: BaseException) -> None:
+        """End the exchange under way with `exc` (its head, or its body once that came)."""
+        self.should_close = True
+        head = self.head
+        if head is not None and not head.done():
+            head.set_exception(exc)
+        response = self.response
+        if response is not None:
+            self.response = None
+            response.fail(exc)
+
+    async def drain(self) -> None:
+        if self.lost:
+            raise UpstreamDisconnected("connection lost while sending")
+        if self.write_paused:
+            self.drained = self.loop.create_future()
+            try:
+                await self.drained
+            finally:
+                self.drained = None
+
+    def pause(self) -> None:
+        if not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self.paused and self.transport is not None:
+            self.paused = False
+            self.last_read = self.clock()  # the silence while paused was the reader's
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        self.should_close = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def is_connected(self) -> bool:
+        return not self.lost and self.transport is not None and not self.transport.is_closing()
 
 
 class UpstreamPool:
@@ -152,14 +340,10 @@ class UpstreamPool:
 
     An idle connection is used again only while younger than `keepalive_seconds` (kept below
     the upstream's own keep-alive timeout, so the upstream rarely closes one under a request).
-    A request waits at most `connect_timeout` for its connection, and `read_timeout` (up to
-    an eighth more: the watchdog's round, see the module) between two reads of the answer
-    (aiohttp's `SocketTimeoutError`, a `TimeoutError`), and `read_timeout` for each write of a
-    request body (a `TimeoutError` too).
-    Failures are aiohttp's: `ClientOSError` when the upstream cannot be reached,
-    `ServerDisconnectedError` when it closes the connection without answering, and
-    `HttpProcessingError` when its answer's head cannot be parsed (its message quotes the
-    upstream's bytes).
+    A request waits at most `connect_timeout` for its connection (`ConnectTimeout`), and
+    `read_timeout` (up to an eighth more: the watchdog's round, see the module) between two
+    reads of the answer (`ReadTimeout`), and `read_timeout` for each write of a request
+    body (`TimeoutError`). The other failures are in `gateway.transport`.
     """
 
     def __init__(
@@ -181,13 +365,29 @@ class UpstreamPool:
         self.keepalive_seconds = keepalive_seconds
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
+        self.limit = limit
         self._free = limit  # slots under the limit; a request takes one until released
         self._slot_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._idle: collections.deque[tuple[float, _Connection]] = collections.deque()
         self._closed = False
         # Connections with an answer outstanding, and its body once its head has come.
-        self._busy: dict[_Connection, aiohttp.StreamReader | None] = {}
+        self._busy: dict[_Connection, PooledResponse | None] = {}
         self._watchdog: asyncio.TimerHandle | None = None
+
+    @property
+    def free_slots(self) -> int:
+        """Slots no request holds now."""
+        return self._free
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for a slot."""
+        return sum(not waiter.done() for waiter in self._slot_waiters)
+
+    @property
+    def idle(self) -> int:
+        """Kept connections waiting for a request, still open."""
+        return sum(connection.is_connected() for _, connection in self._idle)
 
     async def request(
         self,
@@ -197,14 +397,12 @@ class UpstreamPool:
         body: Body = None,
         *,
         length: int | None = None,
-    ) -> UpstreamResponse:
-        """Send one request and read its head.
+    ) -> PooledResponse:
+        """Send one request and read its head (see `gateway.transport.UpstreamTransport`).
 
-        `target` is the path and query, already encoded; `headers` are lower-case lines
-        without the body's framing, which is the pool's: `Content-Length` for a `bytes`
-        body (unless empty on a method that has none), for a streamed one when `length` is
-        given, else `Transfer-Encoding: chunked`. A line break inside the target or a header
-        raises `ValueError` before anything is sent.
+        The body's framing is the pool's: `Content-Length` for a `bytes` body (unless empty
+        on a method that has none), for a streamed one when `length` is given, else
+        `Transfer-Encoding: chunked`.
 
         An idle connection may have been closed by the upstream meanwhile. If it fails
         before any answer, the request goes once more on a new connection when its body can
@@ -218,41 +416,29 @@ class UpstreamPool:
             self._free -= 1
         else:
             await self._wait_for_slot()
-        protocol = None
+        connection = None
         try:
-            protocol = self._idle_connection()
-            reused = protocol is not None
-            if protocol is None:
-                protocol = await self._new_connection()
+            connection = self._idle_connection()
+            reused = connection is not None
+            if connection is None:
+                connection = await self._new_connection()
             try:
-                message, payload = await self._exchange(protocol, method, head, body, chunked)
-            except (
-                aiohttp.ClientConnectionResetError,
-                aiohttp.ServerDisconnectedError,
-                aiohttp.ClientOSError,
-            ) as exc:
-                unsent = isinstance(exc, aiohttp.ClientConnectionResetError)
+                response = await self._exchange(connection, method, head, body, chunked)
+            except UpstreamDisconnected as exc:
                 if not (reused and isinstance(body, bytes | None)):
                     raise
-                if not unsent and method not in IDEMPOTENT:
+                if not isinstance(exc, _NotSent) and method not in IDEMPOTENT:
                     raise
-                self._discard(protocol)
-                protocol = await self._new_connection()
-                message, payload = await self._exchange(protocol, method, head, body, chunked)
+                self._discard(connection)
+                connection = await self._new_connection()
+                response = await self._exchange(connection, method, head, body, chunked)
         except BaseException:
-            if protocol is not None:
-                self._discard(protocol)
+            if connection is not None:
+                self._discard(connection)
             self._release_slot()
             raise
-        return UpstreamResponse(
-            self,
-            protocol,
-            message.code,
-            message.headers,
-            message.raw_headers,
-            payload,
-            message.should_close,
-        )
+        response._pool = self
+        return response
 
     async def _wait_for_slot(self) -> None:
         """A slot under the limit, waited for no longer than a connection would be."""
@@ -269,7 +455,7 @@ class UpstreamPool:
                 with contextlib.suppress(ValueError):
                     self._slot_waiters.remove(waiter)
             if isinstance(exc, TimeoutError):
-                raise aiohttp.ConnectionTimeoutError(
+                raise ConnectTimeout(
                     f"no free connection to {self.authority} in {self.connect_timeout}s"
                 ) from None
             raise
@@ -285,48 +471,32 @@ class UpstreamPool:
         self._free += 1
 
     async def _exchange(
-        self, protocol: _Connection, method: str, head: bytes, body: Body, chunked: bool
-    ) -> tuple[RawResponseMessage, aiohttp.StreamReader]:
-        skip_payload = method == "HEAD"
-        if protocol.skips_payload is not skip_payload or protocol.was_paused:
-            # A new connection, or a HEAD after a GET (or back): a parser to match. A kept
-            # connection's parser read its last answer to the end and waits for the next.
-            protocol.set_response_params(
-                auto_decompress=False,
-                skip_payload=skip_payload,
-                # An answer without length or chunks ends when the upstream closes.
-                read_until_eof=True,
-            )
-            protocol.skips_payload = skip_payload
-            protocol.was_paused = False  # a new parser holds nothing back
-        try:
-            transport = protocol.transport
-            if transport is None or transport.is_closing():
-                # Nothing was sent: the caller may send again on another connection.
-                raise aiohttp.ClientConnectionResetError("Cannot write to closing transport")
-            if body is None or (isinstance(body, bytes) and len(body) <= _UNBOUNDED_BODY_BYTES):
-                transport.write(head + body if body else head)  # cannot pause: no wait
-            else:
-                await self._send(protocol, transport, head, body, chunked)
-        except aiohttp.ClientError:
-            raise
-        except ConnectionError as exc:
-            # The upstream dropped the connection while taking the body (aiohttp's drain
-            # raises a bare ConnectionError): a failure of the upstream's, like any other.
-            raise aiohttp.ClientOSError(exc.errno or 0, "connection lost while sending") from exc
-        self._watch(protocol)
-        message, payload = await protocol.read()
-        while 100 <= message.code < 200 and message.code != 101:
-            # An interim answer (100 Continue): the real one follows, and the wait for it
-            # starts again (the interim answer was a read).
-            message, payload = await protocol.read()
-        self._busy[protocol] = payload
-        return message, payload
+        self, connection: _Connection, method: str, head: bytes, body: Body, chunked: bool
+    ) -> PooledResponse:
+        transport = connection.transport
+        if transport is None or not connection.is_connected():
+            # Nothing was sent: the caller may send again on another connection.
+            raise _NotSent("the connection was closed before the request")
+        answer = connection.start(head_only=method == "HEAD")
+        if body is None or (isinstance(body, bytes) and len(body) <= _UNBOUNDED_BODY_BYTES):
+            transport.write(head + body if body else head)  # cannot pause: no wait
+        else:
+            try:
+                await self._send(connection, transport, head, body, chunked)
+            except BaseException:
+                if answer.done() and not answer.cancelled():
+                    answer.exception()  # the send's failure is the one that counts
+                answer.cancel()
+                raise
+        self._watch(connection)
+        response = await answer
+        self._busy[connection] = response
+        return response
 
-    def _watch(self, protocol: _Connection) -> None:
-        """Time `protocol`'s answer out once it has been silent for `read_timeout`."""
-        protocol.last_read = protocol.clock()
-        self._busy[protocol] = None
+    def _watch(self, connection: _Connection) -> None:
+        """Time `connection`'s answer out once it has been silent for `read_timeout`."""
+        connection.last_read = connection.clock()
+        self._busy[connection] = None
         if self._watchdog is None:
             self._arm_watchdog()
 
@@ -335,35 +505,34 @@ class UpstreamPool:
         self._watchdog = loop.call_later(self.read_timeout / 8, self._sweep)
 
     def _sweep(self) -> None:
-        """The watchdog's round: fail the answers silent for `read_timeout`, as aiohttp's
-        own timer does (the request or its body's reader gets `SocketTimeoutError`)."""
+        """The watchdog's round: fail the answers silent for `read_timeout`."""
         self._watchdog = None
         busy = self._busy
         if not busy:
             return
         now = asyncio.get_running_loop().time()
-        for protocol, payload in list(busy.items()):
-            if protocol.paused or (payload is not None and payload.is_eof()):
+        for connection, response in list(busy.items()):
+            if connection.paused or (response is not None and response.eof):
                 continue
-            if now - protocol.last_read >= self.read_timeout:
-                exc = aiohttp.SocketTimeoutError(_TIMEOUT_MESSAGE)
-                protocol.set_exception(exc)  # and it will be closed, not pooled
-                if payload is not None:
-                    payload.set_exception(exc)
-                del busy[protocol]
+            if now - connection.last_read >= self.read_timeout:
+                connection.fail(ReadTimeout(f"no answer from {self.authority} in time"))
+                connection.close()  # and it will not be pooled
+                del busy[connection]
         if busy:
             self._arm_watchdog()
 
-    def _discard(self, protocol: _Connection) -> None:
-        self._busy.pop(protocol, None)
-        protocol.close()
+    def _discard(self, connection: _Connection) -> None:
+        self._busy.pop(connection, None)
+        connection.close()
 
-    def put_back(self, protocol: _Connection, *, reusable: bool) -> None:
-        self._busy.pop(protocol, None)
-        if reusable and not self._closed and protocol.is_connected():
-            self._idle.append((time.monotonic(), protocol))
+    def put_back(self, connection: _Connection, *, reusable: bool) -> None:
+        self._busy.pop(connection, None)
+        if reusable and not self._closed and connection.is_connected():
+            connection.head = None
+            self._idle.append((time.monotonic(), connection))
         else:
-            protocol.close()
+            connection.fail(UpstreamDisconnected("the answer was left unread"))
+            connection.close()
         self._release_slot()
 
     async def close(self) -> None:
@@ -377,26 +546,28 @@ class UpstreamPool:
         idle = self._idle
         oldest = time.monotonic() - self.keepalive_seconds
         while idle:
-            since, protocol = idle.pop()
-            if since > oldest and protocol.is_connected():
-                return protocol
-            protocol.close()
+            since, connection = idle.pop()
+            if since > oldest and connection.is_connected():
+                return connection
+            connection.close()
         return None
 
     async def _new_connection(self) -> _Connection:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.connect_timeout):
-                _, protocol = await loop.create_connection(
+                _, connection = await loop.create_connection(
                     lambda: _Connection(loop), self.host, self.port
                 )
         except TimeoutError:  # before OSError, of which it is a subclass
-            raise aiohttp.ConnectionTimeoutError(
+            raise ConnectTimeout(
                 f"no connection to {self.authority} in {self.connect_timeout}s"
             ) from None
         except OSError as exc:
-            raise aiohttp.ClientOSError(exc.errno, exc.strerror or str(exc)) from exc
-        return protocol
+            raise UpstreamUnreachable(
+                f"no connection to {self.authority}: {exc.strerror or type(exc).__name__}"
+            ) from exc
+        return connection
 
     def _head(
         self,
@@ -427,12 +598,11 @@ class UpstreamPool:
         elif body is not None and length is not None:
             parts += (b"content-length: ", b"%d" % length, b"\r\n")
         parts.append(b"\r\n")
-        head = b"".join(parts)
-        return head
+        return b"".join(parts)
 
     async def _send(
         self,
-        protocol: _Connection,
+        connection: _Connection,
         transport: asyncio.Transport,
         head: bytes,
         body: Body,
@@ -443,12 +613,9 @@ class UpstreamPool:
             transport.write(head + body)
             # Enough to pause the transport: wait for the upstream to take it.
             async with asyncio.timeout(self.read_timeout):
-                await StreamWriter(protocol, asyncio.get_running_loop()).drain()
+                await connection.drain()
             return
         assert body is not None
-        writer = StreamWriter(protocol, asyncio.get_running_loop())
-        if chunked:
-            writer.enable_chunking()
         transport.write(head)
         # A client that stops sending would hold the slot and the connection, and an upstream
         # that stops reading would hold a write once the socket's buffers fill: each wait, for
@@ -464,7 +631,12 @@ class UpstreamPool:
                 raise RequestBodyStalled(
                     f"no part of the request body in {self.read_timeout}s"
                 ) from None
+            if not chunk:
+                continue
+            if connection.lost:
+                raise UpstreamDisconnected("connection lost while sending")
+            transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
             async with asyncio.timeout(self.read_timeout):
-                await writer.write(chunk)
-        async with asyncio.timeout(self.read_timeout):
-            await writer.write_eof()
+                await connection.drain()
+        if chunked:
+            transport.write(b"0\r\n\r\n")

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from prometheus_client import REGISTRY
 
 from gateway.app import create_app
 from gateway.settings import Settings
+from gateway.transport import UpstreamTransport
 from keelson.config import Environment, LogSettings
 from keelson.embedded import free_port
 from keelson.testing import eventually
@@ -100,9 +101,12 @@ def upstreams_config(**urls: str) -> dict[str, Any]:
 
 
 @asynccontextmanager
-async def running_gateway(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
-    """The real gateway app with its lifespan, and an httpx client that calls it in-process."""
-    app = create_app(settings)
+async def running_gateway(
+    settings: Settings, *, transports: Mapping[str, UpstreamTransport] | None = None
+) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    """The real gateway app with its lifespan, and an httpx client that calls it in-process;
+    `transports` as `create_app` takes them."""
+    app = create_app(settings, transports=transports)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as client:

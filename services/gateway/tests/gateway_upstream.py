@@ -110,12 +110,14 @@ class SocketUpstream:
     connections: int = 0
     open_now: int = 0
     most_open: int = 0
+    writers: list[asyncio.StreamWriter] = field(default_factory=list)  # by connection
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         number = self.connections
         self.open_now += 1
         self.most_open = max(self.most_open, self.open_now)
+        self.writers.append(writer)
         try:
             while True:
                 try:

@@ -29,7 +29,7 @@ from gateway.plugins._rate_windows import Call, MemoryWindows
 from gateway.plugins.rate_limiting import RateLimitingPlugin, _Tally
 from gateway.settings import Settings
 from keelson.embedded import free_port
-from keelson.testing import eventually
+from keelson.testing import counted, eventually
 
 
 def limits(**extra: object) -> dict:
@@ -71,6 +71,25 @@ async def test_route_limit_then_429_with_headers(upstream: ServerThread, redis_u
         assert "ratelimit-limit" not in (await client.get("/health/live")).headers
         metrics = (await client.get("/metrics")).text
         assert 'gateway_rate_limit_rejections_total{rule="/api/v1/logs/echo"} 1.0' in metrics
+
+
+@pytest.mark.parametrize("storage", ["redis", "memory"])
+async def test_the_moving_window_strategy_counts_through_limits(
+    upstream: ServerThread, redis_url: str, storage: str
+) -> None:
+    config = limits(strategy="moving-window", storage=storage)
+    settings = settings_for(upstream, redis_url=redis_url, rate_limiting=config)
+    async with running_gateway(settings) as (app, client):
+        remaining = []
+        for _ in range(3):
+            response = await client.get("/api/v1/logs/echo")
+            assert response.status_code == 200
+            remaining.append(int(response.headers["ratelimit-remaining"]))
+        assert remaining == [2, 1, 0]
+        refused = await client.get("/api/v1/logs/echo")
+        assert refused.status_code == 429 and refused.headers["ratelimit-remaining"] == "0"
+        health = await app.state.container.get(RateLimitingPlugin).health()
+        assert health.ok and health.detail.startswith(f"{storage} storage reachable")
 
 
 async def test_clients_are_keyed_by_forwarded_ip(upstream: ServerThread) -> None:
@@ -239,14 +258,13 @@ async def test_a_hit_admitted_ahead_that_the_store_refuses_is_counted_and_the_ne
     async with running_gateway(settings) as (app, client):
         assert (await client.get(ECHO)).headers["ratelimit-remaining"] == "99"
         tally = only_tally(app)
-        overshoot = RATE_LIMIT_OVERSHOOT.labels(ECHO)
-        before = overshoot._value.get()
+        before = counted(RATE_LIMIT_OVERSHOOT, ECHO)
         async with Redis.from_url(redis_url) as store:
             # Another replica spends the rest of the budget (the window as limits keeps it).
             await store.set(tally.window_keys[1], 100, px=120_000)
         response = await client.get(ECHO)  # admitted on the 98 it believes are left
         assert response.status_code == 200 and response.headers["ratelimit-remaining"] == "98"
-        await eventually(lambda: overshoot._value.get() == before + 1)
+        await eventually(lambda: counted(RATE_LIMIT_OVERSHOOT, ECHO) == before + 1)
         refused = await client.get(ECHO)  # this one waits for the store, which refuses it
         assert refused.status_code == 429 and refused.headers["ratelimit-remaining"] == "0"
 
@@ -257,14 +275,13 @@ async def test_a_store_failing_hits_admitted_ahead_makes_the_next_hits_wait(
     settings = ahead(
         upstream, redis_url, "1000/minute", fail_open=False, storage_timeout_seconds=0.2
     )
-    allowed = RATE_LIMIT_STORAGE_ERRORS.labels("allowed")
     async with running_gateway(settings) as (_, client):
         assert (await client.get(ECHO)).status_code == 200
-        before = allowed._value.get()
+        before = counted(RATE_LIMIT_STORAGE_ERRORS, "allowed")
         async with writes_paused(redis_url):
             assert (await client.get(ECHO)).status_code == 200  # admitted ahead
             # Its hit times out in the store: counted as allowed, since it was.
-            await eventually(lambda: allowed._value.get() == before + 1)
+            await eventually(lambda: counted(RATE_LIMIT_STORAGE_ERRORS, "allowed") == before + 1)
             # From now on hits wait for the store, and this gateway fails closed.
             refused = await client.get(ECHO)
             assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
@@ -278,17 +295,15 @@ async def test_concurrent_hits_share_round_trips_yet_count_exactly(
         redis_url=redis_url,
         rate_limiting=limits(rules=[{"path": "/api/v1/logs/echo", "limit": "25/minute"}]),
     )
-    async with running_gateway(settings) as (app, client):
+    async with running_gateway(settings) as (_, client):
         responses = await asyncio.gather(*(client.get("/api/v1/logs/echo") for _ in range(40)))
         statuses = [r.status_code for r in responses]
         assert statuses.count(200) == 25 and statuses.count(429) == 15
-        # A Redis that forgot limits' Lua script (restart, SCRIPT FLUSH) is given it again.
-        plugin = app.state.container.get(RateLimitingPlugin)
-        await plugin.storage.bridge.get_connection().script_flush()
+        # A Redis that forgot the Lua script (restart, SCRIPT FLUSH) is given it again.
+        async with Redis.from_url(redis_url) as store:
+            await store.script_flush()
         other = await client.get("/api/v1/logs/items/1")
         assert other.status_code == 200 and other.headers["ratelimit-limit"] == "100"
-        # Only redis-py is imported for the storage, not every client limits could use.
-        assert set(plugin.storage.dependencies) == {"redis"}
 
 
 async def test_concurrent_hits_in_memory_count_exactly(upstream: ServerThread) -> None:
@@ -324,7 +339,7 @@ async def test_memory_hits_answer_as_limits_own_memory_storage(
     assert seen == {True, False}
     clock[0] += 60  # an idle minute: every counter expired, and the sweep drops them
     ours.hit_now(item.key_for("rule", "other"), item.amount, item.get_expiry())
-    assert set(ours.storage) == {f"{item.key_for('rule', 'other')}/{int(clock[0])}"}
+    assert set(ours.counts) == {f"{item.key_for('rule', 'other')}/{int(clock[0])}"}
 
 
 async def test_one_keys_hits_in_a_batch_share_one_call_and_fall_back_in_order(
@@ -344,7 +359,8 @@ async def test_one_keys_hits_in_a_batch_share_one_call_and_fall_back_in_order(
         busy, quiet = hits.window_keys("busy"), hits.window_keys("quiet")
 
         async def hit(keys: tuple[str, str]) -> bool:
-            return await hits.hit(keys, 25, 60)
+            allowed, _ = await hits.hit(keys, 25, 60)
+            return allowed
 
         # 10 fit: one call with amount=10.
         assert await asyncio.gather(*(hit(busy) for _ in range(10))) == [True] * 10
@@ -360,10 +376,13 @@ async def test_one_keys_hits_in_a_batch_share_one_call_and_fall_back_in_order(
         sent.clear()
         assert await asyncio.gather(*(hit(busy) for _ in range(4))) == [False] * 4
         assert sent == [[(busy, 25, 60, 1)] * 4]
-        # Concurrent reads of one window share one call: limits' read of the counts.
-        windows = await asyncio.gather(*(hits.window(k, 60) for k in [busy] * 5 + [quiet]))
-        assert [w[2] for w in windows] == [25] * 5 + [3]
-        assert len(set(windows[:5])) == 1
+        # Each hit is answered with its window as its call left it: the current counts.
+        answers = await asyncio.gather(*(hits.hit(k, 25, 60) for k in [quiet] * 2 + [busy]))
+        assert [(allowed, window[2]) for allowed, window in answers] == [
+            (True, 5),
+            (True, 5),
+            (False, 25),
+        ]
 
 
 async def test_hits_in_a_round_trip_that_is_cancelled_get_the_storage_error(

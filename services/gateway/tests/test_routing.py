@@ -373,7 +373,7 @@ async def test_a_client_gone_before_its_body_arrived_is_recorded_as_499(
 async def test_a_client_gone_while_the_upstream_answers_is_recorded_as_499(
     size: int, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Under Keelson's server the proxy learns the client left once the upstream answers:
+    """The proxy learns the client left (http.disconnect) once the upstream answers:
     nothing is relayed, and the upstream connection goes back healthy or is closed (a
     half-read one with the rest of its answer still on the wire must not be used again)."""
     answer_now = asyncio.Event()

@@ -48,6 +48,48 @@ async def test_body_checked_against_the_upstream_schema(upstream: ServerThread) 
         assert empty.status_code == 422
 
 
+async def test_a_body_of_a_type_the_operation_does_not_take_is_415(
+    upstream: ServerThread,
+) -> None:
+    async with running_gateway(settings_for(upstream)) as (app, client):
+        await catalog_ready(app, "logs")
+        # The document says POST /items takes JSON only: text/plain is refused here (it
+        # is on the global list), not sent on to become the service's 422.
+        text = await client.post(
+            "/api/v1/logs/items", content=b"name=a", headers={"content-type": "text/plain"}
+        )
+        assert text.status_code == 415
+        assert text.headers["content-type"] == "application/problem+json"
+        assert "application/json" in text.json()["detail"]
+        merge = await client.post(
+            "/api/v1/logs/items",
+            content=b'{"name": "a"}',
+            headers={"content-type": "application/merge-patch+json"},
+        )
+        assert merge.status_code == 415
+        ok = await client.post(
+            "/api/v1/logs/items",
+            content=b'{"name": "a", "count": 1}',
+            headers={"content-type": "application/json; charset=utf-8"},
+        )
+        assert ok.status_code == 201
+        # An operation whose document declares no body still goes by the global list.
+        plain = await client.post(
+            "/api/v1/logs/upload", content=b"abc", headers={"content-type": "text/plain"}
+        )
+        assert plain.status_code == 200
+
+
+async def test_without_upstream_schemas_the_global_list_applies(upstream: ServerThread) -> None:
+    settings = settings_for(upstream, check_upstream_schemas=False)
+    async with running_gateway(settings) as (app, client):
+        await catalog_ready(app, "logs")
+        text = await client.post(
+            "/api/v1/logs/items", content=b"name=a", headers={"content-type": "text/plain"}
+        )
+        assert text.status_code == 422  # the service's own answer
+
+
 async def test_size_type_and_json_shape_limits(upstream: ServerThread) -> None:
     async with running_gateway(settings_for(upstream)) as (_, client):
         too_big = await client.post(

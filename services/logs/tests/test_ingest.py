@@ -13,6 +13,7 @@ import zmq.asyncio
 from logs_testkit import count_of
 
 from keelson.logging import WIRE_ACK, WIRE_VERSION
+from keelson.testing import counted
 from logs_service.ingest import Ingestor
 from logs_service.metrics import REJECTED
 
@@ -56,7 +57,7 @@ async def test_malformed_records_are_dropped_counted_and_logged_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING, logger="logs_service.ingest")
-    before = REJECTED.labels("invalid")._value.get()
+    before = counted(REJECTED, "invalid")
     lines = [wire(service_name, i) for i in range(3)]
     lines += [b"{not json", wire(service_name, 3, level="LOUD"), wire(service_name, 4, id="x")]
     lines.append(wire(service_name, 5, message="x" * 70_000))
@@ -72,7 +73,7 @@ async def test_malformed_records_are_dropped_counted_and_logged_once(
         "oversized": 1,
         "bad_frames": 2,
     }
-    assert REJECTED.labels("invalid")._value.get() - before == 2
+    assert counted(REJECTED, "invalid") - before == 2
     warnings = [r for r in caplog.records if "dropped log records" in r.getMessage()]
     assert len(warnings) == 1  # once per interval, not once per record
 

@@ -11,15 +11,11 @@ from enum import StrEnum
 from typing import Any
 
 from limits import RateLimitItem, parse
-from limits.aio.storage import RedisStorage, Storage
-from limits.aio.strategies import (
-    MovingWindowRateLimiter,
-    RateLimiter,
-    SlidingWindowCounterRateLimiter,
-)
+from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from limits.aio.strategies import MovingWindowRateLimiter
 from limits.errors import StorageError
 from pydantic import BaseModel, Field, field_validator
-from redis.asyncio import ConnectionPool
+from redis.asyncio import ConnectionPool, Redis
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.context import PRINCIPAL, client_ip, state
@@ -30,12 +26,7 @@ from gateway.metrics import (
 )
 from gateway.paths import PathPattern, PerPath
 from gateway.pipeline import GatewayPlugin, plugin_config
-from gateway.plugins._rate_windows import (
-    MemoryWindows,
-    RedisHits,
-    RedisOnlyStorage,
-    window_stats,
-)
+from gateway.plugins._rate_windows import Hit, MemoryWindows, RedisHits, window_stats
 from keelson.config import PluginSettings
 from keelson.http import exchange, problem_response
 from keelson.plugins import Health, PluginMetadata, Priority
@@ -138,8 +129,8 @@ class _AdmittedAhead:
     def done(self) -> bool:
         return False  # answered once per hit
 
-    def set_result(self, allowed: bool) -> None:
-        if not allowed:
+    def set_result(self, hit: Hit) -> None:
+        if not hit[0]:
             # Another replica spent the budget meanwhile: this hit went through uncounted.
             # The client's next hits wait for the store, which re-reads its window.
             RATE_LIMIT_OVERSHOOT.labels(self.rule).inc()
@@ -207,43 +198,48 @@ class RateLimitingPlugin(GatewayPlugin):
         name="rate_limiting",
         priority=Priority.MIDDLEWARE,
         required=False,  # without it the gateway still serves, degraded
-        description="Per-client, per-route limits (limits library; Redis shared by replicas)",
+        description="Per-client, per-route limits (Redis shared by replicas, or in-process)",
     )
 
     async def initialize(self) -> None:
         self.config = plugin_config(RateLimitConfig, self.settings)
         self.rules = _Rules(self.config)
         self._pool: ConnectionPool | None = None
-        self.storage = self._storage()
-        self.limiter: RateLimiter = (
-            MovingWindowRateLimiter(self.storage)
-            if self.config.strategy is Strategy.MOVING_WINDOW
-            else SlidingWindowCounterRateLimiter(self.storage)
-        )
-        sliding = self.config.strategy is Strategy.SLIDING_WINDOW
-        self._memory = self.storage if sliding and isinstance(self.storage, MemoryWindows) else None
-        self._hits = (
-            RedisHits(self.storage, linger=self.config.linger_seconds)
-            if sliding and isinstance(self.storage, RedisStorage)
-            else None
-        )
+        self._redis: Redis | None = None
+        url = self.container.settings.redis_url
+        kind = self.config.storage
+        if kind is StorageKind.REDIS and url is None:
+            raise RuntimeError("rate_limiting storage is redis but KEELSON_REDIS_URL is not set")
+        if kind is not StorageKind.MEMORY and url is not None:
+            timeout = self.config.storage_timeout_seconds
+            self._pool = ConnectionPool.from_url(
+                url, socket_timeout=timeout, socket_connect_timeout=timeout
+            )
+            self._redis = Redis(connection_pool=self._pool)
+        # The sliding window (the default) is counted by our own code (`_rate_windows`);
+        # the moving window by limits' limiter on limits' storage.
+        self._memory: MemoryWindows | None = None
+        self._hits: RedisHits | None = None
+        self.storage: Storage | None = None
+        self.limiter: MovingWindowRateLimiter | None = None
+        if self.config.strategy is Strategy.MOVING_WINDOW:
+            self.storage = self._limits_storage(url)
+            self.limiter = MovingWindowRateLimiter(self.storage)
+        elif self._redis is not None:
+            self._hits = RedisHits(
+                self._redis, key_prefix=self.config.key_prefix, linger=self.config.linger_seconds
+            )
+        else:
+            self._memory = MemoryWindows()
         self._store_failed = False  # since the last hit it answered: every hit waits for it
         self._last_complaint = 0.0
         # In memory the stats cost no round trip: always exact.
         self._refresh = self.config.stats_refresh_seconds if self._pool is not None else 0.0
 
-    def _storage(self) -> Storage:
-        url = self.container.settings.redis_url
-        kind = self.config.storage
-        if kind is StorageKind.REDIS and url is None:
-            raise RuntimeError("rate_limiting storage is redis but KEELSON_REDIS_URL is not set")
-        if kind is StorageKind.MEMORY or url is None:
-            return MemoryWindows()
-        timeout = self.config.storage_timeout_seconds
-        self._pool = ConnectionPool.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout
-        )
-        return RedisOnlyStorage(
+    def _limits_storage(self, url: str | None) -> Storage:
+        if self._pool is None or url is None:
+            return MemoryStorage()
+        return RedisStorage(
             "async+" + url,
             implementation="redispy",
             wrap_exceptions=True,
@@ -258,12 +254,17 @@ class RateLimitingPlugin(GatewayPlugin):
     async def stop(self) -> None:
         if self._hits is not None:
             await self._hits.close()  # the hits admitted ahead of the store, counted
+        if self._redis is not None:
+            await self._redis.aclose()
         if self._pool is not None:
             await self._pool.disconnect()
 
     async def health(self) -> Health:
         try:
-            ok = await self.storage.check()
+            if self._redis is not None:
+                ok = bool(await self._redis.ping())
+            else:
+                ok = self.storage is None or await self.storage.check()
         except Exception:
             ok = False
         mode = "open" if self.config.fail_open else "closed"
@@ -325,26 +326,27 @@ class RateLimitingPlugin(GatewayPlugin):
         For the hits `count_now` does not answer (in memory it answers every one)."""
         item = rule.item
         hits = self._hits
-        tally = rule.tally(client, hits.window_keys if hits is not None else None)
-        if hits is not None and tally.window_keys is not None:
-            allowed = await hits.hit(tally.window_keys, item.amount, rule.expiry)
-        else:
-            allowed = await self.limiter.hit(item, rule.name, client)
-        self._store_failed = False
         now = time.monotonic()
+        if hits is not None:
+            tally = rule.tally(client, hits.window_keys)
+            assert tally.window_keys is not None
+            allowed, window = await hits.hit(tally.window_keys, item.amount, rule.expiry)
+            self._store_failed = False
+            stats = window_stats(item.amount, rule.expiry, *window, time.time())
+            (tally.remaining, tally.reset_at), tally.read_at = stats, now
+            return allowed, tally.remaining, tally.reset_at
+        assert self.limiter is not None
+        tally = rule.tally(client, None)
+        allowed = await self.limiter.hit(item, rule.name, client)
+        self._store_failed = False
         if (
             not allowed
             or now - tally.read_at >= self._refresh
             or tally.remaining <= max(1, item.amount // 10)
         ):
-            if hits is not None and tally.window_keys is not None:
-                expiry = item.get_expiry()
-                window = await hits.window(tally.window_keys, expiry)
-                stats = window_stats(item.amount, expiry, *window, time.time())
-            else:
-                limits_stats = await self.limiter.get_window_stats(item, rule.name, client)
-                stats = limits_stats.remaining, limits_stats.reset_time
-            (tally.remaining, tally.reset_at), tally.read_at = stats, now
+            limits_stats = await self.limiter.get_window_stats(item, rule.name, client)
+            tally.remaining, tally.reset_at = limits_stats.remaining, limits_stats.reset_time
+            tally.read_at = now
         else:
             tally.remaining = max(0, tally.remaining - 1)
         return allowed, tally.remaining, tally.reset_at

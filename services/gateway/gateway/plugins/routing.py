@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
@@ -13,14 +14,17 @@ from gateway.circuit import CircuitState
 from gateway.openapi import OpenApiCatalog
 from gateway.pipeline import GatewayPlugin, plugin_config
 from gateway.proxy import ProxyApp, new_pools, new_session
+from gateway.transport import UpstreamTransport
 from gateway.upstreams import RouteTable, RoutingConfig, Upstream
 from keelson.plugins import Health, Key, PluginMetadata, Priority
 
-__all__ = ["CATALOG", "ROUTE_TABLE", "RoutingPlugin"]
+__all__ = ["CATALOG", "ROUTE_TABLE", "UPSTREAM_TRANSPORTS", "RoutingPlugin"]
 
 CATALOG: Key[OpenApiCatalog] = Key("gateway.openapi_catalog")
 ROUTE_TABLE: Key[RouteTable] = Key("gateway.route_table")
 CIRCUIT_WATCH_SECONDS = 0.5
+# Transports by upstream name that replace its connection pool (an in-process app, in tests).
+UPSTREAM_TRANSPORTS: Key[Mapping[str, UpstreamTransport]] = Key("gateway.upstream_transports")
 
 
 class RoutingPlugin(GatewayPlugin):
@@ -35,7 +39,8 @@ class RoutingPlugin(GatewayPlugin):
         upstreams = {name: Upstream(name, cfg) for name, cfg in self.config.upstreams.items()}
         self.table = RouteTable(upstreams)
         self.session = new_session(self.config)
-        self.pools = new_pools(upstreams, self.config)
+        given = self.container.resolve_optional(UPSTREAM_TRANSPORTS)
+        self.pools = new_pools(upstreams, self.config, given)
         self.catalog = OpenApiCatalog(
             self.table, self._fetch_openapi, refresh_seconds=self.config.openapi_refresh_seconds
         )

@@ -22,7 +22,7 @@ from gateway.context import (
     state,
 )
 from gateway.metrics import VALIDATION_REJECTIONS
-from gateway.openapi import OpenApiCatalog
+from gateway.openapi import OpenApiCatalog, Operation
 from gateway.pipeline import GatewayPlugin, plugin_config
 from gateway.plugins.routing import CATALOG
 from keelson.config import PluginSettings
@@ -188,7 +188,19 @@ class _ValidationLayer:
         if not media_type:
             raise _Rejected(415, "content_type", "A request body needs a Content-Type.")
         is_json = media_type == "application/json" or media_type.endswith("+json")
-        if not is_json and media_type not in self.allowed:
+        operation = self._operation(scope)
+        if operation is not None and operation.media_types is not None:
+            # The upstream's document says what this operation takes; the global list is for
+            # operations without one.
+            if not operation.accepts(media_type):
+                accepted = ", ".join(sorted(operation.media_types))
+                raise _Rejected(
+                    415,
+                    "content_type",
+                    f"Content-Type {media_type} is not accepted here; this operation takes "
+                    f"{accepted}.",
+                )
+        elif not is_json and media_type not in self.allowed:
             raise _Rejected(415, "content_type", f"Content-Type {media_type} is not accepted.")
         limit = self.config.max_json_bytes if is_json else self.config.max_body_bytes
         if length is not None and length > limit:
@@ -216,13 +228,18 @@ class _ValidationLayer:
             )
         return document
 
-    def _check_schema(self, scope: Scope, document: Any, *, absent: bool) -> None:
+    def _operation(self, scope: Scope) -> Operation | None:
+        """The upstream operation the request is for, when its document names it and
+        upstream schemas are checked."""
         if not self.config.check_upstream_schemas:
-            return
+            return None
         match = self.catalog.match(scope)
-        if match is None or match.operation is None:
+        return None if match is None else match.operation
+
+    def _check_schema(self, scope: Scope, document: Any, *, absent: bool) -> None:
+        operation = self._operation(scope)
+        if operation is None:
             return
-        operation = match.operation
         if absent:
             if operation.body_required and operation.body_schema is not None:
                 raise _Rejected(
