@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from auth_service import metrics
 from auth_service.action_tokens import consume_action_token, issue_action_token, issued_within
 from auth_service.audit import AuditAction, audit, emit
 from auth_service.login import record_failure, revoke_access
@@ -68,6 +69,7 @@ async def register_user(
     await audit(db, AuditAction.REGISTERED, actor=str(user.id))
     await _send_token(db, user=user, purpose=TokenPurpose.EMAIL_VERIFICATION, settings=settings)
     await db.commit()
+    metrics.count("registration", "ok")
     return user
 
 

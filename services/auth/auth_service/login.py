@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from auth_service import metrics
 from auth_service.audit import AuditAction, audit, emit
 from auth_service.keyring import KeyRing
 from auth_service.models import RevokeReason, User
@@ -75,7 +76,11 @@ async def log_in(
     """A new session and its first token pair; 401 for any bad credential, 429 when locked."""
     db, passwords, throttle = ctx.db, ctx.passwords, ctx.throttle
     email = normalize_email(email, strict=False)
-    await throttle.check(email=email, ip=ctx.client_ip)
+    try:
+        await throttle.check(email=email, ip=ctx.client_ip)
+    except TooManyRequests:
+        metrics.count("login", "locked")
+        raise
     user = await get_user_by_email(db, email=email)
     if user is None:
         verified = await passwords.verify_dummy(password)
@@ -83,6 +88,7 @@ async def log_in(
         verified = await passwords.verify(user.password_hash, password)
     if not verified or user is None or not user.is_active:
         await record_failure(db, throttle=throttle, email=email, client_ip=ctx.client_ip, user=user)
+        metrics.count("login", "failure")
         raise Unauthorized(_BAD_CREDENTIALS)
     await throttle.record_success(email=email)
     if passwords.needs_rehash(user.password_hash):
@@ -97,6 +103,7 @@ async def log_in(
     await emit(db, UserLoggedIn(user_id=str(user.id), ip=ctx.client_ip, user_agent=ctx.user_agent))
     await audit(db, AuditAction.LOGIN_SUCCEEDED, actor=str(user.id), ip=ctx.client_ip)
     await db.commit()
+    metrics.count("login", "success")
     return pair
 
 
@@ -113,6 +120,7 @@ async def refresh_session(
     spent = await spend_refresh_token(db, token_hash=digest)
     if spent is None:
         await _handle_reuse(db, token_hash=digest, revocations=revocations)
+        metrics.count("refresh", "failure")
         raise Unauthorized(_BAD_REFRESH)
     row = await get_session_row(db, session_id=spent.session_id)
     user = None if row is None else await get_user(db, user_id=row.user_id)
@@ -124,12 +132,14 @@ async def refresh_session(
         or spent.expires_at <= datetime.now(UTC)
     ):
         await db.commit()
+        metrics.count("refresh", "failure")
         raise Unauthorized(_BAD_REFRESH)
     # Roles may have changed since login: scopes are what the session asked for and the
     # current roles still allow.
     scopes = sorted(set(row.scopes) & set(granted_scopes(settings, user.roles, None)))
     pair = await _issue_pair(db, keyring, settings, user=user, session_id=row.id, scopes=scopes)
     await db.commit()
+    metrics.count("refresh", "success")
     return pair
 
 
@@ -193,6 +203,7 @@ async def _handle_reuse(
         session_id=str(known.session_id),
     )
     await db.commit()
+    metrics.count("refresh_reuse", "detected")
     await revoke_access(revocations, revoked)
 
 
@@ -204,6 +215,7 @@ async def record_failure(
     try:
         await throttle.record_failure(email=email, ip=client_ip)
     except TooManyRequests:
+        metrics.count("login", "locked")
         await audit(db, AuditAction.LOGIN_LOCKED, actor=None, target=target, ip=client_ip)
         await db.commit()
         raise
