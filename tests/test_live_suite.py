@@ -1,8 +1,10 @@
-"""A real Prometheus scraping a suite started the `keelson up` way; every dashboard panel
-and every alert expression evaluated through Prometheus' HTTP API after a mixed workload.
+"""The suite started the `keelson up` way, once for this module, met as an operator and a
+newcomer would: a real Prometheus scraping it, every dashboard panel and every alert
+expression evaluated through Prometheus' HTTP API after a mixed workload; and `/docs`
+opened in a headless Chromium that can reach nothing but 127.0.0.1.
 
-Needs Debian's `prometheus` binary (`.ci/run` installs it where apt works); skips, saying
-so, where it is absent.
+Needs Debian's `prometheus`, `chromium` and `chromium-driver` (`.ci/run` installs them
+where apt works); each test skips, saying so, where its tool is absent.
 """
 
 from __future__ import annotations
@@ -102,7 +104,7 @@ def _poll(
 class Stack:
     root: Path
     base_port: int
-    prometheus: str
+    prometheus: str | None
     database_url: str
 
     def url(self, name: str) -> str:
@@ -110,6 +112,7 @@ class Stack:
         return f"http://127.0.0.1:{self.base_port + offset}"
 
     def query(self, expr: str) -> dict[str, Any]:
+        assert self.prometheus is not None
         response = httpx.get(f"{self.prometheus}/api/v1/query", params={"query": expr}, timeout=30)
         body: dict[str, Any] = response.json()
         return body
@@ -129,11 +132,13 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait(10)
 
 
-@pytest.fixture
-def stack(tmp_path: Path, postgres_server_url: str, redis_url: str) -> Iterator[Stack]:
+@pytest.fixture(scope="module")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, postgres_server_url: str, redis_url: str
+) -> Iterator[Stack]:
+    """The suite under `keelson up`, and a Prometheus scraping it where one is installed."""
+    tmp_path = tmp_path_factory.mktemp("suite")
     binary = shutil.which("prometheus")
-    if binary is None:
-        pytest.skip("the `prometheus` binary is not installed (apt-get install prometheus)")
     keys_before = set(redis.Redis.from_url(redis_url).scan_iter(count=1000))
     with fresh_database(postgres_server_url, prefix="keelson_prom") as async_url:
         database_url = make_url(async_url).set(drivername="postgresql")
@@ -170,15 +175,18 @@ def stack(tmp_path: Path, postgres_server_url: str, redis_url: str) -> Iterator[
         }
         (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
         prom_log = tmp_path / "prometheus.log"
-        with prom_log.open("ab") as out:
-            prometheus = subprocess.Popen(
-                [
-                    binary, f"--config.file={tmp_path / 'prometheus.yml'}",
-                    f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                    f"--web.listen-address=127.0.0.1:{prometheus_port}",
-                ],
-                cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
-            )  # fmt: skip
+        prom_log.touch()
+        prometheus: subprocess.Popen[bytes] | None = None
+        if binary is not None:
+            with prom_log.open("ab") as out:
+                prometheus = subprocess.Popen(
+                    [
+                        binary, f"--config.file={tmp_path / 'prometheus.yml'}",
+                        f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                        f"--web.listen-address=127.0.0.1:{prometheus_port}",
+                    ],
+                    cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
+                )  # fmt: skip
         try:
             layout = Layout(tmp_path, tmp_path / ".keelson", base_port=base_port)
 
@@ -187,13 +195,15 @@ def stack(tmp_path: Path, postgres_server_url: str, redis_url: str) -> Iterator[
 
             def ready() -> bool:
                 assert suite.poll() is None, output()
-                assert prometheus.poll() is None, output()
+                assert prometheus is None or prometheus.poll() is None, output()
                 return all(code == 200 for code in readiness(layout).values())
 
             _poll("the suite ready", ready, READY_TIMEOUT, output)
-            yield Stack(tmp_path, base_port, f"http://127.0.0.1:{prometheus_port}", database)
+            scraper = f"http://127.0.0.1:{prometheus_port}" if prometheus is not None else None
+            yield Stack(tmp_path, base_port, scraper, database)
         finally:
-            _stop(prometheus)
+            if prometheus is not None:
+                _stop(prometheus)
             _stop(suite)
     client = redis.Redis.from_url(redis_url)
     left = set(client.scan_iter(count=1000)) - keys_before
@@ -300,6 +310,8 @@ def _substitute(expr: str, service: str | None) -> str:
 
 
 def test_every_dashboard_panel_and_alert_answers_from_a_live_prometheus(stack: Stack) -> None:
+    if stack.prometheus is None:
+        pytest.skip("the `prometheus` binary is not installed (apt-get install prometheus)")
     _drive_workload(stack)
     _wait_for_two_scrapes(stack)
 
@@ -368,3 +380,71 @@ def test_every_dashboard_panel_and_alert_answers_from_a_live_prometheus(stack: S
         return bool(result) and float(result[0]["value"][1]) > 0
 
     _poll("log records ingested and scraped", ingested, 30, lambda: "")
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+# Where the screenshot is kept (git-ignored); KEELSON_TEST_ARTIFACTS moves it.
+ARTIFACTS = Path(os.environ.get("KEELSON_TEST_ARTIFACTS", ROOT / "tests" / "artifacts"))
+
+
+def test_docs_render_every_operation_with_nothing_but_loopback_reachable(stack: Stack) -> None:
+    """Swagger UI at the gateway's /docs, in a browser for which only 127.0.0.1 exists."""
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        pytest.skip("Debian's chromium and chromium-driver are not installed (apt-get install)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    gateway = stack.url("gateway")
+    expected = set(httpx.get(f"{gateway}/openapi.json", timeout=15).json()["paths"])
+    prefixes = {f"/api/v1/{name}" for name in ("auth", "logs")}
+    assert all(any(p.startswith(prefix) for p in expected) for prefix in prefixes)
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",  # root in CI
+        "--disable-dev-shm-usage",
+        "--window-size=1280,2400",
+        # No way out but loopback: every host name but 127.0.0.1 fails to resolve, and
+        # anything not on loopback goes to a proxy on a closed loopback port.
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+        f"--proxy-server=http://127.0.0.1:{free_port()}",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+    ):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    try:
+        driver.set_page_load_timeout(60)
+        driver.get(f"{gateway}/docs")
+
+        def rendered_paths(d: Any) -> set[str]:
+            found = d.execute_script(
+                "return [...document.querySelectorAll('.opblock-summary-path')]"
+                ".map(e => e.getAttribute('data-path'))"
+            )
+            return set(found) if found and set(found) >= expected else set()
+
+        paths = WebDriverWait(driver, 60, poll_frequency=0.25).until(rendered_paths)
+        assert paths == expected
+        # Everything the page loaded came from the gateway, and the world is unreachable.
+        origins = driver.execute_script(
+            "return performance.getEntriesByType('resource').map(e => new URL(e.name).origin)"
+        )
+        assert set(origins) == {gateway}, origins
+        outside = driver.execute_async_script(
+            "const done = arguments[arguments.length - 1];"
+            "fetch('https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css')"
+            ".then(() => done('reached'), () => done('unreachable'));"
+        )
+        assert outside == "unreachable"
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        shot = ARTIFACTS / "docs-swagger-ui.png"
+        assert driver.save_screenshot(str(shot)), shot
+        print(f"screenshot: {shot}")
+    finally:
+        driver.quit()
