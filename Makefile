@@ -54,8 +54,11 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# Coverage of the test process (pytest-cov), with the floor in pyproject.toml's
+# [tool.coverage.report] enforced; then the figures per package.
 test: lint deploy-tools
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest --cov --cov-report= $(PYTEST_ARGS)
+	$(BIN)/python tools/coverage_report.py
 
 bench: install
 	$(BIN)/python bench/run_all.py
