@@ -55,11 +55,13 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# Coverage of the test process (pytest-cov), with the floor in pyproject.toml's
-# [tool.coverage.report] enforced; then the figures per package.
+# Coverage of the test process (pytest-cov), reported per package, and the floor: the
+# total the whole suite reached when it was set (88.1% on 2026-12-06), rounded down.
+# Raise it as coverage grows; never lower it.
+COVERAGE_FLOOR := 88
 test: lint deploy-tools
 	$(BIN)/pytest --cov --cov-report= $(PYTEST_ARGS)
-	$(BIN)/python tools/coverage_report.py
+	$(BIN)/python tools/coverage_report.py --fail-under $(COVERAGE_FLOOR)
 
 bench: install
 	$(BIN)/python bench/run_all.py

@@ -1,14 +1,15 @@
 """Line coverage per package from the data `make test` collected (pytest-cov, `.coverage`).
 
-`python tools/coverage_report.py` prints one row per package of the workspace and the
-total; the floor itself (`fail_under` in pyproject.toml's [tool.coverage.report]) is
-enforced by pytest-cov at the end of the run. Only the test process is measured: code
-that runs in subprocesses (the services `keelson up` starts) counts where a test also
-imports and runs it in process.
+`python tools/coverage_report.py [--fail-under N]` prints one row per package of the
+workspace and the total over the modules the tests imported, and exits 1 when the total
+is below N percent (`make test` passes the Makefile's COVERAGE_FLOOR). Only the test
+process is measured: code that runs in subprocesses (the services `keelson up` starts)
+counts where a test also imports and runs it in process.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -29,6 +30,9 @@ def package_of(path: Path) -> str:
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description="line coverage per package")
+    parser.add_argument("--fail-under", type=float, default=0.0, help="the floor, in percent")
+    args = parser.parse_args()
     data_file = ROOT / ".coverage"
     if not data_file.exists():
         print("no coverage data: run `make test` first", file=sys.stderr)
@@ -51,6 +55,9 @@ def main() -> int:
         print(f"{package:<{width}}  {statements:>10}  {missing:>7}  {cover:>5.1f}%")
     total = 100 * (all_statements - all_missing) / all_statements if all_statements else 100.0
     print(f"{'TOTAL':<{width}}  {all_statements:>10}  {all_missing:>7}  {total:>5.1f}%")
+    if total < args.fail_under:
+        print(f"coverage {total:.1f}% is below the floor of {args.fail_under:g}%", file=sys.stderr)
+        return 1
     return 0
 
 
