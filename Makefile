@@ -71,7 +71,7 @@ bench: install
 # load` reads the same admin settings. Give your own with KEELSON_ADMIN_EMAIL/_PASSWORD.
 LOAD_ENV := KEELSON_CONFIG_DIR=$(CURDIR)/loadtests/profile \
 	KEELSON_ADMIN_EMAIL=$(or $(KEELSON_ADMIN_EMAIL),load-admin@example.com) \
-	KEELSON_ADMIN_PASSWORD=$(or $(KEELSON_ADMIN_PASSWORD),load-admin-password-local-only)
+	KEELSON_ADMIN_PASSWORD=$(or $(KEELSON_ADMIN_PASSWORD),plum-tractors-sing-loudly-locally)
 LOAD_ARGS ?=
 
 up-load: install
