@@ -6,7 +6,7 @@ VENV := $(CURDIR)/.venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: help install deploy-tools up down migrate test test-lowest lint format bench load clean
+.PHONY: help install deploy-tools up up-load down migrate test test-lowest lint format bench load clean
 
 help:
 	@echo "make install   create .venv with every package (uv sync)"
@@ -16,7 +16,8 @@ help:
 	@echo "make test-lowest  every test against each direct dependency's lowest allowed version"
 	@echo "make lint      ruff + mypy"
 	@echo "make bench     run the benchmarks (figures in docs/benchmarks.md)"
-	@echo "make load      headless Locust load test against a running suite"
+	@echo "make up-load   run the suite with the load-test profile (limits lifted, an admin)"
+	@echo "make load      headless Locust run against it; reports in loadtests/reports/"
 
 $(CURDIR)/.keelson/bootstrap/bin/uv:
 	$(PYTHON) -m venv $(CURDIR)/.keelson/bootstrap
@@ -55,8 +56,13 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# Coverage of the test process (pytest-cov), reported per package, and the floor: the
+# total the whole suite reached when it was set (88.1% on 2026-12-06), rounded down.
+# Raise it as coverage grows; never lower it.
+COVERAGE_FLOOR := 88
 test: lint deploy-tools
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest --cov --cov-report= $(PYTEST_ARGS)
+	$(BIN)/python tools/coverage_report.py --fail-under $(COVERAGE_FLOOR)
 
 # The suite against the floors of the version bounds (uv's lowest-direct resolution: each
 # direct dependency at its lowest allowed version), in a copy of the tree with a lock and a
@@ -72,8 +78,19 @@ test-lowest: deploy-tools | $(UV)
 bench: install
 	$(BIN)/python bench/run_all.py
 
+# The load-test profile (loadtests/profile/keelson.yaml: per-client limits lifted but for
+# the rate-limit scenario's rule) and the admin the auth service creates at start; `make
+# load` reads the same admin settings. Give your own with KEELSON_ADMIN_EMAIL/_PASSWORD.
+LOAD_ENV := KEELSON_CONFIG_DIR=$(CURDIR)/loadtests/profile \
+	KEELSON_ADMIN_EMAIL=$(or $(KEELSON_ADMIN_EMAIL),load-admin@example.com) \
+	KEELSON_ADMIN_PASSWORD=$(or $(KEELSON_ADMIN_PASSWORD),plum-tractors-sing-loudly-locally)
+LOAD_ARGS ?=
+
+up-load: install
+	$(LOAD_ENV) $(BIN)/keelson up
+
 load: install
-	$(BIN)/locust -f loadtests/locustfile.py --headless -u 50 -r 10 -t 60s --host http://127.0.0.1:8000
+	$(LOAD_ENV) $(BIN)/python loadtests/run.py $(LOAD_ARGS)
 
 clean:
 	rm -rf .keelson .venv .mypy_cache .ruff_cache .pytest_cache

@@ -1,22 +1,28 @@
-"""Locust scenarios against the gateway (`make load`, or the command below).
+"""Locust scenarios against the gateway. `make load` runs them through loadtests/run.py,
+which provisions the accounts and their tokens before the clock starts, picks a scenario,
+writes the reports and judges the error rate; by hand:
 
     locust -f loadtests/locustfile.py --headless -u 50 -r 10 -t 60s --host http://127.0.0.1:8000
 
-Users: account holders (register, log in, /me, refresh, log out), payers (a payment and
-its refund), operators (an admin querying logs and plugin states) and probes (health).
-What the gateway offers is read from its merged OpenAPI document (again every 30 s): a
-scenario whose endpoint is not there is left out, so the file runs against a suite still
-being built.
-429 answers are the gateway's rate limiter doing its job; they are reported under their
-own name (`... [429]`), not as failures. For a capacity run, start the suite with
-`KEELSON_PLUGINS__RATE_LIMITING__ENABLED=false`.
+Scenarios (user classes; run.py names them): `mixed` = account holders (/me, refresh, log
+out and in), payers (a payment and its refund), operators (an admin querying logs and
+plugin states) and probes (health); `rate-limit` = RateLimitUser, the only one for which a
+429 is an expected answer (reported as `... [429]`, not a failure). Anywhere else a 429 is
+a failure: run the mixed scenario against `make up-load` (loadtests/profile/keelson.yaml
+lifts the per-client limits). What the gateway offers is read from its merged OpenAPI
+document (again every 30 s): a scenario whose endpoint is not there is left out, so the
+file runs against a suite still being built.
 
-Environment: KEELSON_LOAD_ADMIN_EMAIL / KEELSON_LOAD_ADMIN_PASSWORD (an admin account;
-default: deploy/docker-compose.yml's), KEELSON_LOAD_PASSWORD (the users' password).
+Environment: KEELSON_LOAD_ACCOUNTS (a JSON file of provisioned accounts and the admin's
+token, written by run.py; without it each user registers and logs in as it starts),
+KEELSON_LOAD_ADMIN_EMAIL / KEELSON_LOAD_ADMIN_PASSWORD (an admin, when no file names
+one), KEELSON_LOAD_PASSWORD (the users' password).
 """
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
 import threading
 import time
@@ -35,6 +41,7 @@ __all__ = [
     "Api",
     "HealthUser",
     "PaymentUser",
+    "RateLimitUser",
     "discover",
 ]
 
@@ -43,6 +50,28 @@ ADMIN_PASSWORD = os.environ.get(
     "KEELSON_LOAD_ADMIN_PASSWORD", "keelson-compose-operator-pw-change-me"
 )
 USER_PASSWORD = os.environ.get("KEELSON_LOAD_PASSWORD", "load-test-password-0123")
+
+
+def _provisioned() -> dict[str, Any]:
+    """run.py's accounts file: {"accounts": [{email, access_token, refresh_token}], "admin"}."""
+    path = os.environ.get("KEELSON_LOAD_ACCOUNTS")
+    if not path:
+        return {}
+    with open(path) as source:
+        loaded: dict[str, Any] = json.load(source)
+    return loaded
+
+
+_PROVISIONED = _provisioned()
+_accounts = itertools.cycle(_PROVISIONED.get("accounts") or [None])
+_accounts_lock = threading.Lock()
+
+
+def _next_account() -> dict[str, str] | None:
+    with _accounts_lock:
+        account: dict[str, str] | None = next(_accounts)
+        return account
+
 
 AUTH = "/api/v1/auth"
 PAYMENTS = "/api/v1/payments"
@@ -111,13 +140,16 @@ def _gateway_api(user: HttpUser) -> Api:
         return _api
 
 
-def _settle(response: ResponseContextManager, expected: Iterable[int]) -> bool:
-    """Mark the outcome; True when the status was one of `expected`."""
+def _settle(
+    response: ResponseContextManager, expected: Iterable[int], *, limited_ok: bool = False
+) -> bool:
+    """Mark the outcome; True when the status was one of `expected`. A 429 is a failure
+    unless the scenario expects it (`limited_ok`), then counted apart as `... [429]`."""
     status = response.status_code
     if status in expected:
         response.success()
         return True
-    if status == 429:
+    if status == 429 and limited_ok:
         response.request_meta["name"] = f"{response.request_meta['name']} [429]"
         response.success()
         return False
@@ -131,7 +163,8 @@ def _idempotency_key() -> dict[str, str]:
 
 
 class _Authenticated(HttpUser):
-    """A user with a token pair: registers a fresh account, then logs in."""
+    """A user with a token pair: a provisioned account (refreshed, never re-created), or
+    without run.py's file a fresh account it registers and logs in to."""
 
     abstract = True
     access_token: str | None = None
@@ -142,6 +175,12 @@ class _Authenticated(HttpUser):
         return _gateway_api(self)
 
     def on_start(self) -> None:
+        account = _next_account()
+        if account is not None:
+            self.email = account["email"]
+            self.access_token = account["access_token"]
+            self.refresh_token = account["refresh_token"]
+            return
         if not (self.api.has("POST", f"{AUTH}/register") and self.api.has("POST", f"{AUTH}/login")):
             raise StopUser
         self.email = f"load-{uuid.uuid4().hex[:16]}@example.com"
@@ -266,6 +305,10 @@ class AdminUser(HttpUser):
         return _gateway_api(self)
 
     def on_start(self) -> None:
+        admin = _PROVISIONED.get("admin")
+        if admin:
+            self.access_token = admin["access_token"]
+            return
         if not self.api.has("POST", f"{AUTH}/login"):
             raise StopUser
         body = {"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}
@@ -330,3 +373,23 @@ class HealthUser(HttpUser):
     def summary(self) -> None:
         with self.client.get("/health", catch_response=True) as response:
             _settle(response, {200, 503})
+
+
+class RateLimitUser(HttpUser):
+    """The rate-limit scenario: asks for password resets faster than the gateway allows
+    (5 a minute per client under `make up-load`); 429s are the expected answers."""
+
+    weight = 1
+    wait_time = constant_pacing(0.5)
+
+    def on_start(self) -> None:
+        if not _gateway_api(self).has("POST", f"{AUTH}/password-reset/request"):
+            raise StopUser
+
+    @task
+    def ask_for_a_reset(self) -> None:
+        body = {"email": f"nobody-{uuid.uuid4().hex[:12]}@example.com"}
+        with self.client.post(
+            f"{AUTH}/password-reset/request", json=body, catch_response=True
+        ) as response:
+            _settle(response, {202}, limited_ok=True)

@@ -501,9 +501,10 @@ def test_k8s_workloads_are_probed_limited_and_locked_down(overlay: str | None) -
         name = workload["metadata"]["name"]
         pod = workload["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True, name
-        for container in pod["containers"]:
-            for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-                assert probe in container, f"{name}: no {probe}"
+        for container in pod["containers"] + pod.get("initContainers", []):
+            if container in pod["containers"]:
+                for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+                    assert probe in container, f"{name}: no {probe}"
             for bound in ("requests", "limits"):
                 assert set(container["resources"][bound]) >= {"cpu", "memory"}, name
             security = container["securityContext"]
@@ -517,7 +518,7 @@ def test_k8s_has_each_service_with_migration_service_and_budget(
     overlay: str | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     documents = _k8s_documents(overlay)
-    deployments, jobs = _by_kind(documents, "Deployment"), _by_kind(documents, "Job")
+    deployments = _by_kind(documents, "Deployment")
     services, budgets = _by_kind(documents, "Service"), _by_kind(documents, "PodDisruptionBudget")
     config_maps = _config_maps(documents)
     for name, (package, port) in SERVICES.items():
@@ -526,7 +527,7 @@ def test_k8s_has_each_service_with_migration_service_and_budget(
         assert {"name": "http", "containerPort": port, "protocol": "TCP"} in container["ports"]
         assert container["startupProbe"]["httpGet"]["path"] == "/health/live"
         assert container["readinessProbe"]["httpGet"]["path"] == "/health/ready"
-        migration = jobs[f"migrate-{name}"]["spec"]["template"]["spec"]["containers"][0]
+        migration = deployments[name]["spec"]["template"]["spec"]["initContainers"][0]
         assert migration["command"] == ["python", "-m", package, "--migrate-only"]
         assert services[name]["spec"]["ports"][0] == {
             "name": "http", "port": port, "targetPort": "http", "protocol": "TCP"
@@ -552,6 +553,32 @@ def test_k8s_has_each_service_with_migration_service_and_budget(
     assert upstreams == {n: f"http://{n}:{p}" for n, (_, p) in SERVICES.items() if n != "gateway"}
 
 
+def _secret_ref(container: dict[str, Any], variable: str) -> dict[str, Any]:
+    env = next(e for e in container["env"] if e["name"] == variable)
+    ref: dict[str, Any] = env["valueFrom"]["secretKeyRef"]
+    return ref
+
+
+@pytest.mark.parametrize("overlay", [None, *OVERLAYS], ids=["base", *OVERLAYS])
+def test_k8s_no_deployment_serves_before_its_schema_is_migrated(overlay: str | None) -> None:
+    """Each pod migrates in an init container (under the schema's advisory lock, see
+    keelson.db.migration_lock) before its service container starts: nothing serves an old
+    schema, nothing crash-loops waiting for a Job, and no Job has to be deleted to roll."""
+    documents = _k8s_documents(overlay)
+    assert not _by_kind(documents, "Job"), "migrations run in the pods, not in Jobs"
+    for name, (package, _) in SERVICES.items():
+        pod = _by_kind(documents, "Deployment")[name]["spec"]["template"]["spec"]
+        service, init = pod["containers"][0], pod["initContainers"]
+        assert [c["name"] for c in init] == ["migrate"], name
+        migrate = init[0]
+        assert migrate["command"] == ["python", "-m", package, "--migrate-only"]
+        assert migrate["image"] == service["image"], "the migrations of the image it serves"
+        for variable in ("KEELSON_DATABASE_URL", "KEELSON_MASTER_KEY"):
+            assert _secret_ref(migrate, variable) == _secret_ref(service, variable), variable
+        assert migrate["envFrom"] == [{"configMapRef": service["envFrom"][0]["configMapRef"]}]
+        assert "restartPolicy" not in migrate, "a sidecar would not finish before the service"
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_k8s_secret_references_resolve(overlay: str) -> None:
     documents = _k8s_documents(overlay)
@@ -564,7 +591,8 @@ def test_k8s_secret_references_resolve(overlay: str) -> None:
         template = document.get("spec", {}).get("template")
         if template is None:
             continue
-        for container in template["spec"]["containers"]:
+        spec = template["spec"]
+        for container in spec["containers"] + spec.get("initContainers", []):
             for env in container.get("env", []):
                 ref = env.get("valueFrom", {}).get("secretKeyRef")
                 if ref and not ref.get("optional"):

@@ -91,6 +91,87 @@ def _quantiles(selector: str, by: str) -> tuple[Query, ...]:
     )
 
 
+def _business(service: str, event: str, title: str, description: str) -> Panel:
+    """Events per second of one business event by outcome (`keelson.metrics`)."""
+    selector = f'service="{service}"' + (f', event="{event}"' if event else "")
+    by = "outcome" if event else "event, outcome"
+    return Panel(
+        title,
+        (
+            Query(
+                f"sum by ({by}) (rate(business_events_total{{{selector}}}[{_RATE}]))",
+                "{{outcome}}" if event else "{{event}} {{outcome}}",
+            ),
+        ),
+        unit="ops",
+        width=8,
+        description=description,
+    )
+
+
+BUSINESS = Row(
+    "Business",
+    (
+        _business("auth", "registration", "Registrations per second", "Accounts created."),
+        _business(
+            "auth",
+            "login",
+            "Logins per second by outcome",
+            "success, failure (bad credentials), "
+            "locked (refused while the account or address is locked out).",
+        ),
+        _business(
+            "auth",
+            "refresh",
+            "Token refreshes per second by outcome",
+            "success, or failure (unknown, expired, revoked or spent refresh token).",
+        ),
+        Panel(
+            "Refresh-token reuse detected (last hour)",
+            (
+                Query(
+                    'sum(increase(business_events_total{service="auth", '
+                    'event="refresh_reuse"}[1h]))',
+                    "reuse",
+                ),
+            ),
+            kind="stat",
+            width=8,
+            description="A spent refresh token came back: its whole session was revoked.",
+        ),
+        Panel(
+            "Log records ingested and dropped per second",
+            (
+                Query(
+                    f"sum by (source) (rate(logs_records_ingested_total[{_RATE}]))",
+                    "ingested {{source}}",
+                ),
+                Query(
+                    f"sum by (reason) (rate(logs_records_rejected_total[{_RATE}]))",
+                    "dropped {{reason}}",
+                ),
+                Query(f"sum(rate(logs_tail_dropped_total[{_RATE}]))", "missed by live tails"),
+            ),
+            unit="ops",
+            width=8,
+            description="Committed by the log service, and refused or lost on the way in.",
+        ),
+        _business(
+            "payments",
+            "",
+            "Payments per second by event and outcome",
+            "Payment intents by status, refunds, webhook outcomes.",
+        ),
+        _business(
+            "notifications",
+            "",
+            "Notifications per second by event and outcome",
+            "Sent, failed and dead-lettered per channel.",
+        ),
+    ),
+)
+
+
 _SERVICES = 'service=~"$service"'
 
 OVERVIEW = Dashboard(
@@ -189,8 +270,10 @@ OVERVIEW = Dashboard(
                 ),
             ),
         ),
+        BUSINESS,
     ),
 )
+
 
 _ONE = 'service="$service"'
 

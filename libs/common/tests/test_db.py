@@ -1,6 +1,8 @@
 """Each service's schema with its own Alembic version table, on a real PostgreSQL."""
 
 import asyncio
+import os
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,11 +26,13 @@ from keelson.db import (
     configure_field_encryption,
     create_engine,
     migrate,
+    migration_lock,
     reencrypt_column,
 )
 from keelson.embedded import free_port
 from keelson.keys import DecryptionError, KeyManager
 from keelson.plugins import PluginContainer
+from keelson.testing import eventually, fresh_database
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -336,3 +340,51 @@ async def test_readiness_answers_while_requests_hold_every_pooled_connection(
         assert status == "ready", report
     finally:
         await container.stop()
+
+
+def test_migrations_wait_for_the_schema_lock_and_replicas_migrate_one_by_one(
+    postgres_server_url: str,
+) -> None:
+    """Replicas starting at once (init containers) each migrate; the lock orders them."""
+    with fresh_database(postgres_server_url, prefix="keelson_lock") as url:
+        asyncio.run(_migrate_under_the_lock(url))
+
+
+async def _migrate_only(url: str) -> int:
+    """What an init container runs: `python -m auth_service --migrate-only`, a process each."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEELSON_")}
+    env |= {"KEELSON_DATABASE_URL": url, "KEELSON_LOG__SHIP_ENDPOINT": ""}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "auth_service", "--migrate-only", env=env
+    )
+    return await process.wait()
+
+
+async def _migrate_under_the_lock(url: str) -> None:
+    lock = migration_lock("auth")
+    holder = await asyncpg.connect(asyncpg_url(url))
+    try:
+        await holder.execute("SELECT pg_advisory_lock(hashtext($1))", lock)
+        first = asyncio.create_task(_migrate_only(url))
+
+        async def waiting() -> bool:
+            return bool(
+                await holder.fetchval(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+                    " AND NOT granted AND pid <> pg_backend_pid()"
+                )
+            )
+
+        await eventually(waiting, timeout=30, interval=0.05)
+        assert await holder.fetchval("SELECT to_regclass('auth.alembic_version')") is None
+        assert not first.done()
+        await holder.execute("SELECT pg_advisory_unlock(hashtext($1))", lock)
+        assert await asyncio.wait_for(first, 120) == 0
+        # Three more at once: whichever takes the lock first finds head, so do the others.
+        assert await asyncio.gather(*(_migrate_only(url) for _ in range(3))) == [0, 0, 0]
+        version = await holder.fetchval("SELECT version_num FROM auth.alembic_version")
+        assert version.startswith("auth_")
+        held = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = hashtext($1)"
+        assert await holder.fetchval(held, lock) == 0
+    finally:
+        await holder.close()

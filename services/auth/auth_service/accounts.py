@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from auth_service import metrics
 from auth_service.action_tokens import consume_action_token, issue_action_token, issued_within
 from auth_service.audit import AuditAction, audit, emit
 from auth_service.login import record_failure, revoke_access
@@ -88,6 +89,7 @@ async def register_user(
                 db, user=user, purpose=TokenPurpose.EMAIL_VERIFICATION, settings=settings
             )
             await db.commit()
+            metrics.count("registration", "ok")
             return
     if existing is None or not existing.is_active:
         return

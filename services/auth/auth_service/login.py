@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from auth_service import metrics
 from auth_service.audit import AuditAction, audit, emit
 from auth_service.keyring import KeyRing
 from auth_service.models import RefreshToken, RevokeReason, User
@@ -80,7 +81,11 @@ async def log_in(
     """A new session and its first token pair; 401 for any bad credential, 429 when locked."""
     db, passwords, throttle = ctx.db, ctx.passwords, ctx.throttle
     email = normalize_email(email, strict=False)
-    await throttle.check(email=email, ip=ctx.client_ip)
+    try:
+        await throttle.check(email=email, ip=ctx.client_ip)
+    except TooManyRequests:
+        metrics.count("login", "locked")
+        raise
     user = await get_user_by_email(db, email=email)
     if user is None:
         verified = await passwords.verify_dummy(password)
@@ -88,6 +93,7 @@ async def log_in(
         verified = await passwords.verify(user.password_hash, password)
     if not verified or user is None or not user.is_active:
         await record_failure(db, throttle=throttle, email=email, client_ip=ctx.client_ip, user=user)
+        metrics.count("login", "failure")
         raise Unauthorized(_BAD_CREDENTIALS)
     await throttle.record_success(email=email)
     if ctx.settings.require_verified_email and user.email_verified_at is None:
@@ -109,6 +115,7 @@ async def log_in(
     await emit(db, UserLoggedIn(user_id=str(user.id), ip=ctx.client_ip, user_agent=ctx.user_agent))
     await audit(db, AuditAction.LOGIN_SUCCEEDED, actor=str(user.id), ip=ctx.client_ip)
     await db.commit()
+    metrics.count("login", "success")
     return pair
 
 
@@ -129,9 +136,17 @@ async def refresh_session(
     digest = hash_token(refresh_token)
     spent = await spend_refresh_token(db, token_hash=digest)
     if spent is None:
-        return await _answer_spent(
-            db, token_hash=digest, revocations=revocations, settings=settings, successors=successors
-        )
+        try:
+            return await _answer_spent(
+                db,
+                token_hash=digest,
+                revocations=revocations,
+                settings=settings,
+                successors=successors,
+            )
+        except Unauthorized:
+            metrics.count("refresh", "failure")
+            raise
     row = await get_session_row(db, session_id=spent.session_id)
     user = None if row is None else await get_user(db, user_id=row.user_id)
     if (
@@ -142,6 +157,7 @@ async def refresh_session(
         or spent.expires_at <= datetime.now(UTC)
     ):
         await db.commit()
+        metrics.count("refresh", "failure")
         raise Unauthorized(_BAD_REFRESH)
     # Roles may have changed since login: scopes are what the session asked for and the
     # current roles still allow.
@@ -154,6 +170,7 @@ async def refresh_session(
         await keep_successor(db, token_hash=digest, sealed=sealed)
         await forget_successors(db, session_id=row.id, older_than=grace)
     await db.commit()
+    metrics.count("refresh", "success")
     return pair
 
 
@@ -276,6 +293,7 @@ async def _revoke_reused(
         session_id=str(known.session_id),
     )
     await db.commit()
+    metrics.count("refresh_reuse", "detected")
     await revoke_access(revocations, revoked)
 
 
@@ -287,6 +305,7 @@ async def record_failure(
     try:
         await throttle.record_failure(email=email, ip=client_ip)
     except TooManyRequests:
+        metrics.count("login", "locked")
         await audit(db, AuditAction.LOGIN_LOCKED, actor=None, target=target, ip=client_ip)
         await db.commit()
         raise

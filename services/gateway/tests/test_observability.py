@@ -1,3 +1,4 @@
+import re
 import signal
 from pathlib import Path
 
@@ -67,6 +68,13 @@ async def test_openapi_and_docs_merge_the_upstreams(upstream: ServerThread) -> N
         assert ref["application/json"]["schema"]["$ref"] == "#/components/schemas/Item"
         docs = await client.get("/docs")
         assert docs.status_code == 200 and "/openapi.json" in docs.text
+        # Every script and stylesheet the pages name is served by the gateway itself.
+        redoc = await client.get("/redoc")
+        assets = re.findall(r'(?:src|href)="([^"]+)"', docs.text + redoc.text)
+        assert assets and all(url.startswith("/docs/assets/") for url in assets), assets
+        for url in assets:
+            asset = await client.get(url)
+            assert asset.status_code == 200 and len(asset.content) > 1000, url
 
 
 async def test_metrics_per_route_upstream_and_circuit(upstream: ServerThread) -> None:

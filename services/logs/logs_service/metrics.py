@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from logs_service.records import Rejection
+
 __all__ = [
     "BATCH_SECONDS",
     "DUPLICATES",
@@ -25,3 +27,10 @@ BATCH_SECONDS = Histogram(
 )
 QUEUED_BATCHES = Gauge("logs_queued_batches", "Batches waiting for a database writer")
 TAIL_DROPPED = Counter("logs_tail_dropped_total", "Records a slow live-tail client missed")
+
+# Every label value at zero from the start: a rate over them answers 0, not "no data",
+# before the first record (and the dashboards' ingested/dropped panels always have series).
+for _source in ("bus", "zmq"):
+    INGESTED.labels(_source)
+for _reason in Rejection:
+    REJECTED.labels(_reason.value)

@@ -11,7 +11,7 @@ from keelson.db._engine import (
     schema_for,
 )
 from keelson.db._locks import advisory_xact_lock
-from keelson.db._migrations import migrate, run_env, run_migrations_online
+from keelson.db._migrations import migrate, migration_lock, run_env, run_migrations_online
 from keelson.db._outage import DATABASE_RETRY_AFTER, database_unavailable
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "database_unavailable",
     "get_session",
     "migrate",
+    "migration_lock",
     "reencrypt_column",
     "run_env",
     "run_migrations_online",

@@ -14,29 +14,47 @@ from sqlalchemy.schema import MetaData
 
 from keelson.db._engine import async_url
 
-__all__ = ["migrate", "run_env", "run_migrations_online"]
+__all__ = ["migrate", "migration_lock", "run_env", "run_migrations_online"]
 
 # Alembic is imported inside each function: a running service never migrates, and the
 # import (Alembic, Mako, Pygments, every SQLAlchemy dialect) costs it about 12 MB.
 
 
+def migration_lock(schema: str) -> str:
+    """The name of the advisory lock a schema's migrations run under (`hashtext` of it)."""
+    return f"keelson.migrations.{schema}"
+
+
 def run_migrations_online(connection: Connection, *, metadata: MetaData, schema: str) -> None:
-    """Called from a service's `migrations/env.py`: the schema and its own version table."""
+    """Called from a service's `migrations/env.py`: the schema and its own version table.
+
+    The whole upgrade runs under a session-level advisory lock named for the schema, so
+    replicas that start at once (Kubernetes init containers) migrate one after another:
+    the first upgrades, the others wait, then find the schema at head and do nothing.
+    """
     from alembic import context
 
-    quoted = connection.dialect.identifier_preparer.quote_identifier(schema)
-    connection.execute(text(f"CREATE SCHEMA IF NOT EXISTS {quoted}"))
-    connection.execute(text(f"SET search_path TO {quoted}, public"))
+    lock = {"lock": migration_lock(schema)}
+    connection.execute(text("SELECT pg_advisory_lock(hashtext(:lock))"), lock)
     connection.commit()
-    context.configure(
-        connection=connection,
-        target_metadata=metadata,
-        version_table_schema=schema,
-        include_schemas=False,
-        compare_type=True,
-    )
-    with context.begin_transaction():
-        context.run_migrations()
+    try:
+        quoted = connection.dialect.identifier_preparer.quote_identifier(schema)
+        connection.execute(text(f"CREATE SCHEMA IF NOT EXISTS {quoted}"))
+        connection.execute(text(f"SET search_path TO {quoted}, public"))
+        connection.commit()
+        context.configure(
+            connection=connection,
+            target_metadata=metadata,
+            version_table_schema=schema,
+            include_schemas=False,
+            compare_type=True,
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+    finally:
+        connection.rollback()  # leaves a failed transaction, so that the unlock can run
+        connection.execute(text("SELECT pg_advisory_unlock(hashtext(:lock))"), lock)
+        connection.commit()
 
 
 def run_env(*, metadata: MetaData, schema: str) -> None:

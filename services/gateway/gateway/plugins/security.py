@@ -206,7 +206,7 @@ class _SecurityLayer:
                 f"max-age={config.hsts_max_age_seconds}; includeSubDomains".encode()
             )
         self.headers = headers
-        # Swagger UI needs scripts from a CDN: /docs keeps the CSP Keelson's app gives it.
+        # /docs and /redoc keep the CSP Keelson's app gives them (their own assets only).
         self.docs_headers = {k: v for k, v in headers.items() if k != b"content-security-policy"}
         self.cors = _Cors(config.cors)
 
