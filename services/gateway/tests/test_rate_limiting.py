@@ -18,6 +18,7 @@ from gateway_testkit import (
     upstreams_config,
     write_config,
 )
+from gateway_upstream import TokenMint
 from limits import parse
 from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
@@ -401,3 +402,35 @@ async def test_hits_in_a_round_trip_that_is_cancelled_get_the_storage_error(
             hits.sender.cancel()  # as at shutdown
             with pytest.raises(StorageError):
                 await asyncio.wait_for(waiting, 10)
+
+
+@pytest.mark.parametrize(("per", "fresh_budget"), [("address", False), ("caller", True)])
+async def test_login_like_rules_count_by_address_whatever_token_is_sent(
+    upstream: ServerThread,
+    auth_upstream: ServerThread,
+    mint: TokenMint,
+    per: str,
+    fresh_budget: bool,
+) -> None:
+    rule = {"path": "/api/v1/logs/echo", "methods": ["GET"], "limit": "3/minute", "per": per}
+    settings = gateway_settings(
+        routing=upstreams_config(logs=upstream.url, auth=auth_upstream.url),
+        security={"default_policy": "public"},
+        rate_limiting=limits(storage="memory", rules=[rule]),
+    )
+    async with running_gateway(settings) as (_, client):
+        for _ in range(3):
+            assert (await client.get("/api/v1/logs/echo")).status_code == 200
+        # A signed-in caller from the same address: a budget of its own only per caller.
+        someone = {"Authorization": f"Bearer {mint.mint(roles=('user',))}"}
+        answer = await client.get("/api/v1/logs/echo", headers=someone)
+    assert (answer.status_code == 200) is fresh_budget
+
+
+def test_the_token_endpoint_is_limited_like_login() -> None:
+    from gateway.plugins.rate_limiting import RateLimitConfig
+
+    rules = {rule.path: rule for rule in RateLimitConfig().rules}
+    assert rules["/api/v1/auth/token"].limit == rules["/api/v1/auth/login"].limit
+    for path in ("/api/v1/auth/login", "/api/v1/auth/token", "/api/v1/auth/register"):
+        assert rules[path].per == "address"

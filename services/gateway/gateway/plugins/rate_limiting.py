@@ -8,7 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from limits import RateLimitItem, parse
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
@@ -48,11 +48,18 @@ class StorageKind(StrEnum):
 
 
 class RateRule(BaseModel):
-    """`path` is exact, or a prefix when it ends with `*`; no `methods` means all."""
+    """`path` is exact, or a prefix when it ends with `*`; no `methods` means all.
+
+    `per`: `caller` counts a signed-in caller by user and anyone else by address;
+    `address` always counts by the client's address, whatever token is sent. Login-like
+    routes use `address`: keyed by the account a token names, every account holder would
+    get a fresh budget of password guesses against anyone.
+    """
 
     path: str
     limit: str
     methods: list[str] = []
+    per: Literal["caller", "address"] = "caller"
 
     @field_validator("limit")
     @classmethod
@@ -69,9 +76,16 @@ class RateRule(BaseModel):
 class RateLimitConfig(BaseModel):
     default: str | None = "600/minute"
     rules: list[RateRule] = [
-        RateRule(path="/api/v1/auth/login", methods=["POST"], limit="10/minute"),
-        RateRule(path="/api/v1/auth/register", methods=["POST"], limit="10/minute"),
-        RateRule(path="/api/v1/auth/password-reset*", methods=["POST"], limit="5/minute"),
+        RateRule(path="/api/v1/auth/login", methods=["POST"], limit="10/minute", per="address"),
+        # The OAuth2 token endpoint logs in too (password grant).
+        RateRule(path="/api/v1/auth/token", methods=["POST"], limit="10/minute", per="address"),
+        RateRule(path="/api/v1/auth/register", methods=["POST"], limit="10/minute", per="address"),
+        RateRule(
+            path="/api/v1/auth/password-reset*", methods=["POST"], limit="5/minute", per="address"
+        ),
+        RateRule(
+            path="/api/v1/auth/verify-email*", methods=["POST"], limit="10/minute", per="address"
+        ),
         RateRule(path="/api/v1/handshake", methods=["POST"], limit="30/minute"),
     ]
     exempt: list[str] = ["/health", "/metrics"]
@@ -146,6 +160,7 @@ class _Rule:
     item: RateLimitItem
     pattern: PathPattern
     margin: int = 0  # admitted ahead of the store only while more than this many are left
+    by_address: bool = False  # counted by the client's address even for a signed-in caller
     tallies: dict[str, _Tally] = field(default_factory=dict)  # by client
     limit_header: tuple[bytes, bytes] = field(init=False)
     expiry: int = field(init=False)
@@ -173,7 +188,13 @@ class _Rules:
     def __init__(self, config: RateLimitConfig) -> None:
         margin = config.admit_ahead_above
         self.rules = [
-            _Rule(r.path, parse(r.limit), PathPattern.parse(r.path, r.methods), margin)
+            _Rule(
+                r.path,
+                parse(r.limit),
+                PathPattern.parse(r.path, r.methods),
+                margin,
+                by_address=r.per == "address",
+            )
             for r in config.rules
         ]
         self.default = (
@@ -383,7 +404,7 @@ class _RateLimitLayer:
         principal: Any = state(scope).get(PRINCIPAL)
         client = (
             f"user:{principal.user_id}"
-            if principal is not None
+            if principal is not None and not rule.by_address
             else ("ip:" + client_ip(scope, self.hops))
         )
         answer = plugin.count_now(rule, client)
