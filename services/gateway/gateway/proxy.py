@@ -76,6 +76,7 @@ _DROP_REQUEST = _HOP_BY_HOP | {
 # The gateway's server adds its own Date and X-Request-ID; second ones would be duplicates.
 _DROP_RESPONSE = _HOP_BY_HOP | {b"server", b"date", b"x-request-id"}
 _INTERNAL_PREFIX = b"x-keelson-"
+_LOCATIONS = frozenset({b"location", b"content-location"})
 _RETRY_STATUS = frozenset({502, 503})
 _FAILURE_STATUS = frozenset({502, 503, 504})
 
@@ -246,7 +247,7 @@ class ProxyApp:
                     # closes the connection unless all of the answer has already arrived.
                     exchange(scope).status = CLIENT_CLOSED_REQUEST
                     return
-                await self._relay(response, scope, send, gone)
+                await self._relay(response, scope, send, gone, upstream)
                 return
             finally:
                 response.release()
@@ -333,6 +334,7 @@ class ProxyApp:
         scope: Scope,
         send: Send,
         gone: _Disconnect,
+        upstream: Upstream,
     ) -> None:
         headers: list[tuple[bytes, bytes]] = []
         connection = None
@@ -342,6 +344,8 @@ class ProxyApp:
                 if name == b"connection":
                     connection = value
                 continue
+            if name in _LOCATIONS:
+                value = _public_location(value, upstream.origin)
             headers.append((name, value))
         if connection is not None:
             # Headers the upstream named in Connection are hop-by-hop too.
@@ -365,6 +369,21 @@ class ProxyApp:
                 return
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
+
+
+def _public_location(value: bytes, origin: bytes) -> bytes:
+    """`value` without the upstream's origin: a reference on the gateway's own origin.
+
+    A redirect to `http://127.0.0.1:8001/...` would send the client to an address it
+    cannot reach, and tell it where the upstream lives. The reference is made relative
+    rather than rebuilt from the request's Host header, which the client chose.
+    """
+    if value[: len(origin)].lower() != origin:
+        return value
+    rest = value[len(origin) :]
+    if not rest:
+        return b"/"
+    return rest if rest[:1] in (b"/", b"?", b"#") else value
 
 
 class _Disconnect:

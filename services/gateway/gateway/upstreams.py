@@ -91,6 +91,12 @@ class Upstream:
     config: UpstreamConfig
     breaker: CircuitBreaker = field(init=False)
 
+    @property
+    def origin(self) -> bytes:
+        """`scheme://host[:port]` of the upstream, lower case, as it appears in its answers."""
+        scheme, _, rest = self.config.url.partition("://")
+        return f"{scheme}://{rest.split('/', 1)[0]}".lower().encode()
+
     def __post_init__(self) -> None:
         gauge = CIRCUIT_STATE.labels(self.name)
         gauge.set(0)

@@ -465,3 +465,41 @@ async def test_a_client_gone_during_a_streamed_answer_stops_the_relay(
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_redirects_to_the_upstream_point_at_the_gateway_instead() -> None:
+    from fastapi import FastAPI, Request
+    from fastapi.responses import RedirectResponse, Response
+
+    app = FastAPI()
+
+    @app.get("/api/v1/logs/items")  # FastAPI redirects "/api/v1/logs/items/" here, absolute
+    async def items() -> dict[str, list[int]]:
+        return {"items": []}
+
+    @app.get("/api/v1/logs/moved")
+    async def moved(request: Request) -> Response:
+        answer = RedirectResponse(str(request.url_for("items")) + "?page=2", status_code=307)
+        answer.headers["content-location"] = str(request.base_url) + "api/v1/logs/here"
+        return answer
+
+    @app.get("/api/v1/logs/elsewhere")
+    async def elsewhere() -> Response:
+        return RedirectResponse("https://example.org/docs", status_code=302)
+
+    server = ServerThread(app).start()
+    try:
+        config = upstreams_config(logs=server.url)
+        async with running_gateway(gateway_settings(routing=config)) as (_, client):
+            slash = await client.get("/api/v1/logs/items/")
+            assert slash.status_code == 307
+            assert slash.headers["location"] == "/api/v1/logs/items"
+            moved_answer = await client.get("/api/v1/logs/moved")
+            assert moved_answer.headers["location"] == "/api/v1/logs/items?page=2"
+            assert moved_answer.headers["content-location"] == "/api/v1/logs/here"
+            away = await client.get("/api/v1/logs/elsewhere")
+            assert away.headers["location"] == "https://example.org/docs"
+            for answer in (slash, moved_answer):
+                assert server.url.split("://")[1] not in str(answer.headers)
+    finally:
+        server.stop()
