@@ -192,8 +192,11 @@ class ServiceMiddleware:
             await self.app(scope, receive, send)
             return
         request_id = trace_id = None
+        hosts = 0
         for name, value in scope["headers"]:
-            if name == b"x-request-id":
+            if name == b"host":
+                hosts += 1
+            elif name == b"x-request-id":
                 candidate = value.decode("latin-1")
                 if _REQUEST_ID.match(candidate):
                     request_id = candidate
@@ -242,7 +245,13 @@ class ServiceMiddleware:
         uid_token = user_id_var.set(None)
         started = time.perf_counter()
         try:
-            await self.app(scope, receive, send_decorated)
+            # RFC 9112, 3.2: an HTTP/1.1 request without a Host, or any with two, is a 400.
+            if hosts > 1 or (hosts == 0 and scope.get("http_version") == "1.1"):
+                await problem_response(
+                    400, "Bad Request", "A request needs exactly one Host header.", instance=path
+                )(scope, receive, send_decorated)
+            else:
+                await self.app(scope, receive, send_decorated)
         except Exception as exc:
             if ex.started:
                 raise

@@ -319,3 +319,27 @@ def test_express_lane_serves_under_keelson_middleware_only() -> None:
         assert httpx.get(server.url + "/health/live").status_code == 200
         metrics = httpx.get(server.url + "/metrics").text
         assert 'route="unmatched",service="demo",status="500"' in metrics
+
+
+@pytest.mark.parametrize(
+    ("head", "status"),
+    [
+        (b"GET /health/live HTTP/1.1\r\nConnection: close\r\n\r\n", 400),
+        (b"GET /health/live HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n", 400),
+        (b"GET /health/live HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", 200),
+        (b"GET /health/live HTTP/1.0\r\n\r\n", 200),  # HTTP/1.0 needs no Host
+    ],
+    ids=["missing", "twice", "once", "http/1.0"],
+)
+def test_an_http_11_request_needs_exactly_one_host(head: bytes, status: int) -> None:
+    settings = KeelsonSettings(service="demo", log=LogSettings(ship_endpoint=None))
+    app = create_app(settings, container=PluginContainer(settings))
+    with LiveServer(app) as server, socket.create_connection(("127.0.0.1", server.port)) as raw:
+        raw.sendall(head)
+        answer = b""
+        while chunk := raw.recv(65536):
+            answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert int(status_line.split()[1]) == status, answer
+    if status == 400:
+        assert b"content-type: application/problem+json" in rest.lower()
