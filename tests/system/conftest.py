@@ -36,6 +36,7 @@ class RunningSuite:
     zmq_base_port: int
     output: Path
     process: subprocess.Popen[bytes]
+    _admin: dict[str, str] | None = None
 
     def url(self, name: str) -> str:
         offset = next(s.port_offset for s in SERVICES if s.name == name)
@@ -74,7 +75,10 @@ class RunningSuite:
         return me.json()["id"], bearer
 
     def admin(self) -> dict[str, str]:
-        return self.login(ADMIN_EMAIL, ADMIN_PASSWORD)
+        """The admin's bearer header, logged in once (login budgets are per address)."""
+        if self._admin is None:
+            self._admin = self.login(ADMIN_EMAIL, ADMIN_PASSWORD)
+        return self._admin
 
 
 def _ready(layout: Layout) -> bool:
