@@ -19,7 +19,7 @@ import pytest
 
 from keelson.db import migrate
 from keelson.embedded import free_port
-from keelson.testing import ServiceProcess
+from keelson.testing import ServiceProcess, removing_new_redis_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 PASSWORD = "plum tractors sing quietly"
@@ -67,13 +67,15 @@ async def services(
         },
     )
     running = {"a": a, "b": b, "gateway": gateway}
-    try:
-        for process in running.values():
-            await process.wait_for("/health/ready")
-        yield running
-    finally:
-        for process in running.values():
-            process.stop()
+    # The lockouts these tests cause (127.0.0.1's among them) must not outlive them.
+    with removing_new_redis_keys(redis_url):
+        try:
+            for process in running.values():
+                await process.wait_for("/health/ready")
+            yield running
+        finally:
+            for process in running.values():
+                process.stop()
 
 
 def client_from(address: str, base_url: str) -> httpx.AsyncClient:

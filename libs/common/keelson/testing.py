@@ -40,6 +40,7 @@ __all__ = [
     "make_settings",
     "postgres_server_url",
     "redis_url",
+    "removing_new_redis_keys",
     "test_database_url",
 ]
 
@@ -250,6 +251,24 @@ def redis_url() -> Iterator[str]:
     finally:
         if process is not None:
             EmbeddedValkey.stop(process)
+
+
+@contextmanager
+def removing_new_redis_keys(url: str) -> Iterator[None]:
+    """On leaving, delete the keys made in Redis meanwhile: login throttles and lockouts,
+    streams, counters of the processes a test ran, which would otherwise reach the tests
+    after it on the same database (a locked-out 127.0.0.1, say)."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    before = set(client.scan_iter(count=1000))
+    try:
+        yield
+    finally:
+        made = set(client.scan_iter(count=1000)) - before
+        if made:
+            client.delete(*made)
+        client.close()
 
 
 def make_settings(cls: type[KeelsonSettings] = KeelsonSettings, **values: Any) -> KeelsonSettings:
