@@ -4,6 +4,7 @@ auth, payments and the gateway run as real processes (`python -m <pkg>`) on free
 over a database of their own.
 """
 
+import asyncio
 import csv
 import json
 import signal
@@ -39,6 +40,14 @@ def flow_database(postgres_server_url: str) -> Iterator[str]:
     with fresh_database(postgres_server_url, prefix="keelson_payflow") as url:
         for service, package in (("auth", "auth_service"), ("payments", "payments_service")):
             migrate(ROOT / "services" / service / package / "migrations", url)
+        yield url
+
+
+@pytest.fixture
+def crash_database(postgres_server_url: str) -> Iterator[str]:
+    """A database of its own: the module's running suite would relay its outbox rows."""
+    with fresh_database(postgres_server_url, prefix="keelson_paycrash") as url:
+        migrate(ROOT / "services" / "payments" / "payments_service" / "migrations", url)
         yield url
 
 
@@ -168,8 +177,9 @@ def admin_identity() -> dict[str, str]:
 
 
 async def test_an_event_committed_before_a_crash_reaches_the_bus(
-    flow_database: str, redis_url: str, tmp_path: Path
+    crash_database: str, redis_url: str, tmp_path: Path
 ) -> None:
+    flow_database = crash_database
     # The first process commits the payment but never relays (its relay is off, as if it
     # died right after the commit), and is then killed.
     first = payments_process(tmp_path, flow_database, redis_url, outbox_relay={"enabled": False})
@@ -229,6 +239,13 @@ async def test_an_event_committed_before_a_crash_reaches_the_bus(
 
 
 def test_the_locust_payment_scenario_runs_clean(suite: str, tmp_path: Path) -> None:
+    # Locust reads what the gateway offers from its merged document once at the start: wait
+    # until that document holds the payments service's operations (fetched after it starts).
+    def offers_payments() -> bool:
+        document = httpx.get(f"{suite}/openapi.json", timeout=10).json()
+        return "/api/v1/payments/intents" in document.get("paths", {})
+
+    asyncio.run(eventually(offers_payments, timeout=60, interval=0.2))
     locust = Path(sys.executable).parent / "locust"
     result = subprocess.run(
         [
