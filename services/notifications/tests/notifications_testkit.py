@@ -1,0 +1,111 @@
+"""A real SMTP server (aiosmtpd) for tests: keeps what it accepts, answers as told."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import threading
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from email.message import EmailMessage
+from typing import Any
+
+from aiosmtpd.controller import Controller
+
+from keelson.auth import Principal, identity_key, sign_identity, verify_identity_headers
+from keelson.embedded import free_port
+from keelson.keys import KeyManager
+from notifications_service.settings import Settings
+
+USER_SCOPES = frozenset({"profile:read", "notifications:send"})
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    message: EmailMessage
+
+    @property
+    def message_id(self) -> str:
+        return str(self.message["Message-ID"])
+
+    def text(self) -> str:
+        part = self.message.get_body(preferencelist=("plain",))
+        assert part is not None
+        return str(part.get_content())
+
+    def html(self) -> str | None:
+        part = self.message.get_body(preferencelist=("html",))
+        return None if part is None else str(part.get_content())
+
+
+class _Handler:
+    def __init__(self, sink: SmtpSink) -> None:
+        self.sink = sink
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        with self.sink.lock:
+            if self.sink.replies:
+                return self.sink.replies.popleft()
+            if self.sink.always is not None:
+                return self.sink.always
+            parsed = email.message_from_bytes(envelope.content, policy=email.policy.default)
+            assert isinstance(parsed, EmailMessage)
+            self.sink.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos), parsed))
+        return "250 OK"
+
+
+class SmtpSink:
+    """`replies` are answered to the next DATA commands instead of accepting; `always` to all."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.received: list[Received] = []
+        self.replies: deque[str] = deque()
+        self.always: str | None = None
+        self.lock = threading.Lock()
+        self.controller = Controller(_Handler(self), hostname="127.0.0.1", port=self.port)
+
+    def start(self) -> SmtpSink:
+        self.controller.start()
+        return self
+
+    def stop(self) -> None:
+        self.controller.stop()
+
+    def to(self, address: str) -> list[Received]:
+        with self.lock:
+            return [r for r in self.received if address in r.rcpt_tos]
+
+
+def caller(
+    user_id: str | None = None,
+    *,
+    roles: tuple[str, ...] = ("user",),
+    scopes: frozenset[str] = USER_SCOPES,
+) -> dict[str, str]:
+    """Headers the gateway would forward for this user, signed with the shared identity key."""
+    principal = Principal(
+        user_id=user_id or str(uuid.uuid4()), roles=frozenset(roles), scopes=scopes
+    )
+    return sign_identity(
+        principal, identity_key(KeyManager(Settings().master_key.get_secret_value()))
+    )
+
+
+def user_of(headers: dict[str, str]) -> str:
+    """The user id a `caller()` header names."""
+    key = identity_key(KeyManager(Settings().master_key.get_secret_value()))
+    principal = verify_identity_headers(headers, key)
+    assert principal is not None
+    return principal.user_id
+
+
+def admin() -> dict[str, str]:
+    return caller(roles=("user", "admin"))
+
+
+def new_email(prefix: str = "user") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}@example.com"
