@@ -16,6 +16,7 @@ from auth_service.settings import AuthSettings
 from auth_service.throttle import LoginThrottle
 from keelson.auth import REVOCATIONS, CurrentUser, Principal, RevocationList, require_role
 from keelson.db import get_session
+from keelson.keys import KeyManager
 from keelson.plugins import Key, PluginContainer
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "CurrentUser",
     "Keys",
     "Login",
+    "MasterKeys",
     "Passwords",
     "Revocations",
     "SessionDep",
@@ -51,6 +53,10 @@ def _auth_settings(request: Request) -> AuthSettings:
     return settings
 
 
+def _key_manager(request: Request) -> KeyManager:
+    return KeyManager.from_settings(request.app.state.settings)
+
+
 def _client_ip(request: Request) -> str:
     # uvicorn has already replaced this with X-Forwarded-For when the peer is a trusted
     # proxy (--forwarded-allow-ips), so behind the gateway it is the real client.
@@ -69,6 +75,8 @@ def no_store(response: Response) -> None:
 
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 Keys = Annotated[KeyRing, Depends(_provided(KEYRING))]
+# The master key's derivations (sealing emailed tokens for the notifications service).
+MasterKeys = Annotated[KeyManager, Depends(_key_manager)]
 Passwords = Annotated[PasswordHashing, Depends(_provided(PASSWORDS))]
 Throttle = Annotated[LoginThrottle, Depends(_provided(LOGIN_THROTTLE))]
 Revocations = Annotated[RevocationList, Depends(_provided(REVOCATIONS))]

@@ -9,6 +9,7 @@ from auth_service.deps import (
     AuthConfig,
     ClientIP,
     CurrentUser,
+    MasterKeys,
     Passwords,
     Revocations,
     SessionDep,
@@ -23,7 +24,11 @@ router = APIRouter(prefix="/api/v1/auth", tags=["accounts"])
 
 @router.post("/register", status_code=status.HTTP_201_CREATED)
 async def register_account(
-    body: RegisterRequest, db: SessionDep, passwords: Passwords, settings: AuthConfig
+    body: RegisterRequest,
+    db: SessionDep,
+    passwords: Passwords,
+    settings: AuthConfig,
+    keys: MasterKeys,
 ) -> UserPublic:
     user = await register_user(
         db,
@@ -32,6 +37,7 @@ async def register_account(
         name=body.name,
         passwords=passwords,
         settings=settings,
+        keys=keys,
     )
     return UserPublic.of(user)
 
