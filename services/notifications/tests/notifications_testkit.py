@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import threading
@@ -46,6 +47,8 @@ class _Handler:
         self.sink = sink
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.sink.delay:
+            await asyncio.sleep(self.sink.delay)  # a slow server, not a synchronisation
         with self.sink.lock:
             if self.sink.replies:
                 return self.sink.replies.popleft()
@@ -65,6 +68,7 @@ class SmtpSink:
         self.received: list[Received] = []
         self.replies: deque[str] = deque()
         self.always: str | None = None
+        self.delay = 0.0
         self.lock = threading.Lock()
         self.controller = Controller(_Handler(self), hostname="127.0.0.1", port=self.port)
 
