@@ -134,3 +134,9 @@ def known_user(engine: AsyncEngine) -> Callable[..., Any]:
         return headers, address
 
     return make
+
+
+@pytest.fixture
+def serve() -> Callable[..., Any]:
+    """`async with serve(app) as client`: a separately configured app, lifespan included."""
+    return running

@@ -113,3 +113,64 @@ def admin() -> dict[str, str]:
 
 def new_email(prefix: str = "user") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}@example.com"
+
+
+Answer = tuple[int, dict[str, str], bytes]
+
+
+async def settled(client: Any, notification_id: str, headers: dict[str, str]) -> Any:
+    """The notification once it is no longer waiting to be sent (bounded poll)."""
+    from keelson.testing import eventually
+
+    async def done() -> Any:
+        response = await client.get(f"/api/v1/notifications/{notification_id}", headers=headers)
+        body = response.json()
+        return body if body["status"] not in ("pending", "sending") else None
+
+    return await eventually(done, timeout=20)
+
+
+class Recorder:
+    """What a local HTTP peer received, and the answers it gives next (then 200)."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, dict[str, str], bytes]] = []
+        self.answers: deque[Answer] = deque()
+
+    def next_answer(
+        self, default: tuple[int, dict[str, str], bytes]
+    ) -> tuple[int, dict[str, str], bytes]:
+        return self.answers.popleft() if self.answers else default
+
+
+def recording_app(recorder: Recorder, default: Answer) -> Any:
+    """A raw ASGI app that records each request and answers from `recorder`."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+        recorder.requests.append((scope["path"], headers, body))
+        status, extra, payload = recorder.next_answer(default)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(k.encode(), v.encode()) for k, v in extra.items()],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload})
+
+    return app
