@@ -80,7 +80,7 @@ def backoff_seconds(attempt: int, settings: DeliverySettings, retry_after: float
     ceiling = min(settings.backoff_max_seconds, settings.backoff_base_seconds * 2 ** (attempt - 1))
     delay = random.uniform(ceiling / 2, ceiling)
     if retry_after is not None:
-        delay = max(delay, min(retry_after, settings.backoff_max_seconds))
+        delay = max(delay, retry_after)
     return delay
 
 
