@@ -52,7 +52,8 @@ _CLAIM = text(
        SET status = 'sending', attempts = n.attempts + 1,
            lease_until = now() + make_interval(secs => :lease), updated_at = now()
       FROM (SELECT id FROM notifications
-             WHERE channel = :channel AND status IN ('pending', 'sending')
+             WHERE channel = ANY(CAST(:channels AS text[]))
+               AND status IN ('pending', 'sending')
                AND next_attempt_at <= now()
                AND (status = 'pending' OR lease_until < now())
              ORDER BY next_attempt_at
@@ -108,7 +109,9 @@ class DeliveryWorker:
         self.settings = settings
         self.producer = producer
         self._slots = {name: settings.concurrency.get(name, 4) for name in self.channels}
+        self._senders = {name: asyncio.Semaphore(n) for name, n in self._slots.items()}
         self._busy = dict.fromkeys(self.channels, 0)
+        self._backlog = False  # the last claim was full: more rows are probably due
         self._wake = asyncio.Event()
         self._results: asyncio.Queue[Outcome] = asyncio.Queue()
         self._inflight: set[asyncio.Task[None]] = set()
@@ -151,7 +154,7 @@ class DeliveryWorker:
         while not self._stopping:
             self._wake.clear()
             try:
-                claimed, full = await self.claim_and_send()
+                full = await self.claim_and_send()
                 await self._update_depth()
                 self.last_error, backoff = None, 0.1
             except Exception as exc:
@@ -160,34 +163,44 @@ class DeliveryWorker:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
                 continue
-            if full and claimed:
+            if full:
                 continue
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.settings.poll_interval_seconds):
                     await self._wake.wait()
+            # Wake-ups come one per committed notification: gather a few into one claim.
+            await asyncio.sleep(self.settings.claim_delay_seconds)
 
-    async def claim_and_send(self) -> tuple[int, bool]:
-        """Claim what each channel has room for and start sending; (claimed, any batch full)."""
-        claimed, full = 0, False
-        for channel, slots in self._slots.items():
-            room = min(slots - self._busy[channel], self.settings.batch_size)
-            if room <= 0:
-                continue
-            async with self.sessions() as db, db.begin():
-                rows = (
-                    await db.execute(
-                        _CLAIM,
-                        {"channel": channel, "limit": room, "lease": self.settings.lease_seconds},
-                    )
-                ).all()
-            for row in rows:
-                self._busy[channel] += 1
-                task = asyncio.create_task(self._deliver(row))
-                self._inflight.add(task)
-                task.add_done_callback(self._inflight.discard)
-            claimed += len(rows)
-            full = full or len(rows) == room
-        return claimed, full
+    async def claim_and_send(self) -> bool:
+        """Claim, in one statement, what the channels have room for and start sending.
+
+        True when the claim filled the room (more rows are probably due, and freed slots
+        should claim again at once).
+        """
+        rooms = {c: slots - self._busy[c] for c, slots in self._slots.items()}
+        open_channels = [c for c, room in rooms.items() if room > 0]
+        if not open_channels:
+            return False
+        room = sum(rooms[c] for c in open_channels)
+        limit = min(room, self.settings.batch_size)
+        async with self.sessions() as db, db.begin():
+            rows = (
+                await db.execute(
+                    _CLAIM,
+                    {
+                        "channels": open_channels,
+                        "limit": limit,
+                        "lease": self.settings.lease_seconds,
+                    },
+                )
+            ).all()
+        for row in rows:
+            self._busy[row.channel] += 1
+            task = asyncio.create_task(self._deliver(row))
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+        self._backlog = len(rows) == limit
+        return self._backlog and limit < room
 
     async def _deliver(self, row: Row[Any]) -> None:
         started = time.perf_counter()
@@ -195,7 +208,8 @@ class DeliveryWorker:
         error: DeliveryError | None = None
         try:
             message = await self._message(row)
-            code = await self.channels[row.channel].send(message)
+            async with self._senders[row.channel]:
+                code = await self.channels[row.channel].send(message)
         except DeliveryError as exc:
             error = exc
         except RenderError as exc:
@@ -207,7 +221,8 @@ class DeliveryWorker:
             self._busy[row.channel] -= 1
         duration = int((time.perf_counter() - started) * 1000)
         self._results.put_nowait(Outcome(row, error, code, duration))
-        self._wake.set()  # a slot is free
+        if self._backlog:
+            self._wake.set()  # a slot is free and rows are waiting for one
 
     async def _message(self, row: Row[Any]) -> OutgoingMessage:
         message = self.composer.compose(

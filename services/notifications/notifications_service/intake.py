@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from keelson.auth import Principal
 from keelson.errors import Forbidden, Unprocessable
 from keelson.events import Envelope
-from notifications_service.models import Channel, Contact, Notification
+from notifications_service.models import Channel, Contact
 from notifications_service.recipients import (
     get_endpoint,
     get_preferences,
@@ -23,10 +26,10 @@ from notifications_service.recipients import (
 from notifications_service.rendering import EVENT_TYPE, LINK_PATH, SEALED_TOKEN
 from notifications_service.schemas import NotificationCreate
 from notifications_service.settings import EventRoute, NotificationsSettings
-from notifications_service.store import NewNotification, enqueue
+from notifications_service.store import NewNotification, Queued, enqueue
 from notifications_service.templates import TemplateRenderer
 
-__all__ = ["SEND_ANY_SCOPE", "accept_event", "submit_request"]
+__all__ = ["SEND_ANY_SCOPE", "EventIntake", "accept_event", "submit_request"]
 
 # Sending to someone else: admins and service accounts, never an ordinary user's token
 # (those all carry `notifications:send`, which only lets a user reach themselves).
@@ -46,8 +49,8 @@ async def submit_request(
     request: NotificationCreate,
     settings: NotificationsSettings,
     renderer: TemplateRenderer,
-) -> tuple[Notification, bool]:
-    """Check the request and queue it (not committed); (notification, whether it is new)."""
+) -> Queued:
+    """Check the request and queue it (not committed)."""
     if request.template is not None and not renderer.exists(request.template):
         raise Unprocessable(f"unknown template {request.template!r}")
     if any(key.startswith("_") for key in request.data):
@@ -132,7 +135,7 @@ async def _owner(db: AsyncSession, *, column: Any, value: str) -> str | None:
 
 async def accept_event(
     db: AsyncSession, envelope: Envelope, *, settings: NotificationsSettings
-) -> Notification | None:
+) -> Queued | None:
     """The notification an event calls for (not committed); None if it names no recipient.
 
     The event id is the idempotency key, so a redelivered event queues nothing new.
@@ -156,7 +159,7 @@ async def accept_event(
         and preferences is not None
         and is_muted(preferences, channel=route.channel, category=route.category)
     )
-    notification, _ = await enqueue(
+    return await enqueue(
         db,
         NewNotification(
             requested_by=EVENTS_REQUESTER,
@@ -173,4 +176,58 @@ async def accept_event(
             suppressed=muted,
         ),
     )
-    return notification
+
+
+class EventIntake:
+    """The bus handler: each event's notification written on a kept connection.
+
+    The bus hands a consumer its events one after another, so their round trips add up:
+    a kept connection in autocommit mode makes a receipt one INSERT (no pool checkout,
+    ping, BEGIN or COMMIT), and one connection per consumer lets several run at once.
+    Each statement is idempotent, so autocommit loses nothing: a crash between two of
+    them is repaired when the event is delivered again. A failed connection is dropped,
+    the handler raises, and the bus delivers the event again.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        settings: NotificationsSettings,
+        *,
+        on_queued: Callable[[], None],
+        connections: int = 1,
+    ) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.on_queued = on_queued
+        self._free: asyncio.Queue[AsyncConnection | None] = asyncio.Queue()
+        for _ in range(connections):
+            self._free.put_nowait(None)
+
+    async def handle(self, envelope: Envelope) -> None:
+        connection = await self._free.get()
+        try:
+            if connection is None:
+                opened = await self.engine.connect()
+                connection = await opened.execution_options(isolation_level="AUTOCOMMIT")
+            async with AsyncSession(bind=connection) as db:
+                queued = await accept_event(db, envelope, settings=self.settings)
+        except Exception:
+            await _close(connection)
+            connection = None
+            raise
+        finally:
+            self._free.put_nowait(connection)
+        if queued is not None and queued.created:
+            self.on_queued()
+
+    async def close(self) -> None:
+        """Close the kept connections (call once the bus no longer calls `handle`)."""
+        while not self._free.empty():
+            await _close(self._free.get_nowait())
+
+
+async def _close(connection: AsyncConnection | None) -> None:
+    if connection is not None:
+        with contextlib.suppress(Exception):
+            await connection.close()

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import logging
 
-from keelson.bus import BUS
-from keelson.db import DB_SESSIONS
-from keelson.events import Envelope
+from keelson.bus import BUS, Bus, RedisBus
+from keelson.db import DB_ENGINE, DB_SESSIONS
 from keelson.keys import KeyManager
 from keelson.plugins import Health, Key, Plugin, PluginMetadata, Priority
+from keelson.redis_plugin import REDIS
 from notifications_service.channels import Channel
 from notifications_service.channels.email import SmtpEmail
 from notifications_service.channels.slack import SlackWebhook
 from notifications_service.channels.sms import sms_channel
 from notifications_service.channels.webhook import SignedWebhook
 from notifications_service.delivery import DeliveryWorker
-from notifications_service.intake import accept_event
+from notifications_service.intake import EventIntake
 from notifications_service.rendering import Composer
 from notifications_service.settings import NotificationsSettings, Settings
 from notifications_service.templates import TemplateRenderer
@@ -64,23 +64,37 @@ class NotificationsPlugin(Plugin):
         self.container.provide(RENDERER, self.renderer)
         self.container.provide(CHANNELS, self.channels)
 
-        async def on_event(envelope: Envelope) -> None:
-            async with sessions() as db, db.begin():
-                notification = await accept_event(db, envelope, settings=self.config)
-            if notification is not None:
-                self.worker.wake()
-
         bus = self.container.resolve(BUS)
-        for topic in sorted({*self.config.events, "auth.user_registered"}):
-            bus.subscribe(topic, on_event, group=self.config.consumer_group)
+        redis = self.container.resolve_optional(REDIS)
+        self.extra_buses: list[RedisBus] = []
+        if isinstance(bus, RedisBus) and redis is not None:
+            self.extra_buses = [
+                RedisBus(redis, producer=settings.service, settings=settings.bus)
+                for _ in range(self.config.intake_consumers - 1)
+            ]
+        consumers: list[Bus] = [bus, *self.extra_buses]
+        self.intake = EventIntake(
+            self.container.resolve(DB_ENGINE),
+            self.config,
+            on_queued=self.worker.wake,
+            connections=len(consumers),
+        )
+        for consumer in consumers:
+            for topic in sorted({*self.config.events, "auth.user_registered"}):
+                consumer.subscribe(topic, self.intake.handle, group=self.config.consumer_group)
 
     async def start(self) -> None:
+        for bus in self.extra_buses:
+            await bus.start()
         if self.config.delivery.worker:
             self.worker.start()
 
     async def stop(self) -> None:
+        for bus in self.extra_buses:
+            await bus.stop()
         if self.config.delivery.worker:
             await self.worker.stop()
+        await self.intake.close()
         for channel in self.channels.values():
             try:
                 await channel.close()

@@ -83,6 +83,8 @@ class DeliverySettings(BaseModel):
     lease_seconds: float = Field(60.0, gt=0)
     batch_size: int = Field(200, ge=1, le=5000)
     poll_interval_seconds: float = Field(1.0, gt=0)
+    # After a wake-up, wait this long so that one claim takes several new rows.
+    claim_delay_seconds: float = Field(0.005, ge=0, le=1)
     concurrency: dict[str, int] = {"email": 32, "sms": 8, "slack": 8, "webhook": 16}
     worker: bool = True  # run the delivery worker in this process
 
@@ -123,6 +125,9 @@ class NotificationsSettings(BaseModel):
     delivery: DeliverySettings = DeliverySettings()
     events: dict[str, EventRoute] = DEFAULT_EVENT_ROUTES
     consumer_group: str = "notifications"
+    # Consumers of the group in this process: the bus hands each its events one after
+    # another, so several of them keep several inserts in flight (Redis transport only).
+    intake_consumers: int = Field(8, ge=1, le=32)
 
     @field_validator("public_base_url")
     @classmethod

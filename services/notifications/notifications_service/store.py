@@ -6,9 +6,9 @@ import base64
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import Table, and_, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -17,6 +17,7 @@ from notifications_service.models import Attempt, Notification, Status
 
 __all__ = [
     "NewNotification",
+    "Queued",
     "decode_cursor",
     "enqueue",
     "get_attempts",
@@ -45,11 +46,29 @@ class NewNotification:
     suppressed: bool = False
 
 
-async def enqueue(db: AsyncSession, new: NewNotification) -> tuple[Notification, bool]:
+# Built once: a statement made per call costs more CPU than its round trip.
+_TABLE = cast(Table, Notification.__table__)
+_INSERT = (
+    insert(_TABLE)
+    .on_conflict_do_nothing(constraint="uq_notifications_idempotency")
+    .returning(_TABLE.c.id, _TABLE.c.status)
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """A notification as enqueued: new, or the earlier one with the same idempotency key."""
+
+    id: uuid.UUID
+    status: Status
+    created: bool
+
+
+async def enqueue(db: AsyncSession, new: NewNotification) -> Queued:
     """Insert the notification (not committed); with a key already used, the earlier one.
 
     Concurrent requests with one key meet at the unique index: one inserts, the others wait
-    for its commit and read its row. Returns (notification, whether it is new).
+    for its commit and read its row.
     """
     values = {
         "id": uuid.uuid4(),
@@ -70,18 +89,9 @@ async def enqueue(db: AsyncSession, new: NewNotification) -> tuple[Notification,
         "status": Status.SUPPRESSED if new.suppressed else Status.PENDING,
         "attempts": 0,
     }
-    inserted = (
-        await db.execute(
-            insert(Notification)
-            .values(**values)
-            .on_conflict_do_nothing(constraint="uq_notifications_idempotency")
-            .returning(Notification.id)
-        )
-    ).first()
+    inserted = (await db.execute(_INSERT, values)).first()
     if inserted is not None:
-        created = await db.get(Notification, inserted.id)
-        assert created is not None
-        return created, True
+        return Queued(inserted.id, Status(inserted.status), created=True)
     existing = await db.scalar(
         select(Notification).where(
             Notification.requested_by == new.requested_by,
@@ -95,7 +105,7 @@ async def enqueue(db: AsyncSession, new: NewNotification) -> tuple[Notification,
         new.template,
     ):
         raise Conflict("this idempotency key was used for a different notification")
-    return existing, False
+    return Queued(existing.id, Status(existing.status), created=False)
 
 
 async def get_notification(

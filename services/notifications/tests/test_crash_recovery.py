@@ -24,7 +24,7 @@ from keelson.testing import ServiceProcess, eventually, fresh_database, make_set
 from notifications_service.settings import Settings
 from notifications_service.store import NewNotification, enqueue
 
-COUNT = 400
+COUNT = 300
 
 
 @pytest.fixture
@@ -51,6 +51,7 @@ def _process(database: str, redis_url: str, sink: SmtpSink, workdir: Path) -> Se
     )
 
 
+@pytest.mark.timeout(400)  # two process starts and a lease on a shared, busy machine
 async def test_a_killed_sender_resumes_and_every_message_arrives(
     crash_database: str, redis_url: str, smtp_sink: SmtpSink, tmp_path: Path
 ) -> None:

@@ -53,12 +53,12 @@ async def create_notification(
     worker: Worker,
     response: Response,
 ) -> NotificationAccepted:
-    notification, created = await submit_request(
+    queued = await submit_request(
         db, principal=principal, request=body, settings=settings, renderer=renderer
     )
-    accepted = NotificationAccepted(id=notification.id, status=Status(notification.status))
+    accepted = NotificationAccepted(id=queued.id, status=queued.status)
     await db.commit()
-    if created:
+    if queued.created:
         worker.wake()
     else:
         response.headers["Idempotent-Replayed"] = "true"

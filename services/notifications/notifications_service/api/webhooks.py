@@ -9,7 +9,7 @@ from fastapi import APIRouter, status
 from keelson.auth import CurrentUser
 from keelson.errors import Unprocessable
 from notifications_service.deps import Config, SessionDep, Worker
-from notifications_service.models import Channel, Status
+from notifications_service.models import Channel
 from notifications_service.recipients import (
     create_endpoint,
     delete_endpoint,
@@ -73,7 +73,7 @@ async def test_webhook(
     endpoint_id: uuid.UUID, principal: CurrentUser, db: SessionDep, worker: Worker
 ) -> NotificationAccepted:
     endpoint = await get_endpoint(db, endpoint_id=endpoint_id, owner_id=principal.user_id)
-    notification, _ = await enqueue(
+    queued = await enqueue(
         db,
         NewNotification(
             requested_by=principal.user_id,
@@ -86,7 +86,7 @@ async def test_webhook(
             transactional=True,
         ),
     )
-    accepted = NotificationAccepted(id=notification.id, status=Status(notification.status))
+    accepted = NotificationAccepted(id=queued.id, status=queued.status)
     await db.commit()
     worker.wake()
     return accepted
