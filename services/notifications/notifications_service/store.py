@@ -13,6 +13,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keelson.errors import BadRequest, Conflict, NotFound
+from notifications_service import metrics
 from notifications_service.models import Attempt, Notification, Status
 
 __all__ = [
@@ -91,6 +92,8 @@ async def enqueue(db: AsyncSession, new: NewNotification) -> Queued:
     }
     inserted = (await db.execute(_INSERT, values)).first()
     if inserted is not None:
+        if new.suppressed:
+            metrics.SUPPRESSED(new.channel).inc()
         return Queued(inserted.id, Status(inserted.status), created=True)
     existing = await db.scalar(
         select(Notification).where(

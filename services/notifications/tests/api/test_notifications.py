@@ -8,6 +8,8 @@ from typing import Any
 
 import httpx
 from notifications_testkit import SmtpSink, admin, caller, new_email
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from keelson.testing import eventually
 
@@ -141,7 +143,10 @@ async def test_transient_errors_are_retried_until_sent(
 
 
 async def test_retries_run_out_into_dead_letter_and_an_admin_replays_it(
-    client: httpx.AsyncClient, smtp_sink: SmtpSink, known_user: Callable[..., Any]
+    client: httpx.AsyncClient,
+    smtp_sink: SmtpSink,
+    known_user: Callable[..., Any],
+    engine: AsyncEngine,
 ) -> None:
     headers, email = await known_user()
     smtp_sink.always = "451 4.3.0 mailbox busy"
@@ -155,6 +160,15 @@ async def test_retries_run_out_into_dead_letter_and_an_admin_replays_it(
     assert detail["status"] == "dead_letter"
     assert detail["attempts"] == 3
     assert "451" in detail["last_error"]
+    async with engine.connect() as conn:
+        events = await conn.scalars(
+            text("SELECT payload FROM outbox WHERE topic = 'notifications.delivery_failed'")
+        )
+        failed = [e["data"] for e in events if e["data"]["notification_id"] == notification_id]
+    assert [(f["channel"], f["attempts"]) for f in failed] == [("email", 3)]
+    assert email not in failed[0]["recipient"]  # masked: events travel further than rows
+    scraped = (await client.get("/metrics")).text
+    assert 'notifications_dead_lettered_total{channel="email"}' in scraped
     dead = await client.get("/api/v1/notifications/dead-letters", headers=admin())
     assert notification_id in [n["id"] for n in dead.json()["items"]]
     assert (
