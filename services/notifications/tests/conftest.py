@@ -47,7 +47,7 @@ def smtp_sink() -> Iterator[SmtpSink]:
 def _sink_answers_normally(smtp_sink: SmtpSink) -> Iterator[None]:
     yield
     smtp_sink.replies.clear()
-    smtp_sink.always = None
+    smtp_sink.always.clear()
 
 
 FAST_RETRIES = DeliverySettings(

@@ -50,10 +50,12 @@ class _Handler:
         if self.sink.delay:
             await asyncio.sleep(self.sink.delay)  # a slow server, not a synchronisation
         with self.sink.lock:
-            if self.sink.replies:
-                return self.sink.replies.popleft()
-            if self.sink.always is not None:
-                return self.sink.always
+            for recipient in envelope.rcpt_tos:
+                queued = self.sink.replies.get(recipient)
+                if queued:
+                    return queued.popleft()
+                if recipient in self.sink.always:
+                    return self.sink.always[recipient]
             parsed = email.message_from_bytes(envelope.content, policy=email.policy.default)
             assert isinstance(parsed, EmailMessage)
             self.sink.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos), parsed))
@@ -61,13 +63,14 @@ class _Handler:
 
 
 class SmtpSink:
-    """`replies` are answered to the next DATA commands instead of accepting; `always` to all."""
+    """`replies[address]` answer the next DATA commands for that recipient instead of
+    accepting, `always[address]` answers all of them (other tests' mail is unaffected)."""
 
     def __init__(self) -> None:
         self.port = free_port()
         self.received: list[Received] = []
-        self.replies: deque[str] = deque()
-        self.always: str | None = None
+        self.replies: dict[str, deque[str]] = {}
+        self.always: dict[str, str] = {}
         self.delay = 0.0
         self.lock = threading.Lock()
         self.controller = Controller(_Handler(self), hostname="127.0.0.1", port=self.port)
