@@ -51,7 +51,7 @@ def _process(database: str, redis_url: str, sink: SmtpSink, workdir: Path) -> Se
     )
 
 
-@pytest.mark.timeout(400)  # two process starts and a lease on a shared, busy machine
+@pytest.mark.timeout(600)  # two process starts and a lease on a shared, busy machine
 async def test_a_killed_sender_resumes_and_every_message_arrives(
     crash_database: str, redis_url: str, smtp_sink: SmtpSink, tmp_path: Path
 ) -> None:
@@ -107,7 +107,7 @@ async def test_a_killed_sender_resumes_and_every_message_arrives(
                     )
                 return sent == COUNT
 
-            await eventually(all_sent, timeout=90, interval=0.2)
+            await eventually(all_sent, timeout=240, interval=0.2)
         finally:
             second.stop()
     finally:

@@ -40,9 +40,13 @@ TWILIO_CREATED = (
         }
     ).encode(),
 )
-SERVICE = caller(
-    roles=("service",), scopes=frozenset({"notifications:send", "notifications:send_any"})
-)
+SERVICE_SCOPES = frozenset({"notifications:send", "notifications:send_any"})
+SERVICE_ID = str(uuid.uuid4())
+
+
+def service() -> dict[str, str]:
+    """A service account's identity header, signed now (they expire)."""
+    return caller(SERVICE_ID, roles=("service",), scopes=SERVICE_SCOPES)
 
 
 def twilio_error(status: int, code: int, message: str) -> tuple[int, dict[str, str], bytes]:
@@ -111,10 +115,10 @@ async def test_an_sms_goes_through_the_twilio_sdk_with_its_idempotency_token(
     sent = await providers.post(
         "/api/v1/notifications",
         json={"channel": "sms", "to": "+15551230000", "body": "Your code is 1234"},
-        headers=SERVICE,
+        headers=service(),
     )
     assert sent.status_code == 202, sent.text
-    detail = await settled(providers, sent.json()["id"], SERVICE)
+    detail = await settled(providers, sent.json()["id"], service())
     assert detail["status"] == "sent"
     assert [a["response_code"] for a in detail["attempt_log"]] == [500, 201]
     path, headers, body = recorder.requests[-1]
@@ -134,9 +138,9 @@ async def test_an_invalid_number_is_a_permanent_twilio_error(
     sent = await providers.post(
         "/api/v1/notifications",
         json={"channel": "sms", "to": "+15550000000", "body": "hi"},
-        headers=SERVICE,
+        headers=service(),
     )
-    detail = await settled(providers, sent.json()["id"], SERVICE)
+    detail = await settled(providers, sent.json()["id"], service())
     assert detail["status"] == "failed"
     assert "21211" in detail["last_error"]
     assert [a["outcome"] for a in detail["attempt_log"]] == ["permanent_error"]
@@ -157,10 +161,10 @@ async def test_slack_429_retry_after_is_honoured(
     sent = await providers.post(
         "/api/v1/notifications",
         json={"channel": "slack", "to": hook, "subject": "Deploy", "body": "v1.2 is out"},
-        headers=SERVICE,
+        headers=service(),
     )
     assert sent.status_code == 202, sent.text
-    detail = await settled(providers, sent.json()["id"], SERVICE)
+    detail = await settled(providers, sent.json()["id"], service())
     assert detail["status"] == "sent"
     attempts = detail["attempt_log"]
     assert [a["response_code"] for a in attempts] == [429, 500, 200]
@@ -179,7 +183,7 @@ async def test_slack_urls_are_checked_and_need_send_any(
     ).status_code == 403
     elsewhere = {**message, "to": "http://169.254.169.254/services/x"}
     assert (
-        await providers.post("/api/v1/notifications", json=elsewhere, headers=SERVICE)
+        await providers.post("/api/v1/notifications", json=elsewhere, headers=service())
     ).status_code == 422
 
 
@@ -189,9 +193,9 @@ async def test_without_twilio_credentials_the_sandbox_records_sms(
     sent = await client.post(
         "/api/v1/notifications",
         json={"channel": "sms", "to": "+15557654321", "body": "sandboxed"},
-        headers=SERVICE,
+        headers=service(),
     )
-    detail = await settled(client, sent.json()["id"], SERVICE)
+    detail = await settled(client, sent.json()["id"], service())
     assert detail["status"] == "sent"
     sandbox: Any = app.state.container.resolve(CHANNELS)["sms"]
     assert {"id": sent.json()["id"], "to": "+15557654321", "body": "sandboxed"} in sandbox.sent
