@@ -21,6 +21,7 @@ ORDER = (
     "bus",
     "auth",
     "logs",
+    "notifications",
     "logging_path",
     "rate_limit",
     "upstream_hop",
@@ -33,6 +34,7 @@ QUICK = {
     "bus": ["--events", "5000", "--rounds", "1", "--no-docs"],
     "auth": ["--verifications", "2000", "--logins", "4", "--no-docs"],
     "logs": ["--records", "5000", "--runs", "1", "--no-docs"],
+    "notifications": ["--emails", "500", "--runs", "1", "--seconds", "2", "--no-docs"],
     "logging_path": ["--calls", "2000", "--repeat", "1"],  # prints only, writes no docs
     "rate_limit": ["--hits", "2000"],  # prints only, writes no docs
     "upstream_hop": ["--requests", "2000", "--no-docs"],
@@ -48,6 +50,7 @@ def arguments(name: str, database_url: str, redis_url: str, quick: bool) -> list
         "bus": ["--redis-url", redis_url],
         "auth": ["--database-url", database_url, "--redis-url", redis_url],
         "logs": ["--database-url", database_url],
+        "notifications": ["--database-url", database_url, "--redis-url", redis_url],
         "gateway": ["--redis-url", redis_url],
         "gateway_instructions": ["--redis-url", redis_url],
         "rate_limit": ["--redis-url", redis_url],

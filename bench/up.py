@@ -126,6 +126,8 @@ def run_once(root: Path, kind: str, *, idle: float | None, timeout: float) -> Ru
         str(free_port()),
         "--valkey-port",
         str(free_port()),
+        "--smtp-port",
+        str(free_port()),
         "--timeout",
         str(timeout),
     ]

@@ -184,7 +184,12 @@ def _loopback_addresses(
                 walk(f"{path}[{index}]", item)
         elif path in _CLIENT_FACING:
             return
-        elif isinstance(value, str) and re.search(r"://(127\.|localhost\b|\[::1\])", value):
+        elif (
+            isinstance(value, str)
+            and re.search(r"://(127\.|localhost\b|\[::1\])", value)
+            # A public URL is what a reader's browser opens (links in mail), not a call.
+            and not path.endswith("public_base_url")
+        ):
             found.append(f"{path}={value}")
 
     for path, section in sections.items():
@@ -257,7 +262,7 @@ def test_compose_services_are_healthchecked_and_wait_on_conditions(
                 assert services[dependency].get("restart") == "no", f"{name} -> {dependency}"
             else:
                 pytest.fail(f"{name} -> {dependency}: condition {condition!r}")
-        if name not in ("postgres", "redis"):
+        if name not in ("postgres", "redis", "mailpit"):
             assert depends_on, f"{name} starts without waiting for anything"
 
 

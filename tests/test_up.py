@@ -26,6 +26,7 @@ from keelson.auth import Principal, identity_key, sign_identity
 from keelson.config import KeelsonSettings
 from keelson.embedded import free_port
 from keelson.keys import KeyManager
+from keelson.mailsink import read_mailbox
 from keelson.suite import SERVICES, Layout, free_port_block, port_in_use, readiness
 from keelson.supervision import (
     ProcessState,
@@ -112,6 +113,7 @@ def start_suite(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], Suite]]:
         # Ports of the embedded servers through the environment, the rest as flags.
         env["KEELSON_UP_POSTGRES_PORT"] = str(free_port())
         env["KEELSON_UP_VALKEY_PORT"] = str(free_port())
+        env["KEELSON_UP_SMTP_PORT"] = str(free_port())
         with log.open("ab") as out:
             process = subprocess.Popen(
                 command, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT
@@ -153,7 +155,23 @@ def test_embedded_suite_restarts_a_killed_service_and_stops_clean(
     suite.poll("all five ready", suite.all_ready, READY_TIMEOUT)
     assert (suite.root / ".keelson" / "postgres" / "PG_VERSION").exists()
     names = {p.name for p in suite.supervisor.processes()}
-    assert names == {"postgres", "valkey", *(service.name for service in SERVICES)}
+    assert names == {"postgres", "valkey", "mail", *(service.name for service in SERVICES)}
+
+    email = f"up-{uuid.uuid4().hex[:8]}@example.com"
+    registered = httpx.post(
+        suite.url("gateway") + "/api/v1/auth/register",
+        json={"email": email, "password": "plum tractors sing quietly"},
+        timeout=10,
+    )
+    assert registered.status_code == 201, registered.text
+
+    def mailed() -> bool:
+        subjects = {
+            e.subject for e in read_mailbox(suite.root / ".keelson" / "mail") if e.to == email
+        }
+        return {"Welcome to Keelson", "Confirm your email address"} <= subjects
+
+    suite.poll("welcome and verification mail in .keelson/mail", mailed, READY_TIMEOUT)
 
     before = {p.name: p.pid for p in suite.supervisor.processes()}
     os.kill(before["payments"], signal.SIGKILL)
@@ -266,7 +284,7 @@ def test_given_servers_are_used_and_down_stops_everything(
     assert_first_token_is_accepted_everywhere(suite)
     assert_the_development_key_forges_nothing(suite)
     names = {p.name for p in suite.supervisor.processes()}
-    assert names == {service.name for service in SERVICES}
+    assert names == {"mail", *(service.name for service in SERVICES)}
     assert not (suite.root / ".keelson" / "postgres").exists()
 
     async def versioned_schemas() -> set[str]:

@@ -18,7 +18,19 @@ from keelson.encoding import b64url_decode, b64url_encode
 if TYPE_CHECKING:
     from keelson.config import KeelsonSettings
 
-__all__ = ["DecryptionError", "FieldCipher", "KeyManager", "SigningKey"]
+__all__ = [
+    "ACTION_TOKEN_PURPOSE",
+    "DecryptionError",
+    "FieldCipher",
+    "KeyManager",
+    "SigningKey",
+    "open_action_token",
+    "seal_action_token",
+]
+
+# The purpose of the key that seals emailed action tokens in events (auth seals,
+# notifications opens), so they never travel or rest in plain text.
+ACTION_TOKEN_PURPOSE = "events:action-token"  # noqa: S105 (a key purpose)
 
 
 class DecryptionError(ValueError):
@@ -124,3 +136,15 @@ def _thumbprint(jwk: dict[str, str]) -> str:
         {k: jwk[k] for k in ("crv", "kty", "x", "y")}, separators=(",", ":"), sort_keys=True
     )
     return b64url_encode(hashlib.sha256(canonical.encode()).digest())
+
+
+def seal_action_token(keys: KeyManager, token: str, *, event_type: str, user_id: str) -> str:
+    """`token` encrypted for the notifications service, bound to its event type and user."""
+    cipher = keys.field_cipher(ACTION_TOKEN_PURPOSE)
+    return cipher.encrypt(token, associated=f"{event_type}:{user_id}".encode())
+
+
+def open_action_token(keys: KeyManager, sealed: str, *, event_type: str, user_id: str) -> str:
+    """The token `seal_action_token` sealed; DecryptionError if tampered with or moved."""
+    cipher = keys.field_cipher(ACTION_TOKEN_PURPOSE)
+    return cipher.decrypt(sealed, associated=f"{event_type}:{user_id}".encode())

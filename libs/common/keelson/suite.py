@@ -72,6 +72,7 @@ class Layout:
     zmq_base_port: int = 5555
     postgres_port: int = 55432
     valkey_port: int = 56379
+    smtp_port: int = 58025
     external_database_url: str | None = None
     external_redis_url: str | None = None
     # No master key configured: the services get this state folder's own (`master_key`).
@@ -100,6 +101,11 @@ class Layout:
         if self.external_redis_url is not None:
             return self.external_redis_url
         return f"redis://127.0.0.1:{self.valkey_port}/0"
+
+    @property
+    def mail_dir(self) -> Path:
+        """Where the SMTP sink stores what it receives, one `.eml` file per message."""
+        return self.state_dir / "mail"
 
     @property
     def logs_dir(self) -> Path:
@@ -163,6 +169,7 @@ class Layout:
             ports["postgres"] = self.postgres_port
         if self.external_redis_url is None:
             ports["valkey"] = self.valkey_port
+        ports["smtp sink"] = self.smtp_port
         return ports
 
     def service_environment(self) -> dict[str, str]:
@@ -182,6 +189,10 @@ class Layout:
             "KEELSON_TRUSTED_PROXIES": json.dumps([urlsplit(self.url(auth)).hostname]),
             # Auth's OAuth2 metadata links to the gateway, where clients reach it.
             "KEELSON_AUTH__PUBLIC_URL": self.url(SERVICES[0]),
+            "KEELSON_NOTIFICATIONS__EMAIL__HOST": "127.0.0.1",
+            "KEELSON_NOTIFICATIONS__EMAIL__PORT": str(self.smtp_port),
+            "KEELSON_NOTIFICATIONS__EMAIL__SECURITY": "none",
+            "KEELSON_NOTIFICATIONS__PUBLIC_BASE_URL": self.url(SERVICES[0]),
             "PYTHONUNBUFFERED": "1",
         }
         for service in SERVICES[1:]:
@@ -222,6 +233,25 @@ class Layout:
                     stopwaitsecs=15,
                 )
             )
+        programs.append(
+            Program(
+                name="mail",
+                command=[
+                    sys.executable,
+                    "-m",
+                    "keelson.mailsink",
+                    "--dir",
+                    str(self.mail_dir),
+                    "--port",
+                    str(self.smtp_port),
+                ],
+                directory=self.root,
+                log=self.logs_dir / "mail.log",
+                priority=10,
+                startsecs=1,
+                stopwaitsecs=10,
+            )
+        )
         for service in SERVICES:
             programs.append(
                 Program(

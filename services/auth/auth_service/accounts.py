@@ -32,6 +32,7 @@ from keelson.events import (
     SignUpForExistingAccount,
     UserRegistered,
 )
+from keelson.keys import KeyManager, seal_action_token
 
 __all__ = [
     "confirm_password_reset",
@@ -60,6 +61,7 @@ async def register_user(
     passwords: PasswordHashing,
     throttle: LoginThrottle,
     settings: AuthSettings,
+    keys: KeyManager,
 ) -> None:
     """Sign up `email`; the caller answers the same whether or not it was taken.
 
@@ -86,7 +88,11 @@ async def register_user(
             await emit(db, UserRegistered(user_id=str(user.id), email=user.email, name=user.name))
             await audit(db, AuditAction.REGISTERED, actor=str(user.id))
             await _send_token(
-                db, user=user, purpose=TokenPurpose.EMAIL_VERIFICATION, settings=settings
+                db,
+                user=user,
+                purpose=TokenPurpose.EMAIL_VERIFICATION,
+                settings=settings,
+                keys=keys,
             )
             await db.commit()
             metrics.count("registration", "ok")
@@ -180,9 +186,13 @@ async def update_account(
     return user
 
 
-async def request_password_reset(db: AsyncSession, *, email: str, settings: AuthSettings) -> None:
+async def request_password_reset(
+    db: AsyncSession, *, email: str, settings: AuthSettings, keys: KeyManager
+) -> None:
     """Publish a reset token for an active account; says nothing either way (always 202)."""
-    await _request_token(db, email=email, purpose=TokenPurpose.PASSWORD_RESET, settings=settings)
+    await _request_token(
+        db, email=email, purpose=TokenPurpose.PASSWORD_RESET, settings=settings, keys=keys
+    )
 
 
 async def confirm_password_reset(
@@ -212,11 +222,11 @@ async def confirm_password_reset(
 
 
 async def request_email_verification(
-    db: AsyncSession, *, email: str, settings: AuthSettings
+    db: AsyncSession, *, email: str, settings: AuthSettings, keys: KeyManager
 ) -> None:
     """Publish a verification token for an unverified account; always 202."""
     await _request_token(
-        db, email=email, purpose=TokenPurpose.EMAIL_VERIFICATION, settings=settings
+        db, email=email, purpose=TokenPurpose.EMAIL_VERIFICATION, settings=settings, keys=keys
     )
 
 
@@ -231,7 +241,12 @@ async def verify_email(db: AsyncSession, *, token: str) -> None:
 
 
 async def _request_token(
-    db: AsyncSession, *, email: str, purpose: TokenPurpose, settings: AuthSettings
+    db: AsyncSession,
+    *,
+    email: str,
+    purpose: TokenPurpose,
+    settings: AuthSettings,
+    keys: KeyManager,
 ) -> None:
     """Email a token when one is due; silently nothing otherwise (the caller answers 202).
 
@@ -246,14 +261,23 @@ async def _request_token(
     cooldown = timedelta(seconds=settings.email_token_cooldown_seconds)
     if await issued_within(db, user_id=user.id, purpose=purpose, period=cooldown):
         return
-    await _send_token(db, user=user, purpose=purpose, settings=settings)
+    await _send_token(db, user=user, purpose=purpose, settings=settings, keys=keys)
     await db.commit()
 
 
 async def _send_token(
-    db: AsyncSession, *, user: User, purpose: TokenPurpose, settings: AuthSettings
+    db: AsyncSession,
+    *,
+    user: User,
+    purpose: TokenPurpose,
+    settings: AuthSettings,
+    keys: KeyManager,
 ) -> None:
-    """Issue a single-use token for `purpose` and queue the event that emails it."""
+    """Issue a single-use token for `purpose` and queue the event that emails it.
+
+    The token is sealed for the notifications service (`keelson.keys.seal_action_token`):
+    it never lies in plain text in the outbox or on the bus.
+    """
     ttl = (
         settings.password_reset_ttl_seconds
         if purpose is TokenPurpose.PASSWORD_RESET
@@ -263,6 +287,7 @@ async def _send_token(
         db, user_id=user.id, purpose=purpose, ttl=timedelta(seconds=ttl)
     )
     event = _TOKEN_EVENTS[purpose]
+    sealed = seal_action_token(keys, token, event_type=event.type, user_id=str(user.id))
     await emit(
-        db, event(user_id=str(user.id), email=user.email, token=token, expires_at=expires_at)
+        db, event(user_id=str(user.id), email=user.email, token=sealed, expires_at=expires_at)
     )

@@ -16,7 +16,7 @@ from auth_service.settings import AuthSettings
 from auth_service.throttle import LoginThrottle
 from keelson.auth import REVOCATIONS, CurrentUser, Principal, RevocationList, require_scope
 from keelson.db import get_session
-from keelson.keys import FieldCipher
+from keelson.keys import FieldCipher, KeyManager
 from keelson.plugins import Key, PluginContainer
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "CurrentUser",
     "Keys",
     "Login",
+    "MasterKeys",
     "Passwords",
     "ProfileReader",
     "ProfileWriter",
@@ -56,6 +57,10 @@ def _auth_settings(request: Request) -> AuthSettings:
     return settings
 
 
+def _key_manager(request: Request) -> KeyManager:
+    return KeyManager.from_settings(request.app.state.settings)
+
+
 def _client_ip(request: Request) -> str:
     # uvicorn has already replaced this with X-Forwarded-For when the peer is one of
     # `trusted_proxies` (the gateway), so behind the gateway it is the real client.
@@ -74,6 +79,8 @@ def no_store(response: Response) -> None:
 
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 Keys = Annotated[KeyRing, Depends(_provided(KEYRING))]
+# The master key's derivations (sealing emailed tokens for the notifications service).
+MasterKeys = Annotated[KeyManager, Depends(_key_manager)]
 Passwords = Annotated[PasswordHashing, Depends(_provided(PASSWORDS))]
 Throttle = Annotated[LoginThrottle, Depends(_provided(LOGIN_THROTTLE))]
 Revocations = Annotated[RevocationList, Depends(_provided(REVOCATIONS))]

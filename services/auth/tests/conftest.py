@@ -24,6 +24,7 @@ from auth_service.settings import (
     Settings,
 )
 from keelson.db import create_engine, migrate
+from keelson.keys import KeyManager, open_action_token
 from keelson.testing import make_settings
 
 PASSWORD = "plum tractors sing quietly"
@@ -187,7 +188,10 @@ def signed_in(
 
 @pytest.fixture
 def outbox(auth_engine: AsyncEngine) -> Callable[..., Awaitable[list[dict[str, Any]]]]:
-    """Envelopes in the auth outbox for `topic`, newest last (optionally about one user)."""
+    """Envelopes in the auth outbox for `topic`, newest last (optionally about one user).
+
+    A sealed `token` is opened, as the notifications service opens it to mail the link.
+    """
 
     async def outbox(topic: str, *, user_id: str | None = None) -> list[dict[str, Any]]:
         async with auth_engine.connect() as conn:
@@ -198,9 +202,20 @@ def outbox(auth_engine: AsyncEngine) -> Callable[..., Awaitable[list[dict[str, A
             envelopes = [row.payload for row in rows]
         if user_id is not None:
             envelopes = [e for e in envelopes if e["data"].get("user_id") == user_id]
-        return envelopes
+        return [_opened(e) for e in envelopes]
 
     return outbox
+
+
+def _opened(envelope: dict[str, Any]) -> dict[str, Any]:
+    data = envelope["data"]
+    if "token" not in data:
+        return envelope
+    keys = KeyManager(Settings().master_key.get_secret_value())
+    token = open_action_token(
+        keys, data["token"], event_type=envelope["type"], user_id=data["user_id"]
+    )
+    return {**envelope, "data": {**data, "token": token}, "sealed_token": data["token"]}
 
 
 @pytest.fixture

@@ -11,7 +11,12 @@ __all__ = ["main"]
 
 # Each module defines `register(subparsers)`, adding parsers whose default `func`
 # takes the parsed args and returns an exit code.
-_COMMAND_MODULES: tuple[str, ...] = ("keelson.cli.up", "keelson.cli.auth", "keelson.cli.logs")
+_COMMAND_MODULES: tuple[str, ...] = (
+    "keelson.cli.up",
+    "keelson.cli.auth",
+    "keelson.cli.logs",
+    "keelson.cli.mail",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

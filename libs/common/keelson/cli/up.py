@@ -57,6 +57,7 @@ _PORTS = (
     ),
     ("--postgres-port", "KEELSON_UP_POSTGRES_PORT", Layout.postgres_port, "embedded PostgreSQL"),
     ("--valkey-port", "KEELSON_UP_VALKEY_PORT", Layout.valkey_port, "embedded Valkey"),
+    ("--smtp-port", "KEELSON_UP_SMTP_PORT", Layout.smtp_port, "SMTP sink (mail in <state>/mail)"),
 )
 
 
@@ -149,6 +150,7 @@ def _layout(args: argparse.Namespace, root: Path, settings: KeelsonSettings) -> 
         zmq_base_port=args.zmq_base_port,
         postgres_port=args.postgres_port,
         valkey_port=args.valkey_port,
+        smtp_port=args.smtp_port,
         external_database_url=settings.database_url,
         external_redis_url=settings.redis_url,
         own_master_key=settings.uses_development_master_key,
@@ -352,6 +354,7 @@ def _announce(layout: Layout, console: _Console, elapsed: float) -> None:
     console.good(f"all {len(SERVICES)} services ready in {elapsed:.1f} s")
     console.say(f"gateway  {gateway}")
     console.say(f"docs     {gateway}/docs")
+    console.say(f"mail     {layout.mail_dir} (SMTP :{layout.smtp_port}; `keelson mail` lists it)")
     console.say("Ctrl-C here, or `make down` (`keelson down`) in another shell, stops everything")
 
 
@@ -375,6 +378,7 @@ def _write_run_info(layout: Layout, supervisord_pid: int) -> None:
         "zmq_base_port": layout.zmq_base_port,
         "postgres_port": layout.postgres_port if layout.embedded_postgres else None,
         "valkey_port": layout.valkey_port if layout.embedded_valkey else None,
+        "smtp_port": layout.smtp_port,
     }
     (layout.state_dir / _RUN_INFO).write_text(json.dumps(info))
 
@@ -396,6 +400,7 @@ def _running_layout(root: Path, state_dir: Path, info: dict[str, Any]) -> Layout
         zmq_base_port=info.get("zmq_base_port", Layout.zmq_base_port),
         postgres_port=info.get("postgres_port") or Layout.postgres_port,
         valkey_port=info.get("valkey_port") or Layout.valkey_port,
+        smtp_port=info.get("smtp_port") or Layout.smtp_port,
         external_database_url=None if info.get("postgres_port") else "external",
         external_redis_url=None if info.get("valkey_port") else "external",
     )

@@ -8,6 +8,8 @@ from auth_service.accounts import current_account, register_user, update_account
 from auth_service.deps import (
     AuthConfig,
     ClientIP,
+    CurrentUser,
+    MasterKeys,
     Passwords,
     ProfileReader,
     ProfileWriter,
@@ -35,6 +37,7 @@ async def register_account(
     passwords: Passwords,
     throttle: Throttle,
     settings: AuthConfig,
+    keys: MasterKeys,
 ) -> SignUpAccepted:
     await register_user(
         db,
@@ -44,6 +47,7 @@ async def register_account(
         passwords=passwords,
         throttle=throttle,
         settings=settings,
+        keys=keys,
     )
     return SignUpAccepted()
 

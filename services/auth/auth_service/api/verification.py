@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, status
 
 from auth_service.accounts import request_email_verification, verify_email
-from auth_service.deps import AuthConfig, SessionDep
+from auth_service.deps import AuthConfig, MasterKeys, SessionDep
 from auth_service.schemas import EmailRequest, VerifyEmailConfirm
 from keelson.auth import PUBLIC
 
@@ -16,9 +16,9 @@ router = APIRouter(prefix="/api/v1/auth/verify-email", tags=["verification"])
 
 @router.post("/request", status_code=status.HTTP_202_ACCEPTED, openapi_extra=PUBLIC)
 async def create_email_verification(
-    body: EmailRequest, db: SessionDep, settings: AuthConfig
+    body: EmailRequest, db: SessionDep, settings: AuthConfig, keys: MasterKeys
 ) -> None:
-    await request_email_verification(db, email=body.email, settings=settings)
+    await request_email_verification(db, email=body.email, settings=settings, keys=keys)
 
 
 @router.post("/confirm", status_code=status.HTTP_204_NO_CONTENT, openapi_extra=PUBLIC)

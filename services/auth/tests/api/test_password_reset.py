@@ -160,3 +160,15 @@ async def test_requests_within_the_cooldown_email_nothing_more(
     # One reset token; and no verification token beyond the one sent at registration.
     assert len(await outbox("auth.password_reset_requested", user_id=user["id"])) == 1
     assert len(await outbox("auth.email_verification_requested", user_id=user["id"])) == 1
+
+
+async def test_the_reset_token_is_sealed_in_the_outbox(
+    client: httpx.AsyncClient,
+    signed_in: Callable[..., Awaitable[tuple[dict[str, Any], dict[str, Any]]]],
+    outbox: Callable[..., Awaitable[list[dict[str, Any]]]],
+) -> None:
+    user, _ = await signed_in()
+    await client.post("/api/v1/auth/password-reset/request", json={"email": user["email"]})
+    [event] = (await outbox("auth.password_reset_requested", user_id=user["id"]))[-1:]
+    assert event["sealed_token"] != event["data"]["token"]
+    assert event["data"]["token"] not in event["sealed_token"]
