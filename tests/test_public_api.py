@@ -69,6 +69,10 @@ EXTENSION_POINTS = {
     "aiosmtpd.handlers.AsyncMessage",
     "prometheus_client.registry.Collector",  # prometheus client docs: custom collectors
     "sentry_sdk.integrations.Integration",
+    # twilio.com/docs/libraries/reference/twilio-python: "custom HTTP clients" subclass the
+    # abstract HttpClient / AsyncHttpClient and implement `request`.
+    "twilio.http.HttpClient",
+    "twilio.http.AsyncHttpClient",
 }
 
 

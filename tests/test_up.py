@@ -163,7 +163,7 @@ def test_embedded_suite_restarts_a_killed_service_and_stops_clean(
         json={"email": email, "password": "plum tractors sing quietly"},
         timeout=10,
     )
-    assert registered.status_code == 201, registered.text
+    assert registered.status_code == 202, registered.text
 
     def mailed() -> bool:
         subjects = {

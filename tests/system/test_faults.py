@@ -71,7 +71,8 @@ def test_a_killed_service_costs_only_its_own_routes_and_recovers_at_once(
                 assert response.status_code in (502, 503, 504), response.text[:300]
                 assert response.headers["content-type"] == "application/problem+json"
             assert client.get(bystander, headers=admin).status_code == 200
-            assert len(statuses) < 2000, "the service did not come back"
+            assert len(statuses) < 500, "the service did not come back"
+            time.sleep(0.25)  # a steady load, under the gateway's 600 requests a minute
 
         def served() -> bool:
             return client.get(path, headers=admin).status_code == 200

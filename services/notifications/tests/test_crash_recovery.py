@@ -92,7 +92,7 @@ async def test_a_killed_sender_resumes_and_every_message_arrives(
     smtp_sink.delay = 0.005
     first = _process(crash_database, redis_url, smtp_sink, tmp_path)
     try:
-        await first.wait_for()
+        await first.wait_for("/health/live")  # it needs no token keys to deliver
         await eventually(lambda: len(ours()) >= COUNT // 4, timeout=60)
         first.kill()
         async with engine.connect() as conn:
@@ -102,7 +102,7 @@ async def test_a_killed_sender_resumes_and_every_message_arrives(
 
         second = _process(crash_database, redis_url, smtp_sink, tmp_path)
         try:
-            await second.wait_for()
+            await second.wait_for("/health/live")
 
             async def all_sent() -> bool:
                 async with engine.connect() as conn:

@@ -8,7 +8,6 @@ from auth_service.accounts import current_account, register_user, update_account
 from auth_service.deps import (
     AuthConfig,
     ClientIP,
-    CurrentUser,
     MasterKeys,
     Passwords,
     ProfileReader,
