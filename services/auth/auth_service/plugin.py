@@ -73,7 +73,12 @@ class AuthServicePlugin(Plugin):
         self.container.provide(KEYRING, self.keyring)
         self.container.provide(PASSWORDS, self.passwords)
         self.container.provide(REFRESH_SUCCESSORS, master.field_cipher(SUCCESSOR_CIPHER_PURPOSE))
-        self.container.provide(LOGIN_THROTTLE, LoginThrottle(counters, settings.auth.throttle))
+        self.container.provide(
+            LOGIN_THROTTLE,
+            LoginThrottle(
+                counters, settings.auth.throttle, prefix=settings.auth.throttle.key_prefix
+            ),
+        )
         self.container.provide(REVOCATIONS, self.revocations)
         self.container.provide(IDENTITY_KEY, identity_key(master))
         self.container.provide(

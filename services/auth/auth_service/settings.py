@@ -53,6 +53,8 @@ class LoginThrottleSettings(BaseModel):
     max_ip_failures: int = Field(50, ge=1)
     window_seconds: int = Field(900, ge=1)
     lockout_seconds: int = Field(900, ge=1)
+    # Where the counters live in Redis; auth deployments sharing one Redis keep apart.
+    key_prefix: str = Field("auth:login:", min_length=1, max_length=100)
 
 
 class AuthSettings(BaseModel):
