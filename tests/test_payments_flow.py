@@ -107,8 +107,10 @@ async def suite(
     )
     running = [auth, payments, gateway]
     try:
+        # Ready, not just live: a service is ready once it holds auth's signing keys, so
+        # the first token minted is accepted (before, "unknown signing key" raced it).
         for process in running:
-            await process.wait_for("/health/live")
+            await process.wait_for("/health/ready")
         yield gateway.url
     finally:
         for process in running:
