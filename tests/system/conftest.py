@@ -3,7 +3,6 @@ all of `tests/system/`, for tests that attack or disturb it from outside."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
@@ -14,7 +13,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import asyncpg
 import httpx
 import pytest
 import redis
@@ -22,6 +20,7 @@ from sqlalchemy.engine import make_url
 
 from keelson.embedded import free_port
 from keelson.suite import SERVICES, Layout, free_port_block, readiness
+from keelson.testing import fresh_database
 
 KEELSON = Path(sys.executable).parent / "keelson"
 READY_TIMEOUT = 120.0
@@ -87,21 +86,8 @@ def _ready(layout: Layout) -> bool:
 
 @pytest.fixture(scope="package")
 def system_database(postgres_server_url: str) -> Iterator[str]:
-    server = make_url(postgres_server_url).set(drivername="postgresql")
-    name = f"keelson_system_{uuid.uuid4().hex[:10]}"
-
-    async def run(sql: str) -> None:
-        conn = await asyncpg.connect(server.render_as_string(hide_password=False))
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(run(f'CREATE DATABASE "{name}"'))
-    try:
-        yield server.set(database=name).render_as_string(hide_password=False)
-    finally:
-        asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with fresh_database(postgres_server_url, prefix="keelson_system") as url:
+        yield make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 # Package scope: the suite stops, and the Redis keys it made (login throttles, streams) are
