@@ -42,8 +42,16 @@ from gateway import (  # bench/gateway.py, beside this file
     wait_ready,
     wrk,
 )
+from keelson.auth import IdentityKey
 from keelson.embedded import free_port, wait_for_port
 from keelson.keys import SigningKey
+
+# Production settings need the gateway's identity key pair (keelson.auth._identity).
+_IDENTITY = IdentityKey.generate()
+IDENTITY_ENV = {
+    "KEELSON_IDENTITY__SIGNING_KEY": _IDENTITY.secret_text(),
+    "KEELSON_IDENTITY__PUBLIC_KEYS": json.dumps(_IDENTITY.public_keys),
+}
 
 
 def measure(
@@ -125,7 +133,7 @@ def main() -> None:
         chain = measure(
             "gateway, full chain, 1 worker",
             [sys.executable, "-m", "gateway", "--workers", "1"],
-            {"KEELSON_CONFIG_DIR": str(config), "KEELSON_ENV": "prod"},
+            {"KEELSON_CONFIG_DIR": str(config), "KEELSON_ENV": "prod", **IDENTITY_ENV},
             config,
             headers,
             args.seconds,

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -26,6 +27,9 @@ KEELSON = Path(sys.executable).parent / "keelson"
 READY_TIMEOUT = 120.0
 ADMIN_EMAIL = "system-admin@example.com"
 ADMIN_PASSWORD = "granite otters whistle slowly"
+HEAD_TIMEOUT = 3.0
+BODY_TIMEOUT = 3.0
+MAX_HEAD_BYTES = 32_768
 
 
 @dataclass
@@ -73,6 +77,21 @@ class RunningSuite:
         assert me.status_code == 200, me.text
         return me.json()["id"], bearer
 
+    def merged_openapi(self) -> dict[str, Any]:
+        """The gateway's merged OpenAPI once it holds every upstream's operations (an
+        upstream that was not up when the gateway first asked is merged in later)."""
+        wanted = ("/api/v1/auth/", "/api/v1/logs", "/api/v1/notifications", "/api/v1/payments/")
+        deadline = time.monotonic() + READY_TIMEOUT
+        with self.client() as client:
+            while True:
+                document: dict[str, Any] = client.get("/openapi.json").json()
+                paths = list(document.get("paths", {}))
+                if all(any(p.startswith(w) for p in paths) for w in wanted):
+                    return document
+                if time.monotonic() > deadline:
+                    pytest.fail(f"the merged OpenAPI lacks an upstream: {paths}")
+                time.sleep(0.5)
+
     def admin(self) -> dict[str, str]:
         """The admin's bearer header, logged in once (login budgets are per address)."""
         if self._admin is None:
@@ -110,6 +129,10 @@ def suite(
         KEELSON_ADMIN_PASSWORD=ADMIN_PASSWORD,
         KEELSON_UP_POSTGRES_PORT=str(free_port()),
         KEELSON_UP_VALKEY_PORT=str(free_port()),
+        # The gateway's connection limits, short so that the slow-client cases run quickly.
+        KEELSON_CONNECTIONS__HEAD_TIMEOUT_SECONDS=str(HEAD_TIMEOUT),
+        KEELSON_CONNECTIONS__BODY_TIMEOUT_SECONDS=str(BODY_TIMEOUT),
+        KEELSON_CONNECTIONS__MAX_HEAD_BYTES=str(MAX_HEAD_BYTES),
     )
     output = root / "up.log"
     command = [str(KEELSON), "up", "--root", str(root), "--base-port", str(base_port)]

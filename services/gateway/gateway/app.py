@@ -12,6 +12,7 @@ from starlette.middleware import Middleware
 from starlette.types import Receive, Scope, Send
 
 from gateway.api import routers
+from gateway.connections import BodyReadTimeout
 from gateway.pipeline import Pipeline, PipelineMiddleware
 from gateway.plugins import GATEWAY_PLUGINS
 from gateway.plugins.routing import CATALOG, UPSTREAM_TRANSPORTS
@@ -85,6 +86,14 @@ def create_app(
 
     app.openapi = merged_openapi  # type: ignore[method-assign]
     return app
+
+
+def create_served_app() -> BodyReadTimeout:
+    """What `python -m gateway` serves: the gateway from the environment's settings, its
+    request bodies under `connections.body_timeout_seconds` (408 when one stalls)."""
+    settings = load_settings(Settings)
+    configure_logging(settings)
+    return BodyReadTimeout(create_app(settings), settings.connections.body_timeout_seconds)
 
 
 async def _unrouted(scope: Scope, receive: Receive, send: Send) -> None:
