@@ -129,6 +129,7 @@ def suite(
         KEELSON_ADMIN_PASSWORD=ADMIN_PASSWORD,
         KEELSON_UP_POSTGRES_PORT=str(free_port()),
         KEELSON_UP_VALKEY_PORT=str(free_port()),
+        KEELSON_UP_SMTP_PORT=str(free_port()),
         # The gateway's connection limits, short so that the slow-client cases run quickly.
         KEELSON_CONNECTIONS__HEAD_TIMEOUT_SECONDS=str(HEAD_TIMEOUT),
         KEELSON_CONNECTIONS__BODY_TIMEOUT_SECONDS=str(BODY_TIMEOUT),
