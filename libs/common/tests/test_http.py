@@ -12,7 +12,8 @@ from fastapi import APIRouter, FastAPI
 from pydantic import BaseModel
 from starlette.types import Receive, Scope, Send
 
-from keelson.config import KeelsonSettings, LogSettings
+from keelson.auth import IdentityKey
+from keelson.config import IdentitySettings, KeelsonSettings, LogSettings
 from keelson.embedded import free_port
 from keelson.errors import Conflict, TooManyRequests
 from keelson.http import KeelsonApp, create_app, exchange
@@ -266,6 +267,7 @@ async def test_failure_text_stays_private_outside_dev(caplog: pytest.LogCaptureF
         env="prod",
         master_key="prod-master-key-0123456789abcdef0123456789",
         log=LogSettings(ship_endpoint=None),
+        identity=IdentitySettings(public_keys=IdentityKey.generate().public_keys),
     )
     container = PluginContainer(settings)
     container.register(Switch)
