@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 .PHONY: help install deploy-tools up up-load down migrate test test-lowest lint format bench load clean
 
 help:
-	@echo "make install   create .venv with every package (uv sync)"
+	@echo "make install   create .venv with every package and the dev kit, keelson-dev (uv sync)"
 	@echo "make up        run the whole suite (embedded Postgres/Redis unless KEELSON_*_URL set)"
 	@echo "make down      stop what 'make up' started"
 	@echo "make test      lint, type-check and run every test"
