@@ -2,6 +2,8 @@
 SHELL := /bin/bash
 PYTHON ?= python3
 UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.keelson/bootstrap/bin/uv)
+# tests/test_runtime_boundary.py runs the Dockerfile's `uv sync` with the same uv.
+export KEELSON_UV := $(UV)
 VENV := $(CURDIR)/.venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=

@@ -153,6 +153,9 @@ def test_the_dev_kit_is_a_dev_dependency_of_the_workspace() -> None:
 
 
 def _uv() -> str | None:
+    """The Makefile's uv (KEELSON_UV), else one on the PATH or in .keelson/bootstrap."""
+    if os.environ.get("KEELSON_UV") and Path(os.environ["KEELSON_UV"]).exists():
+        return os.environ["KEELSON_UV"]
     found = shutil.which("uv")
     local = ROOT / ".keelson" / "bootstrap" / "bin" / "uv"
     return found or (str(local) if local.exists() else None)
@@ -217,9 +220,12 @@ def test_the_image_build_installs_and_runs_the_runtime_only(tmp_path: Path) -> N
         UV_PYTHON_DOWNLOADS="never",
         UV_LINK_MODE="copy",
     )
-    built = subprocess.run(
-        [uv, *shlex.split(sync)[1:]], cwd=source, env=env, capture_output=True, text=True
-    )
+    command = [uv, *shlex.split(sync)[1:]]
+    # `make test-lowest` locks with `--resolution lowest-direct`; syncing that lock needs it.
+    mode = tomllib.loads((ROOT / "uv.lock").read_text()).get("options", {}).get("resolution-mode")
+    if mode:
+        command += ["--resolution", mode]
+    built = subprocess.run(command, cwd=source, env=env, capture_output=True, text=True)
     assert built.returncode == 0, built.stderr[-3000:]
     python = str(venv / "bin" / "python")
     listing = subprocess.run(
