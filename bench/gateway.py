@@ -63,8 +63,8 @@ from _docs import write_section
 from jose import jwt
 
 from keelson.auth import IdentityKey
-from keelson.embedded import free_port, wait_for_port
 from keelson.keys import SigningKey
+from keelson_dev.embedded import free_port, wait_for_port
 
 # Production settings need the gateway's identity key pair (keelson.auth._identity).
 _IDENTITY = IdentityKey.generate()

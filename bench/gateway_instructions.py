@@ -43,8 +43,8 @@ from gateway import (  # bench/gateway.py, beside this file
     wrk,
 )
 from keelson.auth import IdentityKey
-from keelson.embedded import free_port, wait_for_port
 from keelson.keys import SigningKey
+from keelson_dev.embedded import free_port, wait_for_port
 
 # Production settings need the gateway's identity key pair (keelson.auth._identity).
 _IDENTITY = IdentityKey.generate()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psutil
 
-from keelson.embedded import free_port, wait_for_port
+from keelson_dev.embedded import free_port, wait_for_port
 
 APP = """
 async def app(scope, receive, send):

@@ -20,8 +20,8 @@ import httpx
 from sqlalchemy.engine import make_url
 
 from keelson.auth import IdentityKey
-from keelson.embedded import EmbeddedPostgres, EmbeddedValkey
-from keelson.supervision import TERMINAL, Program, socket_path
+from keelson_dev.embedded import EmbeddedPostgres, EmbeddedValkey
+from keelson_dev.supervision import TERMINAL, Program, socket_path
 
 __all__ = [
     "SERVICES",
@@ -263,7 +263,7 @@ class Layout:
                 command=[
                     sys.executable,
                     "-m",
-                    "keelson.mailsink",
+                    "keelson_dev.mailsink",
                     "--dir",
                     str(self.mail_dir),
                     "--port",
