@@ -63,14 +63,22 @@ def _fuzz(suite: RunningSuite, headers: dict[str, str], *, admin: bool) -> int:
     number of operations fuzzed."""
     schema = schemathesis.openapi.from_dict(suite.merged_openapi())
     operations = _operations(suite, admin=admin)
+    sent: dict[str, int] = {}
     for method, path in operations:
+        name = f"{method} {path}"
 
+        # Called at once, within this iteration: `name` is the one it was defined with.
         @given(case=schema[path][method].as_strategy())
         @_BOUNDS
         def examples(case: Any) -> None:
             _call(case, suite, headers)
+            sent[name] = sent.get(name, 0) + 1  # noqa: B023
 
         examples()
+    # Every operation was really called, most of them more than once.
+    assert set(sent) == {f"{method} {path}" for method, path in operations}
+    assert sum(sent.values()) >= 2 * len(operations), sent
+    print(f"schemathesis: {sum(sent.values())} requests over {len(operations)} operations")
     return len(operations)
 
 
