@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any, NamedTuple
 
@@ -26,6 +27,7 @@ from sqlalchemy import (
     DateTime,
     Identity,
     Index,
+    Insert,
     MetaData,
     String,
     Table,
@@ -39,6 +41,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.dml import ReturningInsert
 
 from keelson.bus import BUS, Bus
 from keelson.db import DB_ENGINE
@@ -55,7 +58,9 @@ __all__ = [
     "create_outbox_tables",
     "drop_outbox_tables",
     "mark_processed",
+    "outbox_insert",
     "outbox_tables",
+    "processed_insert",
 ]
 
 _log = logging.getLogger("keelson.outbox")
@@ -114,13 +119,36 @@ async def add_to_outbox(
     An empty `producer` is filled in by the relay with its service's name.
     """
     envelope = event.envelope(producer=producer) if isinstance(event, Event) else event
-    await session.execute(
-        _RUNTIME.outbox.insert().values(
-            topic=envelope.type, payload=envelope.model_dump(mode="json")
-        )
-    )
-    session.info[_DIRTY] = True
+    await session.execute(outbox_insert(session, [envelope]))
     return envelope
+
+
+def outbox_insert(session: AsyncSession, events: Sequence[Event | Envelope]) -> Insert:
+    """One INSERT of `events` (at least one) for the caller to run in `session`'s transaction.
+
+    For a caller that folds its outbox rows into a larger statement (a CTE beside its own
+    writes): the relay is woken when the session commits, as with `add_to_outbox`.
+    """
+    if not events:
+        raise ValueError("outbox_insert needs at least one event")
+    envelopes = [e.envelope(producer="") if isinstance(e, Event) else e for e in events]
+    session.info[_DIRTY] = True
+    return _RUNTIME.outbox.insert().values(
+        [{"topic": e.type, "payload": e.model_dump(mode="json")} for e in envelopes]
+    )
+
+
+def processed_insert(*, event_id: str, group: str) -> ReturningInsert[Any]:
+    """The INSERT behind `mark_processed`: one row back when the event is new, none when not.
+
+    For a caller that folds the check into a larger statement (a CTE its query depends on).
+    """
+    return (
+        insert(_RUNTIME.processed_events)
+        .values(event_id=event_id, group=group)
+        .on_conflict_do_nothing()
+        .returning(text("1"))
+    )
 
 
 async def mark_processed(session: AsyncSession, *, event_id: str, group: str) -> bool:
@@ -129,13 +157,7 @@ async def mark_processed(session: AsyncSession, *, event_id: str, group: str) ->
     Returns False when it was already recorded: the caller skips its work, and since the
     record commits with that work, a redelivered event has its effect exactly once.
     """
-    table = _RUNTIME.processed_events
-    result = await session.execute(
-        insert(table)
-        .values(event_id=event_id, group=group)
-        .on_conflict_do_nothing()
-        .returning(text("1"))
-    )
+    result = await session.execute(processed_insert(event_id=event_id, group=group))
     return result.first() is not None
 
 

@@ -1,19 +1,109 @@
-"""Moving an intent between states: the one path that writes the ledger row and the event."""
+"""Moving an intent between states: the one path that writes the ledger row and the event.
+
+A `Changes` collects what one transaction does to one intent (new column values, ledger
+rows, outbox events) and `write` sends it as one statement: an UPDATE, a multi-row
+INSERT into the ledger and one into the outbox, as CTEs of a single SELECT. The intent
+object in the session is given the new values as already committed ones, so the
+session's flush does not write them a second time.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
+from sqlalchemy import Table, func, insert, inspect, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
 
-from keelson.events import Event, PaymentCanceled, PaymentFailed, PaymentSucceeded
-from keelson.outbox import add_to_outbox
-from payments_service.ledger import record
-from payments_service.metrics import INTENT_TRANSITIONS
-from payments_service.models import Intent
+from keelson.events import (
+    Event,
+    PaymentCanceled,
+    PaymentFailed,
+    PaymentProcessing,
+    PaymentSucceeded,
+)
+from keelson.outbox import outbox_insert
+from payments_service.models import Intent, LedgerEntry
 from payments_service.states import IntentStatus, can_move
 
-__all__ = ["move"]
+__all__ = ["Changes", "move"]
+
+_INTENTS = cast(Table, Intent.__table__)
+_LEDGER = cast(Table, LedgerEntry.__table__)
+
+
+class Changes:
+    """The writes of one transaction to `intent`, sent together by `write`."""
+
+    def __init__(self, intent: Intent) -> None:
+        self.intent = intent
+        self.values: dict[str, Any] = {}
+        self.ledger: list[dict[str, Any]] = []
+        self.events: list[Event] = []
+
+    def set(self, **values: Any) -> None:
+        """New column values of the intent (attribute names of `Intent`)."""
+        self.values.update(values)
+        for name, value in values.items():
+            set_committed_value(self.intent, name, value)
+
+    def record(
+        self,
+        *,
+        kind: str,
+        source: str,
+        from_status: str | None = None,
+        to_status: str | None = None,
+        amount: int | None = None,
+        provider_event_id: str | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        """A ledger row about this intent, written with the change it describes."""
+        self.ledger.append(
+            {
+                "intent_id": self.intent.id,
+                "kind": kind,
+                "source": source,
+                "from_status": from_status,
+                "to_status": to_status,
+                "amount": amount,
+                "provider_event_id": provider_event_id,
+                "data": data or {},
+            }
+        )
+
+    def announce(self, event: Event) -> None:
+        """An outbox event, relayed to the bus after the commit."""
+        self.events.append(event)
+
+    async def write(self, db: AsyncSession) -> None:
+        """Send everything collected in one statement of `db`'s transaction, then forget it."""
+        if not (self.values or self.ledger or self.events):
+            return
+        statement = select(literal(1))
+        moved = None
+        if self.values:
+            mapped = inspect(Intent).columns
+            columns = {mapped[name].name: value for name, value in self.values.items()}
+            moved = (
+                update(_INTENTS)
+                .where(_INTENTS.c.id == self.intent.id)
+                .values(**columns, updated_at=func.now())
+                .returning(_INTENTS.c.updated_at)
+                .cte("moved")
+            )
+            statement = select(moved.c.updated_at)
+        ctes = []
+        if self.ledger:
+            ctes.append(insert(_LEDGER).values(self.ledger).cte("recorded"))
+        if self.events:
+            ctes.append(outbox_insert(db, self.events).cte("announced"))
+        if ctes:
+            statement = statement.add_cte(*ctes)
+        result = await db.execute(statement)
+        if moved is not None:
+            set_committed_value(self.intent, "updated_at", result.scalar_one())
+        self.values, self.ledger, self.events = {}, [], []
 
 
 def _event_for(intent: Intent, status: IntentStatus, reason: str | None) -> Event | None:
@@ -25,6 +115,8 @@ def _event_for(intent: Intent, status: IntentStatus, reason: str | None) -> Even
     }
     if status is IntentStatus.SUCCEEDED:
         return PaymentSucceeded(**common, provider_ref=intent.provider_id)
+    if status is IntentStatus.PROCESSING:
+        return PaymentProcessing(**common, provider_ref=intent.provider_id)
     if status is IntentStatus.FAILED:
         return PaymentFailed(**common, reason=reason)
     if status is IntentStatus.CANCELED:
@@ -32,9 +124,8 @@ def _event_for(intent: Intent, status: IntentStatus, reason: str | None) -> Even
     return None  # refunds announce themselves with the refund (RefundSucceeded)
 
 
-async def move(
-    db: AsyncSession,
-    intent: Intent,
+def move(
+    changes: Changes,
     target: IntentStatus,
     *,
     source: str,
@@ -43,12 +134,13 @@ async def move(
     reason: str | None = None,
     data: dict[str, Any] | None = None,
 ) -> bool:
-    """Move `intent` to `target` if the machine allows it and the news is not older.
+    """Move the intent to `target` if the machine allows it and the news is not older.
 
     `event_at` is the provider's time for the news (a webhook's `created`); news older
     than what was already applied never moves the state. Returns whether it moved; the
-    ledger row and the outbox event are in the caller's transaction.
+    ledger row and the outbox event go into `changes`, written with the new status.
     """
+    intent = changes.intent
     current = IntentStatus(intent.status)
     if target is current or not can_move(current, target):
         return False
@@ -58,12 +150,10 @@ async def move(
         and event_at < intent.last_event_at
     ):
         return False
-    intent.status = target.value
+    changes.set(status=target.value)
     if event_at is not None:
-        intent.last_event_at = max(event_at, intent.last_event_at or 0)
-    record(
-        db,
-        intent_id=intent.id,
+        changes.set(last_event_at=max(event_at, intent.last_event_at or 0))
+    changes.record(
         kind="status_changed",
         source=source,
         from_status=current.value,
@@ -74,6 +164,5 @@ async def move(
     )
     event = _event_for(intent, target, reason)
     if event is not None:
-        await add_to_outbox(db, event)
-    INTENT_TRANSITIONS.labels(target.value).inc()
+        changes.announce(event)
     return True
