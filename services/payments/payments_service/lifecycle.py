@@ -9,9 +9,20 @@ session's flush does not write them a second time.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, cast
 
-from sqlalchemy import Table, func, insert, inspect, literal, select, update
+from sqlalchemy import (
+    Select,
+    Table,
+    bindparam,
+    func,
+    insert,
+    inspect,
+    literal_column,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -22,7 +33,7 @@ from keelson.events import (
     PaymentProcessing,
     PaymentSucceeded,
 )
-from keelson.outbox import outbox_insert
+from keelson.outbox import outbox_insert, outbox_parameters
 from payments_service.models import Intent, LedgerEntry
 from payments_service.states import IntentStatus, can_move
 
@@ -80,30 +91,73 @@ class Changes:
         """Send everything collected in one statement of `db`'s transaction, then forget it."""
         if not (self.values or self.ledger or self.events):
             return
-        statement = select(literal(1))
-        moved = None
-        if self.values:
-            mapped = inspect(Intent).columns
-            columns = {mapped[name].name: value for name, value in self.values.items()}
-            moved = (
-                update(_INTENTS)
-                .where(_INTENTS.c.id == self.intent.id)
-                .values(**columns, updated_at=func.now())
-                .returning(_INTENTS.c.updated_at)
-                .cte("moved")
-            )
-            statement = select(moved.c.updated_at)
-        ctes = []
-        if self.ledger:
-            ctes.append(insert(_LEDGER).values(self.ledger).cte("recorded"))
+        columns = tuple(sorted(self.values))
+        statement = _write_statement(columns, len(self.ledger), len(self.events))
+        parameters: dict[str, Any] = {"intent_id": self.intent.id}
+        parameters.update({f"set_{name}": self.values[name] for name in columns})
+        for i, row in enumerate(self.ledger):
+            parameters.update({f"ledger_{name}_{i}": value for name, value in row.items()})
         if self.events:
-            ctes.append(outbox_insert(db, self.events).cte("announced"))
-        if ctes:
-            statement = statement.add_cte(*ctes)
-        result = await db.execute(statement)
-        if moved is not None:
+            parameters.update(outbox_parameters(db, self.events))
+        result = await db.execute(statement, parameters)
+        if columns:
             set_committed_value(self.intent, "updated_at", result.scalar_one())
         self.values, self.ledger, self.events = {}, [], []
+
+
+_LEDGER_COLUMNS = (
+    "intent_id",
+    "kind",
+    "source",
+    "from_status",
+    "to_status",
+    "amount",
+    "provider_event_id",
+    "data",
+)
+
+
+@functools.cache
+def _write_statement(columns: tuple[str, ...], ledger_rows: int, events: int) -> Select[Any]:
+    """The one statement of a `Changes` of this shape, built (and so compiled) once."""
+    statement: Select[Any] = select(literal_column("1"))
+    ctes = []
+    if columns:
+        mapped = inspect(Intent).columns
+        moved = (
+            update(_INTENTS)
+            .where(_INTENTS.c.id == bindparam("intent_id", type_=_INTENTS.c.id.type))
+            .values(
+                {
+                    **{
+                        mapped[name].name: bindparam(f"set_{name}", type_=mapped[name].type)
+                        for name in columns
+                    },
+                    "updated_at": func.now(),
+                }
+            )
+            .returning(_INTENTS.c.updated_at)
+            .cte("moved")
+        )
+        statement = select(moved.c.updated_at)
+    # One single-row INSERT per row (SQLAlchemy caches the compiled form of those, never
+    # that of a multi-row VALUES), each reading the one before, so the rows' ids follow
+    # the order they were recorded in.
+    previous = None
+    for i in range(ledger_rows):
+        row = [
+            bindparam(f"ledger_{name}_{i}", type_=_LEDGER.c[name].type).label(name)
+            for name in _LEDGER_COLUMNS
+        ]
+        recorded = (
+            insert(_LEDGER).values({c.name: c.element for c in row})
+            if previous is None
+            else insert(_LEDGER).from_select(_LEDGER_COLUMNS, select(*row).select_from(previous))
+        )
+        previous = recorded.returning(_LEDGER.c.id).cte(f"recorded_{i}")
+        ctes.append(previous)
+    ctes += [outbox_insert(i).cte(f"announced_{i}") for i in range(events)]
+    return statement.add_cte(*ctes) if ctes else statement
 
 
 def _event_for(intent: Intent, status: IntentStatus, reason: str | None) -> Event | None:

@@ -8,15 +8,16 @@ news older than what was applied and any move the state machine does not allow.
 
 from __future__ import annotations
 
+import functools
 import time
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import exists, literal, select
+from sqlalchemy import Select, String, bindparam, exists, literal_column, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keelson.events import DisputeOpened, RefundSucceeded
-from keelson.outbox import mark_processed, processed_insert
+from keelson.outbox import mark_processed, processed_insert, processed_parameters
 from keelson.payment import ProviderEvent
 from payments_service.lifecycle import Changes, move
 from payments_service.metrics import WEBHOOK_EVENTS, WEBHOOK_LAG
@@ -65,6 +66,20 @@ async def handle_event(db: AsyncSession, event: ProviderEvent, *, source: str) -
     return outcome
 
 
+@functools.cache
+def _claim_statement() -> Select[Intent]:
+    fresh = processed_insert().cte("fresh")
+    return (
+        select(Intent)
+        .where(
+            Intent.provider_id == bindparam("ref", type_=String()),
+            select(literal_column("1")).select_from(fresh).exists(),
+        )
+        .with_for_update(of=Intent)
+        .execution_options(populate_existing=True)
+    )
+
+
 async def _claim(db: AsyncSession, event: ProviderEvent, ref: str | None) -> Intent | Outcome:
     """Mark `event` processed and lock its intent, in one statement.
 
@@ -75,12 +90,9 @@ async def _claim(db: AsyncSession, event: ProviderEvent, ref: str | None) -> Int
     if ref is None:
         fresh = await mark_processed(db, event_id=event.id, group=WEBHOOK_GROUP)
         return Outcome.UNKNOWN_INTENT if fresh else Outcome.DUPLICATE
-    fresh_row = processed_insert(event_id=event.id, group=WEBHOOK_GROUP).cte("fresh")
     intent = await db.scalar(
-        select(Intent)
-        .where(Intent.provider_id == ref, select(literal(1)).select_from(fresh_row).exists())
-        .with_for_update(of=Intent)
-        .execution_options(populate_existing=True)
+        _claim_statement(),
+        {"ref": ref, **processed_parameters(event_id=event.id, group=WEBHOOK_GROUP)},
     )
     if intent is not None:
         return intent
