@@ -2,7 +2,7 @@
 
 auth, payments, notifications and the gateway run as real processes (`python -m <pkg>`) on
 free ports over a database of their own, and mail goes to the SMTP sink `keelson up` runs
-(`python -m keelson.mailsink`, aiosmtpd writing `.eml` files), read back as `keelson mail`
+(`python -m keelson_dev.mailsink`, aiosmtpd writing `.eml` files), read back as `keelson mail`
 reads it.
 """
 
@@ -30,11 +30,11 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from keelson.auth import Principal, identity_key, sign_identity
 from keelson.bus import RedisBus
 from keelson.db import migrate
-from keelson.embedded import free_port
 from keelson.events import Envelope
 from keelson.keys import KeyManager
-from keelson.mailsink import MailboxEntry, read_mailbox
-from keelson.testing import ServiceProcess, eventually, fresh_database
+from keelson_dev.embedded import free_port
+from keelson_dev.mailsink import MailboxEntry, read_mailbox
+from keelson_dev.testing import ServiceProcess, eventually, fresh_database
 from payments_service.settings import Settings as PaymentsSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,10 +82,8 @@ def payments_process(
 def mail_sink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]:
     """`keelson up`'s SMTP sink as its own process: (port, the directory of its .eml files)."""
     port, directory = free_port(), tmp_path_factory.mktemp("payflow-mail")
-    sink = subprocess.Popen(
-        [sys.executable, "-m", "keelson.mailsink", "--dir", str(directory), "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-    )
+    command = [sys.executable, "-m", "keelson_dev.mailsink", "--dir", str(directory)]
+    sink = subprocess.Popen([*command, "--port", str(port)], stdout=subprocess.DEVNULL)
 
     def accepting() -> bool:
         with socket.socket() as probe:
