@@ -76,12 +76,21 @@ class Exchange:
     (`record_with`), instead of timing the request again around the layers inside it.
     """
 
-    __slots__ = ("enforced", "extra", "recorder", "reported", "started", "status")
+    __slots__ = (
+        "enforced",
+        "extra",
+        "policy_enforced",
+        "recorder",
+        "reported",
+        "started",
+        "status",
+    )
 
     def __init__(self) -> None:
         self.status = 500  # what the access record says if the app never answers
         self.started = False
         self.reported = False  # an exception already logged and answered with a 500
+        self.policy_enforced = False  # a whole policy enforced: no default headers to add
         self.extra: list[tuple[bytes, bytes]] = []
         self.enforced: dict[bytes, bytes] | None = None
         self.recorder: AccessRecorder | None = None
@@ -93,6 +102,12 @@ class Exchange:
     def enforce_headers(self, headers: dict[bytes, bytes]) -> None:
         """Give the response these values (lower-case names), replacing any the app sent."""
         self.enforced = headers if self.enforced is None else {**self.enforced, **headers}
+
+    def enforce_policy(self, policy: SecurityHeaders, path: str) -> None:
+        """Give the response `policy`'s security headers (for `path`) in place of the
+        service's default policy's, replacing any the app sent."""
+        self.enforce_headers(policy.for_path(path))
+        self.policy_enforced = True
 
     def record_with(self, recorder: AccessRecorder) -> None:
         """Have `recorder(scope, status, seconds)` write this request's access record, in
@@ -160,20 +175,18 @@ class ServiceMiddleware:
                     trace_id = match.group(1)
         request_id = request_id or random_id()
         path: str = scope["path"]
-        defaults = self.security_headers.for_path(path)
+        policy = self.security_headers
         request_id_header = (b"x-request-id", request_id.encode())
         ex = Exchange()
         scope["keelson.exchange"] = ex
-        scope.setdefault("state", {})["request_id"] = request_id
 
         def send_decorated(message: Message) -> Awaitable[None]:
             # A plain function: the server's `send` is the only coroutine frame per message.
             if message["type"] == "http.response.start":
                 ex.started = True
                 ex.status = message["status"]
-                headers: list[tuple[bytes, bytes]] = message.get("headers", [])
-                if type(headers) is not list:
-                    headers = list(headers)  # any iterable, read once
+                sent: list[tuple[bytes, bytes]] = message.get("headers", [])
+                headers = sent if type(sent) is list else list(sent)  # any iterable, read once
                 names = b"".join([name for name, _ in headers])
                 if names and not names.islower():  # the usual case needs no lower() per name
                     headers = [(name.lower(), value) for name, value in headers]
@@ -181,13 +194,15 @@ class ServiceMiddleware:
                 if enforced:
                     headers = [h for h in headers if h[0] not in enforced]
                     headers.extend(enforced.items())
-                present = {name for name, _ in headers}
-                message["headers"] = [
-                    *headers,
-                    *[h for h in defaults.items() if h[0] not in present],
-                    *ex.extra,
-                    request_id_header,
-                ]
+                elif headers is sent:
+                    headers = headers.copy()  # the app's own list is not ours to extend
+                if not ex.policy_enforced:
+                    present = {name for name, _ in headers}
+                    defaults = policy.for_path(path).items()
+                    headers.extend([h for h in defaults if h[0] not in present])
+                headers.extend(ex.extra)
+                headers.append(request_id_header)
+                message["headers"] = headers
             return send(message)
 
         tracker = self.tracker

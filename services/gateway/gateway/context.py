@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from starlette.types import Message, Receive, Scope
@@ -49,7 +49,8 @@ class RequestContext:
     principal: Principal | None = None
     body: bytes | None = None
     session: str | None = None
-    forward_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    # Shared, not copied: replaced by a layer that adds to it, never changed in place.
+    forward_headers: Sequence[tuple[bytes, bytes]] = ()
 
     def attach(self, scope: Scope) -> None:
         scope[_CONTEXT] = self

@@ -119,7 +119,12 @@ class PipelineMiddleware:
             self._chain = pipeline.compose(self.app) if self._version else self.app
         if scope["type"] == "http":
             catalog = pipeline.catalog
-            client_ip, forwarded_for = forwarded_client(scope, pipeline.trusted_proxy_hops)
+            hops = pipeline.trusted_proxy_hops
+            if hops:
+                client_ip, forwarded_for = forwarded_client(scope, hops)
+            else:  # the socket peer is the client: the usual case, without a call
+                peer = scope.get("client")
+                client_ip = forwarded_for = peer[0] if peer else "unknown"
             RequestContext(
                 catalog.match(scope["method"], scope["path"]) if catalog is not None else None,
                 client_ip,

@@ -154,33 +154,38 @@ class ProxyApp:
             ).send_to(send)
             return
         try:
-            await self._forward(upstream, ctx, scope, receive, send)
+            method: str = scope["method"]
+            query: bytes = scope["query_string"]
+            target: bytes = scope["raw_path"] + b"?" + query if query else scope["raw_path"]
+            headers, declared, chunked = self._request_head(scope, ctx)
+            found = self._request_body(ctx, receive, declared, chunked)
+            if found is None:  # small: read whole, so that a retry can send it again
+                found = (await read_body(receive), True, None)
+            body, replayable, length = found
+            attempts = 1 + upstream.config.retries if replayable and method in IDEMPOTENT else 1
+            # Looked at once the upstream has answered: by then the body is sent, and
+            # `receive` has nothing left to say but the client's disconnect.
+            gone = _Disconnect(receive)
+            await self._exchange(
+                upstream,
+                self.pools[upstream.name],
+                method,
+                target,
+                headers,
+                body,
+                length,
+                attempts,
+                ctx,
+                scope,
+                send,
+                gone,
+            )
         except KeelsonError as failure:
             await failure.send_to(send)
         except ClientGone:
             ctx.response.status = CLIENT_CLOSED_REQUEST
         finally:
             upstream.breaker.release()
-
-    async def _forward(
-        self, upstream: Upstream, ctx: RequestContext, scope: Scope, receive: Receive, send: Send
-    ) -> None:
-        method: str = scope["method"]
-        query: bytes = scope["query_string"]
-        target: bytes = scope["raw_path"] + b"?" + query if query else scope["raw_path"]
-        headers, declared, chunked = self._request_head(scope, ctx)
-        found = self._request_body(ctx, receive, declared, chunked)
-        if found is None:  # small: read whole, so that a retry can send it again
-            found = (await read_body(receive), True, None)
-        body, replayable, length = found
-        attempts = 1 + upstream.config.retries if replayable and method in IDEMPOTENT else 1
-        pool = self.pools[upstream.name]
-        # Looked at once the upstream has answered: by then the body is sent, and `receive`
-        # has nothing left to say but the client's disconnect.
-        gone = _Disconnect(receive)
-        await self._exchange(
-            upstream, pool, method, target, headers, body, length, attempts, ctx, scope, send, gone
-        )
 
     async def _exchange(
         self,

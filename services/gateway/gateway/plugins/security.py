@@ -221,7 +221,7 @@ class _SecurityLayer:
         # The response gets these whatever the upstream said (the outermost layer applies them).
         ctx = context(scope)
         ex = ctx.response
-        ex.enforce_headers(self.headers.for_path(path))
+        ex.enforce_policy(self.headers, path)
         if origin:
             if scope["method"] == "OPTIONS" and self.cors.is_preflight(scope):
                 return self.cors.preflight(origin, scope, send)
@@ -267,7 +267,7 @@ class _SecurityLayer:
         if principal is not None:
             ctx = context(scope)
             ctx.principal = principal
-            ctx.forward_headers.extend(self.plugin.identity_headers(principal))
+            ctx.forward_headers = self.plugin.identity_headers(principal)
             # For the rest of the request's lines; ServiceMiddleware unbinds it at the end.
             user_id_var.set(principal.user_id)
         return self.app(scope, receive, send)
