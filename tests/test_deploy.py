@@ -742,7 +742,7 @@ def test_locust_scenarios_skip_what_the_gateway_does_not_serve_yet(
     result = subprocess.run(
         [
             str(locust), "-f", str(ROOT / "loadtests" / "locustfile.py"), "--headless",
-            "-u", "10", "-r", "10", "-t", "3s", "--host", partial_gateway,
+            "-u", "10", "-r", "10", "-t", "10s", "--host", partial_gateway,
             "--csv", str(tmp_path / "run"), "--only-summary", "--exit-code-on-error", "1",
         ],
         capture_output=True, text=True, cwd=tmp_path, timeout=60,

@@ -110,6 +110,7 @@ def suite(
         KEELSON_ADMIN_PASSWORD=ADMIN_PASSWORD,
         KEELSON_UP_POSTGRES_PORT=str(free_port()),
         KEELSON_UP_VALKEY_PORT=str(free_port()),
+        KEELSON_UP_SMTP_PORT=str(free_port()),
     )
     output = root / "up.log"
     command = [str(KEELSON), "up", "--root", str(root), "--base-port", str(base_port)]
