@@ -43,14 +43,6 @@ class GatewayPlugin(Plugin):
 
         return apply
 
-    @property
-    def gateway_settings(self) -> Settings:
-        """The gateway's own settings, typed (the container holds them as Keelson's)."""
-        settings = self.container.settings
-        if not isinstance(settings, Settings):
-            raise TypeError("a gateway plugin runs in a container with the gateway's Settings")
-        return settings
-
 
 class Pipeline:
     """Composes the running plugins' layers: the highest priority (lowest number) is outermost."""
