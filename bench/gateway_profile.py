@@ -35,7 +35,7 @@ from gateway import (  # bench/gateway.py, beside this file
     wait_ready,
     wrk,
 )
-from keelson.embedded import free_port, wait_for_port
+from keelson_dev.embedded import free_port, wait_for_port
 from keelson.keys import SigningKey
 
 

@@ -35,8 +35,8 @@ from pydantic import BaseModel
 from sqlalchemy.engine import make_url
 
 from keelson.config import KeelsonSettings
-from keelson.embedded import free_port
-from keelson.testing import fresh_database
+from keelson_dev.embedded import free_port
+from keelson_dev.testing import fresh_database
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -667,7 +667,7 @@ def test_each_service_migrates_as_its_own_role_into_its_own_schema(roles_databas
         result = subprocess.run(["sh", script], env=pg_env, capture_output=True, text=True)
         assert result.returncode == 0, result.stderr
     from keelson.db import migrate
-    from keelson.suite import SERVICES as SUITE
+    from keelson_dev.suite import SERVICES as SUITE
 
     for service in SUITE:
         role_url = url.set(username=f"keelson_{service.name}", password=f"keelson-{service.name}")

@@ -30,9 +30,9 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import make_url
 
-from keelson.embedded import free_port
-from keelson.suite import SERVICES, Layout, free_port_block, readiness
-from keelson.testing import fresh_database
+from keelson_dev.embedded import free_port
+from keelson_dev.suite import SERVICES, Layout, free_port_block, readiness
+from keelson_dev.testing import fresh_database
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
