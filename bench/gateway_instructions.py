@@ -54,6 +54,7 @@ def measure(
     headers: dict[str, str],
     seconds: int,
     keep: Path | None = None,
+    connections: int = 32,
 ) -> int:
     port = free_port()
     out = cwd / f"callgrind.{name}.out"
@@ -76,7 +77,7 @@ def measure(
         wait_ready(url, headers, timeout=300)  # under valgrind, start-up takes minutes
         wrk(url, headers, 32, 5)  # warm-up, uncounted
         subprocess.run(["callgrind_control", "-i", "on", str(server.pid)], check=True)
-        _, count, bad = wrk(url, headers, 32, seconds)
+        _, count, bad = wrk(url, headers, connections, seconds)
         subprocess.run(["callgrind_control", "-i", "off", str(server.pid)], check=True)
         if bad:
             raise RuntimeError(f"{name}: {bad} of {count} answers were not 2xx")
@@ -109,6 +110,12 @@ def main() -> None:
         help="run the gateway with this plugin off (what its layer costs); repeatable",
     )
     parser.add_argument("--gateway-only", action="store_true", help="skip the bare proxy")
+    parser.add_argument(
+        "--connections",
+        type=int,
+        default=32,
+        help="wrk's connections while counting (1: one request at a time, no batching)",
+    )
     args = parser.parse_args()
     for tool in ("valgrind", "callgrind_control", "wrk", "nginx"):
         if shutil.which(tool) is None:
@@ -152,6 +159,7 @@ def main() -> None:
             headers,
             args.seconds,
             args.keep_dumps,
+            args.connections,
         )
     finally:
         stop(nginx)
