@@ -77,7 +77,7 @@ def test_every_operation_not_listed_for_users_refuses_them(suite: RunningSuite) 
     """Sent: every operation of the merged OpenAPI that is neither public nor in
     USER_OPERATIONS, as an ordinary user, with ids that belong to nobody. Holds: 403 from
     each (not 404, not 401: the role is what refuses them)."""
-    _, user = suite.new_user()
+    _, user = suite.user("b")
     document = suite.merged_openapi()
     refused = []
     with suite.client() as client:
@@ -145,8 +145,8 @@ def test_a_user_reaches_nothing_of_another_user(suite: RunningSuite) -> None:
     customer, notification, webhook endpoint, A's user id), with a valid body; then every
     list B may read. Holds: 403 or 404 problem+json each; no list of B's shows any of A's
     ids; A's intent and endpoint are unchanged afterwards."""
-    a_id, a = suite.new_user()
-    _, b = suite.new_user()
+    a_id, a = suite.user("a")
+    _, b = suite.user("b")
     document = suite.merged_openapi()
     with suite.client() as client:
         owned = _owned_objects(client, a, a_id)

@@ -53,10 +53,6 @@ _HEADERS = [
 ]
 
 
-class _Stalled(Exception):
-    pass
-
-
 class BodyReadTimeout:
     """ASGI middleware: a request body that stalls for `seconds` between two chunks ends
     the request with 408 problem+json (and `Connection: close`).
@@ -109,7 +105,13 @@ class BodyReadTimeout:
                 started = True
             await send(message)
 
-        await self.app(scope, timed_receive, guarded_send)
+        try:
+            await self.app(scope, timed_receive, guarded_send)
+        except Exception:
+            # What the app raised at the client's "disconnect" (Starlette's ClientDisconnect,
+            # for one) is the stall's doing: answered below, not a failure of the app.
+            if not stalled:
+                raise
         if stalled and not started and not replaced:
             await _answer_408(send)
 
