@@ -201,7 +201,9 @@ def _metric_names_exported() -> set[str]:
     """Every series name Keelson's Prometheus registry can produce."""
     from prometheus_client import REGISTRY
 
-    for module in ("keelson.metrics", "gateway.metrics", "logs_service.metrics"):
+    modules = ("keelson.metrics", "gateway.metrics", "logs_service.metrics")
+    modules += ("payments_service.metrics", "notifications_service.metrics")
+    for module in modules:
         importlib.import_module(module)
     suffixes = {
         "counter": ("_total", "_created"),
@@ -396,6 +398,18 @@ def test_dashboards_query_exported_metrics_through_the_provisioned_datasource(
     red = {"http_requests_total", "http_request_duration_seconds_bucket"}
     platform = {"bus_consumer_lag", "bus_dead_letters_total", "log_records_dropped_total"}
     assert red | platform | {"db_pool_connections_in_use"} <= queried
+    business = {
+        "business_events_total",  # auth's registrations, logins, refreshes, reuse
+        "logs_records_ingested_total",
+        "logs_records_rejected_total",
+        "payments_intents_total",
+        "payments_refunds_total",
+        "payments_webhook_events_total",
+        "notifications_sent_total",
+        "notifications_failed_total",
+        "notifications_dead_lettered_total",
+    }
+    assert business <= queried, business - queried
 
 
 # ---------------------------------------------------------------- dockerfile

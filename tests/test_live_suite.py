@@ -50,7 +50,7 @@ pytestmark = pytest.mark.timeout(480)
 # Dashboards whose every panel must answer with series after the workload.
 MUST_ANSWER = {"keelson-overview", "keelson-service"}
 # The per-service dashboard is evaluated for each service the workload went through.
-SERVICE_VALUES = ("gateway", "auth", "logs")
+SERVICE_VALUES = ("gateway", "auth", "logs", "notifications", "payments")
 
 # (dashboard uid, panel title, $service or None) -> why it may be empty after the workload.
 MAY_BE_EMPTY: dict[tuple[str, str, str | None], str] = {
@@ -67,12 +67,6 @@ MAY_BE_EMPTY: dict[tuple[str, str, str | None], str] = {
         "the gateway has no database"
     ),
     ("keelson-service", "Database connections in use", "gateway"): "the gateway has no database",
-    ("keelson-overview", "Payments per second by event and outcome", None): (
-        "service not yet built on this branch"
-    ),
-    ("keelson-overview", "Notifications per second by event and outcome", None): (
-        "service not yet built on this branch"
-    ),
 }
 
 _PROMQL_WORDS = {
@@ -243,6 +237,10 @@ def _drive_workload(stack: Stack) -> None:
         bearer = {"Authorization": f"Bearer {refreshed.json()['access_token']}"}
         assert client.get("/api/v1/auth/me", headers=bearer).status_code == 200
         assert client.get("/api/v1/no-such-thing", headers=bearer).status_code == 404
+        admin = client.post("/api/v1/auth/login", json={"email": admin_email, "password": PASSWORD})
+        assert admin.status_code == 200, admin.text
+        ops = {"Authorization": f"Bearer {admin.json()['access_token']}"}
+        _pay_refund_and_notify(client, bearer, ops, email)
         # Reuse: the first token again once its successor is spent too (before that, the
         # grace window hands out the same pair).
         successor = {"refresh_token": refreshed.json()["refresh_token"]}
@@ -255,11 +253,55 @@ def _drive_workload(stack: Stack) -> None:
             if reset.status_code == 429:
                 break
         assert statuses[-1] == 429, statuses
-        admin = client.post("/api/v1/auth/login", json={"email": admin_email, "password": PASSWORD})
-        assert admin.status_code == 200, admin.text
-        ops = {"Authorization": f"Bearer {admin.json()['access_token']}"}
         logs = client.get("/api/v1/logs", params={"limit": 10}, headers=ops)
         assert logs.status_code == 200, logs.text
+
+
+def _pay_refund_and_notify(
+    client: httpx.Client, bearer: dict[str, str], ops: dict[str, str], email: str
+) -> None:
+    """A sandbox payment an admin marks paid, refunded in full; a forged provider webhook;
+    an email to the user's own address, followed until the SMTP sink has taken it."""
+    created = client.post(
+        "/api/v1/payments/intents",
+        json={"amount": 2500, "currency": "eur", "description": "live workload"},
+        headers={**bearer, "Idempotency-Key": str(uuid.uuid4())},
+    )
+    assert created.status_code == 201, created.text
+    intent = created.json()["id"]
+    paid = client.post(f"/api/v1/payments/sandbox/intents/{intent}/succeed", headers=ops)
+    assert paid.status_code == 200 and paid.json()["status"] == "succeeded", paid.text
+    refund = client.post(
+        f"/api/v1/payments/intents/{intent}/refunds",
+        json={},
+        headers={**bearer, "Idempotency-Key": str(uuid.uuid4())},
+    )
+    assert refund.status_code == 201, refund.text
+    forged = client.post(
+        "/api/v1/payments/webhooks/stripe",
+        content=b'{"id": "evt_forged", "type": "payment_intent.succeeded"}',
+        headers={"Content-Type": "application/json", "Stripe-Signature": "t=1,v1=00"},
+    )
+    assert forged.status_code == 400, forged.text
+    sent = client.post(
+        "/api/v1/notifications",
+        json={"channel": "email", "to": email, "subject": "Live", "body": "workload"},
+        headers=bearer,
+    )
+    assert sent.status_code == 202, sent.text
+    notification = f"/api/v1/notifications/{sent.json()['id']}"
+
+    def delivered() -> bool:
+        answer = client.get(notification, headers=bearer)
+        assert answer.status_code == 200, answer.text
+        return bool(answer.json()["status"] == "sent")
+
+    _poll(
+        "the notification sent",
+        delivered,
+        60,
+        lambda: client.get(notification, headers=bearer).text,
+    )
 
 
 def _wait_for_two_scrapes(stack: Stack) -> None:
@@ -384,6 +426,17 @@ def test_every_dashboard_panel_and_alert_answers_from_a_live_prometheus(stack: S
         return bool(result) and float(result[0]["value"][1]) > 0
 
     _poll("log records ingested and scraped", ingested, 30, lambda: "")
+
+    def one(expr: str) -> float:
+        result = stack.query(expr)["data"]["result"]
+        return float(result[0]["value"][1]) if result else 0.0
+
+    assert one('sum(payments_intents_total{status="succeeded"})') == 1
+    assert one('sum(payments_intents_total{status="refunded"})') == 1
+    assert one('sum(payments_refunds_total{status="succeeded"})') == 1
+    assert one('sum(payments_webhook_events_total{outcome="rejected"})') == 1
+    # The user's own email; auth's events (verification mail) may have sent more.
+    assert one('sum(notifications_sent_total{channel="email"})') >= 1
 
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -156,17 +156,83 @@ BUSINESS = Row(
             width=8,
             description="Committed by the log service, and refused or lost on the way in.",
         ),
-        _business(
-            "payments",
-            "",
-            "Payments per second by event and outcome",
-            "Payment intents by status, refunds, webhook outcomes.",
+        Panel(
+            "Payment intents entering each status per second",
+            (
+                Query(
+                    f"sum by (status) (rate(payments_intents_total[{_RATE}]))",
+                    "{{status}}",
+                ),
+            ),
+            unit="ops",
+            width=8,
+            description="Status changes of payment intents (succeeded, failed, canceled, "
+            "refunded...), from the API, the sandbox and provider webhooks.",
         ),
-        _business(
-            "notifications",
-            "",
-            "Notifications per second by event and outcome",
-            "Sent, failed and dead-lettered per channel.",
+        Panel(
+            "Refunds per second",
+            (
+                Query(
+                    f"sum by (status) (rate(payments_refunds_total[{_RATE}]))",
+                    "{{status}}",
+                ),
+            ),
+            unit="ops",
+            width=8,
+            description="Refunds committed, by the provider's status of each.",
+        ),
+        Panel(
+            "Payment webhooks per second by type and outcome",
+            (
+                Query(
+                    f"sum by (type, outcome) (rate(payments_webhook_events_total[{_RATE}]))",
+                    "{{type}} {{outcome}}",
+                ),
+            ),
+            unit="ops",
+            width=8,
+            description="applied, stale, duplicate, unknown_intent, ignored, "
+            "or rejected (the signature did not verify).",
+        ),
+        Panel(
+            "Notifications per second by channel: sent, failed, dead-lettered",
+            (
+                Query(
+                    f"sum by (channel) (rate(notifications_sent_total[{_RATE}]))",
+                    "sent {{channel}}",
+                ),
+                Query(
+                    f"sum by (channel, kind) (rate(notifications_failed_total[{_RATE}]))",
+                    "failed {{channel}} ({{kind}})",
+                ),
+                Query(
+                    f"sum by (channel) (rate(notifications_dead_lettered_total[{_RATE}]))",
+                    "dead-lettered {{channel}}",
+                ),
+            ),
+            unit="ops",
+            width=8,
+            description="Delivered; failed attempts (transient: retried, permanent: given up); "
+            "moved to dead letter after the last attempt.",
+        ),
+        Panel(
+            "Notification delivery p95 by channel",
+            (
+                Query(
+                    "histogram_quantile(0.95, sum by (channel, le) "
+                    f"(rate(notifications_delivery_seconds_bucket[{_RATE}])))",
+                    "{{channel}}",
+                ),
+            ),
+            unit="s",
+            width=8,
+            description="From a notification's creation to its delivery.",
+        ),
+        Panel(
+            "Notifications waiting",
+            (Query("sum(notifications_queue_depth)", "waiting"),),
+            width=8,
+            description="Queued to be sent, due now or later (retries back off).",
         ),
     ),
 )
@@ -257,7 +323,7 @@ OVERVIEW = Dashboard(
                         ),
                     ),
                     unit="ops",
-                    description="Sign-ups, payments, deliveries... counted by the services.",
+                    description="Auth's sign-ups, logins, token refreshes and reuse detections.",
                 ),
                 Panel(
                     "Requests in flight",

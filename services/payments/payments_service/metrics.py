@@ -4,10 +4,21 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Histogram
 
-__all__ = ["INTENT_TRANSITIONS", "RECONCILE_REPAIRS", "WEBHOOK_EVENTS", "WEBHOOK_LAG"]
+__all__ = [
+    "INTENT_TRANSITIONS",
+    "RECONCILE_REPAIRS",
+    "REFUNDS",
+    "WEBHOOK_EVENTS",
+    "WEBHOOK_LAG",
+]
 
 INTENT_TRANSITIONS = Counter(
     "payments_intents_total", "Payment intents entering each status", ["status"]
+)
+REFUNDS = Counter(
+    "payments_refunds_total",
+    "Refunds made (committed), by the provider's status of the refund",
+    ["status"],
 )
 WEBHOOK_EVENTS = Counter(
     "payments_webhook_events_total",
