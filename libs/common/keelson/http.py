@@ -31,7 +31,7 @@ from keelson.logging import (
     user_id_var,
 )
 from keelson.metrics import HTTP_IN_FLIGHT, RequestMetrics, metrics_router, route_template
-from keelson.monitor import capture_exception
+from keelson.monitor import capture_exception, isolated_scope
 from keelson.plugins import PluginContainer
 
 __all__ = [
@@ -241,33 +241,38 @@ class ServiceMiddleware:
             tracker.idle.clear()
         tracker.count += 1
         rid_token = request_id_var.set(request_id)
-        tid_token = trace_id_var.set(trace_id or random_id())
+        trace_id = trace_id or random_id()
+        tid_token = trace_id_var.set(trace_id)
         uid_token = user_id_var.set(None)
         started = time.perf_counter()
-        try:
-            # RFC 9112, 3.2: an HTTP/1.1 request without a Host, or any with two, is a 400.
-            if hosts > 1 or (hosts == 0 and scope.get("http_version") == "1.1"):
-                await problem_response(
-                    400, "Bad Request", "A request needs exactly one Host header.", instance=path
-                )(scope, receive, send_decorated)
-            else:
-                await self.app(scope, receive, send_decorated)
-        except Exception as exc:
-            if ex.started:
-                raise
-            await _internal_error(exc, method=scope["method"], path=path)(
-                scope, receive, send_decorated
-            )
-        finally:
+        with isolated_scope(trace_id=trace_id, request_id=request_id):
             try:
-                self._record(scope, path, ex, time.perf_counter() - started)
+                # RFC 9112, 3.2: an HTTP/1.1 request without a Host, or any with two, is a 400.
+                if hosts > 1 or (hosts == 0 and scope.get("http_version") == "1.1"):
+                    await problem_response(
+                        400,
+                        "Bad Request",
+                        "A request needs exactly one Host header.",
+                        instance=path,
+                    )(scope, receive, send_decorated)
+                else:
+                    await self.app(scope, receive, send_decorated)
+            except Exception as exc:
+                if ex.started:
+                    raise
+                await _internal_error(exc, method=scope["method"], path=path)(
+                    scope, receive, send_decorated
+                )
             finally:
-                user_id_var.reset(uid_token)
-                trace_id_var.reset(tid_token)
-                request_id_var.reset(rid_token)
-                tracker.count -= 1
-                if tracker.count == 0:
-                    tracker.idle.set()
+                try:
+                    self._record(scope, path, ex, time.perf_counter() - started)
+                finally:
+                    user_id_var.reset(uid_token)
+                    trace_id_var.reset(tid_token)
+                    request_id_var.reset(rid_token)
+                    tracker.count -= 1
+                    if tracker.count == 0:
+                        tracker.idle.set()
 
     def _record(self, scope: Scope, path: str, ex: Exchange, seconds: float) -> None:
         """The request's access record, then its metrics (the record's writer may name the

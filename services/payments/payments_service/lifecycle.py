@@ -6,6 +6,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from keelson import monitor
 from keelson.events import Event, PaymentCanceled, PaymentFailed, PaymentSucceeded
 from keelson.outbox import add_to_outbox
 from payments_service.ledger import record
@@ -75,5 +76,13 @@ async def move(
     event = _event_for(intent, target, reason)
     if event is not None:
         await add_to_outbox(db, event)
+    monitor.add_breadcrumb(
+        "payment intent status changed",
+        category="payment",
+        intent_id=str(intent.id),
+        from_status=current.value,
+        to_status=target.value,
+        source=source,
+    )
     INTENT_TRANSITIONS.labels(target.value).inc()
     return True

@@ -7,6 +7,7 @@ import uuid
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from keelson import monitor
 from keelson.auth import Principal
 from keelson.errors import Conflict, IdempotencyConflict
 from keelson.events import RefundSucceeded
@@ -16,6 +17,7 @@ from payments_service.idempotency import fingerprint, provider_key
 from payments_service.intents import find_intent
 from payments_service.ledger import record
 from payments_service.lifecycle import move
+from payments_service.metrics import REFUNDS
 from payments_service.models import Refund
 from payments_service.schemas import RefundCreate
 from payments_service.states import REFUNDABLE, IntentStatus, refund_status
@@ -106,4 +108,8 @@ async def refund_intent(
                 currency=intent.currency,
             ),
         )
+    monitor.add_breadcrumb(
+        "refund created", category="payment", intent_id=str(intent_id), amount=refund.amount
+    )
+    REFUNDS.labels(refund.status).inc()
     return refund, True

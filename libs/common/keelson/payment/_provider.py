@@ -12,6 +12,7 @@ import stripe
 from prometheus_client import Counter, Histogram
 
 from keelson.errors import BadRequest, KeelsonError
+from keelson.monitor import trace
 
 __all__ = [
     "PROVIDER_CALL_SECONDS",
@@ -184,7 +185,8 @@ def parse_stripe_event(
 async def _timed(provider: str, operation: str) -> AsyncIterator[None]:
     started = time.perf_counter()
     try:
-        yield
+        with trace(f"{provider}.{operation}", op="payment.provider"):
+            yield
     except KeelsonError as exc:
         PROVIDER_ERRORS.labels(provider, operation, exc.slug).inc()
         raise
