@@ -24,6 +24,7 @@ __all__ = [
     "PasswordHashing",
     "check_password_policy",
     "common_passwords",
+    "default_concurrency",
     "password_hasher",
 ]
 
@@ -54,6 +55,13 @@ def password_hasher(settings: PasswordHashSettings) -> PasswordHasher:
     )
 
 
+def default_concurrency() -> int:
+    """Hashing slots when none are configured: one core fewer than the machine has (at
+    least one), so the event loop serving every other request always has a core of its own
+    (docs/benchmarks.md, Auth: `/me` while logins saturate)."""
+    return max(1, (os.cpu_count() or 1) - 1)
+
+
 class PasswordHashing:
     """argon2id in worker threads, at most `concurrency` at once.
 
@@ -64,7 +72,7 @@ class PasswordHashing:
 
     def __init__(self, settings: PasswordHashSettings) -> None:
         self._hasher = password_hasher(settings)
-        self.concurrency = settings.concurrency or os.cpu_count() or 1
+        self.concurrency = settings.concurrency or default_concurrency()
         self.max_waiting = (
             settings.max_waiting if settings.max_waiting is not None else 4 * self.concurrency
         )
