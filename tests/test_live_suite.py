@@ -9,6 +9,7 @@ where apt works); each test skips, saying so, where its tool is absent.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -206,8 +207,8 @@ def stack(
     client.close()
 
 
-def _drive_workload(stack: Stack) -> None:
-    """Register, log in (right and wrong), refresh (and reuse), /me, a 404, a 429, a logs query."""
+def _create_admin(stack: Stack) -> str:
+    """An admin account made as an operator makes one (`keelson create-admin`); its email."""
     admin_email = f"ops-{uuid.uuid4().hex[:8]}@example.com"
     created = subprocess.run(
         [str(KEELSON), "create-admin", admin_email],
@@ -222,6 +223,12 @@ def _drive_workload(stack: Stack) -> None:
         timeout=60,
     )
     assert created.returncode == 0, created.stderr
+    return admin_email
+
+
+def _drive_workload(stack: Stack) -> None:
+    """Register, log in (right and wrong), refresh (and reuse), /me, a 404, a 429, a logs query."""
+    admin_email = _create_admin(stack)
     email = f"user-{uuid.uuid4().hex[:8]}@example.com"
     with httpx.Client(base_url=stack.url("gateway"), timeout=15) as client:
         credentials = {"email": email, "password": PASSWORD}
@@ -437,6 +444,49 @@ def test_every_dashboard_panel_and_alert_answers_from_a_live_prometheus(stack: S
     assert one('sum(payments_webhook_events_total{outcome="rejected"})') == 1
     # The user's own email; auth's events (verification mail) may have sent more.
     assert one('sum(notifications_sent_total{channel="email"})') >= 1
+
+
+def test_locust_payers_senders_and_operator_run_clean(stack: Stack, tmp_path: Path) -> None:
+    """loadtests/locustfile.py's PaymentUser (pay, paid by the admin in the sandbox, refund),
+    NotificationUser (an email to itself, its retry, reading it back) and AdminUser (logs
+    searched and tailed, plugin states, users) against the suite
+    started the `keelson up` way: every request answered as expected, each step taken."""
+    gateway = stack.url("gateway")
+    admin = httpx.post(
+        f"{gateway}/api/v1/auth/login",
+        json={"email": _create_admin(stack), "password": PASSWORD},
+        timeout=15,
+    )
+    assert admin.status_code == 200, admin.text
+    accounts = tmp_path / "accounts.json"
+    accounts.write_text(json.dumps({"accounts": [], "admin": admin.json()}))
+    locust = Path(sys.executable).parent / "locust"
+    result = subprocess.run(
+        [
+            str(locust), "-f", str(ROOT / "loadtests" / "locustfile.py"), "--headless",
+            "-u", "2", "-r", "2", "-t", "15s", "--host", gateway, "--csv", str(tmp_path / "run"),
+            "--only-summary", "--exit-code-on-error", "1",
+            "PaymentUser", "NotificationUser", "AdminUser",
+        ],
+        env={**os.environ, "KEELSON_LOAD_ACCOUNTS": str(accounts)},
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    with (tmp_path / "run_stats.csv").open() as stats:
+        rows = {row["Name"]: int(row["Request Count"]) for row in csv.DictReader(stats)}
+        stats.seek(0)
+        failures = {row["Name"]: row["Failure Count"] for row in csv.DictReader(stats)}
+    assert failures["Aggregated"] == "0", failures
+    for step in (
+        "/api/v1/payments/intents (create)",
+        "/api/v1/payments/sandbox/intents/{intent_id}/succeed (admin)",
+        "/api/v1/payments/intents/{intent_id}/refunds",
+        "/api/v1/notifications",
+        "/api/v1/notifications (retried)",
+        "/api/v1/notifications/{notification_id}",
+        "/api/v1/logs/tail",
+    ):
+        assert rows.get(step, 0) > 0, (step, rows)
 
 
 CHROMIUM = Path("/usr/bin/chromium")
