@@ -8,7 +8,8 @@ Scenarios (user classes; run.py names them): `mixed` = account holders (/me, ref
 out and in), payers (a payment, paid in the sandbox by the admin, and its refund),
 notification senders (an email to themselves, its retry, reading it back), operators (an
 admin querying and tailing logs, reading plugin states) and probes (health); `payments` and
-`notifications` = the payers or the senders alone; `rate-limit` = RateLimitUser, the only
+`notifications` = the payers or the senders alone (Locust's `--tags payments
+notifications logs tail` pick tasks across the classes); `rate-limit` = RateLimitUser, the only
 one for which a 429 is an expected answer (reported as `... [429]`, not a failure).
 Anywhere else a 429 is a failure: run the mixed scenario against `make up-load`
 (loadtests/profile/keelson.yaml lifts the per-client limits). What the gateway offers is
@@ -34,7 +35,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from locust import HttpUser, between, constant_pacing, task
+from locust import HttpUser, between, constant_pacing, tag, task
 from locust.clients import ResponseContextManager
 from locust.exception import StopUser
 
@@ -264,6 +265,7 @@ class PaymentUser(_Authenticated):
     weight = 2
     wait_time = between(1, 3)
 
+    @tag("payments")
     @task
     def pay_and_refund(self) -> None:
         collection = self.api.payment_collection()
@@ -330,6 +332,7 @@ class NotificationUser(_Authenticated):
     weight = 1
     wait_time = between(1, 3)
 
+    @tag("notifications")
     @task
     def send_and_read(self) -> None:
         if self.access_token is None or not self.api.has("POST", NOTIFICATIONS):
@@ -404,6 +407,7 @@ class AdminUser(HttpUser):
         ) as response:
             _settle(response, {200})
 
+    @tag("logs")
     @task(4)
     def search_logs(self) -> None:
         if self.api.has("GET", "/api/v1/logs"):
@@ -411,6 +415,7 @@ class AdminUser(HttpUser):
             self._get("/api/v1/logs", name="/api/v1/logs?level=ERROR", level="ERROR", limit=50)
             self._get("/api/v1/logs", name="/api/v1/logs?service=auth", service="auth", limit=50)
 
+    @tag("logs", "tail")
     @task(1)
     def tail_logs(self) -> None:
         """Follow the live tail for a moment (the stream's first line says it subscribed),

@@ -452,6 +452,15 @@ def test_locust_payers_senders_and_operator_run_clean(stack: Stack, tmp_path: Pa
     searched and tailed, plugin states, users) against the suite
     started the `keelson up` way: every request answered as expected, each step taken."""
     gateway = stack.url("gateway")
+    # Locust reads what the gateway offers once at the start (then every 30 s), and the
+    # gateway fetches each upstream's document after that upstream starts.
+    wanted = {"/api/v1/payments/intents", "/api/v1/notifications", "/api/v1/logs/tail"}
+
+    def offered() -> bool:
+        paths = httpx.get(f"{gateway}/openapi.json", timeout=10).json().get("paths", {})
+        return wanted <= set(paths)
+
+    _poll("the gateway's document offering payments, notifications, logs", offered, 60, str)
     admin = httpx.post(
         f"{gateway}/api/v1/auth/login",
         json={"email": _create_admin(stack), "password": PASSWORD},
@@ -464,9 +473,10 @@ def test_locust_payers_senders_and_operator_run_clean(stack: Stack, tmp_path: Pa
     result = subprocess.run(
         [
             str(locust), "-f", str(ROOT / "loadtests" / "locustfile.py"), "--headless",
-            "-u", "2", "-r", "2", "-t", "15s", "--host", gateway, "--csv", str(tmp_path / "run"),
+            "-u", "4", "-r", "4", "-t", "20s", "--host", gateway, "--csv", str(tmp_path / "run"),
             "--only-summary", "--exit-code-on-error", "1",
             "PaymentUser", "NotificationUser", "AdminUser",
+            "--tags", "payments", "notifications", "tail",  # (last: it takes what follows)
         ],
         env={**os.environ, "KEELSON_LOAD_ACCOUNTS": str(accounts)},
         capture_output=True, text=True, cwd=tmp_path, timeout=120,
@@ -486,7 +496,7 @@ def test_locust_payers_senders_and_operator_run_clean(stack: Stack, tmp_path: Pa
         "/api/v1/notifications/{notification_id}",
         "/api/v1/logs/tail",
     ):
-        assert rows.get(step, 0) > 0, (step, rows)
+        assert rows.get(step, 0) > 0, (step, sorted(rows.items()))
 
 
 CHROMIUM = Path("/usr/bin/chromium")
