@@ -22,9 +22,9 @@ from jose import jwk, jwt
 from keelson import monitor
 from keelson.auth import ALGORITHM, DEFAULT_AUDIENCE, DEFAULT_ISSUER
 from keelson.config import KeelsonSettings
-from keelson.embedded import free_port
 from keelson.keys import SigningKey
-from keelson.testing import eventually
+from keelson_dev.embedded import free_port
+from keelson_dev.testing import eventually
 
 
 class _Sentry(BaseHTTPRequestHandler):

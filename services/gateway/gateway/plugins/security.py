@@ -33,6 +33,7 @@ from keelson.config import PluginSettings
 from keelson.errors import ServiceUnavailable
 from keelson.http import exchange, problem_response
 from keelson.logging import user_id_var
+from keelson.monitor import set_user
 from keelson.plugins import PluginMetadata, Priority
 
 __all__ = ["CorsConfig", "SecurityConfig", "SecurityPlugin"]
@@ -280,6 +281,7 @@ class _SecurityLayer:
             st.setdefault(FORWARD_HEADERS, []).extend(self.plugin.identity_headers(principal))
             # For the rest of the request's lines; ServiceMiddleware unbinds it at the end.
             user_id_var.set(principal.user_id)
+            set_user(principal.user_id)  # Sentry: the id only, in this request's scope
         return self.app(scope, receive, send)
 
 
