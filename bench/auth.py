@@ -376,6 +376,19 @@ def write_docs(body: str, command: str) -> None:
             f"Recorded {time.strftime('%Y-%m-%d %H:%M')}.",
             "",
             body,
+            "",
+            "Read the `/me` rows as ratios: the machine is shared with other work (the load"
+            " average above), so `/me` alone already has a p99 far above an idle machine's."
+            " With the default hashing slots (cores - 1, at least one) the event loop keeps a"
+            " core while logins saturate the others; with one slot per core it competes with"
+            " the hashing threads for every core. On two cores the default halves a process's"
+            " hashing throughput: logins beyond its slot and queue are answered 503 with"
+            " Retry-After (the last column) instead of waiting without limit; more capacity"
+            " is more auth replicas. The anchor says the hash is not what bounds logins per"
+            " core at the default cost: the rest of a login (Postgres, Redis, the session, the"
+            " tokens, the outbox, and the in-process client here) costs about half as much"
+            " again, and the goal is met at OWASP's first set, which stays the default"
+            " (m=19 MiB, t=2, p=1).",
         ]
     )
     write_section("Auth", section)
