@@ -79,6 +79,15 @@ class RoutingPlugin(GatewayPlugin):
         names = list(self.table.upstreams)
         results = await asyncio.gather(*(self._probe(self.table.upstreams[n]) for n in names))
         status = dict(zip(names, results, strict=True))
+        # Ready means routed and validated by the upstream's own document: one that answers
+        # but whose document the gateway does not hold yet is asked for it now, and is not
+        # ready until it has been read (requests meanwhile would match by prefix only).
+        missing = [n for n in names if status[n] in ("ready", "degraded")]
+        missing = [n for n in missing if not self.catalog.available()[n]]
+        if missing:
+            await self.catalog.refresh(missing)
+            held = self.catalog.available()
+            status.update({n: "unready (no OpenAPI document yet)" for n in missing if not held[n]})
         self._readiness = (time.monotonic(), status)
         return status
 
