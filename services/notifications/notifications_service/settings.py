@@ -109,6 +109,8 @@ DEFAULT_EVENT_ROUTES: dict[str, EventRoute] = {
     "auth.password_reset_requested": EventRoute(
         template="password_reset", transactional=True, link_path="/reset-password"
     ),
+    # Sign-up answers alike whether or not the address is taken; its owner is told here.
+    "auth.signup_for_existing_account": EventRoute(template="existing_account", transactional=True),
     "payments.payment_succeeded": EventRoute(template="payment_receipt", category="billing"),
     "payments.payment_failed": EventRoute(template="payment_failed", category="billing"),
     "payments.refund_succeeded": EventRoute(template="refund_receipt", category="billing"),

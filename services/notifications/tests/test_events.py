@@ -19,13 +19,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from keelson.bus import RedisBus
 from keelson.events import (
     Envelope,
+    Event,
     PasswordResetRequested,
     PaymentSucceeded,
+    SignUpForExistingAccount,
     UserRegistered,
 )
 from keelson.keys import KeyManager, seal_action_token
 from keelson.testing import eventually
-from notifications_service.settings import Settings
+from notifications_service.settings import DEFAULT_EVENT_ROUTES, Settings
+from notifications_service.templates import TemplateRenderer
 
 LINK = re.compile(r"https?://\S+")
 
@@ -119,6 +122,45 @@ async def test_a_token_that_was_not_sealed_for_us_is_not_mailed(
     [row] = await eventually(failed, timeout=20)
     assert "sealed token" in row.last_error
     assert smtp_sink.to(email) == []
+
+
+def test_every_auth_event_addressed_to_a_user_has_a_route_to_an_existing_template() -> None:
+    """Each event auth emits with an `email` field is mailed (the others are not for people)."""
+    from auth_service import accounts, login  # the modules that emit auth's events
+
+    emitted = {
+        value
+        for module in (accounts, login)
+        for value in vars(module).values()
+        if isinstance(value, type) and issubclass(value, Event) and value.type.startswith("auth.")
+    }
+    assert SignUpForExistingAccount in emitted
+    renderer = TemplateRenderer()
+    for cls in emitted:
+        if "email" not in cls.model_fields:
+            continue
+        route = DEFAULT_EVENT_ROUTES.get(cls.type)
+        assert route is not None, f"{cls.type} has no route"
+        assert renderer.exists(route.template), f"{cls.type}: no template {route.template}"
+
+
+async def test_a_signup_with_a_taken_address_tells_its_owner_they_have_an_account(
+    app: Any, bus: RedisBus, smtp_sink: SmtpSink, client: httpx.AsyncClient
+) -> None:
+    headers = caller()
+    user_id, email = user_of(headers), new_email()
+    await client.put(
+        "/api/v1/notifications/preferences",
+        json={"muted_channels": ["email"], "muted_categories": ["account"]},
+        headers=headers,
+    )
+    await bus.publish(SignUpForExistingAccount(user_id=user_id, email=email))
+
+    [mail] = await eventually(lambda: smtp_sink.to(email), timeout=20)
+    assert mail.message["Subject"] == "You already have a Keelson account"
+    assert "already has an account" in mail.text()
+    assert "http://127.0.0.1:8000/reset-password" in mail.text()
+    assert "List-Unsubscribe" not in mail.message  # transactional: sent even when muted
 
 
 async def test_a_payment_receipt_goes_to_the_payer(
