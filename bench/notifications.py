@@ -121,7 +121,7 @@ def start_service(database: str, redis_url: str, smtp_port: int, workdir: Path) 
     deadline = time.monotonic() + 60
     while True:
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=2).status_code == 200:
+            if httpx.get(f"http://127.0.0.1:{port}/health/live", timeout=2).status_code == 200:
                 return process
         except httpx.HTTPError:
             pass
