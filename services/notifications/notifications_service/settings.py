@@ -34,6 +34,9 @@ class EmailSettings(BaseModel):
     security: SmtpSecurity = SmtpSecurity.NONE
     username: str | None = None
     password: SecretStr | None = None
+    # A CA bundle (PEM) to verify the server's certificate with, for a relay whose
+    # certificate a private CA signed; unset: the system's trusted CAs.
+    ca_file: str | None = None
     sender: str = "Keelson <no-reply@keelson.localhost>"
     timeout_seconds: float = Field(10.0, gt=0)
     connections: int = Field(8, ge=1, le=256, description="SMTP connections kept open")
@@ -128,8 +131,9 @@ class NotificationsSettings(BaseModel):
     events: dict[str, EventRoute] = DEFAULT_EVENT_ROUTES
     consumer_group: str = "notifications"
     # Consumers of the group in this process: the bus hands each its events one after
-    # another, so several of them keep several inserts in flight (Redis transport only).
-    intake_consumers: int = Field(8, ge=1, le=32)
+    # another, so the events in flight (written together, one commit a batch) are at most
+    # this many (Redis transport only).
+    intake_consumers: int = Field(32, ge=1, le=64)
 
     @field_validator("public_base_url")
     @classmethod
