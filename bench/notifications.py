@@ -247,6 +247,8 @@ async def run(
             )
         latencies = await latency(bus, sink, args.rate, args.seconds)
     finally:
+        # Leave no backlog for the next consumer group that reads these streams from 0.
+        await redis.delete(*(stream_key(topic) for topic in ROUTED))
         await redis.aclose()
         service.terminate()
         service.wait(30)

@@ -189,6 +189,17 @@ class SignUpForExistingAccount(Event):
     email: str
 
 
+class ContactChanged(Event):
+    """A user's own addresses as they are after a change (`phone` None: no phone now);
+    `occurred_at` orders changes that arrive out of order."""
+
+    type = "auth.contact_changed"
+
+    user_id: str
+    email: str
+    phone: str | None = None
+
+
 class UserLoggedIn(Event):
     type = "auth.user_logged_in"
 

@@ -140,7 +140,7 @@ async def find_account(engine: AsyncEngine, email: str) -> dict[str, Any] | None
         row = (
             await conn.execute(
                 text(
-                    "SELECT id, email, name, roles, created_at,"
+                    "SELECT id, email, name, phone, roles, created_at,"
                     " email_verified_at IS NOT NULL AS verified"
                     " FROM auth.users WHERE email = :email"
                 ),
@@ -153,6 +153,7 @@ async def find_account(engine: AsyncEngine, email: str) -> dict[str, Any] | None
         "id": str(row.id),
         "email": row.email,
         "name": row.name,
+        "phone": row.phone,
         "roles": list(row.roles),
         "email_verified": row.verified,
         "created_at": row.created_at.astimezone(UTC).isoformat().replace("+00:00", "Z"),

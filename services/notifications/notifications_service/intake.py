@@ -22,6 +22,7 @@ from notifications_service.recipients import (
     get_preferences,
     is_muted,
     remember_contact,
+    set_phone,
 )
 from notifications_service.rendering import EVENT_TYPE, LINK_PATH, SEALED_TOKEN
 from notifications_service.schemas import NotificationCreate
@@ -35,6 +36,8 @@ __all__ = ["SEND_ANY_SCOPE", "EventIntake", "accept_event", "submit_request"]
 # (those all carry `notifications:send`, which only lets a user reach themselves).
 SEND_ANY_SCOPE = "notifications:send_any"
 EVENTS_REQUESTER = "events"
+# Auth announces a user's phone (and email) with this; where "yourself" is for SMS.
+CONTACT_CHANGED = "auth.contact_changed"
 _PHONE = re.compile(r"^\+[1-9][0-9]{6,14}$")
 
 
@@ -142,7 +145,16 @@ async def accept_event(
     """
     data: dict[str, Any] = dict(envelope.data)
     user_id = str(data["user_id"]) if data.get("user_id") else None
-    if envelope.type.startswith("auth.") and user_id and data.get("email"):
+    if envelope.type == CONTACT_CHANGED and user_id and data.get("email"):
+        phone = data.get("phone")
+        await set_phone(
+            db,
+            user_id=user_id,
+            email=str(data["email"]),
+            phone=str(phone) if phone else None,
+            as_of=envelope.occurred_at,
+        )
+    elif envelope.type.startswith("auth.") and user_id and data.get("email"):
         await remember_contact(db, user_id=user_id, email=str(data["email"]))
     route: EventRoute | None = settings.events.get(envelope.type)
     if route is None:
@@ -179,14 +191,17 @@ async def accept_event(
 
 
 class EventIntake:
-    """The bus handler: each event's notification written on a kept connection.
+    """The bus handler: the events in flight written together, one transaction a batch.
 
-    The bus hands a consumer its events one after another, so their round trips add up:
-    a kept connection in autocommit mode makes a receipt one INSERT (no pool checkout,
-    ping, BEGIN or COMMIT), and one connection per consumer lets several run at once.
-    Each statement is idempotent, so autocommit loses nothing: a crash between two of
-    them is repaired when the event is delivered again. A failed connection is dropped,
-    the handler raises, and the bus delivers the event again.
+    The bus hands each of its consumers events one after another, and several consumers
+    run at once (`intake_consumers`); their handlers meet here. A writer takes every event
+    waiting, writes their notifications in one transaction on a kept connection, and
+    answers each handler when it has committed, so the bus acknowledges an event only once
+    its notification is durable, and a commit (a WAL flush) is shared by the batch instead
+    of paid per event. A batch that fails is written again one event per transaction, so
+    only a failing event's handler raises (and the bus delivers that one again). Every
+    statement is idempotent (the event id is the idempotency key): an event delivered
+    twice queues one notification.
     """
 
     def __init__(
@@ -195,36 +210,117 @@ class EventIntake:
         settings: NotificationsSettings,
         *,
         on_queued: Callable[[], None],
-        connections: int = 1,
+        connections: int = 2,
+        max_batch: int = 500,
     ) -> None:
         self.engine = engine
         self.settings = settings
         self.on_queued = on_queued
-        self._free: asyncio.Queue[AsyncConnection | None] = asyncio.Queue()
-        for _ in range(connections):
-            self._free.put_nowait(None)
+        self.max_batch = max_batch
+        self._writers_wanted = connections
+        self._waiting: asyncio.Queue[tuple[Envelope, asyncio.Future[bool]]] = asyncio.Queue()
+        self._writers: list[asyncio.Task[None]] = []
+        self._connections: set[AsyncConnection] = set()
+        self._closed = False
 
     async def handle(self, envelope: Envelope) -> None:
-        connection = await self._free.get()
-        try:
-            if connection is None:
-                opened = await self.engine.connect()
-                connection = await opened.execution_options(isolation_level="AUTOCOMMIT")
-            async with AsyncSession(bind=connection) as db:
-                queued = await accept_event(db, envelope, settings=self.settings)
-        except Exception:
-            await _close(connection)
-            connection = None
-            raise
-        finally:
-            self._free.put_nowait(connection)
-        if queued is not None and queued.created:
+        if self._closed:
+            raise RuntimeError("the intake stopped")  # not acknowledged: delivered again
+        if not self._writers:
+            self._writers = [
+                asyncio.create_task(self._write_loop(), name=f"notifications-intake-{n}")
+                for n in range(self._writers_wanted)
+            ]
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._waiting.put_nowait((envelope, done))
+        if await done:
             self.on_queued()
 
+    async def _write_loop(self) -> None:
+        connection: AsyncConnection | None = None
+        while True:
+            batch = [await self._waiting.get()]
+            while len(batch) < self.max_batch and not self._waiting.empty():
+                batch.append(self._waiting.get_nowait())
+            # One lock order for every writer: two batches never wait on each other in a cycle.
+            batch.sort(key=lambda item: item[0].id)
+            try:
+                connection = connection or await self._connect()
+                created = await self._write(connection, [envelope for envelope, _ in batch])
+            except asyncio.CancelledError:
+                _fail(batch, RuntimeError("the intake stopped"))
+                raise
+            except Exception:
+                await self._drop(connection)
+                try:
+                    connection = await self._write_each(batch)
+                except asyncio.CancelledError:
+                    _fail(batch, RuntimeError("the intake stopped"))
+                    raise
+                continue
+            for (_, done), was_created in zip(batch, created, strict=True):
+                if not done.done():
+                    done.set_result(was_created)
+
+    async def _connect(self) -> AsyncConnection:
+        connection = await self.engine.connect()
+        self._connections.add(connection)
+        return connection
+
+    async def _drop(self, connection: AsyncConnection | None) -> None:
+        if connection is not None:
+            self._connections.discard(connection)
+            await _close(connection)
+
+    async def _write(self, connection: AsyncConnection, envelopes: list[Envelope]) -> list[bool]:
+        """The notifications of `envelopes` in one transaction: for each, whether it is new."""
+        created = []
+        async with AsyncSession(bind=connection) as db, db.begin():
+            for envelope in envelopes:
+                queued = await accept_event(db, envelope, settings=self.settings)
+                created.append(queued is not None and queued.created)
+        return created
+
+    async def _write_each(
+        self, batch: list[tuple[Envelope, asyncio.Future[bool]]]
+    ) -> AsyncConnection | None:
+        """A failed batch again, an event a transaction; the failures go to their handlers."""
+        connection: AsyncConnection | None = None
+        for envelope, done in batch:
+            try:
+                connection = connection or await self._connect()
+                [created] = await self._write(connection, [envelope])
+            except Exception as exc:
+                await self._drop(connection)
+                connection = None
+                if not done.done():
+                    done.set_exception(exc)
+                continue
+            if not done.done():
+                done.set_result(created)
+        return connection
+
     async def close(self) -> None:
-        """Close the kept connections (call once the bus no longer calls `handle`)."""
-        while not self._free.empty():
-            await _close(self._free.get_nowait())
+        """Stop the writers and close their connections (once the bus no longer calls)."""
+        self._closed = True
+        for task in self._writers:
+            task.cancel()
+        for task in self._writers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._writers = []
+        waiting = []
+        while not self._waiting.empty():
+            waiting.append(self._waiting.get_nowait())
+        _fail(waiting, RuntimeError("the intake stopped"))
+        for connection in list(self._connections):
+            await self._drop(connection)
+
+
+def _fail(batch: list[tuple[Envelope, asyncio.Future[bool]]], error: Exception) -> None:
+    for _, done in batch:
+        if not done.done():
+            done.set_exception(error)
 
 
 async def _close(connection: AsyncConnection | None) -> None:
