@@ -9,8 +9,8 @@ import json
 import signal
 from pathlib import Path
 
-from keelson.embedded import free_port
-from keelson.testing import ServiceProcess
+from keelson_dev.embedded import free_port
+from keelson_dev.testing import ServiceProcess
 
 
 async def test_sigterm_spills_records_the_log_service_never_received(tmp_path: Path) -> None:

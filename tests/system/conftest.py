@@ -18,9 +18,9 @@ import pytest
 import redis
 from sqlalchemy.engine import make_url
 
-from keelson.embedded import free_port
-from keelson.suite import SERVICES, Layout, free_port_block, readiness
-from keelson.testing import fresh_database
+from keelson_dev.embedded import free_port
+from keelson_dev.suite import SERVICES, Layout, free_port_block, readiness
+from keelson_dev.testing import fresh_database
 
 KEELSON = Path(sys.executable).parent / "keelson"
 READY_TIMEOUT = 120.0
@@ -110,6 +110,7 @@ def suite(
         KEELSON_ADMIN_PASSWORD=ADMIN_PASSWORD,
         KEELSON_UP_POSTGRES_PORT=str(free_port()),
         KEELSON_UP_VALKEY_PORT=str(free_port()),
+        KEELSON_UP_SMTP_PORT=str(free_port()),
     )
     output = root / "up.log"
     command = [str(KEELSON), "up", "--root", str(root), "--base-port", str(base_port)]

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from keelson.supervision import ProcessState, Supervisor
+from keelson_dev.supervision import ProcessState, Supervisor
 
 from .conftest import RunningSuite
 

@@ -25,8 +25,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from keelson.db import migrate
-from keelson.embedded import free_port
-from keelson.testing import ServiceProcess, eventually, fresh_database
+from keelson_dev.embedded import free_port
+from keelson_dev.testing import ServiceProcess, eventually, fresh_database
 
 ROOT = Path(__file__).resolve().parents[3]
 PASSWORD = "plum tractors sing quietly"

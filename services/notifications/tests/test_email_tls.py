@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pydantic import SecretStr
 
-from keelson.embedded import free_port
+from keelson_dev.embedded import free_port
 from notifications_service.channels import DeliveryError, OutgoingMessage
 from notifications_service.channels.email import SmtpEmail
 from notifications_service.settings import EmailSettings, SmtpSecurity

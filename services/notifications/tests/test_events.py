@@ -27,7 +27,7 @@ from keelson.events import (
     UserRegistered,
 )
 from keelson.keys import KeyManager, seal_action_token
-from keelson.testing import eventually
+from keelson_dev.testing import eventually
 from notifications_service.settings import DEFAULT_EVENT_ROUTES, Settings
 from notifications_service.templates import TemplateRenderer
 
