@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from keelson.auth import Principal
 from keelson.errors import Forbidden, Unprocessable
 from keelson.events import Envelope
-from notifications_service.models import Channel, Contact
+from notifications_service.models import Channel, Contact, Preference
 from notifications_service.recipients import (
     get_endpoint,
     get_preferences,
@@ -27,7 +27,7 @@ from notifications_service.recipients import (
 from notifications_service.rendering import EVENT_TYPE, LINK_PATH, SEALED_TOKEN
 from notifications_service.schemas import NotificationCreate
 from notifications_service.settings import EventRoute, NotificationsSettings
-from notifications_service.store import NewNotification, Queued, enqueue
+from notifications_service.store import NewNotification, Queued, enqueue, enqueue_many
 from notifications_service.templates import TemplateRenderer
 
 __all__ = ["SEND_ANY_SCOPE", "EventIntake", "accept_event", "submit_request"]
@@ -143,6 +143,39 @@ async def accept_event(
 
     The event id is the idempotency key, so a redelivered event queues nothing new.
     """
+    new = await _notification_of(db, envelope, settings=settings)
+    return None if new is None else await enqueue(db, new)
+
+
+async def accept_events(
+    db: AsyncSession, envelopes: list[Envelope], *, settings: NotificationsSettings
+) -> list[bool]:
+    """`accept_event` for a batch, in a few statements (not committed): whether each
+    event queued a new notification.
+
+    The users' preferences are read in one query and the notifications inserted in one.
+    """
+    planned = [await _plan(db, envelope, settings=settings) for envelope in envelopes]
+    users = sorted({plan[1] for plan in planned if plan is not None and plan[1]})
+    preferences: dict[str, Preference] = {}
+    if users:
+        found = await db.scalars(select(Preference).where(Preference.user_id.in_(users)))
+        preferences = {p.user_id: p for p in found}
+    news = [
+        None if plan is None else _notification(*plan, preferences.get(plan[1] or ""), settings)
+        for plan in planned
+    ]
+    created = await enqueue_many(db, [n for n in news if n is not None])
+    return [n is not None and n.idempotency_key in created for n in news]
+
+
+_Plan = tuple[Envelope, str | None, EventRoute, dict[str, Any]]
+
+
+async def _plan(
+    db: AsyncSession, envelope: Envelope, *, settings: NotificationsSettings
+) -> _Plan | None:
+    """Remember the addresses auth tells of; (event, user, route, data) if it is a message."""
     data: dict[str, Any] = dict(envelope.data)
     user_id = str(data["user_id"]) if data.get("user_id") else None
     if envelope.type == CONTACT_CHANGED and user_id and data.get("email"):
@@ -157,37 +190,52 @@ async def accept_event(
     elif envelope.type.startswith("auth.") and user_id and data.get("email"):
         await remember_contact(db, user_id=user_id, email=str(data["email"]))
     route: EventRoute | None = settings.events.get(envelope.type)
-    if route is None:
-        return None
-    recipient = data.get(route.recipient_field)
-    if not recipient:
+    if route is None or not data.get(route.recipient_field):
         return None
     token = data.pop("token", None)
     if route.link_path and token:
         data.update({SEALED_TOKEN: token, LINK_PATH: route.link_path, EVENT_TYPE: envelope.type})
-    preferences = await get_preferences(db, user_id=user_id) if user_id else None
+    return envelope, user_id, route, data
+
+
+def _notification(
+    envelope: Envelope,
+    user_id: str | None,
+    route: EventRoute,
+    data: dict[str, Any],
+    preferences: Preference | None,
+    settings: NotificationsSettings,
+) -> NewNotification:
     muted = (
         not route.transactional
         and preferences is not None
         and is_muted(preferences, channel=route.channel, category=route.category)
     )
-    return await enqueue(
-        db,
-        NewNotification(
-            requested_by=EVENTS_REQUESTER,
-            owner_id=user_id,
-            channel=route.channel,
-            recipient=str(recipient),
-            template=route.template,
-            data=data,
-            locale=(preferences.locale if preferences else None) or settings.default_locale,
-            category=route.category,
-            transactional=route.transactional,
-            idempotency_key=envelope.id,
-            source_event_id=envelope.id,
-            suppressed=muted,
-        ),
+    return NewNotification(
+        requested_by=EVENTS_REQUESTER,
+        owner_id=user_id,
+        channel=route.channel,
+        recipient=str(data[route.recipient_field]),
+        template=route.template,
+        data=data,
+        locale=(preferences.locale if preferences else None) or settings.default_locale,
+        category=route.category,
+        transactional=route.transactional,
+        idempotency_key=envelope.id,
+        source_event_id=envelope.id,
+        suppressed=muted,
     )
+
+
+async def _notification_of(
+    db: AsyncSession, envelope: Envelope, *, settings: NotificationsSettings
+) -> NewNotification | None:
+    plan = await _plan(db, envelope, settings=settings)
+    if plan is None:
+        return None
+    user_id = plan[1]
+    preferences = await get_preferences(db, user_id=user_id) if user_id else None
+    return _notification(*plan, preferences, settings)
 
 
 class EventIntake:
@@ -274,12 +322,8 @@ class EventIntake:
 
     async def _write(self, connection: AsyncConnection, envelopes: list[Envelope]) -> list[bool]:
         """The notifications of `envelopes` in one transaction: for each, whether it is new."""
-        created = []
         async with AsyncSession(bind=connection) as db, db.begin():
-            for envelope in envelopes:
-                queued = await accept_event(db, envelope, settings=self.settings)
-                created.append(queued is not None and queued.created)
-        return created
+            return await accept_events(db, envelopes, settings=self.settings)
 
     async def _write_each(
         self, batch: list[tuple[Envelope, asyncio.Future[bool]]]

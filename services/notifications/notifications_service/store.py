@@ -21,6 +21,7 @@ __all__ = [
     "Queued",
     "decode_cursor",
     "enqueue",
+    "enqueue_many",
     "get_attempts",
     "get_notification",
     "list_notifications",
@@ -56,22 +57,8 @@ _INSERT = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Queued:
-    """A notification as enqueued: new, or the earlier one with the same idempotency key."""
-
-    id: uuid.UUID
-    status: Status
-    created: bool
-
-
-async def enqueue(db: AsyncSession, new: NewNotification) -> Queued:
-    """Insert the notification (not committed); with a key already used, the earlier one.
-
-    Concurrent requests with one key meet at the unique index: one inserts, the others wait
-    for its commit and read its row.
-    """
-    values = {
+def _values(new: NewNotification) -> dict[str, Any]:
+    return {
         "id": uuid.uuid4(),
         "owner_id": new.owner_id,
         "requested_by": new.requested_by,
@@ -90,6 +77,24 @@ async def enqueue(db: AsyncSession, new: NewNotification) -> Queued:
         "status": Status.SUPPRESSED if new.suppressed else Status.PENDING,
         "attempts": 0,
     }
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """A notification as enqueued: new, or the earlier one with the same idempotency key."""
+
+    id: uuid.UUID
+    status: Status
+    created: bool
+
+
+async def enqueue(db: AsyncSession, new: NewNotification) -> Queued:
+    """Insert the notification (not committed); with a key already used, the earlier one.
+
+    Concurrent requests with one key meet at the unique index: one inserts, the others wait
+    for its commit and read its row.
+    """
+    values = _values(new)
     inserted = (await db.execute(_INSERT, values)).first()
     if inserted is not None:
         if new.suppressed:
@@ -109,6 +114,29 @@ async def enqueue(db: AsyncSession, new: NewNotification) -> Queued:
     ):
         raise Conflict("this idempotency key was used for a different notification")
     return Queued(existing.id, Status(existing.status), created=False)
+
+
+async def enqueue_many(db: AsyncSession, news: list[NewNotification]) -> set[str | None]:
+    """Insert the notifications in one statement (not committed); the idempotency keys of
+    those that are new (a key used before, or twice in `news`, inserts nothing more).
+
+    For the bus's events, whose ids are the keys: an event is one notification.
+    """
+    if not news:
+        return set()
+    rows = [_values(new) for new in news]
+    inserted = await db.execute(
+        insert(_TABLE)
+        .values(rows)
+        .on_conflict_do_nothing(constraint="uq_notifications_idempotency")
+        .returning(_TABLE.c.idempotency_key, _TABLE.c.channel, _TABLE.c.status)
+    )
+    created = set()
+    for row in inserted:
+        created.add(row.idempotency_key)
+        if row.status == Status.SUPPRESSED:
+            metrics.SUPPRESSED(row.channel).inc()
+    return created
 
 
 async def get_notification(
