@@ -336,10 +336,10 @@ def write_docs(body: str, command: str) -> None:
             body,
             "",
             "Where the time goes: the raw loop only sends bytes it was handed; the service "
-            "also writes each email in Postgres (the notification row from the event, the "
-            "claim, the sent mark and the attempt row; the intake writes the events its "
-            "consumers hold in one transaction a batch, the claims and outcomes are batched "
-            "too), renders three templates and builds the MIME bytes. Its own CPU is the "
+            "also writes each email in Postgres (the notification row from the event, a "
+            "statement and commit per event on each of `intake_consumers` bus consumers; the "
+            "claim, the sent mark and the attempt row, batched), renders three templates and "
+            "builds the MIME bytes. Its own CPU is the "
             "column above; the rest of an email's time is waiting for Postgres, which shares "
             "the 2 CPUs with the service, Redis, the publisher and the sink (which run the "
             "raw loop too, while the service is idle) and other sessions' work, so the "

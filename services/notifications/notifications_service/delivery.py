@@ -2,8 +2,7 @@
 
 A notification is a row before it is sent. The worker claims due rows per channel with
 `FOR UPDATE SKIP LOCKED` (so replicas share the work), marking them `sending` until a
-lease runs out, and sends at most `concurrency[channel]` at once (claiming up to twice that,
-so that a freed slot has its next row at hand). Outcomes are written in
+lease runs out, and sends at most `concurrency[channel]` at once. Outcomes are written in
 batches: sent; a transient error (timeout, 5xx, 429) schedules the next attempt in the
 database with exponential backoff and jitter (so a restart loses no retry); a permanent
 one (4xx, invalid address, template error) fails at once; a transient error on the last
@@ -178,15 +177,8 @@ class DeliveryWorker:
         True when the claim filled the room (more rows are probably due, and freed slots
         should claim again at once).
         """
-        # Up to twice the sends a channel may have in flight are claimed (the extra wait on
-        # its semaphore, so a freed slot starts its next send without a claim's round trip),
-        # and a claim waits until half the slots' worth is free: fewer, fuller claims.
-        rooms = {c: 2 * slots - self._busy[c] for c, slots in self._slots.items()}
-        open_channels = [
-            c
-            for c, room in rooms.items()
-            if room >= max(1, self._slots[c] // 2) or self._busy[c] == 0
-        ]
+        rooms = {c: slots - self._busy[c] for c, slots in self._slots.items()}
+        open_channels = [c for c, room in rooms.items() if room > 0]
         if not open_channels:
             return False
         room = sum(rooms[c] for c in open_channels)

@@ -27,7 +27,7 @@ from notifications_service.recipients import (
 from notifications_service.rendering import EVENT_TYPE, LINK_PATH, SEALED_TOKEN
 from notifications_service.schemas import NotificationCreate
 from notifications_service.settings import EventRoute, NotificationsSettings
-from notifications_service.store import NewNotification, Queued, enqueue, enqueue_many
+from notifications_service.store import NewNotification, Queued, enqueue
 from notifications_service.templates import TemplateRenderer
 
 __all__ = ["SEND_ANY_SCOPE", "EventIntake", "accept_event", "submit_request"]
@@ -147,28 +147,6 @@ async def accept_event(
     return None if new is None else await enqueue(db, new)
 
 
-async def accept_events(
-    db: AsyncSession, envelopes: list[Envelope], *, settings: NotificationsSettings
-) -> list[bool]:
-    """`accept_event` for a batch, in a few statements (not committed): whether each
-    event queued a new notification.
-
-    The users' preferences are read in one query and the notifications inserted in one.
-    """
-    planned = [await _plan(db, envelope, settings=settings) for envelope in envelopes]
-    users = sorted({plan[1] for plan in planned if plan is not None and plan[1]})
-    preferences: dict[str, Preference] = {}
-    if users:
-        found = await db.scalars(select(Preference).where(Preference.user_id.in_(users)))
-        preferences = {p.user_id: p for p in found}
-    news = [
-        None if plan is None else _notification(*plan, preferences.get(plan[1] or ""), settings)
-        for plan in planned
-    ]
-    created = await enqueue_many(db, [n for n in news if n is not None])
-    return [n is not None and n.idempotency_key in created for n in news]
-
-
 _Plan = tuple[Envelope, str | None, EventRoute, dict[str, Any]]
 
 
@@ -239,17 +217,14 @@ async def _notification_of(
 
 
 class EventIntake:
-    """The bus handler: the events in flight written together, one transaction a batch.
+    """The bus handler: each event's notification written on a kept connection.
 
-    The bus hands each of its consumers events one after another, and several consumers
-    run at once (`intake_consumers`); their handlers meet here. A writer takes every event
-    waiting, writes their notifications in one transaction on a kept connection, and
-    answers each handler when it has committed, so the bus acknowledges an event only once
-    its notification is durable, and a commit (a WAL flush) is shared by the batch instead
-    of paid per event. A batch that fails is written again one event per transaction, so
-    only a failing event's handler raises (and the bus delivers that one again). Every
-    statement is idempotent (the event id is the idempotency key): an event delivered
-    twice queues one notification.
+    The bus hands a consumer its events one after another, so their round trips add up:
+    a kept connection in autocommit mode makes a receipt one INSERT (no pool checkout,
+    ping, BEGIN or COMMIT), and one connection per consumer lets several run at once.
+    Each statement is idempotent, so autocommit loses nothing: a crash between two of
+    them is repaired when the event is delivered again. A failed connection is dropped,
+    the handler raises, and the bus delivers the event again.
     """
 
     def __init__(
@@ -258,113 +233,36 @@ class EventIntake:
         settings: NotificationsSettings,
         *,
         on_queued: Callable[[], None],
-        connections: int = 2,
-        max_batch: int = 500,
+        connections: int = 1,
     ) -> None:
         self.engine = engine
         self.settings = settings
         self.on_queued = on_queued
-        self.max_batch = max_batch
-        self._writers_wanted = connections
-        self._waiting: asyncio.Queue[tuple[Envelope, asyncio.Future[bool]]] = asyncio.Queue()
-        self._writers: list[asyncio.Task[None]] = []
-        self._connections: set[AsyncConnection] = set()
-        self._closed = False
+        self._free: asyncio.Queue[AsyncConnection | None] = asyncio.Queue()
+        for _ in range(connections):
+            self._free.put_nowait(None)
 
     async def handle(self, envelope: Envelope) -> None:
-        if self._closed:
-            raise RuntimeError("the intake stopped")  # not acknowledged: delivered again
-        if not self._writers:
-            self._writers = [
-                asyncio.create_task(self._write_loop(), name=f"notifications-intake-{n}")
-                for n in range(self._writers_wanted)
-            ]
-        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._waiting.put_nowait((envelope, done))
-        if await done:
+        connection = await self._free.get()
+        try:
+            if connection is None:
+                opened = await self.engine.connect()
+                connection = await opened.execution_options(isolation_level="AUTOCOMMIT")
+            async with AsyncSession(bind=connection) as db:
+                queued = await accept_event(db, envelope, settings=self.settings)
+        except Exception:
+            await _close(connection)
+            connection = None
+            raise
+        finally:
+            self._free.put_nowait(connection)
+        if queued is not None and queued.created:
             self.on_queued()
 
-    async def _write_loop(self) -> None:
-        connection: AsyncConnection | None = None
-        while True:
-            batch = [await self._waiting.get()]
-            while len(batch) < self.max_batch and not self._waiting.empty():
-                batch.append(self._waiting.get_nowait())
-            # One lock order for every writer: two batches never wait on each other in a cycle.
-            batch.sort(key=lambda item: item[0].id)
-            try:
-                connection = connection or await self._connect()
-                created = await self._write(connection, [envelope for envelope, _ in batch])
-            except asyncio.CancelledError:
-                _fail(batch, RuntimeError("the intake stopped"))
-                raise
-            except Exception:
-                await self._drop(connection)
-                try:
-                    connection = await self._write_each(batch)
-                except asyncio.CancelledError:
-                    _fail(batch, RuntimeError("the intake stopped"))
-                    raise
-                continue
-            for (_, done), was_created in zip(batch, created, strict=True):
-                if not done.done():
-                    done.set_result(was_created)
-
-    async def _connect(self) -> AsyncConnection:
-        connection = await self.engine.connect()
-        self._connections.add(connection)
-        return connection
-
-    async def _drop(self, connection: AsyncConnection | None) -> None:
-        if connection is not None:
-            self._connections.discard(connection)
-            await _close(connection)
-
-    async def _write(self, connection: AsyncConnection, envelopes: list[Envelope]) -> list[bool]:
-        """The notifications of `envelopes` in one transaction: for each, whether it is new."""
-        async with AsyncSession(bind=connection) as db, db.begin():
-            return await accept_events(db, envelopes, settings=self.settings)
-
-    async def _write_each(
-        self, batch: list[tuple[Envelope, asyncio.Future[bool]]]
-    ) -> AsyncConnection | None:
-        """A failed batch again, an event a transaction; the failures go to their handlers."""
-        connection: AsyncConnection | None = None
-        for envelope, done in batch:
-            try:
-                connection = connection or await self._connect()
-                [created] = await self._write(connection, [envelope])
-            except Exception as exc:
-                await self._drop(connection)
-                connection = None
-                if not done.done():
-                    done.set_exception(exc)
-                continue
-            if not done.done():
-                done.set_result(created)
-        return connection
-
     async def close(self) -> None:
-        """Stop the writers and close their connections (once the bus no longer calls)."""
-        self._closed = True
-        for task in self._writers:
-            task.cancel()
-        for task in self._writers:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._writers = []
-        waiting = []
-        while not self._waiting.empty():
-            waiting.append(self._waiting.get_nowait())
-        _fail(waiting, RuntimeError("the intake stopped"))
-        for connection in list(self._connections):
-            await self._drop(connection)
-
-
-def _fail(batch: list[tuple[Envelope, asyncio.Future[bool]]], error: Exception) -> None:
-    for _, done in batch:
-        if not done.done():
-            done.set_exception(error)
+        """Close the kept connections (call once the bus no longer calls `handle`)."""
+        while not self._free.empty():
+            await _close(self._free.get_nowait())
 
 
 async def _close(connection: AsyncConnection | None) -> None:

@@ -77,6 +77,7 @@ class NotificationsPlugin(Plugin):
             self.container.resolve(DB_ENGINE),
             self.config,
             on_queued=self.worker.wake,
+            connections=len(consumers),
         )
         for consumer in consumers:
             for topic in sorted({*self.config.events, "auth.user_registered", CONTACT_CHANGED}):

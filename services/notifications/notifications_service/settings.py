@@ -131,9 +131,8 @@ class NotificationsSettings(BaseModel):
     events: dict[str, EventRoute] = DEFAULT_EVENT_ROUTES
     consumer_group: str = "notifications"
     # Consumers of the group in this process: the bus hands each its events one after
-    # another, so the events in flight (written together, one commit a batch) are at most
-    # this many (Redis transport only).
-    intake_consumers: int = Field(32, ge=1, le=64)
+    # another, so several of them keep several inserts in flight (Redis transport only).
+    intake_consumers: int = Field(8, ge=1, le=32)
 
     @field_validator("public_base_url")
     @classmethod

@@ -21,7 +21,6 @@ __all__ = [
     "Queued",
     "decode_cursor",
     "enqueue",
-    "enqueue_many",
     "get_attempts",
     "get_notification",
     "list_notifications",
@@ -114,29 +113,6 @@ async def enqueue(db: AsyncSession, new: NewNotification) -> Queued:
     ):
         raise Conflict("this idempotency key was used for a different notification")
     return Queued(existing.id, Status(existing.status), created=False)
-
-
-async def enqueue_many(db: AsyncSession, news: list[NewNotification]) -> set[str | None]:
-    """Insert the notifications in one statement (not committed); the idempotency keys of
-    those that are new (a key used before, or twice in `news`, inserts nothing more).
-
-    For the bus's events, whose ids are the keys: an event is one notification.
-    """
-    if not news:
-        return set()
-    rows = [_values(new) for new in news]
-    inserted = await db.execute(
-        insert(_TABLE)
-        .values(rows)
-        .on_conflict_do_nothing(constraint="uq_notifications_idempotency")
-        .returning(_TABLE.c.idempotency_key, _TABLE.c.channel, _TABLE.c.status)
-    )
-    created = set()
-    for row in inserted:
-        created.add(row.idempotency_key)
-        if row.status == Status.SUPPRESSED:
-            metrics.SUPPRESSED(row.channel).inc()
-    return created
 
 
 async def get_notification(
