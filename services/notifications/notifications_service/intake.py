@@ -16,8 +16,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from keelson.auth import Principal
 from keelson.errors import Forbidden, Unprocessable
 from keelson.events import Envelope
-from notifications_service.models import Channel, Contact, Preference
+from notifications_service.models import Channel, Contact
 from notifications_service.recipients import (
+    get_contact,
     get_endpoint,
     get_preferences,
     is_muted,
@@ -136,6 +137,16 @@ async def _owner(db: AsyncSession, *, column: Any, value: str) -> str | None:
     return str(found) if found is not None else None
 
 
+async def _known_address(db: AsyncSession, user_id: str | None, field: str) -> str | None:
+    """The user's address auth vouched for, for an event that names only the user (a
+    payment's receipt goes to the payer, whom payments knows by id alone)."""
+    if user_id is None or field not in ("email", "phone"):
+        return None
+    contact = await get_contact(db, user_id=user_id)
+    address = getattr(contact, field, None) if contact is not None else None
+    return str(address) if address else None
+
+
 async def accept_event(
     db: AsyncSession, envelope: Envelope, *, settings: NotificationsSettings
 ) -> Queued | None:
@@ -143,17 +154,6 @@ async def accept_event(
 
     The event id is the idempotency key, so a redelivered event queues nothing new.
     """
-    new = await _notification_of(db, envelope, settings=settings)
-    return None if new is None else await enqueue(db, new)
-
-
-_Plan = tuple[Envelope, str | None, EventRoute, dict[str, Any]]
-
-
-async def _plan(
-    db: AsyncSession, envelope: Envelope, *, settings: NotificationsSettings
-) -> _Plan | None:
-    """Remember the addresses auth tells of; (event, user, route, data) if it is a message."""
     data: dict[str, Any] = dict(envelope.data)
     user_id = str(data["user_id"]) if data.get("user_id") else None
     if envelope.type == CONTACT_CHANGED and user_id and data.get("email"):
@@ -168,52 +168,39 @@ async def _plan(
     elif envelope.type.startswith("auth.") and user_id and data.get("email"):
         await remember_contact(db, user_id=user_id, email=str(data["email"]))
     route: EventRoute | None = settings.events.get(envelope.type)
-    if route is None or not data.get(route.recipient_field):
+    if route is None:
+        return None
+    recipient = data.get(route.recipient_field) or await _known_address(
+        db, user_id, route.recipient_field
+    )
+    if not recipient:
         return None
     token = data.pop("token", None)
     if route.link_path and token:
         data.update({SEALED_TOKEN: token, LINK_PATH: route.link_path, EVENT_TYPE: envelope.type})
-    return envelope, user_id, route, data
-
-
-def _notification(
-    envelope: Envelope,
-    user_id: str | None,
-    route: EventRoute,
-    data: dict[str, Any],
-    preferences: Preference | None,
-    settings: NotificationsSettings,
-) -> NewNotification:
+    preferences = await get_preferences(db, user_id=user_id) if user_id else None
     muted = (
         not route.transactional
         and preferences is not None
         and is_muted(preferences, channel=route.channel, category=route.category)
     )
-    return NewNotification(
-        requested_by=EVENTS_REQUESTER,
-        owner_id=user_id,
-        channel=route.channel,
-        recipient=str(data[route.recipient_field]),
-        template=route.template,
-        data=data,
-        locale=(preferences.locale if preferences else None) or settings.default_locale,
-        category=route.category,
-        transactional=route.transactional,
-        idempotency_key=envelope.id,
-        source_event_id=envelope.id,
-        suppressed=muted,
+    return await enqueue(
+        db,
+        NewNotification(
+            requested_by=EVENTS_REQUESTER,
+            owner_id=user_id,
+            channel=route.channel,
+            recipient=str(recipient),
+            template=route.template,
+            data=data,
+            locale=(preferences.locale if preferences else None) or settings.default_locale,
+            category=route.category,
+            transactional=route.transactional,
+            idempotency_key=envelope.id,
+            source_event_id=envelope.id,
+            suppressed=muted,
+        ),
     )
-
-
-async def _notification_of(
-    db: AsyncSession, envelope: Envelope, *, settings: NotificationsSettings
-) -> NewNotification | None:
-    plan = await _plan(db, envelope, settings=settings)
-    if plan is None:
-        return None
-    user_id = plan[1]
-    preferences = await get_preferences(db, user_id=user_id) if user_id else None
-    return _notification(*plan, preferences, settings)
 
 
 class EventIntake:
