@@ -629,6 +629,36 @@ def test_compose_gateway_believes_no_forwarded_hop(compose: dict[str, Any]) -> N
     assert str(gateway.get("KEELSON_TRUSTED_PROXY_HOPS", 0)) == "0"
 
 
+@pytest.mark.parametrize("overlay", [None, *OVERLAYS], ids=["base", *OVERLAYS])
+def test_k8s_notifications_know_their_smtp_server_and_login(
+    overlay: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Server, port and TLS mode from a ConfigMap, the login from the secret (optional);
+    dev sends to its in-cluster Mailpit, every other overlay through TLS."""
+    documents = _k8s_documents(overlay)
+    container = _by_kind(documents, "Deployment")["notifications"]["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    config_maps = _config_maps(documents)
+    environment = {"KEELSON_MASTER_KEY": "a-master-key-from-the-cluster-secret-0123"}
+    for source in container["envFrom"]:
+        environment |= config_maps[_generated(source["configMapRef"]["name"])]
+    settings: Any = _service_settings("notifications", environment, monkeypatch)
+    email = settings.notifications.email
+    for variable, key in (("USERNAME", "smtp-username"), ("PASSWORD", "smtp-password")):
+        ref = _secret_ref(container, f"KEELSON_NOTIFICATIONS__EMAIL__{variable}")
+        assert ref == {"name": "keelson-secrets", "key": key, "optional": True}
+    if overlay == "dev":
+        assert (email.host, email.port, email.security.value) == ("mailpit", 1025, "none")
+        mailpit = _by_kind(documents, "Service")["mailpit"]
+        assert {"name": "smtp", "port": 1025, "targetPort": "smtp"} in mailpit["spec"]["ports"]
+    else:
+        assert email.host != "127.0.0.1" and email.security.value in ("starttls", "tls")
+    ingress = next(iter(_by_kind(documents, "Ingress").values()))
+    host = ingress["spec"]["rules"][0]["host"]
+    assert settings.notifications.public_base_url.split("://")[1] == host, "links in mail"
+
+
 def _secret_ref(container: dict[str, Any], variable: str) -> dict[str, Any]:
     env = next(e for e in container["env"] if e["name"] == variable)
     ref: dict[str, Any] = env["valueFrom"]["secretKeyRef"]
