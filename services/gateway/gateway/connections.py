@@ -19,10 +19,11 @@ problem+json, and closes the connection, when a request body stalls for longer t
 from __future__ import annotations
 
 import asyncio
-import json
 
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from keelson.errors import RequestTimeout
 
 __all__ = ["BodyReadTimeout", "ConnectionLimits"]
 
@@ -36,21 +37,6 @@ class ConnectionLimits(BaseModel):
     head_timeout_seconds: float = Field(10.0, gt=0, le=3600)
     body_timeout_seconds: float = Field(30.0, gt=0, le=3600)
     max_head_bytes: int = Field(65_536, ge=_MIN_HEAD_BYTES, le=16 * 1024 * 1024)
-
-
-_PROBLEM = json.dumps(
-    {
-        "type": "about:blank",
-        "title": "Request Timeout",
-        "status": 408,
-        "detail": "The request body stalled; the connection is closed.",
-    }
-).encode()
-_HEADERS = [
-    (b"content-type", b"application/problem+json"),
-    (b"content-length", str(len(_PROBLEM)).encode()),
-    (b"connection", b"close"),
-]
 
 
 class BodyReadTimeout:
@@ -117,8 +103,10 @@ class BodyReadTimeout:
 
 
 async def _answer_408(send: Send) -> None:
-    await send({"type": "http.response.start", "status": 408, "headers": _HEADERS})
-    await send({"type": "http.response.body", "body": _PROBLEM})
+    stalled = RequestTimeout(
+        "The request body stalled; the connection is closed.", headers={"Connection": "close"}
+    )
+    await stalled.send_to(send)
 
 
 def _has_body(scope: Scope) -> bool:
