@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from keelson.config import KeelsonSettings
 from keelson.db import DATABASE_RETRY_AFTER, database_unavailable
 from keelson.docs import DOCS_CSP, install_docs
+from keelson.draining import drain_on_sigterm
 from keelson.errors import KeelsonError, ServiceUnavailable
 from keelson.health import health_router
 from keelson.logging import (
@@ -431,9 +432,15 @@ def _lifespan(
             await container.stop()  # what started must not outlive a failed start
             raise
         _log.info("%s ready on port %s", settings.service, settings.port)
+
+        def start_draining() -> None:
+            app.state.draining = True
+
+        uninstall = drain_on_sigterm(settings.drain_pause_seconds, start_draining)
         try:
             yield
         finally:
+            uninstall()
             app.state.draining = True
             if not await in_flight.drain(settings.shutdown_grace_seconds):
                 _log.warning("shutdown grace elapsed with %d requests in flight", in_flight.count)
