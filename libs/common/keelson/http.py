@@ -16,10 +16,12 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from keelson.config import KeelsonSettings
 from keelson.db import DATABASE_RETRY_AFTER, database_unavailable
+from keelson.disconnect import SAFE_METHODS, CancelOnDisconnect
 from keelson.docs import DOCS_CSP, install_docs
 from keelson.draining import drain_on_sigterm
 from keelson.errors import KeelsonError, ServiceUnavailable
@@ -463,7 +465,9 @@ class KeelsonApp(FastAPI):
     """
 
     _service_options: dict[str, Any]
-    _lane: tuple[Callable[[Scope], bool], ASGIApp] | None = None
+    # What the lane accepts, then its app for safe methods and for the others (which
+    # `CancelOnDisconnect` cancels when the client leaves before the answer).
+    _lane: tuple[Callable[[Scope], bool], ASGIApp, ASGIApp] | None = None
 
     def set_express_lane(self, accepts: Callable[[Scope], bool], app: ASGIApp) -> None:
         """HTTP requests for which `accepts(scope)` is true go to `app` from now on.
@@ -472,13 +476,18 @@ class KeelsonApp(FastAPI):
         (so no `Request.app`), no `root_path` handling, and no middleware added to this app
         with `add_middleware`; only `ServiceMiddleware`, then `app`.
         """
-        self._lane = (accepts, ServiceMiddleware(app, **self._service_options))
+        self._lane = (
+            accepts,
+            ServiceMiddleware(app, **self._service_options),
+            ServiceMiddleware(CancelOnDisconnect(app), **self._service_options),
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # A coroutine function, as servers tell ASGI 3 apps from ASGI 2 ones by that.
         lane = self._lane
         if lane is not None and scope["type"] == "http" and lane[0](scope):
-            await lane[1](scope, receive, send)
+            safe = scope["method"] in SAFE_METHODS
+            await (lane[1] if safe else lane[2])(scope, receive, send)
             return
         await super().__call__(scope, receive, send)
 
@@ -531,5 +540,7 @@ def create_app(
         "access_log": settings.access_log,
     }
     app.add_middleware(ServiceMiddleware, **app._service_options)
+    # Innermost of the app's own middleware: a request whose caller left is cancelled.
+    app.user_middleware.append(Middleware(CancelOnDisconnect))
     HTTP_IN_FLIGHT.labels(settings.service).set_function(lambda: in_flight.count)
     return app
