@@ -87,7 +87,7 @@ async def test_a_request_whose_client_left_is_cancelled_and_commits_nothing(
     server, work = served
     work_id = str(uuid.uuid4())
     body = json.dumps({"id": work_id}).encode()
-    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    _, writer = await asyncio.open_connection("127.0.0.1", server.port)
     writer.write(
         b"POST /work HTTP/1.1\r\nHost: demo\r\nContent-Type: application/json\r\n"
         b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
