@@ -89,8 +89,14 @@ def test_a_killed_service_costs_only_its_own_routes_and_recovers_at_once(
         def served() -> bool:
             return client.get(path, headers=admin).status_code == 200
 
-        poll(f"the gateway serving {victim} again", served, RECOVERY_SECONDS)
+        recovery = poll(f"the gateway serving {victim} again", served, RECOVERY_SECONDS)
     assert any(status != 200 for status in statuses), "the kill went unnoticed"
+    report(
+        f"SIGKILL {victim}",
+        requests=len(statuses),
+        by_status=dict(sorted(Counter(statuses).items())),
+        recovery=f"{recovery:.1f}s",
+    )
 
 
 # One route per service through the gateway: the steady background load of the cases below.
