@@ -1,7 +1,9 @@
 # syntax=docker/dockerfile:1.7
-# One image for every Keelson service; the command picks the service:
+# One image for every Keelson service, with the runtime only (the `keelson` library and the
+# five services; no dev kit); the command picks the service:
 #   docker run keelson python -m auth_service                 # serve
 #   docker run keelson python -m auth_service --migrate-only  # upgrade its schema and exit
+#   docker run keelson python -m auth_service admin create-admin EMAIL  # operator commands
 # Installed with uv from the committed uv.lock, so the image gets exactly the locked versions.
 
 ARG PYTHON_VERSION=3.11
@@ -26,6 +28,10 @@ WORKDIR /src
 # so that a change to the code does not invalidate this (slow) layer.
 COPY pyproject.toml uv.lock ./
 COPY libs/common/pyproject.toml libs/common/pyproject.toml
+# The dev kit (keelson-dev: `keelson up`, embedded PostgreSQL and Valkey, supervisor, the
+# pytest plugin) is a dev dependency: uv reads its pyproject.toml to know the workspace,
+# and `--no-dev` installs none of it; its source is not in the build context.
+COPY libs/dev/pyproject.toml libs/dev/pyproject.toml
 COPY services/gateway/pyproject.toml services/gateway/pyproject.toml
 COPY services/auth/pyproject.toml services/auth/pyproject.toml
 COPY services/logs/pyproject.toml services/logs/pyproject.toml

@@ -2,6 +2,8 @@
 SHELL := /bin/bash
 PYTHON ?= python3
 UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.keelson/bootstrap/bin/uv)
+# tests/test_runtime_boundary.py runs the Dockerfile's `uv sync` with the same uv.
+export KEELSON_UV := $(UV)
 VENV := $(CURDIR)/.venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
@@ -9,7 +11,7 @@ PYTEST_ARGS ?=
 .PHONY: help install deploy-tools up up-load down migrate test test-lowest lint format bench load soak clean
 
 help:
-	@echo "make install   create .venv with every package (uv sync)"
+	@echo "make install   create .venv with every package and the dev kit, keelson-dev (uv sync)"
 	@echo "make up        run the whole suite (embedded Postgres/Redis unless KEELSON_*_URL set)"
 	@echo "make down      stop what 'make up' started"
 	@echo "make test      lint, type-check and run every test"

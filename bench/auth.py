@@ -56,7 +56,7 @@ from keelson.auth import JwksClient, RevocationList, StaticKeys, TokenVerifier
 from keelson.config import Environment, LogSettings
 from keelson.db import migrate
 from keelson.keys import SigningKey
-from keelson.testing import fresh_database
+from keelson_dev.testing import fresh_database
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "services/auth/auth_service/migrations"
 PASSWORD = "bench pass phrase for logins"

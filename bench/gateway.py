@@ -62,8 +62,8 @@ import yaml
 from _docs import write_section
 from jose import jwt
 
-from keelson.embedded import free_port, wait_for_port
 from keelson.keys import SigningKey
+from keelson_dev.embedded import free_port, wait_for_port
 
 PATH = "/api/v1/logs/bench"
 

@@ -42,8 +42,8 @@ from gateway import (  # bench/gateway.py, beside this file
     wait_ready,
     wrk,
 )
-from keelson.embedded import free_port, wait_for_port
 from keelson.keys import SigningKey
+from keelson_dev.embedded import free_port, wait_for_port
 
 
 def measure(

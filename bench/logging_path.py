@@ -34,7 +34,6 @@ from tempfile import TemporaryDirectory
 
 import zmq
 
-from keelson.embedded import free_port
 from keelson.logging import (
     WIRE_ACK,
     ConsoleHandler,
@@ -43,6 +42,7 @@ from keelson.logging import (
     bind,
     log_access_record,
 )
+from keelson_dev.embedded import free_port
 
 Call = Callable[[logging.Logger, int], None]
 

@@ -39,10 +39,10 @@ from sqlalchemy.engine import make_url
 
 from keelson.config import KeelsonSettings
 from keelson.db import migrate
-from keelson.embedded import free_port
 from keelson.keys import KeyManager
 from keelson.logging import LogShipper, SenderCredentials, bind
-from keelson.testing import fresh_database
+from keelson_dev.embedded import free_port
+from keelson_dev.testing import fresh_database
 from logs_service.records import COLUMNS
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -47,9 +47,9 @@ from redis.asyncio import Redis
 
 from keelson.bus import RedisBus, stream_key
 from keelson.db import migrate
-from keelson.embedded import free_port
 from keelson.events import PaymentSucceeded
-from keelson.testing import fresh_database
+from keelson_dev.embedded import free_port
+from keelson_dev.testing import fresh_database
 from notifications_service.channels import OutgoingMessage
 from notifications_service.channels.email import build_email
 from notifications_service.settings import DEFAULT_EVENT_ROUTES

@@ -49,9 +49,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from keelson.config import Environment, LogSettings
 from keelson.db import DB_ENGINE, create_engine, migrate
-from keelson.embedded import free_port
 from keelson.payment import PaymentSettings
-from keelson.testing import ServiceProcess, fresh_database
+from keelson_dev.embedded import free_port
+from keelson_dev.testing import ServiceProcess, fresh_database
 from payments_service.app import create_app
 from payments_service.settings import PaymentsSettings, Settings
 

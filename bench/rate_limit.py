@@ -38,9 +38,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send  # noqa: E402
 from gateway.plugins.rate_limiting import RateLimitingPlugin  # noqa: E402
 from gateway.settings import Settings  # noqa: E402
 from keelson.config import LogSettings  # noqa: E402
-from keelson.embedded import free_port  # noqa: E402
 from keelson.http import Exchange  # noqa: E402
 from keelson.plugins import PluginContainer  # noqa: E402
+from keelson_dev.embedded import free_port  # noqa: E402
 
 HUGE = "100000000/minute"
 SCENARIOS = (("one key", 1, HUGE), ("32 keys", 32, HUGE), ("one key, over its limit", 1, "5/hour"))

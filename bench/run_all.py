@@ -14,7 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from keelson.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
+from keelson_dev.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
 
 BENCH = Path(__file__).resolve().parent
 ORDER = (

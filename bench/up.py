@@ -37,9 +37,9 @@ from pathlib import Path
 import psutil
 from _docs import write_section
 
-from keelson.embedded import free_port
-from keelson.suite import SERVICES, Layout, free_port_block, readiness
-from keelson.supervision import Supervisor
+from keelson_dev.embedded import free_port
+from keelson_dev.suite import SERVICES, Layout, free_port_block, readiness
+from keelson_dev.supervision import Supervisor
 
 KEELSON = Path(sys.executable).parent / "keelson"
 MB = 1024 * 1024

@@ -36,7 +36,7 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
 from gateway.upstream_pool import UpstreamPool  # noqa: E402
-from keelson.embedded import free_port, wait_for_port  # noqa: E402
+from keelson_dev.embedded import free_port, wait_for_port  # noqa: E402
 
 PATH = "/api/v1/logs/bench"
 HEADERS = [

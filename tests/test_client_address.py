@@ -18,8 +18,8 @@ import httpx
 import pytest
 
 from keelson.db import migrate
-from keelson.embedded import free_port
-from keelson.testing import ServiceProcess, removing_new_redis_keys
+from keelson_dev.embedded import free_port
+from keelson_dev.testing import ServiceProcess, removing_new_redis_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 PASSWORD = "plum tractors sing quietly"

@@ -35,8 +35,8 @@ from pydantic import BaseModel
 from sqlalchemy.engine import make_url
 
 from keelson.config import KeelsonSettings
-from keelson.embedded import free_port
-from keelson.testing import fresh_database
+from keelson_dev.embedded import free_port
+from keelson_dev.testing import fresh_database
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -669,7 +669,7 @@ def test_each_service_migrates_as_its_own_role_into_its_own_schema(roles_databas
         result = subprocess.run(["sh", script], env=pg_env, capture_output=True, text=True)
         assert result.returncode == 0, result.stderr
     from keelson.db import migrate
-    from keelson.suite import SERVICES as SUITE
+    from keelson_dev.suite import SERVICES as SUITE
 
     for service in SUITE:
         role_url = url.set(username=f"keelson_{service.name}", password=f"keelson-{service.name}")
@@ -744,7 +744,7 @@ def test_locust_scenarios_skip_what_the_gateway_does_not_serve_yet(
     result = subprocess.run(
         [
             str(locust), "-f", str(ROOT / "loadtests" / "locustfile.py"), "--headless",
-            "-u", "10", "-r", "10", "-t", "3s", "--host", partial_gateway,
+            "-u", "10", "-r", "10", "-t", "10s", "--host", partial_gateway,
             "--csv", str(tmp_path / "run"), "--only-summary", "--exit-code-on-error", "1",
         ],
         capture_output=True, text=True, cwd=tmp_path, timeout=60,

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import httpx
 
-from keelson.embedded import free_port
-from keelson.testing import ServiceProcess, eventually
+from keelson_dev.embedded import free_port
+from keelson_dev.testing import ServiceProcess, eventually
 
 
 async def test_sigterm_spills_records_the_log_service_never_received(tmp_path: Path) -> None:

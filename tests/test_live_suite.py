@@ -30,9 +30,9 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import make_url
 
-from keelson.embedded import free_port
-from keelson.suite import SERVICES, Layout, free_port_block, readiness
-from keelson.testing import fresh_database
+from keelson_dev.embedded import free_port
+from keelson_dev.suite import SERVICES, Layout, free_port_block, readiness
+from keelson_dev.testing import fresh_database
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -145,6 +145,8 @@ def stack(
         database = database_url.render_as_string(hide_password=False)
         env = {k: v for k, v in os.environ.items() if not k.startswith("KEELSON_")}
         env.update(NO_COLOR="1", KEELSON_DATABASE_URL=database, KEELSON_REDIS_URL=redis_url)
+        # The SMTP sink on a port of its own, not the default another suite may hold.
+        env["KEELSON_UP_SMTP_PORT"] = str(free_port())
         base_port = free_port_block(len(SERVICES) + 3)
         up_log = tmp_path / "up.log"
         with up_log.open("ab") as out:

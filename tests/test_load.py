@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from keelson.embedded import free_port
+from keelson_dev.embedded import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 RESET = "/api/v1/auth/password-reset/request"

@@ -24,10 +24,10 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from keelson.auth import Principal, identity_key, sign_identity
 from keelson.bus import RedisBus
 from keelson.db import migrate
-from keelson.embedded import free_port
 from keelson.events import Envelope
 from keelson.keys import KeyManager
-from keelson.testing import ServiceProcess, eventually, fresh_database
+from keelson_dev.embedded import free_port
+from keelson_dev.testing import ServiceProcess, eventually, fresh_database
 from payments_service.settings import Settings as PaymentsSettings
 
 ROOT = Path(__file__).resolve().parents[1]

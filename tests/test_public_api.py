@@ -86,7 +86,7 @@ def modules() -> Iterator[Path]:
 @cache
 def first_party_roots() -> frozenset[str]:
     """Top-level names importable from this repository rather than from site-packages."""
-    names = {"keelson", "gateway", "auth_service", "logs_service"}
+    names = {"keelson", "keelson_dev", "gateway", "auth_service", "logs_service"}
     names |= {"notifications_service", "payments_service", "conftest"}
     for path in modules():  # helpers imported by their file name (tests, benchmarks)
         names.add(path.stem)

@@ -17,8 +17,8 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from keelson.db import migrate
-from keelson.embedded import free_port
-from keelson.testing import ServiceProcess, eventually, fresh_database
+from keelson_dev.embedded import free_port
+from keelson_dev.testing import ServiceProcess, eventually, fresh_database
 
 ROOT = Path(__file__).resolve().parents[1]
 ADMIN_EMAIL = "tracing-admin@example.com"

@@ -23,9 +23,9 @@ from auth_service.settings import DEFAULT_ROLE_SCOPES
 from keelson.auth import PUBLIC_ACCESS_KEY, Principal, identity_key, sign_identity
 from keelson.config import KeelsonSettings, LogSettings
 from keelson.db import migrate
-from keelson.embedded import free_port
 from keelson.keys import KeyManager
-from keelson.suite import SERVICES
+from keelson_dev.embedded import free_port
+from keelson_dev.suite import SERVICES
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = [(s.name, s.package) for s in SERVICES if s.name != "gateway"]

@@ -10,10 +10,10 @@ from fastapi import FastAPI
 
 from keelson.config import LogSettings
 from keelson.db import migrate
-from keelson.embedded import free_port
 from keelson.keys import SigningKey
-from keelson.suite import SERVICES
-from keelson.testing import LiveServer
+from keelson_dev.embedded import free_port
+from keelson_dev.suite import SERVICES
+from keelson_dev.testing import LiveServer
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -24,11 +24,11 @@ from sqlalchemy.engine import make_url
 
 from keelson.auth import Principal, identity_key, sign_identity
 from keelson.config import KeelsonSettings
-from keelson.embedded import free_port
 from keelson.keys import KeyManager
-from keelson.mailsink import read_mailbox
-from keelson.suite import SERVICES, Layout, free_port_block, port_in_use, readiness
-from keelson.supervision import (
+from keelson_dev.embedded import free_port
+from keelson_dev.mailsink import read_mailbox
+from keelson_dev.suite import SERVICES, Layout, free_port_block, port_in_use, readiness
+from keelson_dev.supervision import (
     ProcessState,
     Program,
     Supervisor,

@@ -20,9 +20,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def package_of(path: Path) -> str:
-    """`keelson` for libs/common/keelson/..., else the service's package directory name."""
+    """`keelson` for libs/common/keelson/..., `keelson_dev` for libs/dev/keelson_dev/...,
+    else the service's package directory name."""
     parts = path.resolve().relative_to(ROOT).parts
-    if parts[:2] == ("libs", "common"):
+    if parts[0] == "libs":
         return parts[2]
     if parts[0] == "services":
         return parts[2]

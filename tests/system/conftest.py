@@ -19,10 +19,10 @@ import pytest
 import redis
 from sqlalchemy.engine import make_url
 
-from keelson.embedded import free_port
-from keelson.suite import SERVICES, Layout, free_port_block, readiness
-from keelson.supervision import Supervisor
-from keelson.testing import fresh_database
+from keelson_dev.embedded import free_port
+from keelson_dev.suite import SERVICES, Layout, free_port_block, readiness
+from keelson_dev.supervision import Supervisor
+from keelson_dev.testing import fresh_database
 
 KEELSON = Path(sys.executable).parent / "keelson"
 READY_TIMEOUT = 120.0

@@ -21,7 +21,7 @@ from jose import jwt
 from keelson.auth import Principal, identity_key, sign_identity
 from keelson.config import KeelsonSettings
 from keelson.keys import KeyManager, SigningKey
-from keelson.testing import eventually
+from keelson_dev.testing import eventually
 
 from .conftest import ADMIN_PASSWORD, RunningSuite
 

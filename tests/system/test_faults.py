@@ -19,11 +19,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from keelson.embedded import free_port
-from keelson.mailsink import read_mailbox
-from keelson.suite import DRAIN_PAUSE_SECONDS, SERVICES, Layout
-from keelson.supervision import ProcessState, Supervisor, pid_alive
-from keelson.testing import ServiceProcess
+from keelson_dev.embedded import free_port
+from keelson_dev.mailsink import read_mailbox
+from keelson_dev.suite import DRAIN_PAUSE_SECONDS, SERVICES, Layout
+from keelson_dev.supervision import ProcessState, Supervisor, pid_alive
+from keelson_dev.testing import ServiceProcess
 
 from .conftest import ADMIN_PASSWORD, RunningSuite
 from .load import Call, Load, Outcome, access_records, figures, report

@@ -20,8 +20,8 @@ import asyncpg
 import httpx
 import pytest
 
-from keelson.embedded import free_port
-from keelson.mailsink import read_mailbox
+from keelson_dev.embedded import free_port
+from keelson_dev.mailsink import read_mailbox
 
 from .conftest import ADMIN_PASSWORD, RunningSuite, launched
 from .load import Call, Load, figures, report

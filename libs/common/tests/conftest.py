@@ -1,4 +1,4 @@
-"""Fixtures the core library's tests share (the session's servers come from keelson.testing)."""
+"""Fixtures the core library's tests share (the session's servers come from keelson_dev.testing)."""
 
 from collections.abc import AsyncIterator
 

@@ -15,7 +15,7 @@ from keelson.config import KeelsonSettings
 from keelson.http import create_app, exchange
 from keelson.logging import record_to_dict, user_id_var
 from keelson.plugins import PluginContainer
-from keelson.testing import make_settings
+from keelson_dev.testing import make_settings
 
 router = APIRouter()
 

@@ -14,7 +14,6 @@ import orjson
 import pytest
 import zmq
 
-from keelson.embedded import free_port
 from keelson.logging import (
     REDACTED,
     ConsoleHandler,
@@ -27,7 +26,8 @@ from keelson.logging import (
 from keelson.logging._access import ACCESS_MESSAGE, _request_line
 from keelson.logging._format import STANDARD_ATTRS
 from keelson.logging._redact import _is_secret_key, is_quiet_head, redact_text
-from keelson.testing import eventually
+from keelson_dev.embedded import free_port
+from keelson_dev.testing import eventually
 
 CLOCK = re.compile(r" \d\d:\d\d:\d\d ")
 USER = "6f1c0b7e-1d2a-4c55-9a51-0b1f0d3c2e11"

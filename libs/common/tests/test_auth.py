@@ -45,7 +45,7 @@ from keelson.http import create_app
 from keelson.keys import KeyManager, SigningKey
 from keelson.plugins import PluginContainer
 from keelson.service import build_container
-from keelson.testing import LiveServer, eventually
+from keelson_dev.testing import LiveServer, eventually
 
 KEY = SigningKey.generate()
 OTHER_KEY = SigningKey.generate()
@@ -402,7 +402,7 @@ async def test_a_revocation_list_on_the_bus_listens_and_announces_only_when_aske
 
 
 def unreachable_redis() -> Redis:
-    from keelson.embedded import free_port
+    from keelson_dev.embedded import free_port
 
     return Redis(port=free_port(), retry=Retry(NoBackoff(), 0))
 

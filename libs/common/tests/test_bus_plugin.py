@@ -2,11 +2,11 @@ import uuid
 
 from keelson.bus import BUS, BusPlugin, ZmqBroker
 from keelson.config import BusSettings, KeelsonSettings
-from keelson.embedded import free_port
 from keelson.events import Envelope
 from keelson.plugins import PluginState
 from keelson.service import build_container
-from keelson.testing import eventually, make_settings
+from keelson_dev.embedded import free_port
+from keelson_dev.testing import eventually, make_settings
 
 
 async def round_trip(settings: KeelsonSettings, *, transport: str) -> None:

@@ -7,7 +7,7 @@ from redis.asyncio import Redis
 
 from keelson.bus import RedisBus
 from keelson.config import BusSettings
-from keelson.testing import eventually
+from keelson_dev.testing import eventually
 
 
 @pytest.fixture

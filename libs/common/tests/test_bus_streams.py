@@ -15,7 +15,7 @@ from keelson.bus import RedisBus, dead_letter_key, stream_key
 from keelson.config import BusSettings
 from keelson.events import Envelope
 from keelson.logging import trace_id_var
-from keelson.testing import eventually
+from keelson_dev.testing import eventually
 
 FAST = BusSettings(block_ms=50, claim_idle_ms=200, max_deliveries=3, batch_size=50)
 

@@ -5,9 +5,9 @@ import pytest
 import zmq
 
 from keelson.bus import ZmqBroker, ZmqBus
-from keelson.embedded import free_port
 from keelson.events import Envelope, UserRegistered
-from keelson.testing import eventually
+from keelson_dev.embedded import free_port
+from keelson_dev.testing import eventually
 
 
 @pytest.fixture

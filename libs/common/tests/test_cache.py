@@ -7,9 +7,9 @@ from redis.asyncio import Redis
 
 from keelson.cache import CACHE, Cache, MemoryCache, RedisCache, cached
 from keelson.config import BusSettings
-from keelson.embedded import free_port
 from keelson.service import build_container
-from keelson.testing import eventually, make_settings
+from keelson_dev.embedded import free_port
+from keelson_dev.testing import eventually, make_settings
 
 
 @pytest.fixture(params=["memory", "redis"])

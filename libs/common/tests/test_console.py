@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from keelson.logging import ConsoleHandler, JsonFormatter, log_access_record
-from keelson.testing import eventually
+from keelson_dev.testing import eventually
 
 
 @pytest.fixture

@@ -10,9 +10,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from keelson.config import KeelsonSettings, LogSettings
 from keelson.db import async_url
-from keelson.embedded import free_port
 from keelson.http import create_app
 from keelson.plugins import PluginContainer
+from keelson_dev.embedded import free_port
 
 
 def app_over(engine: AsyncEngine) -> httpx.AsyncClient:

@@ -29,10 +29,10 @@ from keelson.db import (
     migration_lock,
     reencrypt_column,
 )
-from keelson.embedded import free_port
 from keelson.keys import DecryptionError, KeyManager
 from keelson.plugins import PluginContainer
-from keelson.testing import eventually, fresh_database
+from keelson_dev.embedded import free_port
+from keelson_dev.testing import eventually, fresh_database
 
 ROOT = Path(__file__).resolve().parents[3]
 

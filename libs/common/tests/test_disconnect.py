@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from keelson.config import KeelsonSettings, LogSettings
 from keelson.http import create_app
 from keelson.plugins import PluginContainer
-from keelson.testing import LiveServer, eventually
+from keelson_dev.testing import LiveServer, eventually
 
 
 class Work:

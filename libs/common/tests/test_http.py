@@ -13,13 +13,13 @@ from pydantic import BaseModel
 from starlette.types import Receive, Scope, Send
 
 from keelson.config import KeelsonSettings, LogSettings
-from keelson.embedded import free_port
 from keelson.errors import Conflict, TooManyRequests
 from keelson.http import KeelsonApp, create_app, exchange
 from keelson.metrics import count_business_event
 from keelson.plugins import Health, Plugin, PluginContainer, PluginMetadata, PluginState
 from keelson.redis_plugin import RedisPlugin
-from keelson.testing import LiveServer, eventually
+from keelson_dev.embedded import free_port
+from keelson_dev.testing import LiveServer, eventually
 
 router = APIRouter()
 release = threading.Event()

@@ -15,11 +15,11 @@ import orjson
 import pytest
 import zmq
 
-from keelson.embedded import free_port
 from keelson.logging import WIRE_ACK, WIRE_VERSION, LogShipper, _shipper
 from keelson.logging._spill import SpillStore
 from keelson.metrics import LOG_RECORDS_DROPPED
-from keelson.testing import counted
+from keelson_dev.embedded import free_port
+from keelson_dev.testing import counted
 
 
 class Receiver:

@@ -28,7 +28,7 @@ from keelson.outbox import (
 )
 from keelson.plugins import PluginError
 from keelson.service import build_container
-from keelson.testing import eventually, make_settings
+from keelson_dev.testing import eventually, make_settings
 
 SCHEMA = f"outbox_{uuid.uuid4().hex[:8]}"
 FAST = BusSettings(block_ms=50, claim_idle_ms=200)

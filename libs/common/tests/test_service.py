@@ -8,10 +8,10 @@ import httpx
 from fastapi import APIRouter
 
 from keelson.config import BusSettings
-from keelson.embedded import free_port
 from keelson.plugins import Plugin, PluginMetadata
 from keelson.service import create_service_app
-from keelson.testing import make_settings
+from keelson_dev.embedded import free_port
+from keelson_dev.testing import make_settings
 
 router = APIRouter()
 

@@ -1,4 +1,4 @@
-"""Operator commands behind `keelson create-admin` and `keelson auth ...`."""
+"""Operator commands behind `python -m auth_service admin ...` (auth_service.cli)."""
 
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ from auth_service.settings import (
 )
 from keelson.db import create_engine, migrate
 from keelson.keys import KeyManager, open_action_token
-from keelson.testing import make_settings
+from keelson_dev.testing import make_settings
 
 PASSWORD = "plum tractors sing quietly"
 CLIENT_IP = "198.51.100.7"

@@ -1,4 +1,5 @@
-"""The first admin from KEELSON_ADMIN_EMAIL / KEELSON_ADMIN_PASSWORD, and `keelson create-admin`."""
+"""The first admin from KEELSON_ADMIN_EMAIL / KEELSON_ADMIN_PASSWORD, and
+`python -m auth_service admin create-admin` (auth_service.cli)."""
 
 import asyncio
 from collections.abc import Awaitable, Callable
@@ -10,7 +11,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from auth_service.app import create_app
-from keelson.cli import main
+from auth_service.cli import main
 
 Login = Callable[..., Awaitable[dict[str, Any]]]
 

@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 from keelson.auth import REVOCATIONS_CHANNEL
 from keelson.bus import RedisBus
 from keelson.events import Envelope
-from keelson.testing import eventually
+from keelson_dev.testing import eventually
 
 SignedIn = Callable[..., Awaitable[tuple[dict[str, Any], dict[str, Any]]]]
 

@@ -18,7 +18,7 @@ from auth_service.plugin import KEYRING
 from keelson.auth import JwksClient, TokenVerifier
 from keelson.config import KeelsonSettings
 from keelson.keys import KeyManager
-from keelson.testing import eventually
+from keelson_dev.testing import eventually
 
 Register = Callable[..., Awaitable[dict[str, Any]]]
 Login = Callable[..., Awaitable[dict[str, Any]]]
@@ -151,12 +151,12 @@ async def test_private_keys_are_stored_sealed(auth_app: Any, auth_engine: AsyncE
 async def test_rotate_keys_command(
     auth_database_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from keelson.cli import main
+    from auth_service.cli import main
 
     monkeypatch.setenv("KEELSON_DATABASE_URL", auth_database_url)
-    assert await asyncio.to_thread(main, ["auth", "rotate-keys"]) == 0
+    assert await asyncio.to_thread(main, ["rotate-keys"]) == 0
     new_kid = capsys.readouterr().out.split()[3]
-    assert await asyncio.to_thread(main, ["auth", "list-keys"]) == 0
+    assert await asyncio.to_thread(main, ["list-keys"]) == 0
     lines = capsys.readouterr().out.splitlines()
     # Published at once, signing only after the activation delay (120 s by default).
     assert lines[-1].startswith(new_kid) and lines[-1].endswith("published")

@@ -16,14 +16,14 @@ from sqlalchemy import text
 
 import auth_service
 from auth_service.app import create_app
+from auth_service.cli import main
 from auth_service.commands import rotate_keys
 from auth_service.keyring import key_cipher
 from auth_service.plugin import SUCCESSOR_CIPHER_PURPOSE
 from auth_service.settings import Settings
-from keelson.cli import main
 from keelson.db import create_engine, migrate
 from keelson.keys import DecryptionError, KeyManager
-from keelson.testing import fresh_database
+from keelson_dev.testing import fresh_database
 
 OLD = "the-old-master-key-" + "o" * 30
 NEW = "the-new-master-key-" + "n" * 30
@@ -124,7 +124,7 @@ async def test_the_whole_master_key_rotation(
         "KEELSON_PREVIOUS_MASTER_KEYS": f'["{OLD}"]',
     }.items():
         monkeypatch.setenv(name, value)
-    assert await asyncio.to_thread(main, ["auth", "reencrypt"]) == 0
+    assert await asyncio.to_thread(main, ["reencrypt"]) == 0
     assert _opens(NEW, await _sealed(rotated))
 
     # The old key can go now: auth starts on the new one alone and old tokens still verify.
@@ -147,6 +147,6 @@ async def test_reencrypt_without_the_old_key_says_what_is_missing(
     monkeypatch.setenv("KEELSON_DATABASE_URL", rotation_database)
     monkeypatch.setenv("KEELSON_MASTER_KEY", NEW)
     monkeypatch.delenv("KEELSON_PREVIOUS_MASTER_KEYS", raising=False)
-    assert await asyncio.to_thread(main, ["auth", "reencrypt"]) == 1
+    assert await asyncio.to_thread(main, ["reencrypt"]) == 1
     err = capsys.readouterr().err
     assert "KEELSON_PREVIOUS_MASTER_KEYS" in err and OLD not in err and NEW not in err

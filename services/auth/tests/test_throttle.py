@@ -9,7 +9,7 @@ from auth_service.app import create_app
 from auth_service.settings import LoginThrottleSettings
 from auth_service.throttle import LoginThrottle, MemoryCounters
 from keelson.errors import TooManyRequests
-from keelson.testing import eventually
+from keelson_dev.testing import eventually
 
 Register = Callable[..., Awaitable[dict[str, Any]]]
 

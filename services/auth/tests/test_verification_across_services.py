@@ -12,7 +12,7 @@ from keelson.auth import AuthPlugin, CurrentUser, require_role
 from keelson.config import KeelsonSettings, LogSettings, PluginSettings
 from keelson.http import create_app as create_service_app
 from keelson.service import build_container
-from keelson.testing import LiveServer
+from keelson_dev.testing import LiveServer
 
 router = APIRouter()
 

@@ -23,8 +23,8 @@ from gateway.app import create_app
 from gateway.settings import Settings
 from gateway.transport import UpstreamTransport
 from keelson.config import Environment, LogSettings
-from keelson.embedded import free_port
-from keelson.testing import eventually
+from keelson_dev.embedded import free_port
+from keelson_dev.testing import eventually
 
 
 class ServerThread:

@@ -15,7 +15,7 @@ from gateway_testkit import (
 )
 from prometheus_client import REGISTRY
 
-from keelson.testing import eventually
+from keelson_dev.testing import eventually
 
 
 async def test_readiness_is_degraded_when_an_optional_upstream_is_out(

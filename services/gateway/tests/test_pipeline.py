@@ -18,7 +18,7 @@ from gateway_upstream import TokenMint
 from gateway.app import create_app
 from gateway.settings import Settings
 from keelson.config import load_settings
-from keelson.testing import eventually
+from keelson_dev.testing import eventually
 
 SECURITY = {
     "policies": [

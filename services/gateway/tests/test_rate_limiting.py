@@ -29,8 +29,8 @@ from gateway.metrics import RATE_LIMIT_OVERSHOOT, RATE_LIMIT_STORAGE_ERRORS
 from gateway.plugins._rate_windows import Call, MemoryWindows
 from gateway.plugins.rate_limiting import RateLimitingPlugin, _Tally
 from gateway.settings import Settings
-from keelson.embedded import free_port
-from keelson.testing import counted, eventually
+from keelson_dev.embedded import free_port
+from keelson_dev.testing import counted, eventually
 
 
 def limits(**extra: object) -> dict:

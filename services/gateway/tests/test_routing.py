@@ -20,8 +20,8 @@ from gateway_upstream import Seen, SocketUpstream, create_upstream, ok, serving
 from prometheus_client import REGISTRY
 
 from gateway.app import create_app
-from keelson.embedded import free_port
-from keelson.testing import LiveServer, eventually
+from keelson_dev.embedded import free_port
+from keelson_dev.testing import LiveServer, eventually
 
 
 def routing(**urls: str) -> dict:

@@ -10,7 +10,7 @@ from gateway_upstream import TokenMint
 
 from keelson.auth import IDENTITY_HEADER, Principal, identity_key, sign_identity
 from keelson.keys import KeyManager
-from keelson.testing import eventually
+from keelson_dev.testing import eventually
 
 
 def secured(upstream: ServerThread, auth_upstream: ServerThread, **security: object):

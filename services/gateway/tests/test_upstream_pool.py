@@ -17,8 +17,8 @@ from gateway.transport import (
     UpstreamUnreachable,
 )
 from gateway.upstream_pool import UpstreamPool
-from keelson.embedded import free_port
-from keelson.testing import eventually
+from keelson_dev.embedded import free_port
+from keelson_dev.testing import eventually
 
 
 async def answer_ok(seen: Seen) -> bytes:

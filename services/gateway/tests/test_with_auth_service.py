@@ -17,7 +17,7 @@ from auth_service.app import create_app as create_auth_app
 from auth_service.settings import AuthSettings, PasswordHashSettings
 from auth_service.settings import Settings as AuthServiceSettings
 from keelson.db import migrate
-from keelson.testing import eventually, make_settings
+from keelson_dev.testing import eventually, make_settings
 
 PASSWORD = "plum tractors sing quietly"
 

@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from keelson.config import BusSettings, Environment, LogSettings
 from keelson.db import migrate
-from keelson.embedded import free_port
+from keelson_dev.embedded import free_port
 from logs_service.ingest import Ingestor
 from logs_service.settings import IngestSettings, Settings
 from logs_service.store import LogStore, create_pool

@@ -10,10 +10,10 @@ import asyncpg
 
 from keelson.auth import Principal, identity_key, sign_identity
 from keelson.config import KeelsonSettings
-from keelson.embedded import free_port
 from keelson.keys import KeyManager
 from keelson.logging import SenderCredentials
-from keelson.testing import ServiceProcess
+from keelson_dev.embedded import free_port
+from keelson_dev.testing import ServiceProcess
 
 SENDER = Path(__file__).with_name("log_sender.py")
 # The master key every test process has (none is set in the tests' environment).

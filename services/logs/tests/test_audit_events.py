@@ -9,7 +9,7 @@ from redis.asyncio import Redis
 
 from keelson.bus import RedisBus
 from keelson.events import Envelope
-from keelson.testing import LiveServer, eventually
+from keelson_dev.testing import LiveServer, eventually
 from logs_service.app import create_app
 from logs_service.settings import Settings
 

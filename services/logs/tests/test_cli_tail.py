@@ -13,10 +13,10 @@ from jose import jwt
 from logs_testkit import sender_credentials
 
 from keelson.auth import DEFAULT_AUDIENCE, DEFAULT_ISSUER
-from keelson.cli import main
 from keelson.keys import SigningKey
 from keelson.logging import LogShipper
-from keelson.testing import LiveServer, eventually
+from keelson_dev.cli import main
+from keelson_dev.testing import LiveServer, eventually
 from logs_service.app import create_app
 from logs_service.plugins import TAIL_HUB
 from logs_service.settings import Settings

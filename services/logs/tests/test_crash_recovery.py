@@ -12,8 +12,8 @@ import pytest
 from logs_testkit import TEST_KEYS, SenderProcess, count_of, logs_service_process
 
 from keelson.db import migrate
-from keelson.embedded import EmbeddedPostgres, free_port
-from keelson.testing import eventually
+from keelson_dev.embedded import EmbeddedPostgres, free_port
+from keelson_dev.testing import eventually
 from logs_service.ingest import Ingestor, IntakeAuth
 from logs_service.settings import IngestSettings
 from logs_service.store import LogStore, create_pool

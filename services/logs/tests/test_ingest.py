@@ -13,7 +13,7 @@ import zmq.asyncio
 from logs_testkit import count_of
 
 from keelson.logging import WIRE_ACK, WIRE_VERSION
-from keelson.testing import counted
+from keelson_dev.testing import counted
 from logs_service.ingest import Ingestor
 from logs_service.metrics import REJECTED
 

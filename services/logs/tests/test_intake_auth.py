@@ -16,8 +16,8 @@ import zmq.asyncio
 from logs_testkit import TEST_KEYS, count_of, sender_credentials
 from test_ingest import ack_of, wire
 
-from keelson.embedded import free_port
 from keelson.logging import CurveKeyPair, SenderCredentials, intake_server_keys
+from keelson_dev.embedded import free_port
 from logs_service.ingest import Ingestor, IntakeAuth
 from logs_service.settings import IngestSettings
 from logs_service.store import LogStore

@@ -3,8 +3,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from keelson.embedded import free_port
 from keelson.errors import BadRequest, ServiceUnavailable
+from keelson_dev.embedded import free_port
 from logs_service.queries import Cursor, count_records, search_records
 from logs_service.store import create_pool
 

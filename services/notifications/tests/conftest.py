@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 import notifications_service
 from keelson.db import create_engine, migrate
-from keelson.testing import make_settings
+from keelson_dev.testing import make_settings
 from notifications_service.app import create_app
 from notifications_service.settings import (
     DeliverySettings,

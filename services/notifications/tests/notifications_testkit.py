@@ -15,8 +15,8 @@ from typing import Any
 from aiosmtpd.controller import Controller
 
 from keelson.auth import Principal, identity_key, sign_identity, verify_identity_headers
-from keelson.embedded import free_port
 from keelson.keys import KeyManager
+from keelson_dev.embedded import free_port
 from notifications_service.settings import Settings
 
 USER_SCOPES = frozenset({"profile:read", "notifications:send"})
@@ -123,7 +123,7 @@ Answer = tuple[int, dict[str, str], bytes]
 
 async def settled(client: Any, notification_id: str, headers: dict[str, str]) -> Any:
     """The notification once it is no longer waiting to be sent (bounded poll)."""
-    from keelson.testing import eventually
+    from keelson_dev.testing import eventually
 
     async def done() -> Any:
         response = await client.get(f"/api/v1/notifications/{notification_id}", headers=headers)

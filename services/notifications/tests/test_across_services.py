@@ -20,8 +20,8 @@ import pytest
 from notifications_testkit import Received, SmtpSink
 
 from keelson.db import migrate
-from keelson.embedded import free_port
-from keelson.testing import ServiceProcess, eventually, fresh_database
+from keelson_dev.embedded import free_port
+from keelson_dev.testing import ServiceProcess, eventually, fresh_database
 
 ROOT = Path(__file__).resolve().parents[3]
 PASSWORD = "plum tractors sing quietly"

@@ -19,8 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 import notifications_service
 from keelson.db import create_engine, migrate
-from keelson.embedded import free_port
-from keelson.testing import ServiceProcess, eventually, fresh_database, make_settings
+from keelson_dev.embedded import free_port
+from keelson_dev.testing import ServiceProcess, eventually, fresh_database, make_settings
 from notifications_service.settings import Settings
 from notifications_service.store import NewNotification, enqueue
 

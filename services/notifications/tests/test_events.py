@@ -24,7 +24,7 @@ from keelson.events import (
     UserRegistered,
 )
 from keelson.keys import KeyManager, seal_action_token
-from keelson.testing import eventually
+from keelson_dev.testing import eventually
 from notifications_service.settings import Settings
 
 LINK = re.compile(r"https?://\S+")

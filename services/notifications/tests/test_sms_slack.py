@@ -17,7 +17,7 @@ from notifications_testkit import Recorder, caller, recording_app, settled
 
 import notifications_service
 from keelson.db import migrate
-from keelson.testing import LiveServer, fresh_database
+from keelson_dev.testing import LiveServer, fresh_database
 from notifications_service.app import create_app
 from notifications_service.plugin import CHANNELS
 from notifications_service.settings import Settings, SlackSettings, SmsSettings

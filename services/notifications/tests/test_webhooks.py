@@ -12,7 +12,7 @@ import pytest
 from notifications_testkit import Recorder, caller, recording_app, settled
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from keelson.testing import LiveServer
+from keelson_dev.testing import LiveServer
 from notifications_service.app import create_app
 from notifications_service.channels import DeliveryError, OutgoingMessage
 from notifications_service.channels.webhook import SignedWebhook

@@ -22,9 +22,9 @@ from stripe_peers import API_KEY, FaultProxy, LocalStripe, local_stripe
 
 import payments_service
 from keelson.db import create_engine, migrate
-from keelson.embedded import free_port
 from keelson.payment import PaymentSettings
-from keelson.testing import LiveServer, make_settings
+from keelson_dev.embedded import free_port
+from keelson_dev.testing import LiveServer, make_settings
 from payments_service.app import create_app
 from payments_service.settings import PaymentsSettings, Settings
 

@@ -22,7 +22,7 @@ import aiohttp
 import httpx
 from aiohttp import web
 
-from keelson.embedded import free_port
+from keelson_dev.embedded import free_port
 
 API_KEY = "sk_test_keelson_localstripe"
 

@@ -10,7 +10,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from keelson.payment import SandboxProvider
-from keelson.testing import eventually
+from keelson_dev.testing import eventually
 from payments_service.app import create_app
 from payments_service.plugin import PAYMENT_PROVIDER, RECONCILER
 from payments_service.reconcile import RECONCILE_LOCK

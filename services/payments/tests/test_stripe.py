@@ -22,7 +22,7 @@ from keelson.errors import (
     PaymentProviderUnavailable,
 )
 from keelson.payment import PaymentSettings, StripeProvider, create_provider, provider_error
-from keelson.testing import LiveServer, eventually
+from keelson_dev.testing import LiveServer, eventually
 
 GOOD_CARD = "4242424242424242"
 DECLINED_CARD = "4000000000000341"  # localstripe declines it when charged

@@ -13,7 +13,7 @@ from fastapi import FastAPI
 
 from auth_service.app import create_app
 from keelson.auth import DEFAULT_AUDIENCE, DEFAULT_ISSUER
-from keelson.testing import LiveServer
+from keelson_dev.testing import LiveServer
 
 TOKEN_URL = "http://auth.test/api/v1/auth/token"
 Register = Callable[..., Awaitable[dict[str, Any]]]

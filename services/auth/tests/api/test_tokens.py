@@ -419,7 +419,7 @@ async def test_a_logout_redis_cannot_store_answers_503_and_changes_nothing(
     from redis.backoff import NoBackoff
 
     from keelson.auth import REVOCATIONS
-    from keelson.embedded import free_port
+    from keelson_dev.embedded import free_port
 
     _, tokens = await signed_in()
     revocations = auth_app.state.container.resolve(REVOCATIONS)

@@ -14,7 +14,7 @@ import pytest
 from logs_testkit import SenderProcess, operator_headers, sender_credentials
 
 from keelson.logging import LogShipper
-from keelson.testing import LiveServer, eventually
+from keelson_dev.testing import LiveServer, eventually
 from logs_service.app import create_app
 from logs_service.settings import Settings
 

@@ -12,7 +12,7 @@ from notifications_testkit import SmtpSink, admin, caller, new_email
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from keelson.testing import eventually
+from keelson_dev.testing import eventually
 
 
 async def _settled(client: httpx.AsyncClient, notification_id: str, headers: dict[str, str]) -> Any:

@@ -29,7 +29,7 @@ from prometheus_client import Counter
 from sqlalchemy.engine import make_url
 
 from keelson.config import Environment, KeelsonSettings, LogSettings
-from keelson.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
+from keelson_dev.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
 
 __all__ = [
     "LiveServer",

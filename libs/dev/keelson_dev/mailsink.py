@@ -1,6 +1,6 @@
 """The SMTP sink `keelson up` runs: each message received is stored as an `.eml` file.
 
-`python -m keelson.mailsink --dir .keelson/mail --port 58025` accepts any mail on the
+`python -m keelson_dev.mailsink --dir .keelson/mail --port 58025` accepts any mail on the
 port (local development only: no relay, no auth) and writes it, headers and body as
 received, to `<dir>/<time>-<id>.eml`, which any mail client opens. `read_mailbox` reads
 them back, newest first, for `keelson mail`.
@@ -90,7 +90,7 @@ def _entry(path: Path) -> MailboxEntry:
 def main(argv: Sequence[str] | None = None) -> int:
     from aiosmtpd.controller import Controller
 
-    parser = argparse.ArgumentParser(prog="python -m keelson.mailsink")
+    parser = argparse.ArgumentParser(prog="python -m keelson_dev.mailsink")
     parser.add_argument("--dir", type=Path, required=True, help="where .eml files go")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=58025)

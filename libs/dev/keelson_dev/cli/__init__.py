@@ -12,10 +12,10 @@ __all__ = ["main"]
 # Each module defines `register(subparsers)`, adding parsers whose default `func`
 # takes the parsed args and returns an exit code.
 _COMMAND_MODULES: tuple[str, ...] = (
-    "keelson.cli.up",
-    "keelson.cli.auth",
-    "keelson.cli.logs",
-    "keelson.cli.mail",
+    "keelson_dev.cli.up",
+    "keelson_dev.cli.auth",
+    "keelson_dev.cli.logs",
+    "keelson_dev.cli.mail",
 )
 
 

@@ -17,7 +17,7 @@ from types import FrameType
 from typing import Any
 
 from keelson.config import ConfigError, KeelsonSettings, load_settings
-from keelson.suite import (
+from keelson_dev.suite import (
     SERVICES,
     Layout,
     ensure_database,
@@ -27,7 +27,7 @@ from keelson.suite import (
     readiness,
     redis_answers,
 )
-from keelson.supervision import (
+from keelson_dev.supervision import (
     ProcessState,
     Supervisor,
     pid_alive,

@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from keelson.mailsink import read_mailbox
+from keelson_dev.mailsink import read_mailbox
 
 __all__ = ["register"]
 

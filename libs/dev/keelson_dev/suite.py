@@ -19,8 +19,8 @@ from urllib.parse import urlsplit
 import httpx
 from sqlalchemy.engine import make_url
 
-from keelson.embedded import EmbeddedPostgres, EmbeddedValkey
-from keelson.supervision import TERMINAL, Program, socket_path
+from keelson_dev.embedded import EmbeddedPostgres, EmbeddedValkey
+from keelson_dev.supervision import TERMINAL, Program, socket_path
 
 __all__ = [
     "SERVICES",
@@ -243,7 +243,7 @@ class Layout:
                 command=[
                     sys.executable,
                     "-m",
-                    "keelson.mailsink",
+                    "keelson_dev.mailsink",
                     "--dir",
                     str(self.mail_dir),
                     "--port",

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from keelson.cli import main
-from keelson.embedded import free_port
-from keelson.mailsink import read_mailbox
-from keelson.suite import Layout
-from keelson.testing import eventually
+from keelson_dev.cli import main
+from keelson_dev.embedded import free_port
+from keelson_dev.mailsink import read_mailbox
+from keelson_dev.suite import Layout
+from keelson_dev.testing import eventually
 
 
 def _message(to: str, subject: str, body: str) -> EmailMessage:
@@ -33,7 +33,7 @@ async def test_the_sink_stores_each_message_and_keelson_mail_lists_them(
     port = free_port()
     mail_dir = tmp_path / "state" / "mail"
     sink = subprocess.Popen(
-        [sys.executable, "-m", "keelson.mailsink", "--dir", str(mail_dir), "--port", str(port)],
+        [sys.executable, "-m", "keelson_dev.mailsink", "--dir", str(mail_dir), "--port", str(port)],
         stdout=subprocess.PIPE,
     )
     try:
@@ -74,7 +74,7 @@ def test_keelson_mail_with_nothing_received(
 def test_up_runs_the_sink_and_points_notifications_at_it(tmp_path: Path) -> None:
     layout = Layout(root=tmp_path, state_dir=tmp_path / ".keelson", smtp_port=25025)
     [mail] = [p for p in layout.programs() if p.name == "mail"]
-    assert "keelson.mailsink" in mail.command
+    assert "keelson_dev.mailsink" in mail.command
     assert str(tmp_path / ".keelson" / "mail") in mail.command
     env = layout.service_environment()
     assert env["KEELSON_NOTIFICATIONS__EMAIL__PORT"] == "25025"
