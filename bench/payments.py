@@ -317,8 +317,9 @@ async def bench(args: argparse.Namespace, database_url: str) -> str:
         "",
         f"Goal (>= 1,000 webhooks/s and >= 50% of the bare loop): {verdict}. One at a time,"
         f" an event costs this process {1000 / single_cpu:.1f} ms of CPU (the ASGI client and"
-        " app, FastAPI, the SQLAlchemy ORM's five statements in one transaction, the outbox"
-        f" relay's publish to Redis) against {1000 / bare_cpu:.2f} ms for the bare loop. Best"
+        " app, FastAPI, the handler's two statements (claim, write) in one transaction, the"
+        " outbox relay's own transaction and publish to Redis) against"
+        f" {1000 / bare_cpu:.2f} ms for the bare loop. Best"
         f" of {args.rounds} alternating rounds; load average at the end of the run:"
         f" {os.getloadavg()[0]:.1f}.",
     ]

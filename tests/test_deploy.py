@@ -201,7 +201,13 @@ def _metric_names_exported() -> set[str]:
     """Every series name Keelson's Prometheus registry can produce."""
     from prometheus_client import REGISTRY
 
-    for module in ("keelson.metrics", "gateway.metrics", "logs_service.metrics"):
+    for module in (
+        "keelson.metrics",
+        "keelson.payment",
+        "gateway.metrics",
+        "logs_service.metrics",
+        "payments_service.metrics",
+    ):
         importlib.import_module(module)
     suffixes = {
         "counter": ("_total", "_created"),

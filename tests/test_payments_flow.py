@@ -1,17 +1,23 @@
 """Payments end to end: the sandbox flow through the gateway, and the outbox across a crash.
 
-auth, payments and the gateway run as real processes (`python -m <pkg>`) on free ports
-over a database of their own.
+auth, payments, notifications and the gateway run as real processes (`python -m <pkg>`) on
+free ports over a database of their own, and mail goes to the SMTP sink `keelson up` runs
+(`python -m keelson_dev.mailsink`, aiosmtpd writing `.eml` files), read back as `keelson mail`
+reads it.
 """
 
 import asyncio
 import csv
+import email
+import email.policy
 import json
 import signal
+import socket
 import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +33,7 @@ from keelson.db import migrate
 from keelson.events import Envelope
 from keelson.keys import KeyManager
 from keelson_dev.embedded import free_port
+from keelson_dev.mailsink import MailboxEntry, read_mailbox
 from keelson_dev.testing import ServiceProcess, eventually, fresh_database
 from payments_service.settings import Settings as PaymentsSettings
 
@@ -38,7 +45,11 @@ PASSWORD = "plum tractors sing quietly"
 @pytest.fixture(scope="module")
 def flow_database(postgres_server_url: str) -> Iterator[str]:
     with fresh_database(postgres_server_url, prefix="keelson_payflow") as url:
-        for service, package in (("auth", "auth_service"), ("payments", "payments_service")):
+        for service, package in (
+            ("auth", "auth_service"),
+            ("payments", "payments_service"),
+            ("notifications", "notifications_service"),
+        ):
             migrate(ROOT / "services" / service / package / "migrations", url)
         yield url
 
@@ -68,8 +79,48 @@ def payments_process(
 
 
 @pytest.fixture(scope="module")
+def mail_sink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]:
+    """`keelson up`'s SMTP sink as its own process: (port, the directory of its .eml files)."""
+    port, directory = free_port(), tmp_path_factory.mktemp("payflow-mail")
+    command = [sys.executable, "-m", "keelson_dev.mailsink", "--dir", str(directory)]
+    sink = subprocess.Popen([*command, "--port", str(port)], stdout=subprocess.DEVNULL)
+
+    def accepting() -> bool:
+        with socket.socket() as probe:
+            return probe.connect_ex(("127.0.0.1", port)) == 0
+
+    try:
+        asyncio.run(eventually(accepting, timeout=30, interval=0.1))
+        yield port, directory
+    finally:
+        sink.terminate()
+        sink.wait(timeout=10)
+
+
+async def mail_to(directory: Path, to: str, subject: str) -> MailboxEntry:
+    def arrived() -> list[MailboxEntry]:
+        return [
+            m for m in read_mailbox(directory, limit=500) if m.to == to and m.subject == subject
+        ]
+
+    [mail] = await eventually(arrived, timeout=90)
+    return mail
+
+
+def text_of(mail: MailboxEntry) -> str:
+    message = email.message_from_bytes(mail.path.read_bytes(), policy=email.policy.default)
+    assert isinstance(message, EmailMessage)
+    body = message.get_body(preferencelist=("plain",))
+    assert body is not None
+    return str(body.get_content())
+
+
+@pytest.fixture(scope="module")
 async def suite(
-    flow_database: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+    flow_database: str,
+    redis_url: str,
+    mail_sink: tuple[int, Path],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[str]:
     workdir = tmp_path_factory.mktemp("payflow")
     auth = ServiceProcess(
@@ -89,8 +140,27 @@ async def suite(
     payments = payments_process(
         workdir, flow_database, redis_url, auth={"jwks_url": f"{auth.url}/.well-known/jwks.json"}
     )
-    dead = f"http://127.0.0.1:{free_port()}"
-    upstreams = {"auth": auth.url, "payments": payments.url, "logs": dead, "notifications": dead}
+    notifications = ServiceProcess(
+        "notifications_service",
+        workdir,
+        {
+            "KEELSON_DATABASE_URL": flow_database,
+            "KEELSON_REDIS_URL": redis_url,
+            "KEELSON_LOG__SHIP_ENDPOINT": "",
+            "KEELSON_NOTIFICATIONS__EMAIL__PORT": str(mail_sink[0]),
+            # A group of its own: other suites' notifications share this Redis.
+            "KEELSON_NOTIFICATIONS__CONSUMER_GROUP": f"payflow-{uuid.uuid4().hex[:8]}",
+            "KEELSON_PLUGINS": json.dumps(
+                {"auth": {"jwks_url": f"{auth.url}/.well-known/jwks.json"}}
+            ),
+        },
+    )
+    upstreams = {
+        "auth": auth.url,
+        "payments": payments.url,
+        "notifications": notifications.url,
+        "logs": f"http://127.0.0.1:{free_port()}",
+    }
     gateway = ServiceProcess(
         "gateway",
         workdir,
@@ -105,7 +175,7 @@ async def suite(
             ),
         },
     )
-    running = [auth, payments, gateway]
+    running = [auth, payments, notifications, gateway]
     try:
         # Ready, not just live: a service is ready once it holds auth's signing keys, so
         # the first token minted is accepted (before, "unknown signing key" raced it).
@@ -128,9 +198,15 @@ async def bearer(client: httpx.AsyncClient, email: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {login.json()['access_token']}"}
 
 
-async def test_the_sandbox_flow_through_the_gateway(suite: str) -> None:
+async def test_the_sandbox_flow_through_the_gateway(
+    suite: str, mail_sink: tuple[int, Path]
+) -> None:
+    mailbox = mail_sink[1]
+    payer = f"payer-{uuid.uuid4().hex[:8]}@example.com"
     async with httpx.AsyncClient(base_url=suite, timeout=60) as client:
-        me = await bearer(client, f"payer-{uuid.uuid4().hex[:8]}@example.com")
+        me = await bearer(client, payer)
+        # The welcome mail: notifications has the payer's address from auth's event.
+        await mail_to(mailbox, payer, "Welcome to Keelson")
         stranger = await bearer(client, f"other-{uuid.uuid4().hex[:8]}@example.com")
         admin = await bearer(client, ADMIN_EMAIL)
         anonymous = await client.post(
@@ -149,12 +225,17 @@ async def test_the_sandbox_flow_through_the_gateway(suite: str) -> None:
             f"/api/v1/payments/sandbox/intents/{intent['id']}/succeed", headers=admin
         )
         assert paid.status_code == 200 and paid.json()["status"] == "succeeded", paid.text
+        # payments.payment_succeeded: outbox, bus, notifications, SMTP.
+        receipt = await mail_to(mailbox, payer, "Receipt: 25.00 USD")
+        assert intent["id"] in text_of(receipt)
         refund = await client.post(
             f"/api/v1/payments/intents/{intent['id']}/refunds",
             json={"amount": 500},
             headers={**me, "Idempotency-Key": "refund-1"},
         )
         assert refund.status_code == 201, refund.text
+        refund_mail = await mail_to(mailbox, payer, "Refund of 5.00 USD")
+        assert refund.json()["id"] in text_of(refund_mail)
         mine = await client.get(f"/api/v1/payments/intents/{intent['id']}", headers=me)
         assert (mine.json()["status"], mine.json()["amount_refunded"]) == (
             "partially_refunded",

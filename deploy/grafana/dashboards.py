@@ -156,11 +156,50 @@ BUSINESS = Row(
             width=8,
             description="Committed by the log service, and refused or lost on the way in.",
         ),
-        _business(
-            "payments",
-            "",
-            "Payments per second by event and outcome",
-            "Payment intents by status, refunds, webhook outcomes.",
+        Panel(
+            "Payment intents by status",
+            (Query("max by (status) (payments_intents)", "{{status}}"),),
+            width=8,
+            description="Intents in each status now, counted in the payments database "
+            "(every replica counts the same table, hence max).",
+            stack=True,
+        ),
+        Panel(
+            "Payment webhooks per second by outcome",
+            (
+                Query(
+                    f"sum by (outcome) (rate(payments_webhook_events_total[{_RATE}]))",
+                    "{{outcome}}",
+                ),
+                Query(
+                    "histogram_quantile(0.95, sum by (le) "
+                    f"(rate(payments_webhook_lag_seconds_bucket[{_RATE}])))",
+                    "p95 lag (s)",
+                ),
+            ),
+            unit="ops",
+            width=8,
+            description="applied, recorded, stale (older than the state), duplicate, "
+            "unknown_intent, ignored, rejected (bad signature); and the p95 lag from the "
+            "provider creating an event to its handling.",
+        ),
+        Panel(
+            "Payment provider calls: p95 latency and errors per second",
+            (
+                Query(
+                    "histogram_quantile(0.95, sum by (le, operation) "
+                    f"(rate(payment_provider_call_seconds_bucket[{_RATE}])))",
+                    "p95 {{operation}}",
+                ),
+                Query(
+                    f"sum by (kind) (rate(payment_provider_errors_total[{_RATE}]))",
+                    "errors {{kind}}",
+                ),
+            ),
+            unit="s",
+            width=8,
+            description="Stripe (or the sandbox) by operation; errors by kind "
+            "(card declined, invalid request, provider unavailable, idempotency conflict).",
         ),
         _business(
             "notifications",

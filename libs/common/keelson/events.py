@@ -28,6 +28,7 @@ __all__ = [
     "PasswordResetRequested",
     "PaymentCanceled",
     "PaymentFailed",
+    "PaymentProcessing",
     "PaymentSucceeded",
     "RefundSucceeded",
     "SignUpForExistingAccount",
@@ -203,6 +204,16 @@ class PaymentSucceeded(_Money):
     payment_id: str
     user_id: str | None = None
     email: str | None = None
+    provider_ref: str | None = None
+
+
+class PaymentProcessing(_Money):
+    """The provider is processing the payment (a bank transfer, a delayed capture)."""
+
+    type = "payments.payment_processing"
+
+    payment_id: str
+    user_id: str | None = None
     provider_ref: str | None = None
 
 

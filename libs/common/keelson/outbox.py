@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any, NamedTuple
 
@@ -26,19 +28,24 @@ from sqlalchemy import (
     DateTime,
     Identity,
     Index,
+    Insert,
     MetaData,
+    Select,
     String,
     Table,
+    bindparam,
     delete,
     event,
     func,
+    literal_column,
     select,
     text,
     update,
 )
 from sqlalchemy.dialects.postgresql import JSONB, insert
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.dml import ReturningInsert
 
 from keelson.bus import BUS, Bus
 from keelson.db import DB_ENGINE
@@ -55,7 +62,11 @@ __all__ = [
     "create_outbox_tables",
     "drop_outbox_tables",
     "mark_processed",
+    "outbox_insert",
+    "outbox_parameters",
     "outbox_tables",
+    "processed_insert",
+    "processed_parameters",
 ]
 
 _log = logging.getLogger("keelson.outbox")
@@ -114,13 +125,55 @@ async def add_to_outbox(
     An empty `producer` is filled in by the relay with its service's name.
     """
     envelope = event.envelope(producer=producer) if isinstance(event, Event) else event
-    await session.execute(
-        _RUNTIME.outbox.insert().values(
-            topic=envelope.type, payload=envelope.model_dump(mode="json")
-        )
-    )
-    session.info[_DIRTY] = True
+    await session.execute(outbox_insert(0), outbox_parameters(session, [envelope]))
     return envelope
+
+
+@functools.cache
+def outbox_insert(index: int = 0) -> Insert:
+    """The INSERT of one outbox row, whose parameters are those `outbox_parameters` gives
+    the `index`-th event, built once per index (so SQLAlchemy compiles it once: a
+    multi-row VALUES is never cached): run it alone or as a CTE of a larger statement."""
+    columns = _RUNTIME.outbox.c
+    return _RUNTIME.outbox.insert().values(
+        topic=bindparam(f"outbox_topic_{index}", type_=columns.topic.type),
+        payload=bindparam(f"outbox_payload_{index}", type_=columns.payload.type),
+    )
+
+
+def outbox_parameters(session: AsyncSession, events: Sequence[Event | Envelope]) -> dict[str, Any]:
+    """The parameters of `outbox_insert(i)` for each i-th of `events`; the relay is woken
+    when `session` commits, as with `add_to_outbox`."""
+    parameters: dict[str, Any] = {}
+    for i, item in enumerate(events):
+        envelope = item.envelope(producer="") if isinstance(item, Event) else item
+        parameters[f"outbox_topic_{i}"] = envelope.type
+        parameters[f"outbox_payload_{i}"] = envelope.model_dump(mode="json")
+    session.info[_DIRTY] = True
+    return parameters
+
+
+@functools.cache
+def processed_insert() -> ReturningInsert[Any]:
+    """The INSERT behind `mark_processed`: one row back when the event is new, none when not.
+
+    Built once; its parameters are `processed_parameters(...)`. For a caller that folds
+    the check into a larger statement (a CTE its query depends on).
+    """
+    table = _RUNTIME.processed_events
+    return (
+        insert(table)
+        .values(
+            event_id=bindparam("processed_event_id", type_=table.c.event_id.type),
+            group=bindparam("processed_group", type_=table.c.group.type),
+        )
+        .on_conflict_do_nothing()
+        .returning(literal_column("1"))
+    )
+
+
+def processed_parameters(*, event_id: str, group: str) -> dict[str, Any]:
+    return {"processed_event_id": event_id, "processed_group": group}
 
 
 async def mark_processed(session: AsyncSession, *, event_id: str, group: str) -> bool:
@@ -129,12 +182,8 @@ async def mark_processed(session: AsyncSession, *, event_id: str, group: str) ->
     Returns False when it was already recorded: the caller skips its work, and since the
     record commits with that work, a redelivered event has its effect exactly once.
     """
-    table = _RUNTIME.processed_events
     result = await session.execute(
-        insert(table)
-        .values(event_id=event_id, group=group)
-        .on_conflict_do_nothing()
-        .returning(text("1"))
+        processed_insert(), processed_parameters(event_id=event_id, group=group)
     )
     return result.first() is not None
 
@@ -241,36 +290,57 @@ class OutboxRelay:
         self._task = None
 
     async def relay_once(self) -> int:
-        """Publish and mark up to `batch_size` rows; returns how many it published."""
+        """Publish and mark up to `batch_size` rows; returns how many it published.
+
+        One connection for the pass (one pool checkout and ping, not one per row), and the
+        pass ends with the last row it saw waiting instead of with an empty transaction: a
+        row committed meanwhile in this process wakes the relay again, one from another
+        process is found by the next poll.
+        """
         published = 0
-        while published < self.batch_size and await self._relay_next():
-            published += 1
+        async with self.engine.connect() as conn:
+            more = True
+            while more and published < self.batch_size:
+                found, more = await self._relay_next(conn)
+                published += found
         return published
 
-    async def _relay_next(self) -> bool:
+    @staticmethod
+    @functools.cache
+    def _next_row() -> Select[tuple[int, Any, bool]]:
+        """The oldest unclaimed row and whether later ones wait (built once)."""
+        table = _RUNTIME.outbox
+        later = table.alias("later")
+        waiting = (
+            select(later.c.id)
+            .where(later.c.published_at.is_(None), later.c.id > table.c.id)
+            .exists()
+        )
+        return (
+            select(table.c.id, table.c.payload, waiting.label("more"))
+            .where(table.c.published_at.is_(None))
+            .order_by(table.c.id)
+            .limit(1)
+            .with_for_update(of=table, skip_locked=True)
+        )
+
+    async def _relay_next(self, conn: AsyncConnection) -> tuple[bool, bool]:
         """Publish the oldest unclaimed row and mark it, in a transaction of its own.
 
         One row per transaction: when a commit fails (the database went away), only the row
         it was about is published again, never rows whose marks had already committed.
+        Returns whether a row was published and whether later ones were waiting.
         """
         table = _RUNTIME.outbox
-        async with self.engine.begin() as conn:
-            row = (
-                await conn.execute(
-                    select(table.c.id, table.c.payload)
-                    .where(table.c.published_at.is_(None))
-                    .order_by(table.c.id)
-                    .limit(1)
-                    .with_for_update(skip_locked=True)
-                )
-            ).first()
+        async with conn.begin():
+            row = (await conn.execute(self._next_row())).first()
             if row is None:
-                return False
+                return False, False
             await self.bus.publish(self._envelope(row.payload))
             await conn.execute(
                 update(table).where(table.c.id == row.id).values(published_at=func.now())
             )
-        return True
+        return True, bool(row.more)
 
     async def purge(self) -> int:
         """Delete rows published longer ago than `retention`."""

@@ -18,6 +18,7 @@ from keelson.errors import Forbidden, Unprocessable
 from keelson.events import Envelope
 from notifications_service.models import Channel, Contact
 from notifications_service.recipients import (
+    get_contact,
     get_endpoint,
     get_preferences,
     is_muted,
@@ -133,6 +134,16 @@ async def _owner(db: AsyncSession, *, column: Any, value: str) -> str | None:
     return str(found) if found is not None else None
 
 
+async def _known_address(db: AsyncSession, user_id: str | None, field: str) -> str | None:
+    """The user's address auth vouched for, for an event that names only the user (a
+    payment's receipt goes to the payer, whom payments knows by id alone)."""
+    if user_id is None or field not in ("email", "phone"):
+        return None
+    contact = await get_contact(db, user_id=user_id)
+    address = getattr(contact, field, None) if contact is not None else None
+    return str(address) if address else None
+
+
 async def accept_event(
     db: AsyncSession, envelope: Envelope, *, settings: NotificationsSettings
 ) -> Queued | None:
@@ -147,7 +158,9 @@ async def accept_event(
     route: EventRoute | None = settings.events.get(envelope.type)
     if route is None:
         return None
-    recipient = data.get(route.recipient_field)
+    recipient = data.get(route.recipient_field) or await _known_address(
+        db, user_id, route.recipient_field
+    )
     if not recipient:
         return None
     token = data.pop("token", None)

@@ -11,7 +11,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-from notifications_testkit import SmtpSink, caller, new_email, user_of
+from notifications_testkit import Received, SmtpSink, caller, new_email, user_of
 from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -130,6 +130,23 @@ async def test_a_payment_receipt_goes_to_the_payer(
     )
     [mail] = await eventually(lambda: smtp_sink.to(email), timeout=20)
     assert mail.message["Subject"] == "Receipt: 12.50 EUR"
+
+
+async def test_an_event_naming_only_the_user_goes_to_the_address_auth_vouched_for(
+    app: Any, bus: RedisBus, smtp_sink: SmtpSink
+) -> None:
+    email, user_id = new_email(), f"payer-{uuid.uuid4().hex[:8]}"
+    await bus.publish(UserRegistered(user_id=user_id, email=email))
+    await eventually(lambda: smtp_sink.to(email), timeout=20)  # the welcome: address known
+    await bus.publish(
+        PaymentSucceeded(payment_id="pay_2", amount=4200, currency="usd", user_id=user_id)
+    )
+
+    def receipts() -> list[Received]:
+        return [m for m in smtp_sink.to(email) if m.message["Subject"] == "Receipt: 42.00 USD"]
+
+    [receipt] = await eventually(receipts, timeout=20)
+    assert "pay_2" in receipt.text()
 
 
 async def test_preferences_mute_welcome_mail_but_never_the_verification_link(

@@ -15,7 +15,7 @@ from keelson.payment import PaymentProvider
 from payments_service.customers import customer_of
 from payments_service.idempotency import fingerprint, provider_key
 from payments_service.ledger import record
-from payments_service.lifecycle import move
+from payments_service.lifecycle import Changes, move
 from payments_service.models import Intent
 from payments_service.schemas import IntentCreate
 from payments_service.states import IntentStatus, status_of
@@ -148,5 +148,7 @@ async def cancel_intent(
         canceled = await provider.cancel_intent(
             intent.provider_id, idempotency_key=provider_key("cancel", intent.provider_id)
         )
-        await move(db, intent, status_of(canceled), source="api", data={"by": principal.user_id})
+        changes = Changes(intent)
+        move(changes, status_of(canceled), source="api", data={"by": principal.user_id})
+        await changes.write(db)
     return intent

@@ -5,13 +5,15 @@ from __future__ import annotations
 from keelson.db import DB_SESSIONS, create_engine, schema_for
 from keelson.payment import PaymentProvider, create_provider
 from keelson.plugins import Health, Key, Plugin, PluginMetadata, Priority
+from payments_service.metrics import IntentCounter
 from payments_service.reconcile import Reconciler
 from payments_service.settings import Settings
 
-__all__ = ["PAYMENT_PROVIDER", "RECONCILER", "PaymentsPlugin"]
+__all__ = ["INTENT_COUNTER", "PAYMENT_PROVIDER", "RECONCILER", "PaymentsPlugin"]
 
 PAYMENT_PROVIDER: Key[PaymentProvider] = Key("payments.provider")
 RECONCILER: Key[Reconciler] = Key("payments.reconciler")
+INTENT_COUNTER: Key[IntentCounter] = Key("payments.intent_counter")
 
 
 class PaymentsPlugin(Plugin):
@@ -35,16 +37,19 @@ class PaymentsPlugin(Plugin):
             else create_engine(settings, schema=schema_for(settings.service))
         )
         self.provider = create_provider(settings.payment, engine=self.sandbox_engine)
-        self.reconciler = Reconciler(
-            self.container.resolve(DB_SESSIONS), self.provider, settings.payments
-        )
+        sessions = self.container.resolve(DB_SESSIONS)
+        self.reconciler = Reconciler(sessions, self.provider, settings.payments)
+        self.counter = IntentCounter(sessions, settings.payments.intent_count_interval_seconds)
         self.container.provide(PAYMENT_PROVIDER, self.provider)
         self.container.provide(RECONCILER, self.reconciler)
+        self.container.provide(INTENT_COUNTER, self.counter)
 
     async def start(self) -> None:
         self.reconciler.start()
+        self.counter.start()
 
     async def stop(self) -> None:
+        await self.counter.stop()
         await self.reconciler.stop()
         await self.provider.aclose()
         if self.sandbox_engine is not None:

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from keelson.payment import PaymentProvider, ProviderIntent
 from keelson.tasks import finish_or_cancel
-from payments_service.lifecycle import move
+from payments_service.lifecycle import Changes, move
 from payments_service.metrics import RECONCILE_REPAIRS
 from payments_service.models import Intent
 from payments_service.settings import PaymentsSettings
@@ -70,19 +70,17 @@ class Reconciler:
         if intent is None:
             return False
         target = status_of(seen)
-        previous = intent.amount_received
-        if target is IntentStatus.SUCCEEDED:
-            intent.amount_received = min(seen.amount_received or seen.amount, intent.amount)
-        moved = await move(
-            db,
-            intent,
+        changes = Changes(intent)
+        moved = move(
+            changes,
             target,
             source="reconciliation",
             reason=seen.decline_code,
             data={"provider_status": seen.status},
         )
-        if not moved:
-            intent.amount_received = previous
+        if moved and target is IntentStatus.SUCCEEDED:
+            changes.set(amount_received=min(seen.amount_received or seen.amount, intent.amount))
+        await changes.write(db)
         return moved
 
     def start(self) -> None:

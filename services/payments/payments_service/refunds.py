@@ -10,12 +10,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from keelson.auth import Principal
 from keelson.errors import Conflict, IdempotencyConflict
 from keelson.events import RefundSucceeded
-from keelson.outbox import add_to_outbox
 from keelson.payment import PaymentProvider
 from payments_service.idempotency import fingerprint, provider_key
 from payments_service.intents import find_intent
-from payments_service.ledger import record
-from payments_service.lifecycle import move
+from payments_service.lifecycle import Changes, move
 from payments_service.models import Refund
 from payments_service.schemas import RefundCreate
 from payments_service.states import REFUNDABLE, IntentStatus, refund_status
@@ -79,31 +77,29 @@ async def refund_intent(
             request_hash=digest,
         )
         db.add(refund)
-        intent.amount_refunded += amount
         await db.flush()
-        record(
-            db,
-            intent_id=intent.id,
+        changes = Changes(intent)
+        changes.set(amount_refunded=intent.amount_refunded + amount)
+        changes.record(
             kind="refund_created",
             source="api",
             amount=amount,
             data={"refund_id": str(refund.id), "provider_id": made.id, "by": principal.user_id},
         )
-        await move(
-            db,
-            intent,
+        move(
+            changes,
             refund_status(received=intent.amount_received, refunded=intent.amount_refunded),
             source="api",
             data={"refund_id": str(refund.id)},
         )
-        await add_to_outbox(
-            db,
+        changes.announce(
             RefundSucceeded(
                 refund_id=str(refund.id),
                 payment_id=str(intent.id),
                 user_id=intent.user_id,
                 amount=amount,
                 currency=intent.currency,
-            ),
+            )
         )
+        await changes.write(db)
     return refund, True

@@ -23,6 +23,8 @@ class PaymentsSettings(BaseModel):
     reconcile_interval_seconds: float = Field(300.0, gt=0)
     reconcile_window_seconds: int = Field(3 * 24 * 3600, ge=60)
     reconcile_max_intents: int = Field(1000, ge=1, le=100_000)
+    # How often `payments_intents{status}` is counted again from the database.
+    intent_count_interval_seconds: float = Field(15.0, gt=0)
 
     @model_validator(mode="after")
     def _lower_currencies(self) -> Self:

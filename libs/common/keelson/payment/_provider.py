@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -11,18 +13,21 @@ from typing import Any, Protocol, TypeVar
 import stripe
 from prometheus_client import Counter, Histogram
 
-from keelson.errors import BadRequest, KeelsonError
+from keelson.errors import BadRequest, IdempotencyConflict, KeelsonError, PaymentInvalid
 
 __all__ = [
     "PROVIDER_CALL_SECONDS",
     "PROVIDER_ERRORS",
     "PaymentProvider",
+    "ProviderBase",
     "ProviderCustomer",
     "ProviderEvent",
     "ProviderIntent",
     "ProviderRefund",
+    "check_replay",
     "measured",
     "parse_stripe_event",
+    "request_digest",
 ]
 
 PROVIDER_CALL_SECONDS = Histogram(
@@ -196,3 +201,54 @@ async def measured(provider: str, operation: str, call: Callable[[], Awaitable[T
     """Await `call()`, observing its latency and counting the error kind it ends with."""
     async with _timed(provider, operation):
         return await call()
+
+
+def request_digest(params: Mapping[str, Any]) -> str:
+    """The fingerprint of an idempotent call's parameters, kept beside its key."""
+    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
+
+
+def idempotency_conflict() -> IdempotencyConflict:
+    return IdempotencyConflict("the idempotency key was used with other parameters")
+
+
+def check_replay(first_digest: str | None, digest: str) -> None:
+    """A call replayed under a used idempotency key must have the first call's parameters."""
+    if first_digest != digest:
+        raise idempotency_conflict()
+
+
+class ProviderBase:
+    """What every provider shares: timed calls whose errors are mapped in one place, and
+    the verification of Stripe-signed webhooks."""
+
+    name: str
+
+    def __init__(self, *, webhook_secret: str | None, webhook_tolerance: int) -> None:
+        self._webhook_secret = webhook_secret
+        self._tolerance = webhook_tolerance
+
+    def _error(self, exc: Exception) -> KeelsonError | None:
+        """The `keelson.errors` member for a failure of this provider's client (None: as is)."""
+        return None
+
+    async def _call(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
+        """Await `call()`, timed and counted as `operation`, its client errors mapped."""
+
+        async def mapped() -> T:
+            try:
+                return await call()
+            except Exception as exc:
+                error = self._error(exc)
+                if error is None:
+                    raise
+                raise error from None
+
+        return await measured(self.name, operation, mapped)
+
+    def verify_webhook(self, payload: bytes, signature: str | None) -> ProviderEvent:
+        if not self._webhook_secret:
+            raise PaymentInvalid("no webhook secret is configured")
+        return parse_stripe_event(
+            payload, signature, self._webhook_secret, tolerance=self._tolerance
+        )

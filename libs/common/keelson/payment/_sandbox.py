@@ -8,8 +8,6 @@ Stripe would have sent.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import secrets
 import time
 from collections.abc import Mapping
@@ -30,21 +28,21 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from keelson.errors import IdempotencyConflict, NotFound, PaymentInvalid
+from keelson.errors import NotFound, PaymentInvalid
 from keelson.payment._provider import (
+    ProviderBase,
     ProviderCustomer,
     ProviderEvent,
     ProviderIntent,
     ProviderRefund,
-    measured,
-    parse_stripe_event,
+    check_replay,
+    request_digest,
 )
 
 __all__ = ["SANDBOX_PREFIX", "SandboxProvider", "create_sandbox_tables", "drop_sandbox_tables"]
 
 SANDBOX_PREFIX = "sandbox_"
 _TABLE = "sandbox_objects"
-_NAME = "sandbox"
 _CANCELABLE = {"requires_payment_method", "requires_confirmation", "requires_action"}
 
 
@@ -80,29 +78,41 @@ def _new_id(kind: str) -> str:
     return f"{SANDBOX_PREFIX}{kind}_{secrets.token_hex(12)}"
 
 
-def _digest(params: Mapping[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
-
-
 def _intent(body: Mapping[str, Any]) -> ProviderIntent:
     return ProviderIntent.from_object(body)
 
 
-class SandboxProvider:
+class SandboxProvider(ProviderBase):
     """The provider protocol on a table in the caller's schema (through its search path)."""
 
-    name = _NAME
+    name = "sandbox"
     sandbox = True
 
     def __init__(self, engine: AsyncEngine, *, webhook_secret: str, webhook_tolerance: int = 300):
+        super().__init__(webhook_secret=webhook_secret, webhook_tolerance=webhook_tolerance)
         self._engine = engine
-        self._webhook_secret = webhook_secret
-        self._tolerance = webhook_tolerance
+
+    @staticmethod
+    async def _replayed(
+        conn: AsyncConnection, kind: str, idempotency_key: str, digest: str
+    ) -> dict[str, Any] | None:
+        """The object first made under `idempotency_key`, if any (its parameters checked)."""
+        first = (
+            await conn.execute(
+                select(_OBJECTS.c.body, _OBJECTS.c.request_hash).where(
+                    _OBJECTS.c.kind == kind, _OBJECTS.c.idempotency_key == idempotency_key
+                )
+            )
+        ).first()
+        if first is None:
+            return None
+        check_replay(first.request_hash, digest)
+        return dict(first.body)
 
     async def _create(
         self, kind: str, idempotency_key: str, params: Mapping[str, Any], body: dict[str, Any]
     ) -> dict[str, Any]:
-        digest = _digest(params)
+        digest = request_digest(params)
         async with self._engine.begin() as conn:
             row = (
                 await conn.execute(
@@ -120,16 +130,9 @@ class SandboxProvider:
             ).first()
             if row is not None:
                 return dict(row.body)
-            first = (
-                await conn.execute(
-                    select(_OBJECTS.c.body, _OBJECTS.c.request_hash).where(
-                        _OBJECTS.c.kind == kind, _OBJECTS.c.idempotency_key == idempotency_key
-                    )
-                )
-            ).one()
-        if first.request_hash != digest:
-            raise IdempotencyConflict("the idempotency key was used with other parameters")
-        return dict(first.body)
+            first = await self._replayed(conn, kind, idempotency_key, digest)
+        assert first is not None  # the INSERT met it
+        return first
 
     async def create_customer(
         self, *, email: str | None, metadata: Mapping[str, str], idempotency_key: str
@@ -143,8 +146,7 @@ class SandboxProvider:
             "sandbox": True,
             **params,
         }
-        stored = await measured(
-            _NAME,
+        stored = await self._call(
             "create_customer",
             lambda: self._create("customer", idempotency_key, params, body),
         )
@@ -181,8 +183,7 @@ class SandboxProvider:
             "sandbox": True,
             **params,
         }
-        stored = await measured(
-            _NAME,
+        stored = await self._call(
             "create_intent",
             lambda: self._create("payment_intent", idempotency_key, params, body),
         )
@@ -218,7 +219,7 @@ class SandboxProvider:
                 raise NotFound("no such sandbox payment intent")
             return _intent(row.body)
 
-        return await measured(_NAME, "retrieve_intent", retrieve)
+        return await self._call("retrieve_intent", retrieve)
 
     async def cancel_intent(self, intent_id: str, *, idempotency_key: str) -> ProviderIntent:
         async def cancel() -> ProviderIntent:
@@ -235,7 +236,7 @@ class SandboxProvider:
                 await self._save(conn, body)
             return _intent(body)
 
-        return await measured(_NAME, "cancel_intent", cancel)
+        return await self._call("cancel_intent", cancel)
 
     async def create_refund(
         self,
@@ -256,20 +257,10 @@ class SandboxProvider:
         async def refund() -> dict[str, Any]:
             async with self._engine.begin() as conn:
                 intent = await self._locked(conn, intent_id)  # refunds of one intent in turn
-                first = (
-                    await conn.execute(
-                        select(_OBJECTS.c.body, _OBJECTS.c.request_hash).where(
-                            _OBJECTS.c.kind == "refund",
-                            _OBJECTS.c.idempotency_key == idempotency_key,
-                        )
-                    )
-                ).first()
+                digest = request_digest(params)
+                first = await self._replayed(conn, "refund", idempotency_key, digest)
                 if first is not None:
-                    if first.request_hash != _digest(params):
-                        raise IdempotencyConflict(
-                            "the idempotency key was used with other parameters"
-                        )
-                    return dict(first.body)
+                    return first
                 if intent["status"] != "succeeded":
                     raise PaymentInvalid("only a succeeded payment can be refunded")
                 if intent["amount_refunded"] + amount > intent["amount_received"]:
@@ -289,7 +280,7 @@ class SandboxProvider:
                         id=body["id"],
                         kind="refund",
                         idempotency_key=idempotency_key,
-                        request_hash=_digest(params),
+                        request_hash=digest,
                         body=body,
                     )
                 )
@@ -297,7 +288,7 @@ class SandboxProvider:
                 await self._save(conn, intent)
             return body
 
-        body = await measured(_NAME, "create_refund", refund)
+        body = await self._call("create_refund", refund)
         return ProviderRefund(
             id=body["id"],
             payment_intent=intent_id,
@@ -321,7 +312,7 @@ class SandboxProvider:
                 )
                 return [_intent(row.body) for row in rows]
 
-        return await measured(_NAME, "list_intents", listed)
+        return await self._call("list_intents", listed)
 
     async def complete_intent(
         self, intent_id: str, *, succeed: bool, decline_code: str = "generic_decline"
@@ -352,11 +343,6 @@ class SandboxProvider:
             created=int(created),
             object=body,
             livemode=False,
-        )
-
-    def verify_webhook(self, payload: bytes, signature: str | None) -> ProviderEvent:
-        return parse_stripe_event(
-            payload, signature, self._webhook_secret, tolerance=self._tolerance
         )
 
     async def aclose(self) -> None:

@@ -2,31 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Mapping
+from typing import Any
 
 import stripe
 
 from keelson.errors import (
-    IdempotencyConflict,
     KeelsonError,
     PaymentDeclined,
     PaymentInvalid,
     PaymentProviderUnavailable,
 )
 from keelson.payment._provider import (
+    ProviderBase,
     ProviderCustomer,
-    ProviderEvent,
     ProviderIntent,
     ProviderRefund,
-    measured,
-    parse_stripe_event,
+    idempotency_conflict,
 )
 
 __all__ = ["StripeProvider", "provider_error"]
-
-T = TypeVar("T")
-_NAME = "stripe"
 
 
 def provider_error(exc: stripe.StripeError) -> KeelsonError:
@@ -39,7 +34,7 @@ def provider_error(exc: stripe.StripeError) -> KeelsonError:
         decline = exc.error.decline_code if exc.error is not None else None
         return PaymentDeclined("the card was declined", decline_code=decline or exc.code)
     if isinstance(exc, stripe.IdempotencyError):
-        return IdempotencyConflict("the idempotency key was used with other parameters")
+        return idempotency_conflict()
     if isinstance(exc, stripe.InvalidRequestError):
         return PaymentInvalid(
             exc.user_message or "the payment provider refused the request",
@@ -52,14 +47,14 @@ def provider_error(exc: stripe.StripeError) -> KeelsonError:
     return PaymentProviderUnavailable("the payment provider is unavailable", retry_after=10)
 
 
-class StripeProvider:
+class StripeProvider(ProviderBase):
     """Stripe through `stripe.StripeClient` on httpx, with the SDK's own retries.
 
     The SDK retries connection errors, 409s, 429s and 5xx with backoff, sending the same
     `Idempotency-Key` each time, so Stripe applies a retried create once.
     """
 
-    name = _NAME
+    name = "stripe"
     sandbox = False
 
     def __init__(
@@ -79,17 +74,10 @@ class StripeProvider:
             http_client=self._http,
             max_network_retries=max_network_retries,
         )
-        self._webhook_secret = webhook_secret
-        self._tolerance = webhook_tolerance
+        super().__init__(webhook_secret=webhook_secret, webhook_tolerance=webhook_tolerance)
 
-    async def _call(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
-        async def translated() -> T:
-            try:
-                return await call()
-            except stripe.StripeError as exc:
-                raise provider_error(exc) from None
-
-        return await measured(_NAME, operation, translated)
+    def _error(self, exc: Exception) -> KeelsonError | None:
+        return provider_error(exc) if isinstance(exc, stripe.StripeError) else None
 
     async def create_customer(
         self, *, email: str | None, metadata: Mapping[str, str], idempotency_key: str
@@ -208,13 +196,6 @@ class StripeProvider:
                 break
             starting_after = intents[-1].id
         return found
-
-    def verify_webhook(self, payload: bytes, signature: str | None) -> ProviderEvent:
-        if not self._webhook_secret:
-            raise PaymentInvalid("no webhook secret is configured")
-        return parse_stripe_event(
-            payload, signature, self._webhook_secret, tolerance=self._tolerance
-        )
 
     async def aclose(self) -> None:
         await self._http.close_async()  # type: ignore[no-untyped-call]  # untyped in the SDK

@@ -189,3 +189,36 @@ async def test_bodies_are_bounded_and_must_be_events(client: httpx.AsyncClient) 
     assert (await post(client, huge)).status_code == 413
     not_event = json.dumps({"hello": "world"}).encode()
     assert (await post(client, not_event)).status_code == 400
+
+
+async def test_processing_is_a_state_change_with_its_ledger_row_and_event(
+    client: httpx.AsyncClient, user: Callable, outbox: Callable
+) -> None:
+    me = user()
+    intent = await new_intent(client, me, 1200)
+    now = int(time.time())
+    processing = stripe_event(
+        "payment_intent.processing", intent_object(intent, "processing"), created=now
+    )
+    applied = await post(client, processing)
+    assert applied.json()["outcome"] == "applied"
+    assert (await post(client, processing)).json()["outcome"] == "duplicate"
+    assert (await state(client, intent, me))["status"] == "processing"
+    [event] = await outbox("payments.payment_processing", intent["id"])
+    assert (
+        event["data"]["amount"] == 1200 and event["data"]["provider_ref"] == intent["provider_id"]
+    )
+    ledger = (
+        await client.get(f"{URL}/intents/{intent['id']}/events", headers=user("admin"))
+    ).json()
+    moves = [row for row in ledger if row["kind"] == "status_changed"]
+    assert [(row["from_status"], row["to_status"]) for row in moves] == [
+        ("requires_payment_method", "processing")
+    ]
+    # Then success: one more move, one more event; `processing` is not announced twice.
+    succeeded = stripe_event(
+        "payment_intent.succeeded", intent_object(intent, "succeeded"), created=now + 1
+    )
+    assert (await post(client, succeeded)).json()["outcome"] == "applied"
+    assert len(await outbox("payments.payment_processing", intent["id"])) == 1
+    assert len(await outbox("payments.payment_succeeded", intent["id"])) == 1
