@@ -444,7 +444,7 @@ def measure(args: argparse.Namespace) -> tuple[list[Result], list[str]]:
     return results, cpu_lines
 
 
-CHAIN = ("security", "validation", "rate_limiting", "log_shipping", "encryption")
+CHAIN = ("security", "validation", "rate_limiting", "access_log", "encryption")
 
 
 async def _cpu_per_request(upstream: str, key: SigningKey, redis_url: str | None) -> list[str]:

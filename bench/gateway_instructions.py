@@ -53,6 +53,8 @@ def measure(
     cwd: Path,
     headers: dict[str, str],
     seconds: int,
+    keep: Path | None = None,
+    connections: int = 32,
 ) -> int:
     port = free_port()
     out = cwd / f"callgrind.{name}.out"
@@ -75,7 +77,7 @@ def measure(
         wait_ready(url, headers, timeout=300)  # under valgrind, start-up takes minutes
         wrk(url, headers, 32, 5)  # warm-up, uncounted
         subprocess.run(["callgrind_control", "-i", "on", str(server.pid)], check=True)
-        _, count, bad = wrk(url, headers, 32, seconds)
+        _, count, bad = wrk(url, headers, connections, seconds)
         subprocess.run(["callgrind_control", "-i", "off", str(server.pid)], check=True)
         if bad:
             raise RuntimeError(f"{name}: {bad} of {count} answers were not 2xx")
@@ -87,6 +89,9 @@ def measure(
             if line.startswith(("summary:", "totals:")):
                 totals += int(line.split()[1])
     per_request = totals // count
+    if keep is not None:  # for callgrind_annotate: where the instructions went
+        for dump in cwd.glob(f"callgrind.{name}.out*"):
+            shutil.copy(dump, keep)
     print(f"{name:<34} {count:>6} requests  {per_request:>9,} instructions/request", flush=True)
     return per_request
 
@@ -96,6 +101,21 @@ def main() -> None:
     parser.add_argument("--redis-url", default=os.environ.get("KEELSON_REDIS_URL"))
     parser.add_argument("--seconds", type=int, default=20, help="of counted load per server")
     parser.add_argument("--no-docs", action="store_true")
+    parser.add_argument("--keep-dumps", type=Path, help="copy callgrind's dumps here")
+    parser.add_argument(
+        "--without",
+        action="append",
+        default=[],
+        metavar="PLUGIN",
+        help="run the gateway with this plugin off (what its layer costs); repeatable",
+    )
+    parser.add_argument("--gateway-only", action="store_true", help="skip the bare proxy")
+    parser.add_argument(
+        "--connections",
+        type=int,
+        default=32,
+        help="wrk's connections while counting (1: one request at a time, no batching)",
+    )
     args = parser.parse_args()
     for tool in ("valgrind", "callgrind_control", "wrk", "nginx"):
         if shutil.which(tool) is None:
@@ -113,28 +133,41 @@ def main() -> None:
         wait_for_port(upstream_port, timeout=10)
         (tmp / "bare_proxy.py").write_text(BARE_PROXY)
         uvicorn = [sys.executable, "-m", "uvicorn", "bare_proxy:app", "--loop", "uvloop"]
-        bare = measure(
-            "bare pure-ASGI aiohttp proxy",
-            [*uvicorn, "--http", "httptools", "--no-access-log", "--log-level", "warning"],
-            {"BENCH_UPSTREAM": upstream},
-            tmp,
-            headers,
-            args.seconds,
+        bare = (
+            0
+            if args.gateway_only
+            else measure(
+                "bare pure-ASGI aiohttp proxy",
+                [*uvicorn, "--http", "httptools", "--no-access-log", "--log-level", "warning"],
+                {"BENCH_UPSTREAM": upstream},
+                tmp,
+                headers,
+                args.seconds,
+                args.keep_dumps,
+            )
         )
         config = gateway_config(tmp / "gateway", upstream, args.redis_url)
         chain = measure(
-            "gateway, full chain, 1 worker",
+            "gateway, full chain, 1 worker" + "".join(f", without {name}" for name in args.without),
             [sys.executable, "-m", "gateway", "--workers", "1"],
-            {"KEELSON_CONFIG_DIR": str(config), "KEELSON_ENV": "prod"},
+            {
+                "KEELSON_CONFIG_DIR": str(config),
+                "KEELSON_ENV": "prod",
+                **{f"KEELSON_PLUGINS__{p.upper()}__ENABLED": "false" for p in args.without},
+            },
             config,
             headers,
             args.seconds,
+            args.keep_dumps,
+            args.connections,
         )
     finally:
         stop(nginx)
         shutil.rmtree(tmp, ignore_errors=True)
+    if not bare:
+        return
     print(f"gateway / bare: {chain / bare:.2f}")
-    if args.no_docs:
+    if args.no_docs or args.without:
         return
     command = ".venv/bin/python bench/gateway_instructions.py " + shlex.join(sys.argv[1:])
     write_section(

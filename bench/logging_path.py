@@ -67,7 +67,7 @@ def with_extras(logger: logging.Logger, i: int) -> None:
 
 
 def access_record(logger: logging.Logger, i: int) -> None:
-    """What gateway.plugins.log_shipping logs per request."""
+    """What gateway.plugins.access_log logs per request."""
     logger.log(
         logging.INFO,
         "%s %s %d %.1fms",

@@ -142,11 +142,10 @@ def _service_settings(
 
 def _upstream_urls(environment: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """The gateway's upstream URLs as its routing plugin reads them from this environment."""
-    from gateway.pipeline import plugin_config
     from gateway.upstreams import RoutingConfig
 
     settings = _service_settings("gateway", environment, monkeypatch)
-    routing = plugin_config(RoutingConfig, settings.plugin("routing"))
+    routing = RoutingConfig.model_validate(settings.plugin("routing").model_dump())
     return {name: upstream.url for name, upstream in routing.upstreams.items()}
 
 
@@ -168,10 +167,9 @@ def _loopback_addresses(
         ).model_dump(mode="json"),
     }
     if service == "gateway":
-        from gateway.pipeline import plugin_config
         from gateway.upstreams import RoutingConfig
 
-        routing = plugin_config(RoutingConfig, settings.plugin("routing"))
+        routing = RoutingConfig.model_validate(settings.plugin("routing").model_dump())
         sections["plugins.routing"] = routing.model_dump(mode="json")
     found: list[str] = []
 

@@ -1,12 +1,17 @@
-"""The exception hierarchy that `keelson.http` renders as RFC 9457 problem details.
+"""Keelson's one error vocabulary: each error knows its status, title and problem type,
+and renders itself as RFC 9457 problem details, to a FastAPI handler (`response`) and to a
+raw ASGI layer (`send_to`) alike. No other module maps a status to a title or a type.
 
 KeelsonError (500)
 ├── BadRequest (400)
 │   └── PaymentInvalid (400, a payment provider refused the request)
-├── Unauthorized (401)
+├── Unauthorized (401, WWW-Authenticate)
 ├── PaymentDeclined (402, decline_code)
 ├── Forbidden (403)
 ├── NotFound (404)
+├── MethodNotAllowed (405)
+├── NotAcceptable (406)
+├── RequestTimeout (408)
 ├── Conflict (409)
 │   └── IdempotencyConflict (409, an Idempotency-Key reused with another request)
 ├── PayloadTooLarge (413)
@@ -14,17 +19,32 @@ KeelsonError (500)
 ├── Unprocessable (422)
 ├── PreconditionRequired (428)
 ├── TooManyRequests (429, Retry-After)
+├── RequestHeadersTooLarge (431)
 ├── BadGateway (502)
 ├── ServiceUnavailable (503, Retry-After)
 │   └── PaymentProviderUnavailable (503, Retry-After)
 └── GatewayTimeout (504)
+
+`KeelsonError.for_status` gives the error for any other status (a Starlette
+`HTTPException`'s): the class above when there is one, else the status's standard phrase
+as title and the generic type.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from collections.abc import Awaitable, Mapping
+from http import HTTPStatus
+from typing import Any
+
+import orjson
+from starlette.responses import Response
+from starlette.types import Send
+
+from keelson.logging import request_id_var
 
 __all__ = [
+    "PROBLEM_BASE",
+    "PROBLEM_JSON",
     "BadGateway",
     "BadRequest",
     "Conflict",
@@ -32,12 +52,16 @@ __all__ = [
     "GatewayTimeout",
     "IdempotencyConflict",
     "KeelsonError",
+    "MethodNotAllowed",
+    "NotAcceptable",
     "NotFound",
     "PayloadTooLarge",
     "PaymentDeclined",
     "PaymentInvalid",
     "PaymentProviderUnavailable",
     "PreconditionRequired",
+    "RequestHeadersTooLarge",
+    "RequestTimeout",
     "ServiceUnavailable",
     "TooManyRequests",
     "Unauthorized",
@@ -46,20 +70,32 @@ __all__ = [
 ]
 
 PROBLEM_BASE = "https://keelson.dev/problems/"
+PROBLEM_JSON = "application/problem+json"
+_PROBLEM_JSON_HEADER = (b"content-type", PROBLEM_JSON.encode())
+# The class that answers each status, the first one declared for it (`for_status`).
+_BY_STATUS: dict[int, type[KeelsonError]] = {}
 
 
 class KeelsonError(Exception):
-    """A domain error with an HTTP status; `detail` is shown to the client, so keep it safe."""
+    """A domain error with an HTTP status; `detail` is shown to the client, so keep it safe.
 
-    status: ClassVar[int] = 500
-    title: ClassVar[str] = "Internal Server Error"
-    slug: ClassVar[str] = "internal"
+    `headers` go out with the answer; `extensions` are further members of the problem body.
+    """
+
+    status: int = 500
+    title: str = "Internal Server Error"
+    slug: str = "internal"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "status" in cls.__dict__:
+            _BY_STATUS.setdefault(cls.status, cls)
 
     def __init__(
         self,
         detail: str | None = None,
         *,
-        headers: dict[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
         **extensions: Any,
     ) -> None:
         super().__init__(detail or self.title)
@@ -67,11 +103,38 @@ class KeelsonError(Exception):
         self.headers = dict(headers or {})
         self.extensions = extensions
 
+    @classmethod
+    def for_status(
+        cls,
+        status: int,
+        detail: str | None = None,
+        *,
+        headers: Mapping[str, str] | None = None,
+    ) -> KeelsonError:
+        """The error that answers `status`: its class's, or a generic one titled with the
+        status's standard phrase."""
+        known = _BY_STATUS.get(status)
+        if known is not None:
+            error = known.__new__(known)
+            KeelsonError.__init__(error, detail, headers=headers)
+            return error
+        error = KeelsonError(None, headers=headers)
+        error.status = status
+        try:
+            error.title = HTTPStatus(status).phrase
+        except ValueError:
+            error.title = "Error"
+        error.slug = "error"
+        error.detail = detail or error.title
+        return error
+
     @property
     def type_uri(self) -> str:
         return PROBLEM_BASE + self.slug
 
     def problem(self, instance: str | None = None) -> dict[str, Any]:
+        """The RFC 9457 body: type, title, status, detail, then `instance`, the request id
+        bound to the logging context, and the extensions."""
         body: dict[str, Any] = {
             "type": self.type_uri,
             "title": self.title,
@@ -80,8 +143,37 @@ class KeelsonError(Exception):
         }
         if instance:
             body["instance"] = instance
+        if request_id := request_id_var.get():
+            body["request_id"] = request_id
         body.update(self.extensions)
         return body
+
+    def response(self, instance: str | None = None) -> Response:
+        """The answer as a Starlette response, for an exception handler."""
+        return Response(
+            orjson.dumps(self.problem(instance)),
+            status_code=self.status,
+            headers=self.headers,
+            media_type=PROBLEM_JSON,
+        )
+
+    def send_to(self, send: Send, instance: str | None = None) -> Awaitable[None]:
+        """Answer with this error through an ASGI `send`, as `response` would."""
+        body = orjson.dumps(self.problem(instance))
+        headers = [
+            (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items()
+        ]
+        headers.append((b"content-length", b"%d" % len(body)))
+        headers.append(_PROBLEM_JSON_HEADER)
+        return _answer(send, self.status, headers, body)
+
+
+_BY_STATUS[500] = KeelsonError
+
+
+async def _answer(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 class BadRequest(KeelsonError):
@@ -89,10 +181,23 @@ class BadRequest(KeelsonError):
 
 
 class Unauthorized(KeelsonError):
+    """`challenge` is the WWW-Authenticate value (None: none, for a 401 that is about
+    something other than the caller's credentials, which `headers` then explain)."""
+
     status, title, slug = 401, "Unauthorized", "unauthorized"
 
-    def __init__(self, detail: str | None = None, **extensions: Any) -> None:
-        super().__init__(detail, headers={"WWW-Authenticate": "Bearer"}, **extensions)
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        challenge: str | None = "Bearer",
+        headers: Mapping[str, str] | None = None,
+        **extensions: Any,
+    ) -> None:
+        given = dict(headers or {})
+        if challenge is not None:
+            given["WWW-Authenticate"] = challenge
+        super().__init__(detail, headers=given, **extensions)
 
 
 class Forbidden(KeelsonError):
@@ -101,6 +206,18 @@ class Forbidden(KeelsonError):
 
 class NotFound(KeelsonError):
     status, title, slug = 404, "Not Found", "not-found"
+
+
+class MethodNotAllowed(KeelsonError):
+    status, title, slug = 405, "Method Not Allowed", "method-not-allowed"
+
+
+class NotAcceptable(KeelsonError):
+    status, title, slug = 406, "Not Acceptable", "not-acceptable"
+
+
+class RequestTimeout(KeelsonError):
+    status, title, slug = 408, "Request Timeout", "request-timeout"
 
 
 class Conflict(KeelsonError):
@@ -121,14 +238,23 @@ class Unprocessable(KeelsonError):
 
 class _RetryAfter(KeelsonError):
     def __init__(
-        self, detail: str | None = None, *, retry_after: int | None = None, **extensions: Any
+        self,
+        detail: str | None = None,
+        *,
+        retry_after: float | None = None,
+        headers: Mapping[str, str] | None = None,
+        **extensions: Any,
     ) -> None:
-        headers = {"Retry-After": str(max(1, int(retry_after)))} if retry_after else None
-        super().__init__(detail, headers=headers, **extensions)
+        given = {"Retry-After": str(max(1, int(retry_after)))} if retry_after else {}
+        super().__init__(detail, headers={**given, **(headers or {})}, **extensions)
 
 
 class TooManyRequests(_RetryAfter):
     status, title, slug = 429, "Too Many Requests", "rate-limited"
+
+
+class RequestHeadersTooLarge(KeelsonError):
+    status, title, slug = 431, "Request Header Fields Too Large", "headers-too-large"
 
 
 class BadGateway(KeelsonError):

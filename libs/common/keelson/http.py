@@ -1,4 +1,8 @@
-"""The app factory every service uses: lifespan, request ids, security headers, problem+json."""
+"""The app factory every service uses: lifespan, request ids, security headers, problem+json.
+
+What an error says (status, title, problem type) is `keelson.errors`' alone; which
+security headers an answer carries is `keelson.security_headers`'.
+"""
 
 from __future__ import annotations
 
@@ -8,23 +12,28 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from http import HTTPStatus
 from random import getrandbits as _random_bits
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware import Middleware
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from keelson.config import KeelsonSettings
 from keelson.db import DATABASE_RETRY_AFTER, database_unavailable
 from keelson.disconnect import SAFE_METHODS, CancelOnDisconnect
-from keelson.docs import DOCS_CSP, install_docs
+from keelson.docs import install_docs
 from keelson.draining import drain_on_sigterm
-from keelson.errors import KeelsonError, ServiceUnavailable
+from keelson.errors import (
+    PROBLEM_JSON,
+    BadRequest,
+    KeelsonError,
+    ServiceUnavailable,
+    Unprocessable,
+)
 from keelson.health import health_router
 from keelson.logging import (
     close_shippers,
@@ -36,6 +45,7 @@ from keelson.logging import (
 from keelson.metrics import HTTP_IN_FLIGHT, RequestMetrics, metrics_router, route_template
 from keelson.monitor import capture_exception
 from keelson.plugins import PluginContainer
+from keelson.security_headers import SecurityHeaders
 
 __all__ = [
     "PROBLEM_JSON",
@@ -47,59 +57,16 @@ __all__ = [
     "ServiceMiddleware",
     "create_app",
     "exchange",
-    "problem_response",
     "random_id",
 ]
 
-PROBLEM_JSON = "application/problem+json"
 # Writes one request's access record: (scope, status, seconds).
 AccessRecorder = Callable[[Scope, int, float], None]
 _log = logging.getLogger("keelson.http")
 _access = logging.getLogger("keelson.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
-_STATUS_SLUGS = {
-    400: "bad-request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not-found",
-    405: "method-not-allowed",
-    406: "not-acceptable",
-    409: "conflict",
-    413: "payload-too-large",
-    415: "unsupported-media-type",
-    422: "validation",
-    429: "rate-limited",
-}
-_TITLES = {
-    405: "Method Not Allowed",
-    406: "Not Acceptable",
-    500: "Internal Server Error",
-}
-
-
-def problem_response(
-    status: int,
-    title: str,
-    detail: str,
-    *,
-    type_uri: str | None = None,
-    instance: str | None = None,
-    headers: dict[str, str] | None = None,
-    **extensions: Any,
-) -> JSONResponse:
-    body: dict[str, Any] = {
-        "type": type_uri or f"https://keelson.dev/problems/{_STATUS_SLUGS.get(status, 'error')}",
-        "title": title,
-        "status": status,
-        "detail": detail,
-    }
-    if instance:
-        body["instance"] = instance
-    if request_id := request_id_var.get():
-        body["request_id"] = request_id
-    body.update(extensions)
-    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
+_SERVER_ERROR = "The server could not complete the request."
 
 
 class Exchange:
@@ -112,11 +79,21 @@ class Exchange:
     (`record_with`), instead of timing the request again around the layers inside it.
     """
 
-    __slots__ = ("enforced", "extra", "recorder", "started", "status")
+    __slots__ = (
+        "enforced",
+        "extra",
+        "policy_enforced",
+        "recorder",
+        "reported",
+        "started",
+        "status",
+    )
 
     def __init__(self) -> None:
         self.status = 500  # what the access record says if the app never answers
         self.started = False
+        self.reported = False  # an exception already logged and answered with a 500
+        self.policy_enforced = False  # a whole policy enforced: no default headers to add
         self.extra: list[tuple[bytes, bytes]] = []
         self.enforced: dict[bytes, bytes] | None = None
         self.recorder: AccessRecorder | None = None
@@ -128,6 +105,12 @@ class Exchange:
     def enforce_headers(self, headers: dict[bytes, bytes]) -> None:
         """Give the response these values (lower-case names), replacing any the app sent."""
         self.enforced = headers if self.enforced is None else {**self.enforced, **headers}
+
+    def enforce_policy(self, policy: SecurityHeaders, path: str) -> None:
+        """Give the response `policy`'s security headers (for `path`) in place of the
+        service's default policy's, replacing any the app sent."""
+        self.enforce_headers(policy.for_path(path))
+        self.policy_enforced = True
 
     def record_with(self, recorder: AccessRecorder) -> None:
         """Have `recorder(scope, status, seconds)` write this request's access record, in
@@ -166,8 +149,7 @@ class ServiceMiddleware:
         service: str,
         tracker: InFlight,
         access_log: bool = True,
-        hsts: bool = False,
-        docs_prefixes: Iterable[str] = ("/docs", "/redoc"),
+        security_headers: SecurityHeaders | None = None,
         quiet_prefixes: Iterable[str] = ("/health", "/metrics"),
     ) -> None:
         self.app = app
@@ -175,20 +157,7 @@ class ServiceMiddleware:
         self.metrics = RequestMetrics(service)
         self.access_log = access_log
         self.quiet = tuple(quiet_prefixes)
-        self.docs_prefixes = tuple(docs_prefixes)
-        headers = {
-            b"x-content-type-options": b"nosniff",
-            b"x-frame-options": b"DENY",
-            b"referrer-policy": b"no-referrer",
-            b"cross-origin-opener-policy": b"same-origin",
-            b"content-security-policy": b"default-src 'none'; frame-ancestors 'none'",
-        }
-        if hsts:
-            headers[b"strict-transport-security"] = b"max-age=63072000; includeSubDomains"
-        self.headers = headers
-        # Swagger UI and ReDoc load their assets from this origin (keelson.docs); the API
-        # itself needs nothing.
-        self.docs_headers = {**headers, b"content-security-policy": DOCS_CSP.encode()}
+        self.security_headers = security_headers or SecurityHeaders()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -209,20 +178,18 @@ class ServiceMiddleware:
                     trace_id = match.group(1)
         request_id = request_id or random_id()
         path: str = scope["path"]
-        defaults = self.docs_headers if path.startswith(self.docs_prefixes) else self.headers
+        policy = self.security_headers
         request_id_header = (b"x-request-id", request_id.encode())
         ex = Exchange()
         scope["keelson.exchange"] = ex
-        scope.setdefault("state", {})["request_id"] = request_id
 
         def send_decorated(message: Message) -> Awaitable[None]:
             # A plain function: the server's `send` is the only coroutine frame per message.
             if message["type"] == "http.response.start":
                 ex.started = True
                 ex.status = message["status"]
-                headers: list[tuple[bytes, bytes]] = message.get("headers", [])
-                if type(headers) is not list:
-                    headers = list(headers)  # any iterable, read once
+                sent: list[tuple[bytes, bytes]] = message.get("headers", [])
+                headers = sent if type(sent) is list else list(sent)  # any iterable, read once
                 names = b"".join([name for name, _ in headers])
                 if names and not names.islower():  # the usual case needs no lower() per name
                     headers = [(name.lower(), value) for name, value in headers]
@@ -230,13 +197,15 @@ class ServiceMiddleware:
                 if enforced:
                     headers = [h for h in headers if h[0] not in enforced]
                     headers.extend(enforced.items())
-                present = {name for name, _ in headers}
-                message["headers"] = [
-                    *headers,
-                    *[h for h in defaults.items() if h[0] not in present],
-                    *ex.extra,
-                    request_id_header,
-                ]
+                elif headers is sent:
+                    headers = headers.copy()  # the app's own list is not ours to extend
+                if not ex.policy_enforced:
+                    present = {name for name, _ in headers}
+                    defaults = policy.for_path(path).items()
+                    headers.extend([h for h in defaults if h[0] not in present])
+                headers.extend(ex.extra)
+                headers.append(request_id_header)
+                message["headers"] = headers
             return send(message)
 
         tracker = self.tracker
@@ -250,16 +219,18 @@ class ServiceMiddleware:
         try:
             # RFC 9112, 3.2: an HTTP/1.1 request without a Host, or any with two, is a 400.
             if hosts > 1 or (hosts == 0 and scope.get("http_version") == "1.1"):
-                await problem_response(
-                    400, "Bad Request", "A request needs exactly one Host header.", instance=path
-                )(scope, receive, send_decorated)
+                await BadRequest("A request needs exactly one Host header.").send_to(
+                    send_decorated, path
+                )
             else:
                 await self.app(scope, receive, send_decorated)
         except Exception as exc:
             if ex.started:
+                if ex.reported:
+                    return  # FastAPI's error middleware logged it, answered, and re-raised
                 raise
-            await _internal_error(exc, method=scope["method"], path=path)(
-                scope, receive, send_decorated
+            await _internal_error(exc, method=scope["method"], path=path).send_to(
+                send_decorated, path
             )
         finally:
             try:
@@ -325,7 +296,7 @@ class InFlight:
         return True
 
 
-def _internal_error(exc: Exception, *, method: str, path: str) -> JSONResponse:
+def _internal_error(exc: Exception, *, method: str, path: str) -> KeelsonError:
     """Log and report `exc` in full; the client learns only that it failed.
 
     A database that cannot be reached is no bug: 503 with Retry-After, so that callers
@@ -333,62 +304,29 @@ def _internal_error(exc: Exception, *, method: str, path: str) -> JSONResponse:
     """
     if database_unavailable(exc):
         _log.warning("database unavailable on %s %s: %s", method, path, type(exc).__name__)
-        unavailable = ServiceUnavailable(
+        return ServiceUnavailable(
             "The database is unavailable; try again shortly.", retry_after=DATABASE_RETRY_AFTER
-        )
-        return problem_response(
-            unavailable.status,
-            unavailable.title,
-            unavailable.detail,
-            type_uri=unavailable.type_uri,
-            instance=path,
-            headers=unavailable.headers,
         )
     _log.exception("unhandled error on %s %s", method, path, exc_info=exc)
     capture_exception(exc, context={"path": path, "method": method})
-    return problem_response(
-        500,
-        "Internal Server Error",
-        "The server could not complete the request.",
-        instance=path,
-    )
+    return KeelsonError(_SERVER_ERROR)
 
 
-async def _keelson_error(request: Request, exc: Exception) -> JSONResponse:
+async def _keelson_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, KeelsonError)
-    body = exc.problem(instance=request.url.path)
-    return problem_response(
-        exc.status,
-        body.pop("title"),
-        body.pop("detail"),
-        type_uri=body.pop("type"),
-        instance=body.pop("instance", None),
-        headers=exc.headers,
-        **{k: v for k, v in body.items() if k != "status"},
-    )
+    return exc.response(request.url.path)
 
 
-def _phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Error"
-
-
-async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
-    title = _TITLES.get(exc.status_code) or _phrase(exc.status_code)
-    detail = exc.detail if isinstance(exc.detail, str) else title
-    return problem_response(
-        exc.status_code,
-        title,
-        detail,
-        instance=request.url.path,
-        headers=dict(exc.headers) if exc.headers else None,
+    detail = exc.detail if isinstance(exc.detail, str) else None
+    headers = dict(exc.headers) if exc.headers else None
+    return KeelsonError.for_status(exc.status_code, detail, headers=headers).response(
+        request.url.path
     )
 
 
-async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+async def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     # The offending input is not echoed back: it may be a password.
     errors = [
@@ -402,14 +340,17 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
     field = ".".join(part for part in first["loc"] if part not in ("body", "query", "path"))
     detail = f"{field}: {first['msg']}" if field else str(first["msg"])
-    return problem_response(
-        422, "Unprocessable Content", detail, instance=request.url.path, errors=errors
-    )
+    return Unprocessable(detail, errors=errors).response(request.url.path)
 
 
-async def _unhandled_error(request: Request, exc: Exception) -> JSONResponse:
-    # Reached only by errors raised outside `UnhandledErrorMiddleware` (in outer middleware).
-    return _internal_error(exc, method=request.method, path=request.url.path)
+async def _unhandled_error(request: Request, exc: Exception) -> Response:
+    """Starlette's error middleware calls this, answers with it, then re-raises `exc`
+    (for the server to log): the `Exchange` says it has been logged and answered."""
+    found = request.scope.get("keelson.exchange")
+    if isinstance(found, Exchange):
+        found.reported = True
+    error = _internal_error(exc, method=request.method, path=request.url.path)
+    return error.response(request.url.path)
 
 
 Hook = Callable[[FastAPI], Awaitable[None]]  # run at startup / shutdown with the app
@@ -456,39 +397,44 @@ def _lifespan(
     return lifespan
 
 
-class KeelsonApp(FastAPI):
-    """FastAPI with an express lane beside its own stack of middleware and routing.
+Front = Callable[[ASGIApp], ASGIApp]  # wraps the app's own stack in layers of its own
+OpenApiMerge = Callable[[dict[str, Any]], dict[str, Any]]
 
-    Requests the lane accepts go to its app under `ServiceMiddleware` alone: FastAPI's and
-    Starlette's layers (error, telemetry and body-limit middleware, exception handlers,
-    routing) would only pass them through. The gateway sends what it proxies this way.
+
+class KeelsonApp(FastAPI):
+    """FastAPI, optionally fronted by layers of the service's own (`create_app`'s `front`).
+
+    With a front, every HTTP request goes `ServiceMiddleware` → the front's layers →
+    FastAPI's own stack (error middleware, exception handlers, routing); a layer that
+    answers a request itself (the gateway's proxy) spares it FastAPI's machinery, which
+    would only pass it through. Without one, `ServiceMiddleware` is the outermost of
+    FastAPI's own middleware.
     """
 
-    _service_options: dict[str, Any]
-    # What the lane accepts, then its app for safe methods and for the others (which
-    # `CancelOnDisconnect` cancels when the client leaves before the answer).
-    _lane: tuple[Callable[[Scope], bool], ASGIApp, ASGIApp] | None = None
+    _front: ASGIApp | None = None
+    # The same front behind `CancelOnDisconnect`, for state-changing methods: a request
+    # whose client leaves before the answer is cancelled (safe methods skip the layer).
+    _front_unsafe: ASGIApp | None = None
+    _openapi_merge: OpenApiMerge | None = None
 
-    def set_express_lane(self, accepts: Callable[[Scope], bool], app: ASGIApp) -> None:
-        """HTTP requests for which `accepts(scope)` is true go to `app` from now on.
-
-        They see none of FastAPI's own machinery: no `scope["app"]` or `scope["router"]`
-        (so no `Request.app`), no `root_path` handling, and no middleware added to this app
-        with `add_middleware`; only `ServiceMiddleware`, then `app`.
-        """
-        self._lane = (
-            accepts,
-            ServiceMiddleware(app, **self._service_options),
-            ServiceMiddleware(CancelOnDisconnect(app), **self._service_options),
-        )
+    def openapi(self) -> dict[str, Any]:
+        """The app's OpenAPI document, passed through `create_app`'s `openapi_merge`."""
+        own = super().openapi()
+        merge = self._openapi_merge
+        return own if merge is None else merge(own)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # A coroutine function, as servers tell ASGI 3 apps from ASGI 2 ones by that.
-        lane = self._lane
-        if lane is not None and scope["type"] == "http" and lane[0](scope):
-            safe = scope["method"] in SAFE_METHODS
-            await (lane[1] if safe else lane[2])(scope, receive, send)
+        front = self._front
+        if front is not None and scope["type"] == "http":
+            unsafe = self._front_unsafe
+            if unsafe is not None and scope["method"] not in SAFE_METHODS:
+                front = unsafe
+            await front(scope, receive, send)
             return
+        await super().__call__(scope, receive, send)
+
+    async def _own_stack(self, scope: Scope, receive: Receive, send: Send) -> None:
         await super().__call__(scope, receive, send)
 
 
@@ -502,14 +448,17 @@ def create_app(
     version: str = "0.1.0",
     on_startup: Sequence[Hook] = (),
     on_shutdown: Sequence[Hook] = (),
+    front: Front | None = None,
+    openapi_merge: OpenApiMerge | None = None,
 ) -> KeelsonApp:
     """A FastAPI app whose lifespan starts and stops `container`, with Keelson's middleware.
 
-    `ServiceMiddleware` is the outermost of the app's own middleware (the access record
-    unless `settings.access_log` is off); middleware the caller appends to
-    `app.user_middleware` sits inside it (Starlette's `add_middleware` would put it
-    outside, where no request id or `Exchange` exists yet), and the caller's `routers`
-    inside them all.
+    `ServiceMiddleware` (the access record unless `settings.access_log` is off) comes
+    first; then `front(app's own stack)` when given (see `KeelsonApp`), else middleware the
+    caller appends to `app.user_middleware` (Starlette's `add_middleware` would put it
+    outside, where no request id or `Exchange` exists yet); the caller's `routers` last.
+    `openapi_merge` receives the app's own OpenAPI document on each request for it and
+    returns the one served.
     """
     in_flight = InFlight()
     app = KeelsonApp(
@@ -534,13 +483,21 @@ def create_app(
     install_docs(app)
     for router in routers:
         app.include_router(router)
-    app._service_options = {
+    options: dict[str, Any] = {
         "service": settings.service,
         "tracker": in_flight,
         "access_log": settings.access_log,
     }
-    app.add_middleware(ServiceMiddleware, **app._service_options)
-    # Innermost of the app's own middleware: a request whose caller left is cancelled.
-    app.user_middleware.append(Middleware(CancelOnDisconnect))
+    if front is None:
+        app.add_middleware(ServiceMiddleware, **options)
+        # Innermost of the app's own middleware: a request whose caller left is cancelled.
+        app.user_middleware.append(Middleware(CancelOnDisconnect))
+    else:
+        fronted = front(app._own_stack)
+        app._front = ServiceMiddleware(fronted, **options)
+        # Right inside ServiceMiddleware for state-changing methods: it covers what the
+        # front answers itself (the gateway's proxy) and what it passes on alike.
+        app._front_unsafe = ServiceMiddleware(CancelOnDisconnect(fronted), **options)
+    app._openapi_merge = openapi_merge
     HTTP_IN_FLIGHT.labels(settings.service).set_function(lambda: in_flight.count)
     return app

@@ -94,13 +94,15 @@ class Plugin:
         self.container = container
         self.settings: PluginSettings = container.settings.plugin(self.metadata.name)
 
-    def options(self, model: type[M]) -> M:
-        """This plugin's section of the settings (`plugins.<name>`) validated as `model`.
+    def options(self, model: type[M], section: PluginSettings | None = None) -> M:
+        """This plugin's section of the settings (`plugins.<name>`) validated as `model`;
+        `section` in place of the current one (a reload's new settings).
 
         A bad value raises `ConfigError` naming its variable, so the plugin fails at start.
         """
+        given = self.settings if section is None else section
         try:
-            return model.model_validate(self.settings.model_dump(exclude={"enabled"}))
+            return model.model_validate(given.model_dump(exclude={"enabled"}))
         except ValidationError as exc:
             raise ConfigError(
                 describe_errors(exc, within=f"plugins__{self.metadata.name}")

@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import logging
 import socket
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -10,7 +11,7 @@ import httpx
 import pytest
 from fastapi import APIRouter, FastAPI
 from pydantic import BaseModel
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from keelson.config import KeelsonSettings, LogSettings
 from keelson.errors import Conflict, TooManyRequests
@@ -285,22 +286,35 @@ async def test_failure_text_stays_private_outside_dev(caplog: pytest.LogCaptureF
     assert "dependency down" in caplog.text
 
 
-async def _lane_app(scope: Scope, receive: Receive, send: Send) -> None:
-    """A raw ASGI app on the express lane: adds and enforces headers through the Exchange."""
-    ex = exchange(scope)
-    ex.add_headers([(b"x-lane", b"yes")])
-    ex.enforce_headers({b"x-frame-options": b"SAMEORIGIN"})
-    if scope["path"] == "/lane/boom":
-        raise RuntimeError("secret internals: password=hunter2")
-    headers = [(b"content-type", b"text/plain"), (b"x-frame-options", b"ALLOW")]
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
-    await send({"type": "http.response.body", "body": b"lane"})
+def _lane_front(own_stack: ASGIApp) -> ASGIApp:
+    """A raw ASGI layer in front of the app's own stack: answers /lane itself, adding and
+    enforcing headers through the Exchange; everything else goes on to FastAPI."""
+
+    async def front(scope: Scope, receive: Receive, send: Send) -> None:
+        if not scope["path"].startswith("/lane"):
+            await own_stack(scope, receive, send)
+            return
+        assert "app" not in scope  # FastAPI's machinery never saw it
+        ex = exchange(scope)
+        ex.add_headers([(b"x-lane", b"yes")])
+        ex.enforce_headers({b"x-frame-options": b"SAMEORIGIN"})
+        if scope["path"] == "/lane/boom":
+            raise RuntimeError("secret internals: password=hunter2")
+        headers = [(b"content-type", b"text/plain"), (b"x-frame-options", b"ALLOW")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"lane"})
+
+    return front
 
 
-def test_express_lane_serves_under_keelson_middleware_only() -> None:
-    app = build_app()
+def test_a_front_serves_under_keelson_middleware_before_fastapis_stack(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = KeelsonSettings(service="demo", log=LogSettings(ship_endpoint=None))
+    app = create_app(
+        settings, container=PluginContainer(settings), routers=[router], front=_lane_front
+    )
     assert isinstance(app, KeelsonApp)
-    app.set_express_lane(lambda scope: scope["path"].startswith("/lane"), _lane_app)
     with LiveServer(app) as server:
         lane = httpx.get(server.url + "/lane/x", headers={"X-Request-ID": "lane-1"})
         assert lane.text == "lane"
@@ -315,8 +329,18 @@ def test_express_lane_serves_under_keelson_middleware_only() -> None:
         assert boom.json()["request_id"] == "lane-2"
         assert "hunter2" not in boom.text
         assert boom.headers["x-lane"] == "yes"
-        # Everything else still takes FastAPI's routes.
-        assert httpx.get(server.url + "/health/live").status_code == 200
+        # Everything else still takes FastAPI's routes, under the same middleware.
+        live = httpx.get(server.url + "/health/live", headers={"X-Request-ID": "own-1"})
+        assert live.status_code == 200 and live.headers["x-request-id"] == "own-1"
+        # A route's exception: answered 500 by FastAPI's handler, logged once.
+        caplog.clear()
+        crash = httpx.get(server.url + "/boom", headers={"X-Request-ID": "own-2"})
+        assert crash.status_code == 500
+        assert crash.json()["request_id"] == "own-2"
+        assert crash.json()["type"] == "https://keelson.dev/problems/internal"
+        assert "hunter2" not in crash.text
+        errors = [r.name for r in caplog.records if r.levelno >= logging.ERROR]
+        assert errors == ["keelson.http"]
         metrics = httpx.get(server.url + "/metrics").text
         assert 'route="unmatched",service="demo",status="500"' in metrics
 

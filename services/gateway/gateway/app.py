@@ -7,21 +7,19 @@ from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.openapi.utils import get_openapi
-from starlette.middleware import Middleware
-from starlette.types import Receive, Scope, Send
 
 from gateway.api import routers
-from gateway.pipeline import Pipeline, PipelineMiddleware
+from gateway.openapi import CATALOG
+from gateway.pipeline import Pipeline
 from gateway.plugins import GATEWAY_PLUGINS
-from gateway.plugins.routing import CATALOG, UPSTREAM_TRANSPORTS
+from gateway.plugins.routing import UPSTREAM_TRANSPORTS
 from gateway.reload import install_sighup
 from gateway.settings import Settings
 from gateway.transport import UpstreamTransport
 from gateway.upstreams import RoutingConfig
 from keelson.auth import AuthPlugin
 from keelson.config import PluginSettings, load_settings
-from keelson.http import KeelsonApp, problem_response
+from keelson.http import KeelsonApp
 from keelson.http import create_app as create_keelson_app
 from keelson.logging import configure_logging
 from keelson.service import build_container
@@ -35,7 +33,14 @@ def create_app(
     transports: Mapping[str, UpstreamTransport] | None = None,
 ) -> KeelsonApp:
     """The gateway; `transports` replace the named upstreams' connection pools (tests hand
-    in `gateway.asgi_upstream.ASGIUpstream` to reach an upstream app in process)."""
+    in `gateway.asgi_upstream.ASGIUpstream` to reach an upstream app in process).
+
+    A request goes, in this order: Keelson's `ServiceMiddleware` (request id, metrics,
+    security headers, the access record's timing), the pipeline (the request's context,
+    then each running plugin's layer, routing's proxy innermost), and, for what no layer
+    answered, FastAPI's stack with the gateway's own routes (`gateway.api`). The OpenAPI
+    document served is the gateway's own merged with the upstreams' (the catalog's).
+    """
     if settings is None:
         settings = load_settings(Settings)
         configure_logging(settings)
@@ -43,15 +48,14 @@ def create_app(
     container = build_container(settings, [AuthPlugin, *GATEWAY_PLUGINS], database=False)
     if transports:
         container.provide(UPSTREAM_TRANSPORTS, transports)
-    pipeline = Pipeline(container, GATEWAY_PLUGINS)
+    pipeline = Pipeline(container, GATEWAY_PLUGINS, settings)
+
+    def merged_openapi(own: dict[str, Any]) -> dict[str, Any]:
+        catalog = container.resolve_optional(CATALOG)
+        return catalog.merged(own) if catalog is not None else own
 
     async def compose_pipeline(_: FastAPI) -> None:
         pipeline.rebuild()
-        catalog = container.resolve_optional(CATALOG)
-        if catalog is not None:
-            # What the gateway proxies skips FastAPI's stack, which it would only pass through.
-            lane = PipelineMiddleware(_unrouted, pipeline=pipeline)
-            app.set_express_lane(lambda scope: catalog.match(scope) is not None, lane)
         install_sighup(app)
         # What start-up built lives as long as the process: keep it out of the cyclic
         # collector's full passes, which would otherwise walk it all every few thousand
@@ -71,25 +75,11 @@ def create_app(
         title="Keelson gateway",
         description="The suite's public entry point: every service's API behind one port.",
         on_startup=[compose_pipeline],
+        front=pipeline.front,
+        openapi_merge=merged_openapi,
     )
-    # Innermost, so the request id, metrics and security headers wrap the whole pipeline.
-    app.user_middleware.append(Middleware(PipelineMiddleware, pipeline=pipeline))
     app.state.pipeline = pipeline
-
-    def merged_openapi() -> dict[str, Any]:
-        own = get_openapi(
-            title=app.title, version=app.version, description=app.description, routes=app.routes
-        )
-        catalog = container.resolve_optional(CATALOG)
-        return catalog.merged(own) if catalog is not None else own
-
-    app.openapi = merged_openapi  # type: ignore[method-assign]
     return app
-
-
-async def _unrouted(scope: Scope, receive: Receive, send: Send) -> None:
-    """Where a proxied request would land if no layer answered it: nowhere."""
-    await problem_response(404, "Not Found", "Nothing is routed here.")(scope, receive, send)
 
 
 def _point_auth_at_upstream(settings: Settings) -> None:

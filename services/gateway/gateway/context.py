@@ -1,69 +1,97 @@
-"""Per-request values the pipeline's layers share through `scope["state"]`."""
+"""The gateway's per-request context: one typed object the pipeline builds, the layers share."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from starlette.types import Message, Receive, Scope
 
+from keelson.auth import Principal
+from keelson.http import Exchange
+
+if TYPE_CHECKING:
+    from gateway.openapi import RouteMatch
+
 __all__ = [
-    "BODY",
     "CLIENT_CLOSED_REQUEST",
-    "CLIENT_IP",
-    "FORWARD_HEADERS",
-    "PRINCIPAL",
-    "ROUTE",
-    "SESSION",
     "BodyTooLarge",
     "ClientGone",
+    "RequestContext",
     "body_chunks",
-    "client_ip",
-    "header",
+    "context",
+    "find_context",
+    "forwarded_client",
     "read_body",
     "replay_body",
-    "state",
 ]
 
-BODY = "gateway.body"  # the request body, when a layer had to read it whole
-CLIENT_IP = "gateway.client_ip"
-FORWARD_HEADERS = "gateway.forward_headers"  # headers the gateway itself adds upstream
-PRINCIPAL = "principal"
-ROUTE = "gateway.route"
-SESSION = "gateway.secure_session"
+_CONTEXT = "gateway.context"
 
 
-def state(scope: Scope) -> dict[str, Any]:
-    st: dict[str, Any] = scope.setdefault("state", {})
-    return st
+@dataclass(slots=True, eq=False)
+class RequestContext:
+    """What the pipeline knows of one request, built once before its first layer.
+
+    `route` is the upstream route the request is for (None: one of the gateway's own),
+    `client_ip` the caller's address (the socket peer, or X-Forwarded-For read back the
+    trusted hops), `forwarded_for` the X-Forwarded-For the proxy sends on. Layers fill in
+    `principal` (security), `body` (a layer that had to read it whole), `session`
+    (encryption) and `forward_headers` (headers the gateway itself adds upstream);
+    `response` is the request's `Exchange`, where response headers and the status go.
+    """
+
+    route: RouteMatch | None
+    client_ip: str
+    forwarded_for: str
+    response: Exchange
+    principal: Principal | None = None
+    body: bytes | None = None
+    session: str | None = None
+    # Shared, not copied: replaced by a layer that adds to it, never changed in place.
+    forward_headers: Sequence[tuple[bytes, bytes]] = ()
+
+    def attach(self, scope: Scope) -> None:
+        scope[_CONTEXT] = self
+        if self.route is not None:
+            scope["route"] = self.route  # the route template metrics label the request with
 
 
-def header(scope: Scope, name: bytes) -> bytes | None:
-    """The first value of header `name` (lower-case) or None."""
-    for key, value in scope["headers"]:
-        if key == name:
-            found: bytes = value
-            return found
-    return None
+def context(scope: Scope) -> RequestContext:
+    """The request's context; only inside the pipeline."""
+    found: RequestContext = scope[_CONTEXT]
+    return found
 
 
-def client_ip(scope: Scope, trusted_hops: int = 0) -> str:
-    """The caller's address: the socket peer, or X-Forwarded-For read back `trusted_hops`."""
-    st = state(scope)
-    cached: str | None = st.get(CLIENT_IP)
-    if cached is not None:
-        return cached
+def find_context(scope: Scope) -> RequestContext | None:
+    """The request's context, or None for a request the pipeline has not seen."""
+    found: RequestContext | None = scope.get(_CONTEXT)
+    return found
+
+
+def forwarded_client(scope: Scope, trusted_hops: int) -> tuple[str, str]:
+    """The caller's address, and the X-Forwarded-For to send on.
+
+    With no trusted hops the socket peer is the client and an incoming X-Forwarded-For
+    is not believed; with some, each trusted proxy appended the address it saw, so the
+    client is that many from the right, and anything further left was written by the
+    client and cannot be believed.
+    """
     peer = scope.get("client")
     ip = peer[0] if peer else "unknown"
-    if trusted_hops:
-        forwarded = header(scope, b"x-forwarded-for")
-        if forwarded:
-            hops = [part.strip() for part in forwarded.decode("latin-1").split(",")]
-            # Each trusted proxy appended the address it saw; anything further left
-            # was written by the client and cannot be believed.
-            ip = hops[-trusted_hops] if len(hops) >= trusted_hops else hops[0]
-    st[CLIENT_IP] = ip
-    return ip
+    if not trusted_hops:
+        return ip, ip
+    chain = None
+    for name, value in scope["headers"]:
+        if name == b"x-forwarded-for":
+            chain = value.decode("latin-1")
+            break
+    if not chain:
+        return ip, ip
+    hops = [part.strip() for part in chain.split(",")]
+    client = hops[-trusted_hops] if len(hops) >= trusted_hops else hops[0]
+    return client, f"{chain}, {ip}"
 
 
 # nginx's status for a request whose client went away before the answer: the access record

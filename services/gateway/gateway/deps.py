@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, Request
 
-from gateway.context import PRINCIPAL
+from gateway.context import find_context
 from gateway.pipeline import Pipeline
 from gateway.plugins.encryption import EncryptionPlugin
+from keelson.auth import Principal
 from keelson.errors import Forbidden, NotFound, Unauthorized
 from keelson.plugins import PluginContainer, PluginState
 
@@ -32,12 +33,13 @@ def _encryption(request: Request) -> EncryptionPlugin:
     return container.get(EncryptionPlugin)
 
 
-def _admin(request: Request) -> Any:
+def _admin(request: Request) -> Principal:
     """The principal the security layer verified, if it holds the `admin` role.
 
     Without the security layer there is no principal, so the admin API is closed.
     """
-    principal = request.scope.get("state", {}).get(PRINCIPAL)
+    ctx = find_context(request.scope)
+    principal = ctx.principal if ctx is not None else None
     if principal is None:
         raise Unauthorized("A valid bearer token is required.")
     if "admin" not in principal.roles:
@@ -47,5 +49,5 @@ def _admin(request: Request) -> Any:
 
 ContainerDep = Annotated[PluginContainer, Depends(_container)]
 PipelineDep = Annotated[Pipeline, Depends(_pipeline)]
-AdminDep = Annotated[Any, Depends(_admin)]
+AdminDep = Annotated[Principal, Depends(_admin)]
 EncryptionDep = Annotated[EncryptionPlugin, Depends(_encryption)]

@@ -13,13 +13,12 @@ from typing import Any
 
 from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.protocols import Validator
-from starlette.types import Scope
 
-from gateway.context import ROUTE, state
 from gateway.paths import PerPath
 from gateway.upstreams import RouteTable, Upstream
+from keelson.plugins import Key
 
-__all__ = ["OpenApiCatalog", "Operation", "RouteMatch"]
+__all__ = ["CATALOG", "OpenApiCatalog", "Operation", "RouteMatch"]
 
 _log = logging.getLogger("gateway.openapi")
 _PARAM = re.compile(r"\{([^}:]+)(:path)?\}")
@@ -27,6 +26,7 @@ _METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 _SCHEMA_REF = "#/components/schemas/"
 
 Fetch = Callable[[Upstream], Awaitable[dict[str, Any]]]
+CATALOG: Key[OpenApiCatalog] = Key("gateway.openapi_catalog")
 
 
 @dataclass(frozen=True, eq=False)
@@ -132,16 +132,11 @@ class OpenApiCatalog:
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    def match(self, scope: Scope) -> RouteMatch | None:
-        """The request's upstream and operation, computed once per request."""
-        st = state(scope)
-        if ROUTE in st:
-            found: RouteMatch | None = st[ROUTE]
-            return found
-        match = self._matched(scope["method"], scope["path"])
+    def match(self, method: str, path: str) -> RouteMatch | None:
+        """The upstream and operation a request is for (the pipeline asks once a request)."""
+        match = self._matched(method, path)
         if match is not None and match.upstream.name not in self._docs:
             self._refresh_soon(match.upstream)  # asked for its document while traffic comes
-        st[ROUTE] = match
         return match
 
     def _match(self, method: str, path: str) -> RouteMatch | None:

@@ -3,25 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
-from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from keelson.config import ConfigError, PluginSettings
+from gateway.context import RequestContext, forwarded_client
+from gateway.openapi import CATALOG, OpenApiCatalog
+from gateway.settings import Settings
+from keelson.config import PluginSettings
+from keelson.http import exchange
 from keelson.plugins import Plugin, PluginContainer, PluginState
 
-__all__ = ["GatewayPlugin", "Pipeline", "PipelineMiddleware", "plugin_config"]
-
-C = TypeVar("C", bound=BaseModel)
-
-
-def plugin_config(model: type[C], section: PluginSettings) -> C:
-    """The plugin's typed config from its `plugins.<name>` section; bad values fail start-up."""
-    try:
-        return model.model_validate(section.model_dump(exclude={"enabled"}))
-    except ValidationError as exc:
-        raise ConfigError(f"invalid plugin config: {exc}") from None
+__all__ = ["GatewayPlugin", "Pipeline", "PipelineMiddleware"]
 
 
 class GatewayPlugin(Plugin):
@@ -54,18 +47,30 @@ class GatewayPlugin(Plugin):
 class Pipeline:
     """Composes the running plugins' layers: the highest priority (lowest number) is outermost."""
 
-    def __init__(self, container: PluginContainer, plugins: Sequence[type[GatewayPlugin]]) -> None:
+    def __init__(
+        self,
+        container: PluginContainer,
+        plugins: Sequence[type[GatewayPlugin]],
+        settings: Settings,
+    ) -> None:
         self.container = container
         self.plugins = tuple(plugins)
+        self.trusted_proxy_hops = settings.trusted_proxy_hops
         self.version = 0
         self.layers: tuple[str, ...] = ()
+        self.catalog: OpenApiCatalog | None = None
 
     def rebuild(self) -> None:
         """Pick up which plugins run now; called after start and after a reload."""
         self.layers = tuple(
             p.metadata.name for p in self.running() if type(p).wrap is not GatewayPlugin.wrap
         )
+        self.catalog = self.container.resolve_optional(CATALOG)
         self.version += 1
+
+    def front(self, app: ASGIApp) -> ASGIApp:
+        """The pipeline in front of `app` (the gateway's own routes), for `create_app`."""
+        return PipelineMiddleware(app, pipeline=self)
 
     def running(self) -> list[GatewayPlugin]:
         """Running plugins by priority, then as listed; not start order, which dependencies
@@ -89,7 +94,8 @@ class Pipeline:
 
 
 class PipelineMiddleware:
-    """Sits innermost in the app's middleware; runs the composed layers, then the router."""
+    """Builds each request's `RequestContext`, then runs the composed layers; what no
+    layer answers (the proxy forwards what an upstream owns) goes on to `app`."""
 
     def __init__(self, app: ASGIApp, *, pipeline: Pipeline) -> None:
         self.app = app
@@ -98,7 +104,23 @@ class PipelineMiddleware:
         self._chain: ASGIApp = app
 
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
-        if self._version != self.pipeline.version:
-            self._version = self.pipeline.version
-            self._chain = self.pipeline.compose(self.app) if self._version else self.app
+        # A plain function (see GatewayPlugin.wrap).
+        pipeline = self.pipeline
+        if self._version != pipeline.version:
+            self._version = pipeline.version
+            self._chain = pipeline.compose(self.app) if self._version else self.app
+        if scope["type"] == "http":
+            catalog = pipeline.catalog
+            hops = pipeline.trusted_proxy_hops
+            if hops:
+                client_ip, forwarded_for = forwarded_client(scope, hops)
+            else:  # the socket peer is the client: the usual case, without a call
+                peer = scope.get("client")
+                client_ip = forwarded_for = peer[0] if peer else "unknown"
+            RequestContext(
+                catalog.match(scope["method"], scope["path"]) if catalog is not None else None,
+                client_ip,
+                forwarded_for,
+                exchange(scope),
+            ).attach(scope)
         return self._chain(scope, receive, send)

@@ -7,21 +7,19 @@ import logging
 import math
 import random
 import time
-from collections.abc import AsyncIterator, Coroutine, Mapping
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Mapping
 from random import getrandbits as _random_bits
 
 import aiohttp
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.context import (
-    BODY,
     CLIENT_CLOSED_REQUEST,
-    FORWARD_HEADERS,
     ClientGone,
+    RequestContext,
     body_chunks,
-    client_ip,
+    context,
     read_body,
-    state,
 )
 from gateway.metrics import (
     CIRCUIT_REJECTIONS,
@@ -29,7 +27,6 @@ from gateway.metrics import (
     UPSTREAM_REQUESTS,
     UPSTREAM_RETRIES,
 )
-from gateway.openapi import OpenApiCatalog
 from gateway.transport import (
     IDEMPOTENT,
     InvalidAnswer,
@@ -40,7 +37,15 @@ from gateway.transport import (
 )
 from gateway.upstream_pool import UpstreamPool
 from gateway.upstreams import RoutingConfig, Upstream
-from keelson.http import exchange, problem_response, random_id
+from keelson.errors import (
+    BadGateway,
+    BadRequest,
+    GatewayTimeout,
+    KeelsonError,
+    RequestTimeout,
+    ServiceUnavailable,
+)
+from keelson.http import random_id
 from keelson.logging import request_id_var, trace_id_var
 from keelson.metrics import cached_labels
 
@@ -113,81 +118,74 @@ def new_pools(
     }
 
 
-class _Failed(Exception):
-    def __init__(self, status: int, detail: str) -> None:
-        self.status = status
-        self.detail = detail
-
-
 class ProxyApp:
-    """Forwards requests whose path an upstream owns; everything else goes to `fallback`."""
+    """Forwards requests whose path an upstream owns (the context's `route`); everything
+    else goes to `fallback`."""
 
     def __init__(
         self,
         fallback: ASGIApp,
         *,
-        catalog: OpenApiCatalog,
         pools: Mapping[str, UpstreamTransport],
         config: RoutingConfig,
-        trusted_proxy_hops: int = 0,
     ) -> None:
         self.fallback = fallback
-        self.catalog = catalog
         self.pools = pools
         self.config = config
-        self.trusted_proxy_hops = trusted_proxy_hops
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # A plain function (see GatewayPlugin.wrap) in front of the exchange's coroutine.
         if scope["type"] != "http":
-            await self.fallback(scope, receive, send)
-            return
-        match = self.catalog.match(scope)
-        if match is None:
-            await self.fallback(scope, receive, send)
-            return
-        scope["route"] = match
-        upstream = match.upstream
+            return self.fallback(scope, receive, send)
+        ctx = context(scope)
+        if ctx.route is None:
+            return self.fallback(scope, receive, send)
+        return self._proxy(ctx.route.upstream, ctx, scope, receive, send)
+
+    async def _proxy(
+        self, upstream: Upstream, ctx: RequestContext, scope: Scope, receive: Receive, send: Send
+    ) -> None:
         wait = upstream.breaker.acquire()
         if wait is not None:
             CIRCUIT_REJECTIONS.labels(upstream.name).inc()
-            retry_after = str(max(1, math.ceil(wait)))
-            await problem_response(
-                503,
-                "Service Unavailable",
+            await ServiceUnavailable(
                 f"The {upstream.name} service is unavailable; try again later.",
-                headers={"Retry-After": retry_after},
-            )(scope, receive, send)
+                retry_after=max(1, math.ceil(wait)),
+            ).send_to(send)
             return
         try:
-            await self._forward(upstream, scope, receive, send)
-        except _Failed as failure:
-            await problem_response(failure.status, _TITLES[failure.status], failure.detail)(
-                scope, receive, send
+            method: str = scope["method"]
+            query: bytes = scope["query_string"]
+            target: bytes = scope["raw_path"] + b"?" + query if query else scope["raw_path"]
+            headers, declared, chunked = self._request_head(scope, ctx)
+            found = self._request_body(ctx, receive, declared, chunked)
+            if found is None:  # small: read whole, so that a retry can send it again
+                found = (await read_body(receive), True, None)
+            body, replayable, length = found
+            attempts = 1 + upstream.config.retries if replayable and method in IDEMPOTENT else 1
+            # Looked at once the upstream has answered: by then the body is sent, and
+            # `receive` has nothing left to say but the client's disconnect.
+            gone = _Disconnect(receive)
+            await self._exchange(
+                upstream,
+                self.pools[upstream.name],
+                method,
+                target,
+                headers,
+                body,
+                length,
+                attempts,
+                ctx,
+                scope,
+                send,
+                gone,
             )
+        except KeelsonError as failure:
+            await failure.send_to(send)
         except ClientGone:
-            exchange(scope).status = CLIENT_CLOSED_REQUEST
+            ctx.response.status = CLIENT_CLOSED_REQUEST
         finally:
             upstream.breaker.release()
-
-    async def _forward(
-        self, upstream: Upstream, scope: Scope, receive: Receive, send: Send
-    ) -> None:
-        method: str = scope["method"]
-        query: bytes = scope["query_string"]
-        target: bytes = scope["raw_path"] + b"?" + query if query else scope["raw_path"]
-        headers, declared, chunked = self._request_head(scope)
-        found = self._request_body(scope, receive, declared, chunked)
-        if found is None:  # small: read whole, so that a retry can send it again
-            found = (await read_body(receive), True, None)
-        body, replayable, length = found
-        attempts = 1 + upstream.config.retries if replayable and method in IDEMPOTENT else 1
-        pool = self.pools[upstream.name]
-        # Looked at once the upstream has answered: by then the body is sent, and `receive`
-        # has nothing left to say but the client's disconnect.
-        gone = _Disconnect(receive)
-        await self._exchange(
-            upstream, pool, method, target, headers, body, length, attempts, scope, send, gone
-        )
 
     async def _exchange(
         self,
@@ -199,6 +197,7 @@ class ProxyApp:
         body: bytes | AsyncIterator[bytes] | None,
         length: int | None,
         attempts: int,
+        ctx: RequestContext,
         scope: Scope,
         send: Send,
         gone: _Disconnect,
@@ -209,11 +208,13 @@ class ProxyApp:
                 response = await pool.request(method, target, headers, body, length=length)
             except RequestBodyStalled:
                 # The client's silence: nothing against the upstream.
-                raise _Failed(408, "The request body stopped arriving.") from None
+                raise RequestTimeout("The request body stopped arriving.") from None
             except TimeoutError:
                 upstream.breaker.record_failure()
                 _requests(upstream.name, method, "timeout").inc()
-                raise _Failed(504, f"The {upstream.name} service did not answer in time.") from None
+                raise GatewayTimeout(
+                    f"The {upstream.name} service did not answer in time."
+                ) from None
             except UpstreamConnectionError as exc:
                 if attempt + 1 < attempts:
                     await self._backoff(upstream, attempt)
@@ -221,7 +222,7 @@ class ProxyApp:
                 upstream.breaker.record_failure()
                 _requests(upstream.name, method, "error").inc()
                 _log.warning("upstream %s failed: %s", upstream.name, type(exc).__name__)
-                raise _Failed(502, f"The {upstream.name} service could not be reached.") from None
+                raise BadGateway(f"The {upstream.name} service could not be reached.") from None
             except InvalidAnswer as exc:
                 # The request was delivered, so it is not sent again.
                 upstream.breaker.record_failure()
@@ -229,7 +230,7 @@ class ProxyApp:
                 _log.warning(
                     "upstream %s sent an answer that cannot be parsed: %s", upstream.name, exc
                 )
-                raise _Failed(502, f"The {upstream.name} service sent an invalid answer.") from None
+                raise BadGateway(f"The {upstream.name} service sent an invalid answer.") from None
             gone.watch()
             try:
                 status = response.status
@@ -245,9 +246,9 @@ class ProxyApp:
                 if gone():
                     # Nobody is left to read the answer: it is dropped, and `release()`
                     # closes the connection unless all of the answer has already arrived.
-                    exchange(scope).status = CLIENT_CLOSED_REQUEST
+                    ctx.response.status = CLIENT_CLOSED_REQUEST
                     return
-                await self._relay(response, scope, send, gone, upstream)
+                await self._relay(response, ctx, scope, send, gone, upstream)
                 return
             finally:
                 response.release()
@@ -257,7 +258,9 @@ class ProxyApp:
         base = upstream.config.retry_backoff_seconds * (2**attempt)
         await asyncio.sleep(base + random.uniform(0, base))
 
-    def _request_head(self, scope: Scope) -> tuple[list[tuple[bytes, bytes]], bytes | None, bool]:
+    def _request_head(
+        self, scope: Scope, ctx: RequestContext
+    ) -> tuple[list[tuple[bytes, bytes]], bytes | None, bool]:
         """The headers to send: the client's end-to-end ones as they came, then the
         gateway's own; and the client's body framing (its Content-Length, if any, and
         whether it is chunked), which the pool writes anew for what it sends."""
@@ -285,7 +288,7 @@ class ProxyApp:
             headers = [h for h in headers if h[0] not in named]
         if host is not None:
             headers.append((b"x-forwarded-host", host))
-        headers.append((b"x-forwarded-for", self._forwarded_for(scope).encode("latin-1")))
+        headers.append((b"x-forwarded-for", ctx.forwarded_for.encode("latin-1")))
         headers.append((b"x-forwarded-proto", scope.get("scheme", "http").encode("latin-1")))
         # W3C trace context: the same trace, with the gateway's own span as the parent.
         trace_id = trace_id_var.get() or random_id()
@@ -293,34 +296,23 @@ class ProxyApp:
         headers.append((b"traceparent", traceparent.encode("latin-1")))
         if request_id := request_id_var.get():
             headers.append((b"x-request-id", request_id.encode("latin-1")))
-        forward: list[tuple[bytes, bytes]] | None = scope.get("state", {}).get(FORWARD_HEADERS)
-        if forward:
-            headers.extend(forward)
+        if ctx.forward_headers:
+            headers.extend(ctx.forward_headers)
         return headers, declared, chunked
 
-    def _forwarded_for(self, scope: Scope) -> str:
-        ip = client_ip(scope, self.trusted_proxy_hops)
-        if not self.trusted_proxy_hops:
-            return ip
-        chain = next((v for n, v in scope["headers"] if n == b"x-forwarded-for"), None)
-        if chain is None:
-            return ip
-        peer = scope.get("client")
-        return f"{chain.decode('latin-1')}, {peer[0] if peer else ip}"
-
     def _request_body(
-        self, scope: Scope, receive: Receive, declared: bytes | None, chunked: bool
+        self, ctx: RequestContext, receive: Receive, declared: bytes | None, chunked: bool
     ) -> tuple[bytes | AsyncIterator[bytes] | None, bool, int | None] | None:
         """The body to send, whether it can be sent again (for a retry), and the length of
         a streamed one when the client gave it (`declared`); None for a body small enough
         to be read whole first (`read_body`), which is then sent again as it is."""
-        buffered: bytes | None = state(scope).get(BODY)
+        buffered = ctx.body
         if buffered is not None:
             return buffered, True, None
         length: int | None = None
         if declared is not None:
             if not declared.isdigit():
-                raise _Failed(400, "Content-Length is not a number.")
+                raise BadRequest("Content-Length is not a number.")
             length = int(declared)
         if not chunked and not length:
             return None, True, None
@@ -331,6 +323,7 @@ class ProxyApp:
     async def _relay(
         self,
         response: UpstreamResponse,
+        ctx: RequestContext,
         scope: Scope,
         send: Send,
         gone: _Disconnect,
@@ -365,7 +358,7 @@ class ProxyApp:
         async for chunk in response.iter_chunks():
             if gone():
                 # The rest would be read for nobody: `release()` closes the connection.
-                exchange(scope).status = CLIENT_CLOSED_REQUEST
+                ctx.response.status = CLIENT_CLOSED_REQUEST
                 return
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
@@ -425,9 +418,6 @@ class _Disconnect:
         else:
             step.close()  # it would have waited: nothing has happened yet
         return self.gone
-
-
-_TITLES = {400: "Bad Request", 408: "Request Timeout", 502: "Bad Gateway", 504: "Gateway Timeout"}
 
 
 _requests = cached_labels(UPSTREAM_REQUESTS)

@@ -15,5 +15,5 @@ class Settings(KeelsonSettings):
     # How many reverse proxies (ingress, load balancer) sit in front and append to
     # X-Forwarded-For; 0 means the socket peer is the client and incoming XFF is ignored.
     trusted_proxy_hops: int = Field(0, ge=0, le=10)
-    # The log_shipping plugin writes the gateway's access log ("gateway.access").
+    # The access_log plugin writes the gateway's access log ("gateway.access").
     access_log: bool = False

@@ -3,6 +3,8 @@ import signal
 from pathlib import Path
 
 import httpx
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 from gateway_testkit import (
     GatewayProcess,
     ServerThread,
@@ -140,3 +142,42 @@ async def test_sighup_reloads_limits(upstream: ServerThread, tmp_path: Path) -> 
         assert gateway.process.poll() is None
     finally:
         gateway.stop()
+
+
+async def test_an_upstream_is_not_ready_before_its_document_is_held(
+    auth_upstream: ServerThread,
+) -> None:
+    # logs answers its readiness probe but serves no OpenAPI document: without the document
+    # the gateway could route it by prefix only (no per-operation validation, no route
+    # names), so it is not counted ready; once it serves one, it is.
+    serving = {"document": False}
+    logs = FastAPI(openapi_url=None)
+
+    @logs.get("/health/ready")
+    async def ready() -> dict[str, str]:
+        return {"status": "ready"}
+
+    @logs.get("/openapi.json")
+    async def document() -> JSONResponse:
+        if not serving["document"]:
+            return JSONResponse({"detail": "not yet"}, status_code=503)
+        return JSONResponse({"openapi": "3.1.0", "paths": {"/api/v1/logs/x": {"get": {}}}})
+
+    server = ServerThread(logs).start()
+    try:
+        urls = {"auth": auth_upstream.url, "logs": server.url}
+        settings = gateway_settings(routing=upstreams_config(**urls))
+        async with running_gateway(settings) as (_, client):
+            detail = (await client.get("/health/ready")).json()["failing"]["routing"]["detail"]
+            assert "logs: unready (no OpenAPI document yet)" in detail
+            assert "auth: ready" in detail
+            serving["document"] = True
+
+            async def logs_ready() -> bool:
+                response = await client.get("/health/ready")
+                failing = response.json().get("failing", {}).get("routing", {})
+                return "logs: ready" in failing.get("detail", "logs: ready")
+
+            await eventually(logs_ready)
+    finally:
+        server.stop()

@@ -56,7 +56,7 @@ async def test_layers_run_in_priority_order(
     async with running_gateway(chain(upstream, auth_upstream)) as (app, client):
         await catalog_ready(app, "logs")
         assert app.state.pipeline.layers == (
-            "log_shipping",
+            "access_log",
             "encryption",
             "security",
             "rate_limiting",
@@ -77,7 +77,7 @@ async def test_layers_run_in_priority_order(
         limited = await client.get("/api/v1/logs/items/2")
         assert limited.status_code == 429
         assert limited.headers["x-frame-options"] == "DENY"
-        # log shipping is outermost: it records every outcome, with the route template
+        # the access log is outermost: it records every outcome, with the route template
         token = mint.mint("user-7")
         assert (await client.get("/api/v1/logs/echo", headers=bearer(token))).status_code == 200
     records = [r for r in caplog.records if r.name == "gateway.access"]

@@ -119,6 +119,11 @@ async def test_slow_upstream_times_out_with_504(upstream: ServerThread) -> None:
         assert response.status_code == 504
         assert response.headers["content-type"] == "application/problem+json"
         assert "Traceback" not in response.text
+        problem = response.json()
+        assert problem["type"] == "https://keelson.dev/problems/gateway-timeout"
+        assert problem["title"] == "Gateway Timeout"
+        assert problem["detail"] == "The logs service did not answer in time."
+        assert problem["request_id"] == response.headers["x-request-id"]
 
 
 @asynccontextmanager
@@ -194,6 +199,8 @@ async def test_a_streamed_body_the_client_stops_sending_gets_408(upstream: Serve
         quiet.set()
     assert response.status_code == 408  # the client's silence: no 504, nothing against the upstream
     assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["type"] == "https://keelson.dev/problems/request-timeout"
+    assert response.json()["title"] == "Request Timeout"
 
 
 async def test_a_whole_body_an_upstream_stops_reading_times_out_with_504() -> None:
@@ -231,10 +238,15 @@ async def test_unreachable_upstream_is_502_then_circuit_opens_and_recovers() -> 
     config["upstreams"]["logs"].update(failure_threshold=3, reset_timeout_seconds=0.5, retries=0)
     async with running_gateway(gateway_settings(routing=config)) as (_, client):
         for _ in range(3):
-            assert (await client.get("/api/v1/logs/echo")).status_code == 502
+            failed = await client.get("/api/v1/logs/echo")
+            assert failed.status_code == 502
+            assert failed.json()["type"] == "https://keelson.dev/problems/bad-gateway"
+            assert failed.json()["title"] == "Bad Gateway"
         refused = await client.get("/api/v1/logs/echo")
         assert refused.status_code == 503
         assert int(refused.headers["retry-after"]) >= 1
+        assert refused.json()["type"] == "https://keelson.dev/problems/unavailable"
+        assert refused.json()["title"] == "Service Unavailable"
         metrics = (await client.get("/metrics")).text
         assert 'gateway_circuit_state{upstream="logs"} 2.0' in metrics
 

@@ -120,7 +120,7 @@ async def test_admin_api_lists_plugins_for_admins_only(
         assert response.status_code == 200
         report = response.json()
         assert report["pipeline"] == [
-            "log_shipping",
+            "access_log",
             "encryption",
             "security",
             "rate_limiting",

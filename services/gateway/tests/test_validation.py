@@ -132,7 +132,11 @@ async def test_size_type_and_json_shape_limits(upstream: ServerThread) -> None:
         assert fine.json() == {"received": 4000}
 
         many = {f"x-h{i}": "v" for i in range(120)}
-        assert (await client.get("/api/v1/logs/echo", headers=many)).status_code == 431
+        crowded = await client.get("/api/v1/logs/echo", headers=many)
+        assert crowded.status_code == 431
+        assert crowded.json()["type"] == "https://keelson.dev/problems/headers-too-large"
+        assert crowded.json()["title"] == "Request Header Fields Too Large"
+        assert crowded.json()["instance"] == "/api/v1/logs/echo"
         huge = {"x-big": "v" * 20000}
         assert (await client.get("/api/v1/logs/echo", headers=huge)).status_code == 431
 

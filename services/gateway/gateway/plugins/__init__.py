@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from gateway.pipeline import GatewayPlugin
+from gateway.plugins.access_log import AccessLogPlugin
 from gateway.plugins.encryption import EncryptionPlugin
-from gateway.plugins.log_shipping import LogShippingPlugin
 from gateway.plugins.message_bus import MessageBusPlugin
 from gateway.plugins.rate_limiting import RateLimitingPlugin
 from gateway.plugins.routing import RoutingPlugin
@@ -13,8 +13,8 @@ from gateway.plugins.validation import ValidationPlugin
 
 __all__ = [
     "GATEWAY_PLUGINS",
+    "AccessLogPlugin",
     "EncryptionPlugin",
-    "LogShippingPlugin",
     "MessageBusPlugin",
     "RateLimitingPlugin",
     "RoutingPlugin",
@@ -24,7 +24,7 @@ __all__ = [
 
 GATEWAY_PLUGINS: tuple[type[GatewayPlugin], ...] = (
     MessageBusPlugin,
-    LogShippingPlugin,
+    AccessLogPlugin,
     EncryptionPlugin,
     SecurityPlugin,
     RateLimitingPlugin,

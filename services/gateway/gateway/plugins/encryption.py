@@ -14,14 +14,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.context import (
     CLIENT_CLOSED_REQUEST,
-    SESSION,
     BodyTooLarge,
     ClientGone,
+    context,
     read_body,
     replay_body,
-    state,
 )
-from gateway.pipeline import GatewayPlugin, plugin_config
+from gateway.pipeline import GatewayPlugin
 from gateway.sessions import MemorySessions, RedisSessions, SecureSession, SessionStore
 from keelson.client import (
     CONTENT_TYPE_HEADER,
@@ -39,7 +38,7 @@ from keelson.client import (
 )
 from keelson.config import PluginSettings
 from keelson.encoding import b64url_decode, b64url_encode
-from keelson.http import exchange, problem_response
+from keelson.errors import BadRequest, KeelsonError, Unauthorized
 from keelson.plugins import Health, PluginMetadata, Priority
 from keelson.redis_plugin import REDIS
 
@@ -85,7 +84,7 @@ class EncryptionPlugin(GatewayPlugin):
     )
 
     async def initialize(self) -> None:
-        self.config = plugin_config(EncryptionConfig, self.settings)
+        self.config = self.options(EncryptionConfig)
         redis = self.container.resolve_optional(REDIS)
         if self.config.store is StoreKind.REDIS and redis is None:
             raise RuntimeError("encryption store is redis but KEELSON_REDIS_URL is not set")
@@ -102,7 +101,7 @@ class EncryptionPlugin(GatewayPlugin):
         return Health(ok=True, detail=f"sessions in {kind}")
 
     def prepare_reload(self, section: PluginSettings) -> Callable[[], None]:
-        config = plugin_config(EncryptionConfig, section)
+        config = self.options(EncryptionConfig, section)
 
         def apply() -> None:
             self.settings = section
@@ -136,21 +135,6 @@ class EncryptionPlugin(GatewayPlugin):
         return _EnvelopeLayer(app, self)
 
 
-class _Refusal(Exception):
-    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
-        self.status = status
-        self.detail = detail
-        self.headers = headers
-
-    def response(self) -> ASGIApp:
-        return _refusal(self.status, self.detail, self.headers)
-
-
-def _refusal(status: int, detail: str, headers: dict[str, str] | None = None) -> ASGIApp:
-    title = "Unauthorized" if status == 401 else "Bad Request"
-    return problem_response(status, title, detail, headers=headers)
-
-
 class _EnvelopeLayer:
     def __init__(self, app: ASGIApp, plugin: EncryptionPlugin) -> None:
         self.app = app
@@ -173,8 +157,7 @@ class _EnvelopeLayer:
         if session_id is not None:
             return self._sealed(scope, receive, send, session_id, seq_text, inner_type)
         if self.required and scope["path"].startswith(self.required):
-            refused = _refusal(400, "This path only accepts encrypted requests.")
-            return refused(scope, receive, send)
+            return BadRequest("This path only accepts encrypted requests.").send_to(send)
         return self.app(scope, receive, send)
 
     async def _sealed(
@@ -190,14 +173,15 @@ class _EnvelopeLayer:
             session, seq, plaintext = await self._open(
                 scope, receive, session_id, seq_text, inner_type
             )
-        except _Refusal as refusal:
-            await refusal.response()(scope, receive, send)
+        except KeelsonError as refusal:
+            await refusal.send_to(send)
             return
         except ClientGone:
-            exchange(scope).status = CLIENT_CLOSED_REQUEST  # and no answer: nobody would read it
+            # And no answer: nobody would read it.
+            context(scope).response.status = CLIENT_CLOSED_REQUEST
             return
         scope["headers"] = _inner_headers(scope["headers"], inner_type, len(plaintext))
-        state(scope)[SESSION] = session.session_id
+        context(scope).session = session.session_id
         await self.app(scope, replay_body(plaintext, receive), _Sealer(send, session, seq))
 
     async def _open(
@@ -211,22 +195,23 @@ class _EnvelopeLayer:
         sessions = self.plugin.sessions
         session = await sessions.get(session_id)
         if session is None:
-            raise _Refusal(
-                401,
+            # About the session, not the caller's credentials: no WWW-Authenticate challenge.
+            raise Unauthorized(
                 "The encryption session is unknown or expired; shake hands again.",
-                {ERROR_HEADER: SESSION_EXPIRED},
+                challenge=None,
+                headers={ERROR_HEADER: SESSION_EXPIRED},
             )
         try:
             seq = int(seq_text or b"")
         except ValueError:
-            raise _Refusal(400, "The envelope has no valid sequence number.") from None
+            raise BadRequest("The envelope has no valid sequence number.") from None
         if not 0 < seq < 2**63:
-            raise _Refusal(400, "The envelope has no valid sequence number.")
+            raise BadRequest("The envelope has no valid sequence number.")
         limit = self.plugin.config.max_envelope_bytes
         try:
             sealed = await read_body(receive, limit)
         except BodyTooLarge:
-            raise _Refusal(400, f"The envelope exceeds {limit} bytes.") from None
+            raise BadRequest(f"The envelope exceeds {limit} bytes.") from None
         target = scope["raw_path"].decode("latin-1")
         if scope["query_string"]:
             target += "?" + scope["query_string"].decode("latin-1")
@@ -234,10 +219,10 @@ class _EnvelopeLayer:
         try:
             plaintext = AESGCM(session.to_gateway).decrypt(request_nonce(seq), sealed, aad)
         except InvalidTag:
-            raise _Refusal(400, "The envelope failed authentication.") from None
+            raise BadRequest("The envelope failed authentication.") from None
         # Recorded only once authentic: forged envelopes cannot burn a client's counters.
         if not await sessions.use_counter(session_id, seq):
-            raise _Refusal(400, "The envelope was already used (replay).")
+            raise BadRequest("The envelope was already used (replay).")
         return session, seq, plaintext
 
 

@@ -6,7 +6,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel
 
-from gateway.pipeline import GatewayPlugin, plugin_config
+from gateway.pipeline import GatewayPlugin
 from keelson.bus import ZmqBroker
 from keelson.plugins import Health, PluginMetadata, Priority
 
@@ -33,7 +33,7 @@ class MessageBusPlugin(GatewayPlugin):
     )
 
     async def initialize(self) -> None:
-        config = plugin_config(MessageBusConfig, self.settings)
+        config = self.options(MessageBusConfig)
         settings = self.container.settings
         hosting = config.mode is BrokerMode.ALWAYS or (
             config.mode is BrokerMode.AUTO and settings.redis_url is None

@@ -8,7 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Literal
 
 from limits import RateLimitItem, parse
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
@@ -18,17 +18,17 @@ from pydantic import BaseModel, Field, field_validator
 from redis.asyncio import ConnectionPool, Redis
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.context import PRINCIPAL, client_ip, state
+from gateway.context import RequestContext, context
 from gateway.metrics import (
     RATE_LIMIT_OVERSHOOT,
     RATE_LIMIT_REJECTIONS,
     RATE_LIMIT_STORAGE_ERRORS,
 )
 from gateway.paths import PathPattern, PerPath
-from gateway.pipeline import GatewayPlugin, plugin_config
+from gateway.pipeline import GatewayPlugin
 from gateway.plugins._rate_windows import Hit, MemoryWindows, RedisHits, window_stats
 from keelson.config import PluginSettings
-from keelson.http import exchange, problem_response
+from keelson.errors import ServiceUnavailable, TooManyRequests
 from keelson.plugins import Health, PluginMetadata, Priority
 
 __all__ = ["RateLimitConfig", "RateLimitingPlugin", "RateRule"]
@@ -223,7 +223,7 @@ class RateLimitingPlugin(GatewayPlugin):
     )
 
     async def initialize(self) -> None:
-        self.config = plugin_config(RateLimitConfig, self.settings)
+        self.config = self.options(RateLimitConfig)
         self.rules = _Rules(self.config)
         self._pool: ConnectionPool | None = None
         self._redis: Redis | None = None
@@ -294,7 +294,7 @@ class RateLimitingPlugin(GatewayPlugin):
         return Health(ok=ok, detail=f"{detail}, fails {mode}", critical=not self.config.fail_open)
 
     def prepare_reload(self, section: PluginSettings) -> Callable[[], None]:
-        config = plugin_config(RateLimitConfig, section)
+        config = self.options(RateLimitConfig, section)
         rules = _Rules(config)
 
         def apply() -> None:
@@ -391,7 +391,6 @@ class _RateLimitLayer:
     def __init__(self, app: ASGIApp, plugin: RateLimitingPlugin) -> None:
         self.app = app
         self.plugin = plugin
-        self.hops: int = getattr(plugin.container.settings, "trusted_proxy_hops", 0)
 
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         # A plain function while the hit is answered at once (see GatewayPlugin.wrap).
@@ -401,19 +400,26 @@ class _RateLimitLayer:
         rule = plugin.rules.for_request(scope["method"], scope["path"])
         if rule is None:
             return self.app(scope, receive, send)
-        principal: Any = state(scope).get(PRINCIPAL)
+        ctx = context(scope)
+        principal = ctx.principal
         client = (
-            f"user:{principal.user_id}"
+            "user:" + principal.user_id
             if principal is not None and not rule.by_address
-            else ("ip:" + client_ip(scope, self.hops))
+            else "ip:" + ctx.client_ip
         )
         answer = plugin.count_now(rule, client)
         if answer is None:
-            return self._counted(rule, client, scope, receive, send)
-        return self._answered(rule, *answer, scope, receive, send)
+            return self._counted(rule, client, ctx, scope, receive, send)
+        return self._answered(rule, *answer, ctx, scope, receive, send)
 
     async def _counted(
-        self, rule: _Rule, client: str, scope: Scope, receive: Receive, send: Send
+        self,
+        rule: _Rule,
+        client: str,
+        ctx: RequestContext,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
     ) -> None:
         plugin = self.plugin
         try:
@@ -423,14 +429,11 @@ class _RateLimitLayer:
             if plugin.config.fail_open:
                 await self.app(scope, receive, send)
             else:
-                await problem_response(
-                    503,
-                    "Service Unavailable",
-                    "Rate limiting is unavailable; try again shortly.",
-                    headers={"Retry-After": "1"},
-                )(scope, receive, send)
+                await ServiceUnavailable(
+                    "Rate limiting is unavailable; try again shortly.", retry_after=1
+                ).send_to(send)
             return
-        await self._answered(rule, allowed, remaining, reset_at, scope, receive, send)
+        await self._answered(rule, allowed, remaining, reset_at, ctx, scope, receive, send)
 
     def _answered(
         self,
@@ -438,6 +441,7 @@ class _RateLimitLayer:
         allowed: bool,
         remaining: int,
         reset_at: float,
+        ctx: RequestContext,
         scope: Scope,
         receive: Receive,
         send: Send,
@@ -450,15 +454,12 @@ class _RateLimitLayer:
         )
         if not allowed:
             RATE_LIMIT_REJECTIONS.labels(rule.name).inc()
-            response = problem_response(
-                429,
-                "Too Many Requests",
+            return TooManyRequests(
                 f"Limit of {rule.item.amount} per {_period(rule.item)} exceeded; retry later.",
-                headers={"Retry-After": str(reset)},
-            )
-            response.raw_headers.extend(headers)
-            return response(scope, receive, send)
-        exchange(scope).add_headers(headers)
+                retry_after=reset,
+                headers={name.decode(): value.decode() for name, value in headers},
+            ).send_to(send)
+        ctx.response.add_headers(headers)
         return self.app(scope, receive, send)
 
 

@@ -11,8 +11,8 @@ import aiohttp
 from starlette.types import ASGIApp
 
 from gateway.circuit import CircuitState
-from gateway.openapi import OpenApiCatalog
-from gateway.pipeline import GatewayPlugin, plugin_config
+from gateway.openapi import CATALOG, OpenApiCatalog
+from gateway.pipeline import GatewayPlugin
 from gateway.proxy import ProxyApp, new_pools, new_session
 from gateway.transport import UpstreamTransport
 from gateway.upstreams import RouteTable, RoutingConfig, Upstream
@@ -20,7 +20,6 @@ from keelson.plugins import Health, Key, PluginMetadata, Priority
 
 __all__ = ["CATALOG", "ROUTE_TABLE", "UPSTREAM_TRANSPORTS", "RoutingPlugin"]
 
-CATALOG: Key[OpenApiCatalog] = Key("gateway.openapi_catalog")
 ROUTE_TABLE: Key[RouteTable] = Key("gateway.route_table")
 CIRCUIT_WATCH_SECONDS = 0.5
 # Transports by upstream name that replace its connection pool (an in-process app, in tests).
@@ -35,7 +34,7 @@ class RoutingPlugin(GatewayPlugin):
     )
 
     async def initialize(self) -> None:
-        self.config = plugin_config(RoutingConfig, self.settings)
+        self.config = self.options(RoutingConfig)
         upstreams = {name: Upstream(name, cfg) for name, cfg in self.config.upstreams.items()}
         self.table = RouteTable(upstreams)
         self.session = new_session(self.config)
@@ -61,13 +60,7 @@ class RoutingPlugin(GatewayPlugin):
             await pool.close()
 
     def wrap(self, app: ASGIApp) -> ASGIApp:
-        return ProxyApp(
-            app,
-            catalog=self.catalog,
-            pools=self.pools,
-            config=self.config,
-            trusted_proxy_hops=getattr(self.container.settings, "trusted_proxy_hops", 0),
-        )
+        return ProxyApp(app, pools=self.pools, config=self.config)
 
     async def health(self) -> Health:
         """Each upstream's readiness: a required one out fails it, an optional one degrades."""
@@ -86,6 +79,15 @@ class RoutingPlugin(GatewayPlugin):
         names = list(self.table.upstreams)
         results = await asyncio.gather(*(self._probe(self.table.upstreams[n]) for n in names))
         status = dict(zip(names, results, strict=True))
+        # Ready means routed and validated by the upstream's own document: one that answers
+        # but whose document the gateway does not hold yet is asked for it now, and is not
+        # ready until it has been read (requests meanwhile would match by prefix only).
+        missing = [n for n in names if status[n] in ("ready", "degraded")]
+        missing = [n for n in missing if not self.catalog.available()[n]]
+        if missing:
+            await self.catalog.refresh(missing)
+            held = self.catalog.available()
+            status.update({n: "unready (no OpenAPI document yet)" for n in missing if not held[n]})
         self._readiness = (time.monotonic(), status)
         return status
 

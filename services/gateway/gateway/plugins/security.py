@@ -8,8 +8,8 @@ from collections.abc import Awaitable, Callable
 from pydantic import BaseModel, Field, field_validator
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.context import FORWARD_HEADERS, PRINCIPAL, state
-from gateway.pipeline import GatewayPlugin, plugin_config
+from gateway.context import context
+from gateway.pipeline import GatewayPlugin
 from gateway.policies import (
     DEFAULT_POLICIES,
     Access,
@@ -30,15 +30,14 @@ from keelson.auth import (
 )
 from keelson.bus import BUS
 from keelson.config import PluginSettings
-from keelson.errors import ServiceUnavailable
-from keelson.http import exchange, problem_response
+from keelson.errors import BadRequest, Forbidden, ServiceUnavailable, Unauthorized
 from keelson.logging import user_id_var
 from keelson.plugins import PluginMetadata, Priority
+from keelson.security_headers import API_CSP, DEFAULT_HSTS_MAX_AGE, SecurityHeaders
 
 __all__ = ["CorsConfig", "SecurityConfig", "SecurityPlugin"]
 
 _INTERNAL_PREFIX = b"x-keelson-"
-_DOCS_PREFIXES = ("/docs", "/redoc")
 
 
 class CorsConfig(BaseModel):
@@ -60,8 +59,8 @@ class SecurityConfig(BaseModel):
     policies: list[RoutePolicy] = DEFAULT_POLICIES
     default_policy: str = "user"
     hsts: bool = True
-    hsts_max_age_seconds: int = Field(63_072_000, ge=0)
-    content_security_policy: str = "default-src 'none'; frame-ancestors 'none'"
+    hsts_max_age_seconds: int = Field(DEFAULT_HSTS_MAX_AGE, ge=0)
+    content_security_policy: str = API_CSP
     referrer_policy: str = "no-referrer"
     cors: CorsConfig = CorsConfig()
     token_cache_size: int = Field(10_000, ge=0)
@@ -85,7 +84,7 @@ class SecurityPlugin(GatewayPlugin):
     )
 
     async def initialize(self) -> None:
-        self._adopt(plugin_config(SecurityConfig, self.settings))
+        self._adopt(self.options(SecurityConfig))
         self.verifier = self.container.resolve(TOKEN_VERIFIER)
         self.identity_key = self.container.resolve(IDENTITY_KEY)
         self.shared_revocations = self.container.resolve_optional(REVOCATIONS)
@@ -106,7 +105,7 @@ class SecurityPlugin(GatewayPlugin):
         self.policies = PolicyTable(config.policies, config.default_policy)
 
     def prepare_reload(self, section: PluginSettings) -> Callable[[], None]:
-        config = plugin_config(SecurityConfig, section)
+        config = self.options(SecurityConfig, section)
 
         def apply() -> None:
             self.settings = section
@@ -195,19 +194,11 @@ class _SecurityLayer:
         self.app = app
         self.plugin = plugin
         config = plugin.config
-        headers = {
-            b"x-content-type-options": b"nosniff",
-            b"x-frame-options": b"DENY",
-            b"referrer-policy": config.referrer_policy.encode(),
-            b"content-security-policy": config.content_security_policy.encode(),
-        }
-        if config.hsts:
-            headers[b"strict-transport-security"] = (
-                f"max-age={config.hsts_max_age_seconds}; includeSubDomains".encode()
-            )
-        self.headers = headers
-        # /docs and /redoc keep the CSP Keelson's app gives them (their own assets only).
-        self.docs_headers = {k: v for k, v in headers.items() if k != b"content-security-policy"}
+        self.headers = SecurityHeaders(
+            content_security_policy=config.content_security_policy,
+            referrer_policy=config.referrer_policy,
+            hsts_max_age=config.hsts_max_age_seconds if config.hsts else None,
+        )
         self.cors = _Cors(config.cors)
 
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
@@ -228,11 +219,12 @@ class _SecurityLayer:
         scope["headers"] = kept
         path: str = scope["path"]
         # The response gets these whatever the upstream said (the outermost layer applies them).
-        ex = exchange(scope)
-        ex.enforce_headers(self.docs_headers if path.startswith(_DOCS_PREFIXES) else self.headers)
+        ctx = context(scope)
+        ex = ctx.response
+        ex.enforce_policy(self.headers, path)
         if origin:
             if scope["method"] == "OPTIONS" and self.cors.is_preflight(scope):
-                return self.cors.preflight(origin, scope, receive, send)
+                return self.cors.preflight(origin, scope, send)
             ex.add_headers(self.cors.response_headers(origin))
         policy = self.plugin.policies.for_request(scope["method"], path)
         principal = None
@@ -250,14 +242,12 @@ class _SecurityLayer:
         except InvalidToken as exc:
             # A public route serves a caller whose token is stale as anonymous.
             if policy.access is not Access.PUBLIC:
-                await _unauthorized(exc.detail)(scope, receive, send)
+                await Unauthorized(exc.detail).send_to(send)
                 return
             principal = None
         except ServiceUnavailable as exc:
             # Whether the token was revoked cannot be known now (Redis away, no mirror yet).
-            await problem_response(exc.status, exc.title, exc.detail, headers=exc.headers)(
-                scope, receive, send
-            )
+            await exc.send_to(send)
             return
         await self._admit(scope, receive, send, policy, principal)
 
@@ -271,20 +261,16 @@ class _SecurityLayer:
     ) -> Awaitable[None]:
         verdict = policy.judge(principal)
         if verdict is Verdict.UNAUTHENTICATED:
-            return _unauthorized("A valid bearer token is required.")(scope, receive, send)
+            return Unauthorized("A valid bearer token is required.").send_to(send)
         if verdict is Verdict.FORBIDDEN:
-            return problem_response(403, "Forbidden", f"This needs {policy}.")(scope, receive, send)
+            return Forbidden(f"This needs {policy}.").send_to(send)
         if principal is not None:
-            st = state(scope)
-            st[PRINCIPAL] = principal
-            st.setdefault(FORWARD_HEADERS, []).extend(self.plugin.identity_headers(principal))
+            ctx = context(scope)
+            ctx.principal = principal
+            ctx.forward_headers = self.plugin.identity_headers(principal)
             # For the rest of the request's lines; ServiceMiddleware unbinds it at the end.
             user_id_var.set(principal.user_id)
         return self.app(scope, receive, send)
-
-
-def _unauthorized(detail: str) -> ASGIApp:
-    return problem_response(401, "Unauthorized", detail, headers={"WWW-Authenticate": "Bearer"})
 
 
 class _Cors:
@@ -323,7 +309,7 @@ class _Cors:
     def is_preflight(scope: Scope) -> bool:
         return any(name == b"access-control-request-method" for name, _ in scope["headers"])
 
-    async def preflight(self, origin: str, scope: Scope, receive: Receive, send: Send) -> None:
+    async def preflight(self, origin: str, scope: Scope, send: Send) -> None:
         method = b""
         requested: set[str] = set()
         for name, value in scope["headers"]:
@@ -338,13 +324,10 @@ class _Cors:
         )
         if not ok:
             # Not one CORS header, even for an allowed origin: the browser blocks the call.
-            refused = problem_response(
-                400,
-                "Bad Request",
+            await BadRequest(
                 "The origin, method or headers of this cross-origin request are not allowed.",
                 headers={"Vary": "Origin"},
-            )
-            await refused(scope, receive, send)
+            ).send_to(send)
             return
         headers = [*self.response_headers(origin), *self.preflight_headers]
         await send({"type": "http.response.start", "status": 204, "headers": headers})

@@ -13,20 +13,26 @@ from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.context import (
-    BODY,
     CLIENT_CLOSED_REQUEST,
     BodyTooLarge,
     ClientGone,
+    RequestContext,
+    context,
     read_body,
     replay_body,
-    state,
 )
 from gateway.metrics import VALIDATION_REJECTIONS
-from gateway.openapi import OpenApiCatalog, Operation
-from gateway.pipeline import GatewayPlugin, plugin_config
-from gateway.plugins.routing import CATALOG
+from gateway.openapi import CATALOG, OpenApiCatalog, Operation
+from gateway.pipeline import GatewayPlugin
 from keelson.config import PluginSettings
-from keelson.http import exchange, problem_response
+from keelson.errors import (
+    BadRequest,
+    KeelsonError,
+    PayloadTooLarge,
+    RequestHeadersTooLarge,
+    Unprocessable,
+    UnsupportedMediaType,
+)
 from keelson.plugins import PluginMetadata, Priority
 
 __all__ = ["ValidationConfig", "ValidationPlugin"]
@@ -54,21 +60,10 @@ class ValidationConfig(BaseModel):
     check_upstream_schemas: bool = True
 
 
-class _Rejected(Exception):
-    def __init__(self, status: int, reason: str, detail: str, **extensions: Any) -> None:
-        self.status = status
-        self.reason = reason
-        self.detail = detail
-        self.extensions = extensions
-
-
-_TITLES = {
-    400: "Bad Request",
-    413: "Payload Too Large",
-    415: "Unsupported Media Type",
-    422: "Unprocessable Content",
-    431: "Request Header Fields Too Large",
-}
+def _refused(reason: str, error: KeelsonError) -> KeelsonError:
+    """`error`, counted as a rejection for `reason` (the metric's label), to raise."""
+    VALIDATION_REJECTIONS.labels(reason).inc()
+    return error
 
 
 class ValidationPlugin(GatewayPlugin):
@@ -81,11 +76,11 @@ class ValidationPlugin(GatewayPlugin):
     )
 
     async def initialize(self) -> None:
-        self.config = plugin_config(ValidationConfig, self.settings)
+        self.config = self.options(ValidationConfig)
         self.catalog = self.container.resolve(CATALOG)
 
     def prepare_reload(self, section: PluginSettings) -> Callable[[], None]:
-        config = plugin_config(ValidationConfig, section)
+        config = self.options(ValidationConfig, section)
 
         def apply() -> None:
             self.settings, self.config = section, config
@@ -107,45 +102,41 @@ class _ValidationLayer:
         # A plain function (see GatewayPlugin.wrap) unless there is a body to read.
         if scope["type"] != "http":
             return self.app(scope, receive, send)
+        ctx = context(scope)
         try:
             self._check_path(scope)
             length, chunked, media_type = self._check_headers(scope)
             if chunked or length:
-                return self._with_body(scope, receive, send, length, media_type)
+                return self._with_body(ctx, scope, receive, send, length, media_type)
             if scope["method"] in _BODY_METHODS:
-                self._check_schema(scope, None, absent=True)
-        except _Rejected as rejected:
-            return self._refuse(rejected, scope, receive, send)
+                self._check_schema(ctx, None, absent=True)
+        except KeelsonError as refused:
+            return refused.send_to(send, scope["path"])
         return self.app(scope, receive, send)
 
     async def _with_body(
-        self, scope: Scope, receive: Receive, send: Send, length: int | None, media_type: str
+        self,
+        ctx: RequestContext,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        length: int | None,
+        media_type: str,
     ) -> None:
         try:
-            receive = await self._check_body(scope, receive, length, media_type)
-        except _Rejected as rejected:
-            await self._refuse(rejected, scope, receive, send)
+            receive = await self._check_body(ctx, receive, length, media_type)
+        except KeelsonError as refused:
+            await refused.send_to(send, scope["path"])
             return
         except ClientGone:
-            exchange(scope).status = CLIENT_CLOSED_REQUEST  # and no answer: nobody would read it
+            ctx.response.status = CLIENT_CLOSED_REQUEST  # and no answer: nobody would read it
             return
         await self.app(scope, receive, send)
-
-    @staticmethod
-    def _refuse(rejected: _Rejected, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
-        VALIDATION_REJECTIONS.labels(rejected.reason).inc()
-        return problem_response(
-            rejected.status,
-            _TITLES[rejected.status],
-            rejected.detail,
-            instance=scope["path"],
-            **rejected.extensions,
-        )(scope, receive, send)
 
     def _check_path(self, scope: Scope) -> None:
         raw = scope.get("raw_path") or scope["path"].encode()
         if b"%" in raw and _ENCODED_TRICK.search(raw):
-            raise _Rejected(400, "path", "The path contains encoded characters it may not.")
+            raise _refused("path", BadRequest("The path contains encoded characters it may not."))
         path: str = scope["path"]
         if (
             not path.startswith("/")
@@ -154,13 +145,13 @@ class _ValidationLayer:
             or "//" in path
             or ("." in path and any(seg in (".", "..") for seg in path.split("/")))
         ):
-            raise _Rejected(400, "path", "The path is not in normal form.")
+            raise _refused("path", BadRequest("The path is not in normal form."))
 
     def _check_headers(self, scope: Scope) -> tuple[int | None, bool, str]:
         headers: list[tuple[bytes, bytes]] = scope["headers"]
         config = self.config
         if len(headers) > config.max_headers:
-            raise _Rejected(431, "headers", "Too many request headers.")
+            raise _refused("headers", RequestHeadersTooLarge("Too many request headers."))
         total = 0
         length: int | None = None
         chunked = False
@@ -171,82 +162,92 @@ class _ValidationLayer:
                 try:
                     length = int(value)
                 except ValueError:
-                    raise _Rejected(400, "length", "Content-Length is not a number.") from None
+                    raise _refused(
+                        "length", BadRequest("Content-Length is not a number.")
+                    ) from None
             elif name == b"transfer-encoding":
                 chunked = True
             elif name == b"content-type":
                 media_type = value.split(b";", 1)[0].strip().lower().decode("latin-1")
         if total > config.max_header_bytes:
-            raise _Rejected(431, "headers", "The request headers are too large.")
+            raise _refused("headers", RequestHeadersTooLarge("The request headers are too large."))
         if length is not None and length > config.max_body_bytes:
-            raise _Rejected(413, "size", f"The body may be at most {config.max_body_bytes} bytes.")
+            raise _refused(
+                "size", PayloadTooLarge(f"The body may be at most {config.max_body_bytes} bytes.")
+            )
         return length, chunked, media_type
 
     async def _check_body(
-        self, scope: Scope, receive: Receive, length: int | None, media_type: str
+        self, ctx: RequestContext, receive: Receive, length: int | None, media_type: str
     ) -> Receive:
         if not media_type:
-            raise _Rejected(415, "content_type", "A request body needs a Content-Type.")
+            raise _refused(
+                "content_type", UnsupportedMediaType("A request body needs a Content-Type.")
+            )
         is_json = media_type == "application/json" or media_type.endswith("+json")
-        operation = self._operation(scope)
+        operation = self._operation(ctx)
         if operation is not None and operation.media_types is not None:
             # The upstream's document says what this operation takes; the global list is for
             # operations without one.
             if not operation.accepts(media_type):
                 accepted = ", ".join(sorted(operation.media_types))
-                raise _Rejected(
-                    415,
+                raise _refused(
                     "content_type",
-                    f"Content-Type {media_type} is not accepted here; this operation takes "
-                    f"{accepted}.",
+                    UnsupportedMediaType(
+                        f"Content-Type {media_type} is not accepted here; this operation takes "
+                        f"{accepted}."
+                    ),
                 )
         elif not is_json and media_type not in self.allowed:
-            raise _Rejected(415, "content_type", f"Content-Type {media_type} is not accepted.")
+            raise _refused(
+                "content_type", UnsupportedMediaType(f"Content-Type {media_type} is not accepted.")
+            )
         limit = self.config.max_json_bytes if is_json else self.config.max_body_bytes
+        too_large = f"The body may be at most {limit} bytes."
         if length is not None and length > limit:
-            raise _Rejected(413, "size", f"The body may be at most {limit} bytes.")
+            raise _refused("size", PayloadTooLarge(too_large))
         if not is_json and length is not None:
             return receive  # known to be within the limit: streamed through untouched
         try:
             body = await read_body(receive, limit)
         except BodyTooLarge:
-            raise _Rejected(413, "size", f"The body may be at most {limit} bytes.") from None
+            raise _refused("size", PayloadTooLarge(too_large)) from None
         if is_json:
             document = self._parse_json(body)
-            self._check_schema(scope, document, absent=False)
-        state(scope)[BODY] = body
+            self._check_schema(ctx, document, absent=False)
+        ctx.body = body
         return replay_body(body, receive)
 
     def _parse_json(self, body: bytes) -> Any:
         try:
             document = orjson.loads(body)
         except orjson.JSONDecodeError:
-            raise _Rejected(400, "json", "The body is not valid JSON.") from None
+            raise _refused("json", BadRequest("The body is not valid JSON.")) from None
         if _depth_exceeds(document, self.config.max_json_depth):
-            raise _Rejected(
-                400, "json_depth", f"JSON nesting deeper than {self.config.max_json_depth}."
-            )
+            depth = self.config.max_json_depth
+            raise _refused("json_depth", BadRequest(f"JSON nesting deeper than {depth}."))
         return document
 
-    def _operation(self, scope: Scope) -> Operation | None:
+    def _operation(self, ctx: RequestContext) -> Operation | None:
         """The upstream operation the request is for, when its document names it and
         upstream schemas are checked."""
         if not self.config.check_upstream_schemas:
             return None
-        match = self.catalog.match(scope)
+        match = ctx.route
         return None if match is None else match.operation
 
-    def _check_schema(self, scope: Scope, document: Any, *, absent: bool) -> None:
-        operation = self._operation(scope)
+    def _check_schema(self, ctx: RequestContext, document: Any, *, absent: bool) -> None:
+        operation = self._operation(ctx)
         if operation is None:
             return
         if absent:
             if operation.body_required and operation.body_schema is not None:
-                raise _Rejected(
-                    422,
+                raise _refused(
                     "schema",
-                    "body: a JSON body is required",
-                    errors=[{"loc": ["body"], "msg": "Field required", "type": "missing"}],
+                    Unprocessable(
+                        "body: a JSON body is required",
+                        errors=[{"loc": ["body"], "msg": "Field required", "type": "missing"}],
+                    ),
                 )
             return
         validator = self.catalog.validator(operation)
@@ -254,10 +255,10 @@ class _ValidationLayer:
             return
         error = best_match(validator.iter_errors(document))
         if error is not None:
-            raise _schema_rejection(error)
+            raise _refused("schema", _schema_rejection(error))
 
 
-def _schema_rejection(error: SchemaError) -> _Rejected:
+def _schema_rejection(error: SchemaError) -> Unprocessable:
     location = [str(part) for part in error.absolute_path]
     required = error.validator_value
     if error.validator == "required" and isinstance(error.instance, dict):
@@ -268,9 +269,7 @@ def _schema_rejection(error: SchemaError) -> _Rejected:
     field = ".".join(location) or "body"
     # The message may quote the submitted value (perhaps a password): name the rule instead.
     message = _describe(error)
-    return _Rejected(
-        422,
-        "schema",
+    return Unprocessable(
         f"{field}: {message}",
         errors=[{"loc": ["body", *location], "msg": message, "type": str(error.validator)}],
     )

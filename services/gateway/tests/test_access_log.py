@@ -1,4 +1,4 @@
-"""The log_shipping plugin: one access record per request, through keelson.logging's console."""
+"""The access_log plugin: one access record per request, through keelson.logging's console."""
 
 import io
 import json
@@ -11,7 +11,7 @@ from gateway_testkit import ServerThread, catalog_ready, running_gateway
 from gateway_upstream import TokenMint
 from test_pipeline import bearer, chain
 
-from gateway.plugins.log_shipping import ACCESS_LOGGER
+from gateway.plugins.access_log import ACCESS_LOGGER
 from keelson.logging import ConsoleHandler, JsonFormatter
 
 

@@ -1,4 +1,4 @@
-"""The log_shipping plugin: one access-log record per request, shipped by `keelson.logging`."""
+"""The access_log plugin: one access record per request, shipped by `keelson.logging`."""
 
 from __future__ import annotations
 
@@ -8,39 +8,37 @@ from collections.abc import Awaitable, Callable
 from pydantic import BaseModel
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.context import client_ip
-from gateway.openapi import OpenApiCatalog
-from gateway.pipeline import GatewayPlugin, plugin_config
-from gateway.plugins.routing import CATALOG
+from gateway.context import find_context
+from gateway.pipeline import GatewayPlugin
 from keelson.config import PluginSettings
 from keelson.http import exchange
 from keelson.logging import log_access_record
 from keelson.metrics import route_template
 from keelson.plugins import PluginMetadata, Priority
 
-__all__ = ["LogShippingConfig", "LogShippingPlugin"]
+__all__ = ["ACCESS_LOGGER", "AccessLogConfig", "AccessLogPlugin"]
 
 ACCESS_LOGGER = "gateway.access"
 
 
-class LogShippingConfig(BaseModel):
+class AccessLogConfig(BaseModel):
     skip_paths: list[str] = ["/health", "/metrics"]
     slow_request_seconds: float = 1.0  # logged at WARNING from here on
 
 
-class LogShippingPlugin(GatewayPlugin):
+class AccessLogPlugin(GatewayPlugin):
     metadata = PluginMetadata(
-        name="log_shipping",
+        name="access_log",
         priority=Priority.INFRASTRUCTURE,
         required=False,  # without it the gateway still serves, degraded
         description="Access log of every request, shipped to the log service",
     )
 
     async def initialize(self) -> None:
-        self.config = plugin_config(LogShippingConfig, self.settings)
+        self.config = self.options(AccessLogConfig)
 
     def prepare_reload(self, section: PluginSettings) -> Callable[[], None]:
-        config = plugin_config(LogShippingConfig, section)
+        config = self.options(AccessLogConfig, section)
 
         def apply() -> None:
             self.settings, self.config = section, config
@@ -48,25 +46,16 @@ class LogShippingPlugin(GatewayPlugin):
         return apply
 
     def wrap(self, app: ASGIApp) -> ASGIApp:
-        hops: int = getattr(self.container.settings, "trusted_proxy_hops", 0)
-        return _AccessLog(app, self.config, hops, self.container.resolve_optional(CATALOG))
+        return _AccessLog(app, self.config)
 
 
 class _AccessLog:
     """Has `ServiceMiddleware`, which times every request, write its record this way."""
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        config: LogShippingConfig,
-        hops: int,
-        catalog: OpenApiCatalog | None,
-    ) -> None:
+    def __init__(self, app: ASGIApp, config: AccessLogConfig) -> None:
         self.app = app
-        self.catalog = catalog
         self.skip = tuple(config.skip_paths)
         self.slow = config.slow_request_seconds
-        self.hops = hops
         self.log = logging.getLogger(ACCESS_LOGGER)
 
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
@@ -77,13 +66,11 @@ class _AccessLog:
 
     def _record(self, scope: Scope, status: int, seconds: float) -> None:
         """`status` is the response's as it started; 500 if it never did (an exception is on
-        its way to ServiceMiddleware, which answers 500)."""
-        if "route" not in scope and self.catalog is not None:
-            # Refused before routing: name the route it was meant for (metrics read it too).
-            match = self.catalog.match(scope)
-            if match is not None:
-                scope["route"] = match
+        its way to ServiceMiddleware, which answers 500). The route is the one the pipeline
+        matched, so a request refused before the proxy is logged under the route it was
+        meant for (metrics read it too)."""
         level = logging.WARNING if seconds >= self.slow or status >= 500 else logging.INFO
+        ctx = find_context(scope)
         # The request, trace and user ids come from the logging context, as on every other
         # line of the request: still bound, by ServiceMiddleware and the security layer.
         log_access_record(
@@ -93,5 +80,5 @@ class _AccessLog:
             route_template(scope),
             status,
             seconds,
-            client_ip(scope, self.hops),
+            ctx.client_ip if ctx is not None else None,
         )
