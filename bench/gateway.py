@@ -30,8 +30,8 @@ Results are printed and written to the "Gateway" section of docs/benchmarks.md
 (`--no-docs` to skip that).
 
 `--servers` measures only the choice of HTTP server: the gateway's whole chain, 1 worker,
-under stock uvicorn (`python -m gateway`: httptools, uvloop) and under granian (when
-installed: `uv pip install granian`; not a dependency), in alternating rounds, each row its
+under granian as shipped (`python -m gateway`) and under stock uvicorn (httptools, uvloop)
+serving the same app, in alternating rounds, each row its
 requests/s and the server's CPU per request; written to the "Gateway servers" section.
 """
 
@@ -62,8 +62,16 @@ import yaml
 from _docs import write_section
 from jose import jwt
 
+from keelson.auth import IdentityKey
 from keelson.keys import SigningKey
 from keelson_dev.embedded import free_port, wait_for_port
+
+# Production settings need the gateway's identity key pair (keelson.auth._identity).
+_IDENTITY = IdentityKey.generate()
+IDENTITY_ENV = {
+    "KEELSON_IDENTITY__SIGNING_KEY": _IDENTITY.secret_text(),
+    "KEELSON_IDENTITY__PUBLIC_KEYS": json.dumps(_IDENTITY.public_keys),
+}
 
 PATH = "/api/v1/logs/bench"
 
@@ -403,6 +411,7 @@ def measure(args: argparse.Namespace) -> tuple[list[Result], list[str]]:
                 env={
                     "KEELSON_CONFIG_DIR": str(config_dir),
                     "KEELSON_ENV": "prod",
+                    **IDENTITY_ENV,
                     "KEELSON_PORT": str(port),
                 },
                 cwd=config_dir,
@@ -643,13 +652,14 @@ def write_docs(body: str, command: str, args: argparse.Namespace) -> None:
 
 
 def gateway_argv(server: str, port: int) -> list[str]:
-    """The gateway on one worker under `server` (uvicorn or granian)."""
-    if server == "granian":
+    """The gateway on one worker under `server`: granian as shipped (`python -m gateway`),
+    or stock uvicorn (httptools, uvloop) serving the same app."""
+    if server == "uvicorn":
         return [
-            str(Path(sys.executable).with_name("granian")),
-            *("--interface", "asgi", "--factory", "--loop", "uvloop", "--workers", "1"),
-            *("--host", "127.0.0.1", "--port", str(port), "--no-ws", "--log-level", "warning"),
-            "gateway.app:create_app",
+            *(sys.executable, "-m", "uvicorn", "--factory", "--loop", "uvloop"),
+            *("--http", "httptools", "--workers", "1", "--no-access-log"),
+            *("--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"),
+            "gateway.app:create_served_app",
         ]
     return [sys.executable, "-m", "gateway", "--workers", "1"]
 
@@ -671,11 +681,7 @@ def measure_servers(args: argparse.Namespace) -> list[Result]:
     try:
         wait_for_port(upstream_port, timeout=10)
         config_dir = gateway_config(tmp / "redis", upstream, args.redis_url)
-        servers = (
-            ["uvicorn", "granian"]
-            if shutil.which("granian", path=str(Path(sys.executable).parent))
-            else ["uvicorn"]
-        )
+        servers = ["granian", "uvicorn"]
         for round_ in range(args.rounds):
             for server in servers:
                 port = free_port()
@@ -685,6 +691,7 @@ def measure_servers(args: argparse.Namespace) -> list[Result]:
                     env={
                         "KEELSON_CONFIG_DIR": str(config_dir),
                         "KEELSON_ENV": "prod",
+                        **IDENTITY_ENV,
                         "KEELSON_PORT": str(port),
                     },
                     cwd=config_dir,

@@ -42,8 +42,16 @@ from gateway import (  # bench/gateway.py, beside this file
     wait_ready,
     wrk,
 )
+from keelson.auth import IdentityKey
 from keelson.keys import SigningKey
 from keelson_dev.embedded import free_port, wait_for_port
+
+# Production settings need the gateway's identity key pair (keelson.auth._identity).
+_IDENTITY = IdentityKey.generate()
+IDENTITY_ENV = {
+    "KEELSON_IDENTITY__SIGNING_KEY": _IDENTITY.secret_text(),
+    "KEELSON_IDENTITY__PUBLIC_KEYS": json.dumps(_IDENTITY.public_keys),
+}
 
 
 def measure(
@@ -154,6 +162,7 @@ def main() -> None:
                 "KEELSON_CONFIG_DIR": str(config),
                 "KEELSON_ENV": "prod",
                 **{f"KEELSON_PLUGINS__{p.upper()}__ENABLED": "false" for p in args.without},
+                **IDENTITY_ENV,
             },
             config,
             headers,

@@ -11,8 +11,9 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -28,6 +29,9 @@ KEELSON = Path(sys.executable).parent / "keelson"
 READY_TIMEOUT = 120.0
 ADMIN_EMAIL = "system-admin@example.com"
 ADMIN_PASSWORD = "granite otters whistle slowly"
+HEAD_TIMEOUT = 3.0
+BODY_TIMEOUT = 3.0
+MAX_HEAD_BYTES = 32_768
 
 
 @dataclass
@@ -39,6 +43,7 @@ class RunningSuite:
     process: subprocess.Popen[bytes]
     database_url: str = ""
     _admin: dict[str, str] | None = None
+    _users: dict[str, tuple[str, dict[str, str]]] = field(default_factory=dict)
 
     def url(self, name: str) -> str:
         offset = next(s.port_offset for s in SERVICES if s.name == name)
@@ -64,12 +69,27 @@ class RunningSuite:
         return httpx.Client(base_url=self.gateway, timeout=15)
 
     def login(self, email: str, password: str) -> dict[str, str]:
+        """A bearer header for the account. The cases share one client address, whose
+        login budget (10 a minute) some of them spend on purpose: a 429 is waited out as
+        its Retry-After says, up to the budget's minute and a half."""
+        deadline = time.monotonic() + 90
         with self.client() as client:
-            response = client.post(
-                "/api/v1/auth/login", json={"email": email, "password": password}
-            )
+            while True:
+                response = client.post(
+                    "/api/v1/auth/login", json={"email": email, "password": password}
+                )
+                if response.status_code != 429 or time.monotonic() > deadline:
+                    break
+                time.sleep(float(response.headers.get("retry-after", "1")))
         assert response.status_code == 200, response.text
         return {"Authorization": f"Bearer {response.json()['access_token']}"}
+
+    def user(self, name: str) -> tuple[str, dict[str, str]]:
+        """A registered user's id and bearer header, made once per run for `name` (most
+        cases need someone, not someone new: fewer logins from the shared address)."""
+        if name not in self._users:
+            self._users[name] = self.new_user()
+        return self._users[name]
 
     def new_user(self) -> tuple[str, dict[str, str]]:
         """A registered user's id and bearer header."""
@@ -83,6 +103,21 @@ class RunningSuite:
             me = client.get("/api/v1/auth/me", headers=bearer)
         assert me.status_code == 200, me.text
         return me.json()["id"], bearer
+
+    def merged_openapi(self) -> dict[str, Any]:
+        """The gateway's merged OpenAPI once it holds every upstream's operations (an
+        upstream that was not up when the gateway first asked is merged in later)."""
+        wanted = ("/api/v1/auth/", "/api/v1/logs", "/api/v1/notifications", "/api/v1/payments/")
+        deadline = time.monotonic() + READY_TIMEOUT
+        with self.client() as client:
+            while True:
+                document: dict[str, Any] = client.get("/openapi.json").json()
+                paths = list(document.get("paths", {}))
+                if all(any(p.startswith(w) for p in paths) for w in wanted):
+                    return document
+                if time.monotonic() > deadline:
+                    pytest.fail(f"the merged OpenAPI lacks an upstream: {paths}")
+                time.sleep(0.5)
 
     def admin(self) -> dict[str, str]:
         """The admin's bearer header, logged in once (login budgets are per address)."""
@@ -116,6 +151,10 @@ def launched(root: Path, env: dict[str, str], database_url: str) -> Iterator[Run
         KEELSON_UP_VALKEY_PORT=str(free_port()),
         # Not the default 58025: another suite on this machine would get our mail.
         KEELSON_UP_SMTP_PORT=str(free_port()),
+        # The gateway's connection limits, short so that the slow-client cases run quickly.
+        KEELSON_CONNECTIONS__HEAD_TIMEOUT_SECONDS=str(HEAD_TIMEOUT),
+        KEELSON_CONNECTIONS__BODY_TIMEOUT_SECONDS=str(BODY_TIMEOUT),
+        KEELSON_CONNECTIONS__MAX_HEAD_BYTES=str(MAX_HEAD_BYTES),
     )
     environment.update(env)
     output = root / "up.log"

@@ -25,11 +25,14 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from keelson.encoding import b64url_decode
+
 __all__ = [
     "BusSettings",
     "ConfigError",
     "DatabaseSettings",
     "Environment",
+    "IdentitySettings",
     "KeelsonSettings",
     "LogFormat",
     "LogSettings",
@@ -76,6 +79,33 @@ class LogSettings(BaseModel):
         if self.level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ValueError(f"unknown log level {self.level!r}")
         return self
+
+
+class IdentitySettings(BaseModel):
+    """`identity.*`: the Ed25519 keys of the gateway-signed identity header.
+
+    Only the gateway gets the private key (`signing_key`, or a file holding it); every
+    service gets `public_keys` (unpadded base64url of raw 32-byte keys; the first is the
+    current one, the others still verify during a rotation). Neither set: a pair derived
+    from the master key, for tests and bare development runs only (any holder of the
+    master key could sign); staging and production refuse to start without `public_keys`.
+    """
+
+    signing_key: SecretStr | None = None
+    signing_key_file: Path | None = None
+    public_keys: list[str] = Field([], max_length=8)
+
+    @field_validator("public_keys")
+    @classmethod
+    def _raw_keys(cls, value: list[str]) -> list[str]:
+        for key in value:
+            try:
+                raw = b64url_decode(key.strip())
+            except ValueError:
+                raise ValueError("each must be unpadded base64url") from None
+            if len(raw) != 32:
+                raise ValueError("each must be a raw 32-byte Ed25519 public key")
+        return [key.strip() for key in value]
 
 
 class DatabaseSettings(BaseModel):
@@ -139,6 +169,7 @@ class KeelsonSettings(BaseSettings):
     # One "keelson.access" record per request (probes and /metrics excepted).
     access_log: bool = True
     log: LogSettings = LogSettings()
+    identity: IdentitySettings = IdentitySettings()
     db: DatabaseSettings = DatabaseSettings()
     bus: BusSettings = BusSettings()
     plugins: dict[str, PluginSettings] = {}
@@ -165,6 +196,14 @@ class KeelsonSettings(BaseSettings):
         if secret == _DEV_MASTER_KEY and env in (Environment.STAGING, Environment.PROD):
             raise ValueError(f"the development key must not be used in {env}")
         return value
+
+    @model_validator(mode="after")
+    def _identity_keys_outside_development(self) -> Self:
+        if self.env in (Environment.STAGING, Environment.PROD) and not self.identity.public_keys:
+            raise ValueError(
+                f"identity.public_keys must be set in {self.env} (the gateway's identity key)"
+            )
+        return self
 
     @property
     def uses_development_master_key(self) -> bool:

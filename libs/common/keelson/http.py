@@ -165,9 +165,13 @@ class ServiceMiddleware:
             return
         request_id = trace_id = None
         hosts = 0
+        empty_host = False
         for name, value in scope["headers"]:
             if name == b"host":
+                # granian (the gateway's server) reports a missing Host as an empty one:
+                # an empty Host counts as none (an origin-form target needs its authority).
                 hosts += 1
+                empty_host = empty_host or not value
             elif name == b"x-request-id":
                 candidate = value.decode("latin-1")
                 if _REQUEST_ID.match(candidate):
@@ -218,7 +222,7 @@ class ServiceMiddleware:
         started = time.perf_counter()
         try:
             # RFC 9112, 3.2: an HTTP/1.1 request without a Host, or any with two, is a 400.
-            if hosts > 1 or (hosts == 0 and scope.get("http_version") == "1.1"):
+            if hosts > 1 or ((hosts == 0 or empty_host) and scope.get("http_version") == "1.1"):
                 await BadRequest("A request needs exactly one Host header.").send_to(
                     send_decorated, path
                 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -93,8 +93,12 @@ def run_service(
     argv: Sequence[str] | None = None,
     *,
     proxy_headers: bool = True,
+    serve: Callable[[KeelsonSettings, int], None] | None = None,
 ) -> None:
     """`python -m <package> [--migrate]`: optionally migrate, then serve `create_app`.
+
+    `serve(settings, workers)`, when given, serves instead of uvicorn (the gateway runs
+    granian for its connection limits, see `gateway.connections`).
 
     With `proxy_headers`, uvicorn believes the client address and scheme in
     X-Forwarded-For/-Proto from the `trusted_proxies` only (the gateway); with none
@@ -115,6 +119,9 @@ def run_service(
         migrate(migrations, settings.database_url)
         if args.migrate_only:
             return
+    if serve is not None:
+        serve(settings, args.workers)
+        return
     uvicorn.run(
         f"{package}.app:create_app",
         factory=True,

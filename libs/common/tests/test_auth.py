@@ -8,13 +8,16 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import APIRouter, Depends, FastAPI
 from fastapi.responses import JSONResponse
 from jose import jwt
+from pydantic import SecretStr, ValidationError
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -26,6 +29,7 @@ from keelson.auth import (
     TOKEN_VERIFIER,
     AuthPlugin,
     CurrentUser,
+    IdentityKey,
     InvalidIdentity,
     InvalidToken,
     JwksClient,
@@ -34,12 +38,14 @@ from keelson.auth import (
     StaticKeys,
     TokenVerifier,
     identity_key,
+    identity_signer,
+    identity_verifier,
     require_role,
     require_scope,
     sign_identity,
     verify_identity_headers,
 )
-from keelson.config import KeelsonSettings, LogSettings, PluginSettings
+from keelson.config import IdentitySettings, KeelsonSettings, LogSettings, PluginSettings
 from keelson.health import readiness
 from keelson.http import create_app
 from keelson.keys import KeyManager, SigningKey
@@ -505,8 +511,76 @@ def _signed(fields: Any) -> dict[str, str]:
 
 
 def _signed_payload(payload: str) -> dict[str, str]:
-    mac = hmac.new(IDENTITY, b"keelson-identity/v2\n" + payload.encode(), hashlib.sha256)
+    # The documented format: Ed25519 over the v3 prefix and the payload, the key derived
+    # from the master key for the purpose `internal-identity/ed25519` (the development pair).
+    private = Ed25519PrivateKey.from_private_bytes(
+        KeyManager("k" * 40).derive("internal-identity/ed25519")
+    )
+    signature = private.sign(b"keelson-identity/v3\n" + payload.encode())
+    return {IDENTITY_HEADER: payload + "." + _b64(signature)}
+
+
+def _hmac_signed(fields: Any, master: str) -> dict[str, str]:
+    """A header in the old shared-key format: HMAC-SHA256 keyed from the master key."""
+    payload = _b64(json.dumps(fields).encode())
+    key = KeyManager(master).derive("internal-identity")
+    mac = hmac.new(key, b"keelson-identity/v2\n" + payload.encode(), hashlib.sha256)
     return {IDENTITY_HEADER: payload + "." + _b64(mac.digest())}
+
+
+def test_a_header_in_the_old_shared_key_format_is_refused() -> None:
+    # Before: every service held this HMAC key (derived from the master key), so any
+    # service could mint an admin. It no longer verifies anywhere.
+    with pytest.raises(InvalidIdentity, match="signature"):
+        verify_identity_headers(_hmac_signed(_fields(), "k" * 40), IDENTITY)
+
+
+def test_services_hold_only_public_keys_and_refuse_any_other_signer() -> None:
+    gateway = IdentityKey.generate()
+    settings = KeelsonSettings(
+        log=LogSettings(ship_endpoint=None),
+        identity=IdentitySettings(public_keys=gateway.public_keys),
+    )
+    verifier = identity_verifier(settings)
+    assert not isinstance(verifier, IdentityKey)  # nothing to sign with
+    assert verify_identity_headers(gateway.sign(ALICE), verifier) == ALICE
+    # The development pair (derived from the master key every service holds) is refused.
+    development = identity_key(KeyManager(settings.master_key.get_secret_value()))
+    with pytest.raises(InvalidIdentity, match="signature"):
+        verify_identity_headers(development.sign(ALICE), verifier)
+    with pytest.raises(InvalidIdentity, match="signature"):
+        verify_identity_headers(IdentityKey.generate().sign(ALICE), verifier)
+    # The gateway's own settings: the private half, as text or in a file.
+    signer = identity_signer(
+        KeelsonSettings(
+            log=LogSettings(ship_endpoint=None),
+            identity=IdentitySettings(
+                signing_key=SecretStr(gateway.secret_text()), public_keys=gateway.public_keys
+            ),
+        )
+    )
+    assert verify_identity_headers(signer.sign(ALICE), verifier) == ALICE
+
+
+def test_a_gateway_key_outside_the_public_keys_is_refused_at_start(tmp_path: Path) -> None:
+    key_file = tmp_path / "identity.key"
+    key_file.write_text(IdentityKey.generate().secret_text() + "\n")
+    settings = KeelsonSettings(
+        log=LogSettings(ship_endpoint=None),
+        identity=IdentitySettings(
+            signing_key_file=key_file, public_keys=IdentityKey.generate().public_keys
+        ),
+    )
+    with pytest.raises(ValueError, match=r"not among identity\.public_keys"):
+        identity_signer(settings)
+
+
+@pytest.mark.parametrize("env", ["staging", "prod"])
+def test_staging_and_production_need_the_gateways_public_key(env: str) -> None:
+    with pytest.raises(ValidationError, match=r"identity\.public_keys must be set"):
+        KeelsonSettings(env=env, master_key=SecretStr("m" * 40))
+    with pytest.raises(ValidationError, match="raw 32-byte"):
+        KeelsonSettings(identity=IdentitySettings.model_validate({"public_keys": ["AAAA"]}))
 
 
 def _fields(**overrides: Any) -> list[Any]:
@@ -822,7 +896,8 @@ async def test_identity_headers_are_accepted_for_the_configured_max_age(
         app = create_app(settings, container=container, routers=[router])
         await container.start()
         try:
-            key = container.resolve(IDENTITY_KEY)
+            key = identity_key(KeyManager(settings.master_key.get_secret_value()))
+            assert container.resolve(IDENTITY_KEY) == key
             headers = sign_identity(ALICE, key, now=time.time() - age)
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://demo.test") as api:

@@ -7,6 +7,9 @@ from keelson.config import ConfigError, Environment, KeelsonSettings, LogFormat,
 
 REPO = Path(__file__).resolve().parents[3]
 
+# Any raw 32-byte Ed25519 public key: staging and production need one (the gateway's).
+PUBLIC_IDENTITY_KEY = "-OQo6M-nfgQy1bNSZD89XDaZTqtiET4SScftE7Kk05I"
+
 
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
@@ -47,6 +50,7 @@ def test_yaml_is_layered_under_dotenv_under_env(
     (clean_env / "config" / "keelson.staging.yaml").write_text("service: from-staging-yaml\n")
     (clean_env / ".env.staging").write_text(
         "KEELSON_PORT=9002\nKEELSON_MASTER_KEY=staging-key-0123456789abcdef0123456789\n"
+        'KEELSON_IDENTITY__PUBLIC_KEYS=["' + PUBLIC_IDENTITY_KEY + '"]\n'
     )
     monkeypatch.setenv("KEELSON_ENV", "staging")
     monkeypatch.setenv("KEELSON_LOG__LEVEL", "ERROR")
@@ -57,6 +61,7 @@ def test_yaml_is_layered_under_dotenv_under_env(
     assert settings.plugin("rate_limiting").enabled is False
     assert settings.plugin("unknown").enabled is True
     assert settings.log_format is LogFormat.JSON
+    assert settings.identity.public_keys == [PUBLIC_IDENTITY_KEY]
 
 
 def test_bad_value_fails_at_start_naming_the_setting(
@@ -133,6 +138,9 @@ def test_the_committed_env_file_examples_load(
         with pytest.raises(ConfigError, match="KEELSON_MASTER_KEY"):
             load_settings()  # the examples leave the secret out on purpose
         monkeypatch.setenv("KEELSON_MASTER_KEY", "a-real-secret-0123456789abcdef-0123")
+        with pytest.raises(ConfigError, match=r"identity\.public_keys must be set"):
+            load_settings()  # the deployment's own key pair, left out as the secret is
+        monkeypatch.setenv("KEELSON_IDENTITY__PUBLIC_KEYS", '["' + PUBLIC_IDENTITY_KEY + '"]')
     settings = load_settings()
     assert settings.env.value == env
     assert settings.log_format is (LogFormat.TEXT if env == "dev" else LogFormat.JSON)
@@ -203,6 +211,7 @@ def test_nested_mappings_merge_at_every_layer_and_lists_replace(
     )
     (clean_env / ".env.staging").write_text(
         "KEELSON_MASTER_KEY=staging-key-0123456789abcdef0123456789\n"
+        'KEELSON_IDENTITY__PUBLIC_KEYS=["' + PUBLIC_IDENTITY_KEY + '"]\n'
         "KEELSON_PLUGINS__SECURITY__AUDIENCE=from-dotenv\n"
     )
     monkeypatch.setenv("KEELSON_ENV", "staging")

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import httpx
 from sqlalchemy.engine import make_url
 
+from keelson.auth import IdentityKey
 from keelson_dev.embedded import EmbeddedPostgres, EmbeddedValkey
 from keelson_dev.supervision import TERMINAL, Program, socket_path
 
@@ -78,6 +79,9 @@ class Layout:
     external_redis_url: str | None = None
     # No master key configured: the services get this state folder's own (`master_key`).
     own_master_key: bool = False
+    # No identity keys configured: the gateway gets this state folder's own signing key
+    # (`identity_key`, by file), every service its public half.
+    own_identity_key: bool = False
 
     @property
     def embedded_postgres(self) -> EmbeddedPostgres | None:
@@ -136,6 +140,24 @@ class Layout:
         with os.fdopen(fd, "w") as out:
             out.write(secrets.token_urlsafe(48) + "\n")
         return path.read_text().strip()
+
+    @property
+    def identity_key_path(self) -> Path:
+        return self.state_dir / "identity.key"
+
+    def identity_key(self) -> IdentityKey:
+        """This state folder's own Ed25519 identity key, made at random on first use (mode
+        0600). Only the gateway is told where it is; the services get its public half, so
+        none of them can sign an identity header."""
+        path = self.identity_key_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return IdentityKey.from_text([path.read_text()])
+        with os.fdopen(fd, "w") as out:
+            out.write(IdentityKey.generate().secret_text() + "\n")
+        return IdentityKey.from_text([path.read_text()])
 
     @property
     def socket(self) -> Path:
@@ -199,6 +221,8 @@ class Layout:
             "KEELSON_DRAIN_PAUSE_SECONDS": str(DRAIN_PAUSE_SECONDS),
             "PYTHONUNBUFFERED": "1",
         }
+        if self.own_identity_key:
+            env["KEELSON_IDENTITY__PUBLIC_KEYS"] = json.dumps(self.identity_key().public_keys)
         for service in SERVICES[1:]:
             key = f"KEELSON_PLUGINS__ROUTING__UPSTREAMS__{service.name.upper()}__URL"
             env[key] = self.url(service)
@@ -263,7 +287,7 @@ class Layout:
                     command=[sys.executable, "-m", service.package],
                     directory=self.root,
                     log=TERMINAL,
-                    environment={"KEELSON_PORT": str(self.port(service))},
+                    environment=self._program_environment(service),
                     priority=100,
                     autostart=False,
                     startsecs=3,
@@ -272,6 +296,12 @@ class Layout:
                 )
             )
         return programs
+
+    def _program_environment(self, service: Service) -> dict[str, str]:
+        env = {"KEELSON_PORT": str(self.port(service))}
+        if self.own_identity_key and service is SERVICES[0]:  # the gateway alone signs
+            env["KEELSON_IDENTITY__SIGNING_KEY_FILE"] = str(self.identity_key_path)
+        return env
 
 
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:

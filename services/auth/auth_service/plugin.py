@@ -16,7 +16,7 @@ from keelson.auth import (
     TOKEN_VERIFIER,
     RevocationList,
     TokenVerifier,
-    identity_key,
+    identity_verifier,
 )
 from keelson.bus import BUS
 from keelson.db import DB_SESSIONS
@@ -80,7 +80,7 @@ class AuthServicePlugin(Plugin):
             ),
         )
         self.container.provide(REVOCATIONS, self.revocations)
-        self.container.provide(IDENTITY_KEY, identity_key(master))
+        self.container.provide(IDENTITY_KEY, identity_verifier(settings))
         self.container.provide(
             TOKEN_VERIFIER,
             TokenVerifier(

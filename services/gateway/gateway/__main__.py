@@ -1,8 +1,8 @@
-"""`python -m gateway`: run the gateway service."""
+"""`python -m gateway`: run the gateway service (on granian, see `gateway.serve`)."""
 
+from gateway.serve import serve
 from gateway.settings import Settings
 from keelson.service import run_service
 
-# The gateway reads X-Forwarded-For itself, trusting only `trusted_proxy_hops` of it:
-# uvicorn's own reading would believe any caller on 127.0.0.1.
-run_service("gateway", Settings, proxy_headers=False)
+# The gateway reads X-Forwarded-For itself, trusting only `trusted_proxy_hops` of it.
+run_service("gateway", Settings, proxy_headers=False, serve=serve)

@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from gateway.api import routers
+from gateway.connections import BodyReadTimeout
 from gateway.openapi import CATALOG
 from gateway.pipeline import Pipeline
 from gateway.plugins import GATEWAY_PLUGINS
@@ -80,6 +81,14 @@ def create_app(
     )
     app.state.pipeline = pipeline
     return app
+
+
+def create_served_app() -> BodyReadTimeout:
+    """What `python -m gateway` serves: the gateway from the environment's settings, its
+    request bodies under `connections.body_timeout_seconds` (408 when one stalls)."""
+    settings = load_settings(Settings)
+    configure_logging(settings)
+    return BodyReadTimeout(create_app(settings), settings.connections.body_timeout_seconds)
 
 
 def _point_auth_at_upstream(settings: Settings) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from gateway.connections import ConnectionLimits
 from keelson.config import KeelsonSettings
 
 __all__ = ["Settings"]
@@ -17,3 +18,5 @@ class Settings(KeelsonSettings):
     trusted_proxy_hops: int = Field(0, ge=0, le=10)
     # The access_log plugin writes the gateway's access log ("gateway.access").
     access_log: bool = False
+    # The public port's head, idle and body timeouts and head size cap (gateway.connections).
+    connections: ConnectionLimits = ConnectionLimits()

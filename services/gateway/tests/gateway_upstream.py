@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from jose import jwt
 from pydantic import BaseModel, Field
 
-from keelson.auth import InvalidIdentity, verify_identity_headers
+from keelson.auth import IdentityVerifier, InvalidIdentity, verify_identity_headers
 from keelson.keys import SigningKey
 
 
@@ -208,7 +208,7 @@ class TokenMint:
         )
 
 
-def create_auth_upstream(mint: TokenMint, identity_key: bytes) -> FastAPI:
+def create_auth_upstream(mint: TokenMint, identity_key: IdentityVerifier) -> FastAPI:
     """A stand-in auth service: its JWKS, and a route that checks forwarded identity."""
     app = FastAPI(title="test auth")
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 import httpx
 from pydantic import BaseModel, Field
 
-from keelson.auth._identity import DEFAULT_IDENTITY_MAX_AGE, identity_key
+from keelson.auth._identity import DEFAULT_IDENTITY_MAX_AGE, IdentityVerifier, identity_verifier
 from keelson.auth._jwks import JwksClient
 from keelson.auth._revocation import RevocationList
 from keelson.auth._verifier import DEFAULT_AUDIENCE, DEFAULT_ISSUER, TokenVerifier
 from keelson.bus import BUS
-from keelson.keys import KeyManager
 from keelson.plugins import Health, Key, Plugin, PluginMetadata, Priority
 from keelson.redis_plugin import REDIS
 
@@ -25,7 +24,8 @@ __all__ = [
 
 TOKEN_VERIFIER: Key[TokenVerifier] = Key("auth.verifier")
 REVOCATIONS: Key[RevocationList] = Key("auth.revocations")
-IDENTITY_KEY: Key[bytes] = Key("auth.identity_key")
+# What identity headers are checked with: the gateway's public keys (never a signer).
+IDENTITY_KEY: Key[IdentityVerifier] = Key("auth.identity_key")
 IDENTITY_MAX_AGE: Key[int] = Key("auth.identity_max_age")
 
 
@@ -70,10 +70,9 @@ class AuthPlugin(Plugin):
             revocations=revocations,
             leeway=config.leeway_seconds,
         )
-        master = self.container.settings.master_key.get_secret_value()
         self.container.provide(TOKEN_VERIFIER, verifier)
         self.container.provide(REVOCATIONS, revocations)
-        self.container.provide(IDENTITY_KEY, identity_key(KeyManager(master)))
+        self.container.provide(IDENTITY_KEY, identity_verifier(self.container.settings))
         self.container.provide(IDENTITY_MAX_AGE, config.identity_max_age_seconds)
 
     async def start(self) -> None:

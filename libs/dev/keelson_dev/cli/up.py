@@ -154,6 +154,7 @@ def _layout(args: argparse.Namespace, root: Path, settings: KeelsonSettings) -> 
         external_database_url=settings.database_url,
         external_redis_url=settings.redis_url,
         own_master_key=settings.uses_development_master_key,
+        own_identity_key=not settings.identity.public_keys,
     )
 
 

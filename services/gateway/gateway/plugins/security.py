@@ -19,14 +19,13 @@ from gateway.policies import (
     Verdict,
 )
 from keelson.auth import (
-    IDENTITY_KEY,
     REVOCATIONS,
     REVOCATIONS_CHANNEL,
     TOKEN_VERIFIER,
     InvalidToken,
     Principal,
     RevocationList,
-    sign_identity,
+    identity_signer,
 )
 from keelson.bus import BUS
 from keelson.config import PluginSettings
@@ -86,7 +85,8 @@ class SecurityPlugin(GatewayPlugin):
     async def initialize(self) -> None:
         self._adopt(self.options(SecurityConfig))
         self.verifier = self.container.resolve(TOKEN_VERIFIER)
-        self.identity_key = self.container.resolve(IDENTITY_KEY)
+        # The only holder of the identity key's private half (see keelson.auth._identity).
+        self.identity_key = identity_signer(self.container.settings)
         self.shared_revocations = self.container.resolve_optional(REVOCATIONS)
         # Revocations announced by auth land here at once, without a Redis round trip;
         # the shared list (Redis) is asked again only after `revocation_recheck_seconds`.
@@ -173,7 +173,7 @@ class SecurityPlugin(GatewayPlugin):
         cached = self._signed.get(principal)
         if cached is not None and cached[0] == now:
             return cached[1]
-        signed = sign_identity(principal, self.identity_key, now=now)
+        signed = self.identity_key.sign(principal, now=now)
         headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in signed.items()]
         if len(self._signed) >= 10_000:
             self._signed.clear()
