@@ -370,6 +370,10 @@ def test_a_slow_upstream_costs_its_routes_only_and_is_served_again_once_fast(
         zmq_base_port=suite.zmq_base_port,
         external_database_url=suite.database_url,
         external_redis_url=redis_url,
+        # The suite's own keys (made by its `keelson up`): the services admit identity
+        # headers signed with its identity key alone.
+        own_master_key=True,
+        own_identity_key=True,
     )
     logs_port = suite.base_port + next(s.port_offset for s in SERVICES if s.name == "logs")
     with DelayingProxy(logs_port) as proxy:
@@ -383,9 +387,7 @@ def test_a_slow_upstream_costs_its_routes_only_and_is_served_again_once_fast(
                 upstream + "FAILURE_THRESHOLD": "3",
             }
         )
-        master_key = layout.master_key_path
-        if master_key.exists():
-            env["KEELSON_MASTER_KEY"] = master_key.read_text().strip()
+        env["KEELSON_IDENTITY__SIGNING_KEY_FILE"] = str(layout.identity_key_path)
         gateway = ServiceProcess("gateway", tmp_path, env)
         try:
             asyncio.run(gateway.wait_for("/health/ready", timeout=120))
@@ -407,13 +409,18 @@ def test_a_slow_upstream_costs_its_routes_only_and_is_served_again_once_fast(
                 )
                 fast = time.monotonic()
                 proxy.delay = 0.0
-                recovered = poll(
-                    "logs served again",
-                    lambda: any(
-                        o.kind == "logs" and o.ok and o.started > fast for o in load.outcomes
-                    ),
-                    30,
-                )
+                try:
+                    recovered = poll(
+                        "logs served again",
+                        lambda: any(
+                            o.kind == "logs" and o.ok and o.started > fast for o in load.outcomes
+                        ),
+                        30,
+                    )
+                except BaseException:
+                    after = [(o.kind, o.status) for o in load.outcomes if o.started > fast]
+                    print("AFTER", after[-20:], gateway.log.read_text()[-3000:], flush=True)
+                    raise
         finally:
             gateway.stop()
     slow = load.between(slowed, fast)
