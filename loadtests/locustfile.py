@@ -5,13 +5,16 @@ writes the reports and judges the error rate; by hand:
     locust -f loadtests/locustfile.py --headless -u 50 -r 10 -t 60s --host http://127.0.0.1:8000
 
 Scenarios (user classes; run.py names them): `mixed` = account holders (/me, refresh, log
-out and in), payers (a payment and its refund), operators (an admin querying logs and
-plugin states) and probes (health); `rate-limit` = RateLimitUser, the only one for which a
-429 is an expected answer (reported as `... [429]`, not a failure). Anywhere else a 429 is
-a failure: run the mixed scenario against `make up-load` (loadtests/profile/keelson.yaml
-lifts the per-client limits). What the gateway offers is read from its merged OpenAPI
-document (again every 30 s): a scenario whose endpoint is not there is left out, so the
-file runs against a suite still being built.
+out and in), payers (a payment, paid in the sandbox by the admin, and its refund),
+notification senders (an email to themselves, its retry, reading it back), operators (an
+admin querying and tailing logs, reading plugin states) and probes (health); `payments` and
+`notifications` = the payers or the senders alone (Locust's `--tags payments
+notifications logs tail` pick tasks across the classes); `rate-limit` = RateLimitUser, the only
+one for which a 429 is an expected answer (reported as `... [429]`, not a failure).
+Anywhere else a 429 is a failure: run the mixed scenario against `make up-load`
+(loadtests/profile/keelson.yaml lifts the per-client limits). What the gateway offers is
+read from its merged OpenAPI document (again every 30 s): a scenario whose endpoint is not
+there is left out, so the file runs against a suite still being built.
 
 Environment: KEELSON_LOAD_ACCOUNTS (a JSON file of provisioned accounts and the admin's
 token, written by run.py; without it each user registers and logs in as it starts),
@@ -21,6 +24,7 @@ one), KEELSON_LOAD_PASSWORD (the users' password).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -31,7 +35,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from locust import HttpUser, between, constant_pacing, task
+from locust import HttpUser, between, constant_pacing, tag, task
 from locust.clients import ResponseContextManager
 from locust.exception import StopUser
 
@@ -40,6 +44,7 @@ __all__ = [
     "AdminUser",
     "Api",
     "HealthUser",
+    "NotificationUser",
     "PaymentUser",
     "RateLimitUser",
     "discover",
@@ -75,6 +80,9 @@ def _next_account() -> dict[str, str] | None:
 
 AUTH = "/api/v1/auth"
 PAYMENTS = "/api/v1/payments"
+SANDBOX = f"{PAYMENTS}/sandbox/intents"
+NOTIFICATIONS = "/api/v1/notifications"
+TAIL_SECONDS = 2.0
 # Where a payment may be created, in order of preference; the first the gateway serves wins.
 _PAYMENT_COLLECTIONS = (f"{PAYMENTS}/intents", f"{PAYMENTS}/payment-intents", PAYMENTS)
 
@@ -244,12 +252,20 @@ class AccountUser(_Authenticated):
         self.log_in()
 
 
+def _provisioned_admin_token() -> str | None:
+    """The admin's token run.py provisioned; none without its file (no login is tried)."""
+    admin = _PROVISIONED.get("admin")
+    return str(admin["access_token"]) if admin else None
+
+
 class PaymentUser(_Authenticated):
-    """Pays, reads the payment back, and refunds it."""
+    """Pays (an intent with an idempotency key), has it paid in the sandbox, reads it back
+    and refunds it."""
 
     weight = 2
     wait_time = between(1, 3)
 
+    @tag("payments")
     @task
     def pay_and_refund(self) -> None:
         collection = self.api.payment_collection()
@@ -271,12 +287,13 @@ class PaymentUser(_Authenticated):
         if item is None or payment_id is None:
             return
         path = item.replace(item[item.rindex("{") :], str(payment_id))
+        self.pay_in_the_sandbox(str(payment_id))
         with self.client.get(
             path, headers=self.auth_headers(), name=item, catch_response=True
         ) as response:
             if not _settle(response, {200}):
                 return
-            # Only a paid payment can be refunded; in the sandbox (test mode) an admin pays.
+            # Only a paid payment can be refunded.
             paid = response.json().get("status") == "succeeded"
         refund = self.api.refund_path(item)
         if refund is None or not paid:
@@ -292,9 +309,72 @@ class PaymentUser(_Authenticated):
         ) as response:
             _settle(response, {200, 201, 202})
 
+    def pay_in_the_sandbox(self, payment_id: str) -> None:
+        """In test mode no card is charged: an admin marks the intent paid, as the
+        provider's webhook would. Left out without a provisioned admin or a sandbox."""
+        admin = _provisioned_admin_token()
+        succeed = f"{SANDBOX}/{{intent_id}}/succeed"
+        if admin is None or not self.api.has("POST", succeed):
+            return
+        with self.client.post(
+            succeed.replace("{intent_id}", payment_id),
+            headers={"Authorization": f"Bearer {admin}"},
+            name=f"{succeed} (admin)",
+            catch_response=True,
+        ) as response:
+            _settle(response, {200})
+
+
+class NotificationUser(_Authenticated):
+    """Sends itself an email (with an idempotency key, retried once with the same key) and
+    reads it back, as an app mailing its own user does."""
+
+    weight = 1
+    wait_time = between(1, 3)
+
+    @tag("notifications")
+    @task
+    def send_and_read(self) -> None:
+        if self.access_token is None or not self.api.has("POST", NOTIFICATIONS):
+            return
+        body = {
+            "channel": "email",
+            "to": self.email,
+            "subject": "Your receipt",
+            "body": "Thank you for your order.",
+            "idempotency_key": uuid.uuid4().hex,
+        }
+        with self.client.post(
+            NOTIFICATIONS, json=body, headers=self.auth_headers(), catch_response=True
+        ) as response:
+            if not _settle(response, {202}):
+                return
+            notification = response.json()["id"]
+        # A client retrying after a timeout: the same notification, not a second email.
+        with self.client.post(
+            NOTIFICATIONS,
+            json=body,
+            headers=self.auth_headers(),
+            name=f"{NOTIFICATIONS} (retried)",
+            catch_response=True,
+        ) as response:
+            if _settle(response, {200, 202}) and response.json()["id"] != notification:
+                response.failure("a retried request queued a second notification")
+        item = f"{NOTIFICATIONS}/{{notification_id}}"
+        if not self.api.has("GET", item):
+            return
+        with self.client.get(
+            item.replace("{notification_id}", notification),
+            headers=self.auth_headers(),
+            name=item,
+            catch_response=True,
+        ) as response:
+            _settle(response, {200})
+
 
 class AdminUser(HttpUser):
-    """An operator: searches the logs, reads log stats, plugin states and the user list."""
+    """An operator: searches and tails the logs, reads log stats, plugin states and the
+    user list."""
 
     weight = 1
     wait_time = between(2, 5)
@@ -327,12 +407,41 @@ class AdminUser(HttpUser):
         ) as response:
             _settle(response, {200})
 
+    @tag("logs")
     @task(4)
     def search_logs(self) -> None:
         if self.api.has("GET", "/api/v1/logs"):
             self._get("/api/v1/logs", limit=50)
             self._get("/api/v1/logs", name="/api/v1/logs?level=ERROR", level="ERROR", limit=50)
             self._get("/api/v1/logs", name="/api/v1/logs?service=auth", service="auth", limit=50)
+
+    @tag("logs", "tail")
+    @task(1)
+    def tail_logs(self) -> None:
+        """Follow the live tail for a moment (the stream's first line says it subscribed),
+        as an operator watching a deploy does, then hang up."""
+        path = "/api/v1/logs/tail"
+        if self.access_token is None or not self.api.has("GET", path):
+            return
+        headers = {"Authorization": f"Bearer {self.access_token}"}
+        # A quiet log sends a keep-alive only every 15 s: a read waits at most 5 s.
+        with self.client.get(
+            path, headers=headers, stream=True, timeout=(10, 5), catch_response=True
+        ) as response:
+            if not _settle(response, {200}):
+                return
+            deadline = time.monotonic() + TAIL_SECONDS
+            lines = response.iter_lines(decode_unicode=True)
+            first = next(lines, None)
+            if first != ": tail started":
+                response.failure(f"the tail did not start: {first!r}")
+                return
+            # A read timed out in a quiet moment (requests' errors are OSErrors).
+            with contextlib.suppress(OSError):
+                for _ in lines:  # records (or keep-alives) until the moment is over
+                    if time.monotonic() > deadline:
+                        break
+            response.close()
 
     @task(1)
     def log_stats(self) -> None:

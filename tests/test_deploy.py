@@ -205,6 +205,7 @@ def _metric_names_exported() -> set[str]:
         "gateway.metrics",
         "logs_service.metrics",
         "payments_service.metrics",
+        "notifications_service.metrics",
     ):
         importlib.import_module(module)
     suffixes = {
@@ -400,6 +401,18 @@ def test_dashboards_query_exported_metrics_through_the_provisioned_datasource(
     red = {"http_requests_total", "http_request_duration_seconds_bucket"}
     platform = {"bus_consumer_lag", "bus_dead_letters_total", "log_records_dropped_total"}
     assert red | platform | {"db_pool_connections_in_use"} <= queried
+    business = {
+        "business_events_total",  # auth's registrations, logins, refreshes, reuse
+        "logs_records_ingested_total",
+        "logs_records_rejected_total",
+        "payments_intents",
+        "payments_refunds_total",
+        "payments_webhook_events_total",
+        "notifications_sent_total",
+        "notifications_failed_total",
+        "notifications_dead_lettered_total",
+    }
+    assert business <= queried, business - queried
 
 
 # ---------------------------------------------------------------- dockerfile
@@ -560,6 +573,90 @@ def test_k8s_has_each_service_with_migration_service_and_budget(
     assert "replicas" not in deployments["gateway"]["spec"], "the HPA owns the gateway's replicas"
     upstreams = _upstream_urls(config_maps["keelson-gateway-config"], monkeypatch)
     assert upstreams == {n: f"http://{n}:{p}" for n, (_, p) in SERVICES.items() if n != "gateway"}
+
+
+def _container_environment(
+    container: dict[str, Any], config_maps: dict[str, dict[str, str]]
+) -> dict[str, str]:
+    """What a container's process sees: its envFrom ConfigMaps, then its own literal env."""
+    environment: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        environment |= config_maps[_generated(source["configMapRef"]["name"])]
+    environment |= {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+    return environment
+
+
+@pytest.mark.parametrize("overlay", [None, *OVERLAYS], ids=["base", *OVERLAYS])
+def test_k8s_services_trust_forwarded_addresses_from_pods_only(overlay: str | None) -> None:
+    """Behind the gateway each service believes X-Forwarded-For from pod addresses only (the
+    gateway's pods have none fixed), the NetworkPolicy lets nothing but this namespace's pods
+    (and the monitoring namespace, on the http port) reach them, and the gateway itself
+    believes exactly the one hop the ingress controller appends."""
+    documents = _k8s_documents(overlay)
+    deployments, config_maps = _by_kind(documents, "Deployment"), _config_maps(documents)
+    pod_address, public_address = ipaddress.ip_address("10.244.1.17"), "203.0.113.9"
+    for name in SERVICES:
+        container = deployments[name]["spec"]["template"]["spec"]["containers"][0]
+        environment = _container_environment(container, config_maps)
+        # Parsed the way the service parses it (a "*" or a typo fails here).
+        trusted = KeelsonSettings(
+            trusted_proxies=json.loads(environment["KEELSON_TRUSTED_PROXIES"])
+        ).trusted_proxies
+        networks = [ipaddress.ip_network(entry) for entry in trusted]
+        assert any(pod_address in network for network in networks), name
+        assert not any(ipaddress.ip_address(public_address) in n for n in networks), name
+        assert not any(n.prefixlen == 0 for n in networks), f"{name} trusts every address"
+        hops = environment.get("KEELSON_TRUSTED_PROXY_HOPS")
+        assert hops == ("1" if name == "gateway" else None), name
+    policies = _by_kind(documents, "NetworkPolicy")
+    internal = policies["keelson-internal-only"]["spec"]
+    assert internal["podSelector"]["matchExpressions"] == [
+        {"key": "app.kubernetes.io/name", "operator": "NotIn", "values": ["gateway"]}
+    ]
+    assert internal["policyTypes"] == ["Ingress"]
+    sources = [peer for rule in internal["ingress"] for peer in rule["from"]]
+    assert {"podSelector": {}} in sources
+    assert all("ipBlock" not in peer for peer in sources), "no address outside the cluster"
+    assert all(peer == {"podSelector": {}} or "namespaceSelector" in peer for peer in sources), (
+        sources
+    )
+
+
+def test_compose_gateway_believes_no_forwarded_hop(compose: dict[str, Any]) -> None:
+    """Compose publishes the gateway's port directly, with no proxy in front: the gateway
+    reads its peer's address (no hops believed), whatever X-Forwarded-For a client sends."""
+    gateway = compose["services"]["gateway"]["environment"]
+    assert str(gateway.get("KEELSON_TRUSTED_PROXY_HOPS", 0)) == "0"
+
+
+@pytest.mark.parametrize("overlay", [None, *OVERLAYS], ids=["base", *OVERLAYS])
+def test_k8s_notifications_know_their_smtp_server_and_login(
+    overlay: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Server, port and TLS mode from a ConfigMap, the login from the secret (optional);
+    dev sends to its in-cluster Mailpit, every other overlay through TLS."""
+    documents = _k8s_documents(overlay)
+    container = _by_kind(documents, "Deployment")["notifications"]["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    config_maps = _config_maps(documents)
+    environment = {"KEELSON_MASTER_KEY": "a-master-key-from-the-cluster-secret-0123"}
+    for source in container["envFrom"]:
+        environment |= config_maps[_generated(source["configMapRef"]["name"])]
+    settings: Any = _service_settings("notifications", environment, monkeypatch)
+    email = settings.notifications.email
+    for variable, key in (("USERNAME", "smtp-username"), ("PASSWORD", "smtp-password")):
+        ref = _secret_ref(container, f"KEELSON_NOTIFICATIONS__EMAIL__{variable}")
+        assert ref == {"name": "keelson-secrets", "key": key, "optional": True}
+    if overlay == "dev":
+        assert (email.host, email.port, email.security.value) == ("mailpit", 1025, "none")
+        mailpit = _by_kind(documents, "Service")["mailpit"]
+        assert {"name": "smtp", "port": 1025, "targetPort": "smtp"} in mailpit["spec"]["ports"]
+    else:
+        assert email.host != "127.0.0.1" and email.security.value in ("starttls", "tls")
+    ingress = next(iter(_by_kind(documents, "Ingress").values()))
+    host = ingress["spec"]["rules"][0]["host"]
+    assert settings.notifications.public_base_url.split("://")[1] == host, "links in mail"
 
 
 def _secret_ref(container: dict[str, Any], variable: str) -> dict[str, Any]:

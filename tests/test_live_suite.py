@@ -9,6 +9,7 @@ where apt works); each test skips, saying so, where its tool is absent.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -50,7 +51,7 @@ pytestmark = pytest.mark.timeout(480)
 # Dashboards whose every panel must answer with series after the workload.
 MUST_ANSWER = {"keelson-overview", "keelson-service"}
 # The per-service dashboard is evaluated for each service the workload went through.
-SERVICE_VALUES = ("gateway", "auth", "logs")
+SERVICE_VALUES = ("gateway", "auth", "logs", "notifications", "payments")
 
 # (dashboard uid, panel title, $service or None) -> why it may be empty after the workload.
 MAY_BE_EMPTY: dict[tuple[str, str, str | None], str] = {
@@ -67,9 +68,6 @@ MAY_BE_EMPTY: dict[tuple[str, str, str | None], str] = {
         "the gateway has no database"
     ),
     ("keelson-service", "Database connections in use", "gateway"): "the gateway has no database",
-    ("keelson-overview", "Notifications per second by event and outcome", None): (
-        "service not yet built on this branch"
-    ),
 }
 
 _PROMQL_WORDS = {
@@ -211,8 +209,8 @@ def stack(
     client.close()
 
 
-def _drive_workload(stack: Stack) -> None:
-    """Register, log in (right and wrong), refresh (and reuse), /me, a 404, a 429, a logs query."""
+def _create_admin(stack: Stack) -> str:
+    """An admin account made as an operator makes one (`keelson create-admin`); its email."""
     admin_email = f"ops-{uuid.uuid4().hex[:8]}@example.com"
     created = subprocess.run(
         [str(KEELSON), "create-admin", admin_email],
@@ -227,6 +225,12 @@ def _drive_workload(stack: Stack) -> None:
         timeout=60,
     )
     assert created.returncode == 0, created.stderr
+    return admin_email
+
+
+def _drive_workload(stack: Stack) -> None:
+    """Register, log in (right and wrong), refresh (and reuse), /me, a 404, a 429, a logs query."""
+    admin_email = _create_admin(stack)
     email = f"user-{uuid.uuid4().hex[:8]}@example.com"
     with httpx.Client(base_url=stack.url("gateway"), timeout=15) as client:
         credentials = {"email": email, "password": PASSWORD}
@@ -242,6 +246,10 @@ def _drive_workload(stack: Stack) -> None:
         bearer = {"Authorization": f"Bearer {refreshed.json()['access_token']}"}
         assert client.get("/api/v1/auth/me", headers=bearer).status_code == 200
         assert client.get("/api/v1/no-such-thing", headers=bearer).status_code == 404
+        admin = client.post("/api/v1/auth/login", json={"email": admin_email, "password": PASSWORD})
+        assert admin.status_code == 200, admin.text
+        ops = {"Authorization": f"Bearer {admin.json()['access_token']}"}
+        _pay_refund_and_notify(client, bearer, ops, email)
         # Reuse: the first token again once its successor is spent too (before that, the
         # grace window hands out the same pair).
         successor = {"refresh_token": refreshed.json()["refresh_token"]}
@@ -254,24 +262,55 @@ def _drive_workload(stack: Stack) -> None:
             if reset.status_code == 429:
                 break
         assert statuses[-1] == 429, statuses
-        admin = client.post("/api/v1/auth/login", json={"email": admin_email, "password": PASSWORD})
-        assert admin.status_code == 200, admin.text
-        ops = {"Authorization": f"Bearer {admin.json()['access_token']}"}
         logs = client.get("/api/v1/logs", params={"limit": 10}, headers=ops)
         assert logs.status_code == 200, logs.text
-        # Payments: a sandbox intent (a provider call) and a webhook with a bad signature.
-        intent = client.post(
-            "/api/v1/payments/intents",
-            json={"amount": 1500, "currency": "usd"},
-            headers={**ops, "Idempotency-Key": uuid.uuid4().hex},
-        )
-        assert intent.status_code == 201, intent.text
-        webhook = client.post(
-            "/api/v1/payments/webhooks/stripe",
-            content=b'{"id": "evt_live"}',
-            headers={"Content-Type": "application/json", "Stripe-Signature": "t=1,v1=00"},
-        )
-        assert webhook.status_code == 400, webhook.text
+
+
+def _pay_refund_and_notify(
+    client: httpx.Client, bearer: dict[str, str], ops: dict[str, str], email: str
+) -> None:
+    """A sandbox payment an admin marks paid, refunded in full; a forged provider webhook;
+    an email to the user's own address, followed until the SMTP sink has taken it."""
+    created = client.post(
+        "/api/v1/payments/intents",
+        json={"amount": 2500, "currency": "eur", "description": "live workload"},
+        headers={**bearer, "Idempotency-Key": str(uuid.uuid4())},
+    )
+    assert created.status_code == 201, created.text
+    intent = created.json()["id"]
+    paid = client.post(f"/api/v1/payments/sandbox/intents/{intent}/succeed", headers=ops)
+    assert paid.status_code == 200 and paid.json()["status"] == "succeeded", paid.text
+    refund = client.post(
+        f"/api/v1/payments/intents/{intent}/refunds",
+        json={},
+        headers={**bearer, "Idempotency-Key": str(uuid.uuid4())},
+    )
+    assert refund.status_code == 201, refund.text
+    forged = client.post(
+        "/api/v1/payments/webhooks/stripe",
+        content=b'{"id": "evt_forged", "type": "payment_intent.succeeded"}',
+        headers={"Content-Type": "application/json", "Stripe-Signature": "t=1,v1=00"},
+    )
+    assert forged.status_code == 400, forged.text
+    sent = client.post(
+        "/api/v1/notifications",
+        json={"channel": "email", "to": email, "subject": "Live", "body": "workload"},
+        headers=bearer,
+    )
+    assert sent.status_code == 202, sent.text
+    notification = f"/api/v1/notifications/{sent.json()['id']}"
+
+    def delivered() -> bool:
+        answer = client.get(notification, headers=bearer)
+        assert answer.status_code == 200, answer.text
+        return bool(answer.json()["status"] == "sent")
+
+    _poll(
+        "the notification sent",
+        delivered,
+        60,
+        lambda: client.get(notification, headers=bearer).text,
+    )
 
 
 def _wait_for_two_scrapes(stack: Stack) -> None:
@@ -396,6 +435,75 @@ def test_every_dashboard_panel_and_alert_answers_from_a_live_prometheus(stack: S
         return bool(result) and float(result[0]["value"][1]) > 0
 
     _poll("log records ingested and scraped", ingested, 30, lambda: "")
+
+    def one(expr: str) -> float:
+        result = stack.query(expr)["data"]["result"]
+        return float(result[0]["value"][1]) if result else 0.0
+
+    # Intents in each status now, counted in the database every 15 s (a gauge).
+    _poll(
+        "the intents gauge counting the refunded payment",
+        lambda: one('max(payments_intents{status="refunded"})') == 1,
+        60,
+        lambda: json.dumps(stack.query("payments_intents")["data"]["result"]),
+    )
+    assert one('sum(payments_refunds_total{status="succeeded"})') == 1
+    assert one('sum(payments_webhook_events_total{outcome="rejected"})') == 1
+    # The user's own email; auth's events (verification mail) may have sent more.
+    assert one('sum(notifications_sent_total{channel="email"})') >= 1
+
+
+def test_locust_payers_senders_and_operator_run_clean(stack: Stack, tmp_path: Path) -> None:
+    """loadtests/locustfile.py's PaymentUser (pay, paid by the admin in the sandbox, refund),
+    NotificationUser (an email to itself, its retry, reading it back) and AdminUser (logs
+    searched and tailed, plugin states, users) against the suite
+    started the `keelson up` way: every request answered as expected, each step taken."""
+    gateway = stack.url("gateway")
+    # Locust reads what the gateway offers once at the start (then every 30 s), and the
+    # gateway fetches each upstream's document after that upstream starts.
+    wanted = {"/api/v1/payments/intents", "/api/v1/notifications", "/api/v1/logs/tail"}
+
+    def offered() -> bool:
+        paths = httpx.get(f"{gateway}/openapi.json", timeout=10).json().get("paths", {})
+        return wanted <= set(paths)
+
+    _poll("the gateway's document offering payments, notifications, logs", offered, 60, str)
+    admin = httpx.post(
+        f"{gateway}/api/v1/auth/login",
+        json={"email": _create_admin(stack), "password": PASSWORD},
+        timeout=15,
+    )
+    assert admin.status_code == 200, admin.text
+    accounts = tmp_path / "accounts.json"
+    accounts.write_text(json.dumps({"accounts": [], "admin": admin.json()}))
+    locust = Path(sys.executable).parent / "locust"
+    result = subprocess.run(
+        [
+            str(locust), "-f", str(ROOT / "loadtests" / "locustfile.py"), "--headless",
+            "-u", "4", "-r", "4", "-t", "20s", "--host", gateway, "--csv", str(tmp_path / "run"),
+            "--only-summary", "--exit-code-on-error", "1",
+            "PaymentUser", "NotificationUser", "AdminUser",
+            "--tags", "payments", "notifications", "tail",  # (last: it takes what follows)
+        ],
+        env={**os.environ, "KEELSON_LOAD_ACCOUNTS": str(accounts)},
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    with (tmp_path / "run_stats.csv").open() as stats:
+        rows = {row["Name"]: int(row["Request Count"]) for row in csv.DictReader(stats)}
+        stats.seek(0)
+        failures = {row["Name"]: row["Failure Count"] for row in csv.DictReader(stats)}
+    assert failures["Aggregated"] == "0", failures
+    for step in (
+        "/api/v1/payments/intents (create)",
+        "/api/v1/payments/sandbox/intents/{intent_id}/succeed (admin)",
+        "/api/v1/payments/intents/{intent_id}/refunds",
+        "/api/v1/notifications",
+        "/api/v1/notifications (retried)",
+        "/api/v1/notifications/{notification_id}",
+        "/api/v1/logs/tail",
+    ):
+        assert rows.get(step, 0) > 0, (step, sorted(rows.items()))
 
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -201,11 +201,57 @@ BUSINESS = Row(
             description="Stripe (or the sandbox) by operation; errors by kind "
             "(card declined, invalid request, provider unavailable, idempotency conflict).",
         ),
-        _business(
-            "notifications",
-            "",
-            "Notifications per second by event and outcome",
-            "Sent, failed and dead-lettered per channel.",
+        Panel(
+            "Refunds per second",
+            (
+                Query(
+                    f"sum by (status) (rate(payments_refunds_total[{_RATE}]))",
+                    "{{status}}",
+                ),
+            ),
+            unit="ops",
+            width=8,
+            description="Refunds committed, by the provider's status of each.",
+        ),
+        Panel(
+            "Notifications per second by channel: sent, failed, dead-lettered",
+            (
+                Query(
+                    f"sum by (channel) (rate(notifications_sent_total[{_RATE}]))",
+                    "sent {{channel}}",
+                ),
+                Query(
+                    f"sum by (channel, kind) (rate(notifications_failed_total[{_RATE}]))",
+                    "failed {{channel}} ({{kind}})",
+                ),
+                Query(
+                    f"sum by (channel) (rate(notifications_dead_lettered_total[{_RATE}]))",
+                    "dead-lettered {{channel}}",
+                ),
+            ),
+            unit="ops",
+            width=8,
+            description="Delivered; failed attempts (transient: retried, permanent: given up); "
+            "moved to dead letter after the last attempt.",
+        ),
+        Panel(
+            "Notification delivery p95 by channel",
+            (
+                Query(
+                    "histogram_quantile(0.95, sum by (channel, le) "
+                    f"(rate(notifications_delivery_seconds_bucket[{_RATE}])))",
+                    "{{channel}}",
+                ),
+            ),
+            unit="s",
+            width=8,
+            description="From a notification's creation to its delivery.",
+        ),
+        Panel(
+            "Notifications waiting",
+            (Query("sum(notifications_queue_depth)", "waiting"),),
+            width=8,
+            description="Queued to be sent, due now or later (retries back off).",
         ),
     ),
 )
@@ -296,7 +342,7 @@ OVERVIEW = Dashboard(
                         ),
                     ),
                     unit="ops",
-                    description="Sign-ups, payments, deliveries... counted by the services.",
+                    description="Auth's sign-ups, logins, token refreshes and reuse detections.",
                 ),
                 Panel(
                     "Requests in flight",

@@ -83,6 +83,9 @@ class Event(BaseModel):
 
     type: ClassVar[str]
     version: ClassVar[int] = 1
+    # True for events that carry a secret (a sealed action token): the outbox relay
+    # deletes the row once it is published instead of keeping it for the retention period.
+    purge_on_publish: ClassVar[bool] = False
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
@@ -126,6 +129,12 @@ def event_class(type_: str, version: int = 1) -> type[Event]:
         raise UnknownEventError(f"no event class for {type_} v{version}") from None
 
 
+def purged_on_publish(type_: str, version: int = 1) -> bool:
+    """Whether the outbox row of this event is deleted once published (unknown: kept)."""
+    found = _REGISTRY.get((type_, version))
+    return found is not None and found.purge_on_publish
+
+
 def parse_event(envelope: Envelope) -> Event:
     """The registered event class for the envelope's type and version, validated."""
     return event_class(envelope.type, envelope.version).model_validate(envelope.data)
@@ -153,6 +162,7 @@ class UserRegistered(Event):
 
 class PasswordResetRequested(Event):
     type = "auth.password_reset_requested"
+    purge_on_publish = True
 
     user_id: str
     email: str
@@ -162,6 +172,7 @@ class PasswordResetRequested(Event):
 
 class EmailVerificationRequested(Event):
     type = "auth.email_verification_requested"
+    purge_on_publish = True
 
     user_id: str
     email: str
@@ -177,6 +188,17 @@ class SignUpForExistingAccount(Event):
 
     user_id: str
     email: str
+
+
+class ContactChanged(Event):
+    """A user's own addresses as they are after a change (`phone` None: no phone now);
+    `occurred_at` orders changes that arrive out of order."""
+
+    type = "auth.contact_changed"
+
+    user_id: str
+    email: str
+    phone: str | None = None
 
 
 class UserLoggedIn(Event):

@@ -43,7 +43,7 @@ from keelson.logging import (
     user_id_var,
 )
 from keelson.metrics import HTTP_IN_FLIGHT, RequestMetrics, metrics_router, route_template
-from keelson.monitor import capture_exception
+from keelson.monitor import capture_exception, isolated_scope
 from keelson.plugins import PluginContainer
 from keelson.security_headers import SecurityHeaders
 
@@ -217,35 +217,37 @@ class ServiceMiddleware:
             tracker.idle.clear()
         tracker.count += 1
         rid_token = request_id_var.set(request_id)
-        tid_token = trace_id_var.set(trace_id or random_id())
+        trace_id = trace_id or random_id()
+        tid_token = trace_id_var.set(trace_id)
         uid_token = user_id_var.set(None)
         started = time.perf_counter()
-        try:
-            # RFC 9112, 3.2: an HTTP/1.1 request without a Host, or any with two, is a 400.
-            if hosts > 1 or ((hosts == 0 or empty_host) and scope.get("http_version") == "1.1"):
-                await BadRequest("A request needs exactly one Host header.").send_to(
+        with isolated_scope(trace_id=trace_id, request_id=request_id):
+            try:
+                # RFC 9112, 3.2: an HTTP/1.1 request without a Host, or any with two, is a 400.
+                if hosts > 1 or ((hosts == 0 or empty_host) and scope.get("http_version") == "1.1"):
+                    await BadRequest("A request needs exactly one Host header.").send_to(
+                        send_decorated, path
+                    )
+                else:
+                    await self.app(scope, receive, send_decorated)
+            except Exception as exc:
+                if ex.started:
+                    if ex.reported:
+                        return  # FastAPI's error middleware logged it, answered, and re-raised
+                    raise
+                await _internal_error(exc, method=scope["method"], path=path).send_to(
                     send_decorated, path
                 )
-            else:
-                await self.app(scope, receive, send_decorated)
-        except Exception as exc:
-            if ex.started:
-                if ex.reported:
-                    return  # FastAPI's error middleware logged it, answered, and re-raised
-                raise
-            await _internal_error(exc, method=scope["method"], path=path).send_to(
-                send_decorated, path
-            )
-        finally:
-            try:
-                self._record(scope, path, ex, time.perf_counter() - started)
             finally:
-                user_id_var.reset(uid_token)
-                trace_id_var.reset(tid_token)
-                request_id_var.reset(rid_token)
-                tracker.count -= 1
-                if tracker.count == 0:
-                    tracker.idle.set()
+                try:
+                    self._record(scope, path, ex, time.perf_counter() - started)
+                finally:
+                    user_id_var.reset(uid_token)
+                    trace_id_var.reset(tid_token)
+                    request_id_var.reset(rid_token)
+                    tracker.count -= 1
+                    if tracker.count == 0:
+                        tracker.idle.set()
 
     def _record(self, scope: Scope, path: str, ex: Exchange, seconds: float) -> None:
         """The request's access record, then its metrics (the record's writer may name the

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 from keelson.config import KeelsonSettings
 from keelson.logging import redact_text, redact_value
 
-__all__ = ["add_breadcrumb", "capture_exception", "init_monitoring", "set_user", "trace"]
+__all__ = [
+    "add_breadcrumb",
+    "capture_exception",
+    "enabled",
+    "init_monitoring",
+    "isolated_scope",
+    "set_user",
+    "trace",
+]
 
 _log = logging.getLogger("keelson.monitor")
 _enabled = False
@@ -37,6 +46,36 @@ def init_monitoring(settings: KeelsonSettings) -> bool:
     sentry_sdk.set_tag("service", settings.service)
     _enabled = True
     return True
+
+
+def enabled() -> bool:
+    """Whether events go to Sentry (a DSN was configured at start)."""
+    return _enabled
+
+
+_OFF: AbstractContextManager[None] = nullcontext()
+
+
+def isolated_scope(*, trace_id: str | None = None, **tags: str) -> AbstractContextManager[None]:
+    """One request's (or one background job's) monitoring state, its user and its
+    breadcrumbs, kept apart from every other's, tagged with `tags`. Its events are tied to
+    `trace_id`, the request's W3C trace id: the one its log records carry and the gateway
+    propagates to the services (`traceparent`), so the events of every service one request
+    went through land in one Sentry trace. Nothing (a shared no-op) when monitoring is off."""
+    return _OFF if not _enabled else _isolated(trace_id, tags)
+
+
+@contextmanager
+def _isolated(trace_id: str | None, tags: dict[str, str]) -> Iterator[None]:
+    import sentry_sdk
+
+    with sentry_sdk.isolation_scope() as scope:
+        for key, value in tags.items():
+            scope.set_tag(key, value)
+        if trace_id is not None:
+            scope.set_tag("trace_id", trace_id)
+            scope.set_context("trace", {"trace_id": trace_id, "span_id": secrets.token_hex(8)})
+        yield
 
 
 def _scrub(event: Any, hint: Any) -> Any:
@@ -88,7 +127,7 @@ def add_breadcrumb(message: str, *, category: str = "keelson", **data: Any) -> N
         import sentry_sdk
 
         sentry_sdk.add_breadcrumb(message=message, category=category, data=data)
-    else:
+    elif _log.isEnabledFor(logging.DEBUG):
         _log.debug("breadcrumb %s: %s %s", category, message, redact_value("", data))
 
 

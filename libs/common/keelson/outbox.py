@@ -5,6 +5,9 @@ event exists if and only if the business change committed. The relay publishes a
 unpublished row and only then marks it published, one row per transaction: a crash or a
 failed commit in between publishes that one row twice, never zero times (and never the
 rows already marked), which is why consumers deduplicate by envelope id (`mark_processed`).
+Published rows are kept for `retention` and then purged; the rows of events that carry a
+secret (`Event.purge_on_publish`, the sealed action tokens) are deleted in the transaction
+that publishes them, so they outlive their relay by no more than that transaction.
 Tables are unqualified at run time and found through the service's search path.
 The relay polls, and is woken at once when a session that wrote to the outbox commits
 in this process.
@@ -49,7 +52,7 @@ from sqlalchemy.sql.dml import ReturningInsert
 
 from keelson.bus import BUS, Bus
 from keelson.db import DB_ENGINE
-from keelson.events import Envelope, Event
+from keelson.events import Envelope, Event, purged_on_publish
 from keelson.plugins import Health, Plugin, PluginMetadata, Priority
 from keelson.tasks import finish_or_cancel
 
@@ -336,10 +339,14 @@ class OutboxRelay:
             row = (await conn.execute(self._next_row())).first()
             if row is None:
                 return False, False
-            await self.bus.publish(self._envelope(row.payload))
-            await conn.execute(
-                update(table).where(table.c.id == row.id).values(published_at=func.now())
-            )
+            envelope = self._envelope(row.payload)
+            await self.bus.publish(envelope)
+            if purged_on_publish(envelope.type, envelope.version):
+                await conn.execute(delete(table).where(table.c.id == row.id))
+            else:
+                await conn.execute(
+                    update(table).where(table.c.id == row.id).values(published_at=func.now())
+                )
         return True, bool(row.more)
 
     async def purge(self) -> int:

@@ -1,5 +1,6 @@
 import uuid
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -17,7 +18,7 @@ from sqlalchemy.ext.asyncio import (
 from keelson.bus import BUS, RedisBus
 from keelson.config import BusSettings, PluginSettings
 from keelson.db import DB_SESSIONS
-from keelson.events import Envelope, PaymentSucceeded
+from keelson.events import Envelope, PasswordResetRequested, PaymentSucceeded
 from keelson.outbox import (
     OutboxRelay,
     OutboxRelayPlugin,
@@ -148,6 +149,51 @@ async def eventually_published(engine: AsyncEngine, event_id: str) -> None:
         return (await rows(engine, event_id))[0][1] is not None
 
     await eventually(published)
+
+
+async def test_rows_carrying_a_secret_are_deleted_when_published_and_others_after_retention(
+    engine: AsyncEngine,
+    sessions: async_sessionmaker[AsyncSession],
+    bus: RedisBus,
+    relays: Callable[..., OutboxRelay],
+) -> None:
+    reset = PasswordResetRequested(
+        user_id=str(uuid.uuid4()),
+        email="a@example.com",
+        token="sealed-token-" + uuid.uuid4().hex,
+        expires_at=datetime.now(UTC),
+    )
+    got = await listen(bus, "auth.password_reset_requested")
+    async with sessions() as session, session.begin():
+        secret = await add_to_outbox(session, reset, producer="auth")
+        kept = await add_to_outbox(session, payment(11))
+    assert len(await rows(engine, secret.id)) == 1  # written with the change, as any event
+
+    relay = relays(retention=timedelta(seconds=3600))
+
+    await eventually(lambda: secret.id in [e.id for e in got])
+    assert PasswordResetRequested.from_envelope(next(e for e in got if e.id == secret.id)) == reset
+    await eventually_published(engine, kept.id)
+    assert await rows(engine, secret.id) == [], "the sealed token outlived its relay"
+    async with engine.connect() as conn:
+        found = await conn.scalar(
+            text("SELECT count(*) FROM outbox WHERE payload::text LIKE :t"),
+            {"t": f"%{reset.token}%"},
+        )
+    assert found == 0
+
+    # The bounded retention sweep: published rows older than the retention go too.
+    assert await relay.purge() == 0
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "UPDATE outbox SET published_at = now() - interval '2 hours' "
+                "WHERE payload->>'id' = :id"
+            ),
+            {"id": kept.id},
+        )
+    assert await relay.purge() == 1
+    assert await rows(engine, kept.id) == []
 
 
 class _DiesAfterPublishing:

@@ -27,6 +27,7 @@ from auth_service.users import (
 from keelson.auth import Principal, RevocationList
 from keelson.errors import BadRequest, Conflict, Forbidden, Unauthorized, Unprocessable
 from keelson.events import (
+    ContactChanged,
     EmailVerificationRequested,
     PasswordResetRequested,
     SignUpForExistingAccount,
@@ -150,7 +151,10 @@ async def update_account(
     settings: AuthSettings,
     client_ip: str,
 ) -> User:
-    """Change the caller's name or password; a new password ends every other session.
+    """Change the caller's name, phone or password; a new password ends every other session.
+
+    A changed phone is announced (`auth.contact_changed`): the notifications service lets
+    a user text that number as their own.
 
     Wrong current passwords count as failed logins, so a stolen access token cannot be
     used to guess the password faster than the login form allows.
@@ -180,6 +184,10 @@ async def update_account(
         await audit(db, AuditAction.PASSWORD_CHANGED, actor=str(user.id))
     if "name" in changes.model_fields_set:
         user.name = changes.name
+    if "phone" in changes.model_fields_set and changes.phone != user.phone:
+        user.phone = changes.phone
+        await emit(db, ContactChanged(user_id=str(user.id), email=user.email, phone=user.phone))
+        await audit(db, AuditAction.USER_UPDATED, actor=str(user.id), target=str(user.id))
     await revoke_access(revocations, revoked)  # before the commit: see log_out
     await db.commit()
     await db.refresh(user)

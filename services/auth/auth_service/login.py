@@ -33,6 +33,7 @@ from auth_service.settings import AuthSettings
 from auth_service.throttle import LoginThrottle
 from auth_service.tokens import hash_token, issue_access_token
 from auth_service.users import get_user, get_user_by_email, normalize_email, parse_uuid
+from keelson import monitor
 from keelson.auth import Principal, RevocationList
 from keelson.errors import Forbidden, TooManyRequests, Unauthorized
 from keelson.events import UserLoggedIn
@@ -91,11 +92,15 @@ async def log_in(
         verified = await passwords.verify_dummy(password)
     else:
         verified = await passwords.verify(user.password_hash, password)
+    monitor.add_breadcrumb(
+        "login: password checked", category="auth", account_found=user is not None
+    )
     if not verified or user is None or not user.is_active:
         await record_failure(db, throttle=throttle, email=email, client_ip=ctx.client_ip, user=user)
         metrics.count("login", "failure")
         raise Unauthorized(_BAD_CREDENTIALS)
     await throttle.record_success(email=email)
+    monitor.set_user(str(user.id))  # the id only: no email or name leaves for Sentry
     if ctx.settings.require_verified_email and user.email_verified_at is None:
         # Said only to whoever knows the password, so it reveals nothing to others.
         raise Forbidden(
@@ -115,6 +120,7 @@ async def log_in(
     await emit(db, UserLoggedIn(user_id=str(user.id), ip=ctx.client_ip, user_agent=ctx.user_agent))
     await audit(db, AuditAction.LOGIN_SUCCEEDED, actor=str(user.id), ip=ctx.client_ip)
     await db.commit()
+    monitor.add_breadcrumb("login: session started", category="auth", session_id=str(row.id))
     metrics.count("login", "success")
     return pair
 

@@ -66,6 +66,8 @@ class User(Base):
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     email: Mapped[str] = mapped_column(String(320), unique=True)
     name: Mapped[str | None] = mapped_column(String(200))
+    # E.164 (+15551234567); where text messages to the user go (see notifications).
+    phone: Mapped[str | None] = mapped_column(String(16))
     password_hash: Mapped[str] = mapped_column(Text)
     roles: Mapped[list[str]] = mapped_column(ARRAY(String(64)))
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
+import sys
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from importlib import resources
 from typing import TypeVar
@@ -18,16 +22,20 @@ from auth_service.settings import PasswordHashSettings
 from keelson.errors import ServiceUnavailable, Unprocessable
 
 __all__ = [
+    "HASHING_NICENESS",
     "HASHING_REFUSED",
     "HASHING_SECONDS",
     "MAX_PASSWORD_LENGTH",
     "PasswordHashing",
     "check_password_policy",
     "common_passwords",
+    "default_concurrency",
     "password_hasher",
 ]
 
 MAX_PASSWORD_LENGTH = 1024
+# How much nicer than the rest of the process a hashing thread runs (Linux: per thread).
+HASHING_NICENESS = 10
 _RETRY_AFTER_SECONDS = 1
 _T = TypeVar("_T")
 
@@ -54,6 +62,25 @@ def password_hasher(settings: PasswordHashSettings) -> PasswordHasher:
     )
 
 
+def default_concurrency() -> int:
+    """Hashing slots when none are configured: one core fewer than the machine has (at
+    least one), so the event loop serving every other request always has a core of its own
+    (docs/benchmarks.md, Auth: `/me` while logins saturate)."""
+    return max(1, (os.cpu_count() or 1) - 1)
+
+
+def _yield_to_the_event_loop() -> None:
+    """A hashing thread's initializer: on Linux a thread has a nice value of its own, and
+    a nicer one loses the CPU to the event loop thread whenever both could run, so requests
+    that need no hash (`/me`, refresh, ...) are not held up by the ones that do."""
+    if sys.platform == "linux":
+        with contextlib.suppress(OSError):
+            current = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+            os.setpriority(
+                os.PRIO_PROCESS, threading.get_native_id(), min(19, current + HASHING_NICENESS)
+            )
+
+
 class PasswordHashing:
     """argon2id in worker threads, at most `concurrency` at once.
 
@@ -64,12 +91,17 @@ class PasswordHashing:
 
     def __init__(self, settings: PasswordHashSettings) -> None:
         self._hasher = password_hasher(settings)
-        self.concurrency = settings.concurrency or os.cpu_count() or 1
+        self.concurrency = settings.concurrency or default_concurrency()
         self.max_waiting = (
             settings.max_waiting if settings.max_waiting is not None else 4 * self.concurrency
         )
         self._slots = asyncio.Semaphore(self.concurrency)
         self._waiting = 0
+        self._threads = ThreadPoolExecutor(
+            self.concurrency,
+            thread_name_prefix="argon2id",
+            initializer=_yield_to_the_event_loop,
+        )
         # Checked against when the email is unknown, so that answer takes as long as a
         # wrong password for a real account (no account enumeration by timing).
         self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(24))
@@ -83,6 +115,10 @@ class PasswordHashing:
     async def verify_dummy(self, password: str) -> bool:
         await self._run("verify", self._verify, self._dummy_hash, password)
         return False
+
+    def close(self) -> None:
+        """Let the hashing threads go (each finishes what it runs)."""
+        self._threads.shutdown(wait=False)
 
     def needs_rehash(self, password_hash: str) -> bool:
         try:
@@ -104,7 +140,8 @@ class PasswordHashing:
             self._waiting -= 1
         try:
             with HASHING_SECONDS.labels(operation).time():
-                return await asyncio.to_thread(work, *args)
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(self._threads, work, *args)
         finally:
             self._slots.release()
 

@@ -107,6 +107,7 @@ class AuthServicePlugin(Plugin):
 
     async def stop(self) -> None:
         await cancel_and_wait(self._reloader)
+        self.passwords.close()
 
     async def health(self) -> Health:
         return Health(ok=True, detail=f"signing with {self.keyring.active.kid}")

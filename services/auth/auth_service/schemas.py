@@ -69,12 +69,18 @@ class VerifyEmailConfirm(BaseModel):
     token: SingleLine = Field(min_length=1, max_length=200)
 
 
+# E.164: a plus, a country code that does not start with 0, at most 15 digits in all.
+Phone = Annotated[str, Field(pattern=r"^\+[1-9][0-9]{6,14}$", examples=["+15551234567"])]
+
+
 class UserSelfUpdate(BaseModel):
-    """`password` needs `current_password`; changing it ends every other session."""
+    """`password` needs `current_password`; changing it ends every other session.
+    `phone` null removes the number."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: SingleLine | None = Field(None, max_length=200)
+    phone: Phone | None = None
     password: str | None = Field(None, max_length=4 * MAX_PASSWORD_LENGTH)
     current_password: str | None = Field(None, max_length=MAX_PASSWORD_LENGTH)
 
@@ -99,6 +105,7 @@ class UserPublic(BaseModel):
     id: uuid.UUID
     email: str
     name: str | None
+    phone: str | None
     roles: list[str]
     email_verified: bool
     created_at: datetime
@@ -109,6 +116,7 @@ class UserPublic(BaseModel):
             id=user.id,
             email=user.email,
             name=user.name,
+            phone=user.phone,
             roles=user.roles,
             email_verified=user.email_verified_at is not None,
             created_at=user.created_at,

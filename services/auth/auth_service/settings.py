@@ -40,8 +40,9 @@ class PasswordHashSettings(BaseModel):
     parallelism: int = Field(1, ge=1, le=64)
     hash_len: int = Field(32, ge=16, le=128)
     salt_len: int = Field(16, ge=16, le=64)
-    # Hashes running at once per process (unset: one per core), and how many may wait
-    # for one (unset: four per slot); beyond that a login is answered 503.
+    # Hashes running at once per process (unset: one per core but one, at least one, so
+    # the event loop keeps a core), and how many may wait for one (unset: four per slot);
+    # beyond that a login is answered 503 with Retry-After.
     concurrency: int | None = Field(None, ge=1, le=256)
     max_waiting: int | None = Field(None, ge=0, le=10_000)
 

@@ -1,5 +1,8 @@
 """argon2id hashing, rehash on login when the cost changes, and the password policy."""
 
+import os
+import sys
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -8,7 +11,13 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from auth_service.app import create_app
-from auth_service.passwords import PasswordHashing, check_password_policy, common_passwords
+from auth_service.passwords import (
+    HASHING_NICENESS,
+    PasswordHashing,
+    check_password_policy,
+    common_passwords,
+    default_concurrency,
+)
 from auth_service.settings import PasswordHashSettings
 from keelson.errors import Unprocessable
 
@@ -86,6 +95,27 @@ async def test_the_default_cost_is_owasps_argon2id_recommendation() -> None:
     assert (await hashing.hash("violet kettles hum at dawn")).startswith(
         "$argon2id$v=19$m=19456,t=2,p=1$"
     )
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="a per-thread nice value is Linux's")
+async def test_hashing_threads_are_nicer_than_the_event_loop_and_one_core_is_left() -> None:
+    """The event loop keeps a core (slots: cores - 1, at least one) and wins the CPU from
+    the hashing threads whenever both could run (their nice value is HASHING_NICENESS up)."""
+    cores = os.cpu_count() or 1
+    hashing = PasswordHashing(PasswordHashSettings(time_cost=1, memory_cost=1024))
+    assert hashing.concurrency == default_concurrency() == max(1, cores - 1)
+    try:
+        digest = await hashing.hash("violet kettles hum at dawn")
+        assert await hashing.verify(digest, "violet kettles hum at dawn")
+        workers = [t for t in threading.enumerate() if t.name.startswith("argon2id")]
+        assert workers and all(t.native_id is not None for t in workers)
+        mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        for worker in workers:
+            assert worker.native_id is not None
+            nice = os.getpriority(os.PRIO_PROCESS, worker.native_id)
+            assert nice == min(19, mine + HASHING_NICENESS), (worker.name, nice, mine)
+    finally:
+        hashing.close()
 
 
 async def test_hashing_runs_at_most_concurrency_at_once_and_refuses_beyond_the_queue() -> None:

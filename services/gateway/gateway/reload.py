@@ -40,11 +40,10 @@ def install_sighup(app: FastAPI) -> None:
     """SIGHUP reloads config (only possible in the main thread; tests use the admin API).
 
     Under granian (`python -m gateway`) a SIGHUP to the server's main process is granian's
-    own: it replaces the workers, which read the configuration anew as they start. A
-    configuration that fails to load then stops the gateway (its new worker exits, and
-    granian shuts down), where this handler refuses it and keeps the old one: reload with
-    `POST /api/v1/admin/reload` instead. This handler serves a gateway whose worker gets
-    the signal itself (uvicorn in the main thread).
+    own: it replaces the workers, which read the configuration anew as they start, once
+    `gateway.serve` has checked that the configuration loads (a bad one is refused there).
+    This handler serves a gateway whose worker gets the signal itself (uvicorn in the main
+    thread); `POST /api/v1/admin/reload` reloads without replacing the worker.
     """
 
     def on_sighup() -> None:

@@ -5,21 +5,27 @@ time, idle keep-alive time, size) while reading, which uvicorn offers no setting
 
 from __future__ import annotations
 
+import logging
+import signal
+from types import FrameType
+
 from granian import Granian
 from granian.constants import HTTPModes, Interfaces, Loops
 from granian.http import HTTP1Settings
 
 from gateway.settings import Settings
-from keelson.config import KeelsonSettings
+from keelson.config import KeelsonSettings, load_settings
 
 __all__ = ["serve"]
+
+_log = logging.getLogger("gateway.serve")
 
 
 def serve(settings: KeelsonSettings, workers: int) -> None:
     """Run `gateway.app:create_served_app` on granian with the `connections` limits."""
     assert isinstance(settings, Settings)
     limits = settings.connections
-    Granian(
+    server = Granian(
         "gateway.app:create_served_app",
         factory=True,
         address=settings.host,
@@ -39,4 +45,31 @@ def serve(settings: KeelsonSettings, workers: int) -> None:
         # records; granian's own access log stays off, as uvicorn's was.
         log_access=False,
         workers_kill_timeout=max(1, int(settings.shutdown_grace_seconds)),
-    ).serve()
+    )
+    server.on_startup(_check_configuration_before_reload)
+    server.serve()
+
+
+def _check_configuration_before_reload() -> None:
+    """Guard granian's SIGHUP (installed before its startup hooks run) with a check.
+
+    granian answers SIGHUP by replacing its workers, which read the configuration as they
+    start: one that does not load would leave no worker, and granian would stop. Here, in the
+    server's main process, the new configuration is loaded and the app built from it first
+    (every plugin validates its own section); if that fails, the reload is refused with an
+    error and the running workers keep serving the configuration they have.
+    """
+    replace_workers = signal.getsignal(signal.SIGHUP)
+
+    def on_sighup(signum: int, frame: FrameType | None) -> None:
+        from gateway.app import create_app
+
+        try:
+            create_app(load_settings(Settings))
+        except Exception as exc:  # whatever stops a worker from starting stops the reload
+            _log.error("SIGHUP: reload refused, the workers keep their configuration: %s", exc)
+            return
+        if callable(replace_workers):
+            replace_workers(signum, frame)
+
+    signal.signal(signal.SIGHUP, on_sighup)

@@ -116,8 +116,12 @@ async def running_gateway(
 class GatewayProcess:
     """`python -m gateway` in a subprocess, configured by a YAML file, on a free port."""
 
-    def __init__(self, config_dir: Path, *, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, config_dir: Path, *, env: dict[str, str] | None = None, logs: bool = False
+    ) -> None:
         self.port = free_port()
+        # `logs=True`: all the process writes is readable from `process.stdout`.
+        self.logs = logs
         self.config_dir = config_dir
         self.env = {
             **os.environ,
@@ -140,8 +144,8 @@ class GatewayProcess:
             [sys.executable, "-m", "gateway"],
             env=self.env,
             cwd=self.config_dir,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stdout=subprocess.PIPE if self.logs else subprocess.DEVNULL,
+            stderr=subprocess.STDOUT if self.logs else subprocess.PIPE,
         )
         return self
 

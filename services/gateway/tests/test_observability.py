@@ -1,3 +1,4 @@
+import asyncio
 import re
 import signal
 from pathlib import Path
@@ -144,6 +145,40 @@ async def test_sighup_reloads_limits(upstream: ServerThread, tmp_path: Path) -> 
         # as it starts: on a loaded machine that takes a while.
         await eventually(lambda: limit() == "70", timeout=60, interval=0.05)
         assert gateway.process.poll() is None
+    finally:
+        gateway.stop()
+
+
+async def test_sighup_with_a_bad_configuration_keeps_the_gateway_serving(
+    upstream: ServerThread, tmp_path: Path
+) -> None:
+    def config(limit: str) -> dict:
+        rules = [{"path": "/api/v1/logs/echo", "limit": limit}]
+        return {
+            "log": {"ship_endpoint": None},
+            "bus": private_bus(),
+            "plugins": {
+                "security": {"enabled": False},
+                "routing": upstreams_config(logs=upstream.url),
+                "rate_limiting": {"storage": "memory", "rules": rules},
+            },
+        }
+
+    write_config(tmp_path, config("7/minute"))
+    gateway = GatewayProcess(tmp_path, logs=True).start()
+    try:
+        assert gateway.process is not None and gateway.process.stdout is not None
+        with (tmp_path / "keelson.yaml").open("a") as file:
+            file.write("plugins: [unclosed\n")  # YAML that does not parse
+        gateway.process.send_signal(signal.SIGHUP)
+        records = gateway.process.stdout
+        refused = await asyncio.to_thread(
+            lambda: any("reload refused" in line.decode() for line in records)
+        )
+        assert refused
+        assert gateway.process.poll() is None
+        answer = httpx.get(gateway.url + "/api/v1/logs/echo", timeout=10)
+        assert answer.status_code == 200 and answer.headers["ratelimit-limit"] == "7"
     finally:
         gateway.stop()
 

@@ -28,6 +28,7 @@ from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from keelson import monitor
 from keelson.events import NotificationDeliveryFailed
 from keelson.outbox import add_to_outbox
 from keelson.tasks import cancel_and_wait
@@ -203,13 +204,21 @@ class DeliveryWorker:
         return self._backlog and limit < room
 
     async def _deliver(self, row: Row[Any]) -> None:
+        with monitor.isolated_scope(notification_id=str(row.id), channel=row.channel):
+            await self._deliver_one(row)
+
+    async def _deliver_one(self, row: Row[Any]) -> None:
         started = time.perf_counter()
         code: int | None = None
         error: DeliveryError | None = None
+        monitor.add_breadcrumb(
+            "delivery attempt", category="notification", channel=row.channel, attempt=row.attempts
+        )
         try:
             message = await self._message(row)
             async with self._senders[row.channel]:
-                code = await self.channels[row.channel].send(message)
+                with monitor.trace(f"{row.channel}.send", op="notification.provider"):
+                    code = await self.channels[row.channel].send(message)
         except DeliveryError as exc:
             error = exc
         except RenderError as exc:

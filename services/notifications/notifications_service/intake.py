@@ -23,6 +23,7 @@ from notifications_service.recipients import (
     get_preferences,
     is_muted,
     remember_contact,
+    set_phone,
 )
 from notifications_service.rendering import EVENT_TYPE, LINK_PATH, SEALED_TOKEN
 from notifications_service.schemas import NotificationCreate
@@ -36,6 +37,8 @@ __all__ = ["SEND_ANY_SCOPE", "EventIntake", "accept_event", "submit_request"]
 # (those all carry `notifications:send`, which only lets a user reach themselves).
 SEND_ANY_SCOPE = "notifications:send_any"
 EVENTS_REQUESTER = "events"
+# Auth announces a user's phone (and email) with this; where "yourself" is for SMS.
+CONTACT_CHANGED = "auth.contact_changed"
 _PHONE = re.compile(r"^\+[1-9][0-9]{6,14}$")
 
 
@@ -153,7 +156,16 @@ async def accept_event(
     """
     data: dict[str, Any] = dict(envelope.data)
     user_id = str(data["user_id"]) if data.get("user_id") else None
-    if envelope.type.startswith("auth.") and user_id and data.get("email"):
+    if envelope.type == CONTACT_CHANGED and user_id and data.get("email"):
+        phone = data.get("phone")
+        await set_phone(
+            db,
+            user_id=user_id,
+            email=str(data["email"]),
+            phone=str(phone) if phone else None,
+            as_of=envelope.occurred_at,
+        )
+    elif envelope.type.startswith("auth.") and user_id and data.get("email"):
         await remember_contact(db, user_id=user_id, email=str(data["email"]))
     route: EventRoute | None = settings.events.get(envelope.type)
     if route is None:

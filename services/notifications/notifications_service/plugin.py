@@ -15,7 +15,7 @@ from notifications_service.channels.slack import SlackWebhook
 from notifications_service.channels.sms import sms_channel
 from notifications_service.channels.webhook import SignedWebhook
 from notifications_service.delivery import DeliveryWorker
-from notifications_service.intake import EventIntake
+from notifications_service.intake import CONTACT_CHANGED, EventIntake
 from notifications_service.rendering import Composer
 from notifications_service.settings import NotificationsSettings, Settings
 from notifications_service.templates import TemplateRenderer
@@ -80,7 +80,7 @@ class NotificationsPlugin(Plugin):
             connections=len(consumers),
         )
         for consumer in consumers:
-            for topic in sorted({*self.config.events, "auth.user_registered"}):
+            for topic in sorted({*self.config.events, "auth.user_registered", CONTACT_CHANGED}):
                 consumer.subscribe(topic, self.intake.handle, group=self.config.consumer_group)
 
     async def start(self) -> None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import secrets
 import uuid
 from base64 import b64encode
+from datetime import datetime
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, or_, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -24,6 +25,7 @@ __all__ = [
     "new_webhook_secret",
     "put_preferences",
     "remember_contact",
+    "set_phone",
 ]
 
 
@@ -37,6 +39,26 @@ async def remember_contact(
         .values(user_id=user_id, **values)
         .on_conflict_do_update(
             index_elements=[Contact.user_id], set_={**values, "updated_at": func.now()}
+        )
+    )
+
+
+async def set_phone(
+    db: AsyncSession, *, user_id: str, email: str, phone: str | None, as_of: datetime
+) -> None:
+    """The user's phone as auth says it is `as_of` (None: none); an older change loses."""
+    await db.execute(
+        insert(Contact)
+        .values(user_id=user_id, email=email, phone=phone, phone_changed_at=as_of)
+        .on_conflict_do_update(
+            index_elements=[Contact.user_id],
+            set_={
+                "email": email,
+                "phone": phone,
+                "phone_changed_at": as_of,
+                "updated_at": func.now(),
+            },
+            where=or_(Contact.phone_changed_at.is_(None), Contact.phone_changed_at < as_of),
         )
     )
 

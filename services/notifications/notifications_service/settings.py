@@ -34,6 +34,9 @@ class EmailSettings(BaseModel):
     security: SmtpSecurity = SmtpSecurity.NONE
     username: str | None = None
     password: SecretStr | None = None
+    # A CA bundle (PEM) to verify the server's certificate with, for a relay whose
+    # certificate a private CA signed; unset: the system's trusted CAs.
+    ca_file: str | None = None
     sender: str = "Keelson <no-reply@keelson.localhost>"
     timeout_seconds: float = Field(10.0, gt=0)
     connections: int = Field(8, ge=1, le=256, description="SMTP connections kept open")
@@ -109,6 +112,8 @@ DEFAULT_EVENT_ROUTES: dict[str, EventRoute] = {
     "auth.password_reset_requested": EventRoute(
         template="password_reset", transactional=True, link_path="/reset-password"
     ),
+    # Sign-up answers alike whether or not the address is taken; its owner is told here.
+    "auth.signup_for_existing_account": EventRoute(template="existing_account", transactional=True),
     "payments.payment_succeeded": EventRoute(template="payment_receipt", category="billing"),
     "payments.payment_failed": EventRoute(template="payment_failed", category="billing"),
     "payments.refund_succeeded": EventRoute(template="refund_receipt", category="billing"),

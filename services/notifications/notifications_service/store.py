@@ -56,22 +56,8 @@ _INSERT = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Queued:
-    """A notification as enqueued: new, or the earlier one with the same idempotency key."""
-
-    id: uuid.UUID
-    status: Status
-    created: bool
-
-
-async def enqueue(db: AsyncSession, new: NewNotification) -> Queued:
-    """Insert the notification (not committed); with a key already used, the earlier one.
-
-    Concurrent requests with one key meet at the unique index: one inserts, the others wait
-    for its commit and read its row.
-    """
-    values = {
+def _values(new: NewNotification) -> dict[str, Any]:
+    return {
         "id": uuid.uuid4(),
         "owner_id": new.owner_id,
         "requested_by": new.requested_by,
@@ -90,6 +76,24 @@ async def enqueue(db: AsyncSession, new: NewNotification) -> Queued:
         "status": Status.SUPPRESSED if new.suppressed else Status.PENDING,
         "attempts": 0,
     }
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """A notification as enqueued: new, or the earlier one with the same idempotency key."""
+
+    id: uuid.UUID
+    status: Status
+    created: bool
+
+
+async def enqueue(db: AsyncSession, new: NewNotification) -> Queued:
+    """Insert the notification (not committed); with a key already used, the earlier one.
+
+    Concurrent requests with one key meet at the unique index: one inserts, the others wait
+    for its commit and read its row.
+    """
+    values = _values(new)
     inserted = (await db.execute(_INSERT, values)).first()
     if inserted is not None:
         if new.suppressed:

@@ -16,16 +16,20 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from keelson.bus import RedisBus
+from keelson.bus import RedisBus, stream_key
 from keelson.events import (
+    ContactChanged,
     Envelope,
+    Event,
     PasswordResetRequested,
     PaymentSucceeded,
+    SignUpForExistingAccount,
     UserRegistered,
 )
 from keelson.keys import KeyManager, seal_action_token
 from keelson_dev.testing import eventually
-from notifications_service.settings import Settings
+from notifications_service.settings import DEFAULT_EVENT_ROUTES, Settings
+from notifications_service.templates import TemplateRenderer
 
 LINK = re.compile(r"https?://\S+")
 
@@ -119,6 +123,91 @@ async def test_a_token_that_was_not_sealed_for_us_is_not_mailed(
     [row] = await eventually(failed, timeout=20)
     assert "sealed token" in row.last_error
     assert smtp_sink.to(email) == []
+
+
+# Auth's events that are not messages to anyone (a login, an audit record, an address).
+NOT_MESSAGES = {"auth.user_logged_in", "auth.audit", "auth.contact_changed"}
+
+
+def test_every_auth_event_is_routed_to_an_existing_template_or_is_no_message() -> None:
+    from auth_service import accounts, audit, login  # the modules that emit auth's events
+
+    emitted = {
+        value.type
+        for module in (accounts, audit, login)
+        for value in vars(module).values()
+        if isinstance(value, type)
+        and issubclass(value, Event)
+        and getattr(value, "type", "").startswith("auth.")
+    }
+    assert {"auth.signup_for_existing_account", "auth.contact_changed"} <= emitted
+    renderer = TemplateRenderer()
+    for event_type in emitted - NOT_MESSAGES:
+        route = DEFAULT_EVENT_ROUTES.get(event_type)
+        assert route is not None, f"{event_type} has no route"
+        assert renderer.exists(route.template), f"{event_type}: no template {route.template}"
+
+
+async def test_a_signup_with_a_taken_address_tells_its_owner_they_have_an_account(
+    app: Any, bus: RedisBus, smtp_sink: SmtpSink, client: httpx.AsyncClient
+) -> None:
+    headers = caller()
+    user_id, email = user_of(headers), new_email()
+    await client.put(
+        "/api/v1/notifications/preferences",
+        json={"muted_channels": ["email"], "muted_categories": ["account"]},
+        headers=headers,
+    )
+    await bus.publish(SignUpForExistingAccount(user_id=user_id, email=email))
+
+    [mail] = await eventually(lambda: smtp_sink.to(email), timeout=20)
+    assert mail.message["Subject"] == "You already have a Keelson account"
+    assert "already has an account" in mail.text()
+    assert "http://127.0.0.1:8000/reset-password" in mail.text()
+    assert "List-Unsubscribe" not in mail.message  # transactional: sent even when muted
+
+
+async def test_a_user_texts_the_phone_auth_has_on_record_for_them_and_no_other(
+    app: Any, bus: RedisBus, client: httpx.AsyncClient
+) -> None:
+    headers = caller()
+    user_id, email = user_of(headers), new_email()
+    mine, other = "+1555" + str(uuid.uuid4().int)[:7], "+1555" + str(uuid.uuid4().int)[:7]
+    text = {"channel": "sms", "body": "Your code is 1234"}
+
+    async def send(to: str) -> int:
+        sent = await client.post("/api/v1/notifications", json={**text, "to": to}, headers=headers)
+        return sent.status_code
+
+    assert await send(mine) == 403  # no phone on record yet
+    changed = ContactChanged(user_id=user_id, email=email, phone=mine).envelope(producer="auth")
+    await bus.publish(changed)
+
+    async def allowed() -> bool:
+        return await send(mine) == 202
+
+    await eventually(allowed, timeout=20)
+    assert await send(other) == 403
+    # A change that happened earlier, delivered late, does not undo the newer one.
+    stale = ContactChanged(user_id=user_id, email=email, phone=other).envelope(producer="auth")
+    await bus.publish(stale.model_copy(update={"occurred_at": changed.occurred_at - timedelta(1)}))
+
+    async def handled() -> bool:  # the group has read and acknowledged every change
+        groups = await bus.redis.xinfo_groups(stream_key(ContactChanged.type))
+        group = next(g for g in groups if g["name"] == b"notifications")
+        return bool(group["pending"] == 0 and group["lag"] == 0)
+
+    await eventually(handled, timeout=20)
+    assert await send(mine) == 202
+    assert await send(other) == 403
+    removed = ContactChanged(user_id=user_id, email=email, phone=None)
+    await bus.publish(removed)
+
+    async def refused() -> bool:
+        return await send(mine) == 403
+
+    await eventually(refused, timeout=20)
+    assert await send(other) == 403
 
 
 async def test_a_payment_receipt_goes_to_the_payer(

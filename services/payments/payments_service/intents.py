@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from keelson import monitor
 from keelson.auth import Principal
 from keelson.db import advisory_xact_lock
 from keelson.errors import Conflict, IdempotencyConflict, NotFound
@@ -112,6 +113,13 @@ async def create_intent(
             amount=intent.amount,
             data={"provider": provider.name, "provider_id": created.id},
         )
+    monitor.add_breadcrumb(
+        "payment intent created",
+        category="payment",
+        intent_id=str(intent.id),
+        amount=intent.amount,
+        currency=intent.currency,
+    )
     return intent, True
 
 

@@ -26,6 +26,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
+from keelson import monitor
 from keelson.events import (
     Event,
     PaymentCanceled,
@@ -219,4 +220,12 @@ def move(
     event = _event_for(intent, target, reason)
     if event is not None:
         changes.announce(event)
+    monitor.add_breadcrumb(
+        "payment intent status changed",
+        category="payment",
+        intent_id=str(intent.id),
+        from_status=current.value,
+        to_status=target.value,
+        source=source,
+    )
     return True

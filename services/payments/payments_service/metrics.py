@@ -22,6 +22,7 @@ from payments_service.states import IntentStatus
 __all__ = [
     "INTENTS",
     "RECONCILE_REPAIRS",
+    "REFUNDS",
     "WEBHOOK_EVENTS",
     "WEBHOOK_LAG",
     "IntentCounter",
@@ -31,6 +32,11 @@ _log = logging.getLogger("payments_service.metrics")
 
 INTENTS = Gauge(
     "payments_intents", "Payment intents in each status now (counted in the database)", ["status"]
+)
+REFUNDS = Counter(
+    "payments_refunds_total",
+    "Refunds made (committed), by the provider's status of the refund",
+    ["status"],
 )
 WEBHOOK_EVENTS = Counter(
     "payments_webhook_events_total",

@@ -7,6 +7,7 @@ import uuid
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from keelson import monitor
 from keelson.auth import Principal
 from keelson.errors import Conflict, IdempotencyConflict
 from keelson.events import RefundSucceeded
@@ -14,6 +15,7 @@ from keelson.payment import PaymentProvider
 from payments_service.idempotency import fingerprint, provider_key
 from payments_service.intents import find_intent
 from payments_service.lifecycle import Changes, move
+from payments_service.metrics import REFUNDS
 from payments_service.models import Refund
 from payments_service.schemas import RefundCreate
 from payments_service.states import REFUNDABLE, IntentStatus, refund_status
@@ -102,4 +104,8 @@ async def refund_intent(
             )
         )
         await changes.write(db)
+    monitor.add_breadcrumb(
+        "refund created", category="payment", intent_id=str(intent_id), amount=refund.amount
+    )
+    REFUNDS.labels(refund.status).inc()
     return refund, True

@@ -14,6 +14,7 @@ import stripe
 from prometheus_client import Counter, Histogram
 
 from keelson.errors import BadRequest, IdempotencyConflict, KeelsonError, PaymentInvalid
+from keelson.monitor import trace
 
 __all__ = [
     "PROVIDER_CALL_SECONDS",
@@ -189,7 +190,8 @@ def parse_stripe_event(
 async def _timed(provider: str, operation: str) -> AsyncIterator[None]:
     started = time.perf_counter()
     try:
-        yield
+        with trace(f"{provider}.{operation}", op="payment.provider"):
+            yield
     except KeelsonError as exc:
         PROVIDER_ERRORS.labels(provider, operation, exc.slug).inc()
         raise

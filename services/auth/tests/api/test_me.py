@@ -71,6 +71,39 @@ async def test_patch_me_changes_the_name(
     assert response.json()["name"] == "Grace"
 
 
+async def test_patch_me_sets_an_e164_phone_announces_it_and_removes_it(
+    client: httpx.AsyncClient,
+    signed_in: SignedIn,
+    auth_header: Bearer,
+    outbox: Callable[..., Awaitable[list[dict[str, Any]]]],
+) -> None:
+    user, tokens = await signed_in()
+    assert user["phone"] is None
+    headers = auth_header(tokens)
+    for bad in ("5551234567", "+0551234567", "+1 555 123 4567", "+1555", "+1" + "5" * 15, 15551234):
+        refused = await client.patch("/api/v1/auth/me", json={"phone": bad}, headers=headers)
+        assert refused.status_code == 422, bad
+        assert refused.headers["content-type"] == "application/problem+json"
+
+    response = await client.patch(
+        "/api/v1/auth/me", json={"phone": "+15551234567"}, headers=headers
+    )
+    assert response.status_code == 200 and response.json()["phone"] == "+15551234567"
+    again = await client.patch("/api/v1/auth/me", json={"phone": "+15551234567"}, headers=headers)
+    assert again.status_code == 200
+    assert (await client.get("/api/v1/auth/me", headers=headers)).json()["phone"] == "+15551234567"
+    renamed = await client.patch("/api/v1/auth/me", json={"name": "Ada"}, headers=headers)
+    assert renamed.json()["phone"] == "+15551234567"  # left as it was
+    removed = await client.patch("/api/v1/auth/me", json={"phone": None}, headers=headers)
+    assert removed.json()["phone"] is None
+
+    changes = await outbox("auth.contact_changed", user_id=user["id"])
+    assert [(e["data"]["email"], e["data"]["phone"]) for e in changes] == [
+        (user["email"], "+15551234567"),
+        (user["email"], None),
+    ]  # one per change, none for a repeat or a rename
+
+
 async def test_password_change_needs_the_current_password(
     client: httpx.AsyncClient, signed_in: SignedIn, auth_header: Bearer
 ) -> None:

@@ -31,6 +31,7 @@ from keelson.bus import BUS
 from keelson.config import PluginSettings
 from keelson.errors import BadRequest, Forbidden, ServiceUnavailable, Unauthorized
 from keelson.logging import user_id_var
+from keelson.monitor import set_user
 from keelson.plugins import PluginMetadata, Priority
 from keelson.security_headers import API_CSP, DEFAULT_HSTS_MAX_AGE, SecurityHeaders
 
@@ -270,6 +271,7 @@ class _SecurityLayer:
             ctx.forward_headers = self.plugin.identity_headers(principal)
             # For the rest of the request's lines; ServiceMiddleware unbinds it at the end.
             user_id_var.set(principal.user_id)
+            set_user(principal.user_id)  # Sentry: the id only, in this request's scope
         return self.app(scope, receive, send)
 
 

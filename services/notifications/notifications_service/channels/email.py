@@ -91,6 +91,7 @@ class SmtpEmail:
             timeout=s.timeout_seconds,
             use_tls=s.security is SmtpSecurity.TLS,
             start_tls=s.security is SmtpSecurity.STARTTLS,
+            cert_bundle=s.ca_file,
         )
 
     async def send(self, message: OutgoingMessage) -> int | None:

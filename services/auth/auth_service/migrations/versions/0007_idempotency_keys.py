@@ -1,7 +1,7 @@
 """Idempotency keys of sign-up retries.
 
-Revision ID: auth_0006
-Revises: auth_0005
+Revision ID: auth_0007
+Revises: auth_0006
 Create Date: 2026-12-07
 """
 
@@ -10,8 +10,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "auth_0006"
-down_revision: str | None = "auth_0005"
+revision: str = "auth_0007"
+down_revision: str | None = "auth_0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
