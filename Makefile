@@ -8,7 +8,7 @@ VENV := $(CURDIR)/.venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: help install deploy-tools up up-load down migrate test test-lowest lint format bench load clean
+.PHONY: help install deploy-tools up up-load down migrate test test-lowest lint format bench load soak clean
 
 help:
 	@echo "make install   create .venv with every package and the dev kit, keelson-dev (uv sync)"
@@ -20,6 +20,7 @@ help:
 	@echo "make bench     run the benchmarks (figures in docs/benchmarks.md)"
 	@echo "make up-load   run the suite with the load-test profile (limits lifted, an admin)"
 	@echo "make load      headless Locust run against it; reports in loadtests/reports/"
+	@echo "make soak      the fault suite round after round (SOAK_ROUNDS=5, SOAK_SECONDS=3600)"
 
 $(CURDIR)/.keelson/bootstrap/bin/uv:
 	$(PYTHON) -m venv $(CURDIR)/.keelson/bootstrap
@@ -93,6 +94,11 @@ up-load: install
 
 load: install
 	$(LOAD_ENV) $(BIN)/python loadtests/run.py $(LOAD_ARGS)
+
+# The fault suite (tests/system/test_faults.py, test_outages.py) round after round, bounded
+# by SOAK_ROUNDS and SOAK_SECONDS; each case's figures per round in loadtests/reports/soak-*.
+soak: install
+	BIN=$(BIN) bash tools/soak.sh
 
 clean:
 	rm -rf .keelson .venv .mypy_cache .ruff_cache .pytest_cache

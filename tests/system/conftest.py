@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from sqlalchemy.engine import make_url
 
 from keelson_dev.embedded import free_port
 from keelson_dev.suite import SERVICES, Layout, free_port_block, readiness
+from keelson_dev.supervision import Supervisor
 from keelson_dev.testing import fresh_database
 
 KEELSON = Path(sys.executable).parent / "keelson"
@@ -39,6 +41,7 @@ class RunningSuite:
     zmq_base_port: int
     output: Path
     process: subprocess.Popen[bytes]
+    database_url: str = ""
     _admin: dict[str, str] | None = None
     _users: dict[str, tuple[str, dict[str, str]]] = field(default_factory=dict)
 
@@ -53,6 +56,14 @@ class RunningSuite:
     @property
     def log_intake(self) -> str:
         return f"tcp://127.0.0.1:{self.zmq_base_port + 2}"
+
+    @property
+    def supervisor(self) -> Supervisor:
+        return Supervisor.from_config(self.root / ".keelson" / "supervisord.conf")
+
+    @property
+    def mail_dir(self) -> Path:
+        return self.root / ".keelson" / "mail"
 
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.gateway, timeout=15)
@@ -125,38 +136,35 @@ def system_database(postgres_server_url: str) -> Iterator[str]:
         yield make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-# Package scope: the suite stops, and the Redis keys it made (login throttles, streams) are
-# removed, before the tests outside `tests/system/` run on the same Redis.
-@pytest.fixture(scope="package")
-def suite(
-    system_database: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RunningSuite]:
-    root = tmp_path_factory.mktemp("system")
-    client = redis.Redis.from_url(redis_url)
-    before = set(client.scan_iter(count=1000))
+@contextmanager
+def launched(root: Path, env: dict[str, str], database_url: str) -> Iterator[RunningSuite]:
+    """`keelson up` in `root` with the test's environment (no `KEELSON_*`) and `env`, until
+    every service answers ready; SIGTERM at the end."""
     base_port = free_port_block(len(SERVICES) + 3)
     zmq_base_port = base_port + len(SERVICES)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KEELSON_")}
-    env.update(
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("KEELSON_")}
+    environment.update(
         NO_COLOR="1",
-        KEELSON_DATABASE_URL=system_database,
-        KEELSON_REDIS_URL=redis_url,
         KEELSON_ADMIN_EMAIL=ADMIN_EMAIL,
         KEELSON_ADMIN_PASSWORD=ADMIN_PASSWORD,
         KEELSON_UP_POSTGRES_PORT=str(free_port()),
         KEELSON_UP_VALKEY_PORT=str(free_port()),
+        # Not the default 58025: another suite on this machine would get our mail.
         KEELSON_UP_SMTP_PORT=str(free_port()),
         # The gateway's connection limits, short so that the slow-client cases run quickly.
         KEELSON_CONNECTIONS__HEAD_TIMEOUT_SECONDS=str(HEAD_TIMEOUT),
         KEELSON_CONNECTIONS__BODY_TIMEOUT_SECONDS=str(BODY_TIMEOUT),
         KEELSON_CONNECTIONS__MAX_HEAD_BYTES=str(MAX_HEAD_BYTES),
     )
+    environment.update(env)
     output = root / "up.log"
     command = [str(KEELSON), "up", "--root", str(root), "--base-port", str(base_port)]
     command += ["--zmq-base-port", str(zmq_base_port), "--timeout", str(READY_TIMEOUT)]
     with output.open("ab") as out:
-        process = subprocess.Popen(command, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
-    running = RunningSuite(root, base_port, zmq_base_port, output, process)
+        process = subprocess.Popen(
+            command, cwd=root, env=environment, stdout=out, stderr=subprocess.STDOUT
+        )
+    running = RunningSuite(root, base_port, zmq_base_port, output, process, database_url)
     layout = Layout(root, root / ".keelson", base_port=base_port, zmq_base_port=zmq_base_port)
     try:
         deadline = time.monotonic() + READY_TIMEOUT
@@ -172,6 +180,22 @@ def suite(
                 process.wait(90)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+# Package scope: the suite stops, and the Redis keys it made (login throttles, streams) are
+# removed, before the tests outside `tests/system/` run on the same Redis.
+@pytest.fixture(scope="package")
+def suite(
+    system_database: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningSuite]:
+    root = tmp_path_factory.mktemp("system")
+    client = redis.Redis.from_url(redis_url)
+    before = set(client.scan_iter(count=1000))
+    env = {"KEELSON_DATABASE_URL": system_database, "KEELSON_REDIS_URL": redis_url}
+    try:
+        with launched(root, env, system_database) as running:
+            yield running
+    finally:
         left = set(client.scan_iter(count=1000)) - before
         if left:
             client.delete(*left)

@@ -162,6 +162,10 @@ class KeelsonSettings(BaseSettings):
     )
     sentry_traces_sample_rate: float = Field(0.0, ge=0.0, le=1.0)
     shutdown_grace_seconds: float = Field(10.0, ge=0)
+    # On SIGTERM, readiness answers 503 at once and the listener stays open this long
+    # before the server stops accepting (keelson.draining); Kubernetes' preStop sleep
+    # does the same there, so 0 by default. `keelson up` sets it.
+    drain_pause_seconds: float = Field(0.0, ge=0, le=60)
     # One "keelson.access" record per request (probes and /metrics excepted).
     access_log: bool = True
     log: LogSettings = LogSettings()

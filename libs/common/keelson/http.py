@@ -18,12 +18,15 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware import Middleware
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from keelson.config import KeelsonSettings
 from keelson.db import DATABASE_RETRY_AFTER, database_unavailable
+from keelson.disconnect import SAFE_METHODS, CancelOnDisconnect
 from keelson.docs import install_docs
+from keelson.draining import drain_on_sigterm
 from keelson.errors import (
     PROBLEM_JSON,
     BadRequest,
@@ -378,9 +381,15 @@ def _lifespan(
             await container.stop()  # what started must not outlive a failed start
             raise
         _log.info("%s ready on port %s", settings.service, settings.port)
+
+        def start_draining() -> None:
+            app.state.draining = True
+
+        uninstall = drain_on_sigterm(settings.drain_pause_seconds, start_draining)
         try:
             yield
         finally:
+            uninstall()
             app.state.draining = True
             if not await in_flight.drain(settings.shutdown_grace_seconds):
                 _log.warning("shutdown grace elapsed with %d requests in flight", in_flight.count)
@@ -409,6 +418,9 @@ class KeelsonApp(FastAPI):
     """
 
     _front: ASGIApp | None = None
+    # The same front behind `CancelOnDisconnect`, for state-changing methods: a request
+    # whose client leaves before the answer is cancelled (safe methods skip the layer).
+    _front_unsafe: ASGIApp | None = None
     _openapi_merge: OpenApiMerge | None = None
 
     def openapi(self) -> dict[str, Any]:
@@ -421,6 +433,9 @@ class KeelsonApp(FastAPI):
         # A coroutine function, as servers tell ASGI 3 apps from ASGI 2 ones by that.
         front = self._front
         if front is not None and scope["type"] == "http":
+            unsafe = self._front_unsafe
+            if unsafe is not None and scope["method"] not in SAFE_METHODS:
+                front = unsafe
             await front(scope, receive, send)
             return
         await super().__call__(scope, receive, send)
@@ -481,8 +496,14 @@ def create_app(
     }
     if front is None:
         app.add_middleware(ServiceMiddleware, **options)
+        # Innermost of the app's own middleware: a request whose caller left is cancelled.
+        app.user_middleware.append(Middleware(CancelOnDisconnect))
     else:
-        app._front = ServiceMiddleware(front(app._own_stack), **options)
+        fronted = front(app._own_stack)
+        app._front = ServiceMiddleware(fronted, **options)
+        # Right inside ServiceMiddleware for state-changing methods: it covers what the
+        # front answers itself (the gateway's proxy) and what it passes on alike.
+        app._front_unsafe = ServiceMiddleware(CancelOnDisconnect(fronted), **options)
     app._openapi_merge = openapi_merge
     HTTP_IN_FLIGHT.labels(settings.service).set_function(lambda: in_flight.count)
     return app

@@ -389,3 +389,20 @@ def test_spilled_lines_on_their_way_to_disk_still_count_as_held(tmp_path: Path) 
         writer.join(5)
     assert store.has_data() and store.size > 0
     store.close()
+
+
+def test_a_store_adopts_only_its_own_services_orphaned_segments(tmp_path: Path) -> None:
+    """Services share the spill folder under `keelson up`, and the intake stamps records
+    with the sending service: auth's spilled records sent by payments were stored as
+    payments' (seen in the fault suite). Each service now adopts only its own."""
+    auth = SpillStore(tmp_path, max_bytes=1_000_000, prefix="auth")
+    auth.write([b'{"service": "auth"}'])
+    auth.write_pending()
+    auth.close()  # released: an orphan for the next auth process
+    payments = SpillStore(tmp_path, max_bytes=1_000_000, prefix="payments")
+    assert payments.adopt_orphans() == 0
+    assert not payments.has_data()
+    successor = SpillStore(tmp_path, max_bytes=1_000_000, prefix="auth")
+    assert successor.adopt_orphans() == 1
+    assert successor.has_data()
+    successor.close()

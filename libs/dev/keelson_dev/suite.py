@@ -60,6 +60,7 @@ SERVICES: tuple[Service, ...] = (
 )
 
 _EMBEDDED_DATABASE = "keelson"
+DRAIN_PAUSE_SECONDS = 2
 
 
 @dataclass(frozen=True)
@@ -215,6 +216,9 @@ class Layout:
             "KEELSON_NOTIFICATIONS__EMAIL__PORT": str(self.smtp_port),
             "KEELSON_NOTIFICATIONS__EMAIL__SECURITY": "none",
             "KEELSON_NOTIFICATIONS__PUBLIC_BASE_URL": self.url(SERVICES[0]),
+            # SIGTERM turns readiness off for this long before the listener closes (the
+            # gateway's health checks see it first); stopwaitsecs leaves room for it.
+            "KEELSON_DRAIN_PAUSE_SECONDS": str(DRAIN_PAUSE_SECONDS),
             "PYTHONUNBUFFERED": "1",
         }
         if self.own_identity_key:
@@ -288,7 +292,7 @@ class Layout:
                     autostart=False,
                     startsecs=3,
                     startretries=8,
-                    stopwaitsecs=15,
+                    stopwaitsecs=15 + DRAIN_PAUSE_SECONDS,
                 )
             )
         return programs

@@ -288,6 +288,11 @@ class Supervisor:
         with self._proxy() as proxy:
             proxy.supervisor.startProcess(name, False)
 
+    def stop(self, name: str) -> None:
+        """Stop `name` and wait until it has (supervisor does not restart it until `start`)."""
+        with self._proxy() as proxy:
+            proxy.supervisor.stopProcess(name, True)
+
     def shutdown(self) -> None:
         """Stop every program (reverse priority order), then supervisord itself exits."""
         with self._proxy() as proxy:

@@ -136,8 +136,8 @@ class ServiceProcess:
             KEELSON_LOG__SPILL_DIR=str(workdir / f"spill-{package}"),
             KEELSON_BUS__ZMQ_XSUB_ENDPOINT=f"tcp://127.0.0.1:{free_port()}",
             KEELSON_BUS__ZMQ_XPUB_ENDPOINT=f"tcp://127.0.0.1:{free_port()}",
-            **(env or {}),
         )
+        environment.update(env or {})  # may replace any of the above
         workdir.mkdir(parents=True, exist_ok=True)
         self.log = workdir / f"{package}-{self.port}.log"
         with self.log.open("wb") as stderr:

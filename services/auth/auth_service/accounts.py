@@ -188,9 +188,9 @@ async def update_account(
         user.phone = changes.phone
         await emit(db, ContactChanged(user_id=str(user.id), email=user.email, phone=user.phone))
         await audit(db, AuditAction.USER_UPDATED, actor=str(user.id), target=str(user.id))
+    await revoke_access(revocations, revoked)  # before the commit: see log_out
     await db.commit()
     await db.refresh(user)
-    await revoke_access(revocations, revoked)
     return user
 
 
@@ -224,9 +224,9 @@ async def confirm_password_reset(
     user.email_verified_at = user.email_verified_at or datetime.now(UTC)
     revoked = await revoke_sessions(db, reason=RevokeReason.PASSWORD_RESET, user_id=user.id)
     await audit(db, AuditAction.PASSWORD_RESET, actor=str(user.id))
+    await revoke_access(revocations, revoked)  # before the commit: see log_out
     await db.commit()
     await throttle.record_success(email=user.email)
-    await revoke_access(revocations, revoked)
 
 
 async def request_email_verification(

@@ -70,9 +70,9 @@ async def update_user(
         target=str(user.id),
         fields=sorted(fields),
     )
+    await revoke_access(revocations, revoked)  # before the commit: see log_out
     await db.commit()
     await db.refresh(user)
-    await revoke_access(revocations, revoked)
     return user
 
 
@@ -85,8 +85,8 @@ async def remove_user(
     revoked = await revoke_sessions(db, reason=RevokeReason.ACCOUNT_CHANGED, user_id=user.id)
     await delete_user(db, user_id=user.id)
     await audit(db, AuditAction.USER_DELETED, actor=actor.user_id, target=str(user_id))
+    await revoke_access(revocations, revoked)  # before the commit: see log_out
     await db.commit()
-    await revoke_access(revocations, revoked)
 
 
 async def make_admin(
@@ -148,8 +148,8 @@ async def bootstrap_admin(
         _promote(user)
         revoked = await revoke_sessions(db, reason=RevokeReason.ACCOUNT_CHANGED, user_id=user.id)
     await audit(db, AuditAction.ADMIN_CREATED, actor=None, target=str(user.id))
+    await revoke_access(revocations, revoked)  # before the commit: see log_out
     await db.commit()
-    await revoke_access(revocations, revoked)
     _log.info("first admin account is %s", user.id)
     return user
 

@@ -237,16 +237,23 @@ async def _successor_in_grace(
 
 
 async def log_out(db: AsyncSession, *, principal: Principal, revocations: RevocationList) -> None:
-    """End the caller's session (its refresh family) and refuse its access token at once."""
+    """End the caller's session (its refresh family) and refuse its access token at once.
+
+    The access tokens are refused (in Redis) before the session's end commits: when
+    Redis cannot store them, `revoke` answers 503 and the transaction rolls back, so the
+    session, its refresh family and its list of access tokens stay as they were and a
+    retry can finish the job. Committing first would have ended the session and dropped
+    that list while its access tokens stayed valid until they expired.
+    """
     revoked: list[RevokedAccess] = []
     session_id = parse_uuid(principal.session_id)
     if session_id is not None:
         revoked = await revoke_sessions(db, reason=RevokeReason.LOGOUT, session_id=session_id)
     await audit(db, AuditAction.LOGGED_OUT, actor=principal.user_id)
-    await db.commit()
     if principal.jti and principal.expires_at and all(r.jti != principal.jti for r in revoked):
         revoked.append(RevokedAccess(principal.jti, principal.expires_at))
     await revoke_access(revocations, revoked)
+    await db.commit()
 
 
 async def revoke_access(revocations: RevocationList, revoked: Iterable[RevokedAccess]) -> None:

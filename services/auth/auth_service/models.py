@@ -25,6 +25,7 @@ __all__ = [
     "SCHEMA",
     "ActionToken",
     "Base",
+    "IdempotencyKey",
     "IssuedAccessToken",
     "RefreshToken",
     "RevokeReason",
@@ -148,3 +149,16 @@ class SigningKeyRecord(Base):
     private_pem_sealed: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class IdempotencyKey(Base):
+    """A client's `Idempotency-Key` on a request that changes state (sign-up), with a keyed
+    fingerprint of its body: a retry with the same key and body gets the first answer."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (Index("ix_idempotency_keys_created_at", "created_at"),)
+
+    scope: Mapped[str] = mapped_column(String(50), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    fingerprint: Mapped[bytes] = mapped_column(LargeBinary(32))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

@@ -169,9 +169,15 @@ class SpillStore:
         self._delete_if_done(segment)
 
     def adopt_orphans(self) -> int:
-        """Take over segments nobody holds; returns how many were adopted."""
+        """Take over this service's segments nobody holds; returns how many were adopted.
+
+        Only segments with this store's prefix (its service): the log intake stamps every
+        record with the service whose key sent it, so another service's records sent by
+        this one would be stored under this service's name (services share the spill
+        folder under `keelson up`).
+        """
         try:
-            paths = sorted(self.directory.glob("*.jsonl"), key=_mtime)
+            paths = sorted(self.directory.glob(f"{self.prefix}.*.jsonl"), key=_mtime)
         except OSError:
             return 0
         adopted = 0

@@ -16,6 +16,7 @@ from auth_service.deps import (
     SessionDep,
     Throttle,
 )
+from auth_service.idempotency import IdempotencyKeyHeader, claim, fingerprint
 from auth_service.schemas import RegisterRequest, SignUpAccepted, UserPublic, UserSelfUpdate
 from keelson.auth import PUBLIC
 
@@ -37,7 +38,12 @@ async def register_account(
     throttle: Throttle,
     settings: AuthConfig,
     keys: MasterKeys,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> SignUpAccepted:
+    if idempotency_key is not None:
+        digest = fingerprint(keys, "register", body.model_dump(mode="json"))
+        if not await claim(db, scope="register", key=idempotency_key, digest=digest):
+            return SignUpAccepted()  # a retry of a sign-up that committed: nothing again
     await register_user(
         db,
         email=body.email,
@@ -48,6 +54,7 @@ async def register_account(
         settings=settings,
         keys=keys,
     )
+    await db.commit()  # the key, when no account or mail came of it
     return SignUpAccepted()
 
 

@@ -155,3 +155,63 @@ async def test_invalid_email_is_422(client: httpx.AsyncClient, email: str, passw
     )
     assert response.status_code == 422
     assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_a_retry_with_the_same_idempotency_key_changes_nothing(
+    client: httpx.AsyncClient,
+    new_email: Callable[..., str],
+    password: str,
+    outbox: Outbox,
+    stored_account: Stored,
+) -> None:
+    """Sent: one sign-up three times with one Idempotency-Key, twice of them at once.
+    Holds: every answer is the same 202, one account, one verification mail asked for,
+    and no 'someone signed up with your address' mail (a retry without the key sends it)."""
+    import asyncio
+    import uuid
+
+    email = new_email()
+    body = {"email": email, "password": password}
+    headers = {"Idempotency-Key": str(uuid.uuid4())}
+    answers = await asyncio.gather(
+        client.post("/api/v1/auth/register", json=body, headers=headers),
+        client.post("/api/v1/auth/register", json=body, headers=headers),
+    )
+    answers.append(await client.post("/api/v1/auth/register", json=body, headers=headers))
+    assert {a.status_code for a in answers} == {202}
+    assert _comparable(answers[0]) == _comparable(answers[1]) == _comparable(answers[2])
+    account = await stored_account(email)
+    assert account is not None
+    assert len(await outbox("auth.user_registered", user_id=account["id"])) == 1
+    assert len(await outbox("auth.email_verification_requested", user_id=account["id"])) == 1
+    assert await outbox("auth.signup_for_existing_account", user_id=account["id"]) == []
+
+
+async def test_an_idempotency_key_reused_with_another_body_is_409_and_does_nothing(
+    client: httpx.AsyncClient, new_email: Callable[..., str], password: str, stored_account: Stored
+) -> None:
+    first, second = new_email(), new_email()
+    headers = {"Idempotency-Key": "sign-up-attempt-1-" + first}
+    ok = await client.post(
+        "/api/v1/auth/register", json={"email": first, "password": password}, headers=headers
+    )
+    assert ok.status_code == 202
+    reused = await client.post(
+        "/api/v1/auth/register", json={"email": second, "password": password}, headers=headers
+    )
+    assert reused.status_code == 409, reused.text
+    assert reused.headers["content-type"] == "application/problem+json"
+    assert password not in reused.text
+    assert await stored_account(second) is None
+
+
+@pytest.mark.parametrize("key", ["", "x" * 256, "has space", "tab\tkey"])
+async def test_a_malformed_idempotency_key_is_422(
+    client: httpx.AsyncClient, new_email: Callable[..., str], password: str, key: str
+) -> None:
+    response = await client.post(
+        "/api/v1/auth/register",
+        json={"email": new_email(), "password": password},
+        headers={"Idempotency-Key": key},
+    )
+    assert response.status_code == 422, response.text

@@ -405,3 +405,38 @@ async def test_an_unverified_account_cannot_log_in_when_verification_is_required
             "/api/v1/auth/login", json={"email": user["email"], "password": user["password"]}
         )
         assert allowed.status_code == 200
+
+
+async def test_a_logout_redis_cannot_store_answers_503_and_changes_nothing(
+    client: httpx.AsyncClient, auth_app: FastAPI, signed_in: SignedIn, auth_header: Bearer
+) -> None:
+    """Sent: a logout while the revocation store (Redis) does not answer, then the same
+    logout once it does. Holds: the first answers 503 and the session is untouched (its
+    refresh token still rotates; before, the session ended, its access tokens' list was
+    dropped and the token stayed valid); the retry answers 204 and refuses both."""
+    from redis.asyncio import Redis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    from keelson.auth import REVOCATIONS
+    from keelson_dev.embedded import free_port
+
+    _, tokens = await signed_in()
+    revocations = auth_app.state.container.resolve(REVOCATIONS)
+    working, gone = revocations.redis, Redis(port=free_port(), retry=Retry(NoBackoff(), 0))
+    revocations.redis = gone
+    try:
+        failed = await client.post("/api/v1/auth/logout", headers=auth_header(tokens))
+    finally:
+        revocations.redis = working
+        await gone.aclose()
+    assert failed.status_code == 503, failed.text
+    assert failed.headers["content-type"] == "application/problem+json"
+    assert (await client.get("/api/v1/auth/me", headers=auth_header(tokens))).status_code == 200
+    rotated = await _refresh(client, tokens)
+    assert rotated.status_code == 200, rotated.text  # the session was not ended
+    tokens = rotated.json()
+    logout = await client.post("/api/v1/auth/logout", headers=auth_header(tokens))
+    assert logout.status_code == 204
+    assert (await client.get("/api/v1/auth/me", headers=auth_header(tokens))).status_code == 401
+    assert (await _refresh(client, tokens)).status_code == 401
