@@ -13,14 +13,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import threading
 from collections.abc import Callable
 from types import FrameType
 
-__all__ = ["drain_on_sigterm"]
+__all__ = ["DRAIN_MARKER_ENV", "drain_on_sigterm", "draining_elsewhere"]
 
 _log = logging.getLogger("keelson.draining")
+
+# A server whose workers are processes of their own (the gateway on granian) gets SIGTERM in
+# its main process: that process creates the file this variable names, and each worker's
+# readiness turns 503 as soon as it exists.
+DRAIN_MARKER_ENV = "KEELSON_DRAIN_MARKER"
+
+
+def draining_elsewhere() -> bool:
+    """Whether the server's main process has started draining (see `DRAIN_MARKER_ENV`)."""
+    marker = os.environ.get(DRAIN_MARKER_ENV)
+    return marker is not None and os.path.exists(marker)
 
 
 def drain_on_sigterm(pause: float, on_drain: Callable[[], None]) -> Callable[[], None]:

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 
 from keelson.auth import PUBLIC
 from keelson.config import Environment
+from keelson.draining import draining_elsewhere
 from keelson.plugins import PluginContainer, PluginState
 
 __all__ = ["health_router", "readiness"]
@@ -70,7 +71,7 @@ def health_router(container: PluginContainer) -> APIRouter:
 
     @router.get("/health/ready", openapi_extra=PUBLIC)
     async def ready(request: Request) -> JSONResponse:
-        if getattr(request.app.state, "draining", False):
+        if getattr(request.app.state, "draining", False) or draining_elsewhere():
             return JSONResponse({"status": "draining"}, status_code=503)
         status, report = await readiness(container)
         failing = {

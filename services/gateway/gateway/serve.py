@@ -6,7 +6,12 @@ time, idle keep-alive time, size) while reading, which uvicorn offers no setting
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import signal
+import tempfile
+import threading
+from pathlib import Path
 from types import FrameType
 
 from granian import Granian
@@ -15,6 +20,7 @@ from granian.http import HTTP1Settings
 
 from gateway.settings import Settings
 from keelson.config import KeelsonSettings, load_settings
+from keelson.draining import DRAIN_MARKER_ENV
 
 __all__ = ["serve"]
 
@@ -47,7 +53,36 @@ def serve(settings: KeelsonSettings, workers: int) -> None:
         workers_kill_timeout=max(1, int(settings.shutdown_grace_seconds)),
     )
     server.on_startup(_check_configuration_before_reload)
-    server.serve()
+    if settings.drain_pause_seconds <= 0:
+        server.serve()
+        return
+    marker = Path(tempfile.mkdtemp(prefix="keelson-gateway-")) / "draining"
+    os.environ[DRAIN_MARKER_ENV] = str(marker)  # the workers, spawned next, read it
+    server.on_startup(lambda: _drain_before_stopping(marker, settings.drain_pause_seconds))
+    try:
+        server.serve()
+    finally:
+        shutil.rmtree(marker.parent, ignore_errors=True)
+
+
+def _drain_before_stopping(marker: Path, pause: float) -> None:
+    """SIGTERM as a load balancer needs it, for granian's worker processes: the main process
+    gets the signal; it turns every worker's readiness off at once (the marker file) and
+    hands the signal to granian, which stops the workers gracefully, `pause` seconds later.
+    A second SIGTERM is handed on at once."""
+    stop = signal.getsignal(signal.SIGTERM)
+    if not callable(stop):
+        return
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        if marker.exists():
+            stop(signum, frame)
+            return
+        marker.touch()
+        _log.info("SIGTERM: readiness off, the listener closes in %.1fs", pause)
+        threading.Timer(pause, stop, (signum, None)).start()
+
+    signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def _check_configuration_before_reload() -> None:

@@ -183,6 +183,31 @@ async def test_sighup_with_a_bad_configuration_keeps_the_gateway_serving(
         gateway.stop()
 
 
+async def test_sigterm_turns_readiness_off_before_the_gateway_stops(
+    upstream: ServerThread, tmp_path: Path
+) -> None:
+    # granian's main process gets the signal; its workers' readiness must fail at once and
+    # the listener close only after the drain pause (keelson up's is 2 s).
+    config = {"log": {"ship_endpoint": None}, "bus": private_bus()}
+    config["plugins"] = {"routing": upstreams_config(logs=upstream.url)}
+    write_config(tmp_path, config)
+    gateway = GatewayProcess(tmp_path, env={"KEELSON_DRAIN_PAUSE_SECONDS": "3"}).start()
+    try:
+        assert gateway.process is not None
+        assert httpx.get(gateway.url + "/health/ready", timeout=10).json()["status"] != "draining"
+        gateway.process.send_signal(signal.SIGTERM)
+
+        def draining() -> bool:
+            answer = httpx.get(gateway.url + "/health/ready", timeout=10)
+            return answer.status_code == 503 and answer.json()["status"] == "draining"
+
+        await eventually(draining, timeout=2.5, interval=0.05)
+        assert httpx.get(gateway.url + "/health/live", timeout=10).status_code == 200
+        assert await asyncio.to_thread(gateway.process.wait, 60) == 0
+    finally:
+        gateway.stop()
+
+
 async def test_an_upstream_is_not_ready_before_its_document_is_held(
     auth_upstream: ServerThread,
 ) -> None:
