@@ -153,6 +153,7 @@ class Receiver:
     def __init__(self) -> None:
         self.endpoint = f"tcp://127.0.0.1:{free_port()}"
         self.records: list[dict[str, Any]] = []
+        self._seen: set[str] = set()
         self._stop = threading.Event()
         self._bound = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -168,7 +169,12 @@ class Receiver:
         while not self._stop.is_set():
             if socket.poll(20):
                 identity, _, batch_id, payload = socket.recv_multipart()
-                self.records.extend(orjson.loads(line) for line in payload.split(b"\n"))
+                # Kept once per record id, as the log service stores them: a batch whose
+                # acknowledgement came late on a loaded machine is sent again.
+                for record in (orjson.loads(line) for line in payload.split(b"\n")):
+                    if record["id"] not in self._seen:
+                        self._seen.add(record["id"])
+                        self.records.append(record)
                 socket.send_multipart([identity, b"ACK", batch_id])
         socket.close(0)
         context.term()
