@@ -82,8 +82,8 @@ class RoutingPlugin(GatewayPlugin):
         # Ready means routed and validated by the upstream's own document: one that answers
         # but whose document the gateway does not hold yet is asked for it now, and is not
         # ready until it has been read (requests meanwhile would match by prefix only).
-        missing = [n for n in names if status[n] in ("ready", "degraded")]
-        missing = [n for n in missing if not self.catalog.available()[n]]
+        held = self.catalog.available()
+        missing = [n for n in names if status[n] in ("ready", "degraded") and not held[n]]
         if missing:
             await self.catalog.refresh(missing)
             held = self.catalog.available()
