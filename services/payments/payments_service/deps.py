@@ -12,14 +12,16 @@ from keelson.db import get_session
 from keelson.errors import NotFound
 from keelson.payment import PaymentProvider, SandboxProvider
 from keelson.plugins import PluginContainer
+from payments_service.group_commit import GroupCommit
 from payments_service.idempotency import require_key
-from payments_service.plugin import PAYMENT_PROVIDER
+from payments_service.plugin import GROUP_COMMIT, PAYMENT_PROVIDER
 from payments_service.settings import PaymentsSettings
 
 __all__ = [
     "AdminUser",
     "Config",
     "CurrentUser",
+    "Events",
     "IdempotencyKey",
     "Provider",
     "Sandbox",
@@ -30,6 +32,11 @@ __all__ = [
 def _provider(request: Request) -> PaymentProvider:
     container: PluginContainer = request.app.state.container
     return container.resolve(PAYMENT_PROVIDER)
+
+
+def _group_commit(request: Request) -> GroupCommit:
+    container: PluginContainer = request.app.state.container
+    return container.resolve(GROUP_COMMIT)
 
 
 def _sandbox(provider: Annotated[PaymentProvider, Depends(_provider)]) -> SandboxProvider:
@@ -53,6 +60,7 @@ def _idempotency_key(
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 Provider = Annotated[PaymentProvider, Depends(_provider)]
 Sandbox = Annotated[SandboxProvider, Depends(_sandbox)]
+Events = Annotated[GroupCommit, Depends(_group_commit)]
 Config = Annotated[PaymentsSettings, Depends(_config)]
 IdempotencyKey = Annotated[str, Depends(_idempotency_key)]
 AdminUser = Annotated[Principal, Depends(require_role("admin"))]
