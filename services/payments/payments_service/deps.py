@@ -29,34 +29,36 @@ __all__ = [
 ]
 
 
-def _provider(request: Request) -> PaymentProvider:
+async def _provider(request: Request) -> PaymentProvider:
     container: PluginContainer = request.app.state.container
     return container.resolve(PAYMENT_PROVIDER)
 
 
-def _group_commit(request: Request) -> GroupCommit:
+async def _group_commit(request: Request) -> GroupCommit:
     container: PluginContainer = request.app.state.container
     return container.resolve(GROUP_COMMIT)
 
 
-def _sandbox(provider: Annotated[PaymentProvider, Depends(_provider)]) -> SandboxProvider:
+async def _sandbox(provider: Annotated[PaymentProvider, Depends(_provider)]) -> SandboxProvider:
     # With Stripe configured the sandbox routes do not exist, as far as a client can tell.
     if not isinstance(provider, SandboxProvider):
         raise NotFound("the sandbox is off: a Stripe key is configured")
     return provider
 
 
-def _config(request: Request) -> PaymentsSettings:
+async def _config(request: Request) -> PaymentsSettings:
     settings: PaymentsSettings = request.app.state.settings.payments
     return settings
 
 
-def _idempotency_key(
+async def _idempotency_key(
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> str:
     return require_key(idempotency_key)
 
 
+# The dependencies are `async def` though none awaits: FastAPI runs a plain `def` one in
+# a worker thread, a thread hop per dependency and request.
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 Provider = Annotated[PaymentProvider, Depends(_provider)]
 Sandbox = Annotated[SandboxProvider, Depends(_sandbox)]
