@@ -206,3 +206,21 @@ async def test_a_batch_writes_each_intents_rows_in_the_order_of_its_events(
             ("requires_payment_method", "processing"),
             ("processing", "succeeded"),
         ]
+
+
+async def test_a_request_gone_before_its_batch_starts_is_left_out(
+    payments_app: FastAPI, client: httpx.AsyncClient, user: Callable, payments_engine: AsyncEngine
+) -> None:
+    me = user()
+    kept, dropped = [await new_intent(client, me) for _ in range(2)]
+    events = [verified(payments_app, succeeded(i)) for i in (kept, dropped)]
+    group_commit = payments_app.state.container.resolve(GROUP_COMMIT)
+    first = asyncio.create_task(group_commit.apply(events[0], source="webhook"))
+    second = asyncio.create_task(group_commit.apply(events[1], source="webhook"))
+    await asyncio.sleep(0)  # one turn: both wait in the queue, the batch not yet started
+    second.cancel()  # as when the client disconnects
+    assert await first == Outcome.APPLIED
+    with pytest.raises(asyncio.CancelledError):
+        await second
+    assert await statuses(client, me, kept, dropped) == ["succeeded", "requires_payment_method"]
+    assert await ledger_rows(payments_engine, events[1].id) == 0
