@@ -23,6 +23,7 @@ __all__ = [
     "INTENTS",
     "RECONCILE_REPAIRS",
     "REFUNDS",
+    "WEBHOOK_BATCH",
     "WEBHOOK_EVENTS",
     "WEBHOOK_LAG",
     "IntentCounter",
@@ -48,6 +49,11 @@ WEBHOOK_LAG = Histogram(
     "payments_webhook_lag_seconds",
     "From the provider creating an event to it being handled here",
     buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600, 86400),
+)
+WEBHOOK_BATCH = Histogram(
+    "payments_webhook_batch_events",
+    "Webhook events applied per transaction (group commit; 1 when requests come one by one)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
 )
 RECONCILE_REPAIRS = Counter(
     "payments_reconcile_repairs_total", "Intent states repaired by reconciliation"
