@@ -42,6 +42,7 @@ import hashlib
 import hmac
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -145,7 +146,9 @@ class Service:
     own: the load comes from another process over real HTTP.
     """
 
-    def __init__(self, database_url: str, redis_url: str, port: int, workdir: Path) -> None:
+    def __init__(
+        self, database_url: str, redis_url: str, port: int, workdir: Path, profile: str | None
+    ) -> None:
         self.url = f"http://127.0.0.1:{port}"
         environment = {k: v for k, v in os.environ.items() if not k.startswith("KEELSON_")}
         environment.update(
@@ -167,7 +170,12 @@ class Service:
         self.log = workdir / "payments_service.log"
         with self.log.open("wb") as stderr:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "payments_service"],
+                [
+                    sys.executable,
+                    *(["-m", "cProfile", "-o", profile] if profile else []),
+                    "-m",
+                    "payments_service",
+                ],
                 env=environment,
                 cwd=workdir,
                 stdout=subprocess.DEVNULL,
@@ -203,7 +211,9 @@ class Service:
         return found["count"], found["sum"]
 
     def stop(self) -> None:
-        self.process.terminate()
+        # SIGINT: uvicorn shuts down as on SIGTERM, then raises KeyboardInterrupt (not the
+        # signal again), so cProfile, when it runs the service, still writes its stats.
+        self.process.send_signal(signal.SIGINT)
         try:
             self.process.wait(15)
         except subprocess.TimeoutExpired:
@@ -298,7 +308,7 @@ WEBHOOK_PATH = "/api/v1/payments/webhooks/stripe"
 
 
 async def webhook_rates(
-    database_url: str, redis_url: str, port: int, n: int, rounds: int
+    database_url: str, redis_url: str, port: int, n: int, rounds: int, profile: str | None
 ) -> tuple[dict[int, dict[str, list[Rate]]], dict[int, float]]:
     """Service and bare loop, at each concurrency, in alternating rounds (the same load).
 
@@ -309,7 +319,7 @@ async def webhook_rates(
     per_round = n // rounds
     seeding = bench_settings(database_url, redis_url)
     workdir = Path(tempfile.mkdtemp(prefix="keelson-bench-payments-"))
-    service = Service(database_url, redis_url, port, workdir)
+    service = Service(database_url, redis_url, port, workdir, profile)
     load: Load | None = None
     try:
         await service.wait_ready()
@@ -460,7 +470,7 @@ async def bench(args: argparse.Namespace, database_url: str) -> str:
     if args.instructions:
         return await instructions(args, database_url)
     rates, mean_batch = await webhook_rates(
-        database_url, args.redis_url, args.port, args.webhooks, args.rounds
+        database_url, args.redis_url, args.port, args.webhooks, args.rounds, args.profile
     )
     intents = await intent_rate(database_url, args.redis_url, args.intents)
     best_of = {k: {side: best(found) for side, found in r.items()} for k, r in rates.items()}
@@ -632,6 +642,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
         "--port", type=int, default=26000, help="the service's port (and the next three)"
+    )
+    parser.add_argument(
+        "--profile", metavar="FILE", help="run the service under cProfile, its stats to FILE"
     )
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument(
