@@ -498,6 +498,24 @@ async def _cpu_per_request(upstream: str, key: SigningKey, redis_url: str | None
     return lines
 
 
+def get_scope(headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+    """The ASGI scope of the benchmark's GET, for driving an app in-process."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "scheme": "http",
+        "root_path": "",
+        "server": ("127.0.0.1", 8000),
+        "client": ("127.0.0.1", 40000),
+        "method": "GET",
+        "path": PATH,
+        "raw_path": PATH.encode(),
+        "query_string": b"",
+        "headers": list(headers),
+    }
+
+
 async def _drive(app: Any, bearer: bytes, n: int = 3000) -> float:
     headers = [(b"host", b"gw"), (b"authorization", bearer), (b"accept", b"*/*")]
     statuses: list[int] = []
@@ -510,20 +528,7 @@ async def _drive(app: Any, bearer: bytes, n: int = 3000) -> float:
             statuses.append(message["status"])
 
     def scope() -> dict[str, Any]:
-        return {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "scheme": "http",
-            "root_path": "",
-            "server": ("127.0.0.1", 8000),
-            "client": ("127.0.0.1", 40000),
-            "method": "GET",
-            "path": PATH,
-            "raw_path": PATH.encode(),
-            "query_string": b"",
-            "headers": list(headers),
-        }
+        return get_scope(headers)
 
     async with app.router.lifespan_context(app):
         for _ in range(300):

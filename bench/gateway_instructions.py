@@ -44,6 +44,7 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
 from _docs import write_section
 from _gateway_rig import process_tree, upstream_rig
 
@@ -148,6 +149,25 @@ def measure(
     return per_request
 
 
+def scale_intervals(config: Path, scale: float) -> None:
+    """Stretch the gateway's time-driven work by `scale` in its config file.
+
+    Under valgrind the gateway serves some 50 times slower, so work done once per interval
+    (the rate limiter's batched Redis call every `linger_seconds`, its budget re-read every
+    `stats_refresh_seconds`, the revocation re-check every `revocation_recheck_seconds`) is
+    shared by 50 times fewer requests than at full speed. Scaled by that slowdown, each
+    interval spans as many requests as at full speed: the per-request count then weighs
+    that work as a full-speed gateway does.
+    """
+    values = yaml.safe_load(config.read_text())
+    plugins = values["plugins"]
+    limits = plugins.setdefault("rate_limiting", {})
+    limits["linger_seconds"] = min(1.0, 0.005 * scale)
+    limits["stats_refresh_seconds"] = 1.0 * scale
+    plugins.setdefault("security", {})["revocation_recheck_seconds"] = 1.0 * scale
+    config.write_text(yaml.safe_dump(values))
+
+
 def _dumped(dump: Path) -> int:
     """The instructions one dump holds: its `totals:` line, else its `summary:` line (a dump
     may have both, the same cost twice)."""
@@ -180,6 +200,12 @@ def main() -> None:
         help="wrk's connections while counting (1: one request at a time, no batching)",
     )
     parser.add_argument("--no-uvicorn", action="store_true", help="skip the bare proxy on uvicorn")
+    parser.add_argument(
+        "--time-scale",
+        type=float,
+        default=1.0,
+        help="multiply the gateway's time-driven intervals by this (valgrind's slowdown, ~50)",
+    )
     args = parser.parse_args()
     for tool in ("valgrind", "callgrind_control", "wrk", "nginx"):
         if shutil.which(tool) is None:
@@ -201,8 +227,11 @@ def main() -> None:
                 args.keep_dumps,
             )
         config = gateway_config(rig.tmp / "gateway", rig.upstream, args.redis_url)
+        if args.time_scale != 1:
+            scale_intervals(config / "keelson.yaml", args.time_scale)
         chain = measure(
             "gateway, full chain, 1 worker, granian"
+            + (f", intervals x{args.time_scale:g}" if args.time_scale != 1 else "")
             + "".join(f", without {name}" for name in args.without),
             [*spawned("gateway"), "--workers", "1"],
             {
@@ -221,7 +250,7 @@ def main() -> None:
         return
     for server, count in bare.items():
         print(f"gateway / bare proxy on {server}: {chain / count:.2f}")
-    if args.no_docs or args.without:
+    if args.no_docs or args.without or args.time_scale != 1:
         return
     command = ".venv/bin/python bench/gateway_instructions.py " + shlex.join(sys.argv[1:])
     rows = [f"| bare pure-ASGI aiohttp proxy, {s} | {c:,} |" for s, c in bare.items()]
