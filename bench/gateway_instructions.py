@@ -44,6 +44,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import yaml
 from _docs import write_section
 from _gateway_rig import process_tree, upstream_rig
@@ -119,7 +120,7 @@ def measure(
     )
     try:
         url = f"http://127.0.0.1:{port}{PATH}"
-        wait_ready(url, headers, timeout=300)  # under valgrind, start-up takes minutes
+        wait_ready(url, headers, timeout=600)  # under valgrind, start-up takes minutes
         wrk(url, headers, 32, 5)  # warm-up, uncounted
         pids = [str(pid) for pid in process_tree(server.pid)]
         for pid in pids:
@@ -131,6 +132,8 @@ def measure(
         if bad:
             raise RuntimeError(f"{name}: {bad} of {count} answers were not 2xx")
     finally:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            pids = pids or [str(pid) for pid in process_tree(server.pid)]
         stop(server)
         for pid in pids:  # a worker its main process did not take down
             with contextlib.suppress(ProcessLookupError):
