@@ -490,6 +490,7 @@ async def _cpu_per_request(upstream: str, key: SigningKey, redis_url: str | None
     from keelson.logging import configure_logging
 
     bearer = f"Bearer {token(key)}".encode()
+    os.environ.update(IDENTITY_ENV)  # production settings need the identity key pair
     steps = [
         ("routing only (proxy, keelson middleware)", 0, None),
         ("+ security (JWT cached, identity signed)", 1, None),
