@@ -129,7 +129,7 @@ def measure(
         for pid in pids:
             subprocess.run(["callgrind_control", "-i", "off", pid], check=True, capture_output=True)
             subprocess.run(["callgrind_control", "-d", pid], check=True, capture_output=True)
-        if bad:
+        if bad or not count:
             raise RuntimeError(f"{name}: {bad} of {count} answers were not 2xx")
     finally:
         with contextlib.suppress(psutil.NoSuchProcess):
