@@ -379,16 +379,21 @@ def measure(args: argparse.Namespace) -> tuple[list[Result], list[str]]:
 
         (tmp / "naive_proxy.py").write_text(NAIVE_PROXY)
         (tmp / "bare_proxy.py").write_text(BARE_PROXY)
-        for label, module in (
-            ("naive FastAPI+httpx proxy", "naive_proxy"),
-            ("bare pure-ASGI aiohttp proxy on uvicorn", "bare_proxy"),
+        fast = ["--loop", "uvloop", "--http", "httptools"]
+        quiet = ["--no-access-log", "--log-level", "warning"]
+        # The bare proxy on the gateway's own server too, so that the two compare like
+        # with like (granian, one worker, HTTP/1, uvloop, as `gateway/serve.py` sets it).
+        for label, server in (
+            ("naive FastAPI+httpx proxy", ["uvicorn", "naive_proxy:app", *fast, *quiet]),
+            (
+                "bare pure-ASGI aiohttp proxy on uvicorn",
+                ["uvicorn", "bare_proxy:app", *fast, *quiet],
+            ),
+            (BARE_ON_GRANIAN, ["granian", *BARE_GRANIAN_ARGS]),
         ):
             port = free_port()
-            uvicorn = ["-m", "uvicorn", f"{module}:app", "--port", str(port)]
-            fast = ["--loop", "uvloop", "--http", "httptools"]
-            quiet = ["--no-access-log", "--log-level", "warning"]
             proxy = spawn(
-                [sys.executable, *uvicorn, *fast, *quiet],
+                [sys.executable, "-m", *server, "--port", str(port)],
                 cpus="0",
                 env={"BENCH_UPSTREAM": upstream},
                 cwd=tmp,
@@ -398,20 +403,6 @@ def measure(args: argparse.Namespace) -> tuple[list[Result], list[str]]:
             wait_ready(url, auth)
             results.append(run_wrk(label, url, auth, args, pid=proxy.pid))
             stop(proxy)
-        # The same bare proxy on the gateway's own server, so that the two compare like
-        # with like (granian, one worker, HTTP/1, uvloop, as `gateway/serve.py` sets it).
-        port = free_port()
-        proxy = spawn(
-            [sys.executable, "-m", "granian", *BARE_GRANIAN_ARGS, "--port", str(port)],
-            cpus="0",
-            env={"BENCH_UPSTREAM": upstream},
-            cwd=tmp,
-        )
-        processes.append(proxy)
-        url = f"http://127.0.0.1:{port}{PATH}"
-        wait_ready(url, auth)
-        results.append(run_wrk(BARE_ON_GRANIAN, url, auth, args, pid=proxy.pid))
-        stop(proxy)
 
         redis_dir = gateway_config(tmp / "redis", upstream, args.redis_url)
         memory_dir = gateway_config(tmp / "memory", upstream, None)
