@@ -73,7 +73,7 @@ class IntentCounter:
     async def count_once(self) -> dict[IntentStatus, int]:
         async with self.sessions() as db:
             rows = await db.execute(select(Intent.status, func.count()).group_by(Intent.status))
-            found = {IntentStatus(status): int(n) for status, n in rows.tuples()}
+            found = {IntentStatus(status): int(n) for status, n in rows}
         for status in IntentStatus:  # a status with no intent left reads 0, not its old count
             INTENTS.labels(status.value).set(found.get(status, 0))
         return found
