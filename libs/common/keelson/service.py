@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import TypeVar
 
 import uvicorn
@@ -14,7 +12,7 @@ from fastapi import APIRouter, FastAPI
 from keelson.bus import bus_plugin
 from keelson.cache import CachePlugin
 from keelson.config import ConfigError, KeelsonSettings, load_settings
-from keelson.db import DatabasePlugin, migrate
+from keelson.db import DatabasePlugin, migrate, migrations_dir
 from keelson.http import Hook, create_app
 from keelson.logging import configure_logging
 from keelson.monitor import init_monitoring
@@ -111,12 +109,9 @@ def run_service(
     args = parser.parse_args(argv)
     settings = startup_settings(settings_cls)
     if args.migrate or args.migrate_only:
-        module = importlib.import_module(package)
-        assert module.__file__ is not None
-        migrations = Path(module.__file__).parent / "migrations"
         if settings.database_url is None:
             raise SystemExit("KEELSON_DATABASE_URL is not set; nothing to migrate")
-        migrate(migrations, settings.database_url)
+        migrate(migrations_dir(package), settings.database_url)
         if args.migrate_only:
             return
     if serve is not None:
