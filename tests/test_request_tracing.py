@@ -9,18 +9,14 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy.engine import make_url
 
-from keelson.db import migrate
 from keelson_dev.embedded import free_port
-from keelson_dev.testing import ServiceProcess, eventually, fresh_database
+from keelson_dev.testing import ServiceProcess, eventually, fresh_database, migrated, plain_url
 
-ROOT = Path(__file__).resolve().parents[1]
 ADMIN_EMAIL = "tracing-admin@example.com"
 PASSWORD = "plum tractors sing quietly"
 
@@ -36,13 +32,9 @@ def tracing_database(postgres_server_url: str) -> Iterator[str]:
 async def services(
     tracing_database: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[dict[str, ServiceProcess]]:
-    for service, package in (("auth", "auth_service"), ("logs", "logs_service")):
-        await asyncio.to_thread(
-            migrate, ROOT / "services" / service / package / "migrations", tracing_database
-        )
+    await asyncio.to_thread(migrated, tracing_database, "auth_service", "logs_service")
     workdir = tmp_path_factory.mktemp("tracing")
     ship = f"tcp://127.0.0.1:{free_port()}"
-    dsn = make_url(tracing_database).set(drivername="postgresql")
     auth = ServiceProcess(
         "auth_service",
         workdir,
@@ -61,7 +53,7 @@ async def services(
         "logs_service",
         workdir,
         {
-            "KEELSON_DATABASE_URL": dsn.render_as_string(hide_password=False),
+            "KEELSON_DATABASE_URL": plain_url(tracing_database),
             "KEELSON_REDIS_URL": redis_url,
             "KEELSON_LOGS__BIND_ENDPOINT": ship,
             "KEELSON_LOGS__BATCH_MAX_SECONDS": "0.05",

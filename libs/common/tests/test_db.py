@@ -12,7 +12,6 @@ import pytest
 from prometheus_client import REGISTRY
 from pydantic import SecretStr
 from sqlalchemy import Column, Integer, MetaData, Table, exc, insert, select, text
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from keelson.config import DatabaseSettings, KeelsonSettings, LogSettings
@@ -32,7 +31,7 @@ from keelson.db import (
 from keelson.keys import DecryptionError, KeyManager
 from keelson.plugins import PluginContainer
 from keelson_dev.embedded import free_port
-from keelson_dev.testing import eventually, fresh_database
+from keelson_dev.testing import eventually, fresh_database, plain_url
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -231,14 +230,10 @@ async def test_the_plugin_configures_field_encryption_from_the_settings(
     assert token is not None and cipher.decrypt(token) == "written by the plugin"
 
 
-def asyncpg_url(database_url: str) -> str:
-    return make_url(database_url).set(drivername="postgresql").render_as_string(False)
-
-
 async def held_elsewhere(database_url: str, lock: str | int) -> bool:
     """Whether another connection is refused `lock` (named locks by `hashtext`, ids as is)."""
     key = "hashtext($1)" if isinstance(lock, str) else "$1"
-    other = await asyncpg.connect(asyncpg_url(database_url))
+    other = await asyncpg.connect(plain_url(database_url))
     try:
         async with other.transaction():
             return not await other.fetchval(f"SELECT pg_try_advisory_xact_lock({key})", lock)
@@ -265,7 +260,7 @@ async def test_an_advisory_lock_taken_in_a_session_lasts_until_commit(
 async def test_an_advisory_lock_taken_on_an_asyncpg_connection_lasts_until_rollback(
     test_database_url: str, lock: str | int
 ) -> None:
-    conn = await asyncpg.connect(asyncpg_url(test_database_url))
+    conn = await asyncpg.connect(plain_url(test_database_url))
     try:
         transaction = conn.transaction()
         await transaction.start()
@@ -362,7 +357,7 @@ async def _migrate_only(url: str) -> int:
 
 async def _migrate_under_the_lock(url: str) -> None:
     lock = migration_lock("auth")
-    holder = await asyncpg.connect(asyncpg_url(url))
+    holder = await asyncpg.connect(plain_url(url))
     try:
         await holder.execute("SELECT pg_advisory_lock(hashtext($1))", lock)
         first = asyncio.create_task(_migrate_only(url))
