@@ -1,4 +1,5 @@
-"""What every service's entry point does: standard plugins, logging, monitoring, uvicorn."""
+"""What every service's entry point does: standard plugins, logging, monitoring, uvicorn;
+and `provided`, how its handlers reach what the plugins provide."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import uvicorn
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Request
 
 from keelson.bus import bus_plugin
 from keelson.cache import CachePlugin
@@ -16,12 +17,19 @@ from keelson.db import DatabasePlugin, migrate, migrations_dir
 from keelson.http import Hook, create_app
 from keelson.logging import configure_logging
 from keelson.monitor import init_monitoring
-from keelson.plugins import Plugin, PluginContainer
+from keelson.plugins import Key, Plugin, PluginContainer
 from keelson.redis_plugin import RedisPlugin
 
-__all__ = ["build_container", "create_service_app", "run_service", "startup_settings"]
+__all__ = [
+    "build_container",
+    "create_service_app",
+    "provided",
+    "run_service",
+    "startup_settings",
+]
 
 S = TypeVar("S", bound=KeelsonSettings)
+T = TypeVar("T")
 
 
 def startup_settings(cls: type[S]) -> S:
@@ -83,6 +91,17 @@ def create_service_app(
         on_startup=on_startup,
         on_shutdown=on_shutdown,
     )
+
+
+def provided(key: Key[T]) -> Callable[[Request], T]:
+    """A dependency answering what the app's plugins provided under `key`, declared as
+    `Annotated[KeyRing, Depends(provided(KEYRING))]` in a service's `deps.py`."""
+
+    def resolve(request: Request) -> T:
+        container: PluginContainer = request.app.state.container
+        return container.resolve(key)
+
+    return resolve
 
 
 def run_service(
