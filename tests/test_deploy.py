@@ -35,8 +35,9 @@ from pydantic import BaseModel
 from sqlalchemy.engine import make_url
 
 from keelson.config import KeelsonSettings
+from keelson.db import plain_url
 from keelson_dev.embedded import free_port
-from keelson_dev.testing import fresh_database, plain_url
+from keelson_dev.testing import fresh_database
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"

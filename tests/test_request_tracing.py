@@ -14,8 +14,9 @@ from typing import Any
 import httpx
 import pytest
 
+from keelson.db import plain_url
 from keelson_dev.embedded import free_port
-from keelson_dev.testing import ServiceProcess, eventually, fresh_database, migrated, plain_url
+from keelson_dev.testing import ServiceProcess, eventually, fresh_database, migrated
 
 ADMIN_EMAIL = "tracing-admin@example.com"
 PASSWORD = "plum tractors sing quietly"

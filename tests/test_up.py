@@ -22,6 +22,7 @@ import pytest
 
 from keelson.auth import Principal, identity_key, sign_identity
 from keelson.config import KeelsonSettings
+from keelson.db import plain_url
 from keelson.keys import KeyManager
 from keelson_dev.embedded import free_port
 from keelson_dev.mailsink import read_mailbox
@@ -34,7 +35,7 @@ from keelson_dev.supervision import (
     render_config,
     socket_path,
 )
-from keelson_dev.testing import fresh_database, plain_url, removing_new_redis_keys
+from keelson_dev.testing import fresh_database, removing_new_redis_keys
 
 KEELSON = Path(sys.executable).parent / "keelson"
 READY_TIMEOUT = 90.0

@@ -18,10 +18,11 @@ from typing import Any
 import httpx
 import pytest
 
+from keelson.db import plain_url
 from keelson_dev.embedded import free_port
 from keelson_dev.suite import SERVICES, Layout, free_port_block, readiness
 from keelson_dev.supervision import Supervisor
-from keelson_dev.testing import fresh_database, plain_url, removing_new_redis_keys
+from keelson_dev.testing import fresh_database, removing_new_redis_keys
 
 KEELSON = Path(sys.executable).parent / "keelson"
 READY_TIMEOUT = 120.0

@@ -26,12 +26,13 @@ from keelson.db import (
     create_engine,
     migrate,
     migration_lock,
+    plain_url,
     reencrypt_column,
 )
 from keelson.keys import DecryptionError, KeyManager
 from keelson.plugins import PluginContainer
 from keelson_dev.embedded import free_port
-from keelson_dev.testing import eventually, fresh_database, plain_url
+from keelson_dev.testing import eventually, fresh_database
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -39,6 +40,11 @@ ROOT = Path(__file__).resolve().parents[3]
 def test_async_url_normalises_drivers() -> None:
     assert async_url("postgres://u:p@h:5/d") == "postgresql+asyncpg://u:p@h:5/d"
     assert async_url("postgresql://u@h/d") == "postgresql+asyncpg://u@h/d"
+
+
+def test_plain_url_is_what_asyncpg_and_psql_take() -> None:
+    assert plain_url("postgresql+asyncpg://u:p@h:5/d") == "postgresql://u:p@h:5/d"
+    assert plain_url("postgres://u@h/d") == "postgresql://u@h/d"
 
 
 async def test_migrations_live_in_their_own_schema(test_database_url: str) -> None:

@@ -36,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 
 from keelson.config import Environment, KeelsonSettings, LogSettings
-from keelson.db import create_engine, migrate, migrations_dir
+from keelson.db import create_engine, migrate, migrations_dir, plain_url
 from keelson_dev.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
 
 __all__ = [
@@ -49,7 +49,6 @@ __all__ = [
     "make_settings",
     "migrated",
     "offline_auth_plugin",
-    "plain_url",
     "postgres_server_url",
     "redis_url",
     "removing_new_redis_keys",
@@ -235,13 +234,6 @@ def fresh_database(server_url: str, *, prefix: str = "keelson_test") -> Iterator
         yield url.render_as_string(hide_password=False)
     finally:
         asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
-def plain_url(database_url: str) -> str:
-    """The same database as a plain `postgresql://` URL, as asyncpg, psql and a service's
-    environment take it."""
-    url = make_url(database_url).set(drivername="postgresql")
-    return url.render_as_string(hide_password=False)
 
 
 def migrated(database_url: str, *packages: str) -> str:

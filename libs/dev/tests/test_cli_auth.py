@@ -13,8 +13,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from keelson.db import plain_url
 from keelson_dev.cli.auth import admin_command, admin_environment
-from keelson_dev.testing import fresh_database, plain_url
+from keelson_dev.testing import fresh_database
 
 KEELSON = Path(sys.executable).parent / "keelson"
 SUITE_KEY = "the-suite-s-own-master-key-" + "k" * 24

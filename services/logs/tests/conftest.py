@@ -10,8 +10,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from keelson.config import BusSettings, Environment, LogSettings
+from keelson.db import plain_url
 from keelson_dev.embedded import free_port
-from keelson_dev.testing import migrated, offline_auth_plugin, plain_url
+from keelson_dev.testing import migrated, offline_auth_plugin
 from logs_service.ingest import Ingestor
 from logs_service.settings import IngestSettings, Settings
 from logs_service.store import LogStore, create_pool

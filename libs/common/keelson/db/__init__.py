@@ -8,6 +8,7 @@ from keelson.db._engine import (
     async_url,
     create_engine,
     get_session,
+    plain_url,
     schema_for,
 )
 from keelson.db._locks import advisory_xact_lock
@@ -35,6 +36,7 @@ __all__ = [
     "migrate",
     "migration_lock",
     "migrations_dir",
+    "plain_url",
     "reencrypt_column",
     "run_env",
     "run_migrations_online",
