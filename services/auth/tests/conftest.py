@@ -242,6 +242,23 @@ def grant_admin(auth_engine: AsyncEngine) -> Callable[[str], Awaitable[None]]:
     return grant_admin
 
 
+@pytest.fixture
+def expire_action_tokens(auth_engine: AsyncEngine) -> Callable[[str], Awaitable[None]]:
+    """Put every emailed token of a user (verification, password reset) past its expiry."""
+
+    async def expire_action_tokens(user_id: str) -> None:
+        async with auth_engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "UPDATE auth.action_tokens SET expires_at = now() - interval '1 second'"
+                    " WHERE user_id = :id"
+                ),
+                {"id": user_id},
+            )
+
+    return expire_action_tokens
+
+
 def bearer(tokens: dict[str, Any]) -> dict[str, str]:
     return {"Authorization": f"Bearer {tokens['access_token']}"}
 
