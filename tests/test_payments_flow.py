@@ -33,7 +33,13 @@ from keelson.events import Envelope
 from keelson.keys import KeyManager
 from keelson_dev.embedded import free_port
 from keelson_dev.mailsink import MailboxEntry, read_mailbox
-from keelson_dev.testing import ServiceProcess, eventually, fresh_database, migrated
+from keelson_dev.testing import (
+    ServiceProcess,
+    eventually,
+    fresh_database,
+    gateway_process,
+    migrated,
+)
 from payments_service.settings import Settings as PaymentsSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,26 +153,8 @@ async def suite(
             ),
         },
     )
-    upstreams = {
-        "auth": auth.url,
-        "payments": payments.url,
-        "notifications": notifications.url,
-        "logs": f"http://127.0.0.1:{free_port()}",
-    }
-    gateway = ServiceProcess(
-        "gateway",
-        workdir,
-        {
-            "KEELSON_REDIS_URL": redis_url,
-            "KEELSON_LOG__SHIP_ENDPOINT": "",
-            "KEELSON_PLUGINS": json.dumps(
-                {
-                    "routing": {"upstreams": {n: {"url": u} for n, u in upstreams.items()}},
-                    "rate_limiting": {"key_prefix": f"payflow-{uuid.uuid4().hex[:6]}"},
-                }
-            ),
-        },
-    )
+    upstreams = {"auth": auth.url, "payments": payments.url, "notifications": notifications.url}
+    gateway = gateway_process(workdir, upstreams, redis_url=redis_url)
     running = [auth, payments, notifications, gateway]
     try:
         # Ready, not just live: a service is ready once it holds auth's signing keys, so

@@ -6,7 +6,6 @@ one request are then found through the log service's API, asked through the gate
 """
 
 import asyncio
-import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -16,7 +15,13 @@ import pytest
 
 from keelson.db import plain_url
 from keelson_dev.embedded import free_port
-from keelson_dev.testing import ServiceProcess, eventually, fresh_database, migrated
+from keelson_dev.testing import (
+    ServiceProcess,
+    eventually,
+    fresh_database,
+    gateway_process,
+    migrated,
+)
 
 ADMIN_EMAIL = "tracing-admin@example.com"
 PASSWORD = "plum tractors sing quietly"
@@ -62,20 +67,11 @@ async def services(
             "KEELSON_PLUGINS__AUTH__JWKS_URL": f"{auth.url}/.well-known/jwks.json",
         },
     )
-    dead = f"http://127.0.0.1:{free_port()}"
-    upstreams = {"auth": auth.url, "logs": logs.url, "notifications": dead, "payments": dead}
-    plugins: dict[str, Any] = {
-        "routing": {"upstreams": {name: {"url": url} for name, url in upstreams.items()}},
-        "rate_limiting": {"key_prefix": f"tracing-{uuid.uuid4().hex[:6]}"},
-    }
-    gateway = ServiceProcess(
-        "gateway",
+    gateway = gateway_process(
         workdir,
-        {
-            "KEELSON_REDIS_URL": redis_url,
-            "KEELSON_LOG__SHIP_ENDPOINT": ship,
-            "KEELSON_PLUGINS": json.dumps(plugins),
-        },
+        {"auth": auth.url, "logs": logs.url},
+        redis_url=redis_url,
+        env={"KEELSON_LOG__SHIP_ENDPOINT": ship},
     )
     running = {"logs": logs, "auth": auth, "gateway": gateway}
     try:

@@ -6,14 +6,16 @@ embedded ones are started in a temporary folder. Each session gets a database of
 
 A service's conftest builds its fixtures from the helpers here: `migrated` (its schema on
 a database), `schema_engine` (an engine on that schema), `running_app` / `asgi_client`
-(its app in-process, with or without the lifespan), `LiveServer` / `ServiceProcess` (on a
-real port), and `offline_auth_plugin` (for apps that only check tokens tests never sign).
+(its app in-process, with or without the lifespan), `LiveServer` / `ServiceProcess` /
+`gateway_process` (on a real port), and `offline_auth_plugin` (for apps whose tests sign
+no tokens).
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import os
 import shutil
 import signal
@@ -38,6 +40,7 @@ from starlette.applications import Starlette
 from keelson.config import Environment, KeelsonSettings, LogSettings
 from keelson.db import create_engine, migrate, migrations_dir, plain_url
 from keelson_dev.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
+from keelson_dev.suite import SERVICES
 
 __all__ = [
     "LiveServer",
@@ -46,6 +49,7 @@ __all__ = [
     "counted",
     "eventually",
     "fresh_database",
+    "gateway_process",
     "make_settings",
     "migrated",
     "offline_auth_plugin",
@@ -193,6 +197,35 @@ class ServiceProcess:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGKILL)
         self.process.wait()
+
+
+def gateway_process(
+    workdir: Path,
+    upstreams: Mapping[str, str],
+    *,
+    redis_url: str,
+    env: Mapping[str, str] | None = None,
+) -> ServiceProcess:
+    """`python -m gateway` routing to `upstreams` (service name → URL; a service left out
+    is routed to a port nothing listens on), with rate-limit counters of its own on
+    `redis_url` and no log shipping; then `env`."""
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    routes = {
+        service.name: {"url": upstreams.get(service.name, nowhere)}
+        for service in SERVICES
+        if service.name != "gateway"
+    }
+    plugins = {
+        "routing": {"upstreams": routes},
+        "rate_limiting": {"key_prefix": f"test-gateway-{uuid.uuid4().hex[:6]}"},
+    }
+    environment = {
+        "KEELSON_REDIS_URL": redis_url,
+        "KEELSON_LOG__SHIP_ENDPOINT": "",
+        "KEELSON_PLUGINS": json.dumps(plugins),
+    }
+    environment.update(env or {})
+    return ServiceProcess("gateway", workdir, environment)
 
 
 @pytest.fixture(scope="session")
