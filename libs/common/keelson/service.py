@@ -4,7 +4,7 @@ and `provided`, how its handlers reach what the plugins provide."""
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 import uvicorn
@@ -93,11 +93,12 @@ def create_service_app(
     )
 
 
-def provided(key: Key[T]) -> Callable[[Request], T]:
+def provided(key: Key[T]) -> Callable[[Request], Awaitable[T]]:
     """A dependency answering what the app's plugins provided under `key`, declared as
     `Annotated[KeyRing, Depends(provided(KEYRING))]` in a service's `deps.py`."""
 
-    def resolve(request: Request) -> T:
+    # async: FastAPI runs a plain `def` dependency in a worker thread, a hop per request.
+    async def resolve(request: Request) -> T:
         container: PluginContainer = request.app.state.container
         return container.resolve(key)
 
