@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -9,7 +11,7 @@ from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from keelson.auth import Principal
 from keelson.errors import Forbidden, Unprocessable
@@ -250,18 +252,24 @@ class EventIntake:
     so an event redelivered after a crash, or in the same batch, queues nothing twice;
     the bus acknowledges the batch only after the commit. If the batch fails in the
     database, each event is tried alone, so one bad event fails alone.
+    Each consumer's batches run on a connection kept for the intake (`connections`, one
+    per consumer): a pooled one past the pool's size would be opened and closed each time.
     """
 
     def __init__(
         self,
-        sessions: async_sessionmaker[AsyncSession],
+        engine: AsyncEngine,
         settings: NotificationsSettings,
         *,
         on_queued: Callable[[], None],
+        connections: int = 1,
     ) -> None:
-        self.sessions = sessions
+        self.engine = engine
         self.settings = settings
         self.on_queued = on_queued
+        self._free: asyncio.Queue[AsyncConnection | None] = asyncio.Queue()
+        for _ in range(connections):
+            self._free.put_nowait(None)
 
     async def handle_batch(self, envelopes: Sequence[Envelope]) -> dict[str, Exception]:
         try:
@@ -278,8 +286,29 @@ class EventIntake:
         return failed
 
     async def _accept(self, envelopes: Sequence[Envelope]) -> dict[str, Exception]:
-        async with self.sessions() as db, db.begin():
-            created, failed = await accept_events(db, envelopes, settings=self.settings)
+        connection = await self._free.get()
+        try:
+            if connection is None:
+                connection = await self.engine.connect()
+            async with AsyncSession(bind=connection) as db, db.begin():
+                created, failed = await accept_events(db, envelopes, settings=self.settings)
+        except Exception:
+            await _close(connection)
+            connection = None
+            raise
+        finally:
+            self._free.put_nowait(connection)
         if created:
             self.on_queued()
         return failed
+
+    async def close(self) -> None:
+        """Close the kept connections (call once the bus no longer calls `handle_batch`)."""
+        while not self._free.empty():
+            await _close(self._free.get_nowait())
+
+
+async def _close(connection: AsyncConnection | None) -> None:
+    if connection is not None:
+        with contextlib.suppress(Exception):
+            await connection.close()

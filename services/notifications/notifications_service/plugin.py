@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from keelson.bus import BUS, Bus, RedisBus
-from keelson.db import DB_SESSIONS
+from keelson.db import DB_ENGINE, DB_SESSIONS
 from keelson.keys import KeyManager
 from keelson.plugins import Health, Key, Plugin, PluginMetadata, Priority
 from keelson.redis_plugin import REDIS
@@ -73,7 +73,12 @@ class NotificationsPlugin(Plugin):
                 for _ in range(self.config.intake_consumers - 1)
             ]
         consumers: list[Bus] = [bus, *self.extra_buses]
-        self.intake = EventIntake(sessions, self.config, on_queued=self.worker.wake)
+        self.intake = EventIntake(
+            self.container.resolve(DB_ENGINE),
+            self.config,
+            on_queued=self.worker.wake,
+            connections=len(consumers),
+        )
         for consumer in consumers:
             for topic in sorted({*self.config.events, "auth.user_registered", CONTACT_CHANGED}):
                 consumer.subscribe_batch(
@@ -91,6 +96,7 @@ class NotificationsPlugin(Plugin):
             await bus.stop()
         if self.config.delivery.worker:
             await self.worker.stop()
+        await self.intake.close()
         for channel in self.channels.values():
             try:
                 await channel.close()

@@ -10,7 +10,7 @@ import pytest
 from notifications_testkit import SmtpSink, new_email
 from redis.asyncio import Redis
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from keelson.bus import RedisBus, dead_letter_key
 from keelson.config import BusSettings
@@ -38,11 +38,12 @@ def topic() -> str:
 
 
 @pytest.fixture
-def intake(engine: AsyncEngine, topic: str) -> EventIntake:
+async def intake(engine: AsyncEngine, topic: str) -> AsyncIterator[EventIntake]:
     route = EventRoute(template="payment_receipt", category="billing")
     settings = NotificationsSettings(events={topic: route})
-    sessions = async_sessionmaker(engine, expire_on_commit=False)
-    return EventIntake(sessions, settings, on_queued=lambda: None)
+    intake = EventIntake(engine, settings, on_queued=lambda: None)
+    yield intake
+    await intake.close()
 
 
 def receipt(topic: str, *, without: str = "", **data: Any) -> Envelope:
