@@ -3,48 +3,55 @@
     .venv/bin/python bench/gateway_instructions.py --redis-url redis://127.0.0.1:6379/5
 
 Timings on a shared two-core machine move by 15% from one run to the next; instruction
-counts do not. Each server (`python -m gateway`, one worker, its whole chain on as in
-`bench/gateway.py`; and that file's bare pure-ASGI aiohttp proxy) runs under valgrind's
-callgrind with instrumentation off, is warmed up, and counts instructions only while
-`wrk -t1 -c32` drives it (`callgrind_control -i on/off`); the count divided by wrk's
-requests is the figure. It covers the process's user space only: the kernel's work for its
-sockets is not in it. Under valgrind a server runs some 50 times slower, so Redis batches
-are smaller than at full speed and the gateway's figure leans high by a few percent.
+counts do not. Each server runs under valgrind's callgrind with instrumentation off, is
+warmed up, and counts instructions only while `wrk -t1 -c32` drives it
+(`callgrind_control -i on/off`, then `-d` to dump); the count divided by wrk's requests
+is the figure, so start-up and shut-down are not in it. The servers, like with like:
+
+- the gateway as it ships: `python -m gateway --workers 1` (granian, its whole chain on
+  as in `bench/gateway.py`);
+- `bench/gateway.py`'s bare pure-ASGI aiohttp proxy on granian (one worker, HTTP/1,
+  uvloop, as the gateway's `gateway/serve.py`): the anchor for the ratio;
+- the same bare proxy on uvicorn (httptools, uvloop): the anchor of the figures recorded
+  before the gateway moved to granian, kept so that the old and new figures can be read
+  together (`--no-uvicorn` skips it).
+
+granian serves from a forked worker process (its main process only supervises); valgrind
+follows the fork, and every process of the server's tree is switched on, dumped and
+counted (`callgrind.<server>.out.<pid>*`), granian's Rust threads included. The figure
+covers user space only: the kernel's work for the sockets is not in it. Under valgrind a
+server runs some 50 times slower, so Redis batches are smaller than at full speed and the
+gateway's figure leans high by a few percent.
 
 Needs valgrind, wrk and nginx (apt-get install valgrind wrk nginx). Results are printed and
 written to the "Gateway instructions per request" section of docs/benchmarks.md
-(`--no-docs` to skip that).
+(`--no-docs` to skip that); `--keep-dumps DIR` keeps the dumps for
+`callgrind_annotate --inclusive=yes`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+import psutil
+import yaml
 from _docs import write_section
+from _gateway_rig import process_tree, upstream_rig
 
-from gateway import (  # bench/gateway.py, beside this file
-    BARE_PROXY,
-    PATH,
-    gateway_config,
-    nginx_config,
-    spawn,
-    stop,
-    token,
-    wait_ready,
-    wrk,
-)
+from gateway import BARE_PROXY, PATH, gateway_config, stop, wait_ready, wrk  # bench/gateway.py
 from keelson.auth import IdentityKey
-from keelson.keys import SigningKey
-from keelson_dev.embedded import free_port, wait_for_port
+from keelson_dev.embedded import free_port
 
 # Production settings need the gateway's identity key pair (keelson.auth._identity).
 _IDENTITY = IdentityKey.generate()
@@ -52,6 +59,33 @@ IDENTITY_ENV = {
     "KEELSON_IDENTITY__SIGNING_KEY": _IDENTITY.secret_text(),
     "KEELSON_IDENTITY__PUBLIC_KEYS": json.dumps(_IDENTITY.public_keys),
 }
+
+
+# The bare proxy on granian, set as `gateway/serve.py` sets the gateway.
+# valgrind's gdbserver, which `callgrind_control` talks to, does not answer in a forked
+# child; a worker started by exec (multiprocessing's "spawn", which granian supports) runs
+# under a valgrind of its own (--trace-children) that it does answer in. The request path
+# is the same either way.
+def spawned(module: str) -> list[str]:
+    """argv running `python -m module` with multiprocessing set to start by exec."""
+    return [
+        sys.executable,
+        "-c",
+        "import multiprocessing, runpy; multiprocessing.set_start_method('spawn'); "
+        f"runpy.run_module({module!r}, run_name='__main__', alter_sys=True)",
+    ]
+
+
+BARE_ON_GRANIAN = [
+    *spawned("granian"),
+    *("--interface", "asgi", "--loop", "uvloop"),
+    *("--http", "1", "--no-ws", "--workers", "1", "--log-level", "warning"),
+    *("--host", "127.0.0.1", "bare_proxy:app"),
+]
+BARE_ON_UVICORN = [
+    *(sys.executable, "-m", "uvicorn", "bare_proxy:app", "--loop", "uvloop"),
+    *("--http", "httptools", "--no-access-log", "--log-level", "warning"),
+]
 
 
 def measure(
@@ -65,15 +99,19 @@ def measure(
     connections: int = 32,
 ) -> int:
     port = free_port()
-    out = cwd / f"callgrind.{name}.out"
+    pids: list[str] = []
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    out = cwd / f"callgrind.{slug}.out"
+    port_args = ["--port", str(port)] if "bare_proxy:app" in argv else []
     server = subprocess.Popen(
         [
             "valgrind",
             "--tool=callgrind",
             "--instr-atstart=no",
-            f"--callgrind-out-file={out}",
+            "--trace-children=yes",
+            f"--callgrind-out-file={out}.%p",  # one file per process of the tree
             *argv,
-            *(["--port", str(port)] if "uvicorn" in argv else []),
+            *port_args,
         ],
         env={**os.environ, **env, "KEELSON_PORT": str(port), "PYTHONHASHSEED": "0"},
         cwd=cwd,
@@ -82,26 +120,66 @@ def measure(
     )
     try:
         url = f"http://127.0.0.1:{port}{PATH}"
-        wait_ready(url, headers, timeout=300)  # under valgrind, start-up takes minutes
+        wait_ready(url, headers, timeout=600)  # under valgrind, start-up takes minutes
         wrk(url, headers, 32, 5)  # warm-up, uncounted
-        subprocess.run(["callgrind_control", "-i", "on", str(server.pid)], check=True)
+        pids = [str(pid) for pid in process_tree(server.pid)]
+        for pid in pids:
+            subprocess.run(["callgrind_control", "-i", "on", pid], check=True, capture_output=True)
         _, count, bad = wrk(url, headers, connections, seconds)
-        subprocess.run(["callgrind_control", "-i", "off", str(server.pid)], check=True)
-        if bad:
+        for pid in pids:
+            subprocess.run(["callgrind_control", "-i", "off", pid], check=True, capture_output=True)
+            subprocess.run(["callgrind_control", "-d", pid], check=True, capture_output=True)
+        if bad or not count:
             raise RuntimeError(f"{name}: {bad} of {count} answers were not 2xx")
     finally:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            pids = pids or [str(pid) for pid in process_tree(server.pid)]
         stop(server)
-    totals = 0
-    for dump in cwd.glob(f"callgrind.{name}.out*"):
-        for line in dump.read_text().splitlines():
-            if line.startswith(("summary:", "totals:")):
-                totals += int(line.split()[1])
+        for pid in pids:  # a worker its main process did not take down
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+    totals = sum(_dumped(dump) for dump in cwd.glob(f"callgrind.{slug}.out*"))
     per_request = totals // count
     if keep is not None:  # for callgrind_annotate: where the instructions went
-        for dump in cwd.glob(f"callgrind.{name}.out*"):
+        keep.mkdir(parents=True, exist_ok=True)
+        for dump in cwd.glob(f"callgrind.{slug}.out*"):
             shutil.copy(dump, keep)
-    print(f"{name:<34} {count:>6} requests  {per_request:>9,} instructions/request", flush=True)
+    print(
+        f"{name:<44} {count:>6} requests  {per_request:>9,} instructions/request "
+        f"({len(pids)} processes)",
+        flush=True,
+    )
     return per_request
+
+
+def scale_intervals(config: Path, scale: float) -> None:
+    """Stretch the gateway's time-driven work by `scale` in its config file.
+
+    Under valgrind the gateway serves some 50 times slower, so work done once per interval
+    (the rate limiter's batched Redis call every `linger_seconds`, its budget re-read every
+    `stats_refresh_seconds`, the revocation re-check every `revocation_recheck_seconds`) is
+    shared by 50 times fewer requests than at full speed. Scaled by that slowdown, each
+    interval spans as many requests as at full speed: the per-request count then weighs
+    that work as a full-speed gateway does.
+    """
+    values = yaml.safe_load(config.read_text())
+    plugins = values["plugins"]
+    limits = plugins.setdefault("rate_limiting", {})
+    limits["linger_seconds"] = min(1.0, 0.005 * scale)
+    limits["stats_refresh_seconds"] = 1.0 * scale
+    plugins.setdefault("security", {})["revocation_recheck_seconds"] = 1.0 * scale
+    config.write_text(yaml.safe_dump(values))
+
+
+def _dumped(dump: Path) -> int:
+    """The instructions one dump holds: its `totals:` line, else its `summary:` line (a dump
+    may have both, the same cost twice)."""
+    lines = dump.read_text().splitlines()
+    for key in ("totals:", "summary:"):
+        for line in lines:
+            if line.startswith(key):
+                return int(line.split()[1])
+    return 0
 
 
 def main() -> None:
@@ -124,40 +202,41 @@ def main() -> None:
         default=32,
         help="wrk's connections while counting (1: one request at a time, no batching)",
     )
+    parser.add_argument("--no-uvicorn", action="store_true", help="skip the bare proxy on uvicorn")
+    parser.add_argument(
+        "--time-scale",
+        type=float,
+        default=1.0,
+        help="multiply the gateway's time-driven intervals by this (valgrind's slowdown, ~50)",
+    )
     args = parser.parse_args()
     for tool in ("valgrind", "callgrind_control", "wrk", "nginx"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is not installed (apt-get install valgrind wrk nginx)")
-    tmp = Path(tempfile.mkdtemp(prefix="keelson-bench-instr-"))
-    os.chmod(tmp, 0o755)
-    key = SigningKey.generate()
-    (tmp / "jwks.json").write_text(json.dumps({"keys": [key.public_jwk()]}))
-    os.chmod(tmp / "jwks.json", 0o644)
-    upstream_port = free_port()
-    upstream = f"http://127.0.0.1:{upstream_port}"
-    headers = {"Authorization": f"Bearer {token(key)}"}
-    nginx = spawn(["nginx", "-c", str(nginx_config(tmp, upstream_port, free_port()))], cpus=None)
-    try:
-        wait_for_port(upstream_port, timeout=10)
-        (tmp / "bare_proxy.py").write_text(BARE_PROXY)
-        uvicorn = [sys.executable, "-m", "uvicorn", "bare_proxy:app", "--loop", "uvloop"]
-        bare = (
-            0
-            if args.gateway_only
-            else measure(
-                "bare pure-ASGI aiohttp proxy",
-                [*uvicorn, "--http", "httptools", "--no-access-log", "--log-level", "warning"],
-                {"BENCH_UPSTREAM": upstream},
-                tmp,
-                headers,
+    bare: dict[str, int] = {}
+    with upstream_rig("keelson-bench-instr-") as rig:
+        (rig.tmp / "bare_proxy.py").write_text(BARE_PROXY)
+        servers = [("granian", BARE_ON_GRANIAN), ("uvicorn", BARE_ON_UVICORN)]
+        for server, argv in [] if args.gateway_only else servers:
+            if server == "uvicorn" and args.no_uvicorn:
+                continue
+            bare[server] = measure(
+                f"bare pure-ASGI aiohttp proxy, {server}",
+                argv,
+                {"BENCH_UPSTREAM": rig.upstream},
+                rig.tmp,
+                rig.headers,
                 args.seconds,
                 args.keep_dumps,
             )
-        )
-        config = gateway_config(tmp / "gateway", upstream, args.redis_url)
+        config = gateway_config(rig.tmp / "gateway", rig.upstream, args.redis_url)
+        if args.time_scale != 1:
+            scale_intervals(config / "keelson.yaml", args.time_scale)
         chain = measure(
-            "gateway, full chain, 1 worker" + "".join(f", without {name}" for name in args.without),
-            [sys.executable, "-m", "gateway", "--workers", "1"],
+            "gateway, full chain, 1 worker, granian"
+            + (f", intervals x{args.time_scale:g}" if args.time_scale != 1 else "")
+            + "".join(f", without {name}" for name in args.without),
+            [*spawned("gateway"), "--workers", "1"],
             {
                 "KEELSON_CONFIG_DIR": str(config),
                 "KEELSON_ENV": "prod",
@@ -165,38 +244,39 @@ def main() -> None:
                 **IDENTITY_ENV,
             },
             config,
-            headers,
+            rig.headers,
             args.seconds,
             args.keep_dumps,
             args.connections,
         )
-    finally:
-        stop(nginx)
-        shutil.rmtree(tmp, ignore_errors=True)
     if not bare:
         return
-    print(f"gateway / bare: {chain / bare:.2f}")
-    if args.no_docs or args.without:
+    for server, count in bare.items():
+        print(f"gateway / bare proxy on {server}: {chain / count:.2f}")
+    if args.no_docs or args.without or args.time_scale != 1:
         return
     command = ".venv/bin/python bench/gateway_instructions.py " + shlex.join(sys.argv[1:])
+    rows = [f"| bare pure-ASGI aiohttp proxy, {s} | {c:,} |" for s, c in bare.items()]
+    ratios = [f"{chain / c:.2f}x the bare proxy's on {s}" for s, c in bare.items()]
     write_section(
         "Gateway instructions per request",
         "\n".join(
             [
                 "User-space instructions per request under valgrind's callgrind, counted only "
-                "while `wrk -t1 -c32` drives the server, for the authenticated GET of the "
-                "Gateway section: repeatable where that section's timings are not (see the "
-                "docstring of `bench/gateway_instructions.py`). The kernel's work for the "
-                "sockets is not counted.",
+                f"while `wrk -t1 -c{args.connections}` drives the server, for the authenticated "
+                "GET of the Gateway section, every process of the server's tree counted: "
+                "repeatable where that section's timings are not (see the docstring of "
+                "`bench/gateway_instructions.py`). The kernel's work for the sockets is not "
+                "counted.",
                 "",
                 f"Command: `{command.strip()}`. Recorded {time.strftime('%Y-%m-%d %H:%M')}.",
                 "",
                 "| server | instructions per request |",
                 "| --- | ---: |",
-                f"| bare pure-ASGI aiohttp proxy | {bare:,} |",
-                f"| gateway, full chain, 1 worker | {chain:,} |",
+                *rows,
+                f"| gateway, full chain, 1 worker, granian | {chain:,} |",
                 "",
-                f"The gateway runs {chain / bare:.2f}x the bare proxy's instructions.",
+                f"The gateway runs {' and '.join(ratios)}.",
             ]
         ),
     )

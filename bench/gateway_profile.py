@@ -1,42 +1,40 @@
-"""Where the gateway's Python time goes, by function: cProfile under wrk.
+"""Where the gateway's Python time goes, by function: cProfile of the app under load.
 
     .venv/bin/python bench/gateway_profile.py --redis-url redis://127.0.0.1:6379/5
 
-The gateway (`python -m gateway`, one worker, the whole chain of `bench/gateway.py`) runs
-under cProfile while `wrk -t1 -c32` drives the authenticated GET of that benchmark; the
-profile is written when it stops. Printed: each function's own time (tottime) as a share
-of the whole, the top `--top`, then the shares summed by where the code lives (Keelson's
-own modules, each dependency, the standard library). cProfile adds a fixed cost to every
-Python call, so call-heavy code looks dearer than it is: read the shares to find where to
-look, and `bench/gateway_instructions.py` (callgrind) to measure a change.
+The gateway's app (`gateway.app.create_app`, the whole chain of `bench/gateway.py`, the
+access log as JSON to /dev/null) is driven in this process by `--connections` callers at
+once, each sending the authenticated GET of that benchmark again as soon as it is answered,
+against nginx as the upstream; cProfile records `--requests` of them after a warm-up.
+In-process because the server the gateway ships on (granian) runs the app in a worker
+process it starts itself, out of reach of `python -m cProfile`; what is left out is the
+server's own part of a request (Rust, and its ASGI glue), which cProfile would not see anyway.
+
+Printed: each function's own time (tottime) as a share of the whole, the top `--top`, then
+the shares summed by where the code lives (Keelson's own modules, each dependency, the
+standard library). cProfile adds a fixed cost to every Python call, so call-heavy code
+looks dearer than it is: read the shares to find where to look, and
+`bench/gateway_instructions.py` (callgrind) to measure a change.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import cProfile
 import json
+import logging
 import os
 import pstats
-import shutil
-import signal
-import subprocess
 import sys
-import tempfile
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
-from gateway import (  # bench/gateway.py, beside this file
-    PATH,
-    gateway_config,
-    nginx_config,
-    spawn,
-    stop,
-    token,
-    wait_ready,
-    wrk,
-)
-from keelson.keys import SigningKey
-from keelson_dev.embedded import free_port, wait_for_port
+from _gateway_rig import upstream_rig
+
+from gateway import gateway_values, get_scope  # bench/gateway.py, beside this file
+from keelson.auth import IdentityKey
 
 
 def where(filename: str) -> str:
@@ -51,56 +49,72 @@ def where(filename: str) -> str:
     return filename
 
 
+async def profile(app: Any, bearer: bytes, requests: int, connections: int) -> cProfile.Profile:
+    """`requests` GETs through `app`, `connections` at a time, profiled after a warm-up."""
+    headers = [(b"host", b"gateway"), (b"authorization", bearer), (b"accept", b"*/*")]
+    statuses: set[int] = set()
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.add(message["status"])
+
+    async def caller(count: int) -> None:
+        for _ in range(count):
+            await app(get_scope(headers), receive, send)
+
+    async def load(count: int) -> None:
+        await asyncio.gather(*(caller(count // connections) for _ in range(connections)))
+
+    profiler = cProfile.Profile()
+    async with app.router.lifespan_context(app):
+        await load(max(connections, requests // 10))  # warm-up: caches and pools filled
+        profiler.enable()
+        await load(requests)
+        profiler.disable()
+    if statuses != {200}:
+        raise RuntimeError(f"unexpected statuses {sorted(statuses)}")
+    return profiler
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--redis-url", default=os.environ.get("KEELSON_REDIS_URL"))
-    parser.add_argument("--seconds", type=int, default=15)
+    parser.add_argument("--requests", type=int, default=10_000)
+    parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--top", type=int, default=40)
     args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="keelson-bench-profile-"))
-    os.chmod(tmp, 0o755)
-    key = SigningKey.generate()
-    (tmp / "jwks.json").write_text(json.dumps({"keys": [key.public_jwk()]}))
-    os.chmod(tmp / "jwks.json", 0o644)
-    upstream_port = free_port()
-    headers = {"Authorization": f"Bearer {token(key)}"}
-    nginx = spawn(["nginx", "-c", str(nginx_config(tmp, upstream_port, free_port()))], cpus=None)
-    profile = tmp / "gateway.prof"
-    try:
-        wait_for_port(upstream_port, timeout=10)
-        upstream = f"http://127.0.0.1:{upstream_port}"
-        config = gateway_config(tmp / "gateway", upstream, args.redis_url)
-        port = free_port()
-        server = spawn(
-            [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "gateway"],
-            cpus=None,
-            env={
-                "KEELSON_CONFIG_DIR": str(config),
-                "KEELSON_ENV": "prod",
-                "KEELSON_PORT": str(port),
-                "PYTHONHASHSEED": "0",
-            },
-            cwd=config,
+    # This file's folder holds bench/gateway.py: it must leave sys.path before the gateway
+    # package can be imported under its own name.
+    here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
+    del sys.modules["gateway"]
+    from gateway.app import create_app
+    from gateway.settings import Settings
+    from keelson.config import LogSettings
+    from keelson.logging import configure_logging
+
+    identity = IdentityKey.generate()
+    os.environ["KEELSON_IDENTITY__SIGNING_KEY"] = identity.secret_text()
+    os.environ["KEELSON_IDENTITY__PUBLIC_KEYS"] = json.dumps(identity.public_keys)
+    with upstream_rig("keelson-bench-profile-") as rig:
+        values = gateway_values(rig.upstream, args.redis_url, "bench-profile")
+        settings = Settings(**values, log=LogSettings(ship_endpoint=None, level="INFO"))
+        configure_logging(settings)
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, logging.StreamHandler):
+                handler.setStream(open(os.devnull, "w"))  # noqa: SIM115
+        bearer = rig.headers["Authorization"].encode()
+        profiler = asyncio.run(
+            profile(create_app(settings), bearer, args.requests, args.connections)
         )
-        try:
-            url = f"http://127.0.0.1:{port}{PATH}"
-            wait_ready(url, headers, timeout=120)
-            _, count, bad = wrk(url, headers, 32, args.seconds)
-        finally:
-            # SIGINT: uvicorn raises it again once shut down, and cProfile writes its
-            # file on the way out (SIGTERM would end the process before that).
-            server.send_signal(signal.SIGINT)
-            try:
-                server.wait(60)
-            except subprocess.TimeoutExpired:
-                stop(server)
-        stats = pstats.Stats(str(profile))
-    finally:
-        stop(nginx)
-        shutil.rmtree(tmp, ignore_errors=True)
+    stats = pstats.Stats(profiler)
+    count = args.requests // args.connections * args.connections
     entries = stats.stats  # type: ignore[attr-defined]  # pstats types no accessor for it
     total = sum(row[2] for row in entries.values())
-    print(f"{count} requests ({bad} not 2xx); {total:.2f} s of profiled own time")
+    print(f"{count} requests; {total:.2f} s of profiled own time")
     rows = sorted(entries.items(), key=lambda item: item[1][2], reverse=True)
     for (filename, line, name), (_, calls, own, _cum, _) in rows[: args.top]:
         print(f"{own / total:6.1%}  {calls / count:6.1f}/req  {where(filename)}:{line} {name}")

@@ -8,7 +8,14 @@ from gateway_testkit import (
 )
 from gateway_upstream import TokenMint
 
-from keelson.auth import IDENTITY_HEADER, Principal, identity_key, sign_identity
+from keelson.auth import (
+    DEFAULT_IDENTITY_MAX_AGE,
+    IDENTITY_HEADER,
+    Principal,
+    identity_key,
+    identity_verifier,
+    sign_identity,
+)
 from keelson.keys import KeyManager
 from keelson_dev.testing import eventually
 
@@ -92,6 +99,28 @@ async def test_identity_is_forwarded_signed_and_forgeries_are_stripped(
         assert signed.json()["user_id"] == "user-42"
         assert signed.json()["roles"] == ["ops", "user"]
         assert list(signed.json()["forwarded"]) == [IDENTITY_HEADER]
+
+
+async def test_an_identity_header_is_signed_again_only_once_a_sixth_of_its_max_age_old(
+    upstream: ServerThread, auth_upstream: ServerThread
+) -> None:
+    from gateway.plugins.security import SecurityPlugin
+
+    settings = secured(upstream, auth_upstream)
+    verifier = identity_verifier(settings)
+    user = Principal(user_id="user-42", roles=frozenset({"user"}))
+    async with running_gateway(settings) as (app, _):
+        plugin = app.state.container.get(SecurityPlugin)
+        first = plugin.identity_headers(user, now=1_000_000)
+        # The default max age is 60 s: the same signature serves for 10 s, then a new one.
+        assert plugin.identity_headers(user, now=1_000_009.9) is first
+        renewed = plugin.identity_headers(user, now=1_000_010)
+        assert renewed != first
+        for headers, now in ((first, 1_000_000 + DEFAULT_IDENTITY_MAX_AGE), (renewed, 1_000_011)):
+            text = {name.decode(): value.decode() for name, value in headers}
+            assert verifier.verify(text, now=now) == user
+        # A clock that went back gets a signature of its own time, not a future one.
+        assert plugin.identity_headers(user, now=999_990) not in (first, renewed)
 
 
 async def test_revoked_token_is_refused_even_when_cached(

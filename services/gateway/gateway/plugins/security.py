@@ -19,6 +19,8 @@ from gateway.policies import (
     Verdict,
 )
 from keelson.auth import (
+    DEFAULT_IDENTITY_MAX_AGE,
+    IDENTITY_MAX_AGE,
     REVOCATIONS,
     REVOCATIONS_CHANNEL,
     TOKEN_VERIFIER,
@@ -38,6 +40,13 @@ from keelson.security_headers import API_CSP, DEFAULT_HSTS_MAX_AGE, SecurityHead
 __all__ = ["CorsConfig", "SecurityConfig", "SecurityPlugin"]
 
 _INTERNAL_PREFIX = b"x-keelson-"
+
+# An upstream accepts an identity header for the identity max age from its signing (60 s by
+# default) and verifies each header text once: a principal's header is signed again once it
+# is a sixth of that old (10 s), not every second, which spares the gateway most of its
+# Ed25519 signatures and every upstream as many verifications, and leaves five sixths of the
+# max age for clock skew and queueing.
+_RESIGN_FRACTION = 6
 
 
 class CorsConfig(BaseModel):
@@ -88,6 +97,8 @@ class SecurityPlugin(GatewayPlugin):
         self.verifier = self.container.resolve(TOKEN_VERIFIER)
         # The only holder of the identity key's private half (see keelson.auth._identity).
         self.identity_key = identity_signer(self.container.settings)
+        max_age = self.container.resolve_optional(IDENTITY_MAX_AGE) or DEFAULT_IDENTITY_MAX_AGE
+        self.resign_seconds = max(1, max_age // _RESIGN_FRACTION)
         self.shared_revocations = self.container.resolve_optional(REVOCATIONS)
         # Revocations announced by auth land here at once, without a Redis round trip;
         # the shared list (Redis) is asked again only after `revocation_recheck_seconds`.
@@ -167,18 +178,20 @@ class SecurityPlugin(GatewayPlugin):
         self._checked[jti] = time.monotonic()
         return await shared.is_revoked(jti)
 
-    def identity_headers(self, principal: Principal) -> list[tuple[bytes, bytes]]:
-        """The signed identity headers, as the proxy sends them; signatures carry whole
-        seconds, so one per second."""
-        now = int(time.time())
+    def identity_headers(
+        self, principal: Principal, *, now: float | None = None
+    ) -> list[tuple[bytes, bytes]]:
+        """The signed identity headers, as the proxy sends them: a principal's signature is
+        sent again until it is `resign_seconds` old (see `_RESIGN_FRACTION`)."""
+        second = int(time.time() if now is None else now)
         cached = self._signed.get(principal)
-        if cached is not None and cached[0] == now:
+        if cached is not None and 0 <= second - cached[0] < self.resign_seconds:
             return cached[1]
-        signed = self.identity_key.sign(principal, now=now)
+        signed = self.identity_key.sign(principal, now=second)
         headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in signed.items()]
         if len(self._signed) >= 10_000:
             self._signed.clear()
-        self._signed[principal] = (now, headers)
+        self._signed[principal] = (second, headers)
         return headers
 
     def _remember(self, token: str, principal: Principal) -> None:

@@ -1,0 +1,61 @@
+"""The upstream rig the gateway's profiling benchmarks share: nginx, a JWKS, a token.
+
+`bench/gateway_instructions.py` and `bench/gateway_profile.py` both drive the gateway's
+authenticated GET of `bench/gateway.py` against nginx answering `{"ok":true}`; this is
+that set-up once, plus the process-tree helpers a granian server (a main process and
+its forked workers) needs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from gateway import nginx_config, spawn, stop, token  # bench/gateway.py, beside this file
+from keelson.keys import SigningKey
+from keelson_dev.embedded import free_port, wait_for_port
+
+__all__ = ["Rig", "process_tree", "upstream_rig"]
+
+
+@dataclass(frozen=True)
+class Rig:
+    tmp: Path  # a scratch folder, removed afterwards
+    upstream: str  # nginx's base URL, answering {"ok":true} and the JWKS
+    headers: dict[str, str]  # the bearer token the JWKS verifies
+
+
+@contextmanager
+def upstream_rig(prefix: str) -> Iterator[Rig]:
+    """nginx as the upstream (and JWKS host) for as long as the block runs."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    os.chmod(tmp, 0o755)  # nginx's worker reads the JWKS as another user
+    key = SigningKey.generate()
+    (tmp / "jwks.json").write_text(json.dumps({"keys": [key.public_jwk()]}))
+    os.chmod(tmp / "jwks.json", 0o644)
+    upstream_port = free_port()
+    nginx = spawn(["nginx", "-c", str(nginx_config(tmp, upstream_port, free_port()))], cpus=None)
+    try:
+        wait_for_port(upstream_port, timeout=10)
+        yield Rig(
+            tmp,
+            f"http://127.0.0.1:{upstream_port}",
+            {"Authorization": f"Bearer {token(key)}"},
+        )
+    finally:
+        stop(nginx)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its live descendants: granian serves from forked worker processes."""
+    root = psutil.Process(pid)
+    return [root.pid, *(child.pid for child in root.children(recursive=True))]
