@@ -242,10 +242,10 @@ async def instructions_per_email(args: argparse.Namespace, database: str, workdi
         await end_to_end(bus, sink, args.emails)
         subprocess.run(["callgrind_control", "-i", "off", str(service.pid)], check=True)
     finally:
+        service.terminate()  # first: a Redis error below must not leave it running
+        service.wait(120)
         await redis.delete(*(stream_key(topic) for topic in ROUTED))
         await redis.aclose()
-        service.terminate()
-        service.wait(120)
         controller.stop()
     total = 0
     for dump in workdir.glob("callgrind.out*"):
@@ -295,11 +295,11 @@ async def run(
             )
         latencies = await latency(bus, sink, args.rate, args.seconds)
     finally:
+        service.terminate()  # first: a Redis error below must not leave it running
+        service.wait(30)
         # Leave no backlog for the next consumer group that reads these streams from 0.
         await redis.delete(*(stream_key(topic) for topic in ROUTED))
         await redis.aclose()
-        service.terminate()
-        service.wait(30)
         controller.stop()
     return rounds, latencies
 
