@@ -23,6 +23,7 @@ from keelson.config import PluginSettings, load_settings
 from keelson.http import KeelsonApp
 from keelson.http import create_app as create_keelson_app
 from keelson.logging import configure_logging
+from keelson.security_headers import ServerHeader
 from keelson.service import build_container
 
 __all__ = ["create_app"]
@@ -83,12 +84,15 @@ def create_app(
     return app
 
 
-def create_served_app() -> BodyReadTimeout:
+def create_served_app() -> ServerHeader:
     """What `python -m gateway` serves: the gateway from the environment's settings, its
-    request bodies under `connections.body_timeout_seconds` (408 when one stalls)."""
+    request bodies under `connections.body_timeout_seconds` (408 when one stalls, 400 when
+    granian cannot read one), every answer's `server` header Keelson's, not granian's."""
     settings = load_settings(Settings)
     configure_logging(settings)
-    return BodyReadTimeout(create_app(settings), settings.connections.body_timeout_seconds)
+    return ServerHeader(
+        BodyReadTimeout(create_app(settings), settings.connections.body_timeout_seconds)
+    )
 
 
 def _point_auth_at_upstream(settings: Settings) -> None:
