@@ -66,9 +66,10 @@ _log = logging.getLogger("keelson.http")
 _access = logging.getLogger("keelson.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
-# RFC 9110 7.2 / RFC 3986 3.2.2: uri-host [ ":" port ]; an IP literal, or a reg-name of
-# unreserved, percent-encoded and sub-delims characters.
-_HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]+)(?::[0-9]{0,5})?")
+# RFC 9110 7.2 / RFC 3986 3.2.2: what uri-host [ ":" port ] is made of (unreserved,
+# percent-encoded and sub-delims characters, an IP literal's brackets, the port's colon).
+# Deleting these leaves nothing of a Host that may be one: one C call, no regex.
+_HOST_BYTES = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=%:[]"
 _SERVER_ERROR = "The server could not complete the request."
 
 
@@ -175,7 +176,7 @@ class ServiceMiddleware:
                 # an empty Host counts as none (an origin-form target needs its authority).
                 hosts += 1
                 empty_host = empty_host or not value
-                bad_host = bad_host or (bool(value) and _HOST.fullmatch(value) is None)
+                bad_host = bad_host or bool(value.translate(None, _HOST_BYTES))
             elif name == b"x-request-id":
                 candidate = value.decode("latin-1")
                 if _REQUEST_ID.match(candidate):
