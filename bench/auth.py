@@ -34,17 +34,14 @@ import argparse
 import asyncio
 import contextlib
 import os
-import platform
-import shlex
 import statistics
-import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
-from _docs import write_section
+from _suite import arguments, record, run
 from fastapi import FastAPI
 from jose import jwk, jwt
 from redis.asyncio import Redis
@@ -62,7 +59,6 @@ from keelson.auth import JwksClient, RevocationList, StaticKeys, TokenVerifier
 from keelson.config import Environment, LogSettings
 from keelson.db import migrate
 from keelson.keys import SigningKey
-from keelson_dev.testing import fresh_database
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "services/auth/auth_service/migrations"
 PASSWORD = "bench pass phrase for logins"
@@ -362,66 +358,42 @@ def table(
     return "\n".join(lines)
 
 
-def write_docs(body: str, command: str) -> None:
-    section = "\n".join(
-        [
-            "ES256 access-token verification through `keelson.auth` beside raw python-jose, "
-            "and logins at the default argon2id cost through the real auth app (one process; "
-            "see the docstring of `bench/auth.py`).",
-            "",
-            f"Command: `{command}`",
-            "",
-            f"{platform.python_implementation()} {platform.python_version()}, "
-            f"{os.cpu_count()} CPUs shared with other work, so figures are noisy. "
-            f"Recorded {time.strftime('%Y-%m-%d %H:%M')}.",
-            "",
-            body,
-            "",
-            "Read the `/me` rows as ratios: the machine is shared with other work (the load"
-            " average above), so `/me` alone already has a p99 far above an idle machine's."
-            " With the default hashing slots (cores - 1, at least one) the event loop keeps a"
-            " core while logins saturate the others; with one slot per core it competes with"
-            " the hashing threads for every core. Either way the hashing threads run nicer"
-            " than the event loop (Linux's per-thread nice value, +10), so it wins the CPU"
-            " from them whenever both could run; on this shared machine they also lose it to"
-            " every other process, so fewer logins complete meanwhile (that column) than on"
-            " a machine or container of their own. On two cores the default halves a process's"
-            " hashing throughput: logins beyond its slot and queue are answered 503 with"
-            " Retry-After (the last column) instead of waiting without limit; more capacity"
-            " is more auth replicas. The anchor says the hash is not what bounds logins per"
-            " core at the default cost: the rest of a login (Postgres, Redis, the session, the"
-            " tokens, the outbox, and the in-process client here) costs about half as much"
-            " again, and the goal is met at OWASP's first set, which stays the default"
-            " (m=19 MiB, t=2, p=1).",
-        ]
-    )
-    write_section("Auth", section)
+INTRO = (
+    "ES256 access-token verification through `keelson.auth` beside raw python-jose, "
+    "and logins at the default argon2id cost through the real auth app (one process; "
+    "see the docstring of `bench/auth.py`)."
+)
+NOTE = (
+    "Read the `/me` rows as ratios: the machine is shared with other work (the load"
+    " average above), so `/me` alone already has a p99 far above an idle machine's."
+    " With the default hashing slots (cores - 1, at least one) the event loop keeps a"
+    " core while logins saturate the others; with one slot per core it competes with"
+    " the hashing threads for every core. Either way the hashing threads run nicer"
+    " than the event loop (Linux's per-thread nice value, +10), so it wins the CPU"
+    " from them whenever both could run; on this shared machine they also lose it to"
+    " every other process, so fewer logins complete meanwhile (that column) than on"
+    " a machine or container of their own. On two cores the default halves a process's"
+    " hashing throughput: logins beyond its slot and queue are answered 503 with"
+    " Retry-After (the last column) instead of waiting without limit; more capacity"
+    " is more auth replicas. The anchor says the hash is not what bounds logins per"
+    " core at the default cost: the rest of a login (Postgres, Redis, the session, the"
+    " tokens, the outbox, and the in-process client here) costs about half as much"
+    " again, and the goal is met at OWASP's first set, which stays the default"
+    " (m=19 MiB, t=2, p=1)."
+)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get(
-            "KEELSON_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-        ),
-    )
-    parser.add_argument(
-        "--redis-url", default=os.environ.get("KEELSON_TEST_REDIS_URL", "redis://127.0.0.1:6379/4")
-    )
+    parser = arguments(__doc__ or "", redis_db=4)
     parser.add_argument("--verifications", type=int, default=20_000)
     parser.add_argument("--logins", type=int, default=200)
     parser.add_argument("--me-requests", type=int, default=500)
     parser.add_argument("--anchor-verifies", type=int, default=60)
     parser.add_argument("--repeats", type=int, default=2, help="rounds of the anchor and /me")
-    parser.add_argument("--no-docs", action="store_true", help="print only")
     args = parser.parse_args()
-    with fresh_database(args.database_url, prefix="keelson_bench") as url:
-        body = asyncio.run(bench(args, url))
-    print(body)
+    body = run(args, bench)
     if not args.no_docs:
-        command = ".venv/bin/python bench/auth.py " + shlex.join(sys.argv[1:])
-        write_docs(body, command.strip())
+        record("Auth", INTRO, body, notes=[NOTE])
 
 
 if __name__ == "__main__":

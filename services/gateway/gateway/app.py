@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import os
+import signal
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,6 +24,7 @@ from keelson.auth import AuthPlugin
 from keelson.config import PluginSettings, load_settings
 from keelson.http import KeelsonApp
 from keelson.http import create_app as create_keelson_app
+from keelson.lifeline import SERVER_PID_ENV, tie_to_parent
 from keelson.logging import configure_logging
 from keelson.security_headers import ServerHeader
 from keelson.service import build_container
@@ -87,9 +90,19 @@ def create_app(
 def create_served_app() -> ServerHeader:
     """What `python -m gateway` serves: the gateway from the environment's settings, its
     request bodies under `connections.body_timeout_seconds` (408 when one stalls, 400 when
-    granian cannot read one), every answer's `server` header Keelson's, not granian's."""
+    granian cannot read one), every answer's `server` header Keelson's, not granian's.
+
+    Built in each of granian's worker processes, which it ties to granian's main process
+    (`gateway.serve` names it): a worker left behind by a SIGKILLed main process stops
+    with SIGINT, which granian's worker takes as a stop and Keelson's drain pause does
+    not hold up (its listener must close for the next server to bind the port).
+    """
     settings = load_settings(Settings)
     configure_logging(settings)
+    server = os.environ.get(SERVER_PID_ENV)
+    if server is not None:
+        grace = max(1.0, settings.shutdown_grace_seconds)  # granian's workers_kill_timeout
+        tie_to_parent(int(server), stop_signal=signal.SIGINT, grace=grace)
     return ServerHeader(
         BodyReadTimeout(create_app(settings), settings.connections.body_timeout_seconds)
     )

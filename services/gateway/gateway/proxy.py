@@ -34,6 +34,7 @@ from gateway.transport import (
     UpstreamConnectionError,
     UpstreamResponse,
     UpstreamTransport,
+    UpstreamUnreachable,
 )
 from gateway.upstream_pool import UpstreamPool
 from gateway.upstreams import RoutingConfig, Upstream
@@ -84,6 +85,9 @@ _INTERNAL_PREFIX = b"x-keelson-"
 _LOCATIONS = frozenset({b"location", b"content-location"})
 _RETRY_STATUS = frozenset({502, 503})
 _FAILURE_STATUS = frozenset({502, 503, 504})
+# Seconds a client is told to wait when an upstream refuses connections: a restarted
+# service listens again within about that, and the breaker answers for longer outages.
+_UNREACHABLE_RETRY_AFTER = 1
 
 
 def new_session(config: RoutingConfig) -> aiohttp.ClientSession:
@@ -220,9 +224,16 @@ class ProxyApp:
                     await self._backoff(upstream, attempt)
                     continue
                 upstream.breaker.record_failure()
-                _requests(upstream.name, method, "error").inc()
                 _log.warning("upstream %s failed: %s", upstream.name, type(exc).__name__)
-                raise BadGateway(f"The {upstream.name} service could not be reached.") from None
+                if isinstance(exc, UpstreamUnreachable):
+                    # Nothing was sent: the upstream is away (killed, restarting), not wrong.
+                    _requests(upstream.name, method, "unreachable").inc()
+                    raise ServiceUnavailable(
+                        f"The {upstream.name} service is unavailable; try again later.",
+                        retry_after=_UNREACHABLE_RETRY_AFTER,
+                    ) from None
+                _requests(upstream.name, method, "error").inc()
+                raise BadGateway(f"The {upstream.name} service closed the connection.") from None
             except InvalidAnswer as exc:
                 # The request was delivered, so it is not sent again.
                 upstream.breaker.record_failure()

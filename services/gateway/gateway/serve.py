@@ -21,6 +21,7 @@ from granian.http import HTTP1Settings
 from gateway.settings import Settings
 from keelson.config import KeelsonSettings, load_settings
 from keelson.draining import DRAIN_MARKER_ENV
+from keelson.lifeline import SERVER_PID_ENV
 
 __all__ = ["serve"]
 
@@ -53,6 +54,8 @@ def serve(settings: KeelsonSettings, workers: int) -> None:
         workers_kill_timeout=max(1, int(settings.shutdown_grace_seconds)),
     )
     server.on_startup(_check_configuration_before_reload)
+    # The workers, forked next, stop when this process dies (`gateway.app.create_served_app`).
+    os.environ[SERVER_PID_ENV] = str(os.getpid())
     if settings.drain_pause_seconds <= 0:
         server.serve()
         return

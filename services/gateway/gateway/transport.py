@@ -5,7 +5,8 @@
 
     UpstreamError
     ├── UpstreamConnectionError    nothing came back: the request may go again
-    │   ├── UpstreamUnreachable    no connection could be made
+    │   ├── UpstreamUnreachable    no connection could be made, or it closed before
+    │   │                          any of the request went out (the proxy's 503)
     │   └── UpstreamDisconnected   the upstream closed the connection before answering
     ├── UpstreamTimeout            (a TimeoutError too)
     │   ├── ConnectTimeout         no connection (or free slot) within connect_timeout
@@ -51,7 +52,7 @@ class UpstreamConnectionError(UpstreamError):
 
 
 class UpstreamUnreachable(UpstreamConnectionError):
-    """No connection to the upstream could be made."""
+    """No connection to the upstream could be made (refused, reset before the request)."""
 
 
 class UpstreamDisconnected(UpstreamConnectionError):

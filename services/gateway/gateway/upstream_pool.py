@@ -425,13 +425,19 @@ class UpstreamPool:
             try:
                 response = await self._exchange(connection, method, head, body, chunked)
             except UpstreamDisconnected as exc:
+                if isinstance(exc, _NotSent) and not reused:
+                    # A new connection closed before the request went out: as good as refused.
+                    raise UpstreamUnreachable(str(exc)) from exc
                 if not (reused and isinstance(body, bytes | None)):
                     raise
                 if not isinstance(exc, _NotSent) and method not in IDEMPOTENT:
                     raise
                 self._discard(connection)
                 connection = await self._new_connection()
-                response = await self._exchange(connection, method, head, body, chunked)
+                try:
+                    response = await self._exchange(connection, method, head, body, chunked)
+                except _NotSent as again:
+                    raise UpstreamUnreachable(str(again)) from again
         except BaseException:
             if connection is not None:
                 self._discard(connection)

@@ -94,7 +94,7 @@ async def test_metrics_per_route_upstream_and_circuit(upstream: ServerThread) ->
         await catalog_ready(app, "logs")
         for i in range(3):
             assert (await client.get(f"/api/v1/logs/items/{i}")).status_code == 200
-        await client.get("/api/v1/payments/anything")  # payments is down: 502
+        await client.get("/api/v1/payments/anything")  # payments is down: 503
         metrics = (await client.get("/metrics")).text
     assert REGISTRY.get_sample_value("http_requests_total", item_requests) == before + 3
     assert (
@@ -104,7 +104,7 @@ async def test_metrics_per_route_upstream_and_circuit(upstream: ServerThread) ->
     assert 'gateway_upstream_requests_total{method="GET",status="200",upstream="logs"}' in metrics
     assert 'gateway_upstream_request_duration_seconds_count{upstream="logs"}' in metrics
     assert (
-        'gateway_upstream_requests_total{method="GET",status="error",upstream="payments"}'
+        'gateway_upstream_requests_total{method="GET",status="unreachable",upstream="payments"}'
         in metrics
     )
     assert 'gateway_circuit_state{upstream="logs"} 0.0' in metrics

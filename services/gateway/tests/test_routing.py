@@ -232,17 +232,32 @@ async def test_idempotent_requests_are_retried_others_are_not(upstream: ServerTh
         assert app.state.calls == 1
 
 
-async def test_unreachable_upstream_is_502_then_circuit_opens_and_recovers() -> None:
+@pytest.mark.parametrize("method", ["GET", "POST"])
+async def test_unreachable_upstream_is_503_then_circuit_opens_and_recovers(method: str) -> None:
+    # A refused connection (an upstream killed and not yet restarted) is an unavailable
+    # upstream, not a bad answer: 503 with Retry-After from the first request, counted
+    # toward the breaker, and sent again first when the method allows (retries=1 here).
     port = free_port()
     config = upstreams_config(logs=f"http://127.0.0.1:{port}")
-    config["upstreams"]["logs"].update(failure_threshold=3, reset_timeout_seconds=0.5, retries=0)
+    config["upstreams"]["logs"].update(failure_threshold=3, reset_timeout_seconds=0.5, retries=1)
+    labels = {"upstream": "logs", "method": method, "status": "unreachable"}
+    before = REGISTRY.get_sample_value("gateway_upstream_requests_total", labels) or 0.0
+    retries = {"upstream": "logs"}
+    retried = REGISTRY.get_sample_value("gateway_upstream_retries_total", retries) or 0.0
     async with running_gateway(gateway_settings(routing=config)) as (_, client):
         for _ in range(3):
-            failed = await client.get("/api/v1/logs/echo")
-            assert failed.status_code == 502
-            assert failed.json()["type"] == "https://keelson.dev/problems/bad-gateway"
-            assert failed.json()["title"] == "Bad Gateway"
-        refused = await client.get("/api/v1/logs/echo")
+            failed = await client.request(method, "/api/v1/logs/echo", json={})
+            assert failed.status_code == 503
+            assert failed.headers["content-type"] == "application/problem+json"
+            assert failed.headers["retry-after"] == "1"
+            assert failed.json()["type"] == "https://keelson.dev/problems/unavailable"
+            assert failed.json()["title"] == "Service Unavailable"
+            assert "logs" in failed.json()["detail"]
+        after = REGISTRY.get_sample_value("gateway_upstream_requests_total", labels)
+        assert after == before + 3  # each tried the upstream; the next meets the open circuit
+        sent_again = REGISTRY.get_sample_value("gateway_upstream_retries_total", retries) or 0.0
+        assert sent_again - retried == (3 if method == "GET" else 0)
+        refused = await client.request(method, "/api/v1/logs/echo", json={})
         assert refused.status_code == 503
         assert int(refused.headers["retry-after"]) >= 1
         assert refused.json()["type"] == "https://keelson.dev/problems/unavailable"
@@ -270,7 +285,7 @@ async def test_an_open_circuit_closes_once_the_upstream_is_back_not_after_its_pe
     config["upstreams"]["logs"].update(failure_threshold=2, reset_timeout_seconds=30, retries=0)
     async with running_gateway(gateway_settings(routing=config)) as (_, client):
         for _ in range(2):
-            assert (await client.get("/api/v1/logs/echo")).status_code == 502
+            assert (await client.get("/api/v1/logs/echo")).status_code == 503  # refused
         assert (await client.get("/api/v1/logs/echo")).status_code == 503  # open
         server = ServerThread(create_upstream(), port=port).start()
         try:

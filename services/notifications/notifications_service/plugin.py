@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from keelson.bus import BUS, Bus, RedisBus
@@ -90,8 +91,9 @@ class NotificationsPlugin(Plugin):
             self.worker.start()
 
     async def stop(self) -> None:
-        for bus in self.extra_buses:
-            await bus.stop()
+        # Each consumer finishes the blocking read it has in flight (up to `bus.block_ms`)
+        # before it stops: together, so the stop waits for one read, not one per consumer.
+        await asyncio.gather(*(bus.stop() for bus in self.extra_buses))
         if self.config.delivery.worker:
             await self.worker.stop()
         await self.intake.close()

@@ -12,14 +12,16 @@ from keelson.db import get_session
 from keelson.errors import NotFound
 from keelson.payment import PaymentProvider, SandboxProvider
 from keelson.plugins import PluginContainer
+from payments_service.group_commit import GroupCommit
 from payments_service.idempotency import require_key
-from payments_service.plugin import PAYMENT_PROVIDER
+from payments_service.plugin import GROUP_COMMIT, PAYMENT_PROVIDER
 from payments_service.settings import PaymentsSettings
 
 __all__ = [
     "AdminUser",
     "Config",
     "CurrentUser",
+    "Events",
     "IdempotencyKey",
     "Provider",
     "Sandbox",
@@ -27,32 +29,40 @@ __all__ = [
 ]
 
 
-def _provider(request: Request) -> PaymentProvider:
+async def _provider(request: Request) -> PaymentProvider:
     container: PluginContainer = request.app.state.container
     return container.resolve(PAYMENT_PROVIDER)
 
 
-def _sandbox(provider: Annotated[PaymentProvider, Depends(_provider)]) -> SandboxProvider:
+async def _group_commit(request: Request) -> GroupCommit:
+    container: PluginContainer = request.app.state.container
+    return container.resolve(GROUP_COMMIT)
+
+
+async def _sandbox(provider: Annotated[PaymentProvider, Depends(_provider)]) -> SandboxProvider:
     # With Stripe configured the sandbox routes do not exist, as far as a client can tell.
     if not isinstance(provider, SandboxProvider):
         raise NotFound("the sandbox is off: a Stripe key is configured")
     return provider
 
 
-def _config(request: Request) -> PaymentsSettings:
+async def _config(request: Request) -> PaymentsSettings:
     settings: PaymentsSettings = request.app.state.settings.payments
     return settings
 
 
-def _idempotency_key(
+async def _idempotency_key(
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> str:
     return require_key(idempotency_key)
 
 
+# The dependencies are `async def` though none awaits: FastAPI runs a plain `def` one in
+# a worker thread, a thread hop per dependency and request.
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 Provider = Annotated[PaymentProvider, Depends(_provider)]
 Sandbox = Annotated[SandboxProvider, Depends(_sandbox)]
+Events = Annotated[GroupCommit, Depends(_group_commit)]
 Config = Annotated[PaymentsSettings, Depends(_config)]
 IdempotencyKey = Annotated[str, Depends(_idempotency_key)]
 AdminUser = Annotated[Principal, Depends(require_role("admin"))]

@@ -15,7 +15,6 @@ from keelson.errors import Conflict, IdempotencyConflict, NotFound
 from keelson.payment import PaymentProvider
 from payments_service.customers import customer_of
 from payments_service.idempotency import fingerprint, provider_key
-from payments_service.ledger import record
 from payments_service.lifecycle import Changes, move
 from payments_service.models import Intent
 from payments_service.schemas import IntentCreate
@@ -104,15 +103,15 @@ async def create_intent(
         )
         db.add(intent)
         await db.flush()
-        record(
-            db,
-            intent_id=intent.id,
+        changes = Changes(intent)
+        changes.record(
             kind="created",
             source="api",
             to_status=intent.status,
             amount=intent.amount,
             data={"provider": provider.name, "provider_id": created.id},
         )
+        await changes.write(db)
     monitor.add_breadcrumb(
         "payment intent created",
         category="payment",

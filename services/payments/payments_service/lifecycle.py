@@ -1,28 +1,20 @@
 """Moving an intent between states: the one path that writes the ledger row and the event.
 
 A `Changes` collects what one transaction does to one intent (new column values, ledger
-rows, outbox events) and `write` sends it as one statement: an UPDATE, a multi-row
-INSERT into the ledger and one into the outbox, as CTEs of a single SELECT. The intent
+rows, outbox events) and `write_changes` sends those of any number of intents as one
+statement: an UPDATE, an INSERT into the ledger and one into the outbox, each over
+unnested arrays, as CTEs of a single SELECT. The intent
 object in the session is given the new values as already committed ones, so the
 session's flush does not write them a second time.
 """
 
 from __future__ import annotations
 
-import functools
+import json
+from collections.abc import Sequence
 from typing import Any, cast
 
-from sqlalchemy import (
-    Select,
-    Table,
-    bindparam,
-    func,
-    insert,
-    inspect,
-    literal_column,
-    select,
-    update,
-)
+from sqlalchemy import Table, TextClause, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -34,11 +26,11 @@ from keelson.events import (
     PaymentProcessing,
     PaymentSucceeded,
 )
-from keelson.outbox import outbox_insert, outbox_parameters
+from keelson.outbox import outbox_parameters
 from payments_service.models import Intent, LedgerEntry
 from payments_service.states import IntentStatus, can_move
 
-__all__ = ["Changes", "move"]
+__all__ = ["Changes", "move", "write_changes"]
 
 _INTENTS = cast(Table, Intent.__table__)
 _LEDGER = cast(Table, LedgerEntry.__table__)
@@ -54,7 +46,10 @@ class Changes:
         self.events: list[Event] = []
 
     def set(self, **values: Any) -> None:
-        """New column values of the intent (attribute names of `Intent`)."""
+        """New column values of the intent (attribute names of `Intent`, of `_MUTABLE`)."""
+        unknown = values.keys() - _MUTABLE
+        if unknown:
+            raise ValueError(f"not a column a change may set: {sorted(unknown)}")
         self.values.update(values)
         for name, value in values.items():
             set_committed_value(self.intent, name, value)
@@ -90,22 +85,12 @@ class Changes:
 
     async def write(self, db: AsyncSession) -> None:
         """Send everything collected in one statement of `db`'s transaction, then forget it."""
-        if not (self.values or self.ledger or self.events):
-            return
-        columns = tuple(sorted(self.values))
-        statement = _write_statement(columns, len(self.ledger), len(self.events))
-        parameters: dict[str, Any] = {"intent_id": self.intent.id}
-        parameters.update({f"set_{name}": self.values[name] for name in columns})
-        for i, row in enumerate(self.ledger):
-            parameters.update({f"ledger_{name}_{i}": value for name, value in row.items()})
-        if self.events:
-            parameters.update(outbox_parameters(db, self.events))
-        result = await db.execute(statement, parameters)
-        if columns:
-            set_committed_value(self.intent, "updated_at", result.scalar_one())
-        self.values, self.ledger, self.events = {}, [], []
+        await write_changes(db, [self])
 
 
+# The columns a `Changes` may set: each is NOT NULL, so NULL in the statement's arrays
+# means "unchanged" (COALESCE keeps the row's value).
+_MUTABLE = ("status", "last_event_at", "amount_received", "amount_refunded")
 _LEDGER_COLUMNS = (
     "intent_id",
     "kind",
@@ -118,47 +103,77 @@ _LEDGER_COLUMNS = (
 )
 
 
-@functools.cache
-def _write_statement(columns: tuple[str, ...], ledger_rows: int, events: int) -> Select[Any]:
-    """The one statement of a `Changes` of this shape, built (and so compiled) once."""
-    statement: Select[Any] = select(literal_column("1"))
-    ctes = []
-    if columns:
-        mapped = inspect(Intent).columns
-        moved = (
-            update(_INTENTS)
-            .where(_INTENTS.c.id == bindparam("intent_id", type_=_INTENTS.c.id.type))
-            .values(
-                {
-                    **{
-                        mapped[name].name: bindparam(f"set_{name}", type_=mapped[name].type)
-                        for name in columns
-                    },
-                    "updated_at": func.now(),
-                }
-            )
-            .returning(_INTENTS.c.updated_at)
-            .cte("moved")
+def _write_statement() -> TextClause:
+    """One statement for any number of intents, ledger rows and outbox events.
+
+    Arrays unnested, so its text never changes with the shape (prepared once per
+    connection); the ledger and the outbox take their rows in the order they were
+    recorded, so the rows' ids follow it.
+    """
+    intents, ledger = _INTENTS.fullname, _LEDGER.fullname
+    updates = ", ".join(f"{c} = COALESCE(v.{c}, i.{c})" for c in _MUTABLE)
+    ledger_columns = ", ".join(_LEDGER_COLUMNS)
+    return text(
+        f"""
+        WITH moved AS (
+            UPDATE {intents} AS i SET {updates}, updated_at = now()
+            FROM unnest(CAST(:ids AS uuid[]), CAST(:status AS text[]),
+                        CAST(:last_event_at AS bigint[]), CAST(:amount_received AS bigint[]),
+                        CAST(:amount_refunded AS bigint[]))
+                AS v(id, {", ".join(_MUTABLE)})
+            WHERE i.id = v.id
+            RETURNING i.id, i.updated_at
+        ), recorded AS (
+            INSERT INTO {ledger} ({ledger_columns})
+            SELECT intent_id, kind, source, from_status, to_status, amount, provider_event_id,
+                   CAST(data AS jsonb)
+            FROM unnest(CAST(:l_intent_id AS uuid[]), CAST(:l_kind AS text[]),
+                        CAST(:l_source AS text[]), CAST(:l_from_status AS text[]),
+                        CAST(:l_to_status AS text[]), CAST(:l_amount AS bigint[]),
+                        CAST(:l_provider_event_id AS text[]), CAST(:l_data AS text[]))
+                WITH ORDINALITY AS l({ledger_columns}, n)
+            ORDER BY n
+            RETURNING 1
+        ), announced AS (
+            INSERT INTO outbox (topic, payload)
+            SELECT topic, CAST(payload AS jsonb)
+            FROM unnest(CAST(:topic AS text[]), CAST(:payload AS text[]))
+                WITH ORDINALITY AS o(topic, payload, n)
+            ORDER BY n
+            RETURNING 1
         )
-        statement = select(moved.c.updated_at)
-    # One single-row INSERT per row (SQLAlchemy caches the compiled form of those, never
-    # that of a multi-row VALUES), each reading the one before, so the rows' ids follow
-    # the order they were recorded in.
-    previous = None
-    for i in range(ledger_rows):
-        row = [
-            bindparam(f"ledger_{name}_{i}", type_=_LEDGER.c[name].type).label(name)
-            for name in _LEDGER_COLUMNS
-        ]
-        recorded = (
-            insert(_LEDGER).values({c.name: c.element for c in row})
-            if previous is None
-            else insert(_LEDGER).from_select(_LEDGER_COLUMNS, select(*row).select_from(previous))
-        )
-        previous = recorded.returning(_LEDGER.c.id).cte(f"recorded_{i}")
-        ctes.append(previous)
-    ctes += [outbox_insert(i).cte(f"announced_{i}") for i in range(events)]
-    return statement.add_cte(*ctes) if ctes else statement
+        SELECT id, updated_at FROM moved
+        """  # noqa: S608 (only this module's own table and column names are formatted in)
+    )
+
+
+_WRITE = _write_statement()
+
+
+async def write_changes(db: AsyncSession, all_changes: Sequence[Changes]) -> None:
+    """Send the changes of any number of intents in one statement of `db`'s transaction."""
+    moved = [c for c in all_changes if c.values]
+    rows = [row for c in all_changes for row in c.ledger]
+    events = [event for c in all_changes for event in c.events]
+    if not (moved or rows or events):
+        return
+    parameters: dict[str, Any] = {"ids": [c.intent.id for c in moved]}
+    for name in _MUTABLE:
+        parameters[name] = [c.values.get(name) for c in moved]
+    for name in _LEDGER_COLUMNS:
+        parameters[f"l_{name}"] = [row[name] for row in rows]
+    parameters["l_data"] = [json.dumps(row["data"]) for row in rows]
+    announced = outbox_parameters(db, events)
+    parameters["topic"] = [announced[f"outbox_topic_{i}"] for i in range(len(events))]
+    parameters["payload"] = [
+        json.dumps(announced[f"outbox_payload_{i}"]) for i in range(len(events))
+    ]
+    result = await db.execute(_WRITE, parameters)
+    by_id = {c.intent.id: c.intent for c in moved}
+    for intent_id, updated_at in result:
+        set_committed_value(by_id[intent_id], "updated_at", updated_at)
+    for c in all_changes:
+        c.values, c.ledger, c.events = {}, [], []
 
 
 def _event_for(intent: Intent, status: IntentStatus, reason: str | None) -> Event | None:

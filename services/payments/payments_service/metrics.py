@@ -23,6 +23,7 @@ __all__ = [
     "INTENTS",
     "RECONCILE_REPAIRS",
     "REFUNDS",
+    "WEBHOOK_BATCH",
     "WEBHOOK_EVENTS",
     "WEBHOOK_LAG",
     "IntentCounter",
@@ -49,6 +50,11 @@ WEBHOOK_LAG = Histogram(
     "From the provider creating an event to it being handled here",
     buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600, 86400),
 )
+WEBHOOK_BATCH = Histogram(
+    "payments_webhook_batch_events",
+    "Webhook events applied per transaction (group commit; 1 when requests come one by one)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
 RECONCILE_REPAIRS = Counter(
     "payments_reconcile_repairs_total", "Intent states repaired by reconciliation"
 )
@@ -67,7 +73,7 @@ class IntentCounter:
     async def count_once(self) -> dict[IntentStatus, int]:
         async with self.sessions() as db:
             rows = await db.execute(select(Intent.status, func.count()).group_by(Intent.status))
-            found = {IntentStatus(status): int(n) for status, n in rows.tuples()}
+            found = {IntentStatus(status): int(n) for status, n in rows}
         for status in IntentStatus:  # a status with no intent left reads 0, not its old count
             INTENTS.labels(status.value).set(found.get(status, 0))
         return found

@@ -1,19 +1,21 @@
-"""The payments service's plugin: the provider chosen at start and the reconciliation task."""
+"""The payments service's plugin: the provider chosen at start, reconciliation, group commit."""
 
 from __future__ import annotations
 
 from keelson.db import DB_SESSIONS, create_engine, schema_for
 from keelson.payment import PaymentProvider, create_provider
 from keelson.plugins import Health, Key, Plugin, PluginMetadata, Priority
+from payments_service.group_commit import GroupCommit
 from payments_service.metrics import IntentCounter
 from payments_service.reconcile import Reconciler
 from payments_service.settings import Settings
 
-__all__ = ["INTENT_COUNTER", "PAYMENT_PROVIDER", "RECONCILER", "PaymentsPlugin"]
+__all__ = ["GROUP_COMMIT", "INTENT_COUNTER", "PAYMENT_PROVIDER", "RECONCILER", "PaymentsPlugin"]
 
 PAYMENT_PROVIDER: Key[PaymentProvider] = Key("payments.provider")
 RECONCILER: Key[Reconciler] = Key("payments.reconciler")
 INTENT_COUNTER: Key[IntentCounter] = Key("payments.intent_counter")
+GROUP_COMMIT: Key[GroupCommit] = Key("payments.group_commit")
 
 
 class PaymentsPlugin(Plugin):
@@ -42,13 +44,16 @@ class PaymentsPlugin(Plugin):
         self.counter = IntentCounter(sessions, settings.payments.intent_count_interval_seconds)
         self.container.provide(PAYMENT_PROVIDER, self.provider)
         self.container.provide(RECONCILER, self.reconciler)
+        self.group_commit = GroupCommit(sessions, max_batch=settings.payments.webhook_batch_max)
         self.container.provide(INTENT_COUNTER, self.counter)
+        self.container.provide(GROUP_COMMIT, self.group_commit)
 
     async def start(self) -> None:
         self.reconciler.start()
         self.counter.start()
 
     async def stop(self) -> None:
+        await self.group_commit.stop()
         await self.counter.stop()
         await self.reconciler.stop()
         await self.provider.aclose()

@@ -20,6 +20,8 @@ class PaymentsSettings(BaseModel):
     currencies: list[str] = DEFAULT_CURRENCIES
     max_amount: int = Field(99_999_999, ge=1, le=99_999_999)  # Stripe's own ceiling
     max_webhook_bytes: int = Field(512 * 1024, ge=1024)
+    # Webhook events applied per transaction at most, when requests arrive together.
+    webhook_batch_max: int = Field(64, ge=1, le=1000)
     reconcile_interval_seconds: float = Field(300.0, gt=0)
     reconcile_window_seconds: int = Field(3 * 24 * 3600, ge=60)
     reconcile_max_intents: int = Field(1000, ge=1, le=100_000)

@@ -10,21 +10,26 @@ from __future__ import annotations
 
 import functools
 import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Select, String, bindparam, exists, literal_column, select
+from sqlalchemy import ARRAY, MetaData, Select, String, bindparam, func, select
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from keelson.events import DisputeOpened, RefundSucceeded
-from keelson.outbox import mark_processed, processed_insert, processed_parameters
+from keelson.outbox import outbox_tables
 from keelson.payment import ProviderEvent
-from payments_service.lifecycle import Changes, move
+from payments_service.lifecycle import Changes, move, write_changes
 from payments_service.metrics import WEBHOOK_EVENTS, WEBHOOK_LAG
 from payments_service.models import Intent
 from payments_service.states import REFUNDABLE, IntentStatus, refund_status
 
-__all__ = ["HANDLED_EVENTS", "Outcome", "handle_event"]
+__all__ = ["HANDLED_EVENTS", "Delivery", "Outcome", "handle_event", "handle_events"]
 
 WEBHOOK_GROUP = "payments.provider_events"
 _INTENT_EVENTS = {
@@ -53,62 +58,129 @@ def _intent_ref(event: ProviderEvent) -> str | None:
     return ref if isinstance(ref, str) else None
 
 
-async def handle_event(db: AsyncSession, event: ProviderEvent, *, source: str) -> Outcome:
-    """Apply `event` in one transaction of `db` (which must not be in one yet).
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A verified provider event and where it came from (`webhook`, `sandbox`, ...)."""
 
-    Two statements: the claim (the processed-event row and the intent's row lock, in one)
-    and the write (`Changes.write`: the intent, its ledger rows and outbox events).
-    """
-    async with db.begin():
-        outcome = await _apply(db, event, source=source)
-    WEBHOOK_EVENTS.labels(event.type if event.type in HANDLED_EVENTS else "other", outcome).inc()
-    WEBHOOK_LAG.observe(max(0.0, time.time() - event.created))
+    event: ProviderEvent
+    source: str
+
+
+async def handle_event(db: AsyncSession, event: ProviderEvent, *, source: str) -> Outcome:
+    """Apply `event` in one transaction of `db` (which must not be in one yet)."""
+    (outcome,) = await handle_events(db, [Delivery(event, source)])
     return outcome
 
 
+async def handle_events(db: AsyncSession, deliveries: Sequence[Delivery]) -> list[Outcome]:
+    """Apply `deliveries`, in their order, in one transaction of `db` (not in one yet).
+
+    Two statements whatever their number: the claim (the processed-event rows and the
+    intents' row locks, in one) and the write (`write_changes`: the intents, their
+    ledger rows and outbox events). An error anywhere rolls back all of them.
+    """
+    async with db.begin():
+        outcomes = await _apply(db, deliveries)
+    now = time.time()
+    for delivery, outcome in zip(deliveries, outcomes, strict=True):
+        event = delivery.event
+        WEBHOOK_EVENTS.labels(
+            event.type if event.type in HANDLED_EVENTS else "other", outcome
+        ).inc()
+        WEBHOOK_LAG.observe(max(0.0, now - event.created))
+    return outcomes
+
+
 @functools.cache
-def _claim_statement() -> Select[Intent]:
-    fresh = processed_insert().cte("fresh")
-    return (
-        select(Intent)
-        .where(
-            Intent.provider_id == bindparam("ref", type_=String()),
-            select(literal_column("1")).select_from(fresh).exists(),
+def _claim_statement() -> Select[str, Intent]:
+    """Mark the events processed and lock their intents, in one statement.
+
+    The processed-event INSERT is a CTE the intents' locking SELECT depends on, so it
+    runs first: a concurrent delivery of the same event waits there for the first one's
+    commit, then finds the row and locks nothing. A row back per event claimed now,
+    with its intent or none; no row means an event processed before. Both take their
+    locks in a fixed order (event id, intent id), so two batches cannot deadlock.
+    """
+    processed = outbox_tables(MetaData()).processed_events
+    pairs = select(
+        func.unnest(bindparam("event_ids", type_=ARRAY(String()))).label("event_id"),
+        func.unnest(bindparam("refs", type_=ARRAY(String()))).label("ref"),
+    ).cte("pairs")
+    fresh = (
+        insert(processed)
+        .from_select(
+            ["event_id", "group"],
+            select(pairs.c.event_id, bindparam("group", type_=String())).order_by(pairs.c.event_id),
         )
-        .with_for_update(of=Intent)
+        .on_conflict_do_nothing()
+        .returning(processed.c.event_id)
+        .cte("fresh")
+    )
+    refs = select(pairs.c.ref).join_from(pairs, fresh, fresh.c.event_id == pairs.c.event_id)
+    locked = (
+        select(Intent)
+        .where(Intent.provider_id.in_(refs))
+        .order_by(Intent.id)
+        .with_for_update()
+        .cte("locked")
+    )
+    intent = aliased(Intent, locked)
+    return (
+        select(fresh.c.event_id, intent)
+        .join_from(fresh, pairs, pairs.c.event_id == fresh.c.event_id)
+        .outerjoin(locked, locked.c.provider_id == pairs.c.ref)
         .execution_options(populate_existing=True)
     )
 
 
-async def _claim(db: AsyncSession, event: ProviderEvent, ref: str | None) -> Intent | Outcome:
-    """Mark `event` processed and lock its intent, in one statement.
-
-    The processed-event INSERT is a CTE the intent's SELECT depends on, so it runs first:
-    a concurrent delivery of the same event waits there for the first one's commit, then
-    finds the row and locks nothing. No intent row back means a duplicate or no intent.
-    """
-    if ref is None:
-        fresh = await mark_processed(db, event_id=event.id, group=WEBHOOK_GROUP)
-        return Outcome.UNKNOWN_INTENT if fresh else Outcome.DUPLICATE
-    intent = await db.scalar(
+async def _claim(db: AsyncSession, events: Sequence[ProviderEvent]) -> dict[str, Intent | None]:
+    """The events (of distinct ids) claimed now, each with its locked intent or none."""
+    rows = await db.execute(
         _claim_statement(),
-        {"ref": ref, **processed_parameters(event_id=event.id, group=WEBHOOK_GROUP)},
+        {
+            "event_ids": [event.id for event in events],
+            "refs": [_intent_ref(event) for event in events],
+            "group": WEBHOOK_GROUP,
+        },
     )
-    if intent is not None:
-        return intent
-    known = await db.scalar(select(exists().where(Intent.provider_id == ref)))
-    return Outcome.DUPLICATE if known else Outcome.UNKNOWN_INTENT
+    return {event_id: intent for event_id, intent in rows}
 
 
-async def _apply(db: AsyncSession, event: ProviderEvent, *, source: str) -> Outcome:
-    if event.type not in HANDLED_EVENTS:
-        return Outcome.IGNORED
-    claimed = await _claim(db, event, _intent_ref(event))
-    if isinstance(claimed, Outcome):
-        return claimed
-    intent = claimed
+async def _apply(db: AsyncSession, deliveries: Sequence[Delivery]) -> list[Outcome]:
+    outcomes: list[Outcome] = [Outcome.IGNORED] * len(deliveries)
+    first: dict[str, int] = {}  # event id -> its first delivery here; later ones are copies
+    for i, delivery in enumerate(deliveries):
+        event_id = delivery.event.id
+        if delivery.event.type not in HANDLED_EVENTS:
+            continue
+        if event_id in first:
+            outcomes[i] = Outcome.DUPLICATE
+        else:
+            first[event_id] = i
+    if not first:
+        return outcomes
+    claimed = await _claim(db, [deliveries[i].event for i in first.values()])
+    changes: dict[uuid.UUID, Changes] = {}
+    for event_id, i in first.items():
+        if event_id not in claimed:
+            outcomes[i] = Outcome.DUPLICATE
+            continue
+        intent = claimed[event_id]
+        if intent is None:
+            outcomes[i] = Outcome.UNKNOWN_INTENT
+            continue
+        if intent.id not in changes:
+            changes[intent.id] = Changes(intent)
+        outcomes[i] = _apply_one(changes[intent.id], deliveries[i])
+    await write_changes(db, list(changes.values()))
+    return outcomes
+
+
+def _apply_one(changes: Changes, delivery: Delivery) -> Outcome:
+    """One event on its claimed intent, after those before it in the same transaction."""
+    event, source = delivery.event, delivery.source
+    intent = changes.intent
     before = intent.status
-    changes = Changes(intent)
     if event.type in _INTENT_EVENTS:
         moved = _intent_event(changes, event, source=source)
     elif event.type == "charge.refunded":
@@ -123,7 +195,6 @@ async def _apply(db: AsyncSession, event: ProviderEvent, *, source: str) -> Outc
         provider_event_id=event.id,
         data={"type": event.type, "created": event.created, "outcome": moved.value},
     )
-    await changes.write(db)
     return moved
 
 

@@ -7,9 +7,8 @@ from pydantic import BaseModel
 
 from keelson.auth import PUBLIC
 from keelson.errors import BadRequest, PayloadTooLarge
-from payments_service.deps import Config, Provider, SessionDep
+from payments_service.deps import Config, Events, Provider
 from payments_service.metrics import WEBHOOK_EVENTS
-from payments_service.webhooks import handle_event
 
 __all__ = ["router"]
 
@@ -37,7 +36,7 @@ async def _raw_body(request: Request, limit: int) -> bytes:
 @router.post("/stripe", openapi_extra=PUBLIC)
 async def receive_stripe_webhook(
     request: Request,
-    db: SessionDep,
+    events: Events,
     provider: Provider,
     config: Config,
     stripe_signature: str | None = Header(None, alias="Stripe-Signature"),
@@ -49,5 +48,6 @@ async def receive_stripe_webhook(
     except BadRequest:
         WEBHOOK_EVENTS.labels("unverified", "rejected").inc()
         raise
-    outcome = await handle_event(db, event, source="webhook")
+    # Applied with the events of concurrent requests, answered after their commit.
+    outcome = await events.apply(event, source="webhook")
     return WebhookAnswer(received=True, outcome=outcome.value)
