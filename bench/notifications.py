@@ -14,6 +14,14 @@
 - latency: events published at `--rate` per second for `--seconds`, each timed from its
   publish to the sink's acceptance of its mail (p50, p99).
 
+With `--instructions`, the service runs under valgrind's callgrind instead, with
+instrumentation off until the warm-up is done, and only the end-to-end run of `--emails`
+is counted (`callgrind_control -i on/off`): user-space instructions per email, the
+figure to compare before and after a change on a shared machine, where timings move
+by 2x. Under valgrind the service is some 50 times slower (start-up takes a minute or
+two), so its batches are fuller than at full speed. Needs valgrind (apt-get install
+valgrind).
+
 A temporary database is created and dropped; the Redis streams of the routed event types
 are emptied first (give the bench a Redis database of its own). Results are printed and
 written to the "Notifications" section of docs/benchmarks.md (`--no-docs` to skip that).
@@ -94,7 +102,9 @@ async def wait_for(condition: Any, timeout: float) -> None:
         await asyncio.sleep(0.005)
 
 
-def start_service(database: str, redis_url: str, smtp_port: int, workdir: Path) -> Any:
+def start_service(
+    database: str, redis_url: str, smtp_port: int, workdir: Path, *, callgrind: bool = False
+) -> Any:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEELSON_")}
     env.update(
@@ -111,14 +121,20 @@ def start_service(database: str, redis_url: str, smtp_port: int, workdir: Path) 
         KEELSON_NOTIFICATIONS__DELIVERY__POLL_INTERVAL_SECONDS="0.5",
         KEELSON_NOTIFICATIONS__CONSUMER_GROUP=f"bench-{uuid.uuid4().hex[:8]}",
     )
+    valgrind = [
+        "valgrind",
+        "--tool=callgrind",
+        "--instr-atstart=no",
+        f"--callgrind-out-file={workdir / 'callgrind.out'}",
+    ]
     process = subprocess.Popen(
-        [sys.executable, "-m", "notifications_service"],
+        [*(valgrind if callgrind else []), sys.executable, "-m", "notifications_service"],
         env=env,
         cwd=workdir,
         stdout=subprocess.DEVNULL,
         stderr=(workdir / "notifications.log").open("wb"),
     )
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + (600 if callgrind else 60)
     while True:
         try:
             if httpx.get(f"http://127.0.0.1:{port}/health/live", timeout=2).status_code == 200:
@@ -210,6 +226,38 @@ def messages_like_the_service(count: int) -> list[bytes]:
     return out
 
 
+async def instructions_per_email(args: argparse.Namespace, database: str, workdir: Path) -> float:
+    """User-space instructions the service runs per email, counted under callgrind."""
+    sink = Sink()
+    smtp_port = free_port()
+    controller = Controller(sink, hostname="127.0.0.1", port=smtp_port)
+    controller.start()
+    service = start_service(database, args.redis_url, smtp_port, workdir, callgrind=True)
+    redis = Redis.from_url(args.redis_url)
+    await redis.delete(*(stream_key(topic) for topic in ROUTED))
+    bus = RedisBus(redis, producer="payments")
+    try:
+        await end_to_end(bus, sink, min(200, args.emails))  # warm up, uncounted
+        subprocess.run(["callgrind_control", "-i", "on", str(service.pid)], check=True)
+        await end_to_end(bus, sink, args.emails)
+        subprocess.run(["callgrind_control", "-i", "off", str(service.pid)], check=True)
+    finally:
+        service.terminate()  # first: a Redis error below must not leave it running
+        service.wait(120)
+        await redis.delete(*(stream_key(topic) for topic in ROUTED))
+        await redis.aclose()
+        controller.stop()
+    total = 0
+    for dump in workdir.glob("callgrind.out*"):
+        counts = [
+            int(line.split()[1])
+            for line in dump.read_text(errors="replace").splitlines()
+            if line.startswith(("summary:", "totals:"))
+        ]
+        total += max(counts, default=0)  # a dump states its total twice
+    return total / args.emails
+
+
 @dataclass
 class Round:
     e2e_seconds: float
@@ -247,11 +295,11 @@ async def run(
             )
         latencies = await latency(bus, sink, args.rate, args.seconds)
     finally:
+        service.terminate()  # first: a Redis error below must not leave it running
+        service.wait(30)
         # Leave no backlog for the next consumer group that reads these streams from 0.
         await redis.delete(*(stream_key(topic) for topic in ROUTED))
         await redis.aclose()
-        service.terminate()
-        service.wait(30)
         controller.stop()
     return rounds, latencies
 
@@ -267,8 +315,22 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--no-docs", action="store_true")
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="count the service's instructions per email under callgrind (nothing else)",
+    )
     args = parser.parse_args()
     server = args.database_url or "postgresql://postgres@127.0.0.1:5432/postgres"
+    if args.instructions:
+        with (
+            fresh_database(server, prefix="keelson_bench_notif") as database,
+            tempfile.TemporaryDirectory() as tmp,
+        ):
+            migrate(MIGRATIONS, database)
+            per_email = asyncio.run(instructions_per_email(args, database, Path(tmp)))
+        print(f"{args.emails:,} emails: {per_email:,.0f} instructions per email (service)")
+        return
 
     with (
         fresh_database(server, prefix="keelson_bench_notif") as database,
@@ -336,10 +398,10 @@ def write_docs(body: str, command: str) -> None:
             body,
             "",
             "Where the time goes: the raw loop only sends bytes it was handed; the service "
-            "also writes each email in Postgres (the notification row from the event, a "
-            "statement and commit per event on each of `intake_consumers` bus consumers; the "
-            "claim, the sent mark and the attempt row, batched), renders three templates and "
-            "builds the MIME bytes. Its own CPU is the "
+            "also writes each email in Postgres (the notification rows of the events a bus "
+            "consumer read together, in one INSERT and commit; the claim, the sent mark and "
+            "the attempt row, batched), renders three templates and builds the MIME bytes. "
+            "Its own CPU is the "
             "column above; the rest of an email's time is waiting for Postgres, which shares "
             "the 2 CPUs with the service, Redis, the publisher and the sink (which run the "
             "raw loop too, while the service is idle) and other sessions' work, so the "

@@ -7,21 +7,15 @@ Clients take distinct loopback source addresses, so each is a different peer.
 """
 
 import asyncio
-import json
 import random
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
-from keelson.db import migrate
-from keelson_dev.embedded import free_port
-from keelson_dev.testing import ServiceProcess, removing_new_redis_keys
+from keelson_dev.testing import ServiceProcess, gateway_process, migrated, removing_new_redis_keys
 
-ROOT = Path(__file__).resolve().parents[1]
 PASSWORD = "plum tractors sing quietly"
 MAX_IP_FAILURES = 3
 MAX_ACCOUNT_FAILURES = 5
@@ -31,9 +25,7 @@ MAX_ACCOUNT_FAILURES = 5
 async def services(
     test_database_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[dict[str, ServiceProcess]]:
-    await asyncio.to_thread(
-        migrate, ROOT / "services" / "auth" / "auth_service" / "migrations", test_database_url
-    )
+    await asyncio.to_thread(migrated, test_database_url, "auth_service")
     workdir = tmp_path_factory.mktemp("client-address")
     common = {
         "KEELSON_DATABASE_URL": test_database_url,
@@ -53,21 +45,7 @@ async def services(
     b = ServiceProcess(
         "auth_service", workdir, {**common, "KEELSON_TRUSTED_PROXIES": '["127.0.0.1/32"]'}
     )
-    dead = f"http://127.0.0.1:{free_port()}"
-    upstreams = {"auth": b.url, "logs": dead, "notifications": dead, "payments": dead}
-    plugins: dict[str, Any] = {
-        "routing": {"upstreams": {name: {"url": url} for name, url in upstreams.items()}},
-        "rate_limiting": {"key_prefix": f"client-address-{uuid.uuid4().hex[:6]}"},
-    }
-    gateway = ServiceProcess(
-        "gateway",
-        workdir,
-        {
-            "KEELSON_REDIS_URL": redis_url,
-            "KEELSON_LOG__SHIP_ENDPOINT": "",
-            "KEELSON_PLUGINS": json.dumps(plugins),
-        },
-    )
+    gateway = gateway_process(workdir, {"auth": b.url}, redis_url=redis_url)
     running = {"a": a, "b": b, "gateway": gateway}
     # The lockouts these tests cause (127.0.0.1's among them) must not outlive them.
     with removing_new_redis_keys(redis_url):

@@ -35,6 +35,7 @@ from pydantic import BaseModel
 from sqlalchemy.engine import make_url
 
 from keelson.config import KeelsonSettings
+from keelson.db import plain_url
 from keelson_dev.embedded import free_port
 from keelson_dev.testing import fresh_database
 
@@ -749,7 +750,7 @@ def test_dockerfile_lints_clean() -> None:
 def roles_database(postgres_server_url: str) -> Iterator[str]:
     """An empty database of its own: the roles' schemas must not meet other tests' tables."""
     with fresh_database(postgres_server_url, prefix="keelson_deploy") as url:
-        yield make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+        yield plain_url(url)
 
 
 def test_each_service_migrates_as_its_own_role_into_its_own_schema(roles_database: str) -> None:

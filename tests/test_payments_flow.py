@@ -29,12 +29,17 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from keelson.auth import Principal, identity_key, sign_identity
 from keelson.bus import RedisBus
-from keelson.db import migrate
 from keelson.events import Envelope
 from keelson.keys import KeyManager
 from keelson_dev.embedded import free_port
 from keelson_dev.mailsink import MailboxEntry, read_mailbox
-from keelson_dev.testing import ServiceProcess, eventually, fresh_database
+from keelson_dev.testing import (
+    ServiceProcess,
+    eventually,
+    fresh_database,
+    gateway_process,
+    migrated,
+)
 from payments_service.settings import Settings as PaymentsSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,21 +50,14 @@ PASSWORD = "plum tractors sing quietly"
 @pytest.fixture(scope="module")
 def flow_database(postgres_server_url: str) -> Iterator[str]:
     with fresh_database(postgres_server_url, prefix="keelson_payflow") as url:
-        for service, package in (
-            ("auth", "auth_service"),
-            ("payments", "payments_service"),
-            ("notifications", "notifications_service"),
-        ):
-            migrate(ROOT / "services" / service / package / "migrations", url)
-        yield url
+        yield migrated(url, "auth_service", "payments_service", "notifications_service")
 
 
 @pytest.fixture
 def crash_database(postgres_server_url: str) -> Iterator[str]:
     """A database of its own: the module's running suite would relay its outbox rows."""
     with fresh_database(postgres_server_url, prefix="keelson_paycrash") as url:
-        migrate(ROOT / "services" / "payments" / "payments_service" / "migrations", url)
-        yield url
+        yield migrated(url, "payments_service")
 
 
 def payments_process(
@@ -155,26 +153,8 @@ async def suite(
             ),
         },
     )
-    upstreams = {
-        "auth": auth.url,
-        "payments": payments.url,
-        "notifications": notifications.url,
-        "logs": f"http://127.0.0.1:{free_port()}",
-    }
-    gateway = ServiceProcess(
-        "gateway",
-        workdir,
-        {
-            "KEELSON_REDIS_URL": redis_url,
-            "KEELSON_LOG__SHIP_ENDPOINT": "",
-            "KEELSON_PLUGINS": json.dumps(
-                {
-                    "routing": {"upstreams": {n: {"url": u} for n, u in upstreams.items()}},
-                    "rate_limiting": {"key_prefix": f"payflow-{uuid.uuid4().hex[:6]}"},
-                }
-            ),
-        },
-    )
+    upstreams = {"auth": auth.url, "payments": payments.url, "notifications": notifications.url}
+    gateway = gateway_process(workdir, upstreams, redis_url=redis_url)
     running = [auth, payments, notifications, gateway]
     try:
         # Ready, not just live: a service is ready once it holds auth's signing keys, so

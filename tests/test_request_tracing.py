@@ -6,21 +6,23 @@ one request are then found through the log service's API, asked through the gate
 """
 
 import asyncio
-import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy.engine import make_url
 
-from keelson.db import migrate
+from keelson.db import plain_url
 from keelson_dev.embedded import free_port
-from keelson_dev.testing import ServiceProcess, eventually, fresh_database
+from keelson_dev.testing import (
+    ServiceProcess,
+    eventually,
+    fresh_database,
+    gateway_process,
+    migrated,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
 ADMIN_EMAIL = "tracing-admin@example.com"
 PASSWORD = "plum tractors sing quietly"
 
@@ -36,13 +38,9 @@ def tracing_database(postgres_server_url: str) -> Iterator[str]:
 async def services(
     tracing_database: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[dict[str, ServiceProcess]]:
-    for service, package in (("auth", "auth_service"), ("logs", "logs_service")):
-        await asyncio.to_thread(
-            migrate, ROOT / "services" / service / package / "migrations", tracing_database
-        )
+    await asyncio.to_thread(migrated, tracing_database, "auth_service", "logs_service")
     workdir = tmp_path_factory.mktemp("tracing")
     ship = f"tcp://127.0.0.1:{free_port()}"
-    dsn = make_url(tracing_database).set(drivername="postgresql")
     auth = ServiceProcess(
         "auth_service",
         workdir,
@@ -61,7 +59,7 @@ async def services(
         "logs_service",
         workdir,
         {
-            "KEELSON_DATABASE_URL": dsn.render_as_string(hide_password=False),
+            "KEELSON_DATABASE_URL": plain_url(tracing_database),
             "KEELSON_REDIS_URL": redis_url,
             "KEELSON_LOGS__BIND_ENDPOINT": ship,
             "KEELSON_LOGS__BATCH_MAX_SECONDS": "0.05",
@@ -69,20 +67,11 @@ async def services(
             "KEELSON_PLUGINS__AUTH__JWKS_URL": f"{auth.url}/.well-known/jwks.json",
         },
     )
-    dead = f"http://127.0.0.1:{free_port()}"
-    upstreams = {"auth": auth.url, "logs": logs.url, "notifications": dead, "payments": dead}
-    plugins: dict[str, Any] = {
-        "routing": {"upstreams": {name: {"url": url} for name, url in upstreams.items()}},
-        "rate_limiting": {"key_prefix": f"tracing-{uuid.uuid4().hex[:6]}"},
-    }
-    gateway = ServiceProcess(
-        "gateway",
+    gateway = gateway_process(
         workdir,
-        {
-            "KEELSON_REDIS_URL": redis_url,
-            "KEELSON_LOG__SHIP_ENDPOINT": ship,
-            "KEELSON_PLUGINS": json.dumps(plugins),
-        },
+        {"auth": auth.url, "logs": logs.url},
+        redis_url=redis_url,
+        env={"KEELSON_LOG__SHIP_ENDPOINT": ship},
     )
     running = {"logs": logs, "auth": auth, "gateway": gateway}
     try:

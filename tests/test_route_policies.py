@@ -12,7 +12,6 @@ import importlib
 import re
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,12 +21,11 @@ from fastapi import FastAPI
 from auth_service.settings import DEFAULT_ROLE_SCOPES
 from keelson.auth import PUBLIC_ACCESS_KEY, Principal, identity_key, sign_identity
 from keelson.config import KeelsonSettings, LogSettings
-from keelson.db import migrate
 from keelson.keys import KeyManager
 from keelson_dev.embedded import free_port
 from keelson_dev.suite import SERVICES
+from keelson_dev.testing import migrated
 
-ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = [(s.name, s.package) for s in SERVICES if s.name != "gateway"]
 ALL_ROLES = frozenset(DEFAULT_ROLE_SCOPES)
 ALL_SCOPES = frozenset(scope for scopes in DEFAULT_ROLE_SCOPES.values() for scope in scopes)
@@ -38,10 +36,8 @@ _METHODS = {"get", "post", "put", "patch", "delete"}
 async def service(
     request: pytest.FixtureRequest, test_database_url: str, redis_url: str
 ) -> AsyncIterator[tuple[FastAPI, KeelsonSettings]]:
-    name, package = request.param
-    await asyncio.to_thread(
-        migrate, ROOT / "services" / name / package / "migrations", test_database_url
-    )
+    _, package = request.param
+    await asyncio.to_thread(migrated, test_database_url, package)
     settings_cls = importlib.import_module(f"{package}.settings").Settings
     settings = settings_cls(
         env="test",

@@ -2,20 +2,16 @@
 
 import asyncio
 import importlib
-from pathlib import Path
 
 import httpx
 import pytest
 from fastapi import FastAPI
 
 from keelson.config import LogSettings
-from keelson.db import migrate
 from keelson.keys import SigningKey
 from keelson_dev.embedded import free_port
 from keelson_dev.suite import SERVICES
-from keelson_dev.testing import LiveServer
-
-ROOT = Path(__file__).resolve().parents[1]
+from keelson_dev.testing import LiveServer, migrated
 
 
 def jwks_app() -> FastAPI:
@@ -34,9 +30,7 @@ def jwks_app() -> FastAPI:
 async def test_service_starts_ready_with_metrics(
     service: str, package: str, test_database_url: str, redis_url: str
 ) -> None:
-    await asyncio.to_thread(
-        migrate, ROOT / "services" / service / package / "migrations", test_database_url
-    )
+    await asyncio.to_thread(migrated, test_database_url, package)
     settings_cls = importlib.import_module(f"{package}.settings").Settings
     with LiveServer(jwks_app()) as jwks:
         settings = settings_cls(

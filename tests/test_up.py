@@ -19,11 +19,10 @@ import asyncpg
 import httpx
 import psutil
 import pytest
-import redis
-from sqlalchemy.engine import make_url
 
 from keelson.auth import Principal, identity_key, sign_identity
 from keelson.config import KeelsonSettings
+from keelson.db import plain_url
 from keelson.keys import KeyManager
 from keelson_dev.embedded import free_port
 from keelson_dev.mailsink import read_mailbox
@@ -36,6 +35,7 @@ from keelson_dev.supervision import (
     render_config,
     socket_path,
 )
+from keelson_dev.testing import fresh_database, removing_new_redis_keys
 
 KEELSON = Path(sys.executable).parent / "keelson"
 READY_TIMEOUT = 90.0
@@ -204,35 +204,15 @@ def test_embedded_suite_restarts_a_killed_service_and_stops_clean(
 @pytest.fixture
 def given_database(postgres_server_url: str) -> Iterator[str]:
     """A database of its own on the test server, for `keelson up` to migrate."""
-    server = make_url(postgres_server_url).set(drivername="postgresql")
-    name = f"keelson_up_{uuid.uuid4().hex[:10]}"
-
-    async def run(sql: str) -> None:
-        conn = await asyncpg.connect(server.render_as_string(hide_password=False))
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(run(f'CREATE DATABASE "{name}"'))
-    try:
-        yield server.set(database=name).render_as_string(hide_password=False)
-    finally:
-        asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with fresh_database(postgres_server_url, prefix="keelson_up") as url:
+        yield plain_url(url)
 
 
 @pytest.fixture
 def given_redis(redis_url: str) -> Iterator[str]:
     """The session's Redis; keys the suite leaves (streams, consumer groups) are removed."""
-    client = redis.Redis.from_url(redis_url)
-    before = set(client.scan_iter(count=1000))
-    try:
+    with removing_new_redis_keys(redis_url):
         yield redis_url
-    finally:
-        left = set(client.scan_iter(count=1000)) - before
-        if left:
-            client.delete(*left)
-        client.close()
 
 
 def assert_first_token_is_accepted_everywhere(suite: Suite) -> None:

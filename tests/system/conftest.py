@@ -17,13 +17,12 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
-from sqlalchemy.engine import make_url
 
+from keelson.db import plain_url
 from keelson_dev.embedded import free_port
 from keelson_dev.suite import SERVICES, Layout, free_port_block, readiness
 from keelson_dev.supervision import Supervisor
-from keelson_dev.testing import fresh_database
+from keelson_dev.testing import fresh_database, removing_new_redis_keys
 
 KEELSON = Path(sys.executable).parent / "keelson"
 READY_TIMEOUT = 120.0
@@ -133,7 +132,7 @@ def _ready(layout: Layout) -> bool:
 @pytest.fixture(scope="package")
 def system_database(postgres_server_url: str) -> Iterator[str]:
     with fresh_database(postgres_server_url, prefix="keelson_system") as url:
-        yield make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+        yield plain_url(url)
 
 
 @contextmanager
@@ -189,14 +188,6 @@ def suite(
     system_database: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningSuite]:
     root = tmp_path_factory.mktemp("system")
-    client = redis.Redis.from_url(redis_url)
-    before = set(client.scan_iter(count=1000))
     env = {"KEELSON_DATABASE_URL": system_database, "KEELSON_REDIS_URL": redis_url}
-    try:
-        with launched(root, env, system_database) as running:
-            yield running
-    finally:
-        left = set(client.scan_iter(count=1000)) - before
-        if left:
-            client.delete(*left)
-        client.close()
+    with removing_new_redis_keys(redis_url), launched(root, env, system_database) as running:
+        yield running

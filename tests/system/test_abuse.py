@@ -309,14 +309,17 @@ def test_redirects_never_name_an_upstream(suite: RunningSuite) -> None:
     [
         b"GET /health/live HTTP/1.1\r\nConnection: close\r\n\r\n",
         b"GET /health/live HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n",
+        b"GET /health/live HTTP/1.1\r\nHost: a b\r\nConnection: close\r\n\r\n",
+        b"GET /health/live HTTP/1.1\r\nHost: a/b@c\r\nConnection: close\r\n\r\n",
+        b"GET /health/live HTTP/1.1\r\nHost: caf\xc3\xa9\r\nConnection: close\r\n\r\n",
     ],
-    ids=["no-host", "two-hosts"],
+    ids=["no-host", "two-hosts", "host-with-a-space", "host-with-a-path", "host-not-ascii"],
 )
 def test_a_request_without_exactly_one_host_is_400(
     suite: RunningSuite, where: str, head: bytes
 ) -> None:
-    """Sent: HTTP/1.1 without Host, and with two, on the gateway and service ports.
-    Holds: 400 problem+json (RFC 9112, 3.2)."""
+    """Sent: HTTP/1.1 without Host, with two, and with one whose value is no host, on the
+    gateway and service ports. Holds: 400 problem+json (RFC 9112, 3.2)."""
     import socket
 
     port = int(suite.url(where).rsplit(":", 1)[1])

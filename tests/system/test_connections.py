@@ -35,6 +35,19 @@ def _read_until_closed(sock: socket.socket) -> bytes:
     return answer
 
 
+def _read_head_and_body(sock: socket.socket) -> bytes:
+    """One answer with a Content-Length: its head and that much body."""
+    answer = b""
+    while b"\r\n\r\n" not in answer or len(answer.split(b"\r\n\r\n", 1)[1]) < int(
+        _head(answer).get(b"content-length", b"0")
+    ):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        answer += chunk
+    return answer
+
+
 def _status(answer: bytes) -> int:
     return int(answer.split(b"\r\n", 1)[0].split()[1])
 
@@ -142,18 +155,50 @@ def test_an_8_mb_head_is_refused_with_431_while_it_is_read(suite: RunningSuite) 
     assert sent < len(head), "the gateway read the whole 8 MB head"
 
 
+# What granian (hyper, httparse) refuses before any application code runs (granian 2.8.9).
+_REFUSED_BY_GRANIAN = {
+    "no-method-or-version": b"GARBAGE\r\n\r\n",
+    "unknown-version": b"GET / HTTP/9.9\r\n\r\n",
+    "http-2-in-an-http-1-line": b"GET / HTTP/2.0\r\nHost: gateway\r\n\r\n",
+    "bad-method-token": b"G(T / HTTP/1.1\r\nHost: gateway\r\n\r\n",
+    "nul-in-target": b"GET /\x00 HTTP/1.1\r\nHost: gateway\r\n\r\n",
+    "control-in-target": b"GET /a\x1bb HTTP/1.1\r\nHost: gateway\r\n\r\n",
+    "tab-in-target": b"GET /a\tb HTTP/1.1\r\nHost: gateway\r\n\r\n",
+    "relative-target": b"GET health/live HTTP/1.1\r\nHost: gateway\r\n\r\n",
+    "control-in-header-value": b"GET / HTTP/1.1\r\nHost: gateway\r\nX-A: b\x00c\r\n\r\n",
+    "cr-in-header-value": b"GET / HTTP/1.1\r\nHost: gateway\r\nX-A: b\rc\r\n\r\n",
+    "space-in-header-name": b"GET / HTTP/1.1\r\nHost: gateway\r\nX A: b\r\n\r\n",
+    "space-before-colon": b"GET / HTTP/1.1\r\nHost: gateway\r\nX-A : b\r\n\r\n",
+    "header-without-colon": b"GET / HTTP/1.1\r\nHost: gateway\r\nX-A\r\n\r\n",
+    "obsolete-line-folding": b"GET / HTTP/1.1\r\nHost: gateway\r\nX-A: b\r\n c\r\n\r\n",
+    "content-length-not-a-number": b"POST / HTTP/1.1\r\nHost: gateway\r\n"
+    b"Content-Length: abc\r\n\r\n",
+    "content-length-signed": b"POST / HTTP/1.1\r\nHost: gateway\r\nContent-Length: +2\r\n\r\nab",
+    "content-length-a-list": b"POST / HTTP/1.1\r\nHost: gateway\r\nContent-Length: 2, 2\r\n\r\nab",
+    "two-content-lengths": b"POST / HTTP/1.1\r\nHost: gateway\r\nContent-Length: 2\r\n"
+    b"Content-Length: 3\r\n\r\nabc",
+    "content-length-overflow": b"POST / HTTP/1.1\r\nHost: gateway\r\n"
+    b"Content-Length: 99999999999999999999999\r\n\r\n",
+    "unknown-transfer-coding": b"POST / HTTP/1.1\r\nHost: gateway\r\n"
+    b"Transfer-Encoding: gzip\r\n\r\nab",
+    "chunked-not-last": b"POST / HTTP/1.1\r\nHost: gateway\r\n"
+    b"Transfer-Encoding: chunked, gzip\r\n\r\n2\r\nab\r\n0\r\n\r\n",
+    "chunked-in-http-1.0": b"POST / HTTP/1.0\r\nHost: gateway\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n",
+}
+
+
 @pytest.mark.parametrize(
-    "request_line",
-    [b"GARBAGE\r\n\r\n", b"GET /\x00 HTTP/1.1\r\nHost: gateway\r\n\r\n", b"GET / HTTP/9.9\r\n\r\n"],
-    ids=["no-method-or-version", "nul-in-target", "unknown-version"],
+    "request_line", _REFUSED_BY_GRANIAN.values(), ids=_REFUSED_BY_GRANIAN.keys()
 )
 def test_a_malformed_request_is_answered_400_without_a_body(
     suite: RunningSuite, request_line: bytes
 ) -> None:
-    """Sent: a malformed request line. Holds (pinned): 400, `Connection: close`, an empty
-    body (`Content-Length: 0`), then the connection closed. granian (hyper) answers before
-    any application code runs and offers no hook to shape that answer, so it cannot be
-    problem+json; it is at least not the `text/plain` message uvicorn wrote."""
+    """Sent: a request head granian's parser refuses. Holds (pinned): 400,
+    `Connection: close`, an empty body (`Content-Length: 0`), then the connection closed.
+    granian (hyper) answers before any application code runs and offers no hook to shape
+    that answer (no setting in 2.8.9, the newest release), so it cannot be problem+json;
+    it is at least not the `text/plain` message uvicorn wrote, and names no server."""
     with _connect(suite) as sock:
         sock.sendall(request_line)
         answer = _read_until_closed(sock)
@@ -162,4 +207,63 @@ def test_a_malformed_request_is_answered_400_without_a_body(
     assert headers[b"connection"] == b"close"
     assert headers[b"content-length"] == b"0"
     assert b"content-type" not in headers
+    assert b"server" not in headers
     assert answer.endswith(b"\r\n\r\n")
+
+
+_PARSED_BUT_MALFORMED = {
+    # granian hands these on (a target it could not read as a path as ""); the gateway
+    # answers them.
+    "target-not-a-path": b"GET x HTTP/1.1\r\nHost: gateway\r\n\r\n",
+    "authority-form": b"CONNECT gateway:443 HTTP/1.1\r\nHost: gateway\r\n\r\n",
+    # granian reports a chunked body it cannot decode as the client's disconnect.
+    "bad-chunk-size": b"POST /api/v1/handshake HTTP/1.1\r\nHost: gateway\r\n"
+    b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nab\r\n0\r\n\r\n",
+    "chunk-longer-than-said": b"POST /api/v1/handshake HTTP/1.1\r\nHost: gateway\r\n"
+    b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab\r\n0\r\n\r\n",
+    "bad-chunk-proxied": b"POST /api/v1/auth/login HTTP/1.1\r\nHost: gateway\r\n"
+    b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nab\r\n0\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize(
+    "request_line", _PARSED_BUT_MALFORMED.values(), ids=_PARSED_BUT_MALFORMED.keys()
+)
+def test_a_malformed_request_granian_hands_on_is_400_problem_json(
+    suite: RunningSuite, request_line: bytes
+) -> None:
+    """Sent: a request granian parses but that is malformed: a target that is not a path,
+    or a chunked body that does not decode (to a gateway route and to a proxied one).
+    Holds: 400 problem+json from the gateway. Before: the target went on to routing (401
+    or 200), and a bad chunk was granian's own `text/plain` 500."""
+    with _connect(suite) as sock:
+        sock.sendall(request_line)
+        answer = _read_head_and_body(sock)
+    assert _status(answer) == 400, answer[:300]
+    headers = _head(answer)
+    assert headers[b"content-type"] == b"application/problem+json"
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["status"] == 400
+
+
+@pytest.mark.parametrize(
+    "request_line",
+    [
+        b"GET /health/live HTTP/1.1\r\nHost: gateway\r\n\r\n",
+        b"GET /nowhere HTTP/1.1\r\nHost: gateway\r\n\r\n",
+        b"GET /api/v1/auth/me HTTP/1.1\r\nHost: gateway\r\n\r\n",
+        b"GET /.well-known/jwks.json HTTP/1.1\r\nHost: gateway\r\n\r\n",
+        _PARSED_BUT_MALFORMED["bad-chunk-size"],
+    ],
+    ids=["ok", "not-found", "problem", "proxied", "body-unreadable"],
+)
+def test_no_answer_names_its_server_implementation(
+    suite: RunningSuite, request_line: bytes
+) -> None:
+    """Sent: a request answered 200, one answered 404, one answered a 401 problem, one
+    proxied to auth, one whose body does not decode. Holds: each answer's `server` header
+    is `keelson`: no `granian` (granian adds its own name to an answer without one)."""
+    with _connect(suite) as sock:
+        sock.sendall(request_line)
+        answer = _read_head_and_body(sock)
+    assert _head(answer)[b"server"] == b"keelson", answer[:300]
+    assert b"granian" not in answer.lower()

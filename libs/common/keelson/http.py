@@ -66,6 +66,10 @@ _log = logging.getLogger("keelson.http")
 _access = logging.getLogger("keelson.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
+# RFC 9110 7.2 / RFC 3986 3.2.2: what uri-host [ ":" port ] is made of (unreserved,
+# percent-encoded and sub-delims characters, an IP literal's brackets, the port's colon).
+# Deleting these leaves nothing of a Host that may be one: one C call, no regex.
+_HOST_BYTES = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=%:[]"
 _SERVER_ERROR = "The server could not complete the request."
 
 
@@ -165,13 +169,14 @@ class ServiceMiddleware:
             return
         request_id = trace_id = None
         hosts = 0
-        empty_host = False
+        empty_host = bad_host = False
         for name, value in scope["headers"]:
             if name == b"host":
                 # granian (the gateway's server) reports a missing Host as an empty one:
                 # an empty Host counts as none (an origin-form target needs its authority).
                 hosts += 1
                 empty_host = empty_host or not value
+                bad_host = bad_host or bool(value.translate(None, _HOST_BYTES))
             elif name == b"x-request-id":
                 candidate = value.decode("latin-1")
                 if _REQUEST_ID.match(candidate):
@@ -223,11 +228,18 @@ class ServiceMiddleware:
         started = time.perf_counter()
         with isolated_scope(trace_id=trace_id, request_id=request_id):
             try:
-                # RFC 9112, 3.2: an HTTP/1.1 request without a Host, or any with two, is a 400.
+                # RFC 9112, 3.2: an HTTP/1.1 request without a Host, or any with two, or one
+                # whose value is no host, is a 400.
                 if hosts > 1 or ((hosts == 0 or empty_host) and scope.get("http_version") == "1.1"):
                     await BadRequest("A request needs exactly one Host header.").send_to(
                         send_decorated, path
                     )
+                elif bad_host:
+                    await BadRequest("The Host header is not a host.").send_to(send_decorated, path)
+                elif path[:1] != "/" and not (path == "*" and scope["method"] == "OPTIONS"):
+                    # RFC 9112, 3.2: a server's target is a path (or `*` for OPTIONS); granian
+                    # hands on one it could not read as such (`GET x`, `CONNECT a:443`) as "".
+                    await BadRequest("The request target is not a path.").send_to(send_decorated)
                 else:
                     await self.app(scope, receive, send_decorated)
             except Exception as exc:

@@ -7,13 +7,19 @@ everything it serves, the upstreams' answers included. Both read it from here.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
 from keelson.docs import DOCS_CSP
 
-__all__ = ["API_CSP", "DEFAULT_HSTS_MAX_AGE", "SecurityHeaders"]
+__all__ = ["API_CSP", "DEFAULT_HSTS_MAX_AGE", "SERVER", "SecurityHeaders", "ServerHeader"]
 
 # An API answer needs no script, style, frame or fetch of anything.
 API_CSP = "default-src 'none'; frame-ancestors 'none'"
 DEFAULT_HSTS_MAX_AGE = 63_072_000  # two years
+# What an answer says its server is: a name, no implementation or version to look up.
+SERVER = "keelson"
 
 
 class SecurityHeaders:
@@ -49,3 +55,28 @@ class SecurityHeaders:
 
     def for_path(self, path: str) -> dict[bytes, bytes]:
         return self.docs if path.startswith(self.docs_prefixes) else self.api
+
+
+class ServerHeader:
+    """ASGI middleware: every answer's `server` header is `value`, in place of the HTTP
+    server's own banner. granian adds `server: granian` to an answer without one and
+    keeps the one an application sends, and has no setting to leave it out; what a server
+    names itself tells an attacker which flaws to try (RFC 9110, 10.2.4)."""
+
+    def __init__(self, app: ASGIApp, value: str = SERVER) -> None:
+        self.app = app
+        self.header = (b"server", value.encode("latin-1"))
+
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        if scope["type"] != "http":
+            return self.app(scope, receive, send)
+        header = self.header
+
+        def send_with_server(message: Message) -> Awaitable[None]:
+            if message["type"] == "http.response.start":
+                headers = message.get("headers", ())
+                message["headers"] = [h for h in headers if h[0].lower() != b"server"]
+                message["headers"].append(header)
+            return send(message)
+
+        return self.app(scope, receive, send_with_server)

@@ -1,29 +1,35 @@
-"""What every service's entry point does: standard plugins, logging, monitoring, uvicorn."""
+"""What every service's entry point does: standard plugins, logging, monitoring, uvicorn;
+and `provided`, how its handlers reach what the plugins provide."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 import uvicorn
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Request
 
 from keelson.bus import bus_plugin
 from keelson.cache import CachePlugin
 from keelson.config import ConfigError, KeelsonSettings, load_settings
-from keelson.db import DatabasePlugin, migrate
+from keelson.db import DatabasePlugin, migrate, migrations_dir
 from keelson.http import Hook, create_app
 from keelson.logging import configure_logging
 from keelson.monitor import init_monitoring
-from keelson.plugins import Plugin, PluginContainer
+from keelson.plugins import Key, Plugin, PluginContainer
 from keelson.redis_plugin import RedisPlugin
 
-__all__ = ["build_container", "create_service_app", "run_service", "startup_settings"]
+__all__ = [
+    "build_container",
+    "create_service_app",
+    "provided",
+    "run_service",
+    "startup_settings",
+]
 
 S = TypeVar("S", bound=KeelsonSettings)
+T = TypeVar("T")
 
 
 def startup_settings(cls: type[S]) -> S:
@@ -87,6 +93,18 @@ def create_service_app(
     )
 
 
+def provided(key: Key[T]) -> Callable[[Request], Awaitable[T]]:
+    """A dependency answering what the app's plugins provided under `key`, declared as
+    `Annotated[KeyRing, Depends(provided(KEYRING))]` in a service's `deps.py`."""
+
+    # async: FastAPI runs a plain `def` dependency in a worker thread, a hop per request.
+    async def resolve(request: Request) -> T:
+        container: PluginContainer = request.app.state.container
+        return container.resolve(key)
+
+    return resolve
+
+
 def run_service(
     package: str,
     settings_cls: type[KeelsonSettings],
@@ -111,12 +129,9 @@ def run_service(
     args = parser.parse_args(argv)
     settings = startup_settings(settings_cls)
     if args.migrate or args.migrate_only:
-        module = importlib.import_module(package)
-        assert module.__file__ is not None
-        migrations = Path(module.__file__).parent / "migrations"
         if settings.database_url is None:
             raise SystemExit("KEELSON_DATABASE_URL is not set; nothing to migrate")
-        migrate(migrations, settings.database_url)
+        migrate(migrations_dir(package), settings.database_url)
         if args.migrate_only:
             return
     if serve is not None:

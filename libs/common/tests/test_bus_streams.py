@@ -5,7 +5,7 @@ import subprocess
 import sys
 import textwrap
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import pytest
 from prometheus_client import REGISTRY
@@ -337,3 +337,59 @@ async def test_handlers_run_under_the_events_trace_id(
     await bus.publish(Envelope(type=f"{ns}.traced", producer="tests", trace_id="trace-42"))
 
     await eventually(lambda: seen == ["trace-42"])
+
+
+async def test_a_batch_handler_gets_the_events_read_together_and_only_its_failures_come_back(
+    buses: Callable[..., RedisBus], redis: Redis, ns: str
+) -> None:
+    topic = f"{ns}.batched"
+    batches: list[list[int]] = []
+
+    async def handle(envelopes: Sequence[Envelope]) -> dict[str, Exception]:
+        batches.append([int(str(e.data["n"])) for e in envelopes])
+        return {
+            e.id: ValueError(f"cannot handle {e.data['n']}") for e in envelopes if e.data["n"] == 2
+        }
+
+    bus = buses()
+    sent = [await bus.publish(envelope(topic, n=n)) for n in range(5)]  # before the group reads
+    bus.subscribe_batch(topic, handle, group=f"{ns}-g")
+    await bus.start()
+
+    await eventually(lambda: _xlen(redis, dead_letter_key(topic), 1))
+    assert batches == [[0, 1, 2, 3, 4]] + [[2]] * (FAST.max_deliveries - 1)
+    [(_, fields)] = await redis.xrange(dead_letter_key(topic))
+    assert Envelope.from_json(fields[b"e"]).id == sent[2].id
+    assert fields[b"error"] == b"ValueError: cannot handle 2"
+    assert await _pending(redis, topic, f"{ns}-g", expect=0)
+
+
+async def test_a_batch_handler_that_raises_fails_every_event_and_per_event_handlers_go_first(
+    buses: Callable[..., RedisBus], redis: Redis, ns: str
+) -> None:
+    topic = f"{ns}.mixed"
+    calls: list[tuple[str, list[int]]] = []
+
+    async def one(env: Envelope) -> None:
+        calls.append(("one", [int(str(env.data["n"]))]))
+        if env.data["n"] == 0:
+            raise RuntimeError("no")
+
+    async def batch(envelopes: Sequence[Envelope]) -> dict[str, Exception]:
+        calls.append(("batch", [int(str(e.data["n"])) for e in envelopes]))
+        if len(calls) <= 4:
+            raise RuntimeError("the whole batch failed")
+        return {}
+
+    bus = buses(BusSettings(block_ms=50, claim_idle_ms=200, max_deliveries=5, batch_size=50))
+    for n in range(3):
+        await bus.publish(envelope(topic, n=n))
+    bus.subscribe(topic, one, group=f"{ns}-g")
+    bus.subscribe_batch(topic, batch, group=f"{ns}-g")
+    await bus.start()
+
+    await eventually(lambda: _xlen(redis, dead_letter_key(topic), 1))  # 0, on its 5th try
+    assert calls[:4] == [("one", [0]), ("one", [1]), ("one", [2]), ("batch", [1, 2])]
+    assert [n for name, n in calls if name == "batch"] == [[1, 2], [1, 2]]
+    assert [n[0] for name, n in calls if name == "one"] == [0, 1, 2, 0, 1, 2, 0, 0, 0]
+    assert await _pending(redis, topic, f"{ns}-g", expect=0)

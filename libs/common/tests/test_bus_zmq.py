@@ -1,4 +1,4 @@
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -113,6 +113,26 @@ async def test_a_failed_handler_is_not_retried_but_the_next_event_is_handled(
 
     await eventually(lambda: calls == [1, 2])
     assert (await bus.health()).ok
+
+
+async def test_a_batch_handler_gets_each_event_alone_on_zeromq(
+    buses: Callable[[str], ZmqBus],
+) -> None:
+    bus = buses("svc")
+    batches: list[list[int]] = []
+
+    async def handler(envelopes: Sequence[Envelope]) -> dict[str, Exception]:
+        batches.append([int(str(e.data["n"])) for e in envelopes])
+        return {e.id: RuntimeError("boom") for e in envelopes if e.data["n"] == 1}
+
+    bus.subscribe_batch("svc.batched", handler, group="g")
+    await bus.start()
+    await bus.wait_ready()
+
+    for n in (1, 2):
+        await bus.publish(Envelope(type="svc.batched", producer="svc", data={"n": n}))
+
+    await eventually(lambda: batches == [[1], [2]])  # a failure is not retried (at most once)
 
 
 async def test_without_a_broker_wait_ready_times_out_and_health_says_so() -> None:

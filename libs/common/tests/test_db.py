@@ -12,7 +12,6 @@ import pytest
 from prometheus_client import REGISTRY
 from pydantic import SecretStr
 from sqlalchemy import Column, Integer, MetaData, Table, exc, insert, select, text
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from keelson.config import DatabaseSettings, KeelsonSettings, LogSettings
@@ -27,6 +26,7 @@ from keelson.db import (
     create_engine,
     migrate,
     migration_lock,
+    plain_url,
     reencrypt_column,
 )
 from keelson.keys import DecryptionError, KeyManager
@@ -40,6 +40,11 @@ ROOT = Path(__file__).resolve().parents[3]
 def test_async_url_normalises_drivers() -> None:
     assert async_url("postgres://u:p@h:5/d") == "postgresql+asyncpg://u:p@h:5/d"
     assert async_url("postgresql://u@h/d") == "postgresql+asyncpg://u@h/d"
+
+
+def test_plain_url_is_what_asyncpg_and_psql_take() -> None:
+    assert plain_url("postgresql+asyncpg://u:p@h:5/d") == "postgresql://u:p@h:5/d"
+    assert plain_url("postgres://u@h/d") == "postgresql://u@h/d"
 
 
 async def test_migrations_live_in_their_own_schema(test_database_url: str) -> None:
@@ -231,14 +236,10 @@ async def test_the_plugin_configures_field_encryption_from_the_settings(
     assert token is not None and cipher.decrypt(token) == "written by the plugin"
 
 
-def asyncpg_url(database_url: str) -> str:
-    return make_url(database_url).set(drivername="postgresql").render_as_string(False)
-
-
 async def held_elsewhere(database_url: str, lock: str | int) -> bool:
     """Whether another connection is refused `lock` (named locks by `hashtext`, ids as is)."""
     key = "hashtext($1)" if isinstance(lock, str) else "$1"
-    other = await asyncpg.connect(asyncpg_url(database_url))
+    other = await asyncpg.connect(plain_url(database_url))
     try:
         async with other.transaction():
             return not await other.fetchval(f"SELECT pg_try_advisory_xact_lock({key})", lock)
@@ -265,7 +266,7 @@ async def test_an_advisory_lock_taken_in_a_session_lasts_until_commit(
 async def test_an_advisory_lock_taken_on_an_asyncpg_connection_lasts_until_rollback(
     test_database_url: str, lock: str | int
 ) -> None:
-    conn = await asyncpg.connect(asyncpg_url(test_database_url))
+    conn = await asyncpg.connect(plain_url(test_database_url))
     try:
         transaction = conn.transaction()
         await transaction.start()
@@ -362,7 +363,7 @@ async def _migrate_only(url: str) -> int:
 
 async def _migrate_under_the_lock(url: str) -> None:
     lock = migration_lock("auth")
-    holder = await asyncpg.connect(asyncpg_url(url))
+    holder = await asyncpg.connect(plain_url(url))
     try:
         await holder.execute("SELECT pg_advisory_lock(hashtext($1))", lock)
         first = asyncio.create_task(_migrate_only(url))

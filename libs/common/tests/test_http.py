@@ -356,8 +356,28 @@ def test_a_front_serves_under_keelson_middleware_before_fastapis_stack(
         (b"GET /health/live HTTP/1.0\r\n\r\n", 200),  # HTTP/1.0 needs no Host
         # granian reports a missing Host as an empty one: empty counts as missing.
         (b"GET /health/live HTTP/1.1\r\nHost:\r\nConnection: close\r\n\r\n", 400),
+        # RFC 9112, 3.2: a Host whose value is no host is a 400 too.
+        (b"GET /health/live HTTP/1.1\r\nHost: a b\r\nConnection: close\r\n\r\n", 400),
+        (b"GET /health/live HTTP/1.1\r\nHost: a/b@c\r\nConnection: close\r\n\r\n", 400),
+        (b"GET /health/live HTTP/1.1\r\nHost: caf\xc3\xa9\r\nConnection: close\r\n\r\n", 400),
+        (
+            b"GET /health/live HTTP/1.1\r\nHost: api.example.com:8443\r\nConnection: close\r\n\r\n",
+            200,
+        ),
+        (b"GET /health/live HTTP/1.1\r\nHost: [::1]:8000\r\nConnection: close\r\n\r\n", 200),
     ],
-    ids=["missing", "twice", "once", "http/1.0", "empty"],
+    ids=[
+        "missing",
+        "twice",
+        "once",
+        "http/1.0",
+        "empty",
+        "space",
+        "path",
+        "not-ascii",
+        "name-and-port",
+        "ipv6",
+    ],
 )
 def test_an_http_11_request_needs_exactly_one_host(head: bytes, status: int) -> None:
     settings = KeelsonSettings(service="demo", log=LogSettings(ship_endpoint=None))

@@ -1,28 +1,40 @@
 """A service's entry point: settings checked at start, the standard plugins, the app."""
 
+import inspect
 import os
 import subprocess
 import sys
+from typing import Annotated
 
 import httpx
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
 from keelson.config import BusSettings
-from keelson.plugins import Plugin, PluginMetadata
-from keelson.service import create_service_app
+from keelson.plugins import Key, Plugin, PluginMetadata
+from keelson.service import create_service_app, provided
 from keelson_dev.embedded import free_port
 from keelson_dev.testing import make_settings
 
+GREETING: Key[str] = Key("greeter.greeting")
+Greeting = Annotated[str, Depends(provided(GREETING))]
 router = APIRouter()
 
 
 @router.get("/hello")
-async def hello() -> dict[str, str]:
-    return {"hello": "world"}
+async def hello(greeting: Greeting) -> dict[str, str]:
+    return {greeting: "world"}
 
 
 class Greeter(Plugin):
     metadata = PluginMetadata(name="greeter")
+
+    async def initialize(self) -> None:
+        self.container.provide(GREETING, "hello")
+
+
+def test_provided_is_an_async_dependency() -> None:
+    # FastAPI runs a plain `def` dependency in a worker thread: a thread hop per request.
+    assert inspect.iscoroutinefunction(provided(GREETING))
 
 
 def test_a_bad_setting_stops_the_service_at_start_naming_it() -> None:

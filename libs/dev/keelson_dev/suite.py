@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import os
 import random
@@ -44,11 +43,9 @@ class Service:
     port_offset: int
 
     def migrations_dir(self) -> Path:
-        # Found without importing the package, whose import may be heavy.
-        spec = importlib.util.find_spec(self.package)
-        if spec is None or not spec.submodule_search_locations:
-            raise RuntimeError(f"the {self.package} package is not installed")
-        return Path(next(iter(spec.submodule_search_locations))) / "migrations"
+        from keelson.db import migrations_dir
+
+        return migrations_dir(self.package)
 
 
 SERVICES: tuple[Service, ...] = (

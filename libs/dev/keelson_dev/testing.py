@@ -3,12 +3,19 @@
 `KEELSON_TEST_DATABASE_URL` / `KEELSON_TEST_REDIS_URL` name servers to use; without them,
 embedded ones are started in a temporary folder. Each session gets a database of its own
 (dropped at the end) and a flushed Redis database.
+
+A service's conftest builds its fixtures from the helpers here: `migrated` (its schema on
+a database), `schema_engine` (an engine on that schema), `running_app` / `asgi_client`
+(its app in-process, with or without the lifespan), `LiveServer` / `ServiceProcess` /
+`gateway_process` (on a real port), and `offline_auth_plugin` (for apps whose tests sign
+no tokens).
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import os
 import shutil
 import signal
@@ -18,34 +25,45 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import httpx
 import pytest
 from prometheus_client import Counter
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.applications import Starlette
 
 from keelson.config import Environment, KeelsonSettings, LogSettings
+from keelson.db import create_engine, migrate, migrations_dir, plain_url
 from keelson_dev.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
+from keelson_dev.suite import SERVICES
 
 __all__ = [
     "LiveServer",
     "ServiceProcess",
+    "asgi_client",
     "counted",
     "eventually",
     "fresh_database",
+    "gateway_process",
     "make_settings",
+    "migrated",
+    "offline_auth_plugin",
     "postgres_server_url",
     "redis_url",
     "removing_new_redis_keys",
+    "running_app",
+    "schema_engine",
     "test_database_url",
 ]
 
 
 _T = TypeVar("_T")
+_Settings = TypeVar("_Settings", bound=KeelsonSettings)
 
 
 async def eventually(
@@ -181,6 +199,35 @@ class ServiceProcess:
         self.process.wait()
 
 
+def gateway_process(
+    workdir: Path,
+    upstreams: Mapping[str, str],
+    *,
+    redis_url: str,
+    env: Mapping[str, str] | None = None,
+) -> ServiceProcess:
+    """`python -m gateway` routing to `upstreams` (service name → URL; a service left out
+    is routed to a port nothing listens on), with rate-limit counters of its own on
+    `redis_url` and no log shipping; then `env`."""
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    routes = {
+        service.name: {"url": upstreams.get(service.name, nowhere)}
+        for service in SERVICES
+        if service.name != "gateway"
+    }
+    plugins = {
+        "routing": {"upstreams": routes},
+        "rate_limiting": {"key_prefix": f"test-gateway-{uuid.uuid4().hex[:6]}"},
+    }
+    environment = {
+        "KEELSON_REDIS_URL": redis_url,
+        "KEELSON_LOG__SHIP_ENDPOINT": "",
+        "KEELSON_PLUGINS": json.dumps(plugins),
+    }
+    environment.update(env or {})
+    return ServiceProcess("gateway", workdir, environment)
+
+
 @pytest.fixture(scope="session")
 def postgres_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A server URL (database `postgres`) on which the session may create databases."""
@@ -205,7 +252,7 @@ def fresh_database(server_url: str, *, prefix: str = "keelson_test") -> Iterator
 
     server = make_url(server_url)
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    admin_dsn = server.set(drivername="postgresql").render_as_string(hide_password=False)
+    admin_dsn = plain_url(server_url)
 
     async def run(sql: str) -> None:
         conn = await asyncpg.connect(admin_dsn)
@@ -220,6 +267,59 @@ def fresh_database(server_url: str, *, prefix: str = "keelson_test") -> Iterator
         yield url.render_as_string(hide_password=False)
     finally:
         asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def migrated(database_url: str, *packages: str) -> str:
+    """Upgrade `database_url` to head with each service package's migrations, in order;
+    return the URL. Upgrading a schema already at head changes nothing."""
+    for package in packages:
+        migrate(migrations_dir(package), database_url)
+    return database_url
+
+
+@asynccontextmanager
+async def schema_engine(
+    settings_cls: type[KeelsonSettings], database_url: str, *, schema: str
+) -> AsyncIterator[AsyncEngine]:
+    """An engine on `schema` of `database_url`, pooled as `settings_cls` says by default;
+    disposed on leaving."""
+    engine = create_engine(make_settings(settings_cls, database_url=database_url), schema=schema)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+@asynccontextmanager
+async def asgi_client(
+    app: Starlette, *, base_url: str, client_ip: str | None = None
+) -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client that calls `app` in-process (its lifespan is not run), as from
+    `client_ip` when given (httpx's own address otherwise)."""
+    if client_ip is None:
+        transport = httpx.ASGITransport(app=app)
+    else:
+        transport = httpx.ASGITransport(app=app, client=(client_ip, 40000))
+    async with httpx.AsyncClient(transport=transport, base_url=base_url) as client:
+        yield client
+
+
+@asynccontextmanager
+async def running_app(
+    app: Starlette, *, base_url: str, client_ip: str | None = None
+) -> AsyncIterator[httpx.AsyncClient]:
+    """`app` with its lifespan started (its workers and relays too), and an `asgi_client`."""
+    async with (
+        app.router.lifespan_context(app),
+        asgi_client(app, base_url=base_url, client_ip=client_ip) as client,
+    ):
+        yield client
+
+
+def offline_auth_plugin() -> dict[str, dict[str, str]]:
+    """`plugins` settings whose auth plugin fetches its JWKS from a port nothing listens on:
+    for an app whose tests sign no tokens, or sign them with a key it is given otherwise."""
+    return {"auth": {"jwks_url": f"http://127.0.0.1:{free_port()}/jwks.json"}}
 
 
 @pytest.fixture(scope="session")
@@ -271,8 +371,12 @@ def removing_new_redis_keys(url: str) -> Iterator[None]:
         client.close()
 
 
+@overload
+def make_settings(**values: Any) -> KeelsonSettings: ...
+@overload
+def make_settings(cls: type[_Settings], **values: Any) -> _Settings: ...
 def make_settings(cls: type[KeelsonSettings] = KeelsonSettings, **values: Any) -> KeelsonSettings:
-    """Test settings: no log shipping unless asked, test environment."""
+    """Test settings of class `cls`: no log shipping unless asked, test environment."""
     values.setdefault("env", Environment.TEST)
     values.setdefault("log", LogSettings(ship_endpoint=None))
     return cls(**values)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from sqlalchemy.engine import make_url
 
+from keelson.db import plain_url
 from keelson_dev.cli.auth import admin_command, admin_environment
 from keelson_dev.testing import fresh_database
 
@@ -48,9 +48,7 @@ def auth_database(postgres_server_url: str, tmp_path: Path) -> Iterator[str]:
 
 def _roles(url: str, email: str) -> list[str] | None:
     async def query() -> list[str] | None:
-        conn = await asyncpg.connect(
-            make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-        )
+        conn = await asyncpg.connect(plain_url(url))
         try:
             roles = await conn.fetchval("SELECT roles FROM auth.users WHERE email = $1", email)
         finally:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 from fastapi import Depends, Request, Response
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -17,7 +16,7 @@ from auth_service.throttle import LoginThrottle
 from keelson.auth import REVOCATIONS, CurrentUser, Principal, RevocationList, require_scope
 from keelson.db import get_session
 from keelson.keys import FieldCipher, KeyManager
-from keelson.plugins import Key, PluginContainer
+from keelson.service import provided
 
 __all__ = [
     "AuthConfig",
@@ -38,18 +37,6 @@ __all__ = [
     "UsersWriter",
     "no_store",
 ]
-
-T = TypeVar("T")
-
-
-def _provided(key: Key[T]) -> Callable[[Request], T]:
-    """A dependency answering what the service's plugins provided under `key`."""
-
-    def resolve(request: Request) -> T:
-        container: PluginContainer = request.app.state.container
-        return container.resolve(key)
-
-    return resolve
 
 
 def _auth_settings(request: Request) -> AuthSettings:
@@ -78,13 +65,13 @@ def no_store(response: Response) -> None:
 
 
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
-Keys = Annotated[KeyRing, Depends(_provided(KEYRING))]
+Keys = Annotated[KeyRing, Depends(provided(KEYRING))]
 # The master key's derivations (sealing emailed tokens for the notifications service).
 MasterKeys = Annotated[KeyManager, Depends(_key_manager)]
-Passwords = Annotated[PasswordHashing, Depends(_provided(PASSWORDS))]
-Throttle = Annotated[LoginThrottle, Depends(_provided(LOGIN_THROTTLE))]
-Revocations = Annotated[RevocationList, Depends(_provided(REVOCATIONS))]
-Successors = Annotated[FieldCipher, Depends(_provided(REFRESH_SUCCESSORS))]
+Passwords = Annotated[PasswordHashing, Depends(provided(PASSWORDS))]
+Throttle = Annotated[LoginThrottle, Depends(provided(LOGIN_THROTTLE))]
+Revocations = Annotated[RevocationList, Depends(provided(REVOCATIONS))]
+Successors = Annotated[FieldCipher, Depends(provided(REFRESH_SUCCESSORS))]
 AuthConfig = Annotated[AuthSettings, Depends(_auth_settings)]
 ClientIP = Annotated[str, Depends(_client_ip)]
 UserAgent = Annotated[str | None, Depends(_user_agent)]

@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from datetime import UTC
-from pathlib import Path
+from functools import partial
 from typing import Any
 
 import httpx
@@ -17,7 +16,6 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-import auth_service
 from auth_service.app import create_app
 from auth_service.settings import (
     AuthSettings,
@@ -26,9 +24,8 @@ from auth_service.settings import (
     Settings,
 )
 from keelson.bus import stream_key
-from keelson.db import create_engine, migrate
 from keelson.keys import DecryptionError, KeyManager, open_action_token
-from keelson_dev.testing import make_settings
+from keelson_dev.testing import asgi_client, make_settings, migrated, running_app, schema_engine
 
 PASSWORD = "plum tractors sing quietly"
 CLIENT_IP = "198.51.100.7"
@@ -38,8 +35,7 @@ FAST_HASHING = PasswordHashSettings(time_cost=1, memory_cost=1024, parallelism=1
 
 @pytest.fixture(scope="session")
 def auth_database_url(test_database_url: str) -> str:
-    migrate(Path(auth_service.__file__).parent / "migrations", test_database_url)
-    return test_database_url
+    return migrated(test_database_url, "auth_service")
 
 
 @pytest.fixture(scope="session")
@@ -53,26 +49,20 @@ def auth_settings_factory(auth_database_url: str, redis_url: str) -> Callable[..
             "throttle",
             LoginThrottleSettings(max_account_failures=5, max_ip_failures=10_000),
         )
-        settings = make_settings(
+        return make_settings(
             Settings,
             database_url=auth_database_url,
             redis_url=redis_url,
             auth=AuthSettings(**auth),
             **top,
         )
-        assert isinstance(settings, Settings)
-        return settings
 
     return factory
 
 
-@asynccontextmanager
-async def running(app: FastAPI, *, client_ip: str = CLIENT_IP) -> AsyncIterator[httpx.AsyncClient]:
-    """The app with its lifespan started, and a client that talks to it in-process."""
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app, client=(client_ip, 40000))
-        async with httpx.AsyncClient(transport=transport, base_url="http://auth.test") as client:
-            yield client
+BASE_URL = "http://auth.test"
+# The app with its lifespan started, and a client that talks to it in-process.
+running = partial(running_app, base_url=BASE_URL, client_ip=CLIENT_IP)
 
 
 @pytest.fixture(scope="session")
@@ -84,16 +74,14 @@ async def auth_app(auth_settings_factory: Callable[..., Settings]) -> AsyncItera
 
 @pytest.fixture
 async def client(auth_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=auth_app, client=(CLIENT_IP, 40000))
-    async with httpx.AsyncClient(transport=transport, base_url="http://auth.test") as client:
+    async with asgi_client(auth_app, base_url=BASE_URL, client_ip=CLIENT_IP) as client:
         yield client
 
 
 @pytest.fixture(scope="session")
 async def auth_engine(auth_database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(make_settings(Settings, database_url=auth_database_url), schema="auth")
-    yield engine
-    await engine.dispose()
+    async with schema_engine(Settings, auth_database_url, schema="auth") as engine:
+        yield engine
 
 
 def unique_email(prefix: str = "user") -> str:
@@ -252,6 +240,23 @@ def grant_admin(auth_engine: AsyncEngine) -> Callable[[str], Awaitable[None]]:
             )
 
     return grant_admin
+
+
+@pytest.fixture
+def expire_action_tokens(auth_engine: AsyncEngine) -> Callable[[str], Awaitable[None]]:
+    """Put every emailed token of a user (verification, password reset) past its expiry."""
+
+    async def expire_action_tokens(user_id: str) -> None:
+        async with auth_engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "UPDATE auth.action_tokens SET expires_at = now() - interval '1 second'"
+                    " WHERE user_id = :id"
+                ),
+                {"id": user_id},
+            )
+
+    return expire_action_tokens
 
 
 def bearer(tokens: dict[str, Any]) -> dict[str, str]:

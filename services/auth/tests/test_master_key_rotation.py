@@ -7,23 +7,21 @@ It runs on a database of its own: re-sealing its keys would lock the session's a
 
 import asyncio
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import SecretStr
 from sqlalchemy import text
 
-import auth_service
 from auth_service.app import create_app
 from auth_service.cli import main
 from auth_service.commands import rotate_keys
 from auth_service.keyring import key_cipher
 from auth_service.plugin import SUCCESSOR_CIPHER_PURPOSE
 from auth_service.settings import Settings
-from keelson.db import create_engine, migrate
+from keelson.db import create_engine
 from keelson.keys import DecryptionError, KeyManager
-from keelson_dev.testing import fresh_database
+from keelson_dev.testing import fresh_database, migrated
 
 OLD = "the-old-master-key-" + "o" * 30
 NEW = "the-new-master-key-" + "n" * 30
@@ -32,8 +30,7 @@ NEW = "the-new-master-key-" + "n" * 30
 @pytest.fixture
 def rotation_database(postgres_server_url: str) -> Iterator[str]:
     with fresh_database(postgres_server_url, prefix="keelson_rotation") as url:
-        migrate(Path(auth_service.__file__).parent / "migrations", url)
-        yield url
+        yield migrated(url, "auth_service")
 
 
 async def _sealed(settings: Settings) -> dict[str, Any]:

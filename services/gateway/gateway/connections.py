@@ -23,7 +23,7 @@ import asyncio
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from keelson.errors import RequestTimeout
+from keelson.errors import BadRequest, KeelsonError, RequestTimeout
 
 __all__ = ["BodyReadTimeout", "ConnectionLimits"]
 
@@ -41,12 +41,17 @@ class ConnectionLimits(BaseModel):
 
 class BodyReadTimeout:
     """ASGI middleware: a request body that stalls for `seconds` between two chunks ends
-    the request with 408 problem+json (and `Connection: close`).
+    the request with 408 problem+json (and `Connection: close`); one that granian cannot
+    read (a malformed chunk) ends it with 400 problem+json (and `Connection: close`).
 
-    The application sees the stall as the client's disconnect (`http.disconnect`), so it
+    The application sees either as the client's disconnect (`http.disconnect`), so it
     stops as it would for a client gone; whatever it then tries to answer is replaced by
-    the 408. Requests without a body (no Content-Length above 0, not chunked) and messages
-    after the body's last chunk pass untimed.
+    the problem. granian reports a body it cannot decode as `http.disconnect`, the same
+    message as a client that has gone, so a disconnect before the body's last chunk is
+    answered 400 too: to a client that has gone, the answer goes nowhere (granian drops
+    it), and without it granian would answer its own `text/plain` 500. Requests without a
+    body (no Content-Length above 0, not chunked) and messages after the body's last
+    chunk pass untimed.
     """
 
     def __init__(self, app: ASGIApp, seconds: float) -> None:
@@ -59,33 +64,36 @@ class BodyReadTimeout:
             return
         seconds = self.seconds
         reading = True
-        stalled = False
-        started = False  # the app's own answer began (before any stall)
-        replaced = False  # the 408 went out instead of the app's answer
+        refusal: KeelsonError | None = None  # the body's failure, once it has failed
+        started = False  # the app's own answer began (before the body failed)
+        replaced = False  # the problem went out instead of the app's answer
 
         async def timed_receive() -> Message:
-            nonlocal reading, stalled
+            nonlocal reading, refusal
             if not reading:
                 return await receive()
-            if stalled:
+            if refusal is not None:
                 return {"type": "http.disconnect"}
             try:
                 async with asyncio.timeout(seconds):
                     message = await receive()
             except TimeoutError:
-                stalled = True
+                refusal = _STALLED
                 reading = False
                 return {"type": "http.disconnect"}
-            if message["type"] != "http.request" or not message.get("more_body", False):
+            if message["type"] == "http.disconnect":
+                refusal = _UNREADABLE
+                reading = False
+            elif not message.get("more_body", False):
                 reading = False
             return message
 
         async def guarded_send(message: Message) -> None:
             nonlocal started, replaced
-            if stalled and not started:  # the app's answer to the "disconnect": a 408
+            if refusal is not None and not started:  # the app's answer to the "disconnect"
                 if not replaced:
                     replaced = True
-                    await _answer_408(send)
+                    await refusal.send_to(send)
                 return
             if message["type"] == "http.response.start":
                 started = True
@@ -94,19 +102,21 @@ class BodyReadTimeout:
         try:
             await self.app(scope, timed_receive, guarded_send)
         except Exception:
-            # What the app raised at the client's "disconnect" (Starlette's ClientDisconnect,
-            # for one) is the stall's doing: answered below, not a failure of the app.
-            if not stalled:
+            # What the app raised at the "disconnect" (Starlette's ClientDisconnect, for
+            # one) is the body's doing: answered below, not a failure of the app.
+            if refusal is None:
                 raise
-        if stalled and not started and not replaced:
-            await _answer_408(send)
+        if refusal is not None and not started and not replaced:
+            await refusal.send_to(send)
 
 
-async def _answer_408(send: Send) -> None:
-    stalled = RequestTimeout(
-        "The request body stalled; the connection is closed.", headers={"Connection": "close"}
-    )
-    await stalled.send_to(send)
+_STALLED = RequestTimeout(
+    "The request body stalled; the connection is closed.", headers={"Connection": "close"}
+)
+_UNREADABLE = BadRequest(
+    "The request body could not be read; the connection is closed.",
+    headers={"Connection": "close"},
+)
 
 
 def _has_body(scope: Scope) -> bool:

@@ -2,7 +2,6 @@
 
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from gateway_testkit import (
@@ -12,19 +11,17 @@ from gateway_testkit import (
     upstreams_config,
 )
 
-import auth_service
 from auth_service.app import create_app as create_auth_app
 from auth_service.settings import AuthSettings, PasswordHashSettings
 from auth_service.settings import Settings as AuthServiceSettings
-from keelson.db import migrate
-from keelson_dev.testing import eventually, make_settings
+from keelson_dev.testing import eventually, make_settings, migrated
 
 PASSWORD = "plum tractors sing quietly"
 
 
 @pytest.fixture(scope="module")
 def auth_service_server(test_database_url: str, redis_url: str) -> Iterator[ServerThread]:
-    migrate(Path(auth_service.__file__).parent / "migrations", test_database_url)
+    migrated(test_database_url, "auth_service")
     settings = make_settings(
         AuthServiceSettings,
         database_url=test_database_url,

@@ -6,9 +6,8 @@ import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy.engine import make_url
-
 from keelson.bus import BUS
+from keelson.db import plain_url
 from keelson.events import Envelope
 from keelson.keys import KeyManager
 from keelson.plugins import Health, Key, Plugin, PluginMetadata, Priority
@@ -55,9 +54,8 @@ class LogStorePlugin(Plugin):
         url = self.container.settings.database_url
         if url is None:
             raise RuntimeError("KEELSON_DATABASE_URL is not set")
-        dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
         writers = _ingest_settings(self).writers
-        self.pool = await create_pool(dsn, schema=SCHEMA, max_size=writers + 6)
+        self.pool = await create_pool(plain_url(url), schema=SCHEMA, max_size=writers + 6)
         self.container.provide(LOG_STORE, LogStore(self.pool, schema=SCHEMA))
 
     async def stop(self) -> None:

@@ -26,7 +26,13 @@ class IngestSettings(BaseModel):
     maintenance_interval_seconds: float = Field(3600.0, gt=0)
     reject_log_interval_seconds: float = Field(60.0, gt=0)
     tail_queue_size: int = Field(1000, ge=1)
-    tail_keepalive_seconds: float = Field(15.0, gt=0)
+    # A quiet tail sends a comment this often: below the gateway's upstream read timeout
+    # (10 s by default), which counts the silence between two chunks of an answer, so that
+    # a tail with nothing to say stays open through the gateway.
+    tail_keepalive_seconds: float = Field(5.0, gt=0, le=3600)
+    # A tail ends, cleanly, this long after it began; a Server-Sent Events client (and
+    # `keelson logs tail`) connects again. Nothing holds a connection for ever.
+    tail_max_seconds: float = Field(3600.0, gt=0, le=86400)
     audit_topics: str = "logs.*"
     # Senders authenticate with CURVE keys derived from the master key and their service
     # name; records are stored under the name whose key was authenticated.

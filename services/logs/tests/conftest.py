@@ -6,29 +6,22 @@ from typing import Any
 
 import asyncpg
 import pytest
-from sqlalchemy.engine import make_url
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from keelson.config import BusSettings, Environment, LogSettings
-from keelson.db import migrate
+from keelson.db import plain_url
 from keelson_dev.embedded import free_port
+from keelson_dev.testing import migrated, offline_auth_plugin
 from logs_service.ingest import Ingestor
 from logs_service.settings import IngestSettings, Settings
 from logs_service.store import LogStore, create_pool
 from logs_service.tail import TailHub
 
-MIGRATIONS = Path(__file__).parents[1] / "logs_service" / "migrations"
-
-
-def plain_dsn(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
 
 @pytest.fixture(scope="session")
 def logs_database_url(test_database_url: str) -> str:
-    migrate(MIGRATIONS, test_database_url)
-    return plain_dsn(test_database_url)
+    return plain_url(migrated(test_database_url, "logs_service"))
 
 
 @pytest.fixture(scope="session")
@@ -63,7 +56,7 @@ def make_logs_settings(logs_database_url: str) -> Callable[..., Settings]:
                 zmq_xsub_endpoint=f"tcp://127.0.0.1:{free_port()}",
                 zmq_xpub_endpoint=f"tcp://127.0.0.1:{free_port()}",
             ),
-            plugins={"auth": {"jwks_url": f"http://127.0.0.1:{free_port()}/jwks.json"}},
+            plugins=offline_auth_plugin(),
         )
 
     return make

@@ -11,15 +11,13 @@ import asyncpg
 import pytest
 from logs_testkit import TEST_KEYS, SenderProcess, count_of, logs_service_process
 
-from keelson.db import migrate
 from keelson_dev.embedded import EmbeddedPostgres, free_port
-from keelson_dev.testing import eventually
+from keelson_dev.testing import ServiceProcess, eventually, migrated
 from logs_service.ingest import Ingestor, IntakeAuth
 from logs_service.settings import IngestSettings
 from logs_service.store import LogStore, create_pool
 from logs_service.tail import TailHub
 
-MIGRATIONS = Path(__file__).parents[1] / "logs_service" / "migrations"
 # `python -m logs_service` spends seconds of CPU importing before it answers: on a loaded
 # two-core machine its start took over 30 s. The deadline only ends a stuck start (a process
 # that dies fails at once).
@@ -43,14 +41,19 @@ async def test_a_consumer_killed_during_a_burst_loses_and_doubles_nothing(
 ) -> None:
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     with ExitStack() as running:  # every process started is killed, whichever step fails
-        consumer = logs_service_process(
-            database_url=logs_database_url,
-            bind_endpoint=endpoint,
-            workdir=tmp_path,
-            senders=[service_name],
-        )
-        running.callback(consumer.kill)
-        await consumer.wait_for("/health/live", timeout=SERVICE_START_SECONDS)
+
+        async def start_consumer() -> ServiceProcess:
+            consumer = logs_service_process(
+                database_url=logs_database_url,
+                bind_endpoint=endpoint,
+                workdir=tmp_path,
+                senders=[service_name],
+            )
+            running.callback(consumer.kill)
+            await consumer.wait_for("/health/live", timeout=SERVICE_START_SECONDS)
+            return consumer
+
+        consumer = await start_consumer()
         sender = SenderProcess(endpoint, service_name, 50_000, tmp_path / "spill", rate=25_000)
         running.callback(sender.kill)
 
@@ -62,14 +65,7 @@ async def test_a_consumer_killed_during_a_burst_loses_and_doubles_nothing(
         at_kill = await count_of(pool, service_name)
         assert at_kill < 50_000, "the burst was over before the kill"
 
-        consumer = logs_service_process(
-            database_url=logs_database_url,
-            bind_endpoint=endpoint,
-            workdir=tmp_path,
-            senders=[service_name],
-        )
-        running.callback(consumer.kill)
-        await consumer.wait_for("/health/live", timeout=SERVICE_START_SECONDS)
+        await start_consumer()
         result = await asyncio.to_thread(sender.result, 180)
     assert result["drained"] and result["dropped"] == {}
     assert result["acknowledged"] == 50_000
@@ -84,7 +80,7 @@ async def own_postgres() -> AsyncIterator[EmbeddedPostgres]:
     server = EmbeddedPostgres(base / "data", free_port())
     await asyncio.to_thread(server.start)
     try:
-        await asyncio.to_thread(migrate, MIGRATIONS, server.url)
+        await asyncio.to_thread(migrated, server.url, "logs_service")
         yield server
     finally:
         await asyncio.to_thread(server.stop)

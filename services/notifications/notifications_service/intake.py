@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
@@ -16,11 +16,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from keelson.auth import Principal
 from keelson.errors import Forbidden, Unprocessable
 from keelson.events import Envelope
-from notifications_service.models import Channel, Contact
+from notifications_service.models import Channel, Contact, Preference
 from notifications_service.recipients import (
-    get_contact,
+    get_contacts,
     get_endpoint,
     get_preferences,
+    get_preferences_of,
     is_muted,
     remember_contact,
     set_phone,
@@ -28,10 +29,10 @@ from notifications_service.recipients import (
 from notifications_service.rendering import EVENT_TYPE, LINK_PATH, SEALED_TOKEN
 from notifications_service.schemas import NotificationCreate
 from notifications_service.settings import EventRoute, NotificationsSettings
-from notifications_service.store import NewNotification, Queued, enqueue
+from notifications_service.store import NewNotification, Queued, enqueue, enqueue_many
 from notifications_service.templates import TemplateRenderer
 
-__all__ = ["SEND_ANY_SCOPE", "EventIntake", "accept_event", "submit_request"]
+__all__ = ["SEND_ANY_SCOPE", "EventIntake", "accept_events", "submit_request"]
 
 # Sending to someone else: admins and service accounts, never an ordinary user's token
 # (those all carry `notifications:send`, which only lets a user reach themselves).
@@ -137,26 +138,13 @@ async def _owner(db: AsyncSession, *, column: Any, value: str) -> str | None:
     return str(found) if found is not None else None
 
 
-async def _known_address(db: AsyncSession, user_id: str | None, field: str) -> str | None:
-    """The user's address auth vouched for, for an event that names only the user (a
-    payment's receipt goes to the payer, whom payments knows by id alone)."""
-    if user_id is None or field not in ("email", "phone"):
-        return None
-    contact = await get_contact(db, user_id=user_id)
-    address = getattr(contact, field, None) if contact is not None else None
-    return str(address) if address else None
-
-
-async def accept_event(
-    db: AsyncSession, envelope: Envelope, *, settings: NotificationsSettings
-) -> Queued | None:
-    """The notification an event calls for (not committed); None if it names no recipient.
-
-    The event id is the idempotency key, so a redelivered event queues nothing new.
-    """
-    data: dict[str, Any] = dict(envelope.data)
+async def _update_contact(db: AsyncSession, envelope: Envelope) -> None:
+    """Record the address (and phone) auth vouches for in its events."""
+    data = envelope.data
     user_id = str(data["user_id"]) if data.get("user_id") else None
-    if envelope.type == CONTACT_CHANGED and user_id and data.get("email"):
+    if not (envelope.type.startswith("auth.") and user_id and data.get("email")):
+        return
+    if envelope.type == CONTACT_CHANGED:
         phone = data.get("phone")
         await set_phone(
             db,
@@ -165,53 +153,107 @@ async def accept_event(
             phone=str(phone) if phone else None,
             as_of=envelope.occurred_at,
         )
-    elif envelope.type.startswith("auth.") and user_id and data.get("email"):
+    else:
         await remember_contact(db, user_id=user_id, email=str(data["email"]))
-    route: EventRoute | None = settings.events.get(envelope.type)
-    if route is None:
-        return None
-    recipient = data.get(route.recipient_field) or await _known_address(
-        db, user_id, route.recipient_field
-    )
+
+
+def _notification(
+    envelope: Envelope,
+    route: EventRoute,
+    *,
+    preferences: Mapping[str, Preference],
+    contacts: Mapping[str, Contact],
+    settings: NotificationsSettings,
+) -> NewNotification | None:
+    """The notification an event calls for; None if it names no recipient.
+
+    An event that names only the user (a payment's receipt goes to the payer, whom
+    payments knows by id alone) goes to the address auth vouched for.
+    """
+    data: dict[str, Any] = dict(envelope.data)
+    user_id = str(data["user_id"]) if data.get("user_id") else None
+    recipient = data.get(route.recipient_field)
+    contact = contacts.get(user_id) if user_id else None
+    if not recipient and contact is not None and route.recipient_field in ("email", "phone"):
+        recipient = getattr(contact, route.recipient_field)
     if not recipient:
         return None
     token = data.pop("token", None)
     if route.link_path and token:
         data.update({SEALED_TOKEN: token, LINK_PATH: route.link_path, EVENT_TYPE: envelope.type})
-    preferences = await get_preferences(db, user_id=user_id) if user_id else None
+    preference = preferences.get(user_id) if user_id else None
     muted = (
         not route.transactional
-        and preferences is not None
-        and is_muted(preferences, channel=route.channel, category=route.category)
+        and preference is not None
+        and is_muted(preference, channel=route.channel, category=route.category)
     )
-    return await enqueue(
-        db,
-        NewNotification(
-            requested_by=EVENTS_REQUESTER,
-            owner_id=user_id,
-            channel=route.channel,
-            recipient=str(recipient),
-            template=route.template,
-            data=data,
-            locale=(preferences.locale if preferences else None) or settings.default_locale,
-            category=route.category,
-            transactional=route.transactional,
-            idempotency_key=envelope.id,
-            source_event_id=envelope.id,
-            suppressed=muted,
-        ),
+    return NewNotification(
+        requested_by=EVENTS_REQUESTER,
+        owner_id=user_id,
+        channel=route.channel,
+        recipient=str(recipient),
+        template=route.template,
+        data=data,
+        locale=(preference.locale if preference else None) or settings.default_locale,
+        category=route.category,
+        transactional=route.transactional,
+        idempotency_key=envelope.id,
+        source_event_id=envelope.id,
+        suppressed=muted,
     )
+
+
+async def accept_events(
+    db: AsyncSession, envelopes: Sequence[Envelope], *, settings: NotificationsSettings
+) -> tuple[int, dict[str, Exception]]:
+    """Queue the notifications these events call for (not committed): (how many are new,
+    the events that could not be made into one, by id).
+
+    The event id is the idempotency key, checked by the unique index in the statement
+    that inserts, so a redelivered event queues nothing new. A batch costs a few
+    statements whatever its size: contacts first (in event order, so a later event sees
+    an earlier one's address), then one read of the preferences and known addresses,
+    then one INSERT of every row.
+    """
+    for envelope in envelopes:
+        await _update_contact(db, envelope)
+    routed = [
+        (envelope, route)
+        for envelope in envelopes
+        if (route := settings.events.get(envelope.type)) is not None
+    ]
+    users = {str(e.data["user_id"]) for e, _ in routed if e.data.get("user_id")}
+    preferences = await get_preferences_of(db, user_ids=users)
+    unaddressed = {
+        str(e.data["user_id"])
+        for e, route in routed
+        if e.data.get("user_id") and not e.data.get(route.recipient_field)
+    }
+    contacts = await get_contacts(db, user_ids=unaddressed)
+    new: dict[str, NewNotification] = {}
+    failed: dict[str, Exception] = {}
+    for envelope, route in routed:
+        try:
+            notification = _notification(
+                envelope, route, preferences=preferences, contacts=contacts, settings=settings
+            )
+        except Exception as exc:
+            failed[envelope.id] = exc
+            continue
+        if notification is not None:
+            new.setdefault(envelope.id, notification)  # the same event twice in one batch
+    return await enqueue_many(db, list(new.values())), failed
 
 
 class EventIntake:
-    """The bus handler: each event's notification written on a kept connection.
+    """The bus's batch handler: the events read together are queued in one transaction.
 
-    The bus hands a consumer its events one after another, so their round trips add up:
-    a kept connection in autocommit mode makes a receipt one INSERT (no pool checkout,
-    ping, BEGIN or COMMIT), and one connection per consumer lets several run at once.
-    Each statement is idempotent, so autocommit loses nothing: a crash between two of
-    them is repaired when the event is delivered again. A failed connection is dropped,
-    the handler raises, and the bus delivers the event again.
+    The transaction holds each event's effect (its row, found again by the event id),
+    so an event redelivered after a crash, or in the same batch, queues nothing twice;
+    the bus acknowledges the batch only after the commit. If the batch fails in the
+    database, each event is tried alone, so one bad event fails alone.
+    Each consumer's batches run on a connection kept for the intake (`connections`, one
+    per consumer): a pooled one past the pool's size would be opened and closed each time.
     """
 
     def __init__(
@@ -229,25 +271,39 @@ class EventIntake:
         for _ in range(connections):
             self._free.put_nowait(None)
 
-    async def handle(self, envelope: Envelope) -> None:
+    async def handle_batch(self, envelopes: Sequence[Envelope]) -> dict[str, Exception]:
+        try:
+            return await self._accept(envelopes)
+        except Exception:
+            if len(envelopes) == 1:
+                raise
+        failed: dict[str, Exception] = {}
+        for envelope in envelopes:
+            try:
+                failed.update(await self._accept([envelope]))
+            except Exception as exc:
+                failed[envelope.id] = exc
+        return failed
+
+    async def _accept(self, envelopes: Sequence[Envelope]) -> dict[str, Exception]:
         connection = await self._free.get()
         try:
             if connection is None:
-                opened = await self.engine.connect()
-                connection = await opened.execution_options(isolation_level="AUTOCOMMIT")
-            async with AsyncSession(bind=connection) as db:
-                queued = await accept_event(db, envelope, settings=self.settings)
+                connection = await self.engine.connect()
+            async with AsyncSession(bind=connection) as db, db.begin():
+                created, failed = await accept_events(db, envelopes, settings=self.settings)
         except Exception:
             await _close(connection)
             connection = None
             raise
         finally:
             self._free.put_nowait(connection)
-        if queued is not None and queued.created:
+        if created:
             self.on_queued()
+        return failed
 
     async def close(self) -> None:
-        """Close the kept connections (call once the bus no longer calls `handle`)."""
+        """Close the kept connections (call once the bus no longer calls `handle_batch`)."""
         while not self._free.empty():
             await _close(self._free.get_nowait())
 

@@ -82,7 +82,9 @@ class NotificationsPlugin(Plugin):
         )
         for consumer in consumers:
             for topic in sorted({*self.config.events, "auth.user_registered", CONTACT_CHANGED}):
-                consumer.subscribe(topic, self.intake.handle, group=self.config.consumer_group)
+                consumer.subscribe_batch(
+                    topic, self.intake.handle_batch, group=self.config.consumer_group
+                )
 
     async def start(self) -> None:
         for bus in self.extra_buses:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 import uuid
 from base64 import b64encode
+from collections.abc import Collection
 from datetime import datetime
 
 from sqlalchemy import delete, func, or_, select
@@ -18,8 +19,10 @@ __all__ = [
     "create_endpoint",
     "delete_endpoint",
     "get_contact",
+    "get_contacts",
     "get_endpoint",
     "get_preferences",
+    "get_preferences_of",
     "is_muted",
     "list_endpoints",
     "new_webhook_secret",
@@ -67,10 +70,29 @@ async def get_contact(db: AsyncSession, *, user_id: str) -> Contact | None:
     return await db.get(Contact, user_id)
 
 
+async def get_contacts(db: AsyncSession, *, user_ids: Collection[str]) -> dict[str, Contact]:
+    """The known addresses of these users, by user id (one query)."""
+    if not user_ids:
+        return {}
+    rows = await db.scalars(select(Contact).where(Contact.user_id.in_(user_ids)))
+    return {row.user_id: row for row in rows}
+
+
 async def get_preferences(db: AsyncSession, *, user_id: str) -> Preference:
     """The user's preferences, or the defaults (nothing muted) when none were saved."""
     found = await db.get(Preference, user_id)
     return found or Preference(user_id=user_id, muted_channels=[], muted_categories=[], locale=None)
+
+
+async def get_preferences_of(
+    db: AsyncSession, *, user_ids: Collection[str]
+) -> dict[str, Preference]:
+    """The saved preferences of these users, by user id (one query; a user without
+    any is absent: nothing muted)."""
+    if not user_ids:
+        return {}
+    rows = await db.scalars(select(Preference).where(Preference.user_id.in_(user_ids)))
+    return {row.user_id: row for row in rows}
 
 
 async def put_preferences(

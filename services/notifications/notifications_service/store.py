@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -21,6 +22,7 @@ __all__ = [
     "Queued",
     "decode_cursor",
     "enqueue",
+    "enqueue_many",
     "get_attempts",
     "get_notification",
     "list_notifications",
@@ -113,6 +115,25 @@ async def enqueue(db: AsyncSession, new: NewNotification) -> Queued:
     ):
         raise Conflict("this idempotency key was used for a different notification")
     return Queued(existing.id, Status(existing.status), created=False)
+
+
+_INSERT_MANY = (
+    insert(_TABLE)
+    .on_conflict_do_nothing(constraint="uq_notifications_idempotency")
+    .returning(_TABLE.c.channel, _TABLE.c.status)
+)
+
+
+async def enqueue_many(db: AsyncSession, new: Sequence[NewNotification]) -> int:
+    """Insert the notifications in one statement (not committed), skipping each whose
+    idempotency key was used; how many were inserted."""
+    if not new:
+        return 0
+    inserted = (await db.execute(_INSERT_MANY, [_values(n) for n in new])).all()
+    for row in inserted:
+        if row.status == Status.SUPPRESSED:
+            metrics.SUPPRESSED(row.channel).inc()
+    return len(inserted)
 
 
 async def get_notification(

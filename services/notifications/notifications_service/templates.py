@@ -4,16 +4,19 @@ Templates are package files `templates/<name>/<locale>/{subject.txt,body.txt,bod
 a locale without its own files falls back to the default one. Only these files are ever
 compiled: user-supplied data is passed as values, so it cannot run template code.
 `StrictUndefined` makes a missing value an error recorded on the notification.
+The files are part of the installed package, so each is compiled once and the file
+lookups are remembered: a render touches no file.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jinja2 import FileSystemLoader, StrictUndefined, TemplateError, select_autoescape
+from jinja2 import FileSystemLoader, StrictUndefined, Template, TemplateError, select_autoescape
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 __all__ = ["TEMPLATE_DIR", "RenderError", "Rendered", "TemplateRenderer"]
@@ -43,9 +46,12 @@ class TemplateRenderer:
             autoescape=select_autoescape(enabled_extensions=("html",), default=False),
             undefined=StrictUndefined,
             keep_trailing_newline=False,
+            auto_reload=False,
         )
+        self.exists = functools.lru_cache(maxsize=256)(self._exists)
+        self._files = functools.lru_cache(maxsize=1024)(self._find_files)
 
-    def exists(self, name: str) -> bool:
+    def _exists(self, name: str) -> bool:
         return bool(_NAME.match(name)) and (self.directory / name / self.default_locale).is_dir()
 
     def names(self) -> list[str]:
@@ -54,17 +60,26 @@ class TemplateRenderer:
     def render(self, name: str, context: dict[str, Any], *, locale: str | None = None) -> Rendered:
         if not self.exists(name):
             raise RenderError(f"unknown template {name!r}")
-        folder = self._locale_folder(name, locale)
         try:
-            subject = self._render(f"{name}/{folder}/subject.txt", context).strip()
-            text = self._render(f"{name}/{folder}/body.txt", context)
-            html_path = self.directory / name / folder / "body.html"
-            html = (
-                self._render(f"{name}/{folder}/body.html", context) if html_path.is_file() else None
-            )
+            subject_template, text_template, html_template = self._files(name, locale)
+            subject = subject_template.render(context).strip()
+            text = text_template.render(context)
+            html = html_template.render(context) if html_template is not None else None
         except TemplateError as exc:
             raise RenderError(f"template {name!r}: {type(exc).__name__}: {exc}"[:400]) from None
         return Rendered(subject=" ".join(subject.split()), text=text, html=html)
+
+    def _find_files(
+        self, name: str, locale: str | None
+    ) -> tuple[Template, Template, Template | None]:
+        """The compiled subject, text and HTML (if any) of the template in this locale."""
+        folder = self._locale_folder(name, locale)
+        html = (self.directory / name / folder / "body.html").is_file()
+        return (
+            self.env.get_template(f"{name}/{folder}/subject.txt"),
+            self.env.get_template(f"{name}/{folder}/body.txt"),
+            self.env.get_template(f"{name}/{folder}/body.html") if html else None,
+        )
 
     def _locale_folder(self, name: str, locale: str | None) -> str:
         for candidate in (locale, (locale or "").split("-")[0]):
@@ -75,6 +90,3 @@ class TemplateRenderer:
             ):
                 return candidate
         return self.default_locale
-
-    def _render(self, path: str, context: dict[str, Any]) -> str:
-        return self.env.get_template(path).render(context)

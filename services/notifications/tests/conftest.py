@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +17,14 @@ from fastapi import FastAPI
 from notifications_testkit import SmtpSink, caller, new_email, user_of
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-import notifications_service
-from keelson.db import create_engine, migrate
-from keelson_dev.testing import make_settings
+from keelson_dev.testing import (
+    asgi_client,
+    make_settings,
+    migrated,
+    offline_auth_plugin,
+    running_app,
+    schema_engine,
+)
 from notifications_service.app import create_app
 from notifications_service.settings import (
     DeliverySettings,
@@ -32,8 +37,7 @@ from notifications_service.settings import (
 
 @pytest.fixture(scope="session")
 def notifications_database_url(test_database_url: str) -> str:
-    migrate(Path(notifications_service.__file__).parent / "migrations", test_database_url)
-    return test_database_url
+    return migrated(test_database_url, "notifications_service")
 
 
 @pytest.fixture(scope="session")
@@ -67,32 +71,21 @@ def settings_for(
         notifications.setdefault("email", EmailSettings(port=smtp_sink.port, connections=4))
         notifications.setdefault("delivery", FAST_RETRIES)
         notifications.setdefault("webhook", WebhookSettings(allow_networks=["127.0.0.0/8"]))
-        top.setdefault(
-            "plugins",
-            {"auth": {"jwks_url": "http://127.0.0.1:9/.well-known/jwks.json"}},
-        )
-        settings = make_settings(
+        top.setdefault("plugins", offline_auth_plugin())
+        return make_settings(
             Settings,
             database_url=notifications_database_url,
             redis_url=redis_url,
             notifications=NotificationsSettings(**notifications),
             **top,
         )
-        assert isinstance(settings, Settings)
-        return settings
 
     return factory
 
 
-@asynccontextmanager
-async def running(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    """The app with its lifespan (and delivery worker) started, and an in-process client."""
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(
-            transport=transport, base_url="http://notifications.test"
-        ) as client:
-            yield client
+BASE_URL = "http://notifications.test"
+# The app with its lifespan (and delivery worker) started, and an in-process client.
+running = partial(running_app, base_url=BASE_URL)
 
 
 @pytest.fixture(scope="session")
@@ -104,18 +97,14 @@ async def app(settings_for: Callable[..., Settings]) -> AsyncIterator[FastAPI]:
 
 @pytest.fixture
 async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://notifications.test") as c:
+    async with asgi_client(app, base_url=BASE_URL) as c:
         yield c
 
 
 @pytest.fixture(scope="session")
 async def engine(notifications_database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(
-        make_settings(Settings, database_url=notifications_database_url), schema="notifications"
-    )
-    yield engine
-    await engine.dispose()
+    async with schema_engine(Settings, notifications_database_url, schema="notifications") as e:
+        yield e
 
 
 @pytest.fixture

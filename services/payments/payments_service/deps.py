@@ -11,7 +11,7 @@ from keelson.auth import CurrentUser, Principal, require_role
 from keelson.db import get_session
 from keelson.errors import NotFound
 from keelson.payment import PaymentProvider, SandboxProvider
-from keelson.plugins import PluginContainer
+from keelson.service import provided
 from payments_service.group_commit import GroupCommit
 from payments_service.idempotency import require_key
 from payments_service.plugin import GROUP_COMMIT, PAYMENT_PROVIDER
@@ -29,17 +29,10 @@ __all__ = [
 ]
 
 
-async def _provider(request: Request) -> PaymentProvider:
-    container: PluginContainer = request.app.state.container
-    return container.resolve(PAYMENT_PROVIDER)
+Provider = Annotated[PaymentProvider, Depends(provided(PAYMENT_PROVIDER))]
 
 
-async def _group_commit(request: Request) -> GroupCommit:
-    container: PluginContainer = request.app.state.container
-    return container.resolve(GROUP_COMMIT)
-
-
-async def _sandbox(provider: Annotated[PaymentProvider, Depends(_provider)]) -> SandboxProvider:
+async def _sandbox(provider: Provider) -> SandboxProvider:
     # With Stripe configured the sandbox routes do not exist, as far as a client can tell.
     if not isinstance(provider, SandboxProvider):
         raise NotFound("the sandbox is off: a Stripe key is configured")
@@ -60,9 +53,8 @@ async def _idempotency_key(
 # The dependencies are `async def` though none awaits: FastAPI runs a plain `def` one in
 # a worker thread, a thread hop per dependency and request.
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
-Provider = Annotated[PaymentProvider, Depends(_provider)]
 Sandbox = Annotated[SandboxProvider, Depends(_sandbox)]
-Events = Annotated[GroupCommit, Depends(_group_commit)]
+Events = Annotated[GroupCommit, Depends(provided(GROUP_COMMIT))]
 Config = Annotated[PaymentsSettings, Depends(_config)]
 IdempotencyKey = Annotated[str, Depends(_idempotency_key)]
 AdminUser = Annotated[Principal, Depends(require_role("admin"))]

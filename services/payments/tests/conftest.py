@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,19 +19,22 @@ from payments_testkit import SANDBOX_SECRET, caller
 from pydantic import SecretStr
 from stripe_peers import API_KEY, FaultProxy, LocalStripe, local_stripe
 
-import payments_service
-from keelson.db import create_engine, migrate
 from keelson.payment import PaymentSettings
-from keelson_dev.embedded import free_port
-from keelson_dev.testing import LiveServer, make_settings
+from keelson_dev.testing import (
+    LiveServer,
+    asgi_client,
+    make_settings,
+    migrated,
+    offline_auth_plugin,
+    schema_engine,
+)
 from payments_service.app import create_app
 from payments_service.settings import PaymentsSettings, Settings
 
 
 @pytest.fixture(scope="session")
 def payments_database_url(test_database_url: str) -> str:
-    migrate(Path(payments_service.__file__).parent / "migrations", test_database_url)
-    return test_database_url
+    return migrated(test_database_url, "payments_service")
 
 
 @pytest.fixture(scope="session")
@@ -43,25 +45,18 @@ def payments_settings_factory(
         # Reconciliation is driven by the tests themselves (reconcile_once).
         values.setdefault("payments", PaymentsSettings(reconcile_interval_seconds=3600))
         values.setdefault("payment", PaymentSettings(sandbox_webhook_secret=SANDBOX_SECRET))
-        settings = make_settings(
+        return make_settings(
             Settings,
             database_url=payments_database_url,
             redis_url=redis_url,
-            plugins={"auth": {"jwks_url": f"http://127.0.0.1:{free_port()}/jwks.json"}},
+            plugins=offline_auth_plugin(),
             **values,
         )
-        assert isinstance(settings, Settings)
-        return settings
 
     return factory
 
 
-@asynccontextmanager
-async def running(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://payments.test") as c:
-            yield c
+BASE_URL = "http://payments.test"
 
 
 @pytest.fixture(scope="session")
@@ -75,18 +70,14 @@ async def payments_app(
 
 @pytest.fixture
 async def client(payments_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=payments_app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://payments.test") as c:
+    async with asgi_client(payments_app, base_url=BASE_URL) as c:
         yield c
 
 
 @pytest.fixture(scope="session")
 async def payments_engine(payments_database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(
-        make_settings(Settings, database_url=payments_database_url), schema="payments"
-    )
-    yield engine
-    await engine.dispose()
+    async with schema_engine(Settings, payments_database_url, schema="payments") as engine:
+        yield engine
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """The event bus: durable topics with consumer groups, and ephemeral broadcasts."""
 
-from keelson.bus._base import BroadcastHandler, Bus, Handler
+from keelson.bus._base import BatchHandler, BroadcastHandler, Bus, Handler
 from keelson.bus._dedupe import MemoryProcessedIds, ProcessedIds, RedisProcessedIds
 from keelson.bus._plugin import BUS, BusPlugin, RedisBusPlugin, bus_plugin
 from keelson.bus._redis import RedisBus
@@ -11,6 +11,7 @@ from keelson.bus._zmq import ZmqBroker, ZmqBus
 __all__ = [
     "BUS",
     "TOPICS_KEY",
+    "BatchHandler",
     "BroadcastHandler",
     "Bus",
     "BusPlugin",

@@ -8,7 +8,14 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from keelson.bus._base import BroadcastHandler, Handler, Subscriptions, to_envelope
+from keelson.bus._base import (
+    BatchHandler,
+    BroadcastHandler,
+    Group,
+    Handler,
+    Subscriptions,
+    to_envelope,
+)
 from keelson.bus._dedupe import RedisProcessedIds
 from keelson.bus._pubsub import RedisBroadcaster
 from keelson.bus._streams import GroupConsumer, StreamPublisher, consumer_name
@@ -49,7 +56,14 @@ class RedisBus:
     def subscribe(
         self, pattern: str, handler: Handler, *, group: str, dedupe: bool = False
     ) -> None:
-        entry = self._subscriptions.add(pattern, handler, group=group, dedupe=dedupe)
+        self._consume(self._subscriptions.add(pattern, handler, group=group, dedupe=dedupe))
+
+    def subscribe_batch(self, pattern: str, handler: BatchHandler, *, group: str) -> None:
+        self._consume(self._subscriptions.add_batch(pattern, handler, group=group))
+
+    def _consume(self, entry: Group) -> None:
+        """Start consuming for the group, or have its consumer look for the new topics."""
+        group = entry.name
         consumer = self._consumers.get(group)
         if consumer is not None:
             consumer.refresh_soon()

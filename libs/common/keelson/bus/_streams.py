@@ -153,7 +153,7 @@ class GroupConsumer:
 
     @property
     def _has_wildcards(self) -> bool:
-        return any(not pattern.is_exact for pattern, _ in self.group.patterns)
+        return any(not pattern.is_exact for pattern in self.group.all_patterns)
 
     def start(self) -> None:
         self._stopping = False
@@ -227,7 +227,7 @@ class GroupConsumer:
     async def _refresh(self) -> None:
         """Find the streams the group's patterns match; create the group on new ones."""
         self._refresh_due = False
-        patterns = [pattern for pattern, _ in self.group.patterns]
+        patterns = self.group.all_patterns
         topics = {p.text for p in patterns if p.is_exact}
         wildcards = [p for p in patterns if not p.is_exact]
         if wildcards:
@@ -259,6 +259,7 @@ class GroupConsumer:
         if self.group.dedupe and decoded:
             seen = await self.processed.seen(self.group.name, [e.id for _, e in decoded])
         duplicates = 0
+        todo: list[tuple[_Entry, Envelope]] = []
         for entry, envelope in decoded:
             if envelope.id in seen:
                 outcome.acked.append(entry.entry_id)
@@ -266,7 +267,11 @@ class GroupConsumer:
                 continue
             if self.group.dedupe:
                 seen.add(envelope.id)  # the same event twice in one batch
-            await self._dispatch(topic, entry, envelope, outcome)
+            todo.append((entry, envelope))
+        if todo:
+            failed = await self.group.dispatch_batch(topic, [envelope for _, envelope in todo])
+            for entry, envelope in todo:
+                self._settle_one(topic, entry, envelope, failed.get(envelope.id), outcome)
         if outcome.handled_ids:
             handled_counter(topic, self.group.name, Outcome.OK).inc(len(outcome.handled_ids))
         if duplicates:
@@ -292,33 +297,36 @@ class GroupConsumer:
                 outcome.dead.append((entry, f"undecodable entry: {_short(exc)}"))
         return decoded
 
-    async def _dispatch(
-        self, topic: str, entry: _Entry, envelope: Envelope, outcome: _Settlement
+    def _settle_one(
+        self,
+        topic: str,
+        entry: _Entry,
+        envelope: Envelope,
+        error: Exception | None,
+        outcome: _Settlement,
     ) -> None:
-        """Run the group's handlers; record an ack, a retry or a dead letter in `outcome`."""
-        limit = self.settings.max_deliveries
-        try:
-            await self.group.dispatch(envelope)
-        except Exception as exc:
-            _log.warning(
-                "bus handler of group %s failed on %s %s (delivery %d of %d)",
-                self.group.name,
-                topic,
-                envelope.id,
-                entry.deliveries,
-                limit,
-                exc_info=True,
-            )
-            handled_counter(topic, self.group.name, Outcome.ERROR).inc()
-            if entry.deliveries >= limit:
-                outcome.dead.append((entry, _short(exc)))
-            else:
-                outcome.failed.append((entry.entry_id, _short(exc)))
+        """Record in `outcome` an ack, or for a failed event a retry or a dead letter."""
+        if error is None:
+            outcome.acked.append(entry.entry_id)
+            outcome.handled_ids.append(envelope.id)
+            if entry.deliveries > 1:
+                outcome.retried.append(entry.entry_id)
             return
-        outcome.acked.append(entry.entry_id)
-        outcome.handled_ids.append(envelope.id)
-        if entry.deliveries > 1:
-            outcome.retried.append(entry.entry_id)
+        limit = self.settings.max_deliveries
+        _log.warning(
+            "bus handler of group %s failed on %s %s (delivery %d of %d)",
+            self.group.name,
+            topic,
+            envelope.id,
+            entry.deliveries,
+            limit,
+            exc_info=error,
+        )
+        handled_counter(topic, self.group.name, Outcome.ERROR).inc()
+        if entry.deliveries >= limit:
+            outcome.dead.append((entry, _short(error)))
+        else:
+            outcome.failed.append((entry.entry_id, _short(error)))
 
     async def _settle(self, stream: str, topic: str, outcome: _Settlement) -> None:
         """Acknowledge, record errors and dead-letter, in one round trip."""

@@ -29,6 +29,7 @@ import zmq.asyncio
 from pydantic import ValidationError
 
 from keelson.bus._base import (
+    BatchHandler,
     BroadcastHandler,
     Group,
     Handler,
@@ -158,6 +159,11 @@ class ZmqBus:
         if self._sub is not None:
             self._sub.subscribe(_EVENT + entry.patterns[-1][0].prefix.encode())
 
+    def subscribe_batch(self, pattern: str, handler: BatchHandler, *, group: str) -> None:
+        entry = self._subscriptions.add_batch(pattern, handler, group=group)
+        if self._sub is not None:
+            self._sub.subscribe(_EVENT + entry.batch_patterns[-1][0].prefix.encode())
+
     def on_broadcast(self, channel: str, handler: BroadcastHandler) -> None:
         if self._subscriptions.add_broadcast(channel, handler) and self._sub is not None:
             self._sub.subscribe(_BROADCAST + channel.encode())
@@ -188,7 +194,7 @@ class ZmqBus:
         self._sub.setsockopt(zmq.LINGER, 0)
         self._sub.connect(self.xpub_endpoint)
         for group in self._subscriptions.groups.values():
-            for pattern, _ in group.patterns:
+            for pattern in group.all_patterns:
                 self._sub.subscribe(_EVENT + pattern.prefix.encode())
         for channel in self._subscriptions.broadcasts:
             self._sub.subscribe(_BROADCAST + channel.encode())

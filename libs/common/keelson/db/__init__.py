@@ -8,10 +8,17 @@ from keelson.db._engine import (
     async_url,
     create_engine,
     get_session,
+    plain_url,
     schema_for,
 )
 from keelson.db._locks import advisory_xact_lock
-from keelson.db._migrations import migrate, migration_lock, run_env, run_migrations_online
+from keelson.db._migrations import (
+    migrate,
+    migration_lock,
+    migrations_dir,
+    run_env,
+    run_migrations_online,
+)
 from keelson.db._outage import DATABASE_RETRY_AFTER, database_unavailable
 
 __all__ = [
@@ -28,6 +35,8 @@ __all__ = [
     "get_session",
     "migrate",
     "migration_lock",
+    "migrations_dir",
+    "plain_url",
     "reencrypt_column",
     "run_env",
     "run_migrations_online",

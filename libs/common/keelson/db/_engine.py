@@ -30,6 +30,7 @@ __all__ = [
     "async_url",
     "create_engine",
     "get_session",
+    "plain_url",
     "schema_for",
 ]
 
@@ -43,6 +44,12 @@ def async_url(url: str) -> str:
     """Any postgres URL as one for asyncpg (`postgresql+asyncpg://`)."""
     parsed = make_url(url.replace("postgres://", "postgresql://", 1))
     return parsed.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
+
+
+def plain_url(url: str) -> str:
+    """Any postgres URL as a plain `postgresql://` one, as asyncpg, psql and libpq take it."""
+    parsed = make_url(url.replace("postgres://", "postgresql://", 1))
+    return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def create_engine(settings: KeelsonSettings, *, schema: str) -> AsyncEngine:

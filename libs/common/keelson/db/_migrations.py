@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from sqlalchemy.schema import MetaData
 
 from keelson.db._engine import async_url
 
-__all__ = ["migrate", "migration_lock", "run_env", "run_migrations_online"]
+__all__ = ["migrate", "migration_lock", "migrations_dir", "run_env", "run_migrations_online"]
 
 # Alembic is imported inside each function: a running service never migrates, and the
 # import (Alembic, Mako, Pygments, every SQLAlchemy dialect) costs it about 12 MB.
@@ -78,6 +79,15 @@ def run_env(*, metadata: MetaData, schema: str) -> None:
             await engine.dispose()
 
     asyncio.run(upgrade())
+
+
+def migrations_dir(package: str) -> Path:
+    """A service package's Alembic folder (`auth_service` → `.../auth_service/migrations`)."""
+    # Found without importing the package, whose import may be heavy.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(f"the {package} package is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / "migrations"
 
 
 def migrate(migrations_dir: Path, database_url: str, *, revision: str = "head") -> None:

@@ -109,23 +109,14 @@ async def test_an_expired_token_is_refused(
     serve: Callable[..., Any],
     register: Callable[..., Awaitable[dict[str, Any]]],
     outbox: Outbox,
-    auth_engine: Any,
+    expire_action_tokens: Callable[[str], Awaitable[None]],
 ) -> None:
-    from sqlalchemy import text
-
     from auth_service.app import create_app
 
     async with serve(create_app(auth_settings_factory())) as client:
         user = await register(client)
         token = await _reset_token(client, outbox, user)
-        async with auth_engine.begin() as conn:
-            await conn.execute(
-                text(
-                    "UPDATE auth.action_tokens SET expires_at = now() - interval '1 second'"
-                    " WHERE user_id = :id"
-                ),
-                {"id": user["id"]},
-            )
+        await expire_action_tokens(user["id"])
         response = await client.post(
             "/api/v1/auth/password-reset/confirm",
             json={"token": token, "new_password": "seven amber lanterns glow"},

@@ -64,20 +64,14 @@ async def test_a_reset_token_does_not_verify_an_email(
 
 
 async def test_an_expired_verification_token_is_refused(
-    client: httpx.AsyncClient, signed_in: SignedIn, outbox: Outbox, auth_engine: Any
+    client: httpx.AsyncClient,
+    signed_in: SignedIn,
+    outbox: Outbox,
+    expire_action_tokens: Callable[[str], Awaitable[None]],
 ) -> None:
-    from sqlalchemy import text
-
     user, _ = await signed_in()
     [event] = await outbox("auth.email_verification_requested", user_id=user["id"])
-    async with auth_engine.begin() as conn:
-        await conn.execute(
-            text(
-                "UPDATE auth.action_tokens SET expires_at = now() - interval '1 second'"
-                " WHERE user_id = :id"
-            ),
-            {"id": user["id"]},
-        )
+    await expire_action_tokens(user["id"])
     response = await client.post(
         "/api/v1/auth/verify-email/confirm", json={"token": event["data"]["token"]}
     )

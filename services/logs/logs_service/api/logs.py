@@ -86,6 +86,7 @@ async def tail_logs(
         service=service,
         min_level=level.number if level else None,
         keepalive=settings.tail_keepalive_seconds,
+        lasting=settings.tail_max_seconds,
     )
     return StreamingResponse(
         events,
@@ -101,15 +102,23 @@ async def _tail_events(
     service: str | None,
     min_level: int | None,
     keepalive: float,
+    lasting: float,
 ) -> AsyncIterator[bytes]:
+    """The tail's events until the server drains or `lasting` seconds have passed, with a
+    comment after each `keepalive` seconds without records."""
     subscription = hub.subscribe(service=service, min_level=min_level)
     try:
         # Sent once subscribed: from here on the client misses nothing committed.
         yield b": tail started\n\n"
         quiet_since = time.monotonic()
+        ends = quiet_since + lasting
         # Short waits so that a draining server does not wait on an idle stream.
         while not request.app.state.draining:
-            records = await subscription.next_records(min(1.0, keepalive))
+            left = ends - time.monotonic()
+            if left <= 0:
+                yield b": tail ended; connect again to go on\n\n"
+                return
+            records = await subscription.next_records(min(1.0, keepalive, left))
             if records:
                 yield b"".join(map(_event, records))
                 quiet_since = time.monotonic()

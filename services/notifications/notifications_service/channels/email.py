@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import quopri
 import uuid
 from datetime import UTC, datetime
@@ -28,7 +29,7 @@ def build_email(message: OutgoingMessage, *, sender: str) -> bytes:
     more CPU than the rest of a send; the header values are safe as they are (addresses
     validated, subjects collapsed to one line).
     """
-    domain = parseaddr(sender)[1].rpartition("@")[2] or "keelson.localhost"
+    domain = _sender_domain(sender)
     subject = message.subject
     if not subject.isascii():
         subject = Header(subject, "utf-8").encode().replace("\n", "\r\n")
@@ -62,6 +63,11 @@ def build_email(message: OutgoingMessage, *, sender: str) -> bytes:
     )
 
 
+@functools.lru_cache(maxsize=16)
+def _sender_domain(sender: str) -> str:
+    return parseaddr(sender)[1].rpartition("@")[2] or "keelson.localhost"
+
+
 def _part(subtype: str, content: str) -> bytes:
     body = quopri.encodestring(content.replace("\r\n", "\n").encode("utf-8"))
     return (
@@ -77,6 +83,7 @@ class SmtpEmail:
 
     def __init__(self, settings: EmailSettings) -> None:
         self.settings = settings
+        self._envelope_sender = parseaddr(settings.sender)[1]
         self._idle: asyncio.LifoQueue[aiosmtplib.SMTP] = asyncio.LifoQueue()
         for _ in range(settings.connections):
             self._idle.put_nowait(self._client())
@@ -96,13 +103,12 @@ class SmtpEmail:
 
     async def send(self, message: OutgoingMessage) -> int | None:
         email = build_email(message, sender=self.settings.sender)
-        envelope_sender = parseaddr(self.settings.sender)[1]
         client = await self._idle.get()
         healthy = False
         try:
             if not client.is_connected:
                 await client.connect()
-            await client.sendmail(envelope_sender, [message.recipient], email)
+            await client.sendmail(self._envelope_sender, [message.recipient], email)
             healthy = True
             return 250
         except aiosmtplib.SMTPRecipientsRefused as exc:
