@@ -586,16 +586,17 @@ class UpstreamPool:
     ) -> bytes:
         """The request line and headers, framing included, ending in the blank line."""
         verb = method.encode("latin-1")
-        parts = [verb, b" ", target, b" HTTP/1.1\r\n", self._host_line]
-        fields = [verb, target]
-        for name, value in headers:
-            parts += (name, b": ", value, b"\r\n")
-            fields += (name, value)
+        # One C call per header (`name: value`), no Python-level loop body.
+        lines = [b": ".join(header) for header in headers]
         # A line break inside the target or a header would let it add headers (or a request)
         # of its own. `in` on bytes is memchr, faster than any per-character check.
-        probe = b"".join(fields)
+        probe = b"".join([verb, target, *lines])
         if b"\r" in probe or b"\n" in probe:
             raise ValueError("a line break inside the request line or a header")
+        parts = [verb, b" ", target, b" HTTP/1.1\r\n", self._host_line]
+        if lines:
+            lines.append(b"")  # the last header's line ends too
+            parts.append(b"\r\n".join(lines))
         if isinstance(body, bytes):
             if body or method not in _NO_BODY:
                 parts += (b"content-length: ", b"%d" % len(body), b"\r\n")

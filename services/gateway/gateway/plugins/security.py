@@ -110,7 +110,11 @@ class SecurityPlugin(GatewayPlugin):
             if self.shared_revocations is not None:
                 bus.on_broadcast(REVOCATIONS_CHANNEL, self.shared_revocations.on_announcement)
         self._cache: dict[str, Principal] = {}
-        self._signed: dict[Principal, tuple[int, list[tuple[bytes, bytes]]]] = {}
+        # By the principal's id(), not its value: a frozen dataclass hashes all its fields in
+        # Python on every lookup. Each entry holds its principal (so the id is not reused
+        # while it lives) and is taken only for that very object; a verified token's
+        # principal is one object for as long as the token is cached.
+        self._signed: dict[int, tuple[Principal, int, list[tuple[bytes, bytes]]]] = {}
 
     def _adopt(self, config: SecurityConfig) -> None:
         self.config = config
@@ -184,14 +188,18 @@ class SecurityPlugin(GatewayPlugin):
         """The signed identity headers, as the proxy sends them: a principal's signature is
         sent again until it is `resign_seconds` old (see `_RESIGN_FRACTION`)."""
         second = int(time.time() if now is None else now)
-        cached = self._signed.get(principal)
-        if cached is not None and 0 <= second - cached[0] < self.resign_seconds:
-            return cached[1]
+        cached = self._signed.get(id(principal))
+        if (
+            cached is not None
+            and cached[0] is principal
+            and 0 <= second - cached[1] < self.resign_seconds
+        ):
+            return cached[2]
         signed = self.identity_key.sign(principal, now=second)
         headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in signed.items()]
         if len(self._signed) >= 10_000:
             self._signed.clear()
-        self._signed[principal] = (second, headers)
+        self._signed[id(principal)] = (principal, second, headers)
         return headers
 
     def _remember(self, token: str, principal: Principal) -> None:
