@@ -9,21 +9,31 @@ its forked workers) needs.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 
-from gateway import nginx_config, spawn, stop, token  # bench/gateway.py, beside this file
+from gateway import (  # bench/gateway.py, beside this file
+    gateway_values,
+    nginx_config,
+    spawn,
+    stop,
+    token,
+)
+from keelson.auth import IdentityKey
 from keelson.keys import SigningKey
 from keelson_dev.embedded import free_port, wait_for_port
 
-__all__ = ["Rig", "process_tree", "upstream_rig"]
+__all__ = ["Rig", "in_process_gateway", "process_tree", "upstream_rig"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +63,33 @@ def upstream_rig(prefix: str) -> Iterator[Rig]:
     finally:
         stop(nginx)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def in_process_gateway(prefix: str, redis_url: str | None) -> Iterator[tuple[Any, bytes]]:
+    """The gateway's ASGI app (bench/gateway.py's settings, console logging to /dev/null)
+    in this process against the rig's nginx, and the `Authorization` value to send."""
+    # This file's folder holds bench/gateway.py: it must leave sys.path before the gateway
+    # package can be imported under its own name.
+    here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
+    del sys.modules["gateway"]
+    from gateway.app import create_app
+    from gateway.settings import Settings
+    from keelson.config import LogSettings
+    from keelson.logging import configure_logging
+
+    identity = IdentityKey.generate()
+    os.environ["KEELSON_IDENTITY__SIGNING_KEY"] = identity.secret_text()
+    os.environ["KEELSON_IDENTITY__PUBLIC_KEYS"] = json.dumps(identity.public_keys)
+    with upstream_rig(prefix) as rig:
+        values = gateway_values(rig.upstream, redis_url, prefix.strip("-").removeprefix("keelson-"))
+        settings = Settings(**values, log=LogSettings(ship_endpoint=None, level="INFO"))
+        configure_logging(settings)
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, logging.StreamHandler):
+                handler.setStream(open(os.devnull, "w"))  # noqa: SIM115
+        yield create_app(settings), rig.headers["Authorization"].encode()
 
 
 def process_tree(pid: int) -> list[int]:

@@ -19,17 +19,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import logging
 import os
-import sys
-from pathlib import Path
 from typing import Any
 
-from _gateway_rig import upstream_rig
+from _gateway_rig import in_process_gateway
 
-from gateway import gateway_values, get_scope  # bench/gateway.py, beside this file
-from keelson.auth import IdentityKey
+from gateway import get_scope  # bench/gateway.py, beside this file
 
 
 async def drive(app: Any, bearer: bytes, requests: int) -> None:
@@ -58,28 +53,8 @@ def main() -> None:
     parser.add_argument("requests", type=int)
     parser.add_argument("--redis-url", default=os.environ.get("KEELSON_REDIS_URL"))
     args = parser.parse_args()
-    # This file's folder holds bench/gateway.py: it must leave sys.path before the gateway
-    # package can be imported under its own name.
-    here = Path(__file__).resolve().parent
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
-    del sys.modules["gateway"]
-    from gateway.app import create_app
-    from gateway.settings import Settings
-    from keelson.config import LogSettings
-    from keelson.logging import configure_logging
-
-    identity = IdentityKey.generate()
-    os.environ["KEELSON_IDENTITY__SIGNING_KEY"] = identity.secret_text()
-    os.environ["KEELSON_IDENTITY__PUBLIC_KEYS"] = json.dumps(identity.public_keys)
-    with upstream_rig("keelson-bench-inprocess-") as rig:
-        values = gateway_values(rig.upstream, args.redis_url, "bench-inprocess")
-        settings = Settings(**values, log=LogSettings(ship_endpoint=None, level="INFO"))
-        configure_logging(settings)
-        for handler in logging.getLogger().handlers:
-            if isinstance(handler, logging.StreamHandler):
-                handler.setStream(open(os.devnull, "w"))  # noqa: SIM115
-        bearer = rig.headers["Authorization"].encode()
-        asyncio.run(drive(create_app(settings), bearer, args.requests))
+    with in_process_gateway("keelson-bench-inprocess-", args.redis_url) as (app, bearer):
+        asyncio.run(drive(app, bearer, args.requests))
     print(f"{args.requests} requests, all 200")
 
 
