@@ -13,11 +13,13 @@ from email.message import EmailMessage
 from typing import Any
 
 from aiosmtpd.controller import Controller
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from keelson.auth import Principal, identity_key, sign_identity, verify_identity_headers
 from keelson.keys import KeyManager
 from keelson_dev.embedded import free_port
 from notifications_service.settings import Settings
+from notifications_service.store import NewNotification, enqueue
 
 USER_SCOPES = frozenset({"profile:read", "notifications:send"})
 
@@ -177,3 +179,21 @@ def recording_app(recorder: Recorder, default: Answer) -> Any:
         await send({"type": "http.response.body", "body": payload})
 
     return app
+
+
+async def queue_emails(engine: AsyncEngine, *, requested_by: str, prefix: str, count: int) -> None:
+    """`count` plain emails queued and committed, to `<prefix>-<n>@example.com`, subject
+    `message <n>`: the backlog a test then lets a real service process send."""
+    async with AsyncSession(engine) as db:
+        for n in range(count):
+            await enqueue(
+                db,
+                NewNotification(
+                    requested_by=requested_by,
+                    channel="email",
+                    recipient=f"{prefix}-{n}@example.com",
+                    subject=f"message {n}",
+                    body="body",
+                ),
+            )
+        await db.commit()

@@ -13,16 +13,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from notifications_testkit import SmtpSink
+from notifications_testkit import SmtpSink, queue_emails
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
 
 import notifications_service
 from keelson.db import create_engine, migrate
 from keelson_dev.embedded import free_port
 from keelson_dev.testing import ServiceProcess, eventually, fresh_database, make_settings
 from notifications_service.settings import Settings
-from notifications_service.store import NewNotification, enqueue
 
 COUNT = 300
 _COUNT_SENT = text(
@@ -67,19 +65,7 @@ async def test_a_killed_sender_resumes_and_every_message_arrives(
     engine = create_engine(
         make_settings(Settings, database_url=crash_database), schema="notifications"
     )
-    async with AsyncSession(engine) as db:
-        for n in range(COUNT):
-            await enqueue(
-                db,
-                NewNotification(
-                    requested_by="test",
-                    channel="email",
-                    recipient=f"crash-{run}-{n}@example.com",
-                    subject=f"message {n}",
-                    body="body",
-                ),
-            )
-        await db.commit()
+    await queue_emails(engine, requested_by="test", prefix=f"crash-{run}", count=COUNT)
 
     def ours() -> list[str]:
         with smtp_sink.lock:

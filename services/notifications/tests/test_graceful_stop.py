@@ -16,16 +16,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from notifications_testkit import SmtpSink
+from notifications_testkit import SmtpSink, queue_emails
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
 
 import notifications_service
 from keelson.db import create_engine, migrate
 from keelson_dev.embedded import free_port
 from keelson_dev.testing import ServiceProcess, eventually, fresh_database, make_settings
 from notifications_service.settings import Settings
-from notifications_service.store import NewNotification, enqueue
 
 COUNT = 200
 # Long enough that one read per consumer, waited out in turn, cannot pass unseen.
@@ -54,19 +52,7 @@ async def test_sigterm_while_sending_exits_after_one_read_and_loses_nothing(
     engine = create_engine(
         make_settings(Settings, database_url=stop_database), schema="notifications"
     )
-    async with AsyncSession(engine) as db:
-        for n in range(COUNT):
-            await enqueue(
-                db,
-                NewNotification(
-                    requested_by="graceful-stop",
-                    channel="email",
-                    recipient=f"stop-{run}-{n}@example.com",
-                    subject=f"message {n}",
-                    body="body",
-                ),
-            )
-        await db.commit()
+    await queue_emails(engine, requested_by="graceful-stop", prefix=f"stop-{run}", count=COUNT)
 
     def received() -> set[str]:
         with smtp_sink.lock:
