@@ -60,9 +60,10 @@ format: install
 	$(BIN)/ruff check --fix .
 
 # Coverage of the test process, reported per package, and the floor: the
-# total the whole suite reached when it was set (88.1% on 2026-12-06), rounded down.
+# total the whole suite reached when it was set (89.7% on 2026-12-07, measured from the
+# first import: see tools/coverage_report.py), rounded down.
 # Raise it as coverage grows; never lower it.
-COVERAGE_FLOOR := 88
+COVERAGE_FLOOR := 89
 test: lint deploy-tools
 	@rm -f .coverage
 	$(BIN)/coverage run -m pytest $(PYTEST_ARGS)
