@@ -68,8 +68,6 @@ __all__ = [
     "outbox_insert",
     "outbox_parameters",
     "outbox_tables",
-    "processed_insert",
-    "processed_parameters",
 ]
 
 _log = logging.getLogger("keelson.outbox")
@@ -157,26 +155,18 @@ def outbox_parameters(session: AsyncSession, events: Sequence[Event | Envelope])
 
 
 @functools.cache
-def processed_insert() -> ReturningInsert[Any]:
-    """The INSERT behind `mark_processed`: one row back when the event is new, none when not.
-
-    Built once; its parameters are `processed_parameters(...)`. For a caller that folds
-    the check into a larger statement (a CTE its query depends on).
-    """
+def _processed_insert() -> ReturningInsert[Any]:
+    """The INSERT behind `mark_processed`: one row back when the event is new, none when not."""
     table = _RUNTIME.processed_events
     return (
         insert(table)
         .values(
-            event_id=bindparam("processed_event_id", type_=table.c.event_id.type),
-            group=bindparam("processed_group", type_=table.c.group.type),
+            event_id=bindparam("event_id", type_=table.c.event_id.type),
+            group=bindparam("group", type_=table.c.group.type),
         )
         .on_conflict_do_nothing()
         .returning(literal_column("1"))
     )
-
-
-def processed_parameters(*, event_id: str, group: str) -> dict[str, Any]:
-    return {"processed_event_id": event_id, "processed_group": group}
 
 
 async def mark_processed(session: AsyncSession, *, event_id: str, group: str) -> bool:
@@ -185,9 +175,7 @@ async def mark_processed(session: AsyncSession, *, event_id: str, group: str) ->
     Returns False when it was already recorded: the caller skips its work, and since the
     record commits with that work, a redelivered event has its effect exactly once.
     """
-    result = await session.execute(
-        processed_insert(), processed_parameters(event_id=event_id, group=group)
-    )
+    result = await session.execute(_processed_insert(), {"event_id": event_id, "group": group})
     return result.first() is not None
 
 

@@ -18,7 +18,6 @@ from notifications_service.models import Contact, Preference, WebhookEndpoint
 __all__ = [
     "create_endpoint",
     "delete_endpoint",
-    "get_contact",
     "get_contacts",
     "get_endpoint",
     "get_preferences",
@@ -64,10 +63,6 @@ async def set_phone(
             where=or_(Contact.phone_changed_at.is_(None), Contact.phone_changed_at < as_of),
         )
     )
-
-
-async def get_contact(db: AsyncSession, *, user_id: str) -> Contact | None:
-    return await db.get(Contact, user_id)
 
 
 async def get_contacts(db: AsyncSession, *, user_ids: Collection[str]) -> dict[str, Contact]:
