@@ -36,7 +36,12 @@ seconds recorded (one dump per window, told apart by its `callgrind_control -d` 
 instructions = a x requests + b x seconds is solved for a (per request) and b (per second).
 a is the figure to compare between servers; the plain count is printed beside it, and the
 fit's prediction of the plain window's count is printed as a check of the linear model
-(the saturated window batches more per event-loop turn than the paced ones).
+(the saturated window batches more per event-loop turn than the paced ones). A last window
+with no load at all (`idle`) counts what the server runs by the clock alone; each window's
+count per request net of that is printed too. Work done once per event-loop turn or per
+batch (the console's write, the rate limiter's Redis call) is per request in the paced
+windows, where a request rarely shares a turn, and shared at saturation: neither figure is
+the full-speed one, which batches far more.
 
 Needs valgrind, wrk and nginx (apt-get install valgrind wrk nginx). Results are printed and
 written to the "Gateway instructions per request" section of docs/benchmarks.md
@@ -117,7 +122,15 @@ class Window:
 
     @property
     def per_request(self) -> int:
-        return self.instructions // self.requests
+        return self.instructions // self.requests if self.requests else 0
+
+    def net_per_request(self, idle: Window) -> int:
+        """Per request once what the server runs idle, per second, is taken off."""
+        return round((self.instructions - idle.per_second * self.seconds) / self.requests)
+
+    @property
+    def per_second(self) -> float:
+        return self.instructions / self.seconds
 
 
 @dataclass(frozen=True)
@@ -168,7 +181,9 @@ def measure(
 ) -> list[Window]:
     """Count the server's instructions while wrk drives it: one window saturated by
     `connections` (the plain count), then, with `paced` = (fast, slow) as fractions of the
-    rate that window reached, two windows at those paced rates, all in one server's life."""
+    rate that window reached, two windows at those paced rates and one with no requests at
+    all (`idle`: what the server runs per second by the clock alone), all in one server's
+    life."""
     port = free_port()
     pids: list[str] = []
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
@@ -200,12 +215,16 @@ def measure(
             started = time.monotonic()
             _callgrind("-i", pids, "on")
             on = (started + time.monotonic()) / 2  # the processes were switched on in turn
-            _, count, bad = wrk(url, headers, connections, seconds, *extra)
+            if label == "idle":  # no load: the window is this long, by the clock
+                count, bad = 0, 0
+                time.sleep(seconds)
+            else:
+                _, count, bad = wrk(url, headers, connections, seconds, *extra)
             stopping = time.monotonic()
             _callgrind("-i", pids, "off")
             off = (stopping + time.monotonic()) / 2
             _callgrind("-d", pids, f"window-{label}")  # the dump's `desc: Trigger:` line
-            if bad or not count:
+            if bad or not (count or label == "idle"):
                 raise RuntimeError(f"{name}: {bad} of {count} answers were not 2xx")
             counted.append((label, count, off - on))
 
@@ -215,6 +234,7 @@ def measure(
             for label, share in zip(("fast", "slow"), paced, strict=True):
                 script = pace_script(cwd, label, connections, share * capacity, capacity)
                 window(label, "-s", str(script))
+            window("idle")
     finally:
         with contextlib.suppress(psutil.NoSuchProcess):
             pids = pids or [str(pid) for pid in process_tree(server.pid)]
@@ -234,8 +254,8 @@ def measure(
     for w in windows:
         print(
             f"{name:<44} {w.name:<5} {w.requests:>6} requests in {w.seconds:5.1f} s "
-            f"({w.requests / w.seconds:6.1f}/s)  {w.per_request:>9,} instructions/request "
-            f"({len(pids)} processes)",
+            f"({w.requests / w.seconds:6.1f}/s)  {w.per_request:>9,} instructions/request, "
+            f"{w.per_second:>13,.0f}/s ({len(pids)} processes)",
             flush=True,
         )
     return windows
@@ -378,6 +398,9 @@ def main() -> None:
             f"b = {fit.per_second:>12,.0f} instructions/s "
             f"(plain window: {w.instructions:,} counted, {predicted:,.0f} by the fit)"
         )
+        idle = runs[name][3]
+        net = ", ".join(f"{x.name} {x.net_per_request(idle):,}" for x in runs[name][:3])
+        print(f"{'':<44} idle {idle.per_second:,.0f}/s; per request net of idle: {net}")
     chain = plain[gateway]
     bare = {name.rsplit(", ", 1)[1]: count for name, count in plain.items() if name != gateway}
     # per server: the gateway's per-request term over the bare proxy's
