@@ -1,10 +1,11 @@
 """Transactional outbox: events written with the caller's data, relayed to the bus later.
 
 `add_to_outbox(session, event)` inserts the event in the caller's transaction, so the
-event exists if and only if the business change committed. The relay publishes an
-unpublished row and only then marks it published, one row per transaction: a crash or a
-failed commit in between publishes that one row twice, never zero times (and never the
-rows already marked), which is why consumers deduplicate by envelope id (`mark_processed`).
+event exists if and only if the business change committed. The relay claims a batch of
+unpublished rows, publishes them and only then marks them published, one transaction per
+batch: a crash or a failed commit in between publishes that batch's rows twice, never
+zero times (and never a row whose mark an earlier batch committed), which is why
+consumers deduplicate by envelope id (`mark_processed`).
 Published rows are kept for `retention` and then purged; the rows of events that carry a
 secret (`Event.purge_on_publish`, the sealed action tokens) are deleted in the transaction
 that publishes them, so they outlive their relay by no more than that transaction.
@@ -26,16 +27,21 @@ from typing import Any, NamedTuple
 
 from pydantic import BaseModel, Field
 from sqlalchemy import (
+    ARRAY,
     BigInteger,
     Column,
     DateTime,
     Identity,
     Index,
     Insert,
+    Integer,
     MetaData,
     Select,
     String,
     Table,
+    Update,
+    all_,
+    any_,
     bindparam,
     delete,
     event,
@@ -46,7 +52,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import JSONB, insert
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import ReturningInsert
 
@@ -232,7 +238,8 @@ event.listen(Session, "after_rollback", _WAKERS.after_rollback)
 
 
 class OutboxRelay:
-    """Publishes unpublished outbox rows in id order, marking each as it goes.
+    """Publishes unpublished outbox rows in id order, a batch of `batch_size` at most per
+    transaction, marking the batch once the bus has taken it.
 
     Rows are locked with `FOR UPDATE SKIP LOCKED`, so several relays (replicas) share
     the work without publishing a row twice while they are healthy.
@@ -281,61 +288,63 @@ class OutboxRelay:
         self._task = None
 
     async def relay_once(self) -> int:
-        """Publish and mark up to `batch_size` rows; returns how many it published.
+        """Publish and mark up to `batch_size` rows in one transaction; how many it published.
 
-        One connection for the pass (one pool checkout and ping, not one per row), and the
-        pass ends with the last row it saw waiting instead of with an empty transaction: a
-        row committed meanwhile in this process wakes the relay again, one from another
-        process is found by the next poll.
+        The pass claims the oldest unclaimed rows, publishes them in id order in one bus
+        round trip, marks them (and deletes those carrying a secret) in one statement and
+        commits once. A failed commit leaves the whole batch unmarked, so the next pass
+        publishes exactly those rows again; rows whose marks committed in an earlier pass
+        are never published again. A row committed meanwhile in this process wakes the
+        relay again; one from another process is found by the next poll.
         """
-        published = 0
-        async with self.engine.connect() as conn:
-            more = True
-            while more and published < self.batch_size:
-                found, more = await self._relay_next(conn)
-                published += found
-        return published
+        async with self.engine.connect() as conn, conn.begin():
+            rows = (await conn.execute(self._claim(), {"limit": self.batch_size})).all()
+            if not rows:
+                return 0
+            envelopes = [self._envelope(row.payload) for row in rows]
+            await self.bus.publish_many(envelopes)
+            purged = [
+                row.id
+                for row, envelope in zip(rows, envelopes, strict=True)
+                if purged_on_publish(envelope.type, envelope.version)
+            ]
+            await conn.execute(
+                self._settle(),
+                {"published": [row.id for row in rows], "purged": purged},
+            )
+        return len(rows)
 
     @staticmethod
     @functools.cache
-    def _next_row() -> Select[tuple[int, Any, bool]]:
-        """The oldest unclaimed row and whether later ones wait (built once)."""
+    def _claim() -> Select[tuple[int, Any]]:
+        """The oldest unclaimed rows, at most `:limit`, locked (built once)."""
         table = _RUNTIME.outbox
-        later = table.alias("later")
-        waiting = (
-            select(later.c.id)
-            .where(later.c.published_at.is_(None), later.c.id > table.c.id)
-            .exists()
-        )
         return (
-            select(table.c.id, table.c.payload, waiting.label("more"))
+            select(table.c.id, table.c.payload)
             .where(table.c.published_at.is_(None))
             .order_by(table.c.id)
-            .limit(1)
+            .limit(bindparam("limit", type_=Integer()))
             .with_for_update(of=table, skip_locked=True)
         )
 
-    async def _relay_next(self, conn: AsyncConnection) -> tuple[bool, bool]:
-        """Publish the oldest unclaimed row and mark it, in a transaction of its own.
-
-        One row per transaction: when a commit fails (the database went away), only the row
-        it was about is published again, never rows whose marks had already committed.
-        Returns whether a row was published and whether later ones were waiting.
-        """
+    @staticmethod
+    @functools.cache
+    def _settle() -> Update:
+        """Delete the `:purged` rows and mark the other `:published` ones, in one statement."""
         table = _RUNTIME.outbox
-        async with conn.begin():
-            row = (await conn.execute(self._next_row())).first()
-            if row is None:
-                return False, False
-            envelope = self._envelope(row.payload)
-            await self.bus.publish(envelope)
-            if purged_on_publish(envelope.type, envelope.version):
-                await conn.execute(delete(table).where(table.c.id == row.id))
-            else:
-                await conn.execute(
-                    update(table).where(table.c.id == row.id).values(published_at=func.now())
-                )
-        return True, bool(row.more)
+        ids = ARRAY(BigInteger())
+        purged = (
+            delete(table).where(table.c.id == any_(bindparam("purged", type_=ids))).cte("purged")
+        )
+        return (
+            update(table)
+            .where(
+                table.c.id == any_(bindparam("published", type_=ids)),
+                table.c.id != all_(bindparam("purged", type_=ids)),
+            )
+            .values(published_at=func.now())
+            .add_cte(purged)
+        )
 
     async def purge(self) -> int:
         """Delete rows published longer ago than `retention`."""
