@@ -2,10 +2,10 @@
 
 `add_to_outbox(session, event)` inserts the event in the caller's transaction, so the
 event exists if and only if the business change committed. The relay claims a batch of
-unpublished rows, publishes them and only then marks them published, one transaction per
-batch: a crash or a failed commit in between publishes that batch's rows twice, never
-zero times (and never a row whose mark an earlier batch committed), which is why
-consumers deduplicate by envelope id (`mark_processed`).
+unpublished rows and marks them published, publishes them, and only then commits, one
+transaction per batch: a crash or a failed commit in between publishes that batch's rows
+twice, never zero times (and never a row whose mark an earlier batch committed), which is
+why consumers deduplicate by envelope id (`mark_processed`).
 Published rows are kept for `retention` and then purged; the rows of events that carry a
 secret (`Event.purge_on_publish`, the sealed action tokens) are deleted in the transaction
 that publishes them, so they outlive their relay by no more than that transaction.
@@ -27,7 +27,6 @@ from typing import Any, NamedTuple
 
 from pydantic import BaseModel, Field
 from sqlalchemy import (
-    ARRAY,
     BigInteger,
     Column,
     DateTime,
@@ -36,12 +35,8 @@ from sqlalchemy import (
     Insert,
     Integer,
     MetaData,
-    Select,
     String,
     Table,
-    Update,
-    all_,
-    any_,
     bindparam,
     delete,
     event,
@@ -52,9 +47,9 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import JSONB, insert
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
-from sqlalchemy.sql.dml import ReturningInsert
+from sqlalchemy.sql.dml import ReturningInsert, ReturningUpdate
 
 from keelson.bus import BUS, Bus
 from keelson.db import DB_ENGINE
@@ -83,6 +78,7 @@ _OUTBOX = "outbox"
 _PROCESSED = "processed_events"
 _UNPUBLISHED_INDEX = "ix_outbox_unpublished"
 _PUBLISHED_AT_INDEX = "ix_outbox_published_at"
+_BATCHES_PER_PASS = 10
 
 
 class OutboxTables(NamedTuple):
@@ -239,7 +235,7 @@ event.listen(Session, "after_rollback", _WAKERS.after_rollback)
 
 class OutboxRelay:
     """Publishes unpublished outbox rows in id order, a batch of `batch_size` at most per
-    transaction, marking the batch once the bus has taken it.
+    transaction, which commits once the bus has taken the batch.
 
     Rows are locked with `FOR UPDATE SKIP LOCKED`, so several relays (replicas) share
     the work without publishing a row twice while they are healthy.
@@ -288,62 +284,74 @@ class OutboxRelay:
         self._task = None
 
     async def relay_once(self) -> int:
-        """Publish and mark up to `batch_size` rows in one transaction; how many it published.
+        """Publish and mark the rows waiting, a batch of at most `batch_size` per
+        transaction; returns how many it published."""
+        published, _ = await self._relay_pass()
+        return published
 
-        The pass claims the oldest unclaimed rows, publishes them in id order in one bus
-        round trip, marks them (and deletes those carrying a secret) in one statement and
-        commits once. A failed commit leaves the whole batch unmarked, so the next pass
-        publishes exactly those rows again; rows whose marks committed in an earlier pass
-        are never published again. A row committed meanwhile in this process wakes the
-        relay again; one from another process is found by the next poll.
+    async def _relay_pass(self) -> tuple[int, bool]:
+        """Batches on one connection while rows keep coming; (published, more may wait).
+
+        The pass goes on to another batch while the last one was full or a commit in this
+        process woke the relay meanwhile (so a busy relay checks a connection out once,
+        not once per batch), for at most `_BATCHES_PER_PASS` batches; a row committed by
+        another process is found by the next poll.
         """
-        async with self.engine.connect() as conn, conn.begin():
+        published = 0
+        async with self.engine.connect() as conn:
+            for _ in range(_BATCHES_PER_PASS):
+                self._wake.clear()
+                count = await self._relay_batch(conn)
+                published += count
+                more = count == self.batch_size
+                if self._stopping or not (more or self._wake.is_set()):
+                    return published, more
+        return published, True
+
+    async def _relay_batch(self, conn: AsyncConnection) -> int:
+        """Claim, publish and mark the oldest unclaimed rows in one transaction.
+
+        One statement claims the rows and marks them published; they are published in
+        id order in one bus round trip, the rows of events carrying a secret are deleted,
+        and the transaction commits. A failed publish or commit rolls the whole batch
+        back, so the next batch publishes exactly those rows again, never a row whose
+        mark an earlier commit acknowledged.
+        """
+        table = _RUNTIME.outbox
+        async with conn.begin():
             rows = (await conn.execute(self._claim(), {"limit": self.batch_size})).all()
             if not rows:
                 return 0
+            rows.sort(key=lambda row: int(row.id))  # RETURNING has no order
             envelopes = [self._envelope(row.payload) for row in rows]
             await self.bus.publish_many(envelopes)
-            purged = [
+            secret = [
                 row.id
                 for row, envelope in zip(rows, envelopes, strict=True)
                 if purged_on_publish(envelope.type, envelope.version)
             ]
-            await conn.execute(
-                self._settle(),
-                {"published": [row.id for row in rows], "purged": purged},
-            )
+            if secret:
+                await conn.execute(delete(table).where(table.c.id.in_(secret)))
         return len(rows)
 
     @staticmethod
     @functools.cache
-    def _claim() -> Select[tuple[int, Any]]:
-        """The oldest unclaimed rows, at most `:limit`, locked (built once)."""
+    def _claim() -> ReturningUpdate[tuple[int, Any]]:
+        """Lock the oldest unclaimed rows (at most `:limit`), mark them published, return
+        them (built once)."""
         table = _RUNTIME.outbox
-        return (
-            select(table.c.id, table.c.payload)
+        oldest = (
+            select(table.c.id)
             .where(table.c.published_at.is_(None))
             .order_by(table.c.id)
             .limit(bindparam("limit", type_=Integer()))
-            .with_for_update(of=table, skip_locked=True)
-        )
-
-    @staticmethod
-    @functools.cache
-    def _settle() -> Update:
-        """Delete the `:purged` rows and mark the other `:published` ones, in one statement."""
-        table = _RUNTIME.outbox
-        ids = ARRAY(BigInteger())
-        purged = (
-            delete(table).where(table.c.id == any_(bindparam("purged", type_=ids))).cte("purged")
+            .with_for_update(skip_locked=True)
         )
         return (
             update(table)
-            .where(
-                table.c.id == any_(bindparam("published", type_=ids)),
-                table.c.id != all_(bindparam("purged", type_=ids)),
-            )
+            .where(table.c.id.in_(oldest.scalar_subquery()))
             .values(published_at=func.now())
-            .add_cte(purged)
+            .returning(table.c.id, table.c.payload)
         )
 
     async def purge(self) -> int:
@@ -365,7 +373,7 @@ class OutboxRelay:
         while not self._stopping:
             self._wake.clear()
             try:
-                published = await self.relay_once()
+                _, more = await self._relay_pass()
                 if time.monotonic() >= self._next_purge:
                     await self.purge()
                     self._next_purge = time.monotonic() + 600
@@ -377,7 +385,7 @@ class OutboxRelay:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
                 continue
-            if published == self.batch_size:
+            if more:
                 continue
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.poll_interval):
