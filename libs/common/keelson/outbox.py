@@ -286,26 +286,25 @@ class OutboxRelay:
     async def relay_once(self) -> int:
         """Publish and mark the rows waiting, a batch of at most `batch_size` per
         transaction; returns how many it published."""
-        published, _ = await self._relay_pass()
+        async with self.engine.connect() as conn:
+            published, _ = await self._relay_pass(conn)
         return published
 
-    async def _relay_pass(self) -> tuple[int, bool]:
-        """Batches on one connection while rows keep coming; (published, more may wait).
+    async def _relay_pass(self, conn: AsyncConnection) -> tuple[int, bool]:
+        """Batches while rows keep coming; (published, more may wait).
 
         The pass goes on to another batch while the last one was full or a commit in this
-        process woke the relay meanwhile (so a busy relay checks a connection out once,
-        not once per batch), for at most `_BATCHES_PER_PASS` batches; a row committed by
-        another process is found by the next poll.
+        process woke the relay meanwhile, for at most `_BATCHES_PER_PASS` batches; a row
+        committed by another process is found by the next poll.
         """
         published = 0
-        async with self.engine.connect() as conn:
-            for _ in range(_BATCHES_PER_PASS):
-                self._wake.clear()
-                count = await self._relay_batch(conn)
-                published += count
-                more = count == self.batch_size
-                if self._stopping or not (more or self._wake.is_set()):
-                    return published, more
+        for _ in range(_BATCHES_PER_PASS):
+            self._wake.clear()
+            count = await self._relay_batch(conn)
+            published += count
+            more = count == self.batch_size
+            if self._stopping or not (more or self._wake.is_set()):
+                return published, more
         return published, True
 
     async def _relay_batch(self, conn: AsyncConnection) -> int:
@@ -371,25 +370,39 @@ class OutboxRelay:
     async def _run(self) -> None:
         backoff = 0.1
         while not self._stopping:
-            self._wake.clear()
             try:
-                _, more = await self._relay_pass()
-                if time.monotonic() >= self._next_purge:
-                    await self.purge()
-                    self._next_purge = time.monotonic() + 600
-                self.last_error, backoff = None, 0.1
-                self.passes += 1
+                async with self.engine.connect() as conn:
+                    await self._serve(conn)
             except Exception as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"[:300]
                 _log.warning("outbox relay failed, retrying: %s", self.last_error)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
-                continue
+            else:
+                backoff = 0.1
+
+    async def _serve(self, conn: AsyncConnection) -> None:
+        """Passes on `conn`, one each time the relay is woken or `poll_interval` elapses.
+
+        A relay kept busy keeps its connection (one checkout and pre-ping, not one per
+        pass); once a poll interval goes by without a wake it gives the connection back to
+        the pool, and the next poll checks one out again.
+        """
+        while not self._stopping:
+            self._wake.clear()
+            _, more = await self._relay_pass(conn)
+            if time.monotonic() >= self._next_purge:
+                await self.purge()
+                self._next_purge = time.monotonic() + 600
+            self.last_error = None
+            self.passes += 1
             if more:
                 continue
-            with contextlib.suppress(TimeoutError):
+            try:
                 async with asyncio.timeout(self.poll_interval):
                     await self._wake.wait()
+            except TimeoutError:
+                return
 
 
 class OutboxRelayOptions(BaseModel):
