@@ -629,6 +629,69 @@ def test_k8s_services_trust_forwarded_addresses_from_pods_only(overlay: str | No
     )
 
 
+def _with_public_edge(overlay: str, tmp_path: Path) -> str:
+    """An overlay of `overlay` with the public-edge component, as kubectl builds it."""
+    kubectl = _require("kubectl")
+    root = tmp_path / "with-edge"
+    root.mkdir()
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [os.path.relpath(K8S / "overlays" / overlay, root)],
+        "components": [os.path.relpath(K8S / "components" / "public-edge", root)],
+    }
+    (root / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    return _run([kubectl, "kustomize", str(root)])
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_k8s_public_edge_component_serves_composes_edge_in_place_of_the_ingress(
+    overlay: str, tmp_path: Path, compose: dict[str, Any]
+) -> None:
+    """deploy/k8s/components/public-edge on each overlay: valid (strict), no Ingress, a
+    LoadBalancer keeping the client's address in front of nginx with exactly compose's
+    edge.conf and problems.conf, locked down like every workload; the gateway then takes
+    traffic from the namespace's pods (and Prometheus) only."""
+    built = _with_public_edge(overlay, tmp_path)
+    _run([_require("kubernetes-validate"), "--strict", "--quiet", "-"], stdin=built)
+    documents = [d for d in yaml.safe_load_all(built) if d]
+    assert not _by_kind(documents, "Ingress")
+    service = _by_kind(documents, "Service")["edge"]["spec"]
+    assert (service["type"], service["externalTrafficPolicy"]) == ("LoadBalancer", "Local")
+    assert service["ports"][0]["targetPort"] == "http"
+    config = _by_kind(documents, "ConfigMap")
+    edge_config = next(
+        v["data"] for k, v in config.items() if _generated(k) == "keelson-edge-config"
+    )
+    for name in ("edge.conf", "problems.conf"):
+        assert edge_config[name] == (DEPLOY / "nginx" / name).read_text(), f"copy {name}"
+    pod = _by_kind(documents, "Deployment")["edge"]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["image"] == compose["services"]["edge"]["image"]
+    assert {"name": "http", "containerPort": 8080, "protocol": "TCP"} in container["ports"]
+    mounts = {m["mountPath"]: m.get("subPath") for m in container["volumeMounts"]}
+    assert mounts["/etc/nginx/conf.d/default.conf"] == "edge.conf"
+    assert mounts["/etc/nginx/keelson/problems.conf"] == "problems.conf"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert probe in container, probe
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"]["drop"] == ["ALL"]
+    assert _by_kind(documents, "PodDisruptionBudget")["edge"]
+    policies = _by_kind(documents, "NetworkPolicy")
+    gateway_sources = [
+        p for r in policies["keelson-gateway-public"]["spec"]["ingress"] for p in r["from"]
+    ]
+    assert all(p == {"podSelector": {}} or "namespaceSelector" in p for p in gateway_sources)
+    internal = policies["keelson-internal-only"]["spec"]["podSelector"]["matchExpressions"]
+    assert internal[0]["values"] == ["gateway", "edge"]
+    assert policies["keelson-edge-public"]["spec"]["podSelector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "edge"
+    }
+
+
 def test_compose_edge_fronts_the_gateway_and_is_its_one_believed_hop(
     compose: dict[str, Any],
 ) -> None:
