@@ -40,6 +40,7 @@ NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 CLIENT = "127.0.0.7"
 FORGED = "203.0.113.9"
 START_TIMEOUT = 30.0
+BODY_TIMEOUT = 3.0
 
 # What nginx answers, of what granian refuses: 400, but 505 for an HTTP version it does not
 # speak and 501 for a transfer coding it does not implement (RFC 9112's statuses). A header
@@ -72,7 +73,7 @@ def _edge_config(listen_port: int, gateway_port: int) -> str:
 def running_edge(workdir: Path, gateway_port: int) -> Iterator[int]:
     """nginx in the foreground with the shipped server block; yields its port."""
     if not Path(NGINX).exists():
-        pytest.skip(f"nginx is not installed ({NGINX}): apt-get install nginx-light")
+        pytest.skip(f"nginx is not installed ({NGINX}): apt-get install nginx")
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     (workdir / "edge.conf").write_text(_edge_config(port, gateway_port))
@@ -113,7 +114,8 @@ def running_edge(workdir: Path, gateway_port: int) -> Iterator[int]:
 @pytest.fixture(scope="module")
 def gateway(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
     """The real gateway, as compose runs it behind the edge: one forwarded hop believed,
-    from 127.0.0.1 (the edge) only; JSON logs, so its access records can be read."""
+    from 127.0.0.1 (the edge) only; JSON logs, so its access records can be read; a body
+    timeout of 3 s (the edge's 60 s stays as shipped)."""
     process = gateway_process(
         tmp_path_factory.mktemp("edge-gateway"),
         {},
@@ -122,6 +124,8 @@ def gateway(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             "KEELSON_TRUSTED_PROXY_HOPS": "1",
             "KEELSON_TRUSTED_PROXIES": '["127.0.0.1"]',
             "KEELSON_LOG__FORMAT": "json",
+            # Shorter than its 30 s default, so the stalled body's case runs quickly.
+            "KEELSON_CONNECTIONS__BODY_TIMEOUT_SECONDS": str(BODY_TIMEOUT),
         },
     )
     try:
@@ -180,16 +184,16 @@ def _assert_edge_problem(answer: bytes, status: int) -> None:
     assert _head(answer)["server"] == "nginx", "a version or another name"
 
 
-@pytest.mark.parametrize("request_line", REFUSED_BY_GRANIAN.values(), ids=REFUSED_BY_GRANIAN.keys())
+@pytest.mark.parametrize("name", REFUSED_BY_GRANIAN)
 def test_what_granian_answers_bare_is_problem_json_at_the_edge(
-    edge: int, gateway: ServiceProcess, request_line: bytes
+    edge: int, gateway: ServiceProcess, name: str
 ) -> None:
     """Sent: each head granian answers with a bare 400 (test_connections.py), to the edge.
     Holds: nginx answers it (400; 505 for the HTTP versions, 501 for the transfer codings)
     as problem+json with keelson.errors' type and title, `Connection: close`; the header
     line without a colon, which nginx reads as an empty header, reaches the gateway as a
     well-formed request and gets the gateway's answer (its `server: keelson`)."""
-    name = next(k for k, v in REFUSED_BY_GRANIAN.items() if v == request_line)
+    request_line = REFUSED_BY_GRANIAN[name]
     answer = _exchange(edge, request_line)
     status = _EDGE_STATUS[name]
     if status is None:
@@ -206,8 +210,8 @@ def test_a_request_passes_through_with_the_gateways_answer(
     edge: int, gateway: ServiceProcess
 ) -> None:
     """Sent: `GET /health/live` through the edge and to the gateway directly. Holds: the
-    same status, body and headers (the gateway's `server: keelson` and `date` among them;
-    only the connection's own headers and the request id differ)."""
+    same status, body and headers (the gateway's `server: keelson` and security headers
+    among them; only `date`, `connection` and the request id differ)."""
     through, direct = _get(edge, "/health/live"), _get(gateway.port, "/health/live")
     assert _status(through) == _status(direct) == 200
     assert through.split(b"\r\n\r\n", 1)[1] == direct.split(b"\r\n\r\n", 1)[1]
@@ -238,6 +242,21 @@ def test_the_gateways_own_problems_pass_untouched(
     assert (
         problem["detail"] == json.loads(_get(gateway.port, path).split(b"\r\n\r\n", 1)[1])["detail"]
     )
+
+
+def test_a_stalled_body_is_the_gateways_408_problem(edge: int, gateway: ServiceProcess) -> None:
+    """Sent: a POST to the gateway's handshake route declaring 100 bytes of body, 10 of
+    them, then silence, through the edge (which streams bodies on). Holds: the gateway's
+    408 problem+json (`server: keelson`) reaches the client: the edge waits longer than the
+    gateway (nginx itself would drop the connection without an answer)."""
+    head = (
+        b"POST /api/v1/handshake HTTP/1.1\r\nHost: gateway\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+    )
+    answer = _exchange(edge, head + b'{"public_')
+    assert _status(answer) == 408, answer[:400]
+    assert _head(answer)["server"] == "keelson"
+    assert _problem(answer)["status"] == 408
 
 
 def test_the_gateway_down_is_a_502_problem(tmp_path: Path) -> None:
