@@ -209,7 +209,7 @@ def test_a_malformed_request_is_answered_400_without_a_body(
     assert answer.endswith(b"\r\n\r\n")
 
 
-_PARSED_BUT_MALFORMED = {
+PARSED_BUT_MALFORMED = {
     # granian hands these on (a target it could not read as a path as ""); the gateway
     # answers them.
     "target-not-a-path": b"GET x HTTP/1.1\r\nHost: gateway\r\n\r\n",
@@ -225,7 +225,7 @@ _PARSED_BUT_MALFORMED = {
 
 
 @pytest.mark.parametrize(
-    "request_line", _PARSED_BUT_MALFORMED.values(), ids=_PARSED_BUT_MALFORMED.keys()
+    "request_line", PARSED_BUT_MALFORMED.values(), ids=PARSED_BUT_MALFORMED.keys()
 )
 def test_a_malformed_request_granian_hands_on_is_400_problem_json(
     suite: RunningSuite, request_line: bytes
@@ -250,7 +250,7 @@ def test_a_malformed_request_granian_hands_on_is_400_problem_json(
         b"GET /nowhere HTTP/1.1\r\nHost: gateway\r\n\r\n",
         b"GET /api/v1/auth/me HTTP/1.1\r\nHost: gateway\r\n\r\n",
         b"GET /.well-known/jwks.json HTTP/1.1\r\nHost: gateway\r\n\r\n",
-        _PARSED_BUT_MALFORMED["bad-chunk-size"],
+        PARSED_BUT_MALFORMED["bad-chunk-size"],
     ],
     ids=["ok", "not-found", "problem", "proxied", "body-unreadable"],
 )

@@ -29,7 +29,7 @@ from keelson.errors import KeelsonError
 from keelson_dev.embedded import free_port
 from keelson_dev.testing import ServiceProcess, gateway_process
 
-from .test_connections import REFUSED_BY_GRANIAN
+from .test_connections import PARSED_BUT_MALFORMED, REFUSED_BY_GRANIAN
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -204,6 +204,16 @@ def test_what_granian_answers_bare_is_problem_json_at_the_edge(
         return
     _assert_edge_problem(answer, status)
     assert _head(answer)["connection"] == "close"
+
+
+@pytest.mark.parametrize("name", PARSED_BUT_MALFORMED)
+def test_what_the_gateway_refuses_behind_granian_the_edge_refuses_first(
+    edge: int, name: str
+) -> None:
+    """Sent: the heads granian hands on and the gateway answers 400 problem+json
+    (test_connections.py: a target that is no path, authority-form CONNECT, chunked bodies
+    that do not decode), to the edge. Holds: nginx refuses each itself, 400 problem+json."""
+    _assert_edge_problem(_exchange(edge, PARSED_BUT_MALFORMED[name]), 400)
 
 
 def test_a_request_passes_through_with_the_gateways_answer(
