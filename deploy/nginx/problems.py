@@ -28,6 +28,7 @@ EDGE_PROBLEMS: dict[int, str] = {
     400: "The request could not be parsed.",
     404: "Nothing is here.",
     405: "The edge does not allow this method.",
+    # nginx closes a timed-out connection without an answer today; should one go out:
     408: "The request took too long to arrive; the connection is closed.",
     411: "The request needs a Content-Length.",
     413: "The request body is too large.",
