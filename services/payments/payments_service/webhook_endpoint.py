@@ -8,8 +8,8 @@ exception middleware and response model cost about as much CPU again as that wor
 `WEBHOOK_PATH` itself and passes every other request on to the app. It sits where
 `keelson.http.create_app` puts a front: behind `ServiceMiddleware` (request id, access
 record, metrics, security headers) and `CancelOnDisconnect`, as the route did.
-The FastAPI route (`api/webhooks.py`) stays the operation's OpenAPI declaration, with
-the same code path (`receive_event`) for an app built without this layer.
+The FastAPI route (`api/webhooks.py`) stays the operation's OpenAPI declaration; its
+handler shares `receive_event` with this layer.
 """
 
 from __future__ import annotations

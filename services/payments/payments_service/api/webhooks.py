@@ -1,8 +1,10 @@
 """The Stripe webhook endpoint: public, verified by signature, applied once.
 
 `StripeWebhookEndpoint` (`payments_service.webhook_endpoint`) answers these POSTs in front
-of FastAPI's stack; this route declares the operation for the OpenAPI document and serves
-it, through the same `receive_event`, in an app built without that layer.
+of FastAPI's stack, so in the service's app this handler is not reached: the route declares
+the operation in the OpenAPI document (where the gateway's validation and the route-policy
+test read it), and its handler, on the same `receive_event`, serves an app that includes
+`payments_service.api.routers` without that layer.
 """
 
 from __future__ import annotations
