@@ -267,6 +267,28 @@ async def test_a_commit_wakes_the_relay_before_its_poll_interval(
     await eventually(lambda: [e.id for e in got] == [sent.id])
 
 
+async def test_a_row_from_another_process_is_found_by_the_next_poll(
+    engine: AsyncEngine,
+    bus: RedisBus,
+    relays: Callable[..., OutboxRelay],
+) -> None:
+    topic = f"payments.t{uuid.uuid4().hex[:8]}"
+    got = await listen(bus, topic)
+    relay = relays(poll_interval=0.2)
+    await eventually(lambda: relay.passes >= 1)
+    sent = Envelope(type=topic, producer="payments")
+    # Written without a session of this process: nothing wakes the relay, its poll finds it.
+    async with engine.begin() as conn:
+        await conn.execute(
+            text("INSERT INTO outbox (topic, payload) VALUES (:topic, CAST(:payload AS jsonb))"),
+            {"topic": topic, "payload": sent.model_dump_json()},
+        )
+
+    await eventually(lambda: [e.id for e in got] == [sent.id])
+    passes = relay.passes
+    await eventually(lambda: relay.passes >= passes + 2)  # idle, it goes on polling
+
+
 async def test_two_relays_share_the_rows_without_publishing_one_twice(
     engine: AsyncEngine,
     sessions: async_sessionmaker[AsyncSession],
