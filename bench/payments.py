@@ -633,7 +633,7 @@ NOTE = (
     " section below) are the steadier before/after on this loaded machine."
 )
 WHERE = (
-    "What changed since 811 events/s and 1.10 ms per event (2026-12-07 04:55, same command):"
+    "What changed since 811 events/s and 1.10 ms per event (2026-12-07 04:55, the same bench):"
     " (1) the outbox relay (`keelson.outbox`) publishes a batch per transaction: one"
     " statement claims and marks up to `batch_size` rows (FOR UPDATE SKIP LOCKED), one Redis"
     " pipeline publishes them in id order, one COMMIT, where it took BEGIN, claim, XADD,"
@@ -654,42 +654,6 @@ WHERE = (
     " StripeObject tree), the group commit about a fifth (the ORM claim of the intents, the"
     " events' envelopes, the one write statement), the outbox relay about a tenth, uvicorn,"
     " `ServiceMiddleware` and the event loop the rest."
-)
-INTRO = (
-    "User-space instructions per signed webhook event, the service beside the bare"
-    " verify-and-insert loop, each counted by callgrind in a child process while only the"
-    " measured events run (see the docstring of `bench/payments.py`)."
-)
-NOTE = (
-    "Like with like: each service row stands beside the bare loop at the same number in"
-    " flight (as many asyncpg connections, each INSERT its own autocommit transaction, so"
-    " PostgreSQL already shares WAL flushes between them). The service runs as its own"
-    " process (`python -m payments_service`, uvicorn, one worker) and is driven over real"
-    " HTTP from a separate load process, so its CPU per event is its own; it includes its"
-    " outbox relay (publishing every event to Redis), which the bare loop has no"
-    " counterpart for. The bare loop runs in the"
-    " bench's own process with no HTTP at all: the floor. Concurrent"
-    " webhook requests share a transaction (group commit: the claim and the write are one"
-    " statement each for the whole batch, then one COMMIT), so the handler's round trips"
-    " and commit are divided by the events per commit; one at a time there is nothing to"
-    " share and the figure is the old path's. User-space instructions per event (the"
-    " section below) are the steadier before/after on this loaded machine."
-)
-WHERE = (
-    "Where the service process's time goes (`--profile FILE`: cProfile in the service"
-    " process; 6,000 events at 1, 8 and 32 in flight): 6,367 transactions begun for 6,000"
-    " events. The webhook handler's batches are a few hundred of them (about 16 events per"
-    " commit at 32 in flight); nearly all the rest are the outbox relay's (`keelson.outbox`),"
-    " which publishes each row in a transaction of its own: BEGIN, claim, XADD, mark,"
-    " COMMIT, so about four database round trips and one Redis round trip per event, more"
-    " than the handler's whole share. Batching the relay is the next cut, but it changes a"
-    " tested guarantee: `test_a_failed_commit_republishes_only_the_row_it_was_about`"
-    " (libs/common/tests/test_outbox.py) holds that a failed commit republishes only the row"
-    " it was about; with one transaction per claimed batch it would republish up to the"
-    " whole batch (consumers deduplicate, but that test and docs/reliability.md would"
-    " change with it), so it is left for the lead's decision. The rest is below our layers:"
-    " `stripe.Webhook.construct_event` building its StripeObject tree, FastAPI's dependency"
-    " solving and routing, uvicorn's HTTP cycle, SQLAlchemy's statement execution."
 )
 INTRO = (
     "Signed Stripe webhooks through the payments service beside the bare verify-and-insert"
