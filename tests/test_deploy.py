@@ -328,21 +328,27 @@ def test_compose_wires_services_to_each_other(
     expected = {name: f"http://{name}:{port}" for name, (_, port) in SERVICES.items()}
     del expected["gateway"]
     assert upstreams == expected
-    assert services["gateway"]["ports"] == ["8000:8000"]
+    assert "ports" not in services["gateway"], "clients reach the gateway through the edge"
+    assert services["edge"]["ports"] == ["8000:8080"]
 
 
 def test_compose_services_trust_forwarded_addresses_from_the_gateway_only(
     compose: dict[str, Any],
 ) -> None:
+    """The services believe X-Forwarded-For from the gateway's fixed address, the gateway
+    from the edge's."""
     services = compose["services"]
     gateway_ip = services["gateway"]["networks"]["default"]["ipv4_address"]
+    edge_ip = services["edge"]["networks"]["default"]["ipv4_address"]
     subnet = compose["networks"]["default"]["ipam"]["config"][0]["subnet"]
-    assert ipaddress.ip_address(gateway_ip) in ipaddress.ip_network(subnet)
+    assert {ipaddress.ip_address(gateway_ip), ipaddress.ip_address(edge_ip)} <= set(
+        ipaddress.ip_network(subnet)
+    )
     for name in SERVICES:
         trusted = json.loads(services[name]["environment"]["KEELSON_TRUSTED_PROXIES"])
-        assert trusted == [gateway_ip], name
+        assert trusted == [edge_ip if name == "gateway" else gateway_ip], name
     public_url = services["auth"]["environment"]["KEELSON_AUTH__PUBLIC_URL"]
-    assert public_url == f"http://localhost:{services['gateway']['ports'][0].split(':')[0]}"
+    assert public_url == f"http://localhost:{services['edge']['ports'][0].split(':')[0]}"
 
 
 def test_prometheus_scrapes_every_service(compose: dict[str, Any]) -> None:
@@ -623,11 +629,105 @@ def test_k8s_services_trust_forwarded_addresses_from_pods_only(overlay: str | No
     )
 
 
-def test_compose_gateway_believes_no_forwarded_hop(compose: dict[str, Any]) -> None:
-    """Compose publishes the gateway's port directly, with no proxy in front: the gateway
-    reads its peer's address (no hops believed), whatever X-Forwarded-For a client sends."""
-    gateway = compose["services"]["gateway"]["environment"]
-    assert str(gateway.get("KEELSON_TRUSTED_PROXY_HOPS", 0)) == "0"
+def _with_public_edge(overlay: str, tmp_path: Path) -> str:
+    """An overlay of `overlay` with the public-edge component, as kubectl builds it."""
+    kubectl = _require("kubectl")
+    root = tmp_path / "with-edge"
+    root.mkdir()
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [os.path.relpath(K8S / "overlays" / overlay, root)],
+        "components": [os.path.relpath(K8S / "components" / "public-edge", root)],
+    }
+    (root / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    return _run([kubectl, "kustomize", str(root)])
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_k8s_public_edge_component_serves_composes_edge_in_place_of_the_ingress(
+    overlay: str, tmp_path: Path, compose: dict[str, Any]
+) -> None:
+    """deploy/k8s/components/public-edge on each overlay: valid (strict), no Ingress, a
+    LoadBalancer keeping the client's address in front of nginx with exactly compose's
+    edge.conf and problems.conf, locked down like every workload; the gateway then takes
+    traffic from the namespace's pods (and Prometheus) only."""
+    built = _with_public_edge(overlay, tmp_path)
+    _run([_require("kubernetes-validate"), "--strict", "--quiet", "-"], stdin=built)
+    documents = [d for d in yaml.safe_load_all(built) if d]
+    assert not _by_kind(documents, "Ingress")
+    service = _by_kind(documents, "Service")["edge"]["spec"]
+    assert (service["type"], service["externalTrafficPolicy"]) == ("LoadBalancer", "Local")
+    assert service["ports"][0]["targetPort"] == "http"
+    config = _by_kind(documents, "ConfigMap")
+    edge_config = next(
+        v["data"] for k, v in config.items() if _generated(k) == "keelson-edge-config"
+    )
+    for name in ("edge.conf", "problems.conf"):
+        assert edge_config[name] == (DEPLOY / "nginx" / name).read_text(), f"copy {name}"
+    pod = _by_kind(documents, "Deployment")["edge"]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["image"] == compose["services"]["edge"]["image"]
+    assert {"name": "http", "containerPort": 8080, "protocol": "TCP"} in container["ports"]
+    mounts = {m["mountPath"]: m.get("subPath") for m in container["volumeMounts"]}
+    assert mounts["/etc/nginx/conf.d/default.conf"] == "edge.conf"
+    assert mounts["/etc/nginx/keelson/problems.conf"] == "problems.conf"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert probe in container, probe
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"]["drop"] == ["ALL"]
+    assert _by_kind(documents, "PodDisruptionBudget")["edge"]
+    policies = _by_kind(documents, "NetworkPolicy")
+    gateway_sources = [
+        p for r in policies["keelson-gateway-public"]["spec"]["ingress"] for p in r["from"]
+    ]
+    assert all(p == {"podSelector": {}} or "namespaceSelector" in p for p in gateway_sources)
+    internal = policies["keelson-internal-only"]["spec"]["podSelector"]["matchExpressions"]
+    assert internal[0]["values"] == ["gateway", "edge"]
+    assert policies["keelson-edge-public"]["spec"]["podSelector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "edge"
+    }
+
+
+def test_compose_edge_fronts_the_gateway_and_is_its_one_believed_hop(
+    compose: dict[str, Any],
+) -> None:
+    """The edge (official nginx, pinned) serves the shipped config and problems on the
+    published port and proxies to the gateway, replacing X-Forwarded-For with its peer's
+    address; the gateway believes exactly that one hop, from the edge alone."""
+    services = compose["services"]
+    edge, gateway = services["edge"], services["gateway"]
+    assert re.fullmatch(r"nginx:\d+\.\d+\.\d+(-alpine)?", edge["image"]), edge["image"]
+    assert edge["volumes"] == [
+        "./nginx/edge.conf:/etc/nginx/conf.d/default.conf:ro",
+        "./nginx/problems.conf:/etc/nginx/keelson/problems.conf:ro",
+    ]
+    assert edge["depends_on"]["gateway"]["condition"] == "service_healthy"
+    config = (DEPLOY / "nginx" / "edge.conf").read_text()
+    listen = re.findall(r"^\s*listen (\d+) default_server;", config, re.MULTILINE)
+    assert listen == [edge["ports"][0].split(":")[1]]
+    assert re.findall(r"^\s*server (\S+);", config, re.MULTILINE) == [
+        f"gateway:{gateway['environment']['KEELSON_PORT']}"
+    ]
+    assert "include /etc/nginx/keelson/problems.conf;" in config
+    assert "proxy_set_header X-Forwarded-For $remote_addr;" in config
+    assert "proxy_intercept_errors off;" in config
+    assert re.search(r"^\s*server_tokens off;", config, re.MULTILINE)
+    environment = gateway["environment"]
+    assert environment["KEELSON_TRUSTED_PROXY_HOPS"] == "1"
+    edge_ip = edge["networks"]["default"]["ipv4_address"]
+    assert json.loads(environment["KEELSON_TRUSTED_PROXIES"]) == [edge_ip]
+
+
+def test_edge_problems_are_generated_from_keelson_errors() -> None:
+    """problems.conf is what problems.py writes from keelson.errors: the edge's problems
+    cannot drift from the gateway's vocabulary."""
+    problems = _load_module(DEPLOY / "nginx" / "problems.py")
+    on_disk = (DEPLOY / "nginx" / "problems.conf").read_text()
+    assert on_disk == problems.rendered(), "run .venv/bin/python deploy/nginx/problems.py"
 
 
 @pytest.mark.parametrize("overlay", [None, *OVERLAYS], ids=["base", *OVERLAYS])

@@ -156,7 +156,7 @@ def test_an_8_mb_head_is_refused_with_431_while_it_is_read(suite: RunningSuite) 
 
 
 # What granian (hyper, httparse) refuses before any application code runs (granian 2.8.9).
-_REFUSED_BY_GRANIAN = {
+REFUSED_BY_GRANIAN = {
     "no-method-or-version": b"GARBAGE\r\n\r\n",
     "unknown-version": b"GET / HTTP/9.9\r\n\r\n",
     "http-2-in-an-http-1-line": b"GET / HTTP/2.0\r\nHost: gateway\r\n\r\n",
@@ -188,9 +188,7 @@ _REFUSED_BY_GRANIAN = {
 }
 
 
-@pytest.mark.parametrize(
-    "request_line", _REFUSED_BY_GRANIAN.values(), ids=_REFUSED_BY_GRANIAN.keys()
-)
+@pytest.mark.parametrize("request_line", REFUSED_BY_GRANIAN.values(), ids=REFUSED_BY_GRANIAN.keys())
 def test_a_malformed_request_is_answered_400_without_a_body(
     suite: RunningSuite, request_line: bytes
 ) -> None:
@@ -211,7 +209,7 @@ def test_a_malformed_request_is_answered_400_without_a_body(
     assert answer.endswith(b"\r\n\r\n")
 
 
-_PARSED_BUT_MALFORMED = {
+PARSED_BUT_MALFORMED = {
     # granian hands these on (a target it could not read as a path as ""); the gateway
     # answers them.
     "target-not-a-path": b"GET x HTTP/1.1\r\nHost: gateway\r\n\r\n",
@@ -227,7 +225,7 @@ _PARSED_BUT_MALFORMED = {
 
 
 @pytest.mark.parametrize(
-    "request_line", _PARSED_BUT_MALFORMED.values(), ids=_PARSED_BUT_MALFORMED.keys()
+    "request_line", PARSED_BUT_MALFORMED.values(), ids=PARSED_BUT_MALFORMED.keys()
 )
 def test_a_malformed_request_granian_hands_on_is_400_problem_json(
     suite: RunningSuite, request_line: bytes
@@ -252,7 +250,7 @@ def test_a_malformed_request_granian_hands_on_is_400_problem_json(
         b"GET /nowhere HTTP/1.1\r\nHost: gateway\r\n\r\n",
         b"GET /api/v1/auth/me HTTP/1.1\r\nHost: gateway\r\n\r\n",
         b"GET /.well-known/jwks.json HTTP/1.1\r\nHost: gateway\r\n\r\n",
-        _PARSED_BUT_MALFORMED["bad-chunk-size"],
+        PARSED_BUT_MALFORMED["bad-chunk-size"],
     ],
     ids=["ok", "not-found", "problem", "proxied", "body-unreadable"],
 )

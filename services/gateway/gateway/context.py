@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from ipaddress import ip_address, ip_network
 from typing import TYPE_CHECKING
 
 from starlette.types import Message, Receive, Scope
@@ -19,6 +20,7 @@ __all__ = [
     "BodyTooLarge",
     "ClientGone",
     "RequestContext",
+    "TrustedProxies",
     "body_chunks",
     "context",
     "find_context",
@@ -92,6 +94,40 @@ def forwarded_client(scope: Scope, trusted_hops: int) -> tuple[str, str]:
     hops = [part.strip() for part in chain.split(",")]
     client = hops[-trusted_hops] if len(hops) >= trusted_hops else hops[0]
     return client, f"{chain}, {ip}"
+
+
+class TrustedProxies:
+    """The socket peers whose X-Forwarded-For the gateway believes: those in `networks`
+    (the `trusted_proxies` setting), or any peer when none are listed.
+
+    Behind an edge with a fixed address (compose's nginx), a client that reaches the
+    gateway some other way cannot choose the address its limits and records are kept under.
+    """
+
+    __slots__ = ("_networks", "_verdicts")
+
+    # Peers are few behind a proxy; past this many the verdicts are forgotten, not grown.
+    _MAX_VERDICTS = 1024
+
+    def __init__(self, networks: Sequence[str]) -> None:
+        self._networks = tuple(ip_network(network, strict=False) for network in networks)
+        self._verdicts: dict[str, bool] = {}
+
+    def believes(self, peer: str) -> bool:
+        if not self._networks:
+            return True
+        verdict = self._verdicts.get(peer)
+        if verdict is None:
+            if len(self._verdicts) >= self._MAX_VERDICTS:
+                self._verdicts.clear()
+            try:
+                address = ip_address(peer)
+            except ValueError:  # "unknown": no socket peer (a Unix socket)
+                verdict = False
+            else:
+                verdict = any(address in network for network in self._networks)
+            self._verdicts[peer] = verdict
+        return verdict
 
 
 # nginx's status for a request whose client went away before the answer: the access record

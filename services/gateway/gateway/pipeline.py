@@ -7,7 +7,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.context import RequestContext, forwarded_client
+from gateway.context import RequestContext, TrustedProxies, forwarded_client
 from gateway.openapi import CATALOG, OpenApiCatalog
 from gateway.settings import Settings
 from keelson.config import PluginSettings
@@ -56,6 +56,7 @@ class Pipeline:
         self.container = container
         self.plugins = tuple(plugins)
         self.trusted_proxy_hops = settings.trusted_proxy_hops
+        self.trusted_proxies = TrustedProxies(settings.trusted_proxies)
         self.version = 0
         self.layers: tuple[str, ...] = ()
         self.catalog: OpenApiCatalog | None = None
@@ -112,11 +113,12 @@ class PipelineMiddleware:
         if scope["type"] == "http":
             catalog = pipeline.catalog
             hops = pipeline.trusted_proxy_hops
-            if hops:
+            peer = scope.get("client")
+            peer_ip = peer[0] if peer else "unknown"
+            if hops and pipeline.trusted_proxies.believes(peer_ip):
                 client_ip, forwarded_for = forwarded_client(scope, hops)
             else:  # the socket peer is the client: the usual case, without a call
-                peer = scope.get("client")
-                client_ip = forwarded_for = peer[0] if peer else "unknown"
+                client_ip = forwarded_for = peer_ip
             RequestContext(
                 catalog.match(scope["method"], scope["path"]) if catalog is not None else None,
                 client_ip,

@@ -103,6 +103,26 @@ async def test_clients_are_keyed_by_forwarded_ip(upstream: ServerThread) -> None
     assert (a.status_code, b.status_code) == (429, 200)
 
 
+@pytest.mark.parametrize(
+    ("trusted", "believed"),
+    [(["127.0.0.1"], True), (["10.9.9.9/32"], False)],
+    ids=["edge", "other"],
+)
+async def test_forwarded_ips_are_believed_from_trusted_proxies_only(
+    upstream: ServerThread, trusted: list[str], believed: bool
+) -> None:
+    """With `trusted_proxies` set, X-Forwarded-For keys the client only when the socket
+    peer (here 127.0.0.1) is one of them; from any other peer, the peer is the client and
+    every forwarded address shares its budget."""
+    settings = settings_for(upstream, trusted_proxy_hops=1, rate_limiting=limits(storage="memory"))
+    settings = settings.model_copy(update={"trusted_proxies": trusted})
+    async with running_gateway(settings) as (_, client):
+        for _ in range(3):
+            await client.get("/api/v1/logs/echo", headers={"X-Forwarded-For": "10.0.0.1"})
+        other = await client.get("/api/v1/logs/echo", headers={"X-Forwarded-For": "10.0.0.2"})
+    assert other.status_code == (200 if believed else 429)
+
+
 async def test_storage_down_fails_open_by_default_and_closed_when_asked(
     upstream: ServerThread,
 ) -> None:
