@@ -14,7 +14,8 @@ one (4xx, invalid address, template error) fails at once; a transient error on t
 attempt moves the row to dead letter and queues `notifications.delivery_failed`.
 A process killed mid-send leaves its rows `sending`; they are claimed again when the
 lease runs out, and the attempt counts. A row claimed ahead and not yet started when
-the worker stops is given back (pending, the attempt not counted).
+the worker stops, or still waiting for a sender after half its lease, is given back
+(pending, the attempt not counted).
 """
 
 from __future__ import annotations
@@ -126,7 +127,7 @@ class Outcome:
     error: DeliveryError | None
     code: int | None
     duration_ms: int
-    released: bool = False  # not sent: the worker stopped before its turn
+    released: bool = False  # not sent: the worker stopped, or the lease ran low, before its turn
 
 
 class DeliveryWorker:
@@ -263,9 +264,10 @@ class DeliveryWorker:
                     },
                 )
             ).all()
+        claimed_at = time.monotonic()
         for row in rows:
             self._claimed[row.channel] += 1
-            task = asyncio.create_task(self._deliver(row))
+            task = asyncio.create_task(self._deliver(row, claimed_at))
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
         full = len(rows) == limit
@@ -274,11 +276,11 @@ class DeliveryWorker:
                 self._backlog[channel] = full
         return full and limit < room
 
-    async def _deliver(self, row: Row[Any]) -> None:
+    async def _deliver(self, row: Row[Any], claimed_at: float) -> None:
         with monitor.isolated_scope(notification_id=str(row.id), channel=row.channel):
-            await self._deliver_one(row)
+            await self._deliver_one(row, claimed_at)
 
-    async def _deliver_one(self, row: Row[Any]) -> None:
+    async def _deliver_one(self, row: Row[Any], claimed_at: float) -> None:
         started = time.perf_counter()
         code: int | None = None
         error: DeliveryError | None = None
@@ -288,7 +290,10 @@ class DeliveryWorker:
         try:
             message = await self._message(row)
             async with self._senders[row.channel]:
-                if self._stopping:
+                # A row that waited half its lease for a sender goes back: sent later, its
+                # lease could run out mid-send and the row be claimed (and sent) again.
+                waited = time.monotonic() - claimed_at
+                if self._stopping or waited > self.settings.lease_seconds / 2:
                     self._results.put_nowait(Outcome(row, None, None, 0, released=True))
                     return
                 with monitor.trace(f"{row.channel}.send", op="notification.provider"):
@@ -387,6 +392,10 @@ class DeliveryWorker:
                         for o in attempted
                     ],
                 )
+        if released and not self._stopping:
+            for outcome in released:  # due again, and no claim may have looked since
+                self._backlog[outcome.row.channel] = True
+            self._wake.set()
         now = datetime.now(UTC)
         for outcome in sent:
             metrics.SENT(outcome.row.channel).inc()

@@ -190,3 +190,28 @@ async def test_rows_claimed_ahead_are_given_back_when_the_worker_stops(
     waiting = [r for r in rows if r.status != "sent"]
     assert waiting, "every row was sent: nothing was claimed ahead"
     assert all(r.status == "pending" and r.attempts == 0 for r in waiting), waiting
+
+
+async def test_a_row_waiting_past_half_its_lease_goes_back_and_is_sent_once(
+    worker_engine: AsyncEngine, make_worker: Callable[..., DeliveryWorker], smtp_sink: SmtpSink
+) -> None:
+    """Sent: 4 emails, one sender, an SMTP server taking 1.2 s a mail and a 2 s lease, so
+    the rows claimed ahead would wait past their lease for the sender. Holds: each mail
+    arrives exactly once, each row sent on its first counted attempt (a row given back
+    counts none). Without the guard, a row still waiting here when its lease ran out was
+    claimed again, by this worker's own claim, and sent twice."""
+    run = uuid.uuid4().hex[:8]
+    await queue_emails(worker_engine, requested_by="test", prefix=f"lease-{run}", count=4)
+    worker = make_worker(poll_interval_seconds=0.1, lease_seconds=2.0, concurrency=ONE_EACH)
+    smtp_sink.delay = 1.2
+    try:
+        worker.start()
+        await eventually(lambda: len(received(smtp_sink, f"lease-{run}-")) >= 4, timeout=120)
+        await worker.stop()
+    finally:
+        smtp_sink.delay = 0.0
+    arrived = received(smtp_sink, f"lease-{run}-")
+    assert sorted(arrived) == sorted(f"lease-{run}-{n}@example.com" for n in range(4))
+    async with worker_engine.connect() as conn:
+        rows = list(await conn.execute(_STATUSES))
+    assert [(r.status, r.attempts) for r in rows] == [("sent", 1)] * 4, rows
