@@ -224,7 +224,8 @@ class ServiceMiddleware:
         rid_token = request_id_var.set(request_id)
         trace_id = trace_id or random_id()
         tid_token = trace_id_var.set(trace_id)
-        uid_token = user_id_var.set(None)
+        # No user yet: usually none is bound outside either, and then nothing is set here.
+        uid_token = user_id_var.set(None) if user_id_var.get() is not None else None
         started = time.perf_counter()
         with isolated_scope(trace_id=trace_id, request_id=request_id):
             try:
@@ -254,7 +255,10 @@ class ServiceMiddleware:
                 try:
                     self._record(scope, path, ex, time.perf_counter() - started)
                 finally:
-                    user_id_var.reset(uid_token)
+                    if uid_token is not None:
+                        user_id_var.reset(uid_token)
+                    elif user_id_var.get() is not None:  # bound by a layer (security)
+                        user_id_var.set(None)  # as before the request: none
                     trace_id_var.reset(tid_token)
                     request_id_var.reset(rid_token)
                     tracker.count -= 1

@@ -1,10 +1,11 @@
 """Transactional outbox: events written with the caller's data, relayed to the bus later.
 
 `add_to_outbox(session, event)` inserts the event in the caller's transaction, so the
-event exists if and only if the business change committed. The relay publishes an
-unpublished row and only then marks it published, one row per transaction: a crash or a
-failed commit in between publishes that one row twice, never zero times (and never the
-rows already marked), which is why consumers deduplicate by envelope id (`mark_processed`).
+event exists if and only if the business change committed. The relay claims a batch of
+unpublished rows and marks them published, publishes them, and only then commits, one
+transaction per batch: a crash or a failed commit in between publishes that batch's rows
+twice, never zero times (and never a row whose mark an earlier batch committed), which is
+why consumers deduplicate by envelope id (`mark_processed`).
 Published rows are kept for `retention` and then purged; the rows of events that carry a
 secret (`Event.purge_on_publish`, the sealed action tokens) are deleted in the transaction
 that publishes them, so they outlive their relay by no more than that transaction.
@@ -32,8 +33,8 @@ from sqlalchemy import (
     Identity,
     Index,
     Insert,
+    Integer,
     MetaData,
-    Select,
     String,
     Table,
     bindparam,
@@ -48,7 +49,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
-from sqlalchemy.sql.dml import ReturningInsert
+from sqlalchemy.sql.dml import ReturningInsert, ReturningUpdate
 
 from keelson.bus import BUS, Bus
 from keelson.db import DB_ENGINE
@@ -77,6 +78,7 @@ _OUTBOX = "outbox"
 _PROCESSED = "processed_events"
 _UNPUBLISHED_INDEX = "ix_outbox_unpublished"
 _PUBLISHED_AT_INDEX = "ix_outbox_published_at"
+_BATCHES_PER_PASS = 10
 
 
 class OutboxTables(NamedTuple):
@@ -232,7 +234,8 @@ event.listen(Session, "after_rollback", _WAKERS.after_rollback)
 
 
 class OutboxRelay:
-    """Publishes unpublished outbox rows in id order, marking each as it goes.
+    """Publishes unpublished outbox rows in id order, a batch of `batch_size` at most per
+    transaction, which commits once the bus has taken the batch.
 
     Rows are locked with `FOR UPDATE SKIP LOCKED`, so several relays (replicas) share
     the work without publishing a row twice while they are healthy.
@@ -281,61 +284,74 @@ class OutboxRelay:
         self._task = None
 
     async def relay_once(self) -> int:
-        """Publish and mark up to `batch_size` rows; returns how many it published.
-
-        One connection for the pass (one pool checkout and ping, not one per row), and the
-        pass ends with the last row it saw waiting instead of with an empty transaction: a
-        row committed meanwhile in this process wakes the relay again, one from another
-        process is found by the next poll.
-        """
-        published = 0
+        """Publish and mark the rows waiting, a batch of at most `batch_size` per
+        transaction; returns how many it published."""
         async with self.engine.connect() as conn:
-            more = True
-            while more and published < self.batch_size:
-                found, more = await self._relay_next(conn)
-                published += found
+            published, _ = await self._relay_pass(conn)
         return published
 
-    @staticmethod
-    @functools.cache
-    def _next_row() -> Select[tuple[int, Any, bool]]:
-        """The oldest unclaimed row and whether later ones wait (built once)."""
-        table = _RUNTIME.outbox
-        later = table.alias("later")
-        waiting = (
-            select(later.c.id)
-            .where(later.c.published_at.is_(None), later.c.id > table.c.id)
-            .exists()
-        )
-        return (
-            select(table.c.id, table.c.payload, waiting.label("more"))
-            .where(table.c.published_at.is_(None))
-            .order_by(table.c.id)
-            .limit(1)
-            .with_for_update(of=table, skip_locked=True)
-        )
+    async def _relay_pass(self, conn: AsyncConnection) -> tuple[int, bool]:
+        """Batches while rows keep coming; (published, more may wait).
 
-    async def _relay_next(self, conn: AsyncConnection) -> tuple[bool, bool]:
-        """Publish the oldest unclaimed row and mark it, in a transaction of its own.
+        The pass goes on to another batch while the last one was full or a commit in this
+        process woke the relay meanwhile, for at most `_BATCHES_PER_PASS` batches; a row
+        committed by another process is found by the next poll.
+        """
+        published = 0
+        for _ in range(_BATCHES_PER_PASS):
+            self._wake.clear()
+            count = await self._relay_batch(conn)
+            published += count
+            more = count == self.batch_size
+            if self._stopping or not (more or self._wake.is_set()):
+                return published, more
+        return published, True
 
-        One row per transaction: when a commit fails (the database went away), only the row
-        it was about is published again, never rows whose marks had already committed.
-        Returns whether a row was published and whether later ones were waiting.
+    async def _relay_batch(self, conn: AsyncConnection) -> int:
+        """Claim, publish and mark the oldest unclaimed rows in one transaction.
+
+        One statement claims the rows and marks them published; they are published in
+        id order in one bus round trip, the rows of events carrying a secret are deleted,
+        and the transaction commits. A failed publish or commit rolls the whole batch
+        back, so the next batch publishes exactly those rows again, never a row whose
+        mark an earlier commit acknowledged.
         """
         table = _RUNTIME.outbox
         async with conn.begin():
-            row = (await conn.execute(self._next_row())).first()
-            if row is None:
-                return False, False
-            envelope = self._envelope(row.payload)
-            await self.bus.publish(envelope)
-            if purged_on_publish(envelope.type, envelope.version):
-                await conn.execute(delete(table).where(table.c.id == row.id))
-            else:
-                await conn.execute(
-                    update(table).where(table.c.id == row.id).values(published_at=func.now())
-                )
-        return True, bool(row.more)
+            rows = (await conn.execute(self._claim(), {"limit": self.batch_size})).all()
+            if not rows:
+                return 0
+            rows.sort(key=lambda row: int(row.id))  # RETURNING has no order
+            envelopes = [self._envelope(row.payload) for row in rows]
+            await self.bus.publish_many(envelopes)
+            secret = [
+                row.id
+                for row, envelope in zip(rows, envelopes, strict=True)
+                if purged_on_publish(envelope.type, envelope.version)
+            ]
+            if secret:
+                await conn.execute(delete(table).where(table.c.id.in_(secret)))
+        return len(rows)
+
+    @staticmethod
+    @functools.cache
+    def _claim() -> ReturningUpdate[tuple[int, Any]]:
+        """Lock the oldest unclaimed rows (at most `:limit`), mark them published, return
+        them (built once)."""
+        table = _RUNTIME.outbox
+        oldest = (
+            select(table.c.id)
+            .where(table.c.published_at.is_(None))
+            .order_by(table.c.id)
+            .limit(bindparam("limit", type_=Integer()))
+            .with_for_update(skip_locked=True)
+        )
+        return (
+            update(table)
+            .where(table.c.id.in_(oldest.scalar_subquery()))
+            .values(published_at=func.now())
+            .returning(table.c.id, table.c.payload)
+        )
 
     async def purge(self) -> int:
         """Delete rows published longer ago than `retention`."""
@@ -354,25 +370,39 @@ class OutboxRelay:
     async def _run(self) -> None:
         backoff = 0.1
         while not self._stopping:
-            self._wake.clear()
             try:
-                published = await self.relay_once()
-                if time.monotonic() >= self._next_purge:
-                    await self.purge()
-                    self._next_purge = time.monotonic() + 600
-                self.last_error, backoff = None, 0.1
-                self.passes += 1
+                async with self.engine.connect() as conn:
+                    await self._serve(conn)
             except Exception as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"[:300]
                 _log.warning("outbox relay failed, retrying: %s", self.last_error)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
+            else:
+                backoff = 0.1
+
+    async def _serve(self, conn: AsyncConnection) -> None:
+        """Passes on `conn`, one each time the relay is woken or `poll_interval` elapses.
+
+        A relay kept busy keeps its connection (one checkout and pre-ping, not one per
+        pass); once a poll interval goes by without a wake it gives the connection back to
+        the pool, and the next poll checks one out again.
+        """
+        while not self._stopping:
+            self._wake.clear()
+            _, more = await self._relay_pass(conn)
+            if time.monotonic() >= self._next_purge:
+                await self.purge()
+                self._next_purge = time.monotonic() + 600
+            self.last_error = None
+            self.passes += 1
+            if more:
                 continue
-            if published == self.batch_size:
-                continue
-            with contextlib.suppress(TimeoutError):
+            try:
                 async with asyncio.timeout(self.poll_interval):
                     await self._wake.wait()
+            except TimeoutError:
+                return
 
 
 class OutboxRelayOptions(BaseModel):

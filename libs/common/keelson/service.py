@@ -4,11 +4,13 @@ and `provided`, how its handlers reach what the plugins provide."""
 from __future__ import annotations
 
 import argparse
+import functools
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import uvicorn
 from fastapi import APIRouter, FastAPI, Request
+from starlette.types import ASGIApp
 
 from keelson.bus import bus_plugin
 from keelson.cache import CachePlugin
@@ -21,6 +23,7 @@ from keelson.plugins import Key, Plugin, PluginContainer
 from keelson.redis_plugin import RedisPlugin
 
 __all__ = [
+    "ServiceFront",
     "build_container",
     "create_service_app",
     "provided",
@@ -30,6 +33,12 @@ __all__ = [
 
 S = TypeVar("S", bound=KeelsonSettings)
 T = TypeVar("T")
+
+
+class ServiceFront(Protocol):
+    """Builds a service's front layer around its app's own stack (see `create_service_app`)."""
+
+    def __call__(self, app: ASGIApp, *, container: PluginContainer) -> ASGIApp: ...
 
 
 def startup_settings(cls: type[S]) -> S:
@@ -75,11 +84,14 @@ def create_service_app(
     database: bool = True,
     on_startup: Sequence[Hook] = (),
     on_shutdown: Sequence[Hook] = (),
+    front: ServiceFront | None = None,
 ) -> FastAPI:
     """A service's app: `build_container(settings, plugins)` behind `keelson.http.create_app`.
 
     A service's factory is then `create_service_app(settings or startup_settings(Settings),
-    plugins=[...], routers=routers, title=...)`.
+    plugins=[...], routers=routers, title=...)`. `front(app, container)`, when given, is
+    `create_app`'s front: a layer that answers some requests itself (a hot path spared
+    FastAPI's routing and dependency solving) and passes the others on to `app`.
     """
     container = build_container(settings, plugins, database=database)
     return create_app(
@@ -90,6 +102,7 @@ def create_service_app(
         description=description,
         on_startup=on_startup,
         on_shutdown=on_shutdown,
+        front=None if front is None else functools.partial(front, container=container),
     )
 
 

@@ -96,6 +96,21 @@ async def test_the_user_id_a_request_binds_ends_with_it(shipped: list[dict[str, 
     assert [r["user_id"] for r in shipped] == ["user-7", None]
 
 
+async def test_a_user_bound_outside_a_request_is_not_its_user_and_is_kept(
+    shipped: list[dict[str, Any]],
+) -> None:
+    token = user_id_var.set("outer")  # bound by whoever calls the app in this task
+    try:
+        async with client_for(make_settings(service="things")) as client:
+            assert (await client.get("/nowhere")).status_code == 404
+            assert user_id_var.get() == "outer"
+            assert (await client.get("/things/1")).status_code == 200
+            assert user_id_var.get() == "outer"
+    finally:
+        user_id_var.reset(token)
+    assert [r["user_id"] for r in shipped] == [None, "user-7"]
+
+
 async def test_a_layer_may_write_the_record_its_own_way(shipped: list[dict[str, Any]]) -> None:
     written: list[tuple[str, int, str | None]] = []
 

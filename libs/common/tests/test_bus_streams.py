@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
-from keelson.bus import RedisBus, dead_letter_key, stream_key
+from keelson.bus import TOPICS_KEY, RedisBus, dead_letter_key, stream_key
 from keelson.config import BusSettings
 from keelson.events import Envelope
 from keelson.logging import trace_id_var
@@ -92,6 +92,33 @@ async def test_a_topic_that_appears_after_start_reaches_a_wildcard_subscriber(
 
     await eventually(lambda: [e.id for e in got] == [sent.id])
     assert got[0].data == {"n": 1}
+
+
+async def test_publish_many_adds_each_event_in_order_and_registers_new_topics(
+    buses: Callable[..., RedisBus], redis: Redis, ns: str
+) -> None:
+    subscriber, publisher = buses(), buses()
+    got: list[Envelope] = []
+
+    async def handler(env: Envelope) -> None:
+        got.append(env)
+
+    subscriber.subscribe(f"{ns}.*", handler, group=f"{ns}-many")
+    await subscriber.start()
+    await subscriber.wait_ready()
+
+    events = [envelope(f"{ns}.{topic}", n=n) for n, topic in enumerate("abab")]
+    sent = await publisher.publish_many(events)
+
+    assert [e.id for e in sent] == [e.id for e in events]
+    for topic in "ab":
+        entries = await redis.xrange(stream_key(f"{ns}.{topic}"))
+        assert [Envelope.from_json(f[b"e"]).data["n"] for _, f in entries] == (
+            [0, 2] if topic == "a" else [1, 3]
+        )
+    assert {f"{ns}.a", f"{ns}.b"} <= {t.decode() for t in await redis.smembers(TOPICS_KEY)}
+    await eventually(lambda: len(got) == 4)  # found by the wildcard: the topics are known
+    assert await publisher.publish_many([]) == []
 
 
 async def test_every_group_gets_each_event_and_a_group_shares_them_among_consumers(

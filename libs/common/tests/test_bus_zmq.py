@@ -68,6 +68,28 @@ async def test_events_cross_the_broker_by_topic_and_wildcard(
     assert got["other"] == []
 
 
+async def test_publish_many_sends_each_event_in_order(buses: Callable[[str], ZmqBus]) -> None:
+    subscriber, publisher = buses("notifications"), buses("auth")
+    got: list[Envelope] = []
+
+    async def handler(env: Envelope) -> None:
+        got.append(env)
+
+    subscriber.subscribe("auth.*", handler, group="audit")
+    await subscriber.start()
+    await publisher.start()
+    await subscriber.wait_ready()
+    await publisher.wait_ready()
+
+    sent = await publisher.publish_many(
+        [Envelope(type="auth.step", producer="auth", data={"n": n}) for n in range(5)]
+    )
+
+    await eventually(lambda: len(got) == 5)
+    assert [e.id for e in got] == [e.id for e in sent]
+    assert [e.data["n"] for e in got] == list(range(5))
+
+
 async def test_broadcasts_and_late_subscriptions(buses: Callable[[str], ZmqBus]) -> None:
     listener, sender = buses("gateway"), buses("auth")
     revoked: list[dict[str, Any]] = []

@@ -1,5 +1,5 @@
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -204,13 +204,13 @@ class _DiesAfterPublishing:
         self.delivered = delivered
         self.died = False
 
-    async def publish(self, event: Envelope) -> Envelope:
-        await self.bus.publish(event)
+    async def publish_many(self, events: Sequence[Envelope]) -> list[Envelope]:
+        await self.bus.publish_many(events)
         if not self.died:
             await eventually(lambda: len(self.delivered) == 1)
             self.died = True
             raise ConnectionError("relay killed after publishing")
-        return event
+        return list(events)
 
 
 async def test_a_relay_dying_after_publish_publishes_again_and_dedupe_absorbs_it(
@@ -265,6 +265,28 @@ async def test_a_commit_wakes_the_relay_before_its_poll_interval(
         sent = await add_to_outbox(session, Envelope(type=topic, producer="payments"))
 
     await eventually(lambda: [e.id for e in got] == [sent.id])
+
+
+async def test_a_row_from_another_process_is_found_by_the_next_poll(
+    engine: AsyncEngine,
+    bus: RedisBus,
+    relays: Callable[..., OutboxRelay],
+) -> None:
+    topic = f"payments.t{uuid.uuid4().hex[:8]}"
+    got = await listen(bus, topic)
+    relay = relays(poll_interval=0.2)
+    await eventually(lambda: relay.passes >= 1)
+    sent = Envelope(type=topic, producer="payments")
+    # Written without a session of this process: nothing wakes the relay, its poll finds it.
+    async with engine.begin() as conn:
+        await conn.execute(
+            text("INSERT INTO outbox (topic, payload) VALUES (:topic, CAST(:payload AS jsonb))"),
+            {"topic": topic, "payload": sent.model_dump_json()},
+        )
+
+    await eventually(lambda: [e.id for e in got] == [sent.id])
+    passes = relay.passes
+    await eventually(lambda: relay.passes >= passes + 2)  # idle, it goes on polling
 
 
 async def test_two_relays_share_the_rows_without_publishing_one_twice(
@@ -341,17 +363,17 @@ async def test_a_bad_relay_setting_fails_the_start_naming_it(
 
 
 class _KillsTheRelaysConnectionAfter:
-    """A bus that, after `after` publishes, has PostgreSQL end the relay's connections:
-    the commit that would mark the row just published fails, as in a database restart."""
+    """A bus that, after its `after`-th batch, has PostgreSQL end the relay's connections:
+    the commit that would mark the batch just published fails, as in a database restart."""
 
     def __init__(self, bus: RedisBus, admin: AsyncEngine, application: str, after: int) -> None:
         self.bus, self.admin, self.application, self.after = bus, admin, application, after
-        self.publishes = 0
+        self.batches = 0
 
-    async def publish(self, envelope: Envelope) -> None:
-        await self.bus.publish(envelope)
-        self.publishes += 1
-        if self.publishes == self.after:
+    async def publish_many(self, envelopes: Sequence[Envelope]) -> list[Envelope]:
+        await self.bus.publish_many(envelopes)
+        self.batches += 1
+        if self.batches == self.after:
             async with self.admin.connect() as conn:
                 await conn.execute(
                     text(
@@ -360,9 +382,10 @@ class _KillsTheRelaysConnectionAfter:
                     ),
                     {"name": self.application},
                 )
+        return list(envelopes)
 
 
-async def test_a_failed_commit_republishes_only_the_row_it_was_about(
+async def test_a_failed_commit_republishes_only_the_rows_of_its_batch(
     engine: AsyncEngine,
     test_database_url: str,
     sessions: async_sessionmaker[AsyncSession],
@@ -383,8 +406,8 @@ async def test_a_failed_commit_republishes_only_the_row_it_was_about(
         },
     )
     admin = create_async_engine(test_database_url)
-    killer = _KillsTheRelaysConnectionAfter(bus, admin, application, after=5)
-    relay = OutboxRelay(relay_engine, killer, producer="payments", batch_size=100)  # type: ignore[arg-type]
+    killer = _KillsTheRelaysConnectionAfter(bus, admin, application, after=2)
+    relay = OutboxRelay(relay_engine, killer, producer="payments", batch_size=3)  # type: ignore[arg-type]
     relay.start()
     try:
         await eventually(lambda: _unpublished(engine, topic, expect=0), timeout=20)
@@ -392,8 +415,11 @@ async def test_a_failed_commit_republishes_only_the_row_it_was_about(
         await relay.stop()
         await relay_engine.dispose()
         await admin.dispose()
-    # Rows 1-4 were marked before the failure and are never sent again; row 5 is sent
-    # twice (its mark was lost with the connection), and consumers absorb that one.
-    assert await bus.redis.xlen(f"bus:stream:{topic}") == 11
-    await eventually(lambda: len(got) >= 11)
+    # Batches of three: the first committed its marks and is never sent again; the
+    # second (rows 4-6) lost its commit with the connection and is sent again, whole and
+    # in order, before the rows after it; consumers absorb those three copies.
+    entries = await bus.redis.xrange(f"bus:stream:{topic}")
+    published = [Envelope.from_json(fields[b"e"]).id for _, fields in entries]
+    assert published == sent[:6] + sent[3:6] + sent[6:]
+    await eventually(lambda: len(got) >= 13)
     assert sorted({e.id for e in got}) == sorted(sent)

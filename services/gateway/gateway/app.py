@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import os
 import signal
 from collections.abc import Mapping
@@ -21,6 +20,7 @@ from gateway.settings import Settings
 from gateway.transport import UpstreamTransport
 from gateway.upstreams import RoutingConfig
 from keelson.auth import AuthPlugin
+from keelson.collector import tune_collector
 from keelson.config import PluginSettings, load_settings
 from keelson.http import KeelsonApp
 from keelson.http import create_app as create_keelson_app
@@ -62,16 +62,7 @@ def create_app(
     async def compose_pipeline(_: FastAPI) -> None:
         pipeline.rebuild()
         install_sighup(app)
-        # What start-up built lives as long as the process: keep it out of the cyclic
-        # collector's full passes, which would otherwise walk it all every few thousand
-        # requests (tens of milliseconds each: the p99 under load).
-        gc.collect()
-        gc.freeze()
-        # A proxied request allocates a few hundred containers, so at Python's default (a
-        # young-generation pass every 700) the collector ran every few requests and walked
-        # the objects of all 32 or so in flight. Every 50,000, most of them have been
-        # freed by then: measured, about 15% less CPU per request under load.
-        gc.set_threshold(50_000, 20, 20)
+        tune_collector()
 
     app = create_keelson_app(
         settings,

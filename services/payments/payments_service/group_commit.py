@@ -7,6 +7,8 @@ arrives meanwhile waits for the next batch. One request alone is a batch of one,
 no added wait: batches grow only while a commit is under way. A batch that fails is
 applied again one event per transaction, so a bad event fails alone. A request gone
 before its batch starts is dropped from it (its sender will deliver it again).
+The batches of one run (until nothing waits) share a connection: one pool checkout and
+pre-ping for the run, not one per batch.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from keelson.payment import ProviderEvent
 from keelson.tasks import finish_or_cancel
@@ -31,7 +33,14 @@ _Waiting = tuple[Delivery, "asyncio.Future[Outcome]"]
 class GroupCommit:
     """Applies waiting deliveries together, at most `max_batch` per transaction."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], *, max_batch: int) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        sessions: async_sessionmaker[AsyncSession],
+        *,
+        max_batch: int,
+    ) -> None:
+        self._engine = engine
         self._sessions = sessions
         self._max_batch = max_batch
         self._waiting: list[_Waiting] = []
@@ -53,12 +62,15 @@ class GroupCommit:
     async def _run(self) -> None:
         batch: list[_Waiting] = []
         try:
+            # Outer loop: what arrived while the connection went back is not left waiting.
             while self._waiting:
-                batch = self._waiting[: self._max_batch]
-                del self._waiting[: self._max_batch]
-                batch = [(delivery, future) for delivery, future in batch if not future.done()]
-                if batch:
-                    await self._commit(batch)
+                async with self._engine.connect() as conn:
+                    while self._waiting:
+                        batch = self._waiting[: self._max_batch]
+                        del self._waiting[: self._max_batch]
+                        batch = [(d, future) for d, future in batch if not future.done()]
+                        if batch:
+                            await self._commit(conn, batch)
         finally:
             self._runner = None
             # Cancelled at shutdown: no request waits for ever for a batch that won't run.
@@ -66,10 +78,10 @@ class GroupCommit:
                 future.cancel()
             self._waiting.clear()
 
-    async def _commit(self, batch: list[_Waiting]) -> None:
+    async def _commit(self, conn: AsyncConnection, batch: list[_Waiting]) -> None:
         WEBHOOK_BATCH.observe(len(batch))
         try:
-            async with self._sessions() as db:
+            async with self._sessions(bind=conn) as db:
                 outcomes = await handle_events(db, [delivery for delivery, _ in batch])
         except Exception as error:
             if len(batch) == 1:
@@ -79,7 +91,7 @@ class GroupCommit:
                 "a batch of %d webhook events failed; applying them one by one", len(batch)
             )
             for waiting in batch:
-                await self._commit([waiting])
+                await self._commit(conn, [waiting])
             return
         for (_, future), outcome in zip(batch, outcomes, strict=True):
             _answer(future, outcome=outcome)

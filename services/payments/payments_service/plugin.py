@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from keelson.db import DB_SESSIONS, create_engine, schema_for
+from keelson.db import DB_ENGINE, DB_SESSIONS, create_engine, schema_for
 from keelson.payment import PaymentProvider, create_provider
 from keelson.plugins import Health, Key, Plugin, PluginMetadata, Priority
 from payments_service.group_commit import GroupCommit
@@ -44,7 +44,11 @@ class PaymentsPlugin(Plugin):
         self.counter = IntentCounter(sessions, settings.payments.intent_count_interval_seconds)
         self.container.provide(PAYMENT_PROVIDER, self.provider)
         self.container.provide(RECONCILER, self.reconciler)
-        self.group_commit = GroupCommit(sessions, max_batch=settings.payments.webhook_batch_max)
+        self.group_commit = GroupCommit(
+            self.container.resolve(DB_ENGINE),
+            sessions,
+            max_batch=settings.payments.webhook_batch_max,
+        )
         self.container.provide(INTENT_COUNTER, self.counter)
         self.container.provide(GROUP_COMMIT, self.group_commit)
 

@@ -63,6 +63,12 @@ class Bus(Protocol):
 
     async def publish(self, event: Event | Envelope) -> Envelope: ...
 
+    async def publish_many(self, events: Sequence[Event | Envelope]) -> list[Envelope]:
+        """Publish `events` in their order, in one round trip where the transport allows.
+
+        If it raises, any of them may have been published (at-least-once, as `publish`).
+        """
+
     async def broadcast(self, channel: str, payload: Mapping[str, Any]) -> None: ...
 
     async def start(self) -> None: ...

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
@@ -87,6 +87,12 @@ class RedisBus:
         envelope = to_envelope(event, self.producer)
         await self._publisher.publish(envelope)
         return envelope
+
+    async def publish_many(self, events: Sequence[Event | Envelope]) -> list[Envelope]:
+        envelopes = [to_envelope(event, self.producer) for event in events]
+        if envelopes:
+            await self._publisher.publish_many(envelopes)
+        return envelopes
 
     async def broadcast(self, channel: str, payload: Mapping[str, Any]) -> None:
         await self._broadcaster.broadcast(channel, payload)

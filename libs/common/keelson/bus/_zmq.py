@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -172,6 +172,9 @@ class ZmqBus:
         envelope = to_envelope(event, self.producer)
         await self._send(_EVENT + envelope.type.encode(), envelope.to_json())
         return envelope
+
+    async def publish_many(self, events: Sequence[Event | Envelope]) -> list[Envelope]:
+        return [await self.publish(event) for event in events]
 
     async def broadcast(self, channel: str, payload: Mapping[str, Any]) -> None:
         await self._send(_BROADCAST + channel.encode(), orjson.dumps(dict(payload)))

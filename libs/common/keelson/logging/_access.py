@@ -104,6 +104,7 @@ def log_access_record(
         message,
         attrs,
         message_redacted=True,
+        ids_in_attrs=bool(fields),  # the five above are none of them
     )
     msecs = int((ts - int(ts)) * 1000) + 0.0  # as LogRecord computes it
     for sink in sinks:

@@ -90,11 +90,14 @@ def bound_fields(
     attrs: dict[str, Any],
     *,
     message_redacted: bool = False,
+    ids_in_attrs: bool = True,
 ) -> dict[str, Any]:
     """A record's dict from its parts: `message` is redacted here unless it already is;
-    `attrs` must already be."""
+    `attrs` must already be. `ids_in_attrs=False`: the caller knows `attrs` names none of
+    the context fields, so they are not looked for."""
+    ids = _record_ids
     out: dict[str, Any] = {
-        "id": _record_ids.new(),
+        "id": ids.prefix + next(ids.counter).to_bytes(8).hex(),  # `ids.new()`, one call less
         "ts": ts,
         "service": service,
         "level": level,
@@ -105,7 +108,7 @@ def bound_fields(
         "user_id": user_id_var.get(),
         "attrs": attrs,
     }
-    if attrs:  # ids given as extras win over the bound context
+    if attrs and ids_in_attrs:  # ids given as extras win over the bound context
         for name in _CONTEXT_FIELDS:
             value = attrs.pop(name, None)
             if value:

@@ -163,10 +163,14 @@ class _Rule:
     by_address: bool = False  # counted by the client's address even for a signed-in caller
     tallies: dict[str, _Tally] = field(default_factory=dict)  # by client
     limit_header: tuple[bytes, bytes] = field(init=False)
+    # The last `RateLimit-Reset` header sent, by its seconds: the same for every client's
+    # request within a second, so formatted once a second rather than once a request.
+    reset_header: tuple[int, tuple[bytes, bytes]] = field(init=False)
     expiry: int = field(init=False)
 
     def __post_init__(self) -> None:
         self.limit_header = (b"ratelimit-limit", b"%d" % self.item.amount)
+        self.reset_header = (0, (b"ratelimit-reset", b"0"))
         self.expiry = self.item.get_expiry()
         self.margin = max(self.margin, self.item.amount // 10)
 
@@ -447,10 +451,13 @@ class _RateLimitLayer:
         send: Send,
     ) -> Awaitable[None]:
         reset = max(1, math.ceil(reset_at - time.time()))
+        last = rule.reset_header
+        if last[0] != reset:
+            last = rule.reset_header = (reset, (b"ratelimit-reset", str(reset).encode()))
         headers = (
             rule.limit_header,
-            (b"ratelimit-remaining", b"%d" % remaining),
-            (b"ratelimit-reset", b"%d" % reset),
+            (b"ratelimit-remaining", str(remaining).encode()),  # an int: str() is b"%d"'s text
+            last[1],
         )
         if not allowed:
             RATE_LIMIT_REJECTIONS.labels(rule.name).inc()

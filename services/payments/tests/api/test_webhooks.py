@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 from payments_testkit import SANDBOX_SECRET, new_intent, sign, stripe_event
+from prometheus_client import REGISTRY
 
 URL = "/api/v1/payments"
 HOOK = f"{URL}/webhooks/stripe"
@@ -222,3 +223,33 @@ async def test_processing_is_a_state_change_with_its_ledger_row_and_event(
     assert (await post(client, succeeded)).json()["outcome"] == "applied"
     assert len(await outbox("payments.payment_processing", intent["id"])) == 1
     assert len(await outbox("payments.payment_succeeded", intent["id"])) == 1
+
+
+async def test_deliveries_are_answered_with_the_services_headers_and_counted_by_route(
+    client: httpx.AsyncClient, user: Callable
+) -> None:
+    # Answered by a layer in front of FastAPI's routing: still behind the service's own
+    # middleware (request id, security headers, metrics under the route's template).
+    def counted() -> float:
+        return (
+            REGISTRY.get_sample_value(
+                "http_requests_total",
+                {"service": "payments", "method": "POST", "route": HOOK, "status": "200"},
+            )
+            or 0.0
+        )
+
+    before = counted()
+    intent = await new_intent(client, user())
+    payload = stripe_event("payment_intent.succeeded", intent_object(intent, "succeeded"))
+    response = await post(client, payload, None)
+
+    assert response.status_code == 200
+    assert response.json() == {"received": True, "outcome": "applied"}
+    assert response.headers["content-type"] == "application/json"
+    assert response.headers["x-request-id"]
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert counted() == before + 1
+    other_method = await client.get(HOOK)
+    assert other_method.status_code == 405
+    assert other_method.headers["content-type"] == "application/problem+json"
