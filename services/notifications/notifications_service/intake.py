@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import re
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
@@ -205,9 +205,9 @@ def _notification(
 
 async def accept_events(
     db: AsyncSession, envelopes: Sequence[Envelope], *, settings: NotificationsSettings
-) -> tuple[int, dict[str, Exception]]:
-    """Queue the notifications these events call for (not committed): (how many are new,
-    the events that could not be made into one, by id).
+) -> tuple[set[str], dict[str, Exception]]:
+    """Queue the notifications these events call for (not committed): (the channels of
+    the new ones to send, the events that could not be made into one, by id).
 
     The event id is the idempotency key, checked by the unique index in the statement
     that inserts, so a redelivered event queues nothing new. A batch costs a few
@@ -261,7 +261,7 @@ class EventIntake:
         engine: AsyncEngine,
         settings: NotificationsSettings,
         *,
-        on_queued: Callable[[], None],
+        on_queued: Callable[[Collection[str]], None],
         connections: int = 1,
     ) -> None:
         self.engine = engine
@@ -291,15 +291,15 @@ class EventIntake:
             if connection is None:
                 connection = await self.engine.connect()
             async with AsyncSession(bind=connection) as db, db.begin():
-                created, failed = await accept_events(db, envelopes, settings=self.settings)
+                channels, failed = await accept_events(db, envelopes, settings=self.settings)
         except Exception:
             await _close(connection)
             connection = None
             raise
         finally:
             self._free.put_nowait(connection)
-        if created:
-            self.on_queued()
+        if channels:
+            self.on_queued(channels)
         return failed
 
     async def close(self) -> None:

@@ -78,9 +78,12 @@ class Notification(Base):
     __table_args__ = (
         UniqueConstraint("requested_by", "idempotency_key", name="uq_notifications_idempotency"),
         Index(
-            "ix_notifications_due",
+            "ix_notifications_pending",
             "next_attempt_at",
-            postgresql_where=text("status IN ('pending', 'sending')"),
+            postgresql_where=text("status = 'pending'"),
+        ),
+        Index(
+            "ix_notifications_leased", "lease_until", postgresql_where=text("status = 'sending'")
         ),
         Index("ix_notifications_owner", "owner_id", "id"),
         Index("ix_notifications_dead", "id", postgresql_where=text("status = 'dead_letter'")),

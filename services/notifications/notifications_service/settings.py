@@ -89,6 +89,9 @@ class DeliverySettings(BaseModel):
     # After a wake-up, wait this long so that one claim takes several new rows.
     claim_delay_seconds: float = Field(0.005, ge=0, le=1)
     concurrency: dict[str, int] = {"email": 32, "sms": 8, "slack": 8, "webhook": 16}
+    # Rows a channel holds claimed, as a multiple of its concurrency: the ones waiting
+    # for a sender keep it busy while the claim for the ones after them runs.
+    claim_ahead: int = Field(4, ge=2, le=16)
     worker: bool = True  # run the delivery worker in this process
 
 

@@ -124,16 +124,19 @@ _INSERT_MANY = (
 )
 
 
-async def enqueue_many(db: AsyncSession, new: Sequence[NewNotification]) -> int:
+async def enqueue_many(db: AsyncSession, new: Sequence[NewNotification]) -> set[str]:
     """Insert the notifications in one statement (not committed), skipping each whose
-    idempotency key was used; how many were inserted."""
+    idempotency key was used; the channels of the new ones to send (not suppressed)."""
     if not new:
-        return 0
+        return set()
     inserted = (await db.execute(_INSERT_MANY, [_values(n) for n in new])).all()
+    channels = set()
     for row in inserted:
         if row.status == Status.SUPPRESSED:
             metrics.SUPPRESSED(row.channel).inc()
-    return len(inserted)
+        else:
+            channels.add(row.channel)
+    return channels
 
 
 async def get_notification(

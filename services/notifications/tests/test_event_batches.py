@@ -41,7 +41,7 @@ def topic() -> str:
 async def intake(engine: AsyncEngine, topic: str) -> AsyncIterator[EventIntake]:
     route = EventRoute(template="payment_receipt", category="billing")
     settings = NotificationsSettings(events={topic: route})
-    intake = EventIntake(engine, settings, on_queued=lambda: None)
+    intake = EventIntake(engine, settings, on_queued=lambda channels: None)
     yield intake
     await intake.close()
 

@@ -59,7 +59,7 @@ async def create_notification(
     accepted = NotificationAccepted(id=queued.id, status=queued.status)
     await db.commit()
     if queued.created:
-        worker.wake()
+        worker.wake([body.channel])
     else:
         response.headers["Idempotent-Replayed"] = "true"
     return accepted
@@ -99,5 +99,5 @@ async def retry_notification(
     notification = await replay(db, notification_id=notification_id)
     accepted = NotificationAccepted(id=notification.id, status=Status(notification.status))
     await db.commit()
-    worker.wake()
+    worker.wake([notification.channel])
     return accepted

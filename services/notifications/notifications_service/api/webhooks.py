@@ -88,5 +88,5 @@ async def test_webhook(
     )
     accepted = NotificationAccepted(id=queued.id, status=queued.status)
     await db.commit()
-    worker.wake()
+    worker.wake([Channel.WEBHOOK])
     return accepted
