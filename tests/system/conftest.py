@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -123,6 +124,17 @@ class RunningSuite:
         if self._admin is None:
             self._admin = self.login(ADMIN_EMAIL, ADMIN_PASSWORD)
         return self._admin
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the server sends on `sock` until it closes the connection."""
+    answer = b""
+    try:
+        while chunk := sock.recv(65536):
+            answer += chunk
+    except ConnectionResetError:
+        pass
+    return answer
 
 
 def _ready(layout: Layout) -> bool:

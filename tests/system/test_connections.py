@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from .conftest import BODY_TIMEOUT, HEAD_TIMEOUT, RunningSuite
+from .conftest import BODY_TIMEOUT, HEAD_TIMEOUT, RunningSuite, read_until_closed
 
 pytestmark = pytest.mark.timeout(300)
 # How much later than its limit a close may come on this shared, loaded machine.
@@ -22,17 +22,6 @@ def _connect(suite: RunningSuite) -> socket.socket:
     port = int(suite.gateway.rsplit(":", 1)[1])
     sock = socket.create_connection(("127.0.0.1", port), timeout=HEAD_TIMEOUT + SLACK)
     return sock
-
-
-def _read_until_closed(sock: socket.socket) -> bytes:
-    """Everything the server sends until it closes the connection."""
-    answer = b""
-    try:
-        while chunk := sock.recv(65536):
-            answer += chunk
-    except ConnectionResetError:
-        pass
-    return answer
 
 
 def _read_head_and_body(sock: socket.socket) -> bytes:
@@ -71,7 +60,7 @@ def test_a_client_that_sends_no_whole_head_is_disconnected(
     with _connect(suite) as sock:
         started = time.monotonic()
         sock.sendall(sent)
-        answer = _read_until_closed(sock)
+        answer = read_until_closed(sock)
         waited = time.monotonic() - started
     assert answer == b""
     assert HEAD_TIMEOUT * 0.8 <= waited < HEAD_TIMEOUT + SLACK, waited
@@ -83,7 +72,7 @@ def test_an_idle_kept_alive_connection_is_closed(suite: RunningSuite) -> None:
     with _connect(suite) as sock:
         sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: gateway\r\n\r\n")
         started = time.monotonic()
-        answer = _read_until_closed(sock)
+        answer = read_until_closed(sock)
         waited = time.monotonic() - started
     assert _status(answer) == 200, answer[:200]
     assert answer.count(b"HTTP/1.1") == 1
@@ -101,7 +90,7 @@ def test_a_stalled_body_is_answered_408(suite: RunningSuite) -> None:
     with _connect(suite) as sock:
         started = time.monotonic()
         sock.sendall(head + b'{"public_')
-        answer = _read_until_closed(sock)
+        answer = read_until_closed(sock)
         waited = time.monotonic() - started
     assert _status(answer) == 408, answer[:300]
     headers = _head(answer)
@@ -131,7 +120,7 @@ def test_a_body_that_keeps_coming_is_not_cut_off(suite: RunningSuite) -> None:
         for piece in pieces:
             time.sleep(pause)  # the client's pace, not synchronisation
             sock.sendall(piece)
-        answer = _read_until_closed(sock)
+        answer = read_until_closed(sock)
     assert _status(answer) == 422, answer[:300]  # the route judged the body it read whole
     assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["status"] == 422
 
@@ -149,7 +138,7 @@ def test_an_8_mb_head_is_refused_with_431_while_it_is_read(suite: RunningSuite) 
                 sent += 65536
         except (BrokenPipeError, ConnectionResetError):
             pass
-        answer = _read_until_closed(sock)
+        answer = read_until_closed(sock)
     assert _status(answer) == 431, answer[:300]
     assert _head(answer).get(b"connection") == b"close"
     assert sent < len(head), "the gateway read the whole 8 MB head"
@@ -199,7 +188,7 @@ def test_a_malformed_request_is_answered_400_without_a_body(
     it is at least not the `text/plain` message uvicorn wrote, and names no server."""
     with _connect(suite) as sock:
         sock.sendall(request_line)
-        answer = _read_until_closed(sock)
+        answer = read_until_closed(sock)
     assert _status(answer) == 400, answer[:300]
     headers = _head(answer)
     assert headers[b"connection"] == b"close"

@@ -29,6 +29,7 @@ from keelson.errors import KeelsonError
 from keelson_dev.embedded import free_port
 from keelson_dev.testing import ServiceProcess, gateway_process
 
+from .conftest import read_until_closed
 from .test_connections import PARSED_BUT_MALFORMED, REFUSED_BY_GRANIAN
 
 pytestmark = pytest.mark.timeout(300)
@@ -145,13 +146,7 @@ def _exchange(port: int, request: bytes) -> bytes:
     """`request` sent from CLIENT's address; the answer until the server closes."""
     with socket.create_connection(("127.0.0.1", port), timeout=20, source_address=(CLIENT, 0)) as s:
         s.sendall(request)
-        answer = b""
-        try:
-            while chunk := s.recv(65536):
-                answer += chunk
-        except ConnectionResetError:
-            pass
-    return answer
+        return read_until_closed(s)
 
 
 def _get(port: int, path: str, *headers: str) -> bytes:
@@ -310,12 +305,7 @@ def test_an_8_mb_head_is_refused_while_it_is_read(edge: int) -> None:
                 sent += 65536
         except (BrokenPipeError, ConnectionResetError):
             pass
-        answer = b""
-        try:
-            while chunk := s.recv(65536):
-                answer += chunk
-        except ConnectionResetError:
-            pass
+        answer = read_until_closed(s)
     _assert_edge_problem(answer, 431)
     assert sent < len(head), "the edge read the whole 8 MB head"
 
