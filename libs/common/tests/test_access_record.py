@@ -266,7 +266,7 @@ def test_the_fixed_field_names_are_not_secret_names() -> None:
 _ROUTE_PARTS = (
     *("/api", "/v1", "/orders", "/{order_id}", "/token", "=", ":", "/bearer", " basic", "_"),
     *("/4111", "1111", "-", " ", "12", "/eyJhbGciOi", ".eyJzdWIi", ".", "sk_live_", "abcdefgh"),
-    *("password", "Secret", "/\u212aey", "\u00e9", "unmatched", "9"),
+    *("password", "Secret", "/\u212aey", "\u00e9", "unmatched", "9", "%", "%d", "%%"),
 )
 
 

@@ -62,6 +62,26 @@ def test_json_format_carries_bound_context_and_extras() -> None:
     assert len(data["id"]) == 32
 
 
+@pytest.mark.parametrize(
+    ("ts", "msecs", "stamp"),
+    [
+        (0.0, 0.0, "1970-01-01T00:00:00.000Z"),
+        (1_700_000_000.007, 7.0, "2023-11-14T22:13:20.007Z"),
+        (1_700_000_000.9999, 999.0, "2023-11-14T22:13:20.999Z"),
+        # LogRecord never makes these, but a caller of format_fields may pass them
+        (1_700_000_001.0, 1000.0, "2023-11-14T22:13:21.1000Z"),
+        (1_700_000_001.0, -5.0, "2023-11-14T22:13:21.-05Z"),
+    ],
+)
+def test_json_timestamps_carry_the_records_milliseconds(
+    ts: float, msecs: float, stamp: str
+) -> None:
+    formatter = JsonFormatter("orders")
+    fields = record_to_dict(make_record("x"), "orders") | {"ts": ts}
+    assert json.loads(formatter.format_fields(fields, msecs))["ts"] == stamp
+    assert fields["ts"] == ts  # the caller's dict (the shipped one) keeps its float
+
+
 def test_explicit_extra_ids_win_over_bound_context() -> None:
     with bind(request_id="from-context"):
         data = record_to_dict(make_record("x", request_id="from-extra"), "svc")

@@ -12,6 +12,9 @@ from keelson.logging._format import JsonFormatter, TextFormatter
 __all__ = ["ConsoleHandler"]
 
 _MAX_PENDING = 512  # lines held before a write even inside a tick
+# The formatters that know records as fields. A tuple built once: `A | B` in a function
+# builds a union object on every call.
+_FIELD_FORMATTERS = (JsonFormatter, TextFormatter)
 
 
 class ConsoleHandler(logging.StreamHandler[TextIO]):
@@ -34,30 +37,29 @@ class ConsoleHandler(logging.StreamHandler[TextIO]):
     @property
     def service(self) -> str:
         formatter = self.formatter
-        assert isinstance(formatter, JsonFormatter | TextFormatter)
+        assert isinstance(formatter, _FIELD_FORMATTERS)
         return formatter.service
 
     def accepts_fields(self) -> bool:
         """Whether `emit_fields` writes what `emit` would: only our own formatters know fields."""
-        return type(self.formatter) in (JsonFormatter, TextFormatter) and not self.filters
+        return type(self.formatter) in _FIELD_FORMATTERS and not self.filters
 
     def emit_fields(self, data: dict[str, Any], msecs: float, levelno: int) -> None:
         """`emit` for a record already in its `record_to_dict` form, at level `levelno`."""
         formatter = self.formatter
-        assert isinstance(formatter, JsonFormatter | TextFormatter)
-        urgent = levelno >= logging.ERROR
-        self.write_line(formatter.format_fields(data, msecs), urgent=urgent)
+        assert isinstance(formatter, _FIELD_FORMATTERS)
+        self.write_line(formatter.format_fields(data, msecs), levelno >= logging.ERROR)
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             urgent = record.levelno >= logging.ERROR or record.exc_info is not None
-            self.write_line(self.format(record), urgent=urgent)
+            self.write_line(self.format(record), urgent)
         except RecursionError:
             raise
         except Exception:
             self.handleError(record)
 
-    def write_line(self, line: str, *, urgent: bool = False) -> None:
+    def write_line(self, line: str, urgent: bool = False) -> None:
         """Write one line now or at the end of this tick; called with the handler's lock held."""
         # None off a loop's thread (get_running_loop would raise, which costs a microsecond)
         loop = None if urgent else asyncio._get_running_loop()

@@ -34,6 +34,8 @@ _LEVEL_COLOURS = {
     "CRITICAL": "\x1b[1;31m",
 }
 _RESET = "\x1b[0m"
+# A JSON line's `.mmmZ`, by whole milliseconds: indexing costs a fifth of formatting.
+_MILLIS = tuple(f".{n:03d}Z" for n in range(1000))
 
 
 class _RecordIds:
@@ -127,12 +129,13 @@ class JsonFormatter(logging.Formatter):
 
     def format_fields(self, fields: dict[str, Any], msecs: float) -> str:
         """The line of a record already in its `record_to_dict` form; `msecs` as on LogRecord."""
-        data = dict(fields)
+        data = fields.copy()
         second = int(data["ts"])
         stamp = self._stamp
         if stamp[0] != second:  # one strftime a second, not one a record; one tuple, no race
             stamp = self._stamp = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
-        data["ts"] = f"{stamp[1]}.{int(msecs):03d}Z"
+        millis = int(msecs)
+        data["ts"] = stamp[1] + (_MILLIS[millis] if 0 <= millis < 1000 else f".{millis:03d}Z")
         return orjson.dumps(data, default=str).decode()
 
 
