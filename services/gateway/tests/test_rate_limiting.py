@@ -27,10 +27,32 @@ from redis.asyncio import Redis
 
 from gateway.metrics import RATE_LIMIT_OVERSHOOT, RATE_LIMIT_STORAGE_ERRORS
 from gateway.plugins._rate_windows import Call, MemoryWindows
-from gateway.plugins.rate_limiting import RateLimitingPlugin, _Tally
+from gateway.plugins.rate_limiting import RateLimitHeaders, RateLimitingPlugin, _Tally
 from gateway.settings import Settings
 from keelson_dev.embedded import free_port
 from keelson_dev.testing import counted, eventually
+
+
+def test_the_headers_of_a_hit_say_the_limit_what_is_left_and_whole_seconds_to_the_reset() -> None:
+    headers = RateLimitHeaders(600)
+    now = time.time()
+    seconds, sent = headers.for_hit(599, now + 41.2)
+    assert seconds in (42, 41)  # 41 only if a second passed in between
+    assert sent == (
+        (b"ratelimit-limit", b"600"),
+        (b"ratelimit-remaining", b"599"),
+        (b"ratelimit-reset", b"%d" % seconds),
+    )
+    # later in the same window: another reset, formatted anew
+    assert headers.for_hit(0, time.time() + 9.5)[1][1:] == (
+        (b"ratelimit-remaining", b"0"),
+        (b"ratelimit-reset", b"10"),
+    )
+    # a reset already due is said as 1 second, never 0 or less
+    assert headers.for_hit(5, now - 30) == (
+        1,
+        ((b"ratelimit-limit", b"600"), (b"ratelimit-remaining", b"5"), (b"ratelimit-reset", b"1")),
+    )
 
 
 def limits(**extra: object) -> dict:

@@ -31,7 +31,7 @@ from keelson.config import PluginSettings
 from keelson.errors import ServiceUnavailable, TooManyRequests
 from keelson.plugins import Health, PluginMetadata, Priority
 
-__all__ = ["RateLimitConfig", "RateLimitingPlugin", "RateRule"]
+__all__ = ["RateLimitConfig", "RateLimitHeaders", "RateLimitingPlugin", "RateRule"]
 
 _log = logging.getLogger("gateway.rate_limiting")
 
@@ -154,6 +154,33 @@ class _AdmittedAhead:
         self.plugin.storage_failed(exception, admitted=True)
 
 
+Header = tuple[bytes, bytes]
+
+
+class RateLimitHeaders:
+    """One limit's `RateLimit-Limit`, `-Remaining` and `-Reset` response headers.
+
+    The limit's header is formatted once; the reset's once a second (it is the same for
+    every client's request within a second), not once a request.
+    """
+
+    __slots__ = ("limit", "reset")
+
+    def __init__(self, limit: int) -> None:
+        self.limit: Header = (b"ratelimit-limit", b"%d" % limit)
+        self.reset: tuple[int, Header] = (0, (b"ratelimit-reset", b"0"))  # the last one sent
+
+    def for_hit(self, remaining: int, reset_at: float) -> tuple[int, tuple[Header, ...]]:
+        """(seconds until `reset_at`, at least 1; the three headers) for a counted hit."""
+        seconds = math.ceil(reset_at - time.time())
+        if seconds < 1:
+            seconds = 1
+        reset = self.reset
+        if reset[0] != seconds:
+            reset = self.reset = (seconds, (b"ratelimit-reset", b"%d" % seconds))
+        return seconds, (self.limit, (b"ratelimit-remaining", b"%d" % remaining), reset[1])
+
+
 @dataclass(eq=False)
 class _Rule:
     name: str
@@ -162,17 +189,15 @@ class _Rule:
     margin: int = 0  # admitted ahead of the store only while more than this many are left
     by_address: bool = False  # counted by the client's address even for a signed-in caller
     tallies: dict[str, _Tally] = field(default_factory=dict)  # by client
-    limit_header: tuple[bytes, bytes] = field(init=False)
-    # The last `RateLimit-Reset` header sent, by its seconds: the same for every client's
-    # request within a second, so formatted once a second rather than once a request.
-    reset_header: tuple[int, tuple[bytes, bytes]] = field(init=False)
+    headers: RateLimitHeaders = field(init=False)
+    amount: int = field(init=False)  # `item.amount`, read on every hit
     expiry: int = field(init=False)
 
     def __post_init__(self) -> None:
-        self.limit_header = (b"ratelimit-limit", b"%d" % self.item.amount)
-        self.reset_header = (0, (b"ratelimit-reset", b"0"))
+        self.amount = self.item.amount
+        self.headers = RateLimitHeaders(self.amount)
         self.expiry = self.item.get_expiry()
-        self.margin = max(self.margin, self.item.amount // 10)
+        self.margin = max(self.margin, self.amount // 10)
 
     def tally(self, client: str, window_keys: Callable[[str], tuple[str, str]] | None) -> _Tally:
         """The client's tally, made on its first request (keys built once, not per hit)."""
@@ -327,12 +352,12 @@ class RateLimitingPlugin(GatewayPlugin):
         store counts it within `linger_seconds` (see `RateLimitConfig.admit_ahead_above`).
         """
         if self._memory is not None:
-            tally = rule.tally(client, None)
-            return self._memory.hit_now(tally.key, rule.item.amount, rule.expiry)
+            tally = rule.tallies.get(client) or rule.tally(client, None)
+            return self._memory.hit_now(tally.key, rule.amount, rule.expiry)
         hits = self._hits
         if hits is None or self._store_failed:
             return None
-        tally = rule.tally(client, hits.window_keys)
+        tally = rule.tallies.get(client) or rule.tally(client, hits.window_keys)
         keys = tally.window_keys
         if (
             keys is None
@@ -343,7 +368,7 @@ class RateLimitingPlugin(GatewayPlugin):
         tally.remaining -= 1
         if tally.answer is None:
             tally.answer = _AdmittedAhead(self, rule.name, tally)
-        hits.hit_later(keys, rule.item.amount, rule.expiry, tally.answer)
+        hits.hit_later(keys, rule.amount, rule.expiry, tally.answer)
         return True, tally.remaining, tally.reset_at
 
     async def count(self, rule: _Rule, client: str) -> tuple[bool, int, float]:
@@ -414,7 +439,11 @@ class _RateLimitLayer:
         answer = plugin.count_now(rule, client)
         if answer is None:
             return self._counted(rule, client, ctx, scope, receive, send)
-        return self._answered(rule, *answer, ctx, scope, receive, send)
+        allowed, remaining, reset_at = answer
+        if not allowed:
+            return self._refused(rule, remaining, reset_at, send)
+        ctx.response.add_headers(rule.headers.for_hit(remaining, reset_at)[1])
+        return self.app(scope, receive, send)
 
     async def _counted(
         self,
@@ -437,37 +466,20 @@ class _RateLimitLayer:
                     "Rate limiting is unavailable; try again shortly.", retry_after=1
                 ).send_to(send)
             return
-        await self._answered(rule, allowed, remaining, reset_at, ctx, scope, receive, send)
-
-    def _answered(
-        self,
-        rule: _Rule,
-        allowed: bool,
-        remaining: int,
-        reset_at: float,
-        ctx: RequestContext,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-    ) -> Awaitable[None]:
-        reset = max(1, math.ceil(reset_at - time.time()))
-        last = rule.reset_header
-        if last[0] != reset:
-            last = rule.reset_header = (reset, (b"ratelimit-reset", str(reset).encode()))
-        headers = (
-            rule.limit_header,
-            (b"ratelimit-remaining", str(remaining).encode()),  # an int: str() is b"%d"'s text
-            last[1],
-        )
         if not allowed:
-            RATE_LIMIT_REJECTIONS.labels(rule.name).inc()
-            return TooManyRequests(
-                f"Limit of {rule.item.amount} per {_period(rule.item)} exceeded; retry later.",
-                retry_after=reset,
-                headers={name.decode(): value.decode() for name, value in headers},
-            ).send_to(send)
-        ctx.response.add_headers(headers)
-        return self.app(scope, receive, send)
+            await self._refused(rule, remaining, reset_at, send)
+            return
+        ctx.response.add_headers(rule.headers.for_hit(remaining, reset_at)[1])
+        await self.app(scope, receive, send)
+
+    def _refused(self, rule: _Rule, remaining: int, reset_at: float, send: Send) -> Awaitable[None]:
+        RATE_LIMIT_REJECTIONS.labels(rule.name).inc()
+        reset, headers = rule.headers.for_hit(remaining, reset_at)
+        return TooManyRequests(
+            f"Limit of {rule.amount} per {_period(rule.item)} exceeded; retry later.",
+            retry_after=reset,
+            headers={name.decode(): value.decode() for name, value in headers},
+        ).send_to(send)
 
 
 def _period(item: RateLimitItem) -> str:
