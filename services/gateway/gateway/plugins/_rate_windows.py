@@ -216,7 +216,7 @@ class RedisHits:
         try:
             while True:
                 batch, self.queue, self.awaited = self.queue, [], 0
-                hits = [answer for *_, answer in batch]
+                hits = [queued[3] for queued in batch]
                 try:
                     _answer(hits, await self._count(batch))
                 except Exception as exc:
@@ -239,8 +239,8 @@ class RedisHits:
 
     async def _count(self, batch: list[tuple[tuple[str, str], int, int, Answer]]) -> list[Hit]:
         by_key: dict[tuple[str, str], list[int]] = {}
-        for i, (keys, *_) in enumerate(batch):
-            by_key.setdefault(keys, []).append(i)
+        for i, queued in enumerate(batch):
+            by_key.setdefault(queued[0], []).append(i)
         calls: list[tuple[Call, list[int]]] = []
         for keys, hits in by_key.items():
             _, limit, expiry, _ = batch[hits[0]]
@@ -250,23 +250,28 @@ class RedisHits:
                 calls += [((keys, limit, expiry, 1), [i]) for i in hits]
         answers: list[Hit | None] = [None] * len(batch)
         again: list[tuple[Call, list[int]]] = []
+        refused: set[tuple[str, str]] = set()  # keys with a hit refused in this batch
         for (call, hits), reply in zip(calls, await self._send([c for c, _ in calls]), strict=True):
             if reply[0] or call[3] == 1:
                 for i in hits:
                     answers[i] = reply
+                if not reply[0]:
+                    refused.add(call[0])
             else:
                 again += [((*call[:3], 1), [i]) for i in hits]
         if again:
             replies = await self._send([c for c, _ in again])
-            for (_, [i]), reply in zip(again, replies, strict=True):
+            for (call, [i]), reply in zip(again, replies, strict=True):
                 answers[i] = reply
+                if not reply[0]:
+                    refused.add(call[0])
         if len(self.strained) >= 10_000:
             self.strained.clear()
-        for keys, hits in by_key.items():
-            if all(answer is not None and answer[0] for answer in (answers[i] for i in hits)):
-                self.strained.discard(keys)
-            else:
+        for keys in by_key:
+            if keys in refused:
                 self.strained.add(keys)
+            else:
+                self.strained.discard(keys)
         return [answer for answer in answers if answer is not None]
 
     async def _send(self, calls: list[Call]) -> list[Hit]:
