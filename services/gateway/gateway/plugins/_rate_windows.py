@@ -71,14 +71,27 @@ class MemoryWindows:
         self.counts: dict[str, int] = {}
         self.expirations: dict[str, float] = {}
         self._sweep_at = 0.0
+        # By limit key: its (previous, current) window numbers and counter keys, last made.
+        # A window lasts `expiry` seconds: the keys are formatted once a window, not a hit.
+        self._windows: dict[str, tuple[int, int, str, str]] = {}
 
     def hit_now(self, key: str, limit: int, expiry: int) -> tuple[bool, int, float]:
         """Count one hit: (allowed, remaining, reset epoch seconds)."""
         now = time.time()
         if now >= self._sweep_at:
             self._sweep(now)
-        previous_key = f"{key}/{int((now - expiry) / expiry)}"
-        current_key = f"{key}/{int(now / expiry)}"
+        previous_window, current_window = int((now - expiry) / expiry), int(now / expiry)
+        windows = self._windows.get(key)
+        if windows is None or windows[0] != previous_window or windows[1] != current_window:
+            if len(self._windows) >= 100_000:  # a bound on memory; only a cache
+                self._windows.clear()
+            windows = self._windows[key] = (
+                previous_window,
+                current_window,
+                f"{key}/{previous_window}",
+                f"{key}/{current_window}",
+            )
+        previous_key, current_key = windows[2], windows[3]
         previous = self._count(previous_key, now)
         current = self._count(current_key, now)
         previous_ttl = (1 - (((now - expiry) / expiry) % 1)) * expiry if previous else 0.0
@@ -89,17 +102,21 @@ class MemoryWindows:
             if current == 1:
                 self.expirations[current_key] = now + 2 * expiry
         current_ttl = (1 - ((now / expiry) % 1)) * expiry + expiry
-        return (
-            allowed,
-            *window_stats(limit, expiry, previous, previous_ttl, current, current_ttl, now),
+        remaining, reset_at = window_stats(
+            limit, expiry, previous, previous_ttl, current, current_ttl, now
         )
+        return allowed, remaining, reset_at
 
     def check(self) -> bool:
         return True
 
     def _count(self, key: str, now: float) -> int:
-        if self.expirations.get(key, 0) <= now:
+        expires = self.expirations.get(key)
+        if expires is None:  # nor in `counts`: the two are set and dropped together
+            return 0
+        if expires <= now:
             self._forget(key)
+            return 0
         return self.counts.get(key, 0)
 
     def _sweep(self, now: float) -> None:
@@ -122,12 +139,17 @@ def window_stats(
     now: float,
 ) -> tuple[int, float]:
     """(remaining, reset epoch seconds), as limits' `SlidingWindowCounterRateLimiter` says."""
-    remaining = max(0, limit - math.floor(previous * previous_ttl / expiry + current))
+    # Conditionals, not max() and min(): each builtin call costs as much as the arithmetic.
+    remaining = limit - math.floor(previous * previous_ttl / expiry + current)
+    if remaining < 0:
+        remaining = 0
     if not (previous or current):
         return remaining, now
     previous_reset_in = previous_ttl % (expiry / previous) if previous else math.inf
     current_reset_in = current_ttl % expiry if current else math.inf
-    return remaining, now + min(previous_reset_in, current_reset_in)
+    if current_reset_in < previous_reset_in:
+        return remaining, now + current_reset_in
+    return remaining, now + previous_reset_in
 
 
 # A window as the script answers it: previous count, its TTL (s), current count, its TTL (s).
