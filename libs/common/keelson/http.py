@@ -472,6 +472,7 @@ def create_app(
     on_shutdown: Sequence[Hook] = (),
     front: Front | None = None,
     openapi_merge: OpenApiMerge | None = None,
+    security_headers: SecurityHeaders | None = None,
 ) -> KeelsonApp:
     """A FastAPI app whose lifespan starts and stops `container`, with Keelson's middleware.
 
@@ -480,7 +481,8 @@ def create_app(
     caller appends to `app.user_middleware` (Starlette's `add_middleware` would put it
     outside, where no request id or `Exchange` exists yet); the caller's `routers` last.
     `openapi_merge` receives the app's own OpenAPI document on each request for it and
-    returns the one served.
+    returns the one served. `security_headers` is the policy whose headers
+    `ServiceMiddleware` adds to an answer that lacks them (`SecurityHeaders()` when None).
     """
     in_flight = InFlight()
     app = KeelsonApp(
@@ -509,6 +511,7 @@ def create_app(
         "service": settings.service,
         "tracker": in_flight,
         "access_log": settings.access_log,
+        "security_headers": security_headers,
     }
     if front is None:
         app.add_middleware(ServiceMiddleware, **options)

@@ -48,7 +48,6 @@ from keelson.errors import (
 )
 from keelson.http import random_id
 from keelson.logging import request_id_var, trace_id_var
-from keelson.metrics import cached_labels
 
 __all__ = ["ProxyApp", "new_pools", "new_session"]
 
@@ -431,8 +430,8 @@ class _Disconnect:
         return self.gone
 
 
-_requests = cached_labels(UPSTREAM_REQUESTS)
-_duration = cached_labels(UPSTREAM_REQUEST_SECONDS, 64)
+_requests = UPSTREAM_REQUESTS.labels
+_duration = UPSTREAM_REQUEST_SECONDS.labels
 
 
 def _connection_names(value: bytes) -> set[bytes]:
