@@ -98,7 +98,8 @@ def create_served_app() -> BodyReadTimeout:
     if server is not None:
         grace = max(1.0, settings.shutdown_grace_seconds)  # granian's workers_kill_timeout
         tie_to_parent(int(server), stop_signal=signal.SIGINT, grace=grace)
-    return BodyReadTimeout(create_app(settings), settings.connections.body_timeout_seconds)
+    # granian is told the app is ASGI 3: the app's plain-function form serves it.
+    return BodyReadTimeout(create_app(settings).dispatch, settings.connections.body_timeout_seconds)
 
 
 def _point_auth_at_upstream(settings: Settings) -> None:
