@@ -331,6 +331,12 @@ def route_template(scope: Scope) -> str:
     return getattr(scope.get("route"), "path", None) or "unmatched"
 
 
+# RFC 9110, 9.3 (and PATCH, RFC 5789): the methods counted under their own name.
+_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
+)
+
+
 class RequestMetrics:
     """RED metrics keyed by the route template, so `/users/42` and `/users/7` share a series."""
 
@@ -338,8 +344,12 @@ class RequestMetrics:
         self.service = service
 
     def observe(self, scope: Scope, status: int, seconds: float) -> None:
-        """Count one answered request of `scope` and its duration."""
+        """Count one answered request of `scope` and its duration; a method RFC 9110 does
+        not define is counted as `OTHER` (a client choosing methods must not be able to
+        grow the series without bound)."""
         method, template = scope["method"], route_template(scope)
+        if method not in _METHODS:
+            method = "OTHER"
         HTTP_REQUESTS.labels(self.service, method, template, status).inc()
         HTTP_REQUEST_SECONDS.labels(self.service, method, template).observe(seconds)
 
