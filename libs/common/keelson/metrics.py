@@ -48,6 +48,7 @@ __all__ = [
     "RequestMetrics",
     "cached_labels",
     "count_business_event",
+    "method_label",
     "metrics_router",
     "route_template",
     "track_db_pool",
@@ -337,6 +338,11 @@ _METHODS = frozenset(
 )
 
 
+def method_label(method: str) -> str:
+    """`method` as a metric label: itself if RFC 9110 defines it, else `OTHER`."""
+    return method if method in _METHODS else "OTHER"
+
+
 class RequestMetrics:
     """RED metrics keyed by the route template, so `/users/42` and `/users/7` share a series."""
 
@@ -347,9 +353,7 @@ class RequestMetrics:
         """Count one answered request of `scope` and its duration; a method RFC 9110 does
         not define is counted as `OTHER` (a client choosing methods must not be able to
         grow the series without bound)."""
-        method, template = scope["method"], route_template(scope)
-        if method not in _METHODS:
-            method = "OTHER"
+        method, template = method_label(scope["method"]), route_template(scope)
         HTTP_REQUESTS.labels(self.service, method, template, status).inc()
         HTTP_REQUEST_SECONDS.labels(self.service, method, template).observe(seconds)
 
