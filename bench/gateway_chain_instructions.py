@@ -1,0 +1,89 @@
+"""The pipeline's own chain, in-process, under callgrind: a steadier count than the whole app's.
+
+    PYTHONHASHSEED=0 valgrind --tool=callgrind --callgrind-out-file=/tmp/gc.%p \\
+        .venv/bin/python bench/gateway_chain_instructions.py 1000
+    (the same with 3000; figure = (total(3000) - total(1000)) / 2000)
+
+`bench/gateway_inprocess_instructions.py` runs the whole app, whose count holds the rate
+limiter's and the revocation check's work on the clock (Redis round trips every second or
+so), which moves by thousands of instructions a request from one run to the next. This
+runs the same authenticated GET against nginx through `gateway.app.create_app` without
+Redis, without the rate limiter and without the access log: what is left is
+`ServiceMiddleware`, the pipeline's context, security (a cached token, identity headers),
+encryption's pass-through, validation, routing's match and the proxy on its upstream
+pool, the layers a change to the chain moves. The statuses must all be 200.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+# This file's folder holds bench/gateway.py: it is imported first, under that name.
+from _gateway_rig import upstream_rig
+
+from gateway import PATH, gateway_values, get_scope  # bench/gateway.py, beside this file
+
+
+async def drive(app: Any, bearer: bytes, requests: int) -> None:
+    """A warm-up, then `requests` GETs through `app`, one after another."""
+    headers = [(b"host", b"gateway"), (b"authorization", bearer), (b"accept", b"*/*")]
+    statuses: set[int] = set()
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.add(message["status"])
+
+    async with app.router.lifespan_context(app):
+        for _ in range(200):  # warm-up: caches and pools filled
+            await app(get_scope(headers), receive, send)
+        for _ in range(requests):
+            await app(get_scope(headers), receive, send)
+    if statuses != {200}:
+        raise RuntimeError(f"unexpected statuses {sorted(statuses)} for {PATH}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("requests", type=int)
+    args = parser.parse_args()
+    here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
+    del sys.modules["gateway"]
+    from gateway.app import create_app
+    from gateway.settings import Settings
+    from keelson.auth import IdentityKey
+    from keelson.config import LogSettings
+    from keelson.logging import configure_logging
+
+    identity = IdentityKey.generate()
+    os.environ["KEELSON_IDENTITY__SIGNING_KEY"] = identity.secret_text()
+    os.environ["KEELSON_IDENTITY__PUBLIC_KEYS"] = json.dumps(identity.public_keys)
+    with upstream_rig("keelson-bench-chain-") as rig:
+        values = gateway_values(rig.upstream, None, "bench-chain")
+        # Only the upstream nginx answers for; the others' documents would be retried.
+        routing = values["plugins"]["routing"]["upstreams"]
+        values["plugins"]["routing"]["upstreams"] = {"logs": routing["logs"]}
+        values["plugins"]["rate_limiting"] = {"enabled": False}
+        values["plugins"]["access_log"] = {"enabled": False}
+        settings = Settings(**values, log=LogSettings(ship_endpoint=None, level="WARNING"))
+        configure_logging(settings)
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, logging.StreamHandler):
+                handler.setStream(open(os.devnull, "w"))  # noqa: SIM115
+        app = create_app(settings)
+        asyncio.run(drive(app, rig.headers["Authorization"].encode(), args.requests))
+    print(f"{args.requests} requests, all 200")
+
+
+if __name__ == "__main__":
+    main()
