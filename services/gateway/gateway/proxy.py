@@ -342,8 +342,7 @@ class ProxyApp:
     ) -> None:
         headers: list[tuple[bytes, bytes]] = []
         connection = None
-        for raw_name, value in response.raw_headers:
-            name = raw_name.lower()
+        for name, value in response.raw_headers:
             if name in _DROP_RESPONSE:
                 if name == b"connection":
                     connection = value

@@ -21,7 +21,7 @@ import asyncio
 import collections
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import cast
 
 import httptools
@@ -243,7 +243,7 @@ class _Connection(asyncio.Protocol):
         self.head_bytes += size
         if size > _MAX_FIELD_BYTES or self.head_bytes > _MAX_HEAD_BYTES:
             raise InvalidAnswer("an answer's header too large")
-        self.headers.append((name, value))
+        self.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
         parser = self.parser
@@ -251,13 +251,10 @@ class _Connection(asyncio.Protocol):
         status = parser.get_status_code()
         if 100 <= status < 200 and status != 101:
             return  # an interim answer (100 Continue): the real one follows
-        length = chunked = None
-        for name, value in self.headers:
-            lower = name.lower()
-            if lower == b"content-length":
-                length = int(value) if value.isdigit() else None
-            elif lower == b"transfer-encoding":
-                chunked = True
+        fields = dict(self.headers)  # the last of a repeated name, as a loop over them would
+        declared = fields.get(b"content-length")
+        length = int(declared) if declared is not None and declared.isdigit() else None
+        chunked = b"transfer-encoding" in fields
         no_body = self.head_only or status in _NO_CONTENT
         until_eof = not (no_body or chunked or length is not None)
         self.should_close = not parser.should_keep_alive() or until_eof
@@ -443,6 +440,7 @@ class UpstreamPool:
                 self._discard(connection)
             self._release_slot()
             raise
+        self._busy[connection] = response
         response._pool = self
         return response
 
@@ -476,9 +474,14 @@ class UpstreamPool:
                 return
         self._free += 1
 
-    async def _exchange(
+    def _exchange(
         self, connection: _Connection, method: str, head: bytes, body: Body, chunked: bool
-    ) -> PooledResponse:
+    ) -> Awaitable[PooledResponse]:
+        """Send the request on `connection`; what it returns gives the answer's head.
+
+        A plain function, not a coroutine, for the usual small request: written at once,
+        its answer is the connection's future itself, with no frame of ours around it.
+        """
         transport = connection.transport
         if transport is None or not connection.is_connected():
             # Nothing was sent: the caller may send again on another connection.
@@ -486,22 +489,32 @@ class UpstreamPool:
         answer = connection.start(head_only=method == "HEAD")
         if body is None or (isinstance(body, bytes) and len(body) <= _UNBOUNDED_BODY_BYTES):
             transport.write(head + body if body else head)  # cannot pause: no wait
-        else:
-            try:
-                await self._send(connection, transport, head, body, chunked)
-            except BaseException:
-                if answer.done() and not answer.cancelled():
-                    answer.exception()  # the send's failure is the one that counts
-                answer.cancel()
-                raise
+            self._watch(connection)  # `start` has just set its clock
+            return answer
+        return self._send_then_answer(connection, transport, head, body, chunked, answer)
+
+    async def _send_then_answer(
+        self,
+        connection: _Connection,
+        transport: asyncio.Transport,
+        head: bytes,
+        body: Body,
+        chunked: bool,
+        answer: asyncio.Future[PooledResponse],
+    ) -> PooledResponse:
+        try:
+            await self._send(connection, transport, head, body, chunked)
+        except BaseException:
+            if answer.done() and not answer.cancelled():
+                answer.exception()  # the send's failure is the one that counts
+            answer.cancel()
+            raise
+        connection.last_read = connection.clock()  # the read timeout starts once it is sent
         self._watch(connection)
-        response = await answer
-        self._busy[connection] = response
-        return response
+        return await answer
 
     def _watch(self, connection: _Connection) -> None:
         """Time `connection`'s answer out once it has been silent for `read_timeout`."""
-        connection.last_read = connection.clock()
         self._busy[connection] = None
         if self._watchdog is None:
             self._arm_watchdog()
@@ -539,7 +552,10 @@ class UpstreamPool:
         else:
             connection.fail(UpstreamDisconnected("the answer was left unread"))
             connection.close()
-        self._release_slot()
+        if self._slot_waiters:
+            self._release_slot()
+        else:  # nobody waits: the usual case, without a call
+            self._free += 1
 
     async def close(self) -> None:
         self._closed = True  # the watchdog stays while answers are outstanding, then stops
