@@ -11,7 +11,8 @@ runs the same authenticated GET against nginx through `gateway.app.create_app` w
 Redis, without the rate limiter and without the access log: what is left is
 `ServiceMiddleware`, the pipeline's context, security (a cached token, identity headers),
 encryption's pass-through, validation, routing's match and the proxy on its upstream
-pool (on uvloop, as the gateway is served), the layers a change to the chain moves. The statuses must all be 200.
+pool (on uvloop, as the gateway is served), the layers a change to the chain moves. The
+statuses must all be 200.
 """
 
 from __future__ import annotations

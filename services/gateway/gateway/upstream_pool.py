@@ -107,11 +107,13 @@ class PooledResponse:
         self._size += len(data)
         if self._size > _HIGH_WATER and self._connection is not None:
             self._connection.pause()
-        self._wake()
+        if self._waiter is not None:  # the usual small answer comes before anyone waits
+            self._wake()
 
     def finish(self) -> None:
         self.eof = True
-        self._wake()
+        if self._waiter is not None:
+            self._wake()
 
     def fail(self, exc: BaseException) -> None:
         if not self.eof and self._exc is None:
@@ -232,11 +234,8 @@ class _Connection(asyncio.Protocol):
         if drained is not None and not drained.done():
             drained.set_result(None)
 
-    # httptools.HttpResponseParser callbacks
-    def on_message_begin(self) -> None:
-        self.headers = []
-        self.head_bytes = 0
-
+    # httptools.HttpResponseParser callbacks (no on_message_begin: `start` and an interim
+    # answer's end begin the next head, which spares a call per answer)
     def on_header(self, name: bytes, value: bytes) -> None:
         # httptools sets no bound of its own: these are aiohttp's (a line, the whole head).
         size = len(name) + len(value)
@@ -250,6 +249,7 @@ class _Connection(asyncio.Protocol):
         assert parser is not None
         status = parser.get_status_code()
         if 100 <= status < 200 and status != 101:
+            self._begin_head()
             return  # an interim answer (100 Continue): the real one follows
         fields = dict(self.headers)  # the last of a repeated name, as a loop over them would
         declared = fields.get(b"content-length")
@@ -287,9 +287,14 @@ class _Connection(asyncio.Protocol):
         if self.parser is None or head_only:
             self.parser = httptools.HttpResponseParser(self)
         self.head_only = head_only
+        self._begin_head()
         self.head = self.loop.create_future()
         self.last_read = self.clock()
         return self.head
+
+    def _begin_head(self) -> None:
+        self.headers = []
+        self.head_bytes = 0
 
     def fail(self, exc: BaseException) -> None:
         """End the exchange under way with `exc` (its head, or its body once that came)."""
@@ -483,7 +488,7 @@ class UpstreamPool:
         its answer is the connection's future itself, with no frame of ours around it.
         """
         transport = connection.transport
-        if transport is None or not connection.is_connected():
+        if transport is None or connection.lost or transport.is_closing():
             # Nothing was sent: the caller may send again on another connection.
             raise _NotSent("the connection was closed before the request")
         answer = connection.start(head_only=method == "HEAD")
