@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from pydantic import BaseModel, Field, field_validator
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.context import context
+from gateway.context import RequestContext, context
 from gateway.pipeline import GatewayPlugin
 from gateway.policies import (
     DEFAULT_POLICIES,
@@ -40,6 +40,7 @@ from keelson.security_headers import API_CSP, DEFAULT_HSTS_MAX_AGE, SecurityHead
 __all__ = ["CorsConfig", "SecurityConfig", "SecurityPlugin"]
 
 _INTERNAL_PREFIX = b"x-keelson-"
+_INTERNAL_LINE = b"\n" + _INTERNAL_PREFIX  # one of ours among names joined by line breaks
 
 # An upstream accepts an identity header for the identity max age from its signing (60 s by
 # default) and verifies each header text once: a principal's header is signed again once it
@@ -136,8 +137,8 @@ class SecurityPlugin(GatewayPlugin):
         """The token's principal if nothing needs asking: verified before, unexpired, not
         announced revoked, and its shared revocation check still fresh; else None (then
         `authenticate` decides)."""
-        cached = self._unexpired(token)
-        if cached is None:
+        cached = self._cache.get(token)  # `_unexpired`, inline: once a request
+        if cached is None or (cached.expires_at is not None and cached.expires_at <= time.time()):
             return None
         jti = cached.jti
         if jti and (self.announced.revoked_here(jti) or self._recheck_due(jti)):
@@ -227,18 +228,7 @@ class _SecurityLayer:
         # A plain function (see GatewayPlugin.wrap) unless the token needs verifying.
         if scope["type"] != "http":
             return self.app(scope, receive, send)
-        origin = None
-        token = None
-        kept = []
-        for name, value in scope["headers"]:
-            if name.startswith(_INTERNAL_PREFIX):
-                continue  # identity headers only ever come from the gateway itself
-            if name == b"authorization" and value[:7].lower() == b"bearer ":
-                token = value[7:].strip().decode("latin-1")
-            elif name == b"origin":
-                origin = value.decode("latin-1")
-            kept.append((name, value))
-        scope["headers"] = kept
+        token, origin = _credentials(scope)
         path: str = scope["path"]
         # The response gets these whatever the upstream said (the outermost layer applies them).
         ctx = context(scope)
@@ -253,11 +243,17 @@ class _SecurityLayer:
         if token:
             principal = self.plugin.cached(token)
             if principal is None:
-                return self._authenticate(scope, receive, send, policy, token)
-        return self._admit(scope, receive, send, policy, principal)
+                return self._authenticate(ctx, scope, receive, send, policy, token)
+        return self._admit(ctx, scope, receive, send, policy, principal)
 
     async def _authenticate(
-        self, scope: Scope, receive: Receive, send: Send, policy: Policy, token: str
+        self,
+        ctx: RequestContext,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        policy: Policy,
+        token: str,
     ) -> None:
         try:
             principal: Principal | None = await self.plugin.authenticate(token)
@@ -271,10 +267,11 @@ class _SecurityLayer:
             # Whether the token was revoked cannot be known now (Redis away, no mirror yet).
             await exc.send_to(send)
             return
-        await self._admit(scope, receive, send, policy, principal)
+        await self._admit(ctx, scope, receive, send, policy, principal)
 
     def _admit(
         self,
+        ctx: RequestContext,
         scope: Scope,
         receive: Receive,
         send: Send,
@@ -287,13 +284,45 @@ class _SecurityLayer:
         if verdict is Verdict.FORBIDDEN:
             return Forbidden(f"This needs {policy}.").send_to(send)
         if principal is not None:
-            ctx = context(scope)
             ctx.principal = principal
             ctx.forward_headers = self.plugin.identity_headers(principal)
             # For the rest of the request's lines; ServiceMiddleware unbinds it at the end.
             user_id_var.set(principal.user_id)
             set_user(principal.user_id)  # Sentry: the id only, in this request's scope
         return self.app(scope, receive, send)
+
+
+def _credentials(scope: Scope) -> tuple[str | None, str | None]:
+    """The request's bearer token and Origin, its `x-keelson-*` headers dropped: identity
+    headers only ever come from the gateway itself.
+
+    The usual request, each name once and none of ours, is read from a dict built in one C
+    call and keeps its header list; otherwise the list is walked (the last bearer token and
+    the last Origin count) and replaced without ours.
+    """
+    headers: list[tuple[bytes, bytes]] = scope["headers"]
+    fields = dict(headers)
+    if len(fields) == len(headers) and _INTERNAL_LINE not in b"\n" + b"\n".join(fields):
+        authorization = fields.get(b"authorization")
+        origin = fields.get(b"origin")
+        return (
+            authorization[7:].strip().decode("latin-1")
+            if authorization is not None and authorization[:7].lower() == b"bearer "
+            else None,
+            origin.decode("latin-1") if origin is not None else None,
+        )
+    token = origin_text = None
+    kept = []
+    for name, value in headers:
+        if name.startswith(_INTERNAL_PREFIX):
+            continue
+        if name == b"authorization" and value[:7].lower() == b"bearer ":
+            token = value[7:].strip().decode("latin-1")
+        elif name == b"origin":
+            origin_text = value.decode("latin-1")
+        kept.append((name, value))
+    scope["headers"] = kept
+    return token, origin_text
 
 
 class _Cors:
