@@ -7,7 +7,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Mapping, Sequence
 from random import getrandbits as _random_bits
 
 import aiohttp
@@ -245,7 +245,7 @@ class ProxyApp:
                     "upstream %s sent an answer that cannot be parsed: %s", upstream.name, exc
                 )
                 raise BadGateway(f"The {upstream.name} service sent an invalid answer.") from None
-            gone.watch()
+            gone.armed = True  # the body is sent: a disconnect now is the client leaving
             try:
                 status = response.status
                 if status in _RETRY_STATUS and attempt + 1 < attempts and not gone():
@@ -333,20 +333,7 @@ class ProxyApp:
         gone: _Disconnect,
         upstream: Upstream,
     ) -> None:
-        headers: list[tuple[bytes, bytes]] = []
-        connection = None
-        for name, value in response.raw_headers:
-            if name in _DROP_RESPONSE:
-                if name == b"connection":
-                    connection = value
-                continue
-            if name in _LOCATIONS:
-                value = _public_location(value, upstream.origin)
-            headers.append((name, value))
-        if connection is not None and connection.lower() != _KEEP_ALIVE:
-            # Headers the upstream named in Connection are hop-by-hop too.
-            named = _connection_names(connection)
-            headers = [h for h in headers if h[0] not in named]
+        headers = _answer_headers(response.raw_headers, upstream.origin)
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         if scope["method"] == "HEAD":
             await send({"type": "http.response.body", "body": b""})
@@ -394,6 +381,39 @@ def _end_to_end(
     return headers, traceparent
 
 
+def _answer_headers(
+    received: Sequence[tuple[bytes, bytes]], origin: bytes
+) -> list[tuple[bytes, bytes]]:
+    """The upstream's headers the client gets, as they came: its end-to-end ones, with a
+    location on the upstream's `origin` made one on the gateway's.
+
+    An answer with each name once loses the dropped names from a dict of its headers in C
+    (a set intersection and a deletion or two); one that repeats a name (Set-Cookie) is
+    walked.
+    """
+    fields = dict(received)  # the last of a repeated name, as a walk would find it
+    connection = fields.get(b"connection")
+    if len(fields) == len(received):
+        for name in _DROP_RESPONSE.intersection(fields):
+            del fields[name]
+        for name in _LOCATIONS.intersection(fields):
+            fields[name] = _public_location(fields[name], origin)
+        headers = list(fields.items())
+    else:
+        headers = []
+        for name, value in received:
+            if name in _DROP_RESPONSE:
+                continue
+            if name in _LOCATIONS:
+                value = _public_location(value, origin)
+            headers.append((name, value))
+    if connection is not None and connection.lower() != _KEEP_ALIVE:
+        # Headers the upstream named in Connection are hop-by-hop too.
+        named = _connection_names(connection)
+        headers = [h for h in headers if h[0] not in named]
+    return headers
+
+
 def _public_location(value: bytes, origin: bytes) -> bytes:
     """`value` without the upstream's origin: a reference on the gateway's own origin.
 
@@ -428,9 +448,6 @@ class _Disconnect:
         self.receive = receive
         self.armed = False  # until the request body has been read: it is not ours to take
         self.gone = False
-
-    def watch(self) -> None:
-        self.armed = True
 
     def __call__(self) -> bool:
         if self.gone or not self.armed:
