@@ -1,8 +1,13 @@
 """The pipeline's own chain, in-process, under callgrind: a steadier count than the whole app's.
 
-    PYTHONHASHSEED=0 valgrind --tool=callgrind --callgrind-out-file=/tmp/gc.%p \\
-        .venv/bin/python bench/gateway_chain_instructions.py 1000
+    PYTHONHASHSEED=0 valgrind --tool=callgrind --instr-atstart=no \\
+        --callgrind-out-file=/tmp/gc.%p .venv/bin/python bench/gateway_chain_instructions.py \\
+        1000 --callgrind-window
     (the same with 3000; figure = (total(3000) - total(1000)) / 2000)
+
+With `--callgrind-window` only the measured requests are counted (`callgrind_control -i
+on`, then `off`): start-up, some 20 billion instructions, runs uninstrumented and the
+difference of two runs is that of two similar numbers, not of two huge ones.
 
 `bench/gateway_inprocess_instructions.py` runs the whole app, whose count holds the rate
 limiter's and the revocation check's work on the clock (Redis round trips every second or
@@ -22,6 +27,7 @@ import asyncio
 import json
 import logging
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -34,7 +40,13 @@ from _gateway_rig import upstream_rig
 from gateway import PATH, gateway_values, get_scope  # bench/gateway.py, beside this file
 
 
-async def drive(app: Any, bearer: bytes, requests: int) -> None:
+def _instrument(state: str) -> None:
+    subprocess.run(
+        ["callgrind_control", "-i", state, str(os.getpid())], check=True, capture_output=True
+    )
+
+
+async def drive(app: Any, bearer: bytes, requests: int, window: bool = False) -> None:
     """A warm-up, then `requests` GETs through `app`, one after another."""
     headers = [(b"host", b"gateway"), (b"authorization", bearer), (b"accept", b"*/*")]
     statuses: set[int] = set()
@@ -49,8 +61,12 @@ async def drive(app: Any, bearer: bytes, requests: int) -> None:
     async with app.router.lifespan_context(app):
         for _ in range(200):  # warm-up: caches and pools filled
             await app(get_scope(headers), receive, send)
+        if window:
+            _instrument("on")
         for _ in range(requests):
             await app(get_scope(headers), receive, send)
+        if window:
+            _instrument("off")
     if statuses != {200}:
         raise RuntimeError(f"unexpected statuses {sorted(statuses)} for {PATH}")
 
@@ -58,6 +74,11 @@ async def drive(app: Any, bearer: bytes, requests: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("requests", type=int)
+    parser.add_argument(
+        "--callgrind-window",
+        action="store_true",
+        help="count only the measured requests (run under valgrind --instr-atstart=no)",
+    )
     args = parser.parse_args()
     here = Path(__file__).resolve().parent
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
@@ -86,7 +107,8 @@ def main() -> None:
         app = create_app(settings)
         # uvloop, as `gateway/serve.py` runs the gateway: its clock and callbacks are C.
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(drive(app, rig.headers["Authorization"].encode(), args.requests))
+            bearer = rig.headers["Authorization"].encode()
+            runner.run(drive(app, bearer, args.requests, args.callgrind_window))
     print(f"{args.requests} requests, all 200")
 
 
