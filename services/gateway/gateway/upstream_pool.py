@@ -551,7 +551,8 @@ class UpstreamPool:
 
     def put_back(self, connection: _Connection, *, reusable: bool) -> None:
         self._busy.pop(connection, None)
-        if reusable and not self._closed and connection.is_connected():
+        # One closing meanwhile is found, and closed, when `_idle_connection` looks at it.
+        if reusable and not self._closed:
             connection.head = None
             self._idle.append((time.monotonic(), connection))
         else:
