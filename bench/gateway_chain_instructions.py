@@ -13,7 +13,7 @@ difference of two runs is that of two similar numbers, not of two huge ones.
 limiter's and the revocation check's work on the clock (Redis round trips every second or
 so), which moves by thousands of instructions a request from one run to the next. This
 runs the same authenticated GET against nginx through `gateway.app.create_app` without
-Redis, without the rate limiter and without the access log: what is left is
+Redis, the rate limiter, the access log or the message bus: what is left is
 `ServiceMiddleware`, the pipeline's context, security (a cached token, identity headers),
 encryption's pass-through, validation, routing's match and the proxy on its upstream
 pool (on uvloop, as the gateway is served), the layers a change to the chain moves. The
@@ -94,10 +94,19 @@ def main() -> None:
     os.environ["KEELSON_IDENTITY__PUBLIC_KEYS"] = json.dumps(identity.public_keys)
     with upstream_rig("keelson-bench-chain-") as rig:
         values = gateway_values(rig.upstream, None, "bench-chain")
-        # Only the upstream nginx answers for; the others' documents would be retried.
-        routing = values["plugins"]["routing"]["upstreams"]
-        values["plugins"]["routing"]["upstreams"] = {"logs": routing["logs"]}
+        # Only the upstream nginx answers for, with an OpenAPI document (of no paths, in the
+        # one file nginx serves): an upstream without one is asked for it every 5 s, and
+        # those fetches would be counted by the wall clock, not by the request.
+        jwks = rig.tmp / "jwks.json"
+        jwks.write_text(json.dumps({**json.loads(jwks.read_text()), "paths": {}}))
+        logs = values["plugins"]["routing"]["upstreams"]["logs"]
+        logs["openapi_path"] = "/.well-known/jwks.json"
+        values["plugins"]["routing"]["upstreams"] = {"logs": logs}
+        values["plugins"]["routing"]["openapi_refresh_seconds"] = 86400
         values["plugins"]["rate_limiting"] = {"enabled": False}
+        # No broker: its probes, each second, would be counted by the clock too.
+        values["plugins"]["message_bus"] = {"enabled": False}
+        values["plugins"]["bus"] = {"enabled": False}
         values["plugins"]["access_log"] = {"enabled": False}
         settings = Settings(**values, log=LogSettings(ship_endpoint=None, level="WARNING"))
         configure_logging(settings)
