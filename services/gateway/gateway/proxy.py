@@ -7,7 +7,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Mapping
 from random import getrandbits as _random_bits
 
 import aiohttp
@@ -82,7 +82,6 @@ _DROP_REQUEST = _HOP_BY_HOP | {
 # The gateway's server adds its own Date and X-Request-ID; second ones would be duplicates.
 _DROP_RESPONSE = _HOP_BY_HOP | {b"server", b"date", b"x-request-id"}
 _INTERNAL_PREFIX = b"x-keelson-"
-_INTERNAL_LINE = b"\n" + _INTERNAL_PREFIX  # one of ours among names joined by line breaks
 # The usual Connection value names only Keep-Alive, hop-by-hop already: nothing to look up.
 _KEEP_ALIVE = b"keep-alive"
 _LOCATIONS = frozenset({b"location", b"content-location"})
@@ -278,13 +277,24 @@ class ProxyApp:
         """The headers to send: the client's end-to-end ones as they came, then the
         gateway's own; and the client's body framing (its Content-Length, if any, and
         whether it is chunked), which the pool writes anew for what it sends."""
-        received: list[tuple[bytes, bytes]] = scope["headers"]
-        fields = dict(received)  # the last of a repeated name, as a walk would find it
-        host = fields.get(b"host")
-        connection = fields.get(b"connection")
-        declared = fields.get(b"content-length")
-        chunked = b"transfer-encoding" in fields
-        headers, traceparent = _end_to_end(received, fields)
+        headers: list[tuple[bytes, bytes]] = []
+        host = connection = declared = None
+        chunked = False
+        flags = "01"
+        for name, value in scope["headers"]:
+            if name in _DROP_REQUEST or name.startswith(_INTERNAL_PREFIX):
+                if name == b"host":
+                    host = value
+                elif name == b"connection":
+                    connection = value
+                elif name == b"content-length":
+                    declared = value
+                elif name == b"transfer-encoding":
+                    chunked = True
+                elif name == b"traceparent" and len(value) == 55:
+                    flags = value[-2:].decode("latin-1")
+                continue
+            headers.append((name, value))
         if connection is not None and connection.lower() != _KEEP_ALIVE:
             # Headers the client named in Connection are hop-by-hop too.
             named = _connection_names(connection)
@@ -295,9 +305,8 @@ class ProxyApp:
         headers.append((b"x-forwarded-proto", scope.get("scheme", "http").encode("latin-1")))
         # W3C trace context: the same trace, with the gateway's own span as the parent.
         trace_id = trace_id_var.get() or random_id()
-        flags = traceparent[-2:].decode("latin-1") if traceparent is not None else "01"
-        span = f"00-{trace_id}-{_random_bits(64).to_bytes(8).hex()}-{flags}"
-        headers.append((b"traceparent", span.encode("latin-1")))
+        traceparent = f"00-{trace_id}-{_random_bits(64).to_bytes(8).hex()}-{flags}"
+        headers.append((b"traceparent", traceparent.encode("latin-1")))
         if request_id := request_id_var.get():
             headers.append((b"x-request-id", request_id.encode("latin-1")))
         if ctx.forward_headers:
@@ -333,7 +342,20 @@ class ProxyApp:
         gone: _Disconnect,
         upstream: Upstream,
     ) -> None:
-        headers = _answer_headers(response.raw_headers, upstream.origin)
+        headers: list[tuple[bytes, bytes]] = []
+        connection = None
+        for name, value in response.raw_headers:  # names already lower-case
+            if name in _DROP_RESPONSE:
+                if name == b"connection":
+                    connection = value
+                continue
+            if name in _LOCATIONS:
+                value = _public_location(value, upstream.origin)
+            headers.append((name, value))
+        if connection is not None and connection.lower() != _KEEP_ALIVE:
+            # Headers the upstream named in Connection are hop-by-hop too.
+            named = _connection_names(connection)
+            headers = [h for h in headers if h[0] not in named]
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         if scope["method"] == "HEAD":
             await send({"type": "http.response.body", "body": b""})
@@ -352,66 +374,6 @@ class ProxyApp:
                 return
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
-
-
-def _end_to_end(
-    received: list[tuple[bytes, bytes]], fields: dict[bytes, bytes]
-) -> tuple[list[tuple[bytes, bytes]], bytes | None]:
-    """The client's headers the proxy sends on, as they came, and its W3C traceparent (the
-    last well-formed one), if any. `fields` is `received` as a dict, which this may change.
-
-    The usual request, each name once and none of ours, loses the dropped names from the
-    dict in C (a set intersection and a deletion or two); any other is walked.
-    """
-    if len(fields) == len(received) and _INTERNAL_LINE not in b"\n" + b"\n".join(fields):
-        traceparent = fields.get(b"traceparent")
-        for name in _DROP_REQUEST.intersection(fields):
-            del fields[name]
-        if traceparent is not None and len(traceparent) != 55:
-            traceparent = None
-        return list(fields.items()), traceparent
-    headers = []
-    traceparent = None
-    for name, value in received:
-        if name in _DROP_REQUEST or name.startswith(_INTERNAL_PREFIX):
-            if name == b"traceparent" and len(value) == 55:
-                traceparent = value
-            continue
-        headers.append((name, value))
-    return headers, traceparent
-
-
-def _answer_headers(
-    received: Sequence[tuple[bytes, bytes]], origin: bytes
-) -> list[tuple[bytes, bytes]]:
-    """The upstream's headers the client gets, as they came: its end-to-end ones, with a
-    location on the upstream's `origin` made one on the gateway's.
-
-    An answer with each name once loses the dropped names from a dict of its headers in C
-    (a set intersection and a deletion or two); one that repeats a name (Set-Cookie) is
-    walked.
-    """
-    fields = dict(received)  # the last of a repeated name, as a walk would find it
-    connection = fields.get(b"connection")
-    if len(fields) == len(received):
-        for name in _DROP_RESPONSE.intersection(fields):
-            del fields[name]
-        for name in _LOCATIONS.intersection(fields):
-            fields[name] = _public_location(fields[name], origin)
-        headers = list(fields.items())
-    else:
-        headers = []
-        for name, value in received:
-            if name in _DROP_RESPONSE:
-                continue
-            if name in _LOCATIONS:
-                value = _public_location(value, origin)
-            headers.append((name, value))
-    if connection is not None and connection.lower() != _KEEP_ALIVE:
-        # Headers the upstream named in Connection are hop-by-hop too.
-        named = _connection_names(connection)
-        headers = [h for h in headers if h[0] not in named]
-    return headers
 
 
 def _public_location(value: bytes, origin: bytes) -> bytes:

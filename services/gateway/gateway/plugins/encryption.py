@@ -145,17 +145,17 @@ class _EnvelopeLayer:
         # A plain function (see GatewayPlugin.wrap) unless the request is sealed.
         if scope["type"] != "http":
             return self.app(scope, receive, send)
-        fields = dict(scope["headers"])  # one C call; the last of a repeated name counts
-        session = fields.get(_SESSION)
-        if session is not None:
-            return self._sealed(
-                scope,
-                receive,
-                send,
-                session.decode("latin-1"),
-                fields.get(_SEQ),
-                fields.get(_INNER_TYPE, b""),
-            )
+        session_id = seq_text = None
+        inner_type = b""
+        for name, value in scope["headers"]:
+            if name == _SESSION:
+                session_id = value.decode("latin-1")
+            elif name == _SEQ:
+                seq_text = value
+            elif name == _INNER_TYPE:
+                inner_type = value
+        if session_id is not None:
+            return self._sealed(scope, receive, send, session_id, seq_text, inner_type)
         if self.required and scope["path"].startswith(self.required):
             return BadRequest("This path only accepts encrypted requests.").send_to(send)
         return self.app(scope, receive, send)

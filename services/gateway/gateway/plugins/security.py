@@ -40,7 +40,6 @@ from keelson.security_headers import API_CSP, DEFAULT_HSTS_MAX_AGE, SecurityHead
 __all__ = ["CorsConfig", "SecurityConfig", "SecurityPlugin"]
 
 _INTERNAL_PREFIX = b"x-keelson-"
-_INTERNAL_LINE = b"\n" + _INTERNAL_PREFIX  # one of ours among names joined by line breaks
 
 # An upstream accepts an identity header for the identity max age from its signing (60 s by
 # default) and verifies each header text once: a principal's header is signed again once it
@@ -228,7 +227,19 @@ class _SecurityLayer:
         # A plain function (see GatewayPlugin.wrap) unless the token needs verifying.
         if scope["type"] != "http":
             return self.app(scope, receive, send)
-        token, origin = _credentials(scope)
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        origin = None
+        token = None
+        ours = False
+        for name, value in headers:
+            if name.startswith(_INTERNAL_PREFIX):
+                ours = True  # identity headers only ever come from the gateway itself
+            elif name == b"authorization" and value[:7].lower() == b"bearer ":
+                token = value[7:].strip().decode("latin-1")
+            elif name == b"origin":
+                origin = value.decode("latin-1")
+        if ours:  # a new list only then: the usual request keeps its own
+            scope["headers"] = [h for h in headers if not h[0].startswith(_INTERNAL_PREFIX)]
         path: str = scope["path"]
         # The response gets these whatever the upstream said (the outermost layer applies them).
         ctx = context(scope)
@@ -290,39 +301,6 @@ class _SecurityLayer:
             user_id_var.set(principal.user_id)
             set_user(principal.user_id)  # Sentry: the id only, in this request's scope
         return self.app(scope, receive, send)
-
-
-def _credentials(scope: Scope) -> tuple[str | None, str | None]:
-    """The request's bearer token and Origin, its `x-keelson-*` headers dropped: identity
-    headers only ever come from the gateway itself.
-
-    The usual request, each name once and none of ours, is read from a dict built in one C
-    call and keeps its header list; otherwise the list is walked (the last bearer token and
-    the last Origin count) and replaced without ours.
-    """
-    headers: list[tuple[bytes, bytes]] = scope["headers"]
-    fields = dict(headers)
-    if len(fields) == len(headers) and _INTERNAL_LINE not in b"\n" + b"\n".join(fields):
-        authorization = fields.get(b"authorization")
-        origin = fields.get(b"origin")
-        return (
-            authorization[7:].strip().decode("latin-1")
-            if authorization is not None and authorization[:7].lower() == b"bearer "
-            else None,
-            origin.decode("latin-1") if origin is not None else None,
-        )
-    token = origin_text = None
-    kept = []
-    for name, value in headers:
-        if name.startswith(_INTERNAL_PREFIX):
-            continue
-        if name == b"authorization" and value[:7].lower() == b"bearer ":
-            token = value[7:].strip().decode("latin-1")
-        elif name == b"origin":
-            origin_text = value.decode("latin-1")
-        kept.append((name, value))
-    scope["headers"] = kept
-    return token, origin_text
 
 
 class _Cors:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
-from itertools import chain
 from typing import Any
 
 import orjson
@@ -65,13 +64,6 @@ def _refused(reason: str, error: KeelsonError) -> KeelsonError:
     """`error`, counted as a rejection for `reason` (the metric's label), to raise."""
     VALIDATION_REJECTIONS.labels(reason).inc()
     return error
-
-
-def _content_length(value: bytes) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise _refused("length", BadRequest("Content-Length is not a number.")) from None
 
 
 class ValidationPlugin(GatewayPlugin):
@@ -143,7 +135,9 @@ class _ValidationLayer:
 
     def _check_path(self, scope: Scope) -> None:
         raw = scope.get("raw_path") or scope["path"].encode()
-        if b"%" in raw and _ENCODED_TRICK.search(raw):
+        # `find`, not `in`: `in` on bytes first tries its operand as an integer, and builds
+        # and drops a TypeError (some 2,000 instructions) each time.
+        if raw.find(b"%") != -1 and _ENCODED_TRICK.search(raw):
             raise _refused("path", BadRequest("The path contains encoded characters it may not."))
         path: str = scope["path"]
         if (
@@ -160,22 +154,23 @@ class _ValidationLayer:
         config = self.config
         if len(headers) > config.max_headers:
             raise _refused("headers", RequestHeadersTooLarge("Too many request headers."))
-        # Each line is its name and value, ": " and CRLF; counted in C, not a loop of ours.
-        total = sum(map(len, chain.from_iterable(headers))) + 4 * len(headers)
-        fields = dict(headers)  # the last of a repeated name, as a loop over them would take
-        declared = fields.get(b"content-length")
-        length = None if declared is None else _content_length(declared)
-        if len(fields) != len(headers):  # a name repeats: each Content-Length must be a number
-            for name, value in headers:
-                if name == b"content-length":
-                    _content_length(value)
-        chunked = b"transfer-encoding" in fields
-        content_type = fields.get(b"content-type")
-        media_type = (
-            ""
-            if content_type is None
-            else content_type.split(b";", 1)[0].strip().lower().decode("latin-1")
-        )
+        total = 0
+        length: int | None = None
+        chunked = False
+        media_type = ""
+        for name, value in headers:
+            total += len(name) + len(value) + 4
+            if name == b"content-length":
+                try:
+                    length = int(value)
+                except ValueError:
+                    raise _refused(
+                        "length", BadRequest("Content-Length is not a number.")
+                    ) from None
+            elif name == b"transfer-encoding":
+                chunked = True
+            elif name == b"content-type":
+                media_type = value.split(b";", 1)[0].strip().lower().decode("latin-1")
         if total > config.max_header_bytes:
             raise _refused("headers", RequestHeadersTooLarge("The request headers are too large."))
         if length is not None and length > config.max_body_bytes:
