@@ -684,7 +684,7 @@ def gateway_argv(server: str, port: int) -> list[str]:
     if server == "uvicorn":
         return [
             *(sys.executable, "-m", "uvicorn", "--factory", "--loop", "uvloop"),
-            *("--http", "httptools", "--workers", "1", "--no-access-log"),
+            *("--http", "httptools", "--interface", "asgi3", "--workers", "1", "--no-access-log"),
             *("--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"),
             "gateway.app:create_served_app",
         ]

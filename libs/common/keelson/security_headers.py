@@ -7,13 +7,9 @@ everything it serves, the upstreams' answers included. Both read it from here.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
-
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
 from keelson.docs import DOCS_CSP
 
-__all__ = ["API_CSP", "DEFAULT_HSTS_MAX_AGE", "SERVER", "SecurityHeaders", "ServerHeader"]
+__all__ = ["API_CSP", "DEFAULT_HSTS_MAX_AGE", "SERVER", "SecurityHeaders"]
 
 # An API answer needs no script, style, frame or fetch of anything.
 API_CSP = "default-src 'none'; frame-ancestors 'none'"
@@ -35,9 +31,13 @@ class SecurityHeaders:
         referrer_policy: str = "no-referrer",
         hsts_max_age: int | None = None,
         docs_prefixes: tuple[str, ...] = ("/docs", "/redoc"),
+        server: str | None = None,
     ) -> None:
         """`hsts_max_age`: seconds of Strict-Transport-Security, None for none (a service
-        behind the gateway is not what browsers reach)."""
+        behind the gateway is not what browsers reach). `server`: the `server` header
+        every answer carries in place of the HTTP server's banner (granian adds `server:
+        granian` to an answer without one, and keeps the one an application sends); what
+        a server names itself tells an attacker which flaws to try (RFC 9110, 10.2.4)."""
         api = {
             b"x-content-type-options": b"nosniff",
             b"x-frame-options": b"DENY",
@@ -49,34 +49,11 @@ class SecurityHeaders:
             api[b"strict-transport-security"] = (
                 f"max-age={hsts_max_age}; includeSubDomains".encode()
             )
+        if server is not None:
+            api[b"server"] = server.encode("latin-1")
         self.api = api
         self.docs = {**api, b"content-security-policy": DOCS_CSP.encode()}
         self.docs_prefixes = docs_prefixes
 
     def for_path(self, path: str) -> dict[bytes, bytes]:
         return self.docs if path.startswith(self.docs_prefixes) else self.api
-
-
-class ServerHeader:
-    """ASGI middleware: every answer's `server` header is `value`, in place of the HTTP
-    server's own banner. granian adds `server: granian` to an answer without one and
-    keeps the one an application sends, and has no setting to leave it out; what a server
-    names itself tells an attacker which flaws to try (RFC 9110, 10.2.4)."""
-
-    def __init__(self, app: ASGIApp, value: str = SERVER) -> None:
-        self.app = app
-        self.header = (b"server", value.encode("latin-1"))
-
-    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
-        if scope["type"] != "http":
-            return self.app(scope, receive, send)
-        header = self.header
-
-        def send_with_server(message: Message) -> Awaitable[None]:
-            if message["type"] == "http.response.start":
-                headers = message.get("headers", ())
-                message["headers"] = [h for h in headers if h[0].lower() != b"server"]
-                message["headers"].append(header)
-            return send(message)
-
-        return self.app(scope, receive, send_with_server)

@@ -158,6 +158,18 @@ async def test_metrics_by_route_template(client: httpx.AsyncClient) -> None:
     assert "http_request_duration_seconds_bucket" in text
 
 
+async def test_a_method_rfc_9110_does_not_define_is_counted_as_other() -> None:
+    """uvicorn's parser refuses such methods itself; granian (the gateway's) hands them on."""
+    transport = httpx.ASGITransport(app=build_app())
+    async with httpx.AsyncClient(transport=transport, base_url="http://demo") as client:
+        for method in ("BREW", "X-PROBE-1", "X-PROBE-2"):
+            assert (await client.request(method, "/items")).status_code == 405
+        text = (await client.get("/metrics")).text
+    other = 'http_requests_total{method="OTHER",route="/items",service="demo",status="405"}'
+    assert f"{other} 3.0" in text
+    assert "BREW" not in text and "X-PROBE" not in text
+
+
 async def test_business_events_are_counted_and_exported(client: httpx.AsyncClient) -> None:
     count_business_event("demo", "order", outcome="placed")
     count_business_event("demo", "order", outcome="placed", n=2)

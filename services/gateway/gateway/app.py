@@ -26,7 +26,7 @@ from keelson.http import KeelsonApp
 from keelson.http import create_app as create_keelson_app
 from keelson.lifeline import SERVER_PID_ENV, tie_to_parent
 from keelson.logging import configure_logging
-from keelson.security_headers import ServerHeader
+from keelson.security_headers import SERVER, SecurityHeaders
 from keelson.service import build_container
 
 __all__ = ["create_app"]
@@ -73,15 +73,19 @@ def create_app(
         on_startup=[compose_pipeline],
         front=pipeline.front,
         openapi_merge=merged_openapi,
+        # Answers refused before the security layer (which enforces its own policy, this
+        # server name included) still name no server implementation.
+        security_headers=SecurityHeaders(server=SERVER),
     )
     app.state.pipeline = pipeline
     return app
 
 
-def create_served_app() -> ServerHeader:
+def create_served_app() -> BodyReadTimeout:
     """What `python -m gateway` serves: the gateway from the environment's settings, its
     request bodies under `connections.body_timeout_seconds` (408 when one stalls, 400 when
-    granian cannot read one), every answer's `server` header Keelson's, not granian's.
+    granian cannot read one). Every answer's `server` header is Keelson's, not granian's:
+    the security-header policies carry it (`SecurityHeaders(server=...)`).
 
     Built in each of granian's worker processes, which it ties to granian's main process
     (`gateway.serve` names it): a worker left behind by a SIGKILLed main process stops
@@ -94,9 +98,8 @@ def create_served_app() -> ServerHeader:
     if server is not None:
         grace = max(1.0, settings.shutdown_grace_seconds)  # granian's workers_kill_timeout
         tie_to_parent(int(server), stop_signal=signal.SIGINT, grace=grace)
-    return ServerHeader(
-        BodyReadTimeout(create_app(settings), settings.connections.body_timeout_seconds)
-    )
+    # granian is told the app is ASGI 3: the app's plain-function form serves it.
+    return BodyReadTimeout(create_app(settings).dispatch, settings.connections.body_timeout_seconds)
 
 
 def _point_auth_at_upstream(settings: Settings) -> None:

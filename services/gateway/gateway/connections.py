@@ -19,11 +19,13 @@ problem+json, and closes the connection, when a request body stalls for longer t
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from keelson.errors import BadRequest, KeelsonError, RequestTimeout
+from keelson.security_headers import SERVER
 
 __all__ = ["BodyReadTimeout", "ConnectionLimits"]
 
@@ -58,10 +60,14 @@ class BodyReadTimeout:
         self.app = app
         self.seconds = seconds
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # A plain function for a request without a body (most): no coroutine frame of
+        # this layer's for every resumption of the request's task to pass through.
         if scope["type"] != "http" or not _has_body(scope):
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
+        return self._timed(scope, receive, send)
+
+    async def _timed(self, scope: Scope, receive: Receive, send: Send) -> None:
         seconds = self.seconds
         reading = True
         refusal: KeelsonError | None = None  # the body's failure, once it has failed
@@ -110,12 +116,11 @@ class BodyReadTimeout:
             await refusal.send_to(send)
 
 
-_STALLED = RequestTimeout(
-    "The request body stalled; the connection is closed.", headers={"Connection": "close"}
-)
+# Sent past ServiceMiddleware, whose policy names the server on every other answer.
+_CLOSING = {"Connection": "close", "Server": SERVER}
+_STALLED = RequestTimeout("The request body stalled; the connection is closed.", headers=_CLOSING)
 _UNREADABLE = BadRequest(
-    "The request body could not be read; the connection is closed.",
-    headers={"Connection": "close"},
+    "The request body could not be read; the connection is closed.", headers=_CLOSING
 )
 
 

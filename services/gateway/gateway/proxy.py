@@ -48,7 +48,7 @@ from keelson.errors import (
 )
 from keelson.http import random_id
 from keelson.logging import request_id_var, trace_id_var
-from keelson.metrics import cached_labels
+from keelson.metrics import method_label
 
 __all__ = ["ProxyApp", "new_pools", "new_session"]
 
@@ -217,7 +217,7 @@ class ProxyApp:
                 raise RequestTimeout("The request body stopped arriving.") from None
             except TimeoutError:
                 upstream.breaker.record_failure()
-                _requests(upstream.name, method, "timeout").inc()
+                _requests(upstream.name, method_label(method), "timeout").inc()
                 raise GatewayTimeout(
                     f"The {upstream.name} service did not answer in time."
                 ) from None
@@ -229,17 +229,17 @@ class ProxyApp:
                 _log.warning("upstream %s failed: %s", upstream.name, type(exc).__name__)
                 if isinstance(exc, UpstreamUnreachable):
                     # Nothing was sent: the upstream is away (killed, restarting), not wrong.
-                    _requests(upstream.name, method, "unreachable").inc()
+                    _requests(upstream.name, method_label(method), "unreachable").inc()
                     raise ServiceUnavailable(
                         f"The {upstream.name} service is unavailable; try again later.",
                         retry_after=_UNREACHABLE_RETRY_AFTER,
                     ) from None
-                _requests(upstream.name, method, "error").inc()
+                _requests(upstream.name, method_label(method), "error").inc()
                 raise BadGateway(f"The {upstream.name} service closed the connection.") from None
             except InvalidAnswer as exc:
                 # The request was delivered, so it is not sent again.
                 upstream.breaker.record_failure()
-                _requests(upstream.name, method, "error").inc()
+                _requests(upstream.name, method_label(method), "error").inc()
                 _log.warning(
                     "upstream %s sent an answer that cannot be parsed: %s", upstream.name, exc
                 )
@@ -251,7 +251,7 @@ class ProxyApp:
                     await self._backoff(upstream, attempt)
                     continue
                 _duration(upstream.name).observe(time.perf_counter() - started)
-                _requests(upstream.name, method, status).inc()
+                _requests(upstream.name, method_label(method), status).inc()
                 if status in _FAILURE_STATUS:
                     upstream.breaker.record_failure()
                 else:
@@ -429,8 +429,8 @@ class _Disconnect:
         return self.gone
 
 
-_requests = cached_labels(UPSTREAM_REQUESTS)
-_duration = cached_labels(UPSTREAM_REQUEST_SECONDS, 64)
+_requests = UPSTREAM_REQUESTS.labels
+_duration = UPSTREAM_REQUEST_SECONDS.labels
 
 
 def _connection_names(value: bytes) -> set[bytes]:

@@ -95,7 +95,15 @@ async def test_metrics_per_route_upstream_and_circuit(upstream: ServerThread) ->
         for i in range(3):
             assert (await client.get(f"/api/v1/logs/items/{i}")).status_code == 200
         await client.get("/api/v1/payments/anything")  # payments is down: 503
+        # granian hands any method on: one RFC 9110 does not define is labelled OTHER.
+        brewed = await client.request("BREW", "/api/v1/payments/anything")
         metrics = (await client.get("/metrics")).text
+    assert brewed.status_code == 503, brewed.text
+    assert "BREW" not in metrics
+    assert (
+        'gateway_upstream_requests_total{method="OTHER",status="unreachable",upstream="payments"}'
+        in metrics
+    )
     assert REGISTRY.get_sample_value("http_requests_total", item_requests) == before + 3
     assert (
         'http_requests_total{method="GET",route="/api/v1/logs/items/{item_id}",'

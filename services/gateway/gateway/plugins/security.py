@@ -35,7 +35,7 @@ from keelson.errors import BadRequest, Forbidden, ServiceUnavailable, Unauthoriz
 from keelson.logging import user_id_var
 from keelson.monitor import set_user
 from keelson.plugins import PluginMetadata, Priority
-from keelson.security_headers import API_CSP, DEFAULT_HSTS_MAX_AGE, SecurityHeaders
+from keelson.security_headers import API_CSP, DEFAULT_HSTS_MAX_AGE, SERVER, SecurityHeaders
 
 __all__ = ["CorsConfig", "SecurityConfig", "SecurityPlugin"]
 
@@ -220,6 +220,7 @@ class _SecurityLayer:
             content_security_policy=config.content_security_policy,
             referrer_policy=config.referrer_policy,
             hsts_max_age=config.hsts_max_age_seconds if config.hsts else None,
+            server=SERVER,
         )
         self.cors = _Cors(config.cors)
 
