@@ -92,7 +92,7 @@ class Upstream:
     config: UpstreamConfig
     breaker: CircuitBreaker = field(init=False)
 
-    @cached_property  # once per upstream: the proxy asks on every answer it relays
+    @cached_property  # once per upstream, not per Location the proxy rewrites
     def origin(self) -> bytes:
         """`scheme://host[:port]` of the upstream, lower case, as it appears in its answers."""
         scheme, _, rest = self.config.url.partition("://")
