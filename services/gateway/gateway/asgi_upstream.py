@@ -30,9 +30,10 @@ class ASGIResponse:
 
     def start(self, message: Message) -> None:
         self.status = message["status"]
-        self.raw_headers = list(message.get("headers", ()))
+        # Names lower-case, as the transport promises (an app may send them as it likes).
+        self.raw_headers = [(name.lower(), value) for name, value in message.get("headers", ())]
         for name, value in self.raw_headers:
-            if name.lower() == b"content-length" and value.isdigit():
+            if name == b"content-length" and value.isdigit():
                 self.content_length = int(value)
 
     def feed(self, message: Message) -> None:

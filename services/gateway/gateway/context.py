@@ -32,7 +32,7 @@ __all__ = [
 _CONTEXT = "gateway.context"
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(slots=True, eq=False, init=False)
 class RequestContext:
     """What the pipeline knows of one request, built once before its first layer.
 
@@ -48,16 +48,32 @@ class RequestContext:
     client_ip: str
     forwarded_for: str
     response: Exchange
-    principal: Principal | None = None
-    body: bytes | None = None
-    session: str | None = None
+    principal: Principal | None
+    body: bytes | None
+    session: str | None
     # Shared, not copied: replaced by a layer that adds to it, never changed in place.
-    forward_headers: Sequence[tuple[bytes, bytes]] = ()
+    forward_headers: Sequence[tuple[bytes, bytes]]
 
-    def attach(self, scope: Scope) -> None:
+    def __init__(
+        self,
+        scope: Scope,
+        route: RouteMatch | None,
+        client_ip: str,
+        forwarded_for: str,
+        response: Exchange,
+    ) -> None:
+        """The context of the request `scope` is, attached to it (`context` finds it)."""
+        self.route = route
+        self.client_ip = client_ip
+        self.forwarded_for = forwarded_for
+        self.response = response
+        self.principal = None
+        self.body = None
+        self.session = None
+        self.forward_headers = ()
         scope[_CONTEXT] = self
-        if self.route is not None:
-            scope["route"] = self.route  # the route template metrics label the request with
+        if route is not None:
+            scope["route"] = route  # the route template metrics label the request with
 
 
 def context(scope: Scope) -> RequestContext:

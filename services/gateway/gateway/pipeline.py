@@ -119,10 +119,11 @@ class PipelineMiddleware:
                 client_ip, forwarded_for = forwarded_client(scope, hops)
             else:  # the socket peer is the client: the usual case, without a call
                 client_ip = forwarded_for = peer_ip
-            RequestContext(
+            RequestContext(  # attaches itself to `scope`
+                scope,
                 catalog.match(scope["method"], scope["path"]) if catalog is not None else None,
                 client_ip,
                 forwarded_for,
                 exchange(scope),
-            ).attach(scope)
+            )
         return self._chain(scope, receive, send)

@@ -82,6 +82,8 @@ _DROP_REQUEST = _HOP_BY_HOP | {
 # The gateway's server adds its own Date and X-Request-ID; second ones would be duplicates.
 _DROP_RESPONSE = _HOP_BY_HOP | {b"server", b"date", b"x-request-id"}
 _INTERNAL_PREFIX = b"x-keelson-"
+# The usual Connection value names only Keep-Alive, hop-by-hop already: nothing to look up.
+_KEEP_ALIVE = b"keep-alive"
 _LOCATIONS = frozenset({b"location", b"content-location"})
 _RETRY_STATUS = frozenset({502, 503})
 _FAILURE_STATUS = frozenset({502, 503, 504})
@@ -242,7 +244,7 @@ class ProxyApp:
                     "upstream %s sent an answer that cannot be parsed: %s", upstream.name, exc
                 )
                 raise BadGateway(f"The {upstream.name} service sent an invalid answer.") from None
-            gone.watch()
+            gone.armed = True  # the body is sent: a disconnect now is the client leaving
             try:
                 status = response.status
                 if status in _RETRY_STATUS and attempt + 1 < attempts and not gone():
@@ -293,7 +295,7 @@ class ProxyApp:
                     flags = value[-2:].decode("latin-1")
                 continue
             headers.append((name, value))
-        if connection is not None:
+        if connection is not None and connection.lower() != _KEEP_ALIVE:
             # Headers the client named in Connection are hop-by-hop too.
             named = _connection_names(connection)
             headers = [h for h in headers if h[0] not in named]
@@ -342,8 +344,7 @@ class ProxyApp:
     ) -> None:
         headers: list[tuple[bytes, bytes]] = []
         connection = None
-        for raw_name, value in response.raw_headers:
-            name = raw_name.lower()
+        for name, value in response.raw_headers:  # names already lower-case
             if name in _DROP_RESPONSE:
                 if name == b"connection":
                     connection = value
@@ -351,7 +352,7 @@ class ProxyApp:
             if name in _LOCATIONS:
                 value = _public_location(value, upstream.origin)
             headers.append((name, value))
-        if connection is not None:
+        if connection is not None and connection.lower() != _KEEP_ALIVE:
             # Headers the upstream named in Connection are hop-by-hop too.
             named = _connection_names(connection)
             headers = [h for h in headers if h[0] not in named]
@@ -409,9 +410,6 @@ class _Disconnect:
         self.receive = receive
         self.armed = False  # until the request body has been read: it is not ours to take
         self.gone = False
-
-    def watch(self) -> None:
-        self.armed = True
 
     def __call__(self) -> bool:
         if self.gone or not self.armed:

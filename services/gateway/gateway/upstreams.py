@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from pydantic import BaseModel, Field, field_validator, model_validator
@@ -91,7 +92,7 @@ class Upstream:
     config: UpstreamConfig
     breaker: CircuitBreaker = field(init=False)
 
-    @property
+    @cached_property  # once per upstream, not per Location the proxy rewrites
     def origin(self) -> bytes:
         """`scheme://host[:port]` of the upstream, lower case, as it appears in its answers."""
         scheme, _, rest = self.config.url.partition("://")

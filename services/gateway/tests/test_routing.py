@@ -68,6 +68,65 @@ async def test_proxies_by_prefix_with_headers_rewritten(upstream: ServerThread) 
     assert len(response.headers.get_list("date")) <= 1
 
 
+async def test_hop_by_hop_headers_are_dropped_and_repeated_ones_kept(
+    upstream: ServerThread,
+) -> None:
+    # Without forged identity headers: the usual request, which the proxy reads as a dict.
+    settings = gateway_settings(**routing(logs=upstream.url))
+    hop = {"Connection": "x-hop", "X-Hop": "secret", "Keep-Alive": "timeout=5", "TE": "trailers"}
+    async with running_gateway(settings) as (_, client):
+        single = await client.get(
+            "/api/v1/logs/echo",
+            headers={
+                **hop,
+                "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00",
+                "X-Kept": "yes",
+            },
+        )
+        repeated = await client.get(
+            "/api/v1/logs/echo",
+            headers=[*hop.items(), ("X-Tag", "a"), ("X-Tag", "b"), ("traceparent", "short")],
+        )
+    for response in (single, repeated):
+        assert response.status_code == 200
+        names = [name for name, _ in response.json()["headers"]]
+        assert not {"connection", "x-hop", "keep-alive", "te"} & set(names)
+        assert names.count("traceparent") == 1 and names.count("x-forwarded-host") == 1
+    seen = dict(single.json()["headers"])
+    assert seen["x-kept"] == "yes"
+    assert seen["traceparent"].startswith("00-0af7651916cd43dd8448eb211c80319c-")
+    assert seen["traceparent"].endswith("-00")  # the client's sampling decision goes on
+    tags = [value for name, value in repeated.json()["headers"] if name == "x-tag"]
+    assert tags == ["a", "b"]
+    assert dict(repeated.json()["headers"])["traceparent"].endswith("-01")  # a new trace
+
+
+async def test_an_answer_with_repeated_headers_is_relayed_whole() -> None:
+    origin = ""
+
+    async def answer(seen: Seen) -> bytes:
+        return ok(
+            b"{}",
+            "Connection: keep-alive",
+            "Set-Cookie: a=1",
+            "Set-Cookie: b=2",
+            f"Location: {origin}/api/v1/logs/next",
+            "Server: upstream-server",
+        )
+
+    async with (
+        serving(SocketUpstream(answer)) as url,
+        running_gateway(gateway_settings(**routing(logs=url))) as (_, client),
+    ):
+        origin = url
+        response = await client.get("/api/v1/logs/echo")
+    assert response.status_code == 200
+    assert response.headers.get_list("set-cookie") == ["a=1", "b=2"]
+    assert response.headers["location"] == "/api/v1/logs/next"
+    assert "upstream-server" not in response.headers.get_list("server")
+    assert "connection" not in response.headers
+
+
 async def test_unknown_prefix_is_not_proxied(upstream: ServerThread) -> None:
     async with running_gateway(gateway_settings(**routing(logs=upstream.url))) as (_, client):
         assert (await client.get("/api/v1/logsx/echo")).status_code == 404

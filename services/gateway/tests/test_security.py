@@ -75,6 +75,19 @@ async def test_policies_give_401_and_403(
         assert (await client.get("/api/v1/logs/echo", headers=bearer("x.y.z"))).status_code == 401
 
 
+async def test_of_repeated_authorization_headers_the_last_bearer_token_counts(
+    upstream: ServerThread, auth_upstream: ServerThread, mint: TokenMint
+) -> None:
+    token = mint.mint(roles=("user",))
+    async with running_gateway(secured(upstream, auth_upstream)) as (_, client):
+        after = [("Authorization", f"Bearer {token}"), ("Authorization", "Basic dTpw")]
+        assert (await client.get("/api/v1/logs/echo", headers=after)).status_code == 200
+        before = [("Authorization", "Bearer x.y.z"), ("Authorization", f"Bearer {token}")]
+        assert (await client.get("/api/v1/logs/echo", headers=before)).status_code == 200
+        last_bad = [("Authorization", f"Bearer {token}"), ("Authorization", "Bearer x.y.z")]
+        assert (await client.get("/api/v1/logs/echo", headers=last_bad)).status_code == 401
+
+
 async def test_identity_is_forwarded_signed_and_forgeries_are_stripped(
     upstream: ServerThread, auth_upstream: ServerThread, mint: TokenMint
 ) -> None:

@@ -113,6 +113,25 @@ async def test_answers_come_back_and_the_connection_is_kept_alive() -> None:
         assert second.body == b'{"a":1}' and second.headers["content-length"] == "7"
 
 
+async def test_header_names_come_lower_case_and_frame_the_answer_in_any_case() -> None:
+    async def answer(seen: Seen) -> bytes:
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Upstream-Name: Kept\r\n\r\nhi"
+
+    async with running(answer) as (upstream, pool):
+        for _ in range(2):
+            response = await pool.request("GET", b"/x", [])
+            try:
+                assert response.content_length == 2
+                assert list(response.raw_headers) == [
+                    (b"content-length", b"2"),
+                    (b"x-upstream-name", b"Kept"),
+                ]
+                assert await response.read() == b"hi"
+            finally:
+                response.release()
+        assert upstream.connections == 1  # framed by its Content-Length, so kept alive
+
+
 async def test_a_streamed_body_without_length_goes_chunked() -> None:
     async def parts() -> AsyncIterator[bytes]:
         for part in (b"one,", b"two,", b"three"):

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from pydantic import BaseModel, Field, field_validator
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.context import context
+from gateway.context import RequestContext, context
 from gateway.pipeline import GatewayPlugin
 from gateway.policies import (
     DEFAULT_POLICIES,
@@ -136,8 +136,8 @@ class SecurityPlugin(GatewayPlugin):
         """The token's principal if nothing needs asking: verified before, unexpired, not
         announced revoked, and its shared revocation check still fresh; else None (then
         `authenticate` decides)."""
-        cached = self._unexpired(token)
-        if cached is None:
+        cached = self._cache.get(token)  # `_unexpired`, inline: once a request
+        if cached is None or (cached.expires_at is not None and cached.expires_at <= time.time()):
             return None
         jti = cached.jti
         if jti and (self.announced.revoked_here(jti) or self._recheck_due(jti)):
@@ -228,18 +228,19 @@ class _SecurityLayer:
         # A plain function (see GatewayPlugin.wrap) unless the token needs verifying.
         if scope["type"] != "http":
             return self.app(scope, receive, send)
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
         origin = None
         token = None
-        kept = []
-        for name, value in scope["headers"]:
+        ours = False
+        for name, value in headers:
             if name.startswith(_INTERNAL_PREFIX):
-                continue  # identity headers only ever come from the gateway itself
-            if name == b"authorization" and value[:7].lower() == b"bearer ":
+                ours = True  # identity headers only ever come from the gateway itself
+            elif name == b"authorization" and value[:7].lower() == b"bearer ":
                 token = value[7:].strip().decode("latin-1")
             elif name == b"origin":
                 origin = value.decode("latin-1")
-            kept.append((name, value))
-        scope["headers"] = kept
+        if ours:  # a new list only then: the usual request keeps its own
+            scope["headers"] = [h for h in headers if not h[0].startswith(_INTERNAL_PREFIX)]
         path: str = scope["path"]
         # The response gets these whatever the upstream said (the outermost layer applies them).
         ctx = context(scope)
@@ -254,11 +255,17 @@ class _SecurityLayer:
         if token:
             principal = self.plugin.cached(token)
             if principal is None:
-                return self._authenticate(scope, receive, send, policy, token)
-        return self._admit(scope, receive, send, policy, principal)
+                return self._authenticate(ctx, scope, receive, send, policy, token)
+        return self._admit(ctx, scope, receive, send, policy, principal)
 
     async def _authenticate(
-        self, scope: Scope, receive: Receive, send: Send, policy: Policy, token: str
+        self,
+        ctx: RequestContext,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        policy: Policy,
+        token: str,
     ) -> None:
         try:
             principal: Principal | None = await self.plugin.authenticate(token)
@@ -272,10 +279,11 @@ class _SecurityLayer:
             # Whether the token was revoked cannot be known now (Redis away, no mirror yet).
             await exc.send_to(send)
             return
-        await self._admit(scope, receive, send, policy, principal)
+        await self._admit(ctx, scope, receive, send, policy, principal)
 
     def _admit(
         self,
+        ctx: RequestContext,
         scope: Scope,
         receive: Receive,
         send: Send,
@@ -288,7 +296,6 @@ class _SecurityLayer:
         if verdict is Verdict.FORBIDDEN:
             return Forbidden(f"This needs {policy}.").send_to(send)
         if principal is not None:
-            ctx = context(scope)
             ctx.principal = principal
             ctx.forward_headers = self.plugin.identity_headers(principal)
             # For the rest of the request's lines; ServiceMiddleware unbinds it at the end.
