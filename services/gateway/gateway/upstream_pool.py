@@ -234,8 +234,8 @@ class _Connection(asyncio.Protocol):
         if drained is not None and not drained.done():
             drained.set_result(None)
 
-    # httptools.HttpResponseParser callbacks (no on_message_begin: `start` and an interim
-    # answer's end begin the next head, which spares a call from the parser per answer)
+    # httptools.HttpResponseParser callbacks (no on_message_begin: `start` and the end of
+    # each head begin the next one, which spares a call from the parser per answer)
     def on_header(self, name: bytes, value: bytes) -> None:
         # httptools sets no bound of its own: these are aiohttp's (a line, the whole head).
         size = len(name) + len(value)
@@ -262,6 +262,10 @@ class _Connection(asyncio.Protocol):
         until_eof = not (no_body or chunked or length is not None)
         self.should_close = not parser.should_keep_alive() or until_eof
         response = PooledResponse(self, status, self.headers, length, until_eof)
+        # The answer keeps this list: whatever the parser reads next (an answer nobody asked
+        # for, in the same read) must not add to the headers the proxy is about to relay.
+        self.headers = []
+        self.head_bytes = 0
         if no_body:
             response.finish()
             if self.head_only:

@@ -132,6 +132,21 @@ async def test_header_names_come_lower_case_and_frame_the_answer_in_any_case() -
         assert upstream.connections == 1  # framed by its Content-Length, so kept alive
 
 
+async def test_an_answer_nobody_asked_for_adds_nothing_to_the_one_before_it() -> None:
+    """Sent by the upstream in one write: the answer, then a second one (an upstream that
+    answers twice, or one split by a header injection). Holds: the first answer's headers
+    are its own; none of the second's (a `Set-Cookie`) reaches what the proxy relays."""
+    first = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: 1\r\n\r\nhi"
+    second = b"HTTP/1.1 200 OK\r\nSet-Cookie: evil=1\r\nContent-Length: 0\r\n\r\n"
+    async with pool_on(answering(first + second), read_timeout=5) as pool:
+        response = await pool.request("GET", b"/x", [])
+        try:
+            assert list(response.raw_headers) == [(b"content-length", b"2"), (b"x-a", b"1")]
+            assert await response.read() == b"hi"
+        finally:
+            response.release()
+
+
 async def test_a_streamed_body_without_length_goes_chunked() -> None:
     async def parts() -> AsyncIterator[bytes]:
         for part in (b"one,", b"two,", b"three"):
