@@ -68,6 +68,8 @@ class _Count:
         self.created = time.time()
 
     def inc(self, amount: float = 1) -> None:
+        if amount < 0:
+            raise ValueError("a counter only goes up")
         self.value += amount
 
 
@@ -185,11 +187,16 @@ class LoopHistogram(_LoopMetric[_Observations]):
         buckets: Sequence[float],
         registry: CollectorRegistry | None = REGISTRY,
     ) -> None:
-        bounds = tuple(sorted(float(bound) for bound in buckets if bound != float("inf")))
-        if not bounds:
-            raise ValueError("a histogram needs at least one finite bucket")
+        bounds = tuple(float(bound) for bound in buckets if bound != float("inf"))
+        if not bounds or list(bounds) != sorted(set(bounds)):
+            raise ValueError("a histogram needs finite buckets in increasing order")
+        if bounds[0] <= 0 or bounds[-1] >= 1e6:
+            # Prometheus writes `le` as Go formats a float, which is Python's repr for these.
+            raise ValueError("bucket bounds must lie between 0 and 1,000,000")
+        if "le" in labelnames:
+            raise ValueError("`le` is the histogram's own label")
         self.bounds = bounds
-        self._le = [repr(bound) for bound in bounds] + ["+Inf"]  # as Prometheus writes them
+        self._le = [repr(bound) for bound in bounds] + ["+Inf"]
         super().__init__(name, documentation, labelnames, registry)
 
     def _new_child(self) -> _Observations:

@@ -71,6 +71,13 @@ def test_a_loop_metric_refuses_a_wrong_number_of_labels_and_a_taken_name() -> No
     counter = LoopCounter("t_total", "T", ["a", "b"], registry=registry)
     with pytest.raises(ValueError, match="labels"):
         counter.labels("only one")
+    with pytest.raises(ValueError, match="only goes up"):
+        counter.labels("a", "b").inc(-1)
+    for buckets in [(1.0, 0.5), (0.5, 0.5), (0.0, 1.0), (1.0, 2e6), ()]:
+        with pytest.raises(ValueError, match="bucket"):
+            LoopHistogram("t_seconds", "T", [], buckets=buckets, registry=None)
+    with pytest.raises(ValueError, match="le"):
+        LoopHistogram("t_seconds", "T", ["le"], buckets=(1.0,), registry=None)
     with pytest.raises(ValueError, match="Duplicated"):
         Counter("t_total", "T", ["a"], registry=registry)
 

@@ -71,7 +71,7 @@ async def test_proxies_by_prefix_with_headers_rewritten(upstream: ServerThread) 
 async def test_hop_by_hop_headers_are_dropped_and_repeated_ones_kept(
     upstream: ServerThread,
 ) -> None:
-    # Without forged identity headers: the usual request, which the proxy reads as a dict.
+    # Without forged identity headers: the usual request, whose headers the layers keep as sent.
     settings = gateway_settings(**routing(logs=upstream.url))
     hop = {"Connection": "x-hop", "X-Hop": "secret", "Keep-Alive": "timeout=5", "TE": "trailers"}
     async with running_gateway(settings) as (_, client):
