@@ -285,8 +285,8 @@ class ProxyApp:
             if name in _DROP_REQUEST or name.startswith(_INTERNAL_PREFIX):
                 if name == b"host":
                     host = value
-                elif name == b"connection":
-                    connection = value
+                elif name == b"connection":  # each one's names count (RFC 9110, 5.3)
+                    connection = value if connection is None else connection + b"," + value
                 elif name == b"content-length":
                     declared = value
                 elif name == b"transfer-encoding":
@@ -347,7 +347,7 @@ class ProxyApp:
         for name, value in response.raw_headers:  # names already lower-case
             if name in _DROP_RESPONSE:
                 if name == b"connection":
-                    connection = value
+                    connection = value if connection is None else connection + b"," + value
                 continue
             if name in _LOCATIONS:
                 value = _public_location(value, upstream.origin)

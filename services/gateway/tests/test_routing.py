@@ -87,7 +87,12 @@ async def test_hop_by_hop_headers_are_dropped_and_repeated_ones_kept(
             "/api/v1/logs/echo",
             headers=[*hop.items(), ("X-Tag", "a"), ("X-Tag", "b"), ("traceparent", "short")],
         )
-    for response in (single, repeated):
+        # Two Connection headers: the names of both are hop-by-hop, not only the last's.
+        two = await client.get(
+            "/api/v1/logs/echo",
+            headers=[("Connection", "x-hop"), ("X-Hop", "secret"), ("Connection", "keep-alive")],
+        )
+    for response in (single, repeated, two):
         assert response.status_code == 200
         names = [name for name, _ in response.json()["headers"]]
         assert not {"connection", "x-hop", "keep-alive", "te"} & set(names)
@@ -107,6 +112,8 @@ async def test_an_answer_with_repeated_headers_is_relayed_whole() -> None:
     async def answer(seen: Seen) -> bytes:
         return ok(
             b"{}",
+            "Connection: x-hop",
+            "X-Hop: secret",
             "Connection: keep-alive",
             "Set-Cookie: a=1",
             "Set-Cookie: b=2",
@@ -123,6 +130,7 @@ async def test_an_answer_with_repeated_headers_is_relayed_whole() -> None:
     assert response.status_code == 200
     assert response.headers.get_list("set-cookie") == ["a=1", "b=2"]
     assert response.headers["location"] == "/api/v1/logs/next"
+    assert "x-hop" not in response.headers  # named by one of two Connection headers
     assert "upstream-server" not in response.headers.get_list("server")
     assert "connection" not in response.headers
 
