@@ -24,7 +24,9 @@ from keelson.logging._shipper import LogShipper
 
 __all__ = ["ACCESS_MESSAGE", "log_access_record"]
 
-ACCESS_MESSAGE = "%s %s %d %.1fms"
+# The status and duration after `METHOD route`: one template per request line is made of it.
+_TAIL = " %d %.1fms"
+ACCESS_MESSAGE = "%s %s" + _TAIL
 # `extra=` may not name these: `Logger.makeRecord` refuses them with KeyError.
 _RESERVED = LOGRECORD_ATTRS | {"message", "asctime"}
 _Sink = ConsoleHandler | LogShipper
@@ -140,7 +142,7 @@ def _request_line(method: str, route: str) -> _RequestLine:
     return _RequestLine(
         redact_text(method),
         redact_text(route),
-        head.replace("%", "%%") + " %d %.1fms",
+        head.replace("%", "%%") + _TAIL,
         is_quiet_head(head),
         len(head) + 1 + 13,
     )
