@@ -14,7 +14,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +23,9 @@ from typing import Any
 import psutil
 
 from gateway import (  # bench/gateway.py, beside this file
+    PATH,
     gateway_values,
+    get_scope,
     nginx_config,
     spawn,
     stop,
@@ -66,9 +68,17 @@ def upstream_rig(prefix: str) -> Iterator[Rig]:
 
 
 @contextmanager
-def in_process_gateway(prefix: str, redis_url: str | None) -> Iterator[tuple[Any, bytes]]:
-    """The gateway's ASGI app (bench/gateway.py's settings, console logging to /dev/null)
-    in this process against the rig's nginx, and the `Authorization` value to send."""
+def in_process_gateway(
+    prefix: str,
+    redis_url: str | None,
+    *,
+    shape: Callable[[dict[str, Any], Path], None] | None = None,
+    level: str = "INFO",
+) -> Iterator[tuple[Any, bytes]]:
+    """The gateway's ASGI app (bench/gateway.py's settings, console logging at `level` to
+    /dev/null) in this process against the rig's nginx, and the `Authorization` value to
+    send. `shape(values, tmp)` may change the settings' values first (`tmp`: the folder
+    nginx serves from)."""
     # This file's folder holds bench/gateway.py: it must leave sys.path before the gateway
     # package can be imported under its own name.
     here = Path(__file__).resolve().parent
@@ -84,12 +94,47 @@ def in_process_gateway(prefix: str, redis_url: str | None) -> Iterator[tuple[Any
     os.environ["KEELSON_IDENTITY__PUBLIC_KEYS"] = json.dumps(identity.public_keys)
     with upstream_rig(prefix) as rig:
         values = gateway_values(rig.upstream, redis_url, prefix.strip("-").removeprefix("keelson-"))
-        settings = Settings(**values, log=LogSettings(ship_endpoint=None, level="INFO"))
+        if shape is not None:
+            shape(values, rig.tmp)
+        settings = Settings(**values, log=LogSettings(ship_endpoint=None, level=level))
         configure_logging(settings)
         for handler in logging.getLogger().handlers:
             if isinstance(handler, logging.StreamHandler):
                 handler.setStream(open(os.devnull, "w"))  # noqa: SIM115
         yield create_app(settings), rig.headers["Authorization"].encode()
+
+
+async def drive_in_turn(
+    app: Any,
+    bearer: bytes,
+    requests: int,
+    *,
+    counted: Callable[[bool], None] | None = None,
+) -> None:
+    """200 warm-up GETs (caches and pools filled), then `requests` more, one after another,
+    through `app`'s lifespan; `counted(True)` and `counted(False)` around the latter. Every
+    answer must be 200."""
+    headers = [(b"host", b"gateway"), (b"authorization", bearer), (b"accept", b"*/*")]
+    statuses: set[int] = set()
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.add(message["status"])
+
+    async with app.router.lifespan_context(app):
+        for _ in range(200):
+            await app(get_scope(headers), receive, send)
+        if counted is not None:
+            counted(True)
+        for _ in range(requests):
+            await app(get_scope(headers), receive, send)
+        if counted is not None:
+            counted(False)
+    if statuses != {200}:
+        raise RuntimeError(f"unexpected statuses {sorted(statuses)} for {PATH}")
 
 
 def process_tree(pid: int) -> list[int]:

@@ -28,50 +28,45 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import uvloop
 
 # This file's folder holds bench/gateway.py: it is imported first, under that name.
-from _gateway_rig import upstream_rig
-
-from gateway import PATH, gateway_values, get_scope  # bench/gateway.py, beside this file
+from _gateway_rig import drive_in_turn, in_process_gateway
 
 
-def _instrument(state: str) -> None:
+def _instrument(on: bool) -> None:
+    state = "on" if on else "off"
     subprocess.run(
         ["callgrind_control", "-i", state, str(os.getpid())], check=True, capture_output=True
     )
 
 
-async def drive(app: Any, bearer: bytes, requests: int, window: bool = False) -> None:
-    """A warm-up, then `requests` GETs through `app`, one after another."""
-    headers = [(b"host", b"gateway"), (b"authorization", bearer), (b"accept", b"*/*")]
-    statuses: set[int] = set()
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b""}
-
-    async def send(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            statuses.add(message["status"])
-
-    async with app.router.lifespan_context(app):
-        for _ in range(200):  # warm-up: caches and pools filled
-            await app(get_scope(headers), receive, send)
-        if window:
-            _instrument("on")
-        for _ in range(requests):
-            await app(get_scope(headers), receive, send)
-        if window:
-            _instrument("off")
-    if statuses != {200}:
-        raise RuntimeError(f"unexpected statuses {sorted(statuses)} for {PATH}")
+def _quiet(values: dict[str, Any], tmp: Path) -> None:
+    """Nothing on the clock: work a run slowed by callgrind would count by the wall clock,
+    not by the request."""
+    # Only the upstream nginx answers for, with an OpenAPI document (of no paths, in the
+    # one file nginx serves): an upstream without one is asked for it every 5 s, and
+    # those fetches would be counted by the wall clock, not by the request.
+    jwks = tmp / "jwks.json"
+    jwks.write_text(json.dumps({**json.loads(jwks.read_text()), "paths": {}}))
+    logs = values["plugins"]["routing"]["upstreams"]["logs"]
+    logs["openapi_path"] = "/.well-known/jwks.json"
+    values["plugins"]["routing"]["upstreams"] = {"logs": logs}
+    values["plugins"]["routing"]["openapi_refresh_seconds"] = 86400
+    values["plugins"]["rate_limiting"] = {"enabled": False}
+    # No broker: its probes, each second, would be counted by the clock too.
+    values["plugins"]["message_bus"] = {"enabled": False}
+    values["plugins"]["bus"] = {"enabled": False}
+    # The identity header signed again, and the JWKS fetched again, once a day, not
+    # every 10 s and 10 min of a run that callgrind makes last minutes.
+    values["plugins"]["auth"]["identity_max_age_seconds"] = 6 * 86400
+    values["plugins"]["auth"]["jwks_max_age_seconds"] = 86400
+    values["plugins"]["access_log"] = {"enabled": False}
 
 
 def main() -> None:
@@ -83,48 +78,16 @@ def main() -> None:
         help="count only the measured requests (run under valgrind --instr-atstart=no)",
     )
     args = parser.parse_args()
-    here = Path(__file__).resolve().parent
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
-    del sys.modules["gateway"]
-    from gateway.app import create_app
-    from gateway.settings import Settings
-    from keelson.auth import IdentityKey
-    from keelson.config import LogSettings
-    from keelson.logging import configure_logging
-
-    identity = IdentityKey.generate()
-    os.environ["KEELSON_IDENTITY__SIGNING_KEY"] = identity.secret_text()
-    os.environ["KEELSON_IDENTITY__PUBLIC_KEYS"] = json.dumps(identity.public_keys)
-    with upstream_rig("keelson-bench-chain-") as rig:
-        values = gateway_values(rig.upstream, None, "bench-chain")
-        # Only the upstream nginx answers for, with an OpenAPI document (of no paths, in the
-        # one file nginx serves): an upstream without one is asked for it every 5 s, and
-        # those fetches would be counted by the wall clock, not by the request.
-        jwks = rig.tmp / "jwks.json"
-        jwks.write_text(json.dumps({**json.loads(jwks.read_text()), "paths": {}}))
-        logs = values["plugins"]["routing"]["upstreams"]["logs"]
-        logs["openapi_path"] = "/.well-known/jwks.json"
-        values["plugins"]["routing"]["upstreams"] = {"logs": logs}
-        values["plugins"]["routing"]["openapi_refresh_seconds"] = 86400
-        values["plugins"]["rate_limiting"] = {"enabled": False}
-        # No broker: its probes, each second, would be counted by the clock too.
-        values["plugins"]["message_bus"] = {"enabled": False}
-        values["plugins"]["bus"] = {"enabled": False}
-        # The identity header signed again, and the JWKS fetched again, once a day, not
-        # every 10 s and 10 min of a run that callgrind makes last minutes.
-        values["plugins"]["auth"]["identity_max_age_seconds"] = 6 * 86400
-        values["plugins"]["auth"]["jwks_max_age_seconds"] = 86400
-        values["plugins"]["access_log"] = {"enabled": False}
-        settings = Settings(**values, log=LogSettings(ship_endpoint=None, level="WARNING"))
-        configure_logging(settings)
-        for handler in logging.getLogger().handlers:
-            if isinstance(handler, logging.StreamHandler):
-                handler.setStream(open(os.devnull, "w"))  # noqa: SIM115
-        app = create_app(settings)
-        # uvloop, as `gateway/serve.py` runs the gateway: its clock and callbacks are C.
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            bearer = rig.headers["Authorization"].encode()
-            runner.run(drive(app, bearer, args.requests, args.callgrind_window))
+    counted = _instrument if args.callgrind_window else None
+    # uvloop, as `gateway/serve.py` runs the gateway: its clock and callbacks are C.
+    with (
+        in_process_gateway("keelson-bench-chain-", None, shape=_quiet, level="WARNING") as (
+            app,
+            bearer,
+        ),
+        asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner,
+    ):
+        runner.run(drive_in_turn(app, bearer, args.requests, counted=counted))
     print(f"{args.requests} requests, all 200")
 
 

@@ -20,32 +20,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-from typing import Any
 
-from _gateway_rig import in_process_gateway
-
-from gateway import get_scope  # bench/gateway.py, beside this file
-
-
-async def drive(app: Any, bearer: bytes, requests: int) -> None:
-    """A warm-up, then `requests` GETs through `app`, one after another."""
-    headers = [(b"host", b"gateway"), (b"authorization", bearer), (b"accept", b"*/*")]
-    statuses: set[int] = set()
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b""}
-
-    async def send(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            statuses.add(message["status"])
-
-    async with app.router.lifespan_context(app):
-        for _ in range(200):  # warm-up: caches and pools filled
-            await app(get_scope(headers), receive, send)
-        for _ in range(requests):
-            await app(get_scope(headers), receive, send)
-    if statuses != {200}:
-        raise RuntimeError(f"unexpected statuses {sorted(statuses)}")
+from _gateway_rig import drive_in_turn, in_process_gateway
 
 
 def main() -> None:
@@ -54,7 +30,7 @@ def main() -> None:
     parser.add_argument("--redis-url", default=os.environ.get("KEELSON_REDIS_URL"))
     args = parser.parse_args()
     with in_process_gateway("keelson-bench-inprocess-", args.redis_url) as (app, bearer):
-        asyncio.run(drive(app, bearer, args.requests))
+        asyncio.run(drive_in_turn(app, bearer, args.requests))
     print(f"{args.requests} requests, all 200")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import time
 import weakref
+from abc import abstractmethod
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
 from typing import Generic, TypeVar
@@ -132,8 +133,9 @@ class _LoopMetric(Collector, Generic[Child]):
         self._children[values] = child
         return child
 
+    @abstractmethod
     def _new_child(self) -> Child:
-        raise NotImplementedError
+        """A child for one new label set."""
 
     def _copy(self) -> list[tuple[tuple[str, ...], Child]]:
         # One C call under the GIL: a scrape on another thread cannot see the dict grow.
